@@ -1,0 +1,12 @@
+#!/usr/bin/env node
+// moekit CLI entry: runs the compiled TypeScript in dist/ (built by `npm ci` via the prepare script).
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const cli = new URL('../dist/src/cli.js', import.meta.url);
+if (!existsSync(fileURLToPath(cli))) {
+  process.stderr.write('moekit: not built yet; run `npm run build` (npm ci does it for you)\n');
+  process.exit(2);
+}
+const { main } = await import(cli.href);
+process.exitCode = await main(process.argv);

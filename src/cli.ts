@@ -1,0 +1,43 @@
+/** moekit command line: each command lives in src/commands/ and registers itself here. */
+import { Command, CommanderError } from 'commander';
+import { MoekitError } from './errors.js';
+import { registerInspect } from './commands/inspect.js';
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('moekit')
+    .description(
+      'Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts,\n' +
+        'shard for expert parallelism, and verify numerically on a WebGPU kernel.',
+    )
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerInspect(program);
+  return program;
+}
+
+/** Run the CLI; returns the exit code. Errors meant for the user print as one line. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      return e.exitCode === 0 ? 0 : e.exitCode || 1;
+    }
+    if (e instanceof MoekitError) {
+      process.stderr.write(`moekit: error: ${e.message}\n`);
+      return 1;
+    }
+    const err = e as NodeJS.ErrnoException;
+    if (err && typeof err.code === 'string' && err.message) {
+      process.stderr.write(`moekit: error: ${err.message.split('\n')[0]}\n`);
+      return 1;
+    }
+    process.stderr.write(`moekit: internal error: ${(err && err.stack) || String(e)}\n`);
+    return 2;
+  }
+}

@@ -1,0 +1,25 @@
+import type { Command } from 'commander';
+import { Checkpoint } from '../safetensors/reader.js';
+import { formatInspect, inspectCheckpoint } from '../inspect.js';
+
+export function registerInspect(program: Command): void {
+  program
+    .command('inspect')
+    .argument('<path>', 'checkpoint folder, .safetensors file, or model.safetensors.index.json')
+    .option('--json', 'print one JSON object instead of a table')
+    .description('describe a checkpoint: family, expert layout, MoE layers, sizes, routing, dtypes, quantization, bytes')
+    .addHelpText(
+      'after',
+      '\nReads only headers and config.json, never tensor data.\n' +
+        'Examples:\n  moekit inspect fixtures/hf/deepseek_v3\n  moekit inspect /models/Mixtral-8x7B --json | jq .moeLayers',
+    )
+    .action(async (path: string, opts: { json?: boolean }) => {
+      const ck = await Checkpoint.open(path);
+      try {
+        const r = await inspectCheckpoint(ck, path);
+        process.stdout.write(opts.json ? JSON.stringify(r, null, 2) + '\n' : formatInspect(r) + '\n');
+      } finally {
+        await ck.close();
+      }
+    });
+}

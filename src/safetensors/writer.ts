@@ -1,0 +1,181 @@
+/**
+ * Streaming safetensors writer. Tensors are written one at a time (in chunks) into temp files in
+ * the destination folder; every file is fsynced and renamed into place only after all shards are
+ * complete, so a failure leaves nothing partial behind. Shards follow HF naming
+ * (model-00001-of-00003.safetensors + model.safetensors.index.json).
+ */
+import { mkdir, open, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { MoekitError } from '../errors.js';
+import { type Dtype, byteSize } from './dtypes.js';
+import type { Chunk } from './pool.js';
+
+export interface WriteEntry {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  /** Produces the tensor's bytes, in order, exactly byteSize(dtype, shape) of them. */
+  source: () => AsyncIterable<Chunk>;
+}
+
+export interface WriteOptions {
+  /** Split into shards of at most this many bytes of tensor data (a larger single tensor gets its own shard). */
+  maxShardSize?: number;
+  metadata?: Record<string, string>;
+  /** File name stem; default 'model'. */
+  stem?: string;
+  /** Called after each chunk with total bytes and tensors written so far. */
+  onProgress?: (bytes: number, tensors: number) => void;
+  /** fsync files before renaming (default true). */
+  fsync?: boolean;
+}
+
+export interface WriteResult {
+  files: string[];
+  totalSize: number;
+  weightMap: Record<string, string>;
+}
+
+const tempName = (name: string) => `.${name}.moekit-tmp-${randomBytes(4).toString('hex')}`;
+
+/** Build the header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8). */
+export function encodeHeader(entries: { name: string; dtype: Dtype; shape: number[] }[], metadata?: Record<string, string>): Buffer {
+  const obj: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length > 0) obj.__metadata__ = metadata;
+  let off = 0;
+  for (const e of entries) {
+    const n = byteSize(e.dtype, e.shape);
+    obj[e.name] = { dtype: e.dtype, shape: e.shape, data_offsets: [off, off + n] };
+    off += n;
+  }
+  let json = Buffer.from(JSON.stringify(obj), 'utf8');
+  const pad = (8 - (json.length % 8)) % 8;
+  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const out = Buffer.alloc(8 + json.length);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  return out;
+}
+
+/** Split entries into shards by size, keeping order. */
+export function planShards<T extends { dtype: Dtype; shape: number[] }>(entries: T[], maxShardSize?: number): T[][] {
+  if (!maxShardSize || maxShardSize <= 0) return [entries];
+  const shards: T[][] = [];
+  let cur: T[] = [];
+  let size = 0;
+  for (const e of entries) {
+    const n = byteSize(e.dtype, e.shape);
+    if (cur.length > 0 && size + n > maxShardSize) {
+      shards.push(cur);
+      cur = [];
+      size = 0;
+    }
+    cur.push(e);
+    size += n;
+  }
+  if (cur.length > 0 || shards.length === 0) shards.push(cur);
+  return shards;
+}
+
+export function shardFileName(stem: string, i: number, n: number): string {
+  if (n === 1) return `${stem}.safetensors`;
+  const p = (k: number) => String(k).padStart(5, '0');
+  return `${stem}-${p(i + 1)}-of-${p(n)}.safetensors`;
+}
+
+async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < data.byteLength) {
+    const { bytesWritten } = await fh.write(data, done, data.byteLength - done);
+    done += bytesWritten;
+  }
+}
+
+/**
+ * Write `entries` as a (possibly sharded) checkpoint into `dir`. Reads of the next chunk overlap
+ * the write of the current one. Returns the files written (names relative to dir).
+ */
+export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: WriteOptions = {}): Promise<WriteResult> {
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (seen.has(e.name)) throw new MoekitError(`internal: tensor '${e.name}' would be written twice`);
+    seen.add(e.name);
+  }
+  await mkdir(dir, { recursive: true });
+  const stem = opts.stem ?? 'model';
+  const shards = planShards(entries, opts.maxShardSize);
+  const temps: { tmp: string; final: string }[] = [];
+  const weightMap: Record<string, string> = {};
+  let bytes = 0;
+  let count = 0;
+  let totalSize = 0;
+  try {
+    for (let i = 0; i < shards.length; i++) {
+      const shard = shards[i]!;
+      const fname = shardFileName(stem, i, shards.length);
+      const tmp = join(dir, tempName(fname));
+      temps.push({ tmp, final: join(dir, fname) });
+      const fh = await open(tmp, 'w');
+      try {
+        await writeAll(fh, encodeHeader(shard, opts.metadata));
+        for (const e of shard) {
+          const want = byteSize(e.dtype, e.shape);
+          let got = 0;
+          const it = e.source()[Symbol.asyncIterator]();
+          let next = it.next();
+          for (;;) {
+            const r = await next;
+            if (r.done) break;
+            next = it.next(); // start producing the next chunk while this one is written
+            const c = r.value;
+            got += c.data.byteLength;
+            if (got > want) {
+              c.release?.();
+              throw new MoekitError(`internal: '${e.name}' produced more than its ${want} bytes`);
+            }
+            await writeAll(fh, c.data);
+            bytes += c.data.byteLength;
+            c.release?.();
+            opts.onProgress?.(bytes, count);
+          }
+          if (got !== want) throw new MoekitError(`'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
+          weightMap[e.name] = fname;
+          totalSize += want;
+          count++;
+          opts.onProgress?.(bytes, count);
+        }
+        if (opts.fsync !== false) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    if (shards.length > 1) {
+      const fname = `${stem}.safetensors.index.json`;
+      const tmp = join(dir, tempName(fname));
+      temps.push({ tmp, final: join(dir, fname) });
+      const sortedMap: Record<string, string> = {};
+      for (const k of Object.keys(weightMap).sort()) sortedMap[k] = weightMap[k]!;
+      await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sortedMap }, null, 2) + '\n');
+    }
+    for (const t of temps) await rename(t.tmp, t.final);
+  } catch (e) {
+    await Promise.all(temps.map((t) => unlink(t.tmp).catch(() => undefined)));
+    throw e;
+  }
+  return { files: temps.map((t) => t.final.slice(dir.length + 1)), totalSize, weightMap };
+}
+
+/** Write a small JSON file atomically (temp + rename). */
+export async function writeJsonAtomic(path: string, value: unknown): Promise<void> {
+  const tmp = `${path}.moekit-tmp-${randomBytes(4).toString('hex')}`;
+  await writeFile(tmp, JSON.stringify(value, null, 2) + '\n');
+  await rename(tmp, path);
+}
+
+/** A source that yields one in-memory buffer. */
+export function bufferSource(data: Uint8Array): () => AsyncIterable<Chunk> {
+  return async function* () {
+    yield { data };
+  };
+}
