@@ -226,14 +226,33 @@ export class Checkpoint {
     return buf;
   }
 
-  /** Stream one tensor's bytes in pooled chunks; each chunk must be released once consumed. */
-  async *chunks(t: TensorInfo | string, pool: BufferPool = sharedPool): AsyncGenerator<Chunk> {
+  /**
+   * Stream one tensor's bytes in pooled chunks; each chunk must be released once consumed.
+   * Keeps `readahead` positioned reads in flight so disk/page-cache reads overlap the consumer.
+   */
+  async *chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2): AsyncGenerator<Chunk> {
     const info = typeof t === 'string' ? this.info(t) : t;
-    for (let pos = 0; pos < info.nbytes; pos += pool.chunkSize) {
+    const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
+    let pos = 0;
+    const issue = () => {
       const end = Math.min(info.nbytes, pos + pool.chunkSize);
       const buf = pool.acquire();
-      const data = await this.read(info, pos, end, buf);
-      yield { data, release: () => pool.release(buf) };
+      const p = this.read(info, pos, end, buf);
+      p.catch(() => undefined); // awaited below; avoid unhandled rejection while queued
+      pending.push({ buf, p });
+      pos = end;
+    };
+    try {
+      while (pos < info.nbytes && pending.length < readahead) issue();
+      while (pending.length > 0) {
+        const { buf, p } = pending.shift()!;
+        const data = await p;
+        if (pos < info.nbytes) issue();
+        yield { data, release: () => pool.release(buf) };
+      }
+    } finally {
+      // consumer stopped early or a read failed: let in-flight reads finish, then recycle their buffers
+      for (const { buf, p } of pending.splice(0)) await p.then(() => pool.release(buf), () => pool.release(buf));
     }
   }
 

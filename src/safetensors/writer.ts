@@ -84,11 +84,38 @@ export function shardFileName(stem: string, i: number, n: number): string {
   return `${stem}-${p(i + 1)}-of-${p(n)}.safetensors`;
 }
 
-async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
+async function writeAt(fh: FileHandle, data: Uint8Array, position: number): Promise<void> {
   let done = 0;
   while (done < data.byteLength) {
-    const { bytesWritten } = await fh.write(data, done, data.byteLength - done);
+    const { bytesWritten } = await fh.write(data, done, data.byteLength - done, position + done);
     done += bytesWritten;
+  }
+}
+
+/** Positioned writes with a bounded number in flight; chunks are released once written. */
+class WriteQueue {
+  private inflight: Promise<void>[] = [];
+  private failed: unknown;
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly depth: number,
+  ) {}
+  async push(c: Chunk, position: number): Promise<void> {
+    if (this.failed) throw this.failed;
+    const p = writeAt(this.fh, c.data, position).then(
+      () => c.release?.(),
+      (e) => {
+        c.release?.();
+        this.failed ??= e;
+      },
+    );
+    this.inflight.push(p);
+    if (this.inflight.length >= this.depth) await this.inflight.shift();
+    if (this.failed) throw this.failed;
+  }
+  async drain(): Promise<void> {
+    await Promise.all(this.inflight.splice(0));
+    if (this.failed) throw this.failed;
   }
 }
 
@@ -110,6 +137,7 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
   let bytes = 0;
   let count = 0;
   let totalSize = 0;
+  const closing: Promise<void>[] = [];
   try {
     for (let i = 0; i < shards.length; i++) {
       const shard = shards[i]!;
@@ -117,26 +145,23 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
       const tmp = join(dir, tempName(fname));
       temps.push({ tmp, final: join(dir, fname) });
       const fh = await open(tmp, 'w');
+      const queue = new WriteQueue(fh, 3);
       try {
-        await writeAll(fh, encodeHeader(shard, opts.metadata));
+        const header = encodeHeader(shard, opts.metadata);
+        await writeAt(fh, header, 0);
+        let position = header.byteLength;
         for (const e of shard) {
           const want = byteSize(e.dtype, e.shape);
           let got = 0;
-          const it = e.source()[Symbol.asyncIterator]();
-          let next = it.next();
-          for (;;) {
-            const r = await next;
-            if (r.done) break;
-            next = it.next(); // start producing the next chunk while this one is written
-            const c = r.value;
+          for await (const c of e.source()) {
             got += c.data.byteLength;
             if (got > want) {
               c.release?.();
               throw new MoekitError(`internal: '${e.name}' produced more than its ${want} bytes`);
             }
-            await writeAll(fh, c.data);
+            await queue.push(c, position);
+            position += c.data.byteLength;
             bytes += c.data.byteLength;
-            c.release?.();
             opts.onProgress?.(bytes, count);
           }
           if (got !== want) throw new MoekitError(`'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
@@ -145,11 +170,18 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
           count++;
           opts.onProgress?.(bytes, count);
         }
-        if (opts.fsync !== false) await fh.sync();
-      } finally {
+        await queue.drain();
+      } catch (e) {
+        await queue.drain().catch(() => undefined);
         await fh.close();
+        throw e;
       }
+      // fsync this shard in the background while the next one is written
+      const finish = (opts.fsync !== false ? fh.sync() : Promise.resolve()).finally(() => fh.close());
+      finish.catch(() => undefined);
+      closing.push(finish);
     }
+    await Promise.all(closing.splice(0));
     if (shards.length > 1) {
       const fname = `${stem}.safetensors.index.json`;
       const tmp = join(dir, tempName(fname));
@@ -160,6 +192,7 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
     }
     for (const t of temps) await rename(t.tmp, t.final);
   } catch (e) {
+    await Promise.allSettled(closing);
     await Promise.all(temps.map((t) => unlink(t.tmp).catch(() => undefined)));
     throw e;
   }

@@ -1,0 +1,14 @@
+/** Benchmarks of later features (convert, shard, verify) register here; see bench.ts. */
+export interface BenchContext {
+  work: string;
+  src: string;
+  total: number;
+  /** seconds for `cp -r` of src, measured in this run */
+  tCp: number;
+  layers: number;
+  hidden: number;
+  inter: number;
+  experts: number;
+}
+
+export async function runExtraBenches(_ctx: BenchContext): Promise<void> {}
