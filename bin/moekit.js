@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
+process.env.UV_THREADPOOL_SIZE ??= '8'; // parallel positioned reads and writes
 const cli = new URL('../dist/src/cli.js', import.meta.url);
 if (!existsSync(fileURLToPath(cli))) {
   process.stderr.write('moekit: not built yet; run `npm run build` (npm ci does it for you)\n');
