@@ -41,7 +41,7 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
   const k = r.topK;
   if (r.scoreFunc === 'topk_softmax' || r.scoreFunc === 'topk_sigmoid_input') {
     const ids = topk(logits, k);
-    if (r.scoreFunc === 'topk_sigmoid_input') return { ids, weights: ids.map((i) => sigmoid(logits[i]!)) };
+    if (r.scoreFunc === 'topk_sigmoid_input') return { ids, weights: ids.map((i) => sigmoid(logits[i]!) * r.routedScalingFactor) };
     const m = Math.max(...ids.map((i) => logits[i]!));
     const ex = ids.map((i) => Math.exp(logits[i]! - m));
     const s = ex.reduce((a, b) => a + b, 0);
