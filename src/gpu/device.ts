@@ -11,6 +11,8 @@ export interface Gpu {
   /** bytes one storage binding may cover: min(maxStorageBufferBindingSize, maxBufferSize) */
   maxBinding: number;
   limits: GPUSupportedLimits;
+  /** timestamp-query is enabled (kernel timing) */
+  timestamps: boolean;
 }
 
 const holder: { gpu?: unknown; ready?: Promise<Gpu> } = {};
@@ -45,7 +47,8 @@ async function init(): Promise<Gpu> {
   ] as const) {
     requiredLimits[k] = l[k];
   }
-  const device = await adapter.requestDevice({ requiredLimits });
+  const timestamps = adapter.features.has('timestamp-query');
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: timestamps ? ['timestamp-query'] : [] });
   device.addEventListener('uncapturederror', (ev) => {
     process.stderr.write(`moekit: WebGPU error: ${(ev as GPUUncapturedErrorEvent).error.message}\n`);
   });
@@ -58,6 +61,7 @@ async function init(): Promise<Gpu> {
     adapterName,
     maxBinding: Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize),
     limits: device.limits,
+    timestamps,
   };
 }
 

@@ -19,12 +19,16 @@ import { kernel, type KernelName } from './kernels.js';
 export interface GpuForwardOptions {
   /** pretend bindings may cover at most this many bytes (tests the chunking path) */
   maxBinding?: number;
+  /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
+  timing?: boolean;
 }
 
 export interface GpuForwardResult extends ForwardResult {
   adapterName: string;
   /** weight pieces dispatched (up + down, all groups, all token batches) */
   pieces: number;
+  /** with opts.timing: summed GPU time of all kernels, in ms (undefined without timestamp-query) */
+  kernelMs?: number;
 }
 
 export interface Piece {
@@ -71,8 +75,35 @@ class Ctx {
   piece: GPUBuffer[] = [];
   private pendingBytes = 0;
   pieces = 0;
-  constructor(readonly gpu: Gpu) {
+  private queries?: { set: GPUQuerySet; n: number; cap: number; ns: bigint };
+  constructor(readonly gpu: Gpu, timing: boolean) {
     this.device = gpu.device;
+    if (timing && gpu.timestamps) this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n };
+  }
+  /** Read back and sum the recorded kernel intervals (call when the queue is idle or before waiting on it). */
+  async drainTimestamps(): Promise<void> {
+    const q = this.queries;
+    if (!q || q.n === 0) return;
+    const bytes = q.n * 8;
+    const res = this.buffer(bytes, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, 'timestamps');
+    const rb = this.buffer(bytes, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'timestamps readback');
+    const enc = this.device.createCommandEncoder();
+    enc.resolveQuerySet(q.set, 0, q.n, res, 0);
+    enc.copyBufferToBuffer(res, 0, rb, 0, bytes);
+    this.device.queue.submit([enc.finish()]);
+    await rb.mapAsync(GPUMapMode.READ);
+    const t = new BigInt64Array(rb.getMappedRange().slice(0));
+    for (let i = 0; i + 1 < q.n; i += 2) q.ns += t[i + 1]! - t[i]!;
+    rb.unmap();
+    res.destroy();
+    rb.destroy();
+    q.n = 0;
+  }
+  get kernelMs(): number | undefined {
+    return this.queries ? Number(this.queries.ns) / 1e6 : undefined;
+  }
+  destroy(): void {
+    this.queries?.set.destroy();
   }
   buffer(size: number, usage: U, label?: string, owner?: GPUBuffer[]): GPUBuffer {
     const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage, label });
@@ -109,18 +140,25 @@ class Ctx {
     const k = kernel(this.device, name, constants);
     const bg = this.device.createBindGroup({ layout: k.layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
     const enc = this.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
+    const q = this.queries;
+    const pass = enc.beginComputePass(q ? { timestampWrites: { querySet: q.set, beginningOfPassWriteIndex: q.n, endOfPassWriteIndex: q.n + 1 } } : undefined);
+    if (q) q.n += 2;
     pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(...groups);
     pass.end();
     this.device.queue.submit([enc.finish()]);
   }
+  /** Timestamp slots left before a drain is needed. */
+  get needsDrain(): boolean {
+    return !!this.queries && this.queries.n + 16 > this.queries.cap;
+  }
   /** Release the piece's buffers (after its submit); wait for the queue when many bytes were uploaded (bounds staging memory). */
   async releasePiece(uploaded = 0): Promise<void> {
     for (const b of this.piece) b.destroy();
     this.piece = [];
     this.pendingBytes += uploaded;
+    if (this.needsDrain) await this.drainTimestamps();
     if (this.pendingBytes > 512 * 2 ** 20) {
       await this.device.queue.onSubmittedWorkDone();
       this.pendingBytes = 0;
@@ -195,7 +233,7 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
 export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
   checkShapes(w, spec);
   const gpu = await getGpu();
-  const ctx = new Ctx(gpu);
+  const ctx = new Ctx(gpu, !!opts.timing);
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
   const H = w.hidden;
   const E = w.experts.length;
@@ -341,6 +379,7 @@ export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32
       for (let e = 0; e < E; e++) expertCounts[e]! += counts[e]!;
       rbOut.unmap();
       rbMeta.unmap();
+      await ctx.drainTimestamps();
       ctx.releaseBatch();
     }
   } catch (e) {
@@ -349,8 +388,9 @@ export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32
   } finally {
     ctx.releaseBatch();
     for (const b of persistent) b.destroy();
+    ctx.destroy();
     const errs = [await ctx.device.popErrorScope(), await ctx.device.popErrorScope()].filter((x): x is GPUError => x !== null);
     if (errs.length > 0 && !failed) throw new MoekitError(`WebGPU: ${errs[0]!.message.split('\n')[0]}`);
   }
-  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces };
+  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs };
 }
