@@ -12,6 +12,7 @@
  * This is deliberately the only place that knows HF tensor names; other layouts build the same
  * structure elsewhere and hand it to the same forward.
  */
+import pLimit from 'p-limit';
 import { MoekitError } from '../errors.js';
 import type { Checkpoint } from '../safetensors/reader.js';
 import type { FloatDtype } from '../safetensors/dtypes.js';
@@ -64,17 +65,25 @@ function sliceVec(w: Weight, e: number, i0: number, n: number, stride = 1): Weig
   return gatherElems(w, [n], (i) => e * cols + i0 + i * stride);
 }
 
+/** Reads go through this limiter: several large positioned reads in flight overlap I/O and page faults. */
+const limit = pLimit(8);
+
 async function gatedMlp(ck: Checkpoint, p: string, names: [string, string, string]): Promise<ExpertWeights> {
   const [g, u, d] = names;
-  return {
-    gate: await readWeight(ck, `${p}.${g}.weight`),
-    up: await readWeight(ck, `${p}.${u}.weight`),
-    down: await readWeight(ck, `${p}.${d}.weight`),
-    gateBias: await opt(ck, `${p}.${g}.bias`),
-    upBias: await opt(ck, `${p}.${u}.bias`),
-    downBias: await opt(ck, `${p}.${d}.bias`),
-  };
+  const [gate, up, down, gateBias, upBias, downBias] = await Promise.all([
+    limit(() => readWeight(ck, `${p}.${g}.weight`)),
+    limit(() => readWeight(ck, `${p}.${u}.weight`)),
+    limit(() => readWeight(ck, `${p}.${d}.weight`)),
+    opt(ck, `${p}.${g}.bias`),
+    opt(ck, `${p}.${u}.bias`),
+    opt(ck, `${p}.${d}.bias`),
+  ]);
+  return { gate, up, down, gateBias, upBias, downBias };
 }
+
+/** All experts of a layer, read concurrently, in expert order. */
+const gatedExperts = (ck: Checkpoint, E: number, prefix: (e: number) => string, names: [string, string, string]): Promise<ExpertWeights[]> =>
+  Promise.all(Array.from({ length: E }, (_, e) => gatedMlp(ck, prefix(e), names)));
 
 export interface LoadedLayer {
   weights: MoeBlockWeights;
@@ -108,8 +117,7 @@ export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unk
     const p = `${L}.block_sparse_moe`;
     const router = { weight: await readWeight(ck, `${p}.gate.weight`), correctionBias: await opt(ck, `${p}.e_score_correction_bias`) };
     const E = router.weight.shape[0]!;
-    const experts: ExpertWeights[] = [];
-    for (let e = 0; e < E; e++) experts.push(await gatedMlp(ck, `${p}.experts.${e}`, ['w1', 'w3', 'w2']));
+    const experts = await gatedExperts(ck, E, (e) => `${p}.experts.${e}`, ['w1', 'w3', 'w2']);
     w = { hidden: H, router, experts, shared: [] };
   } else if (has(`${L}.mlp.router.weight`) && has(`${L}.mlp.experts.gate_up_proj`)) {
     // modeling_gpt_oss.py GptOssExperts: gate_up = x @ gate_up_proj[e] + bias; interleaved gate/up
@@ -149,7 +157,7 @@ export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unk
       const I = gu.shape[1]! / 2;
       for (let e = 0; e < E; e++) experts.push({ gate: sliceExpert(gu, e, 0, I), up: sliceExpert(gu, e, I, 2 * I), down: sliceExpert(dn, e) });
     } else {
-      for (let e = 0; e < E; e++) experts.push(await gatedMlp(ck, `${p}.experts.${e}`, ['gate_proj', 'up_proj', 'down_proj']));
+      experts.push(...(await gatedExperts(ck, E, (e) => `${p}.experts.${e}`, ['gate_proj', 'up_proj', 'down_proj'])));
     }
     const shared: ExpertWeights[] = [];
     for (const s of ['shared_expert', 'shared_experts']) {
