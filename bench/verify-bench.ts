@@ -1,0 +1,257 @@
+/**
+ * Verify benchmark: one synthetic Mixtral-8x7B-shaped bf16 MoE layer (H 4096, I 14336, E 8,
+ * top-2, 64 tokens by default) written to a temp folder, then timed:
+ *   - read: reading the layer's weight bytes from disk (warm page cache, best of 2)
+ *   - verify: loading the layer (loadLayerFromHf) + the WebGPU forward, as `moekit verify` does
+ *   - kernels: GPU time of all kernels (timestamp queries), → kernel GFLOP/s
+ * reported as verify/read (target ≤ 1.5 on the H100: verification is I/O-bound). When python3
+ * with torch is present (the H100 machine), bench/torch_moe.py runs the same block in PyTorch
+ * eager f32 on the same input and reports its time and its agreement with the WebGPU output.
+ *
+ * Sizes: MOEKIT_VBENCH_HIDDEN / _INTER / _EXPERTS / _TOPK / _TOKENS (or --hidden, --inter,
+ * --experts, --topk, --tokens), MOEKIT_BENCH_DIR for the temp folder's parent. A smaller run for
+ * lavapipe: --hidden 1024 --inter 3584.
+ * Call runVerifyBench() from the main bench, or run: node dist/bench/verify-bench.js [--json]
+ */
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Checkpoint } from '../src/safetensors/reader.js';
+import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/safetensors/writer.js';
+import { f32BitsToBf16, f32ToBits } from '../src/safetensors/cast.js';
+import type { Chunk } from '../src/safetensors/pool.js';
+import { loadLayerFromHf } from '../src/forward/hf-loader.js';
+import { forwardGpu } from '../src/gpu/moe.js';
+import { randomTokens } from '../src/verify.js';
+import type { MoeBlockWeights } from '../src/forward/weights.js';
+
+export interface VerifyBenchOptions {
+  hidden?: number;
+  inter?: number;
+  experts?: number;
+  topK?: number;
+  tokens?: number;
+  /** parent folder of the temp checkpoint */
+  dir?: string;
+  /** run bench/torch_moe.py when python3 + torch are available (default true) */
+  torch?: boolean;
+  log?: (msg: string) => void;
+}
+
+export interface TorchResult {
+  device: string;
+  ms: number;
+  gflops: number;
+  maxRelVsWebgpu: number;
+}
+
+export interface VerifyBenchResult {
+  adapter: string;
+  shape: { hidden: number; inter: number; experts: number; topK: number; tokens: number };
+  weightBytes: number;
+  gflop: number;
+  readMs: number;
+  loadMs: number;
+  forwardMs: number;
+  verifyMs: number;
+  kernelMs?: number;
+  kernelGflops?: number;
+  /** verifyMs / readMs */
+  ratio: number;
+  torch?: TorchResult;
+  /** WebGPU kernel throughput / torch throughput */
+  webgpuVsTorch?: number;
+}
+
+const envNum = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
+
+/** A tile of bf16 N(0, scale²) values, reused (at tensor-dependent offsets) to fill big tensors fast. */
+function bf16Tile(n: number, scale: number, seed: number): Uint8Array {
+  const x = randomTokens(1, n, seed);
+  const out = new Uint16Array(n);
+  for (let i = 0; i < n; i++) out[i] = f32BitsToBf16(f32ToBits(x[i]! * scale));
+  return new Uint8Array(out.buffer);
+}
+
+function tiledSource(tile: Uint8Array, bytes: number, offset: number): () => AsyncIterable<Chunk> {
+  const chunk = 16 * 2 ** 20;
+  return async function* () {
+    let pos = (offset * 2) % tile.byteLength;
+    for (let done = 0; done < bytes; ) {
+      const n = Math.min(chunk, bytes - done);
+      const buf = Buffer.allocUnsafe(n);
+      for (let o = 0; o < n; ) {
+        const k = Math.min(n - o, tile.byteLength - pos);
+        buf.set(tile.subarray(pos, pos + k), o);
+        o += k;
+        pos = (pos + k) % tile.byteLength;
+      }
+      done += n;
+      yield { data: buf };
+    }
+  };
+}
+
+/** Write a one-layer Mixtral-layout bf16 checkpoint; returns its weight bytes. */
+export async function writeSyntheticLayer(dir: string, H: number, I: number, E: number, K: number): Promise<number> {
+  const tileH = bf16Tile(1 << 20, 1 / Math.sqrt(H), 1);
+  const tileI = bf16Tile(1 << 20, 1 / Math.sqrt(I), 2);
+  const p = 'model.layers.0.block_sparse_moe';
+  const entries: WriteEntry[] = [{ name: `${p}.gate.weight`, dtype: 'BF16', shape: [E, H], source: tiledSource(tileH, E * H * 2, 7) }];
+  for (let e = 0; e < E; e++) {
+    entries.push({ name: `${p}.experts.${e}.w1.weight`, dtype: 'BF16', shape: [I, H], source: tiledSource(tileH, I * H * 2, 1000 * e + 1) });
+    entries.push({ name: `${p}.experts.${e}.w2.weight`, dtype: 'BF16', shape: [H, I], source: tiledSource(tileI, I * H * 2, 1000 * e + 2) });
+    entries.push({ name: `${p}.experts.${e}.w3.weight`, dtype: 'BF16', shape: [I, H], source: tiledSource(tileH, I * H * 2, 1000 * e + 3) });
+  }
+  await writeCheckpoint(dir, entries, { fsync: false });
+  const config = {
+    architectures: ['MixtralForCausalLM'],
+    model_type: 'mixtral',
+    hidden_size: H,
+    intermediate_size: I,
+    num_local_experts: E,
+    num_experts_per_tok: K,
+    num_hidden_layers: 1,
+    hidden_act: 'silu',
+    torch_dtype: 'bfloat16',
+  };
+  await writeFile(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  return (E * (3 * I * H) + E * H) * 2;
+}
+
+function packageRoot(): string {
+  let d = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    if (existsSync(join(d, 'package.json')) && existsSync(join(d, 'bench', 'torch_moe.py'))) return d;
+    d = dirname(d);
+  }
+  return process.cwd();
+}
+
+function hasTorch(): boolean {
+  const r = spawnSync('python3', ['-c', 'import torch'], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+/** Tiny block with the same kernel variants (bf16, SwiGLU, softmax) so pipeline compilation is not timed. */
+function warmupBlock(): MoeBlockWeights {
+  const w = (shape: number[]) => ({ dtype: 'BF16' as const, shape, data: new Uint8Array(shape.reduce((a, b) => a * b, 1) * 2) });
+  return { hidden: 64, router: { weight: w([4, 64]) }, experts: Array.from({ length: 4 }, () => ({ gate: w([32, 64]), up: w([32, 64]), down: w([64, 32]) })), shared: [] };
+}
+
+export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<VerifyBenchResult> {
+  const log = opts.log ?? ((m: string) => process.stderr.write(m + '\n'));
+  const H = opts.hidden ?? envNum('MOEKIT_VBENCH_HIDDEN', 4096);
+  const I = opts.inter ?? envNum('MOEKIT_VBENCH_INTER', 14336);
+  const E = opts.experts ?? envNum('MOEKIT_VBENCH_EXPERTS', 8);
+  const K = opts.topK ?? envNum('MOEKIT_VBENCH_TOPK', 2);
+  const T = opts.tokens ?? envNum('MOEKIT_VBENCH_TOKENS', 64);
+  const dir = await mkdtemp(join(opts.dir ?? process.env.MOEKIT_BENCH_DIR ?? tmpdir(), 'moekit-vbench-'));
+  try {
+    log(`verify bench: writing a bf16 Mixtral-layout layer H ${H}, I ${I}, E ${E}, top-${K} to ${dir} …`);
+    const weightBytes = await writeSyntheticLayer(dir, H, I, E, K);
+    const ck = await Checkpoint.open(dir);
+    const config = (await ck.config())!;
+
+    // Time to read the layer's weights from disk (what any verifier must at least do).
+    let readMs = Infinity;
+    for (let rep = 0; rep < 2; rep++) {
+      const t0 = performance.now();
+      for (const t of ck.tensors.values()) await ck.read(t);
+      readMs = Math.min(readMs, performance.now() - t0);
+    }
+
+    const spec = { routing: { scoreFunc: 'softmax' as const, topK: K, nGroup: 1, topkGroup: 1, normTopkProb: true, routedScalingFactor: 1, correctionBias: false, routerBias: false }, activation: { kind: 'swiglu' as const } };
+    await forwardGpu(warmupBlock(), spec, new Float32Array(8 * 64), 8);
+
+    const x = randomTokens(T, H, 42);
+    const t0 = performance.now();
+    const layer = await loadLayerFromHf(ck, config, 0);
+    const t1 = performance.now();
+    const r = await forwardGpu(layer.weights, layer.facts, x, T, { timing: true });
+    const t2 = performance.now();
+    await ck.close();
+
+    const gflop = (T * K * 6 * H * I + 2 * T * E * H) / 1e9;
+    const res: VerifyBenchResult = {
+      adapter: r.adapterName,
+      shape: { hidden: H, inter: I, experts: E, topK: K, tokens: T },
+      weightBytes,
+      gflop,
+      readMs,
+      loadMs: t1 - t0,
+      forwardMs: t2 - t1,
+      verifyMs: t2 - t0,
+      kernelMs: r.kernelMs,
+      kernelGflops: r.kernelMs ? gflop / (r.kernelMs / 1e3) : undefined,
+      ratio: (t2 - t0) / readMs,
+    };
+
+    if (opts.torch !== false && hasTorch()) {
+      // Same input through PyTorch eager f32; the script also checks it agrees with our output.
+      const io = [
+        { name: 'input', dtype: 'F32' as const, shape: [T, H], source: bufferSource(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)) },
+        { name: 'output', dtype: 'F32' as const, shape: [T, H], source: bufferSource(new Uint8Array(r.out.buffer)) },
+      ];
+      await writeCheckpoint(join(dir, 'io'), io, { fsync: false, stem: 'io' });
+      log('verify bench: running bench/torch_moe.py …');
+      const p = spawnSync('python3', [join(packageRoot(), 'bench', 'torch_moe.py'), dir, join(dir, 'io', 'io.safetensors')], { encoding: 'utf8', maxBuffer: 1 << 24 });
+      const line = p.stdout.trim().split('\n').pop() ?? '';
+      if (p.status === 0 && line.startsWith('{')) {
+        const j = JSON.parse(line) as { device: string; ms: number; max_rel_vs_webgpu: number };
+        res.torch = { device: j.device, ms: j.ms, gflops: gflop / (j.ms / 1e3), maxRelVsWebgpu: j.max_rel_vs_webgpu };
+        if (res.kernelGflops) res.webgpuVsTorch = res.kernelGflops / res.torch.gflops;
+      } else {
+        log(`verify bench: torch_moe.py failed: ${(p.stderr || line).trim().split('\n').slice(-3).join(' | ')}`);
+      }
+    }
+    return res;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export function formatVerifyBench(r: VerifyBenchResult): string {
+  const s = r.shape;
+  const f = (x: number | undefined, d = 1) => (x === undefined ? 'n/a' : x.toFixed(d));
+  const lines = [
+    `== verify of one bf16 MoE layer: H ${s.hidden}, I ${s.inter}, E ${s.experts}, top-${s.topK}, ${s.tokens} tokens (${(r.weightBytes / 2 ** 30).toFixed(2)} GiB, ${r.gflop.toFixed(1)} GFLOP) ==`,
+    `adapter                ${r.adapter}`,
+    `read weights (disk)    ${f(r.readMs)} ms   ${f(r.weightBytes / 2 ** 20 / (r.readMs / 1e3), 0)} MiB/s`,
+    `verify (load+forward)  ${f(r.verifyMs)} ms   (load ${f(r.loadMs)} ms, forward incl. upload ${f(r.forwardMs)} ms)`,
+    `kernels (GPU time)     ${f(r.kernelMs)} ms   ${f(r.kernelGflops)} GFLOP/s`,
+    `verify / read          ${f(r.ratio, 2)}`,
+  ];
+  if (r.torch) {
+    lines.push(`torch eager f32        ${f(r.torch.ms)} ms   ${f(r.torch.gflops)} GFLOP/s on ${r.torch.device}; max rel vs WebGPU ${r.torch.maxRelVsWebgpu.toExponential(2)}`);
+    lines.push(`WebGPU / torch         ${f(r.webgpuVsTorch, 2)} (throughput)`);
+  }
+  return lines.join('\n');
+}
+
+function argsToOptions(argv: string[]): VerifyBenchOptions & { json: boolean } {
+  const o: VerifyBenchOptions & { json: boolean } = { json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const v = () => Number(argv[++i]);
+    if (a === '--json') o.json = true;
+    else if (a === '--hidden') o.hidden = v();
+    else if (a === '--inter') o.inter = v();
+    else if (a === '--experts') o.experts = v();
+    else if (a === '--topk') o.topK = v();
+    else if (a === '--tokens') o.tokens = v();
+    else if (a === '--no-torch') o.torch = false;
+    else throw new Error(`verify-bench: unknown argument ${a}`);
+  }
+  return o;
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const o = argsToOptions(process.argv.slice(2));
+  const r = await runVerifyBench(o);
+  process.stdout.write((o.json ? JSON.stringify(r, null, 2) : formatVerifyBench(r)) + '\n');
+  process.exit(0);
+}

@@ -1,0 +1,44 @@
+import type { Command } from 'commander';
+import { MoekitError } from '../errors.js';
+import { formatReport, parseLayers, verify } from '../verify.js';
+
+const num = (what: string, min = -Infinity) => (v: string): number => {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < min) throw new MoekitError(`${what}: '${v}' is not a valid number${min > -Infinity ? ` ≥ ${min}` : ''}`);
+  return n;
+};
+const int = (what: string, min: number) => (v: string): number => {
+  const n = num(what, min)(v);
+  if (!Number.isInteger(n)) throw new MoekitError(`${what}: '${v}' is not an integer`);
+  return n;
+};
+
+export function registerVerify(program: Command): void {
+  program
+    .command('verify')
+    .argument('<a>', 'checkpoint to verify (folder, .safetensors or index.json)')
+    .argument('[b]', 'second checkpoint: both are fed the same tokens and compared layer by layer')
+    .option('--reference <file>', 'safetensors with `input` [T,H] and `layers.N.output` (e.g. fixtures/hf/mixtral/reference.safetensors)')
+    .option('--tokens <n>', 'random tokens to feed (default 32), or the first n rows of the reference input', int('--tokens', 1))
+    .option('--seed <s>', 'seed of the random tokens (default 0)', int('--seed', 0))
+    .option('--layers <list>', 'only these layers, e.g. 1,3-5', parseLayers)
+    .option('--atol <x>', 'absolute tolerance added to rtol·max|ref| (default 0)', num('--atol', 0))
+    .option('--rtol <y>', 'max |a−b| / max |ref| allowed (default 1e-4, or 2e-2 when either side has 16-bit weights)', num('--rtol', 0))
+    .option('--json', 'print the report as JSON')
+    .option('--cpu', 'run the TypeScript reference forward instead of WebGPU')
+    .description('numerically verify MoE/MLP layers on a WebGPU kernel against reference outputs or another checkpoint')
+    .addHelpText(
+      'after',
+      '\nA layer passes when max|a−b| ≤ atol + rtol·max|ref|. Exit status 0 only if every layer passes.\n' +
+        'Examples:\n  moekit verify fixtures/hf/mixtral --reference fixtures/hf/mixtral/reference.safetensors\n' +
+        '  moekit verify /models/src /models/converted --tokens 64 --layers 0-3 --json',
+    )
+    .action(async (a: string, b: string | undefined, o: { reference?: string; tokens?: number; seed?: number; layers?: number[]; atol?: number; rtol?: number; json?: boolean; cpu?: boolean }) => {
+      const report = await verify(a, b, {
+        ...o,
+        onProgress: (m) => process.stderr.write(`verify: ${m}\n`),
+      });
+      process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
+      if (!report.pass) process.exitCode = 1;
+    });
+}

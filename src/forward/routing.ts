@@ -1,0 +1,126 @@
+/**
+ * Routing and activation math shared by the CPU reference forward (and mirrored in
+ * kernels/router_select.wgsl and kernels/expert_up.wgsl). Sources, transformers 5.x:
+ *  - softmax → top-k → optional renorm: modeling_mixtral.py / modeling_qwen2_moe.py (Qwen2MoeSparseMoeBlock)
+ *  - sigmoid + e_score_correction_bias for selection, group-limited top-k ranked by the sum of each
+ *    group's top-2 biased scores, unselected groups masked to 0.0 (not -inf), weights = unbiased
+ *    scores, renorm (+1e-20) if norm_topk_prob, × routed_scaling_factor: modeling_deepseek_v3.py
+ *    (DeepseekV3MoE.route_tokens_to_experts)
+ *  - top-k of the logits, softmax over the k: modeling_gpt_oss.py (GptOssTopKRouter)
+ *  - top-k of the logits, sigmoid of each, scaling the expert input: modeling_llama4.py
+ */
+import type { Activation, Routing } from '../family.js';
+
+export interface BlockSpec {
+  routing: Routing;
+  activation: Activation;
+}
+
+/** Indices of the k largest values (ties: lower index first), in descending order. */
+export function topk(v: ArrayLike<number>, k: number, allowed?: (i: number) => boolean): number[] {
+  const out: number[] = [];
+  const taken = new Uint8Array(v.length);
+  for (let j = 0; j < k; j++) {
+    let best = -1;
+    for (let i = 0; i < v.length; i++) {
+      if (taken[i] || (allowed && !allowed(i))) continue;
+      if (best < 0 || v[i]! > v[best]!) best = i;
+    }
+    if (best < 0) break;
+    taken[best] = 1;
+    out.push(best);
+  }
+  return out;
+}
+
+const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
+
+/** Route one token: experts and their weights (slot order), and whether weights scale the input. */
+export function routeToken(logits: Float64Array, r: Routing, correction?: Float32Array): { ids: number[]; weights: number[] } {
+  const E = logits.length;
+  const k = r.topK;
+  if (r.scoreFunc === 'topk_softmax' || r.scoreFunc === 'topk_sigmoid_input') {
+    const ids = topk(logits, k);
+    if (r.scoreFunc === 'topk_sigmoid_input') return { ids, weights: ids.map((i) => sigmoid(logits[i]!) * r.routedScalingFactor) };
+    const m = Math.max(...ids.map((i) => logits[i]!));
+    const ex = ids.map((i) => Math.exp(logits[i]! - m));
+    const s = ex.reduce((a, b) => a + b, 0);
+    return { ids, weights: ex.map((x) => (x / s) * r.routedScalingFactor) };
+  }
+  const scores = new Float64Array(E);
+  if (r.scoreFunc === 'softmax') {
+    let m = -Infinity;
+    for (const x of logits) m = Math.max(m, x);
+    let s = 0;
+    for (let i = 0; i < E; i++) s += scores[i] = Math.exp(logits[i]! - m);
+    for (let i = 0; i < E; i++) scores[i]! /= s;
+  } else {
+    for (let i = 0; i < E; i++) scores[i] = sigmoid(logits[i]!);
+  }
+  const choice = Float64Array.from(scores, (s, i) => s + (correction ? correction[i]! : 0));
+  if (r.nGroup > 1) {
+    const G = r.nGroup;
+    const per = E / G;
+    const gs: number[] = [];
+    for (let g = 0; g < G; g++) {
+      const top2 = topk(choice.subarray(g * per, (g + 1) * per), Math.min(2, per));
+      gs.push(top2.reduce((a, i) => a + choice[g * per + i]!, 0));
+    }
+    const keep = new Set(topk(gs, r.topkGroup));
+    for (let i = 0; i < E; i++) if (!keep.has(Math.floor(i / per))) choice[i] = 0; // masked_fill(~mask, 0.0)
+  }
+  const ids = topk(choice, k);
+  let weights = ids.map((i) => scores[i]!);
+  if (r.normTopkProb) {
+    const s = weights.reduce((a, b) => a + b, 0) + (r.scoreFunc === 'sigmoid' ? 1e-20 : 0);
+    weights = weights.map((w) => w / s);
+  }
+  return { ids, weights: weights.map((w) => w * r.routedScalingFactor) };
+}
+
+/** erf, |error| < 1.2e-7 (Numerical Recipes erfc, Chebyshev fit); the same formula is in the WGSL. */
+export function erf(x: number): number {
+  const z = Math.abs(x);
+  const t = 1 / (1 + 0.5 * z);
+  const r =
+    t *
+    Math.exp(
+      -z * z -
+        1.26551223 +
+        t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
+    );
+  return x >= 0 ? 1 - r : r - 1;
+}
+
+/**
+ * Activation of one hidden unit from its gate and up pre-activations (transformers ACT2FN and
+ * the MLP forwards): SwiGLU silu(g)·u; GeGLU gelu(g)·u (exact erf or tanh approximation);
+ * ReLU² relu(u)² (non-gated, g unused); SwiGLU-OAI (modeling_gpt_oss.py _apply_gate):
+ * g ≤ limit, |u| ≤ limit, (u + 1)·g·σ(α·g); clamped SwiGLU (DeepSeek-V4 swiglu_limit):
+ * silu(min(g, limit))·clamp(u, ±limit).
+ */
+export function activate(a: Activation, g: number, u: number): number {
+  switch (a.kind) {
+    case 'swiglu':
+      return g * sigmoid(g) * u;
+    case 'geglu':
+      return 0.5 * g * (1 + erf(g / Math.SQRT2)) * u;
+    case 'geglu_tanh':
+      return 0.5 * g * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (g + 0.044715 * g * g * g))) * u;
+    case 'relu2': {
+      const r = Math.max(u, 0);
+      return r * r;
+    }
+    case 'swiglu_oai': {
+      const lim = a.limit ?? 7;
+      const gc = Math.min(g, lim);
+      const uc = Math.min(Math.max(u, -lim), lim);
+      return (uc + 1) * gc * sigmoid((a.alpha ?? 1.702) * gc);
+    }
+    case 'swiglu_clamped': {
+      const lim = a.limit ?? Infinity;
+      const gc = Math.min(g, lim);
+      return gc * sigmoid(gc) * Math.min(Math.max(u, -lim), lim);
+    }
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The process-wide WebGPU device (Dawn via the `webgpu` package). The object returned by
+ * create() must stay alive for the whole process, or Dawn aborts/hangs when V8 collects it while
+ * a device exists (platform-notes.md), so it lives in a module-level holder that is never cleared.
+ */
+import { MoekitError } from '../errors.js';
+
+export interface Gpu {
+  device: GPUDevice;
+  adapterName: string;
+  /** bytes one storage binding may cover: min(maxStorageBufferBindingSize, maxBufferSize) */
+  maxBinding: number;
+  limits: GPUSupportedLimits;
+  /** timestamp-query is enabled (kernel timing) */
+  timestamps: boolean;
+}
+
+const holder: { gpu?: unknown; ready?: Promise<Gpu> } = {};
+
+const NO_ADAPTER =
+  'no WebGPU adapter found; on Debian install a Vulkan driver (apt-get install -t bookworm-backports mesa-vulkan-drivers), ' +
+  'set XDG_RUNTIME_DIR (e.g. /tmp), or run with --cpu';
+
+async function init(): Promise<Gpu> {
+  if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = '/tmp';
+  let mod: typeof import('webgpu');
+  try {
+    mod = await import('webgpu');
+  } catch (e) {
+    throw new MoekitError(`cannot load the 'webgpu' package (${(e as Error).message.split('\n')[0]}); run with --cpu`);
+  }
+  Object.assign(globalThis, mod.globals);
+  const gpu = mod.create([]);
+  holder.gpu = gpu;
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) throw new MoekitError(NO_ADAPTER);
+  const l = adapter.limits;
+  const requiredLimits: Record<string, number> = {};
+  for (const k of [
+    'maxStorageBufferBindingSize',
+    'maxBufferSize',
+    'maxStorageBuffersPerShaderStage',
+    'maxComputeWorkgroupsPerDimension',
+    'maxComputeInvocationsPerWorkgroup',
+    'maxComputeWorkgroupSizeX',
+    'maxComputeWorkgroupSizeY',
+  ] as const) {
+    requiredLimits[k] = l[k];
+  }
+  const timestamps = adapter.features.has('timestamp-query');
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: timestamps ? ['timestamp-query'] : [] });
+  device.addEventListener('uncapturederror', (ev) => {
+    process.stderr.write(`moekit: WebGPU error: ${(ev as GPUUncapturedErrorEvent).error.message}\n`);
+  });
+  const info = adapter.info;
+  const adapterName = [info.description || info.device || 'unknown adapter', info.vendor && `(${info.vendor}${info.architecture ? ' ' + info.architecture : ''})`]
+    .filter(Boolean)
+    .join(' ');
+  return {
+    device,
+    adapterName,
+    maxBinding: Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize),
+    limits: device.limits,
+    timestamps,
+  };
+}
+
+/** The shared device; created on first use. Throws a one-line MoekitError when there is no adapter. */
+export function getGpu(): Promise<Gpu> {
+  if (!holder.ready) {
+    holder.ready = init();
+    holder.ready.catch(() => (holder.ready = undefined));
+  }
+  return holder.ready;
+}

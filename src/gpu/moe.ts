@@ -1,0 +1,396 @@
+/**
+ * Host side of the WebGPU MoE block forward (kernels/*.wgsl):
+ *   router_logits → router_select → gather (token lists per expert)
+ *   → expert_up / expert_down per weight piece (grouped, register-blocked GEMMs)
+ *   → combine (deterministic weighted sum of each token's slots + gated shared experts).
+ * Large weights: every binding stays within the adapter's maxStorageBufferBindingSize /
+ * maxBufferSize. Experts are packed into pieces of whole experts when they fit, else an expert
+ * is cut into row blocks; each piece is uploaded into its own buffer, dispatched, and released,
+ * so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on lavapipe's 128 MiB bindings.
+ * Tokens are batched when activations would exceed one binding (tokens are independent).
+ */
+import { MoekitError } from '../errors.js';
+import type { ForwardResult } from '../forward/cpu.js';
+import type { BlockSpec } from '../forward/routing.js';
+import { dtypeBytes, expertI, weightF32, type ExpertWeights, type MoeBlockWeights, type Weight } from '../forward/weights.js';
+import { getGpu, type Gpu } from './device.js';
+import { kernel, type KernelName } from './kernels.js';
+
+export interface GpuForwardOptions {
+  /** pretend bindings may cover at most this many bytes (tests the chunking path) */
+  maxBinding?: number;
+  /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
+  timing?: boolean;
+}
+
+export interface GpuForwardResult extends ForwardResult {
+  adapterName: string;
+  /** weight pieces dispatched (up + down, all groups, all token batches) */
+  pieces: number;
+  /** with opts.timing: summed GPU time of all kernels, in ms (undefined without timestamp-query) */
+  kernelMs?: number;
+}
+
+export interface Piece {
+  /** first expert of the piece (index within its group) */
+  e0: number;
+  nE: number;
+  /** output rows [r0, r0 + rows) of each expert */
+  r0: number;
+  rows: number;
+}
+
+const MAX_DISPATCH = 65535;
+
+/**
+ * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
+ * together when one fits, else row blocks (multiples of 4 rows) of one expert.
+ */
+export function planPieces(E: number, N: number, K: number, elemBytes: number, maxBytes: number): Piece[] {
+  const rowBytes = K * elemBytes;
+  const perExpert = N * rowBytes;
+  const out: Piece[] = [];
+  if (perExpert <= maxBytes) {
+    const per = Math.max(1, Math.min(E, Math.floor(maxBytes / perExpert), MAX_DISPATCH));
+    for (let e0 = 0; e0 < E; e0 += per) out.push({ e0, nE: Math.min(per, E - e0), r0: 0, rows: N });
+    return out;
+  }
+  const rows = Math.floor(maxBytes / rowBytes / 4) * 4;
+  if (rows < 4) throw new MoekitError(`a 4-row block of a [${N}, ${K}] expert matrix (${4 * rowBytes} bytes) exceeds the GPU's ${maxBytes}-byte binding limit`);
+  for (let e = 0; e < E; e++) for (let r0 = 0; r0 < N; r0 += rows) out.push({ e0: e, nE: 1, r0, rows: Math.min(rows, N - r0) });
+  return out;
+}
+
+const DT = { F32: 0, BF16: 1, F16: 2 } as const;
+const ACT = { swiglu: 0, geglu: 1, geglu_tanh: 2, relu2: 3, swiglu_oai: 4, swiglu_clamped: 5 } as const;
+const MODE = { softmax: 0, sigmoid: 1, topk_softmax: 2, topk_sigmoid_input: 3 } as const;
+const MAX_E = 512;
+
+type U = GPUBufferUsageFlags;
+
+class Ctx {
+  readonly device: GPUDevice;
+  /** buffers of the current token batch, and of the current weight piece */
+  batch: GPUBuffer[] = [];
+  piece: GPUBuffer[] = [];
+  private pendingBytes = 0;
+  pieces = 0;
+  private queries?: { set: GPUQuerySet; n: number; cap: number; ns: bigint };
+  constructor(readonly gpu: Gpu, timing: boolean) {
+    this.device = gpu.device;
+    if (timing && gpu.timestamps) this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n };
+  }
+  /** Read back and sum the recorded kernel intervals (call when the queue is idle or before waiting on it). */
+  async drainTimestamps(): Promise<void> {
+    const q = this.queries;
+    if (!q || q.n === 0) return;
+    const bytes = q.n * 8;
+    const res = this.buffer(bytes, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC, 'timestamps');
+    const rb = this.buffer(bytes, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'timestamps readback');
+    const enc = this.device.createCommandEncoder();
+    enc.resolveQuerySet(q.set, 0, q.n, res, 0);
+    enc.copyBufferToBuffer(res, 0, rb, 0, bytes);
+    this.device.queue.submit([enc.finish()]);
+    await rb.mapAsync(GPUMapMode.READ);
+    const t = new BigInt64Array(rb.getMappedRange().slice(0));
+    for (let i = 0; i + 1 < q.n; i += 2) q.ns += t[i + 1]! - t[i]!;
+    rb.unmap();
+    res.destroy();
+    rb.destroy();
+    q.n = 0;
+  }
+  get kernelMs(): number | undefined {
+    return this.queries ? Number(this.queries.ns) / 1e6 : undefined;
+  }
+  destroy(): void {
+    this.queries?.set.destroy();
+  }
+  buffer(size: number, usage: U, label?: string, owner?: GPUBuffer[]): GPUBuffer {
+    const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage, label });
+    owner?.push(b);
+    return b;
+  }
+  storage(data: ArrayBufferView | number, label: string, owner: GPUBuffer[]): GPUBuffer {
+    const size = typeof data === 'number' ? data : data.byteLength;
+    const b = this.buffer(size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC, label, owner);
+    if (typeof data !== 'number' && data.byteLength > 0) this.write(b, 0, data);
+    return b;
+  }
+  write(b: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    const u8 = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    const n = u8.byteLength & ~3;
+    if (n > 0) this.device.queue.writeBuffer(b, offset, u8.buffer, u8.byteOffset, n);
+    if (n < u8.byteLength) {
+      const tail = new Uint8Array(4);
+      tail.set(u8.subarray(n));
+      this.device.queue.writeBuffer(b, offset + n, tail);
+    }
+  }
+  uniform(vals: number[], floats: number[] = []): GPUBuffer {
+    const n = Math.ceil(vals.length / 4) * 4;
+    const a = new Uint32Array(n);
+    a.set(vals.map((v) => v >>> 0));
+    const f = new Float32Array(a.buffer);
+    for (const i of floats) f[i] = vals[i]!;
+    const b = this.buffer(a.byteLength, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, 'params', this.piece);
+    this.device.queue.writeBuffer(b, 0, a);
+    return b;
+  }
+  dispatch(name: KernelName, constants: Record<string, number>, buffers: GPUBuffer[], groups: [number, number, number]): void {
+    const k = kernel(this.device, name, constants);
+    const bg = this.device.createBindGroup({ layout: k.layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    const enc = this.device.createCommandEncoder();
+    const q = this.queries;
+    const pass = enc.beginComputePass(q ? { timestampWrites: { querySet: q.set, beginningOfPassWriteIndex: q.n, endOfPassWriteIndex: q.n + 1 } } : undefined);
+    if (q) q.n += 2;
+    pass.setPipeline(k.pipeline);
+    pass.setBindGroup(0, bg);
+    pass.dispatchWorkgroups(...groups);
+    pass.end();
+    this.device.queue.submit([enc.finish()]);
+  }
+  /** Timestamp slots left before a drain is needed. */
+  get needsDrain(): boolean {
+    return !!this.queries && this.queries.n + 16 > this.queries.cap;
+  }
+  /** Release the piece's buffers (after its submit); wait for the queue when many bytes were uploaded (bounds staging memory). */
+  async releasePiece(uploaded = 0): Promise<void> {
+    for (const b of this.piece) b.destroy();
+    this.piece = [];
+    this.pendingBytes += uploaded;
+    if (this.needsDrain) await this.drainTimestamps();
+    if (this.pendingBytes > 512 * 2 ** 20) {
+      await this.device.queue.onSubmittedWorkDone();
+      this.pendingBytes = 0;
+    }
+  }
+  releaseBatch(): void {
+    for (const b of [...this.piece, ...this.batch]) b.destroy();
+    this.piece = [];
+    this.batch = [];
+  }
+}
+
+const f32 = (w?: Weight): Float32Array | undefined => (w ? weightF32(w) : undefined);
+const ceil = (a: number, b: number) => Math.ceil(a / b);
+
+interface Group {
+  experts: ExpertWeights[];
+  I: number;
+  gated: boolean;
+  /** routed group: lists from gather; shared: every token, slot K + s */
+  dense: boolean;
+  slot: number;
+  upPieces: Piece[];
+  downPieces: Piece[];
+  bias: Float32Array | undefined;
+  downBias: Float32Array | undefined;
+}
+
+function groupBiases(experts: ExpertWeights[], I: number, H: number): { bias?: Float32Array; downBias?: Float32Array } {
+  const any = experts.some((e) => e.gateBias || e.upBias);
+  const anyD = experts.some((e) => e.downBias);
+  const n = experts.length;
+  let bias: Float32Array | undefined;
+  let downBias: Float32Array | undefined;
+  if (any) {
+    bias = new Float32Array(2 * n * I);
+    experts.forEach((e, i) => {
+      const g = f32(e.gateBias);
+      const u = f32(e.upBias);
+      if (g) bias!.set(g, i * I);
+      if (u) bias!.set(u, (n + i) * I);
+    });
+  }
+  if (anyD) {
+    downBias = new Float32Array(n * H);
+    experts.forEach((e, i) => {
+      const d = f32(e.downBias);
+      if (d) downBias!.set(d, i * H);
+    });
+  }
+  return { bias, downBias };
+}
+
+function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
+  const H = w.hidden;
+  const bad = (msg: string): never => {
+    throw new MoekitError(`WebGPU forward: ${msg}; run with --cpu`);
+  };
+  if (H % 4 !== 0) bad(`hidden size ${H} is not a multiple of 4`);
+  for (const e of [...w.experts, ...w.shared]) if (expertI(e) % 4 !== 0) bad(`expert intermediate size ${expertI(e)} is not a multiple of 4`);
+  const E = w.experts.length;
+  if (E > MAX_E) bad(`${E} experts (the router kernel handles at most ${MAX_E})`);
+  const r = spec.routing;
+  if (E > 0) {
+    if (!(r.scoreFunc in MODE)) bad(`routing '${r.scoreFunc}' is not supported`);
+    if (r.topK < 1 || r.topK > E) bad(`top-k ${r.topK} with ${E} experts`);
+    if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup)) bad(`n_group ${r.nGroup} / topk_group ${r.topkGroup} with ${E} experts`);
+  }
+}
+
+/** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
+export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
+  checkShapes(w, spec);
+  const gpu = await getGpu();
+  const ctx = new Ctx(gpu, !!opts.timing);
+  const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
+  const H = w.hidden;
+  const E = w.experts.length;
+  const K = E > 0 ? spec.routing.topK : 0;
+  const S = w.shared.length;
+  const KS = K + S;
+  const inScale = spec.routing.scoreFunc === 'topk_sigmoid_input' ? 1 : 0;
+  const act = spec.activation;
+
+  const groups: Group[] = [];
+  const mkGroup = (experts: ExpertWeights[], dense: boolean, slot: number): Group => {
+    const I = expertI(experts[0]!);
+    const eb = Math.max(...experts.flatMap((e) => [e.up, e.gate, e.down].filter((x): x is Weight => !!x).map((x) => dtypeBytes(x.dtype))));
+    return {
+      experts,
+      I,
+      gated: experts[0]!.gate !== undefined,
+      dense,
+      slot,
+      upPieces: planPieces(experts.length, I, H, eb, B),
+      downPieces: planPieces(experts.length, H, I, eb, B),
+      ...(() => {
+        const b = groupBiases(experts, I, H);
+        return { bias: b.bias, downBias: b.downBias };
+      })(),
+    };
+  };
+  if (E > 0) groups.push(mkGroup(w.experts, false, 0));
+  w.shared.forEach((s, i) => groups.push(mkGroup([s], true, K + i)));
+
+  // Tokens per batch: every activation buffer must fit one binding.
+  const perToken = Math.max(H * 4 * Math.max(KS, 1), ...groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
+  const Tb = Math.max(1, Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16));
+  if (Tb < 1 || perToken > B) throw new MoekitError(`one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+
+  // Per-layer constants (small): router, biases.
+  const dummy = ctx.buffer(16, GPUBufferUsage.STORAGE, 'dummy');
+  const persistent: GPUBuffer[] = [dummy];
+  const keep = (b: GPUBuffer) => (persistent.push(b), b);
+  const upload = (data: Uint8Array | Float32Array | undefined, label: string): GPUBuffer => {
+    if (!data) return dummy;
+    const b = ctx.buffer(data.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label);
+    ctx.write(b, 0, data);
+    return keep(b);
+  };
+  const routerW = w.router && E > 0 ? upload(w.router.weight.data, 'router') : dummy;
+  if (w.router && w.router.weight.data.byteLength > B) throw new MoekitError(`router weight (${w.router.weight.data.byteLength} bytes) exceeds the GPU binding limit`);
+  const routerB = upload(f32(w.router?.bias), 'router bias');
+  const corr = upload(f32(w.router?.correctionBias), 'correction bias');
+  const sgW = upload(w.sharedGate?.data, 'shared gate');
+  const gBias = groups.map((g) => upload(g.bias, 'bias'));
+  const dBias = groups.map((g) => upload(g.downBias, 'down bias'));
+
+  const out = new Float32Array(T * H);
+  const expertCounts = new Array<number>(E).fill(0);
+  ctx.device.pushErrorScope('validation');
+  ctx.device.pushErrorScope('out-of-memory');
+  let failed = false;
+  try {
+    for (let t0 = 0; t0 < T; t0 += Tb) {
+      const tb = Math.min(Tb, T - t0);
+      const xb = ctx.storage(x.subarray(t0 * H, (t0 + tb) * H), 'x', ctx.batch);
+      const rw = ctx.storage(tb * Math.max(KS, 1) * 4, 'routing weights', ctx.batch);
+      const meta = ctx.storage((2 * E + tb * K) * 4 || 4, 'expert lists', ctx.batch);
+      const ids = ctx.storage(tb * K * 4 || 4, 'ids', ctx.batch);
+      const contrib = ctx.storage(tb * Math.max(KS, 1) * H * 4, 'contrib', ctx.batch);
+      const sgl = w.sharedGate ? ctx.storage(tb * 4, 'shared gate logits', ctx.batch) : dummy;
+      if (E > 0) {
+        const logits = ctx.storage(tb * E * 4, 'logits', ctx.batch);
+        const lp = ctx.uniform([tb, E, H, w.router?.bias ? 1 : 0]);
+        ctx.dispatch('router_logits', { WDT: DT[w.router!.weight.dtype] }, [lp, xb, routerW, routerB, logits], [ceil(E, 64), tb, 1]);
+        const r = spec.routing;
+        const sp = ctx.uniform([tb, E, K, KS, MODE[r.scoreFunc as keyof typeof MODE], r.nGroup, r.topkGroup, r.normTopkProb ? 1 : 0, w.router?.correctionBias ? 1 : 0, r.routedScalingFactor, 0, 0], [9]);
+        ctx.dispatch('router_select', {}, [sp, logits, corr, ids, rw], [ceil(tb, 64), 1, 1]);
+        ctx.dispatch('gather', {}, [ctx.uniform([tb, E, K, KS]), ids, meta], [ceil(E, 64), 1, 1]);
+      } else {
+        ctx.write(rw, 0, new Float32Array(tb * KS).fill(1));
+      }
+      if (w.sharedGate) {
+        ctx.dispatch('router_logits', { WDT: DT[w.sharedGate.dtype] }, [ctx.uniform([tb, 1, H, 0]), xb, sgW, dummy, sgl], [1, tb, 1]);
+      }
+      await ctx.releasePiece();
+
+      for (const [gi, g] of groups.entries()) {
+        const hb = ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch);
+        const nAll = g.experts.length;
+        const params = (p: Piece, Kd: number, N: number, hasBias: boolean) =>
+          ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, inScale, 0, nAll, 0, 0]);
+        const e0 = g.experts[0]!;
+        const upConst = {
+          GDT: DT[e0.gate?.dtype ?? 'F32'],
+          UDT: DT[e0.up.dtype],
+          GATED: g.gated ? 1 : 0,
+          ACT: ACT[act.kind],
+          ALPHA: act.alpha ?? 1.702,
+          LIMIT: act.limit ?? 3.4e38,
+        };
+        for (const p of g.upPieces) {
+          const rowB = (wt: Weight) => H * dtypeBytes(wt.dtype);
+          const slice = (wt: Weight) => wt.data.subarray(p.r0 * rowB(wt), (p.r0 + p.rows) * rowB(wt));
+          const ub = ctx.storage(p.nE * p.rows * rowB(e0.up), 'up piece', ctx.piece);
+          const gb = g.gated ? ctx.storage(p.nE * p.rows * rowB(e0.gate!), 'gate piece', ctx.piece) : dummy;
+          let bytes = 0;
+          for (let i = 0; i < p.nE; i++) {
+            const ex = g.experts[p.e0 + i]!;
+            if (ex.up.dtype !== e0.up.dtype || ex.gate?.dtype !== e0.gate?.dtype) throw new MoekitError('WebGPU forward: experts of one layer have different dtypes; run with --cpu');
+            ctx.write(ub, i * p.rows * rowB(ex.up), slice(ex.up));
+            bytes += p.rows * rowB(ex.up);
+            if (g.gated) {
+              ctx.write(gb, i * p.rows * rowB(ex.gate!), slice(ex.gate!));
+              bytes += p.rows * rowB(ex.gate!);
+            }
+          }
+          ctx.dispatch('expert_up', upConst, [params(p, H, g.I, !!g.bias), xb, gb, ub, gBias[gi]!, meta, rw, hb], [ceil(p.rows, 64), ceil(g.dense ? tb : tb, 16), p.nE]);
+          ctx.pieces++;
+          await ctx.releasePiece(bytes);
+        }
+        for (const p of g.downPieces) {
+          const rowB = g.I * dtypeBytes(e0.down.dtype);
+          const db = ctx.storage(p.nE * p.rows * rowB, 'down piece', ctx.piece);
+          for (let i = 0; i < p.nE; i++) {
+            const ex = g.experts[p.e0 + i]!;
+            if (ex.down.dtype !== e0.down.dtype) throw new MoekitError('WebGPU forward: experts of one layer have different dtypes; run with --cpu');
+            ctx.write(db, i * p.rows * rowB, ex.down.data.subarray(p.r0 * rowB, (p.r0 + p.rows) * rowB));
+          }
+          ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, [params(p, g.I, H, !!g.downBias), hb, db, dBias[gi]!, meta, rw, contrib], [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+          ctx.pieces++;
+          await ctx.releasePiece(p.nE * p.rows * rowB);
+        }
+      }
+
+      const ob = ctx.storage(tb * H * 4, 'out', ctx.batch);
+      ctx.dispatch('combine', {}, [ctx.uniform([tb, H / 4, K, KS, w.sharedGate ? 1 : 0, 0, 0, 0]), contrib, sgl, ob], [ceil(H / 4, 64), tb, 1]);
+      const rbOut = ctx.buffer(tb * H * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback', ctx.batch);
+      const rbMeta = ctx.buffer(Math.max(E, 1) * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback counts', ctx.batch);
+      const enc = ctx.device.createCommandEncoder();
+      enc.copyBufferToBuffer(ob, 0, rbOut, 0, tb * H * 4);
+      if (E > 0) enc.copyBufferToBuffer(meta, 0, rbMeta, 0, E * 4);
+      ctx.device.queue.submit([enc.finish()]);
+      await Promise.all([rbOut.mapAsync(GPUMapMode.READ), rbMeta.mapAsync(GPUMapMode.READ)]);
+      out.set(new Float32Array(rbOut.getMappedRange().slice(0)), t0 * H);
+      const counts = new Uint32Array(rbMeta.getMappedRange().slice(0));
+      for (let e = 0; e < E; e++) expertCounts[e]! += counts[e]!;
+      rbOut.unmap();
+      rbMeta.unmap();
+      await ctx.drainTimestamps();
+      ctx.releaseBatch();
+    }
+  } catch (e) {
+    failed = true;
+    throw e;
+  } finally {
+    ctx.releaseBatch();
+    for (const b of persistent) b.destroy();
+    ctx.destroy();
+    const errs = [await ctx.device.popErrorScope(), await ctx.device.popErrorScope()].filter((x): x is GPUError => x !== null);
+    if (errs.length > 0 && !failed) throw new MoekitError(`WebGPU: ${errs[0]!.message.split('\n')[0]}`);
+  }
+  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs };
+}

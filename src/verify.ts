@@ -1,0 +1,218 @@
+/**
+ * `moekit verify`: run every MLP block of a checkpoint on the WebGPU forward (or the CPU
+ * reference) and compare, layer by layer, with a reference file of transformers outputs or with
+ * a second checkpoint fed the same tokens. The layer loader is a parameter, so any layout that
+ * can be turned into MoeBlockWeights can be verified.
+ */
+import { MoekitError } from './errors.js';
+import { Checkpoint } from './safetensors/reader.js';
+import { toFloat32 } from './safetensors/cast.js';
+import { loadLayerFromHf, mlpLayers, type LoadedLayer } from './forward/hf-loader.js';
+import { compare, forwardCpu, type ForwardResult } from './forward/cpu.js';
+import { blockIs16Bit } from './forward/weights.js';
+
+export type LayerLoader = (ck: Checkpoint, config: Record<string, unknown>, layer: number) => Promise<LoadedLayer>;
+/** Layers of a checkpoint that hold an MLP block the loader can read. */
+export type LayerLister = (ck: Checkpoint, config: Record<string, unknown>) => number[];
+
+export interface VerifyOptions {
+  reference?: string;
+  tokens?: number;
+  seed?: number;
+  layers?: number[];
+  atol?: number;
+  rtol?: number;
+  cpu?: boolean;
+  /** test hook: pretend GPU bindings are at most this large */
+  maxBinding?: number;
+  loader?: LayerLoader;
+  lister?: LayerLister;
+  onProgress?: (msg: string) => void;
+}
+
+export interface LayerResult {
+  layer: number;
+  kind: 'moe' | 'dense';
+  maxAbs: number;
+  maxRel: number;
+  /** experts that received at least one token (of `a`), and how many there are */
+  expertsHit: number;
+  experts: number;
+  pass: boolean;
+}
+
+export interface VerifyReport {
+  a: string;
+  b?: string;
+  reference?: string;
+  backend: 'webgpu' | 'cpu';
+  adapter?: string;
+  tokens: number;
+  atol: number;
+  rtol: number;
+  layers: LayerResult[];
+  pass: boolean;
+}
+
+/** Parse "1,3-5" into [1, 3, 4, 5]. */
+export function parseLayers(s: string): number[] {
+  const out = new Set<number>();
+  for (const part of s.split(',').map((p) => p.trim())) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new MoekitError(`--layers: '${part}' is not a layer number or range (e.g. 1,3-5)`);
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    if (b < a) throw new MoekitError(`--layers: range '${part}' is backwards`);
+    for (let i = a; i <= b; i++) out.add(i);
+  }
+  return [...out].sort((x, y) => x - y);
+}
+
+/** Seeded N(0, 1) tokens (mulberry32 + Box-Muller), so `verify a b` feeds both sides the same input. */
+export function randomTokens(T: number, H: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const u = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
+  };
+  return Float32Array.from({ length: T * H }, () => Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u()));
+}
+
+async function configOf(ck: Checkpoint, path: string): Promise<Record<string, unknown>> {
+  const c = await ck.config();
+  if (!c) throw new MoekitError(`${path}: no config.json next to the checkpoint (verify needs the model's routing facts)`);
+  return c;
+}
+
+export async function verify(aPath: string, bPath: string | undefined, opts: VerifyOptions = {}): Promise<VerifyReport> {
+  if (!bPath && !opts.reference) throw new MoekitError('verify needs a second checkpoint <b> or --reference <file>');
+  const loader = opts.loader ?? loadLayerFromHf;
+  const lister = opts.lister ?? mlpLayers;
+  const progress = opts.onProgress ?? (() => {});
+  const backend = opts.cpu ? 'cpu' : 'webgpu';
+  let forward: (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
+  let adapter: string | undefined;
+  if (opts.cpu) {
+    forward = async (l, x, T) => forwardCpu(l.weights, l.facts, x, T);
+  } else {
+    const { getGpu } = await import('./gpu/device.js');
+    const { forwardGpu } = await import('./gpu/moe.js');
+    adapter = (await getGpu()).adapterName;
+    progress(`WebGPU adapter: ${adapter}`);
+    forward = (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding });
+  }
+
+  const a = await Checkpoint.open(aPath);
+  const b = bPath ? await Checkpoint.open(bPath) : undefined;
+  const ref = opts.reference ? await Checkpoint.open(opts.reference) : undefined;
+  try {
+    const ca = await configOf(a, aPath);
+    const cb = b ? await configOf(b, bPath!) : undefined;
+    let layers = lister(a, ca);
+    if (b) {
+      const lb = new Set(lister(b, cb!));
+      const missing = layers.filter((l) => !lb.has(l));
+      if (missing.length > 0 && !opts.layers) throw new MoekitError(`${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
+      layers = layers.filter((l) => lb.has(l));
+    } else {
+      layers = layers.filter((l) => ref!.has(`layers.${l}.output`));
+    }
+    if (opts.layers) {
+      const have = new Set(layers);
+      const bad = opts.layers.filter((l) => !have.has(l));
+      if (bad.length > 0) throw new MoekitError(`--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
+      layers = opts.layers;
+    }
+    if (layers.length === 0) throw new MoekitError(`${aPath}: no MLP layers to verify${ref ? ` (the reference has no layers.N.output matching them)` : ''}`);
+
+    // Input: the reference's `input` when given, else seeded random tokens.
+    let x: Float32Array;
+    let T: number;
+    const H = Number(ca.hidden_size ?? (ca.text_config as Record<string, unknown> | undefined)?.hidden_size);
+    if (ref) {
+      const info = ref.info('input');
+      if (info.shape.length !== 2 || info.shape[1] !== H) throw new MoekitError(`${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
+      T = info.shape[0]!;
+      x = toFloat32(await ref.read(info), info.dtype as 'F32');
+      if (opts.tokens !== undefined && opts.tokens < T) {
+        T = opts.tokens;
+        x = x.subarray(0, T * H);
+      }
+    } else {
+      T = opts.tokens ?? 32;
+      x = randomTokens(T, H, opts.seed ?? 0);
+    }
+
+    const results: LayerResult[] = [];
+    let any16 = false;
+    for (const [i, l] of layers.entries()) {
+      progress(`layer ${l} (${i + 1}/${layers.length})`);
+      const la = await loader(a, ca, l);
+      const ra = await forward(la, x, T);
+      let refOut: Float32Array;
+      let sixteen = blockIs16Bit(la.weights);
+      if (b) {
+        const lb = await loader(b, cb!, l);
+        if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError(`layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
+        sixteen ||= blockIs16Bit(lb.weights);
+        // Both sides are computed the same way; `a` is the reference of the relative error.
+        refOut = ra.out;
+        const rb = await forward(lb, x, T);
+        ra.out = rb.out;
+      } else {
+        const info = ref!.info(`layers.${l}.output`);
+        refOut = toFloat32(await ref!.read(info), info.dtype as 'F32').subarray(0, T * H);
+      }
+      any16 ||= sixteen;
+      const r = opts.rtol ?? (sixteen ? 2e-2 : 1e-4);
+      const atol = opts.atol ?? 0;
+      const c = compare(ra.out, refOut);
+      results.push({
+        layer: l,
+        kind: la.kind,
+        maxAbs: c.maxAbs,
+        maxRel: c.maxRel,
+        expertsHit: ra.expertCounts.filter((n) => n > 0).length,
+        experts: ra.expertCounts.length,
+        pass: Number.isFinite(c.maxAbs) && c.maxAbs <= atol + r * c.refMax,
+      });
+    }
+    return {
+      a: aPath,
+      b: bPath,
+      reference: opts.reference,
+      backend,
+      adapter,
+      tokens: T,
+      atol: opts.atol ?? 0,
+      rtol: opts.rtol ?? (any16 ? 2e-2 : 1e-4),
+      layers: results,
+      pass: results.every((r) => r.pass),
+    };
+  } finally {
+    await a.close();
+    await b?.close();
+    await ref?.close();
+  }
+}
+
+const e = (v: number) => (Number.isFinite(v) ? v.toExponential(2) : String(v));
+
+export function formatReport(r: VerifyReport): string {
+  const lines = [
+    `verify ${r.a} against ${r.b ?? r.reference}`,
+    `backend: ${r.backend === 'cpu' ? 'CPU reference (TypeScript)' : `WebGPU, adapter ${r.adapter}`}; ${r.tokens} tokens; rtol ${r.rtol}, atol ${r.atol}`,
+    '',
+    'layer  kind   max abs err  max rel err  experts hit  result',
+  ];
+  for (const l of r.layers) {
+    const hit = l.experts > 0 ? `${l.expertsHit}/${l.experts}` : '-';
+    lines.push(`${String(l.layer).padStart(5)}  ${l.kind.padEnd(5)}  ${e(l.maxAbs).padStart(11)}  ${e(l.maxRel).padStart(11)}  ${hit.padStart(11)}  ${l.pass ? 'pass' : 'FAIL'}`);
+  }
+  const bad = r.layers.filter((l) => !l.pass).length;
+  lines.push('', bad === 0 ? `all ${r.layers.length} layers pass` : `${bad} of ${r.layers.length} layers FAIL`);
+  return lines.join('\n');
+}

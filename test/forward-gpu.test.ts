@@ -1,0 +1,167 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { Checkpoint } from '../src/safetensors/reader.js';
+import { castFloat, toFloat32 } from '../src/safetensors/cast.js';
+import type { FloatDtype } from '../src/safetensors/dtypes.js';
+import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
+import { compare, forwardCpu } from '../src/forward/cpu.js';
+import type { BlockSpec } from '../src/forward/routing.js';
+import type { ExpertWeights, MoeBlockWeights, Weight } from '../src/forward/weights.js';
+import { forwardGpu, planPieces } from '../src/gpu/moe.js';
+import type { Activation, Routing } from '../src/family.js';
+
+const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
+
+describe('WebGPU forward vs transformers outputs', () => {
+  for (const [name, refName, tol, maxBinding] of [
+    ['mixtral', 'mixtral', 1e-5, undefined],
+    ['mixtral_bf16', 'mixtral', 2e-2, undefined],
+    ['qwen2_moe', 'qwen2_moe', 1e-5, 4096],
+    ['qwen3_moe', 'qwen3_moe', 1e-5, undefined],
+    ['deepseek_v3', 'deepseek_v3', 1e-5, 6000],
+    ['deepseek_v3_bf16', 'deepseek_v3', 2e-2, undefined],
+    ['gpt_oss', 'gpt_oss', 1e-5, undefined],
+    ['llama_dense', 'llama_dense', 1e-5, undefined],
+    ['qwen3_dense', 'qwen3_dense', 1e-5, undefined],
+  ] as const) {
+    it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}`, async () => {
+      const ck = await Checkpoint.open(join(FIX, name));
+      const config = (await ck.config())!;
+      const ref = await Checkpoint.open(join(FIX, refName, 'reference.safetensors'));
+      const x = toFloat32(await ref.read('input'), 'F32');
+      for (const l of mlpLayers(ck, config).filter((l) => ref.has(`layers.${l}.output`))) {
+        const { weights, facts } = await loadLayerFromHf(ck, config, l);
+        const g = await forwardGpu(weights, facts, x, 24, { maxBinding });
+        const c = compare(g.out, toFloat32(await ref.read(`layers.${l}.output`), 'F32'));
+        expect(c.maxRel, `${name} layer ${l}`).toBeLessThanOrEqual(tol);
+        expect(g.expertCounts).toEqual(forwardCpu(weights, facts, x, 24).expertCounts);
+      }
+      await ck.close();
+      await ref.close();
+    });
+  }
+});
+
+// Deterministic random numbers (mulberry32).
+function rng(seed: number) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function synth(opts: {
+  seed: number;
+  H: number;
+  I: number;
+  E: number;
+  dtype: FloatDtype;
+  gated?: boolean;
+  biases?: boolean;
+  routerBias?: boolean;
+  correction?: boolean;
+  shared?: number[];
+  sharedGate?: boolean;
+  deadExpert?: number;
+}): MoeBlockWeights {
+  const r = rng(opts.seed);
+  const normal = () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
+  const W = (shape: number[], scale: number, dtype: FloatDtype = opts.dtype): Weight => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const f = Float32Array.from({ length: n }, () => normal() * scale);
+    const bytes = new Uint8Array(f.buffer);
+    return { dtype, shape, data: dtype === 'F32' ? bytes : castFloat(bytes, 'F32', dtype) };
+  };
+  const { H, I, E } = opts;
+  const expert = (i: number): ExpertWeights => ({
+    gate: opts.gated === false ? undefined : W([i, H], 1 / Math.sqrt(H)),
+    up: W([i, H], 1 / Math.sqrt(H)),
+    down: W([H, i], 1 / Math.sqrt(i)),
+    gateBias: opts.biases && opts.gated !== false ? W([i], 0.1, 'F32') : undefined,
+    upBias: opts.biases ? W([i], 0.1, 'F32') : undefined,
+    downBias: opts.biases ? W([H], 0.1, 'F32') : undefined,
+  });
+  const router = E > 0 ? { weight: W([E, H], 1 / Math.sqrt(H)), bias: opts.routerBias ? W([E], 0.5, 'F32') : undefined, correctionBias: opts.correction ? W([E], 0.3, 'F32') : undefined } : undefined;
+  if (router && opts.deadExpert !== undefined) {
+    // zero router row and a -1e4 bias: this expert never wins (receives zero tokens)
+    const f = toFloat32(router.weight.data, router.weight.dtype);
+    for (let k = 0; k < H; k++) f[opts.deadExpert * H + k] = 0;
+    const bytes = new Uint8Array(f.buffer);
+    router.weight = { ...router.weight, data: router.weight.dtype === 'F32' ? bytes : castFloat(bytes, 'F32', router.weight.dtype) };
+    router.bias = W([E], 0, 'F32');
+    new Float32Array(router.bias.data.buffer, router.bias.data.byteOffset, E)[opts.deadExpert] = -1e4;
+  }
+  return {
+    hidden: H,
+    router,
+    experts: Array.from({ length: E }, () => expert(I)),
+    shared: (opts.shared ?? []).map((i) => expert(i)),
+    sharedGate: opts.sharedGate ? W([1, H], 1 / Math.sqrt(H)) : undefined,
+  };
+}
+
+const routing = (r: Partial<Routing>): Routing => ({
+  scoreFunc: 'softmax',
+  topK: 2,
+  nGroup: 1,
+  topkGroup: 1,
+  normTopkProb: false,
+  routedScalingFactor: 1,
+  correctionBias: false,
+  routerBias: false,
+  ...r,
+});
+
+describe('WebGPU forward vs CPU reference on random shapes', () => {
+  beforeAll(() => {
+    process.env.XDG_RUNTIME_DIR ||= '/tmp';
+  });
+  const cases: { name: string; w: Parameters<typeof synth>[0]; r: Partial<Routing>; act: Activation; T: number; maxBinding?: number }[] = [
+    { name: 'softmax renorm, expert with zero tokens, f32', w: { seed: 1, H: 32, I: 24, E: 6, dtype: 'F32', routerBias: true, deadExpert: 3 }, r: { normTopkProb: true }, act: { kind: 'swiglu' }, T: 13 },
+    { name: 'DeepSeek-style groups (one kept), correction bias, shared, bf16, ×2.5', w: { seed: 2, H: 64, I: 16, E: 16, dtype: 'BF16', correction: true, shared: [32] }, r: { scoreFunc: 'sigmoid', topK: 3, nGroup: 4, topkGroup: 1, normTopkProb: true, routedScalingFactor: 2.5, correctionBias: true }, act: { kind: 'swiglu' }, T: 37 },
+    { name: 'GPT-OSS-style top-k softmax, biases, SwiGLU-OAI, f16', w: { seed: 3, H: 48, I: 40, E: 8, dtype: 'F16', biases: true, routerBias: true }, r: { scoreFunc: 'topk_softmax', topK: 4 }, act: { kind: 'swiglu_oai', alpha: 1.702, limit: 0.5 }, T: 9 },
+    { name: 'ReLU² non-gated, 1 token', w: { seed: 4, H: 16, I: 8, E: 4, dtype: 'F32', gated: false }, r: { topK: 1 }, act: { kind: 'relu2' }, T: 1 },
+    { name: 'GeGLU exact, shared expert with sigmoid gate', w: { seed: 5, H: 40, I: 12, E: 5, dtype: 'BF16', shared: [20], sharedGate: true }, r: { topK: 2 }, act: { kind: 'geglu' }, T: 21 },
+    { name: 'GeGLU tanh, Llama4-style input scaling', w: { seed: 6, H: 24, I: 36, E: 4, dtype: 'F32', shared: [36] }, r: { scoreFunc: 'topk_sigmoid_input', topK: 1 }, act: { kind: 'geglu_tanh' }, T: 17 },
+    { name: 'clamped SwiGLU, chunked: row blocks and tokens routed to none of a piece', w: { seed: 7, H: 32, I: 48, E: 8, dtype: 'BF16', biases: true }, r: { topK: 2, normTopkProb: true }, act: { kind: 'swiglu_clamped', limit: 0.3 }, T: 30, maxBinding: 1024 },
+    { name: 'dense block (no router), chunked', w: { seed: 8, H: 32, I: 64, E: 0, dtype: 'F32', shared: [64] }, r: {}, act: { kind: 'swiglu' }, T: 19, maxBinding: 2048 },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      const w = synth(c.w);
+      const spec: BlockSpec = { routing: routing(c.r), activation: c.act };
+      const r = rng(100 + c.w.seed);
+      const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
+      const cpu = forwardCpu(w, spec, x, c.T);
+      const gpu = await forwardGpu(w, spec, x, c.T, { maxBinding: c.maxBinding });
+      const cmp = compare(gpu.out, cpu.out);
+      expect(cmp.refMax).toBeGreaterThan(0);
+      expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
+      expect(gpu.expertCounts).toEqual(cpu.expertCounts);
+      if (c.w.deadExpert !== undefined) expect(cpu.expertCounts[c.w.deadExpert]).toBe(0);
+      if (c.maxBinding) expect(gpu.pieces).toBeGreaterThan(4);
+    });
+  }
+});
+
+describe('piece planning', () => {
+  it('packs whole experts when they fit and cuts row blocks when they do not', () => {
+    expect(planPieces(8, 40, 48, 4, 16 * 7680)).toEqual([{ e0: 0, nE: 8, r0: 0, rows: 40 }]);
+    expect(planPieces(3, 40, 48, 4, 2 * 7680).map((p) => p.nE)).toEqual([2, 1]);
+    const rows = planPieces(2, 40, 48, 4, 4000);
+    expect(rows.every((p) => p.rows * 48 * 4 <= 4000 && p.nE === 1)).toBe(true);
+    expect(rows.reduce((a, p) => a + p.rows, 0)).toBe(80);
+  });
+  it('a Mixtral-8x7B-shaped bf16 layer fits 128 MiB bindings', () => {
+    const up = planPieces(8, 14336, 4096, 2, 128 * 2 ** 20);
+    expect(up.length).toBe(8);
+    expect(up.every((p) => p.nE * p.rows * 4096 * 2 <= 128 * 2 ** 20)).toBe(true);
+    const f32 = planPieces(8, 14336, 4096, 4, 128 * 2 ** 20);
+    expect(f32.every((p) => p.rows * 4096 * 4 <= 128 * 2 ** 20)).toBe(true);
+    expect(f32.length).toBe(16);
+  });
+});
