@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { MoekitError } from './errors.js';
 import { registerInspect } from './commands/inspect.js';
+import { registerConvert } from './commands/convert.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerInspect(program);
+  registerConvert(program);
   return program;
 }
 
