@@ -22,6 +22,8 @@ export interface ConvertOptions {
   maxShardSize?: number;
   jobs?: number;
   force?: boolean;
+  /** fsync written files before the rename (default true; tests turn it off) */
+  fsync?: boolean;
   onProgress?: (bytes: number, tensors: number, totalBytes: number, totalTensors: number) => void;
 }
 
@@ -103,6 +105,7 @@ export async function convert(src: string, dst: string, opts: ConvertOptions): P
       const res = await writeCheckpoint(tmp, entries, {
         maxShardSize: opts.maxShardSize,
         metadata: ck.metadata,
+        fsync: opts.fsync,
         onProgress: opts.onProgress && ((b, n) => opts.onProgress!(b, n, totalBytes, entries.length)),
       });
       const files = [...res.files];

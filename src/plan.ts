@@ -161,11 +161,17 @@ export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec 
 
 /** Quantized storage that moekit can pass through but not re-layout. */
 export function quantizedTensors(ck: Checkpoint): string | undefined {
-  for (const t of ck.tensors.values()) {
-    if (t.dtype.startsWith('F8_')) return `FP8 (${t.name} is ${t.dtype})`;
-    if (/_scale_inv$|weight_scale$/.test(t.name)) return `block-scaled (${t.name})`;
-    if (/_blocks$/.test(t.name)) return `MXFP4 (${t.name})`;
-    if (/weight_packed$/.test(t.name)) return `packed int4 (${t.name})`;
+  const ts = [...ck.tensors.values()];
+  const f8 = ts.find((t) => t.dtype.startsWith('F8_'));
+  if (f8) return `FP8: ${f8.name} is ${f8.dtype}`;
+  const checks: [RegExp, string][] = [
+    [/_blocks$/, 'MXFP4'],
+    [/_scale_inv$|weight_scale$/, 'block-scaled'],
+    [/weight_packed$/, 'packed int4'],
+  ];
+  for (const [re, what] of checks) {
+    const t = ts.find((x) => re.test(x.name));
+    if (t) return `${what}: ${t.name}`;
   }
   return undefined;
 }
