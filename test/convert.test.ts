@@ -26,8 +26,12 @@ const conv = (src: string, to: string, extra: Parameters<typeof convert>[2] exte
  * MiniMax a score-correction bias — flashfusemoe and megatron-grouped have no slot for some of them.
  */
 const REFUSE: Record<string, Record<string, RegExp>> = {
-  gpt_oss: { 'megatron-grouped': /no place for the expert gate biases, expert up biases, expert down biases/, flashfusemoe: /no place for the router bias, expert gate biases/ },
-  qwen2_moe: { flashfusemoe: /no place for the shared-expert gate/ },
+  gpt_oss: {
+    'megatron-grouped': /no place for the expert gate biases, expert up biases, expert down biases/,
+    flashfusemoe: /no place for the router bias, expert gate biases/,
+    'hf-fused': /no place for the router bias, expert gate biases/,
+  },
+  qwen2_moe: { flashfusemoe: /no place for the shared-expert gate/, 'hf-fused': /no place for the shared-expert gate/ },
   deepseek_v3: { flashfusemoe: /no place for the score-correction bias/ },
   deepseek_v3_bf16: { flashfusemoe: /no place for the score-correction bias/ },
   minimax_m2: { flashfusemoe: /no place for the score-correction bias/ },
@@ -187,7 +191,9 @@ describe('every source → every layout → hf is byte-identical', () => {
         if (to !== 'hf') {
           // the middle really is in the target layout (no HF expert names left)
           const names = [...(await dump(mid)).keys()];
-          expect(names.some((n) => /experts\.\d+\.(w1|gate_proj)|block_sparse_moe\.input_linear|feed_forward\.experts\.gate_up_proj|mlp\.experts\.gate_up_proj$/.test(n)), `${name} → ${to}`).toBe(false);
+          const hfNames = /experts\.\d+\.(w1|gate_proj)|block_sparse_moe\.input_linear|feed_forward\.experts\.gate_up_proj|mlp\.experts\.gate_up_proj$/;
+          // hf-fused shares GPT-OSS's fused names by design; every other layout must rename them
+          if (to !== 'hf-fused') expect(names.some((n) => hfNames.test(n)), `${name} → ${to}`).toBe(false);
         }
         const back = await conv(mid, 'hf');
         expect(diff(want, await dump(back)), `${name} → ${to} → hf`).toEqual([]);
@@ -349,7 +355,7 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
   };
 
   it('unknown layout', async () => {
-    await refused([SOURCES.mixtral!, '--to', 'deepspeed'], /^moekit: error: unknown layout 'deepspeed' \(known: hf, nemo, te, megatron, megatron-grouped, flashfusemoe\)$/m);
+    await refused([SOURCES.mixtral!, '--to', 'deepspeed'], /^moekit: error: unknown layout 'deepspeed' \(known: hf, nemo, te, megatron, megatron-grouped, flashfusemoe, hf-fused\)$/m);
   });
 
   it('lossy: GPT-OSS biases into megatron-grouped', async () => {
