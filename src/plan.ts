@@ -141,6 +141,31 @@ export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | und
   return best?.spec;
 }
 
+/**
+ * Experts per layer counted from names alone (per-expert ids, or a stacked tensor's leading dim),
+ * for checkpoints whose experts cannot be read as plain tensors (quantized storage).
+ */
+export function claimedExperts(spec: LayoutSpec, tensors: TensorInfo[]): Map<number, number> {
+  const ids = new Map<number, Set<number>>();
+  const lead = new Map<number, number>();
+  for (const t of tensors) {
+    for (const c of compiled(spec)) {
+      const m = c.re.exec(t.name);
+      if (!m) continue;
+      const n = Number(m.groups!.n);
+      if (m.groups!.e !== undefined) {
+        let s = ids.get(n);
+        if (!s) ids.set(n, (s = new Set()));
+        s.add(Number(m.groups!.e));
+      } else if (c.rule.scope === 'stacked' && !c.rule.shape) lead.set(n, t.shape[0]!);
+      break;
+    }
+  }
+  const out = new Map<number, number>(lead);
+  for (const [n, s] of ids) out.set(n, s.size);
+  return out;
+}
+
 /** Resolve `--to`: 'hf' = the family's own HF layout. */
 export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec | undefined): LayoutSpec {
   if (name === 'hf') {

@@ -7,6 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { convert } from '../src/convert.js';
+import { inspectCheckpoint } from '../src/inspect.js';
+import { Checkpoint } from '../src/safetensors/reader.js';
 import { TARGET_NAMES } from '../converters/index.js';
 import { FIXTURES, fixtureNames, dump, diff, tempDir, cli, synth, type Dumped } from './convert-helpers.js';
 
@@ -331,6 +333,20 @@ describe('options and outputs', () => {
       const j = JSON.parse(r.stdout);
       expect(j).toMatchObject({ identity: true, layout: j.sourceLayout });
       expect(diff(await srcDump(name), await dump(dst))).toEqual([]);
+    }
+  });
+
+  it('inspect recognises every layout convert writes (one source of truth: the specs)', async () => {
+    for (const to of NON_HF) {
+      if (!allowed('deepseek_v3', to)) continue;
+      const dst = await conv(SOURCES.deepseek_v3!, to);
+      const ck = await Checkpoint.open(dst);
+      try {
+        const r = await inspectCheckpoint(ck, dst);
+        expect([r.layout, r.numExperts, r.moeIntermediateSize, r.moeLayers, r.sharedExperts?.intermediateSize, r.warnings], to).toEqual([to, 16, 40, [1, 2], 40, []]);
+      } finally {
+        await ck.close();
+      }
     }
   });
 
