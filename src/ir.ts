@@ -199,18 +199,21 @@ function stridedCopy(dst: Typed, dOff: number, dSt: number[], src: Typed, sOff: 
     for (let i = 0; i < n; i++) dst[dOff + i * ds] = src[sOff + i * ss]!;
     return;
   }
-  // tile the last two dims
-  const m = shape[last - 1]!;
-  const dA = dSt[last - 1]!;
-  const dB = dSt[last]!;
-  const sA = sSt[last - 1]!;
-  const sB = sSt[last]!;
+  // tile the last two dims; the inner loop walks the destination's smaller stride (sequential writes)
+  const swap = Math.abs(dSt[last - 1]!) < Math.abs(dSt[last]!);
+  const [a1, b1] = swap ? [last, last - 1] : [last - 1, last];
+  const m = shape[a1]!;
+  const n2 = shape[b1]!;
+  const dA = dSt[a1]!;
+  const dB = dSt[b1]!;
+  const sA = sSt[a1]!;
+  const sB = sSt[b1]!;
   const outer = shape.slice(0, last - 1);
   forEachIndex(outer, dSt, sSt, dOff, sOff, (d0, s0) => {
     for (let i0 = 0; i0 < m; i0 += TILE) {
       const i1 = Math.min(m, i0 + TILE);
-      for (let j0 = 0; j0 < n; j0 += TILE) {
-        const j1 = Math.min(n, j0 + TILE);
+      for (let j0 = 0; j0 < n2; j0 += TILE) {
+        const j1 = Math.min(n2, j0 + TILE);
         for (let i = i0; i < i1; i++) {
           let d = d0 + i * dA + j0 * dB;
           let s = s0 + i * sA + j0 * sB;

@@ -6,7 +6,7 @@
  *   tensor, or one layer tensor); a stacked [E, ...] tensor is never materialised whole.
  * - A slab that is a plain contiguous range of one source tensor streams straight from it; other
  *   slabs are assembled in a pooled buffer by copying each IR view into its strided place.
- * - Slabs of one tensor are prepared ahead, at most `jobs` at a time (p-limit), so memory stays at
+ * - Slabs are prepared ahead in write order (across tensors), at most `jobs` at a time (p-limit), so memory stays at
  *   about (jobs + 2) × the largest slab.
  *
  * Expert selection (EP shards) and intermediate slicing (expert TP) are IR transforms
@@ -412,6 +412,19 @@ const FIELD_WORDS: Record<Field, string> = {
   shared_gate: 'shared-expert gate',
 };
 
+/** One slab of a target tensor: a byte range of a source tensor, or a buffer to assemble. */
+interface Slab {
+  raw?: { info: TensorInfo; start: number; end: number };
+  build?: () => Promise<Buffer>;
+  /** position in the global assembly queue */
+  g?: number;
+  taken?: boolean;
+}
+
+interface SlabbedEntry extends WriteEntry {
+  slabs: Slab[];
+}
+
 interface SlabPart {
   src: View;
   loc: (v: View) => View;
@@ -441,11 +454,11 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
   const window = Math.max(1, opts.jobs ?? 4);
   const pool = new SlabPool();
   const cast = (dt: Dtype): Dtype => (opts.dtype && (FLOAT_DTYPES as readonly string[]).includes(dt) ? opts.dtype : dt);
-  const entries: WriteEntry[] = [];
+  const entries: SlabbedEntry[] = [];
   const layers: LayerReport[] = [];
 
   /** Produce one slab: a raw stream from the source, or an assembled buffer. */
-  const slabSource = (shape: number[], dtype: Dtype, parts: SlabPart[]): { raw?: { info: TensorInfo; start: number; end: number }; build?: () => Promise<Buffer> } => {
+  const slabSource = (shape: number[], dtype: Dtype, parts: SlabPart[]): Slab => {
     const es = dtypeSize(dtype);
     const n = numel(shape) * es;
     const probe = View.ofBuffer(Buffer.alloc(0), dtype, shape);
@@ -486,42 +499,40 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
     }
   }
 
-  /** An entry made of slabs in order; up to `window` assembled slabs are prepared ahead. */
-  const slabbedEntry = (name: string, shape: number[], dtype: Dtype, slabs: ReturnType<typeof slabSource>[]): WriteEntry => ({
+  /**
+   * Slabs to assemble, in write order across all entries (numbered after the entries are sorted).
+   * Asking for slab g starts slabs g..g+window-1, so the next tensors' slabs are being read and
+   * assembled while the current one is written, across tensor boundaries too.
+   */
+  const queue: Slab[] = [];
+  const started = new Map<number, Promise<Buffer>>();
+  const want = (g: number): Promise<Buffer> => {
+    for (let k = g; k < Math.min(queue.length, g + window); k++) {
+      if (started.has(k) || queue[k]!.taken) continue;
+      const p = limit(queue[k]!.build!);
+      p.catch(() => undefined); // surfaced when awaited
+      started.set(k, p);
+    }
+    const p = started.get(g) ?? limit(queue[g]!.build!); // a source read twice rebuilds its slabs
+    started.delete(g);
+    queue[g]!.taken = true;
+    return p;
+  };
+
+  /** An entry made of slabs in order. */
+  const slabbedEntry = (name: string, shape: number[], dtype: Dtype, slabs: Slab[]): SlabbedEntry => ({
     name,
     dtype: cast(dtype),
     shape,
+    slabs,
     source: async function* () {
-      const ahead: { i: number; p: Promise<Buffer> }[] = [];
-      let next = 0;
-      const fill = () => {
-        while (ahead.length < window && next < slabs.length) {
-          const i = next++;
-          const s = slabs[i]!;
-          if (s.build) {
-            const p = limit(s.build);
-            p.catch(() => undefined); // surfaced when awaited below
-            ahead.push({ i, p });
-          } else ahead.push({ i, p: Promise.resolve(Buffer.alloc(0)) });
+      for (const s of slabs) {
+        if (s.raw) {
+          yield* rawChunks(s.raw.info, s.raw.start, s.raw.end);
+        } else {
+          const buf = await want(s.g!);
+          yield toChunk(buf, dtype, () => pool.release(buf));
         }
-      };
-      try {
-        fill();
-        while (ahead.length) {
-          const { i, p } = ahead.shift()!;
-          const s = slabs[i]!;
-          if (s.raw) {
-            fill();
-            yield* rawChunks(s.raw.info, s.raw.start, s.raw.end);
-          } else {
-            const buf = await p;
-            fill();
-            yield toChunk(buf, dtype, () => pool.release(buf));
-          }
-        }
-      } finally {
-        // abandoned early: let in-flight slabs finish and return their buffers
-        for (const a of ahead) a.p.then((b) => b.byteLength && pool.release(b), () => undefined);
       }
     },
   });
@@ -583,12 +594,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
     });
   }
   for (const info of ir.passthrough) {
-    entries.push({
-      name: info.name,
-      dtype: cast(info.dtype),
-      shape: info.shape,
-      source: () => rawChunks(info, 0, info.nbytes),
-    });
+    entries.push(slabbedEntry(info.name, info.shape, info.dtype, [{ raw: { info, start: 0, end: info.nbytes } }]));
   }
   const names = new Set<string>();
   for (const e of entries) {
@@ -596,6 +602,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
     names.add(e.name);
   }
   entries.sort((a, b) => naturalCompare(a.name, b.name));
+  for (const e of entries) for (const sl of e.slabs) if (sl.build) queue.push(Object.assign(sl, { g: queue.length }));
   return { entries, layers, gateUp: target.gateUp ? o.gateUp : 'separate', target };
 }
 
