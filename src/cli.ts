@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { MoekitError } from './errors.js';
 import { registerInspect } from './commands/inspect.js';
+import { registerConvert } from './commands/convert.js';
 import { registerVerify } from './commands/verify.js';
 
 export function buildProgram(): Command {
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerInspect(program);
+  registerConvert(program);
   registerVerify(program);
   return program;
 }

@@ -4,32 +4,16 @@
  */
 import type { Checkpoint, TensorInfo } from './safetensors/reader.js';
 import { familyFacts, type FamilyFacts } from './family.js';
+import { LAYOUTS } from '../converters/index.js';
+import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from './plan.js';
+import { layerDims, type ModelIR } from './ir.js';
 
-export interface LayoutSignature {
-  /** layout id, as `convert --to` names it where it is a target */
-  id: string;
-  description: string;
-  /** matches an expert tensor; group 1 = layer index */
-  pattern: RegExp;
-  /** gate/up arrangement when fused */
-  gateUp: 'separate' | 'concatenated' | 'interleaved';
-  /** how to count experts in one layer from the matching tensors */
-  experts: 'per-tensor' | 'dim0';
-}
-
-/** Expert layouts recognised from tensor names (sources cited in converters/). */
-export const LAYOUT_SIGNATURES: LayoutSignature[] = [
-  { id: 'hf-mixtral', description: 'HF per-expert block_sparse_moe.experts.<e>.w1/w3/w2', pattern: /layers\.(\d+)\.block_sparse_moe\.experts\.\d+\.w[13]\.weight$/, gateUp: 'separate', experts: 'per-tensor' },
-  { id: 'hf-per-expert', description: 'HF per-expert mlp.experts.<e>.gate_proj/up_proj/down_proj', pattern: /layers\.(\d+)\.mlp\.experts\.\d+\.(?:gate|up)_proj\.weight$/, gateUp: 'separate', experts: 'per-tensor' },
-  { id: 'hf-gpt-oss', description: 'HF GPT-OSS fused mlp.experts.gate_up_proj [E,H,2I] (interleaved) + biases', pattern: /layers\.(\d+)\.mlp\.experts\.gate_up_proj(?:_blocks)?$/, gateUp: 'interleaved', experts: 'dim0' },
-  { id: 'hf-llama4', description: 'HF Llama4 fused feed_forward.experts.gate_up_proj [E,H,2I]', pattern: /layers\.(\d+)\.feed_forward\.experts\.gate_up_proj$/, gateUp: 'concatenated', experts: 'dim0' },
-  { id: 'hf-granite', description: 'HF Granite-MoE block_sparse_moe.input_linear [E,2I,H]', pattern: /layers\.(\d+)\.block_sparse_moe\.input_linear\.weight$/, gateUp: 'concatenated', experts: 'dim0' },
-  { id: 'nemo', description: 'NeMo Automodel stacked experts.gate_and_up_projs [E,H,2I]', pattern: /layers\.(\d+)\..*experts\.gate_and_up_projs$/, gateUp: 'concatenated', experts: 'dim0' },
-  { id: 'te', description: 'Transformer Engine GroupedLinear experts.linear_fc1.weight<i>', pattern: /layers\.(\d+)\.mlp\.experts\.linear_fc1\.weight\d+$/, gateUp: 'concatenated', experts: 'per-tensor' },
-  { id: 'megatron', description: 'Megatron SequentialMLP experts.local_experts.<i>.linear_fc1', pattern: /layers\.(\d+)\.mlp\.experts\.local_experts\.\d+\.linear_fc1\.weight$/, gateUp: 'concatenated', experts: 'per-tensor' },
-  { id: 'megatron-grouped', description: 'Megatron legacy GroupedMLP experts.weight1 [H,E·2I]', pattern: /layers\.(\d+)\.mlp\.experts\.weight1$/, gateUp: 'concatenated', experts: 'dim0' },
-  { id: 'flashfusemoe', description: 'flashfusemoe MoELayer w_up [E,2I,H] / w_down', pattern: /layers\.(\d+)\..*\bw_up$/, gateUp: 'concatenated', experts: 'dim0' },
-];
+/**
+ * Expert layouts are recognised by the layout specs in converters/ (one source of truth with
+ * `moekit convert`): the spec whose expert-tensor rules claim the most tensors wins, and the
+ * experts are read through the same IR reader convert uses.
+ */
+export const LAYOUT_IDS: readonly string[] = LAYOUTS.map((l) => l.id);
 
 const DENSE_MLP = /layers\.(\d+)\.(?:mlp|feed_forward)\.(?:gate_proj|up_proj|linear_fc1)\.weight$/;
 
@@ -88,21 +72,9 @@ export async function inspectCheckpoint(ck: Checkpoint, path: string): Promise<I
   if (!config) warnings.push('no config.json next to the checkpoint: family and routing unknown');
   else if (!facts!.known) warnings.push(`model_type '${facts!.modelType}' is not a family moekit knows; layout and sizes come from tensor names only`);
 
-  // Expert layout from tensor names.
-  const hits = new Map<string, { sig: LayoutSignature; layers: Map<number, TensorInfo[]> }>();
-  for (const t of tensors) {
-    for (const sig of LAYOUT_SIGNATURES) {
-      const m = sig.pattern.exec(t.name);
-      if (!m) continue;
-      let h = hits.get(sig.id);
-      if (!h) hits.set(sig.id, (h = { sig, layers: new Map() }));
-      const layer = Number(m[1]);
-      let l = h.layers.get(layer);
-      if (!l) h.layers.set(layer, (l = []));
-      l.push(t);
-      break;
-    }
-  }
+  // Expert layout from tensor names, by the layout specs.
+  const meta = await loadMeta(ck);
+  const spec = detectLayout(ck.names(), meta);
   const denseLayers = new Set<number>();
   for (const t of tensors) {
     const m = DENSE_MLP.exec(t.name);
@@ -113,39 +85,28 @@ export async function inspectCheckpoint(ck: Checkpoint, path: string): Promise<I
   let gateUp: string | null = null;
   const expertsPerLayer: Record<string, number> = {};
   let moeLayers: number[] = [];
-  if (hits.size > 1) {
-    warnings.push(`expert tensors of several layouts found (${[...hits.keys()].join(', ')}); reporting the first`);
-  }
-  const first = [...hits.values()][0];
   let moeI = 0;
-  if (first) {
-    const { sig } = first;
-    layout = sig.id;
-    layoutDescription = sig.description;
-    gateUp = sig.gateUp;
-    if (sig.id === 'hf-gpt-oss' && facts && facts.family !== 'gpt_oss') {
-      layout = 'hf-fused';
-      layoutDescription = 'HF transformers v5 fused mlp.experts.gate_up_proj [E,2I,H]';
-      gateUp = 'concatenated';
+  let ir: ModelIR | undefined;
+  if (spec) {
+    layout = spec.id;
+    layoutDescription = spec.description;
+    const order = spec.gateUp ? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : spec.gateUp.default) : 'separate';
+    gateUp = order === 'concat' ? 'concatenated' : order;
+    try {
+      ir = readIR(ck, spec, meta);
+    } catch (e) {
+      // quantized experts (MXFP4 *_blocks) do not read as plain tensors: count them by name instead
+      if (!quantizedTensors(ck)) warnings.push(`expert tensors do not read as layout ${spec.id}: ${(e as Error).message}`);
     }
-    moeLayers = [...first.layers.keys()].sort((a, b) => a - b);
-    for (const [layer, ts] of first.layers) {
-      if (sig.experts === 'dim0') {
-        expertsPerLayer[layer] = ts[0]!.shape[0] ?? 0;
-      } else {
-        const ids = new Set(ts.map((t) => /\.(\d+)\.(?:w[13]|gate_proj|up_proj|linear_fc1)\.weight$/.exec(t.name)?.[1] ?? /weight(\d+)$/.exec(t.name)?.[1]));
-        expertsPerLayer[layer] = ids.size;
-      }
-      for (const m of moeLayers) denseLayers.delete(m);
+    if (ir) {
+      for (const l of ir.layers) expertsPerLayer[l.layer] = l.experts.length;
+      moeI = layerDims(ir.layers[0]!).I;
+    } else {
+      for (const [layer, n] of claimedExperts(spec, tensors)) expertsPerLayer[layer] = n;
+      moeI = facts?.moeIntermediateSize ?? 0;
     }
-    // intermediate size from a gate/up tensor of the first MoE layer
-    const ts = first.layers.get(moeLayers[0]!)!;
-    const t0 = ts[0]!;
-    if (sig.id === 'hf-mixtral' || sig.id === 'hf-per-expert') moeI = t0.shape[0]!;
-    else if (sig.id === 'te' || sig.id === 'megatron') moeI = t0.shape[0]! / 2;
-    else if (layout === 'hf-gpt-oss' || layout === 'hf-llama4' || layout === 'nemo') moeI = t0.name.endsWith('_blocks') ? t0.shape[1]! / 2 : t0.shape[2]! / 2;
-    else if (layout === 'hf-granite' || layout === 'hf-fused' || layout === 'flashfusemoe') moeI = t0.shape[1]! / 2;
-    else if (layout === 'megatron-grouped') moeI = facts?.moeIntermediateSize ?? 0;
+    moeLayers = Object.keys(expertsPerLayer).map(Number).sort((a, b) => a - b);
+    for (const m of moeLayers) denseLayers.delete(m);
   } else if (denseLayers.size === 0) {
     layout = 'unknown';
     layoutDescription = 'no expert or dense-MLP tensors moekit recognises';
@@ -154,7 +115,7 @@ export async function inspectCheckpoint(ck: Checkpoint, path: string): Promise<I
   const counts = new Set(Object.values(expertsPerLayer));
   if (counts.size > 1) warnings.push(`layers have different expert counts: ${JSON.stringify(expertsPerLayer)}`);
   const numExperts = counts.size ? Math.max(...counts) : 0;
-  if (facts && facts.numExperts && numExperts && facts.numExperts !== numExperts && layout !== 'megatron-grouped') {
+  if (facts && facts.numExperts && numExperts && facts.numExperts !== numExperts) {
     warnings.push(`config.json says ${facts.numExperts} experts, tensors hold ${numExperts}`);
   }
   if (facts && facts.moeIntermediateSize && moeI && facts.moeIntermediateSize !== moeI) {
@@ -169,14 +130,9 @@ export async function inspectCheckpoint(ck: Checkpoint, path: string): Promise<I
   const dtypes: Record<string, number> = {};
   for (const t of tensors) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + 1;
   let sharedExperts: InspectReport['sharedExperts'] = null;
-  const sharedT = tensors.find((t) => /\.(?:shared_experts?|shared_expert)\.(?:gate_proj|up_proj|w_up|linear_fc1)\.weight$/.test(t.name));
-  if (sharedT) {
-    const fc1 = sharedT.name.includes('linear_fc1');
-    sharedExperts = {
-      count: facts?.shared?.count ?? 1,
-      intermediateSize: fc1 ? sharedT.shape[0]! / 2 : sharedT.shape[0]!,
-      sigmoidGate: tensors.some((t) => /shared_expert_gate\.weight$|shared_experts\.gate_weight$/.test(t.name)),
-    };
+  const sl = ir?.layers.find((l) => l.shared_up);
+  if (sl) {
+    sharedExperts = { count: facts?.shared?.count ?? 1, intermediateSize: sl.shared_up!.shape[0]!, sigmoidGate: !!sl.shared_gate };
   }
   const numLayers = facts?.numLayers || Math.max(-1, ...tensors.map((t) => Number(/layers\.(\d+)\./.exec(t.name)?.[1] ?? -1))) + 1;
   return {

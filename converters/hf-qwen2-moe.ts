@@ -1,0 +1,29 @@
+/**
+ * HF Qwen2-MoE: per-expert mlp.experts.<e>.{gate,up,down}_proj, router mlp.gate [E,H], one shared
+ * expert mlp.shared_expert.{gate,up,down}_proj (own shared_expert_intermediate_size) scaled by
+ * sigmoid(mlp.shared_expert_gate [1,H]).
+ * Source: transformers models/qwen2_moe/modeling_qwen2_moe.py (Qwen2MoeSparseMoeBlock); fixture
+ * fixtures/hf/qwen2_moe (transformers 5.17).
+ */
+import type { LayoutSpec } from '../src/layout.js';
+import { id } from '../src/layout.js';
+
+export const spec: LayoutSpec = {
+  id: 'hf-qwen2-moe',
+  description: 'HF Qwen2-MoE mlp.experts.<e>.gate_proj/up_proj/down_proj + mlp.shared_expert + shared_expert_gate',
+  source: 'transformers modeling_qwen2_moe.py',
+  families: ['qwen2_moe'],
+  prefix: '{root}layers.{n}.mlp.',
+  root: 'hf',
+  rules: [
+    { name: 'gate.weight', scope: 'layer', parts: () => ({ router: id }) },
+    { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
+    { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
+    { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
+    { name: 'shared_expert.gate_proj.weight', scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
+    { name: 'shared_expert.up_proj.weight', scope: 'layer', parts: () => ({ shared_up: id }) },
+    { name: 'shared_expert.down_proj.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
+    { name: 'shared_expert_gate.weight', scope: 'layer', parts: () => ({ shared_gate: id }) },
+  ],
+  cannotHold: 'expert biases, router bias, score-correction bias',
+};

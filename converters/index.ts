@@ -1,0 +1,31 @@
+/**
+ * Registry of layout specs. Adding a layout: write converters/<id>.ts exporting `spec`, add it here,
+ * add a fixture round-trip to test/convert.test.ts.
+ */
+import type { LayoutSpec } from '../src/layout.js';
+import { spec as hfMixtral } from './hf-mixtral.js';
+import { spec as hfPerExpert } from './hf-per-expert.js';
+import { spec as hfQwen2Moe } from './hf-qwen2-moe.js';
+import { spec as hfGptOss } from './hf-gpt-oss.js';
+import { spec as hfLlama4 } from './hf-llama4.js';
+import { spec as hfGranite } from './hf-granite.js';
+import { spec as nemo } from './nemo.js';
+import { spec as te } from './te.js';
+import { spec as megatron } from './megatron.js';
+import { spec as megatronGrouped } from './megatron-grouped.js';
+import { spec as flashfusemoe } from './flashfusemoe.js';
+import { spec as hfFused } from './hf-fused.js';
+
+export const LAYOUTS: readonly LayoutSpec[] = [hfMixtral, hfPerExpert, hfQwen2Moe, hfGptOss, hfLlama4, hfGranite, nemo, te, megatron, megatronGrouped, flashfusemoe, hfFused];
+
+/** Layout names `convert --to` accepts: `hf` (the family's own HF layout) and every non-HF spec. */
+export const TARGET_NAMES: readonly string[] = ['hf', ...LAYOUTS.filter((l) => !l.families).map((l) => l.id)];
+
+export function layoutById(id: string): LayoutSpec | undefined {
+  return LAYOUTS.find((l) => l.id === id);
+}
+
+/** The HF layout of a model family. */
+export function hfLayoutFor(family: string): LayoutSpec | undefined {
+  return LAYOUTS.find((l) => l.families?.includes(family));
+}

@@ -1,0 +1,426 @@
+/**
+ * Canonical expert IR: what every layout spec reads into and writes from.
+ *
+ * Per MoE layer: router weight [E,H] (+ bias [E], + score-correction bias [E]), per expert
+ * gate [I,H], up [I,H], down [H,I] (+ gate/up bias [I], down bias [H]); non-gated experts have
+ * no gate; shared experts (own Is) and a shared-expert gate [1,H]. Orientation is nn.Linear's
+ * [out, in] (y = x·Wᵀ), the same as HF per-expert checkpoints.
+ *
+ * Tensors are LAZY strided views over their storage (a checkpoint tensor, or an in-memory slab
+ * being assembled): select / slice (with step) / transpose / reshape-of-contiguous never touch
+ * data. `materialize` reads the minimal covering byte range with one positioned read and gathers
+ * it; `copyView` writes a view into another (strided) view, which is how specs build targets.
+ */
+import type { Checkpoint, TensorInfo } from './safetensors/reader.js';
+import { type Dtype, dtypeSize } from './safetensors/dtypes.js';
+import type { Routing, Activation } from './family.js';
+import { MoekitError } from './errors.js';
+
+/** Where a view's elements live: a tensor in a checkpoint file, or a buffer in memory. */
+export type Storage = { kind: 'tensor'; info: TensorInfo } | { kind: 'memory'; buf: Buffer };
+
+export class View {
+  constructor(
+    readonly storage: Storage,
+    readonly dtype: Dtype,
+    /** element offset of [0,0,...] */
+    readonly offset: number,
+    readonly shape: readonly number[],
+    /** element strides */
+    readonly strides: readonly number[],
+  ) {}
+
+  static ofTensor(info: TensorInfo): View {
+    return new View({ kind: 'tensor', info }, info.dtype, 0, info.shape, contiguousStrides(info.shape));
+  }
+
+  static ofBuffer(buf: Buffer, dtype: Dtype, shape: readonly number[]): View {
+    return new View({ kind: 'memory', buf }, dtype, 0, shape, contiguousStrides(shape));
+  }
+
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  get nbytes(): number {
+    return this.numel * dtypeSize(this.dtype);
+  }
+
+  /** Human name for errors: the source tensor, or "slab". */
+  get label(): string {
+    return this.storage.kind === 'tensor' ? this.storage.info.name : 'slab';
+  }
+
+  private dim(d: number): number {
+    const n = d < 0 ? d + this.ndim : d;
+    if (n < 0 || n >= this.ndim) throw new MoekitError(`internal: dim ${d} out of range for ${this.label} ${JSON.stringify(this.shape)}`);
+    return n;
+  }
+
+  /** Index `i` along `d`, dropping that dim. */
+  select(d: number, i: number): View {
+    const k = this.dim(d);
+    if (i < 0 || i >= this.shape[k]!) throw new MoekitError(`internal: index ${i} out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
+    return new View(this.storage, this.dtype, this.offset + i * this.strides[k]!, this.shape.filter((_, j) => j !== k), this.strides.filter((_, j) => j !== k));
+  }
+
+  /** Elements start, start+step, ... < end along `d`. */
+  slice(d: number, start: number, end: number, step = 1): View {
+    const k = this.dim(d);
+    if (start < 0 || end > this.shape[k]! || end < start || step < 1) {
+      throw new MoekitError(`internal: slice [${start}:${end}:${step}] out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
+    }
+    const shape = [...this.shape];
+    const strides = [...this.strides];
+    shape[k] = Math.ceil((end - start) / step);
+    strides[k] = this.strides[k]! * step;
+    return new View(this.storage, this.dtype, this.offset + start * this.strides[k]!, shape, strides);
+  }
+
+  /** Swap two dims (default: the last two, i.e. a matrix transpose). */
+  transpose(a = -2, b = -1): View {
+    const i = this.dim(a);
+    const j = this.dim(b);
+    const shape = [...this.shape];
+    const strides = [...this.strides];
+    [shape[i], shape[j]] = [shape[j]!, shape[i]!];
+    [strides[i], strides[j]] = [strides[j]!, strides[i]!];
+    return new View(this.storage, this.dtype, this.offset, shape, strides);
+  }
+
+  get T(): View {
+    return this.transpose();
+  }
+
+  isContiguous(): boolean {
+    let s = 1;
+    for (let k = this.ndim - 1; k >= 0; k--) {
+      if (this.shape[k] !== 1 && this.strides[k] !== s) return false;
+      s *= this.shape[k]!;
+    }
+    return true;
+  }
+
+  /** Reshape; only for contiguous views (all the specs need: [E·2I,H] ↔ [E,2I,H] and the like). */
+  reshape(shape: readonly number[]): View {
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (n !== this.numel) throw new MoekitError(`internal: cannot reshape ${this.label} ${JSON.stringify(this.shape)} to ${JSON.stringify(shape)}`);
+    if (!this.isContiguous()) throw new MoekitError(`internal: reshape of a non-contiguous view of ${this.label}`);
+    return new View(this.storage, this.dtype, this.offset, shape, contiguousStrides(shape));
+  }
+
+  /** Smallest element range [lo, hi) of storage that the view touches. */
+  extent(): [number, number] {
+    let lo = this.offset;
+    let hi = this.offset;
+    for (let k = 0; k < this.ndim; k++) {
+      if (this.shape[k] === 0) return [this.offset, this.offset];
+      const span = (this.shape[k]! - 1) * this.strides[k]!;
+      if (span < 0) lo += span;
+      else hi += span;
+    }
+    return [lo, hi + 1];
+  }
+
+  sameShape(other: View): boolean {
+    return this.shape.length === other.shape.length && this.shape.every((s, i) => s === other.shape[i]);
+  }
+}
+
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const st = new Array<number>(shape.length);
+  let s = 1;
+  for (let k = shape.length - 1; k >= 0; k--) {
+    st[k] = s;
+    s *= shape[k]!;
+  }
+  return st;
+}
+
+type Typed = Uint8Array | Uint16Array | Uint32Array;
+
+function typed(buf: Buffer, unit: number): Typed {
+  const { buffer, byteOffset, byteLength } = buf;
+  if (unit === 1) return new Uint8Array(buffer, byteOffset, byteLength);
+  if (byteOffset % unit === 0) {
+    return unit === 2 ? new Uint16Array(buffer, byteOffset, byteLength / 2) : new Uint32Array(buffer, byteOffset, byteLength / 4);
+  }
+  throw new MoekitError('internal: misaligned buffer');
+}
+
+/** Element copy unit: 1/2/4 bytes; 8-byte dtypes copy as two 4-byte units. */
+function unitOf(dtype: Dtype): { unit: number; factor: number } {
+  const es = dtypeSize(dtype);
+  return es <= 4 ? { unit: es, factor: 1 } : { unit: 4, factor: es / 4 };
+}
+
+/** Expand shape/strides/offset to copy units (adds a trailing dim for 8-byte elements). */
+function unitGeom(shape: readonly number[], strides: readonly number[], offset: number, factor: number) {
+  if (factor === 1) return { shape: [...shape], strides: [...strides], offset };
+  return { shape: [...shape, factor], strides: [...strides.map((s) => s * factor), 1], offset: offset * factor };
+}
+
+const TILE = 64;
+
+/**
+ * Strided copy of `shape` elements from (src, srcOff, srcStrides) to (dst, dstOff, dstStrides).
+ * Runs along the last dim use `set` when both sides are unit-stride; otherwise the last two dims
+ * are walked in cache tiles (the transposes of nemo / megatron-grouped).
+ */
+function stridedCopy(dst: Typed, dOff: number, dSt: number[], src: Typed, sOff: number, sSt: number[], shape: number[]): void {
+  const nd = shape.length;
+  if (nd === 0) {
+    dst[dOff] = src[sOff]!;
+    return;
+  }
+  // drop size-1 dims
+  if (shape.some((s) => s === 1) && nd > 1) {
+    const keep = shape.map((s, i) => (s !== 1 ? i : -1)).filter((i) => i >= 0);
+    return stridedCopy(dst, dOff, keep.map((i) => dSt[i]!), src, sOff, keep.map((i) => sSt[i]!), keep.map((i) => shape[i]!));
+  }
+  const last = nd - 1;
+  const n = shape[last]!;
+  if (dSt[last] === 1 && sSt[last] === 1) {
+    if (nd === 1) {
+      dst.set(src.subarray(sOff, sOff + n), dOff);
+      return;
+    }
+    const outer = shape.slice(0, last);
+    forEachIndex(outer, dSt, sSt, dOff, sOff, (d, s) => dst.set(src.subarray(s, s + n), d));
+    return;
+  }
+  if (nd === 1) {
+    const ds = dSt[0]!;
+    const ss = sSt[0]!;
+    for (let i = 0; i < n; i++) dst[dOff + i * ds] = src[sOff + i * ss]!;
+    return;
+  }
+  // tile the last two dims; the inner loop walks the destination's smaller stride (sequential writes)
+  const swap = Math.abs(dSt[last - 1]!) < Math.abs(dSt[last]!);
+  const [a1, b1] = swap ? [last, last - 1] : [last - 1, last];
+  const m = shape[a1]!;
+  const n2 = shape[b1]!;
+  const dA = dSt[a1]!;
+  const dB = dSt[b1]!;
+  const sA = sSt[a1]!;
+  const sB = sSt[b1]!;
+  const outer = shape.slice(0, last - 1);
+  forEachIndex(outer, dSt, sSt, dOff, sOff, (d0, s0) => {
+    for (let i0 = 0; i0 < m; i0 += TILE) {
+      const i1 = Math.min(m, i0 + TILE);
+      for (let j0 = 0; j0 < n2; j0 += TILE) {
+        const j1 = Math.min(n2, j0 + TILE);
+        for (let i = i0; i < i1; i++) {
+          let d = d0 + i * dA + j0 * dB;
+          let s = s0 + i * sA + j0 * sB;
+          for (let j = j0; j < j1; j++) {
+            dst[d] = src[s]!;
+            d += dB;
+            s += sB;
+          }
+        }
+      }
+    }
+  });
+}
+
+function forEachIndex(outer: number[], dSt: number[], sSt: number[], dOff: number, sOff: number, f: (d: number, s: number) => void): void {
+  const k = outer.length;
+  if (k === 0) return f(dOff, sOff);
+  const idx = new Array<number>(k).fill(0);
+  const total = outer.reduce((a, b) => a * b, 1);
+  let d = dOff;
+  let s = sOff;
+  for (let t = 0; t < total; t++) {
+    f(d, s);
+    for (let j = k - 1; j >= 0; j--) {
+      idx[j]!++;
+      d += dSt[j]!;
+      s += sSt[j]!;
+      if (idx[j]! < outer[j]!) break;
+      d -= dSt[j]! * outer[j]!;
+      s -= sSt[j]! * outer[j]!;
+      idx[j] = 0;
+    }
+  }
+}
+
+/** Buffers with 8-byte-aligned memory (typed-array views need alignment). */
+export function allocAligned(n: number): Buffer {
+  return Buffer.allocUnsafeSlow(n);
+}
+
+/** Read a view's covering range from its storage: returns the bytes and the element index they start at. */
+async function fetchExtent(ck: Checkpoint | undefined, v: View): Promise<{ buf: Buffer; base: number }> {
+  const [lo, hi] = v.extent();
+  const es = dtypeSize(v.dtype);
+  if (v.storage.kind === 'memory') return { buf: v.storage.buf, base: 0 };
+  if (!ck) throw new MoekitError('internal: reading a checkpoint view without its checkpoint');
+  const buf = allocAligned((hi - lo) * es);
+  await ck.read(v.storage.info, lo * es, hi * es, buf);
+  return { buf, base: lo };
+}
+
+/**
+ * Copy the elements of `src` into the positions of `dst` (same shape, same dtype). When both are
+ * contiguous and src is in a checkpoint, the bytes are read straight into dst's memory.
+ */
+export async function copyView(ck: Checkpoint | undefined, src: View, dst: View): Promise<void> {
+  if (!src.sameShape(dst)) throw new MoekitError(`internal: shape mismatch copying ${src.label} ${JSON.stringify(src.shape)} into ${JSON.stringify(dst.shape)}`);
+  if (src.dtype !== dst.dtype) {
+    throw new MoekitError(`cannot fuse ${src.label} (${src.dtype}) with tensors of dtype ${dst.dtype}; convert with --dtype to make them equal`);
+  }
+  if (dst.storage.kind !== 'memory') throw new MoekitError('internal: destination view must be in memory');
+  const es = dtypeSize(src.dtype);
+  const dbuf = dst.storage.buf;
+  if (src.numel === 0) return;
+  if (src.storage.kind === 'tensor' && src.isContiguous() && dst.isContiguous() && ck) {
+    await ck.read(src.storage.info, src.offset * es, (src.offset + src.numel) * es, dbuf.subarray(dst.offset * es, (dst.offset + dst.numel) * es));
+    return;
+  }
+  const { buf, base } = await fetchExtent(ck, src);
+  const { unit, factor } = unitOf(src.dtype);
+  const s = unitGeom(src.shape, src.strides, src.offset - base, factor);
+  const d = unitGeom(dst.shape, dst.strides, dst.offset, factor);
+  stridedCopy(typed(dbuf, unit), d.offset, d.strides, typed(buf, unit), s.offset, s.strides, s.shape);
+}
+
+/** Materialise a view as contiguous bytes in its own (canonical) orientation. */
+export async function materialize(ck: Checkpoint | undefined, v: View, into?: Buffer): Promise<Buffer> {
+  const buf = into ? into.subarray(0, v.nbytes) : allocAligned(v.nbytes);
+  await copyView(ck, v, View.ofBuffer(buf, v.dtype, v.shape));
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model-level IR
+
+/** Fields of one expert, canonical orientation. */
+export interface ExpertIR {
+  gate?: View; // [I,H]; absent for non-gated experts
+  up: View; // [I,H]
+  down: View; // [H,I]
+  gate_bias?: View; // [I]
+  up_bias?: View; // [I]
+  down_bias?: View; // [H]
+}
+
+export type ExpertField = keyof ExpertIR;
+export const EXPERT_FIELDS: readonly ExpertField[] = ['gate', 'up', 'down', 'gate_bias', 'up_bias', 'down_bias'];
+
+/** Fields of one MoE layer outside the routed experts. */
+export interface LayerFields {
+  router?: View; // [E,H]
+  router_bias?: View; // [E]
+  score_bias?: View; // [E] score-correction bias (selection only)
+  shared_gate_proj?: View; // [Is,H]
+  shared_up?: View; // [Is,H]
+  shared_down?: View; // [H,Is]
+  shared_gate?: View; // [1,H] sigmoid gate on the shared-expert output
+}
+export type LayerField = keyof LayerFields;
+export const LAYER_FIELDS: readonly LayerField[] = ['router', 'router_bias', 'score_bias', 'shared_gate_proj', 'shared_up', 'shared_down', 'shared_gate'];
+
+export interface LayerIR extends LayerFields {
+  layer: number;
+  /** Experts of this layer, in local order (after a selection: renumbered 0..k-1). */
+  experts: ExpertIR[];
+  /** Global expert ids of `experts` (identity unless selected for an EP rank). */
+  globalIds: number[];
+}
+
+export interface Dims {
+  /** experts held (local count after a selection) */
+  E: number;
+  /** router rows: all experts of the model (= E unless experts were selected) */
+  Er: number;
+  H: number;
+  I: number;
+  /** shared-expert intermediate size (0 = none) */
+  Is: number;
+  gated: boolean;
+}
+
+export function layerDims(l: LayerIR): Dims {
+  const e0 = l.experts[0];
+  if (!e0) throw new MoekitError(`layer ${l.layer}: no experts`);
+  return {
+    E: l.experts.length,
+    Er: l.router?.shape[0] ?? l.experts.length,
+    H: e0.down.shape[0]!,
+    I: e0.up.shape[0]!,
+    Is: l.shared_up?.shape[0] ?? 0,
+    gated: e0.gate !== undefined,
+  };
+}
+
+export interface ModelIR {
+  family: string;
+  modelType: string;
+  routing: Routing | null;
+  activation: Activation | null;
+  /** name root of HF-style layer tensors ('model.' in model.layers.<n>.) */
+  hfRoot: string;
+  layers: LayerIR[];
+  /** Source tensors that are not part of the expert IR: written unchanged. */
+  passthrough: TensorInfo[];
+}
+
+/** Which IR fields (expert or layer) a model holds anywhere. */
+export function presentFields(ir: ModelIR): Set<string> {
+  const s = new Set<string>();
+  for (const l of ir.layers) {
+    for (const f of LAYER_FIELDS) if (l[f]) s.add(f);
+    for (const e of l.experts) for (const f of EXPERT_FIELDS) if (e[f]) s.add(f);
+  }
+  return s;
+}
+
+/**
+ * Keep only the given global experts of every layer, renumbered locally 0..k-1 in the order given
+ * (expert-parallel shards: contiguous or round-robin placement). Router rows stay global: a rank
+ * still scores all E experts.
+ */
+export function selectExperts(ir: ModelIR, globalIds: readonly number[]): ModelIR {
+  return {
+    ...ir,
+    layers: ir.layers.map((l) => {
+      const experts = globalIds.map((g) => {
+        const i = l.globalIds.indexOf(g);
+        if (i < 0) throw new MoekitError(`layer ${l.layer} has no expert ${g}`);
+        return l.experts[i]!;
+      });
+      return { ...l, experts, globalIds: [...globalIds] };
+    }),
+  };
+}
+
+/**
+ * Expert tensor parallelism: keep slice `rank` of `size` of every expert's intermediate dim —
+ * gate/up rows, down columns, gate/up bias; the down bias (added once after the row-parallel
+ * reduction) stays on rank 0 only unless `downBias: 'all'`.
+ */
+export function sliceIntermediate(ir: ModelIR, rank: number, size: number, opts: { downBias?: 'rank0' | 'all' } = {}): ModelIR {
+  return {
+    ...ir,
+    layers: ir.layers.map((l) => {
+      const { I } = layerDims(l);
+      if (I % size !== 0) throw new MoekitError(`layer ${l.layer}: expert intermediate size ${I} is not divisible by ${size}`);
+      const a = (rank * I) / size;
+      const b = ((rank + 1) * I) / size;
+      const experts = l.experts.map((e) => {
+        const out: ExpertIR = { up: e.up.slice(0, a, b), down: e.down.slice(1, a, b) };
+        if (e.gate) out.gate = e.gate.slice(0, a, b);
+        if (e.gate_bias) out.gate_bias = e.gate_bias.slice(0, a, b);
+        if (e.up_bias) out.up_bias = e.up_bias.slice(0, a, b);
+        if (e.down_bias && (rank === 0 || opts.downBias === 'all')) out.down_bias = e.down_bias;
+        return out;
+      });
+      return { ...l, experts };
+    }),
+  };
+}
