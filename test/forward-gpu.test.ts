@@ -165,3 +165,20 @@ describe('piece planning', () => {
     expect(f32.length).toBe(16);
   });
 });
+
+describe('streaming expert weights from disk', () => {
+  it('a lazily loaded block gives bit-identical results to an in-memory one (chunked pieces too)', async () => {
+    const ck = await Checkpoint.open(join(FIX, 'deepseek_v3_bf16'));
+    const config = (await ck.config())!;
+    const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
+    for (const maxBinding of [undefined, 2048]) {
+      const lazy = await loadLayerFromHf(ck, config, 1, { lazy: true });
+      expect(lazy.weights.experts[0]!.up.data).toBeUndefined();
+      const eager = await loadLayerFromHf(ck, config, 1);
+      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding });
+      const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding });
+      expect(Buffer.from(a.out.buffer).equals(Buffer.from(b.out.buffer))).toBe(true);
+    }
+    await ck.close();
+  });
+});
