@@ -41,6 +41,9 @@ export interface Piece {
 }
 
 const MAX_DISPATCH = 65535;
+/** Weight pieces stay below this even where bindings may be larger (2 GiB on the H100), so disk
+ * reads of the next piece overlap the upload of the current one at a fine grain. */
+const PIECE_CAP = 256 * 2 ** 20;
 
 /**
  * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
@@ -294,18 +297,17 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   const mkGroup = (experts: ExpertWeights[], dense: boolean, slot: number): Group => {
     const I = expertI(experts[0]!);
     const eb = Math.max(...experts.flatMap((e) => [e.up, e.gate, e.down].filter((x): x is Weight => !!x).map((x) => dtypeBytes(x.dtype))));
+    const { bias, downBias } = groupBiases(experts, I, H);
     return {
       experts,
       I,
       gated: experts[0]!.gate !== undefined,
       dense,
       slot,
-      upPieces: planPieces(experts.length, I, H, eb, B),
-      downPieces: planPieces(experts.length, H, I, eb, B),
-      ...(() => {
-        const b = groupBiases(experts, I, H);
-        return { bias: b.bias, downBias: b.downBias };
-      })(),
+      upPieces: planPieces(experts.length, I, H, eb, Math.min(B, PIECE_CAP)),
+      downPieces: planPieces(experts.length, H, I, eb, Math.min(B, PIECE_CAP)),
+      bias,
+      downBias,
     };
   };
   if (E > 0) groups.push(mkGroup(w.experts, false, 0));
@@ -313,8 +315,8 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
 
   // Tokens per batch: every activation buffer must fit one binding.
   const perToken = Math.max(H * 4 * Math.max(KS, 1), ...groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
-  const Tb = Math.max(1, Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16));
-  if (Tb < 1 || perToken > B) throw new MoekitError(`one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+  if (perToken + 8 * E > B) throw new MoekitError(`one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+  const Tb = Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16);
 
   // Per-layer constants (small): router, biases.
   const dummy = ctx.buffer(16, GPUBufferUsage.STORAGE, 'dummy');
