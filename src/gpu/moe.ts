@@ -5,8 +5,11 @@
  *   → combine (deterministic weighted sum of each token's slots + gated shared experts).
  * Large weights: every binding stays within the adapter's maxStorageBufferBindingSize /
  * maxBufferSize. Experts are packed into pieces of whole experts when they fit, else an expert
- * is cut into row blocks; each piece is uploaded into its own buffer, dispatched, and released,
- * so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on lavapipe's 128 MiB bindings.
+ * is cut into row blocks (pieces are also capped at 256 MiB); each piece is uploaded into its own
+ * buffer, dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
+ * lavapipe's 128 MiB bindings. Expert matrices may stay on disk (lazy weights): the bytes of the
+ * next piece are read while the current one is uploaded and run, so host memory stays at a few
+ * pieces and disk reads overlap GPU work.
  * Tokens are batched when activations would exceed one binding (tokens are independent).
  */
 import { MoekitError } from '../errors.js';
