@@ -7,11 +7,11 @@
 import { MoekitError } from './errors.js';
 import { Checkpoint } from './safetensors/reader.js';
 import { toFloat32 } from './safetensors/cast.js';
-import { loadLayerFromHf, mlpLayers, type LoadedLayer } from './forward/hf-loader.js';
+import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from './forward/hf-loader.js';
 import { compare, forwardCpu, type ForwardResult } from './forward/cpu.js';
-import { blockIs16Bit } from './forward/weights.js';
+import { blockIs16Bit, materialize } from './forward/weights.js';
 
-export type LayerLoader = (ck: Checkpoint, config: Record<string, unknown>, layer: number) => Promise<LoadedLayer>;
+export type LayerLoader = (ck: Checkpoint, config: Record<string, unknown>, layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
 /** Layers of a checkpoint that hold an MLP block the loader can read. */
 export type LayerLister = (ck: Checkpoint, config: Record<string, unknown>) => number[];
 
@@ -96,7 +96,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
   let forward: (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
   let adapter: string | undefined;
   if (opts.cpu) {
-    forward = async (l, x, T) => forwardCpu(l.weights, l.facts, x, T);
+    forward = async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T);
   } else {
     const { getGpu } = await import('./gpu/device.js');
     const { forwardGpu } = await import('./gpu/moe.js');
@@ -150,12 +150,13 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     let any16 = false;
     for (const [i, l] of layers.entries()) {
       progress(`layer ${l} (${i + 1}/${layers.length})`);
-      const la = await loader(a, ca, l);
+      // The GPU forward streams expert matrices from disk; the CPU one loads them.
+      const la = await loader(a, ca, l, { lazy: !opts.cpu });
       const ra = await forward(la, x, T);
       let refOut: Float32Array;
       let sixteen = blockIs16Bit(la.weights);
       if (b) {
-        const lb = await loader(b, cb!, l);
+        const lb = await loader(b, cb!, l, { lazy: !opts.cpu });
         if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError(`layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
         sixteen ||= blockIs16Bit(lb.weights);
         // Both sides are computed the same way; `a` is the reference of the relative error.

@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Checkpoint } from '../src/safetensors/reader.js';
 import { toFloat32 } from '../src/safetensors/cast.js';

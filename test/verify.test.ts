@@ -70,7 +70,7 @@ describe('verify passes on every fixture with a reference (WebGPU)', () => {
     ['qwen3_dense', 'qwen3_dense'],
     ['mixtral_bf16', 'mixtral'],
     ['deepseek_v3_bf16', 'deepseek_v3'],
-  ]) {
+  ] as const) {
     it(`${name} against ${refName}/reference.safetensors`, async () => {
       const r = await verify(join(FIX, name), undefined, { reference: join(FIX, refName, 'reference.safetensors') });
       expect(r.pass).toBe(true);

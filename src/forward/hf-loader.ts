@@ -17,17 +17,18 @@ import { MoekitError } from '../errors.js';
 import type { Checkpoint } from '../safetensors/reader.js';
 import type { FloatDtype } from '../safetensors/dtypes.js';
 import { familyFacts, type FamilyFacts } from '../family.js';
-import { dtypeBytes, makeWeight, validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
+import { bytesOf, dtypeBytes, makeWeight, validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 
 const FLOAT = new Set(['F32', 'BF16', 'F16']);
 
-async function readWeight(ck: Checkpoint, name: string): Promise<Weight> {
+async function readWeight(ck: Checkpoint, name: string, lazy = false): Promise<Weight> {
   const info = ck.info(name);
   if (!FLOAT.has(info.dtype)) {
     throw new MoekitError(
       `${name} is ${info.dtype}: verify runs on F32/BF16/F16 weights; dequantize the checkpoint first (e.g. moekit convert --dtype bf16)`,
     );
   }
+  if (lazy) return { dtype: info.dtype as FloatDtype, shape: info.shape, read: (start, end, into) => ck.read(info, start, end, into) };
   return makeWeight(info.dtype as FloatDtype, info.shape, await ck.read(info));
 }
 
@@ -39,11 +40,11 @@ function gatherElems(src: Weight, shape: number[], idx: (i: number) => number): 
   const n = shape.reduce((a, b) => a * b, 1);
   const out = new Uint8Array(n * s);
   if (s === 4) {
-    const a = new Uint32Array(src.data.buffer, src.data.byteOffset, src.data.byteLength / 4);
+    const a = new Uint32Array(bytesOf(src).buffer, bytesOf(src).byteOffset, bytesOf(src).byteLength / 4);
     const b = new Uint32Array(out.buffer);
     for (let i = 0; i < n; i++) b[i] = a[idx(i)]!;
   } else {
-    const a = new Uint16Array(src.data.buffer.slice(src.data.byteOffset, src.data.byteOffset + src.data.byteLength));
+    const a = new Uint16Array(bytesOf(src).buffer.slice(bytesOf(src).byteOffset, bytesOf(src).byteOffset + bytesOf(src).byteLength));
     const b = new Uint16Array(out.buffer);
     for (let i = 0; i < n; i++) b[i] = a[idx(i)]!;
   }
@@ -57,7 +58,7 @@ function sliceExpert(w: Weight, e: number, r0?: number, r1?: number): Weight {
   const b = r1 ?? R;
   const s = dtypeBytes(w.dtype);
   const start = (e * R + a) * C * s;
-  return makeWeight(w.dtype, C === undefined ? [b - a] : [b - a, C], w.data.subarray(start, start + (b - a) * (C ?? 1) * s));
+  return makeWeight(w.dtype, C === undefined ? [b - a] : [b - a, C], bytesOf(w).subarray(start, start + (b - a) * (C ?? 1) * s));
 }
 
 function sliceVec(w: Weight, e: number, i0: number, n: number, stride = 1): Weight {
@@ -68,12 +69,12 @@ function sliceVec(w: Weight, e: number, i0: number, n: number, stride = 1): Weig
 /** Reads go through this limiter: several large positioned reads in flight overlap I/O and page faults. */
 const limit = pLimit(8);
 
-async function gatedMlp(ck: Checkpoint, p: string, names: [string, string, string]): Promise<ExpertWeights> {
+async function gatedMlp(ck: Checkpoint, p: string, names: [string, string, string], lazy: boolean): Promise<ExpertWeights> {
   const [g, u, d] = names;
   const [gate, up, down, gateBias, upBias, downBias] = await Promise.all([
-    limit(() => readWeight(ck, `${p}.${g}.weight`)),
-    limit(() => readWeight(ck, `${p}.${u}.weight`)),
-    limit(() => readWeight(ck, `${p}.${d}.weight`)),
+    limit(() => readWeight(ck, `${p}.${g}.weight`, lazy)),
+    limit(() => readWeight(ck, `${p}.${u}.weight`, lazy)),
+    limit(() => readWeight(ck, `${p}.${d}.weight`, lazy)),
     opt(ck, `${p}.${g}.bias`),
     opt(ck, `${p}.${u}.bias`),
     opt(ck, `${p}.${d}.bias`),
@@ -82,8 +83,8 @@ async function gatedMlp(ck: Checkpoint, p: string, names: [string, string, strin
 }
 
 /** All experts of a layer, read concurrently, in expert order. */
-const gatedExperts = (ck: Checkpoint, E: number, prefix: (e: number) => string, names: [string, string, string]): Promise<ExpertWeights[]> =>
-  Promise.all(Array.from({ length: E }, (_, e) => gatedMlp(ck, prefix(e), names)));
+const gatedExperts = (ck: Checkpoint, E: number, prefix: (e: number) => string, names: [string, string, string], lazy: boolean): Promise<ExpertWeights[]> =>
+  Promise.all(Array.from({ length: E }, (_, e) => gatedMlp(ck, prefix(e), names, lazy)));
 
 export interface LoadedLayer {
   weights: MoeBlockWeights;
@@ -102,7 +103,14 @@ export function mlpLayers(ck: Checkpoint, config: Record<string, unknown>): numb
   return out;
 }
 
-export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unknown>, layer: number): Promise<LoadedLayer> {
+export interface LoadOptions {
+  /** leave expert matrices on disk behind byte-range readers (the GPU forward streams them); the
+   * Checkpoint must stay open while the block is used. Fused layouts that need reordering load eagerly. */
+  lazy?: boolean;
+}
+
+export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unknown>, layer: number, opts: LoadOptions = {}): Promise<LoadedLayer> {
+  const lazy = opts.lazy ?? false;
   const facts = familyFacts(config);
   if (facts.routing.scoreFunc === 'sparsemixer') throw new MoekitError(`${facts.family}: sparsemixer routing is not supported by verify yet`);
   const H = facts.hiddenSize;
@@ -117,7 +125,7 @@ export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unk
     const p = `${L}.block_sparse_moe`;
     const router = { weight: await readWeight(ck, `${p}.gate.weight`), correctionBias: await opt(ck, `${p}.e_score_correction_bias`) };
     const E = router.weight.shape[0]!;
-    const experts = await gatedExperts(ck, E, (e) => `${p}.experts.${e}`, ['w1', 'w3', 'w2']);
+    const experts = await gatedExperts(ck, E, (e) => `${p}.experts.${e}`, ['w1', 'w3', 'w2'], lazy);
     w = { hidden: H, router, experts, shared: [] };
   } else if (has(`${L}.mlp.router.weight`) && has(`${L}.mlp.experts.gate_up_proj`)) {
     // modeling_gpt_oss.py GptOssExperts: gate_up = x @ gate_up_proj[e] + bias; interleaved gate/up
@@ -157,17 +165,17 @@ export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unk
       const I = gu.shape[1]! / 2;
       for (let e = 0; e < E; e++) experts.push({ gate: sliceExpert(gu, e, 0, I), up: sliceExpert(gu, e, I, 2 * I), down: sliceExpert(dn, e) });
     } else {
-      experts.push(...(await gatedExperts(ck, E, (e) => `${p}.experts.${e}`, ['gate_proj', 'up_proj', 'down_proj'])));
+      experts.push(...(await gatedExperts(ck, E, (e) => `${p}.experts.${e}`, ['gate_proj', 'up_proj', 'down_proj'], lazy)));
     }
     const shared: ExpertWeights[] = [];
     for (const s of ['shared_expert', 'shared_experts']) {
-      if (has(`${p}.${s}.gate_proj.weight`)) shared.push(await gatedMlp(ck, `${p}.${s}`, ['gate_proj', 'up_proj', 'down_proj']));
+      if (has(`${p}.${s}.gate_proj.weight`)) shared.push(await gatedMlp(ck, `${p}.${s}`, ['gate_proj', 'up_proj', 'down_proj'], lazy));
     }
     w = { hidden: H, router, experts, shared, sharedGate: await opt(ck, `${p}.shared_expert_gate.weight`) };
     // A missing shared expert (or shared gate) is not an error here: the block is run as stored,
     // so a conversion that dropped it shows up as a failing layer in verify.
   } else if (has(`${L}.mlp.gate_proj.weight`)) {
-    w = { hidden: H, experts: [], shared: [await gatedMlp(ck, `${L}.mlp`, ['gate_proj', 'up_proj', 'down_proj'])] };
+    w = { hidden: H, experts: [], shared: [await gatedMlp(ck, `${L}.mlp`, ['gate_proj', 'up_proj', 'down_proj'], lazy)] };
     kind = 'dense';
   } else {
     const quant = [...ck.tensors.keys()].find((n) => n.startsWith(`${L}.mlp.`) && /_blocks$|_scales$|weight_packed$/.test(n));

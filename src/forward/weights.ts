@@ -3,7 +3,10 @@
  * forwards (src/forward/cpu.ts, src/gpu/moe.ts). Matrices are nn.Linear weights [out, in]
  * (y = x·Wᵀ): router [E, H], expert gate/up [I, H], down [H, I]. Each weight keeps its raw
  * bytes and dtype (F32 / BF16 / F16) so the GPU can upload 16-bit weights packed and unpack them
- * in the shader. Whoever builds this structure (the HF loader below, or a layout-independent
+ * in the shader. A weight is either held in memory (`data`) or left on disk behind a byte-range
+ * reader (`read`), so the GPU forward can stream expert matrices piece by piece (overlapping
+ * disk reads with uploads, and never holding a whole layer in memory: a DeepSeek-V3 layer is
+ * 22 GB in bf16); `materialize` loads them for the CPU forward. Whoever builds this structure (the HF loader below, or a layout-independent
  * loader) owns the file names; the forwards only see this.
  */
 import { MoekitError } from '../errors.js';
@@ -13,8 +16,10 @@ import { toFloat32 } from '../safetensors/cast.js';
 export interface Weight {
   dtype: FloatDtype;
   shape: number[];
-  /** raw little-endian bytes, exactly numel·size(dtype) of them */
-  data: Uint8Array;
+  /** raw little-endian bytes, exactly numel·size(dtype) of them, when held in memory */
+  data?: Uint8Array;
+  /** reads bytes [start, end) (into `into` when given), for weights left on disk */
+  read?: (start: number, end: number, into?: Buffer) => Promise<Uint8Array>;
 }
 
 /** One gated (gate + up) or non-gated (up only, e.g. ReLU²) MLP expert. */
@@ -53,8 +58,48 @@ export interface MoeBlockWeights {
 
 export const dtypeBytes = (d: FloatDtype): number => (d === 'F32' ? 4 : 2);
 
+export const weightNbytes = (w: Weight): number => w.shape.reduce((a, b) => a * b, 1) * dtypeBytes(w.dtype);
+
+/** The bytes of an in-memory weight (lazy ones must be materialized first). */
+export function bytesOf(w: Weight): Uint8Array {
+  if (!w.data) throw new MoekitError(`internal: weight [${w.shape}] is not in memory (materialize the block first)`);
+  return w.data;
+}
+
+/** Bytes [start, end) of a weight, from memory or from disk. */
+export function readRange(w: Weight, start: number, end: number, into?: Buffer): Promise<Uint8Array> {
+  if (w.data) return Promise.resolve(w.data.subarray(start, end));
+  if (!w.read) throw new MoekitError(`internal: weight [${w.shape}] has neither data nor a reader`);
+  return w.read(start, end, into);
+}
+
+export async function loadWeight(w: Weight): Promise<Weight> {
+  return w.data ? w : { dtype: w.dtype, shape: w.shape, data: await readRange(w, 0, weightNbytes(w)) };
+}
+
+/** A copy of the block with every weight in memory (matrices too unless `matrices` is false). */
+export async function materialize(b: MoeBlockWeights, matrices = true): Promise<MoeBlockWeights> {
+  const opt = async (w?: Weight) => (w ? loadWeight(w) : undefined);
+  const mat = async (w: Weight) => (matrices ? loadWeight(w) : w);
+  const expert = async (e: ExpertWeights): Promise<ExpertWeights> => ({
+    gate: e.gate && (await mat(e.gate)),
+    up: await mat(e.up),
+    down: await mat(e.down),
+    gateBias: await opt(e.gateBias),
+    upBias: await opt(e.upBias),
+    downBias: await opt(e.downBias),
+  });
+  return {
+    hidden: b.hidden,
+    router: b.router && { weight: await loadWeight(b.router.weight), bias: await opt(b.router.bias), correctionBias: await opt(b.router.correctionBias) },
+    experts: await Promise.all(b.experts.map(expert)),
+    shared: await Promise.all(b.shared.map(expert)),
+    sharedGate: await opt(b.sharedGate),
+  };
+}
+
 export function weightF32(w: Weight): Float32Array {
-  return toFloat32(w.data, w.dtype);
+  return toFloat32(bytesOf(w), w.dtype);
 }
 
 export function makeWeight(dtype: FloatDtype, shape: number[], data: Uint8Array): Weight {
@@ -78,7 +123,7 @@ export function blockIs16Bit(b: MoeBlockWeights): boolean {
 /** Total bytes of the block's weights (what a verify has to read from disk). */
 export function blockBytes(b: MoeBlockWeights): number {
   let n = 0;
-  const add = (w?: Weight) => (n += w ? w.data.byteLength : 0);
+  const add = (w?: Weight) => (n += w ? weightNbytes(w) : 0);
   add(b.router?.weight);
   add(b.router?.bias);
   add(b.router?.correctionBias);

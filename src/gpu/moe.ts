@@ -5,14 +5,17 @@
  *   → combine (deterministic weighted sum of each token's slots + gated shared experts).
  * Large weights: every binding stays within the adapter's maxStorageBufferBindingSize /
  * maxBufferSize. Experts are packed into pieces of whole experts when they fit, else an expert
- * is cut into row blocks; each piece is uploaded into its own buffer, dispatched, and released,
- * so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on lavapipe's 128 MiB bindings.
+ * is cut into row blocks (pieces are also capped at 256 MiB); each piece is uploaded into its own
+ * buffer, dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
+ * lavapipe's 128 MiB bindings. Expert matrices may stay on disk (lazy weights): the bytes of the
+ * next piece are read while the current one is uploaded and run, so host memory stays at a few
+ * pieces and disk reads overlap GPU work.
  * Tokens are batched when activations would exceed one binding (tokens are independent).
  */
 import { MoekitError } from '../errors.js';
 import type { ForwardResult } from '../forward/cpu.js';
 import type { BlockSpec } from '../forward/routing.js';
-import { dtypeBytes, expertI, weightF32, type ExpertWeights, type MoeBlockWeights, type Weight } from '../forward/weights.js';
+import { bytesOf, dtypeBytes, expertI, materialize, readRange, weightF32, weightNbytes, type ExpertWeights, type MoeBlockWeights, type Weight } from '../forward/weights.js';
 import { getGpu, type Gpu } from './device.js';
 import { kernel, type KernelName } from './kernels.js';
 
@@ -41,6 +44,9 @@ export interface Piece {
 }
 
 const MAX_DISPATCH = 65535;
+/** Weight pieces stay below this even where bindings may be larger (2 GiB on the H100), so disk
+ * reads of the next piece overlap the upload of the current one at a fine grain. */
+const PIECE_CAP = 256 * 2 ** 20;
 
 /**
  * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
@@ -219,6 +225,10 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
   };
   if (H % 4 !== 0) bad(`hidden size ${H} is not a multiple of 4`);
   for (const e of [...w.experts, ...w.shared]) if (expertI(e) % 4 !== 0) bad(`expert intermediate size ${expertI(e)} is not a multiple of 4`);
+  for (const kind of ['gate', 'up', 'down'] as const) {
+    const dts = new Set(w.experts.map((e) => e[kind]?.dtype));
+    if (dts.size > 1) bad(`routed experts store ${kind} in different dtypes (${[...dts].join(', ')})`);
+  }
   const E = w.experts.length;
   if (E > MAX_E) bad(`${E} experts (the router kernel handles at most ${MAX_E})`);
   const r = spec.routing;
@@ -229,9 +239,52 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
   }
 }
 
+interface Segment {
+  kind: 'gate' | 'up' | 'down';
+  /** byte offset in the piece buffer, and the piece buffer's size */
+  offset: number;
+  total: number;
+  data: Uint8Array;
+}
+
+/**
+ * Gather the bytes of one piece: rows [r0, r0+rows) of each of its experts' matrices, read from
+ * memory or (lazy weights) from disk into a reusable staging buffer (warm memory: fresh pages are
+ * ~10x slower on first touch). staging[slot] is reused every other piece.
+ */
+async function fetchPiece(job: { g: Group; p: Piece; up: boolean }, H: number, staging: Buffer[], slot: number): Promise<Segment[]> {
+  const { g, p } = job;
+  const kinds: Segment['kind'][] = job.up ? (g.gated ? ['gate', 'up'] : ['up']) : ['down'];
+  const K = job.up ? H : g.I;
+  const plan: { kind: Segment['kind']; w: Weight; offset: number; total: number; start: number; end: number }[] = [];
+  let stagingBytes = 0;
+  for (const kind of kinds) {
+    const total = p.nE * p.rows * K * dtypeBytes(g.experts[0]![kind]!.dtype);
+    for (let i = 0; i < p.nE; i++) {
+      const w = g.experts[p.e0 + i]![kind]!;
+      const rowB = K * dtypeBytes(w.dtype);
+      const n = p.rows * rowB;
+      plan.push({ kind, w, offset: i * n, total, start: p.r0 * rowB, end: p.r0 * rowB + n });
+      if (!w.data) stagingBytes += n;
+    }
+  }
+  let buf = staging[slot];
+  if (stagingBytes > 0 && (!buf || buf.byteLength < stagingBytes)) staging[slot] = buf = Buffer.allocUnsafeSlow(stagingBytes);
+  let at = 0;
+  return Promise.all(
+    plan.map(async (s) => {
+      const into = s.w.data ? undefined : buf!.subarray(at, (at += s.end - s.start));
+      return { kind: s.kind, offset: s.offset, total: s.total, data: await readRange(s.w, s.start, s.end, into) };
+    }),
+  );
+}
+
 /** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
-export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
-  checkShapes(w, spec);
+export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
+  checkShapes(block, spec);
+  // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
+  const w = await materialize(block, false);
+  const staging: Buffer[] = [];
   const gpu = await getGpu();
   const ctx = new Ctx(gpu, !!opts.timing);
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
@@ -247,18 +300,17 @@ export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32
   const mkGroup = (experts: ExpertWeights[], dense: boolean, slot: number): Group => {
     const I = expertI(experts[0]!);
     const eb = Math.max(...experts.flatMap((e) => [e.up, e.gate, e.down].filter((x): x is Weight => !!x).map((x) => dtypeBytes(x.dtype))));
+    const { bias, downBias } = groupBiases(experts, I, H);
     return {
       experts,
       I,
       gated: experts[0]!.gate !== undefined,
       dense,
       slot,
-      upPieces: planPieces(experts.length, I, H, eb, B),
-      downPieces: planPieces(experts.length, H, I, eb, B),
-      ...(() => {
-        const b = groupBiases(experts, I, H);
-        return { bias: b.bias, downBias: b.downBias };
-      })(),
+      upPieces: planPieces(experts.length, I, H, eb, Math.min(B, PIECE_CAP)),
+      downPieces: planPieces(experts.length, H, I, eb, Math.min(B, PIECE_CAP)),
+      bias,
+      downBias,
     };
   };
   if (E > 0) groups.push(mkGroup(w.experts, false, 0));
@@ -266,8 +318,8 @@ export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32
 
   // Tokens per batch: every activation buffer must fit one binding.
   const perToken = Math.max(H * 4 * Math.max(KS, 1), ...groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
-  const Tb = Math.max(1, Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16));
-  if (Tb < 1 || perToken > B) throw new MoekitError(`one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+  if (perToken + 8 * E > B) throw new MoekitError(`one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+  const Tb = Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16);
 
   // Per-layer constants (small): router, biases.
   const dummy = ctx.buffer(16, GPUBufferUsage.STORAGE, 'dummy');
@@ -279,11 +331,11 @@ export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32
     ctx.write(b, 0, data);
     return keep(b);
   };
-  const routerW = w.router && E > 0 ? upload(w.router.weight.data, 'router') : dummy;
-  if (w.router && w.router.weight.data.byteLength > B) throw new MoekitError(`router weight (${w.router.weight.data.byteLength} bytes) exceeds the GPU binding limit`);
+  const routerW = w.router && E > 0 ? upload(bytesOf(w.router.weight), 'router') : dummy;
+  if (w.router && weightNbytes(w.router.weight) > B) throw new MoekitError(`router weight (${weightNbytes(w.router.weight)} bytes) exceeds the GPU binding limit`);
   const routerB = upload(f32(w.router?.bias), 'router bias');
   const corr = upload(f32(w.router?.correctionBias), 'correction bias');
-  const sgW = upload(w.sharedGate?.data, 'shared gate');
+  const sgW = upload(w.sharedGate && bytesOf(w.sharedGate), 'shared gate');
   const gBias = groups.map((g) => upload(g.bias, 'bias'));
   const dBias = groups.map((g) => upload(g.downBias, 'down bias'));
 
@@ -317,52 +369,46 @@ export async function forwardGpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32
       }
       await ctx.releasePiece();
 
-      for (const [gi, g] of groups.entries()) {
-        const hb = ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch);
-        const nAll = g.experts.length;
-        const params = (p: Piece, Kd: number, N: number, hasBias: boolean) =>
-          ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, inScale, 0, nAll, 0, 0]);
+      // Expert pieces, in order: each group's up pieces, then its down pieces. The bytes of piece
+      // j+1 are read (from disk for lazy weights) while piece j is uploaded and dispatched.
+      const hbs = groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
+      const jobs = groups.flatMap((g, gi) => [
+        ...g.upPieces.map((p) => ({ g, gi, p, up: true })),
+        ...g.downPieces.map((p) => ({ g, gi, p, up: false })),
+      ]);
+      let next = jobs.length > 0 ? fetchPiece(jobs[0]!, H, staging, 0) : undefined;
+      for (const [j, job] of jobs.entries()) {
+        const segs = await next!;
+        next = j + 1 < jobs.length ? fetchPiece(jobs[j + 1]!, H, staging, (j + 1) % 2) : undefined;
+        const { g, gi, p } = job;
         const e0 = g.experts[0]!;
-        const upConst = {
-          GDT: DT[e0.gate?.dtype ?? 'F32'],
-          UDT: DT[e0.up.dtype],
-          GATED: g.gated ? 1 : 0,
-          ACT: ACT[act.kind],
-          ALPHA: act.alpha ?? 1.702,
-          LIMIT: act.limit ?? 3.4e38,
-        };
-        for (const p of g.upPieces) {
-          const rowB = (wt: Weight) => H * dtypeBytes(wt.dtype);
-          const slice = (wt: Weight) => wt.data.subarray(p.r0 * rowB(wt), (p.r0 + p.rows) * rowB(wt));
-          const ub = ctx.storage(p.nE * p.rows * rowB(e0.up), 'up piece', ctx.piece);
-          const gb = g.gated ? ctx.storage(p.nE * p.rows * rowB(e0.gate!), 'gate piece', ctx.piece) : dummy;
-          let bytes = 0;
-          for (let i = 0; i < p.nE; i++) {
-            const ex = g.experts[p.e0 + i]!;
-            if (ex.up.dtype !== e0.up.dtype || ex.gate?.dtype !== e0.gate?.dtype) throw new MoekitError('WebGPU forward: experts of one layer have different dtypes; run with --cpu');
-            ctx.write(ub, i * p.rows * rowB(ex.up), slice(ex.up));
-            bytes += p.rows * rowB(ex.up);
-            if (g.gated) {
-              ctx.write(gb, i * p.rows * rowB(ex.gate!), slice(ex.gate!));
-              bytes += p.rows * rowB(ex.gate!);
-            }
-          }
-          ctx.dispatch('expert_up', upConst, [params(p, H, g.I, !!g.bias), xb, gb, ub, gBias[gi]!, meta, rw, hb], [ceil(p.rows, 64), ceil(g.dense ? tb : tb, 16), p.nE]);
-          ctx.pieces++;
-          await ctx.releasePiece(bytes);
+        const params = (Kd: number, N: number, hasBias: boolean) =>
+          ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, inScale, 0, g.experts.length, 0, 0]);
+        const bufs = new Map<string, GPUBuffer>();
+        let bytes = 0;
+        for (const s of segs) {
+          let b = bufs.get(s.kind);
+          if (!b) bufs.set(s.kind, (b = ctx.storage(s.total, `${s.kind} piece`, ctx.piece)));
+          ctx.write(b, s.offset, s.data);
+          bytes += s.data.byteLength;
         }
-        for (const p of g.downPieces) {
-          const rowB = g.I * dtypeBytes(e0.down.dtype);
-          const db = ctx.storage(p.nE * p.rows * rowB, 'down piece', ctx.piece);
-          for (let i = 0; i < p.nE; i++) {
-            const ex = g.experts[p.e0 + i]!;
-            if (ex.down.dtype !== e0.down.dtype) throw new MoekitError('WebGPU forward: experts of one layer have different dtypes; run with --cpu');
-            ctx.write(db, i * p.rows * rowB, ex.down.data.subarray(p.r0 * rowB, (p.r0 + p.rows) * rowB));
-          }
-          ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, [params(p, g.I, H, !!g.downBias), hb, db, dBias[gi]!, meta, rw, contrib], [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
-          ctx.pieces++;
-          await ctx.releasePiece(p.nE * p.rows * rowB);
+        if (job.up) {
+          const upConst = {
+            GDT: DT[e0.gate?.dtype ?? 'F32'],
+            UDT: DT[e0.up.dtype],
+            GATED: g.gated ? 1 : 0,
+            ACT: ACT[act.kind],
+            ALPHA: act.alpha ?? 1.702,
+            LIMIT: act.limit ?? 3.4e38,
+          };
+          const bindings = [params(H, g.I, !!g.bias), xb, bufs.get('gate') ?? dummy, bufs.get('up')!, gBias[gi]!, meta, rw, hbs[gi]!];
+          ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+        } else {
+          const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, dBias[gi]!, meta, rw, contrib];
+          ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         }
+        ctx.pieces++;
+        await ctx.releasePiece(bytes);
       }
 
       const ob = ctx.storage(tb * H * 4, 'out', ctx.batch);
