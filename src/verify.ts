@@ -8,6 +8,7 @@ import { MoekitError } from './errors.js';
 import { Checkpoint } from './safetensors/reader.js';
 import { toFloat32 } from './safetensors/cast.js';
 import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from './forward/hf-loader.js';
+import { layerSource, type LayerSource } from './forward/ir-loader.js';
 import { compare, forwardCpu, type ForwardResult } from './forward/cpu.js';
 import { blockIs16Bit, materialize } from './forward/weights.js';
 
@@ -89,8 +90,6 @@ async function configOf(ck: Checkpoint, path: string): Promise<Record<string, un
 
 export async function verify(aPath: string, bPath: string | undefined, opts: VerifyOptions = {}): Promise<VerifyReport> {
   if (!bPath && !opts.reference) throw new MoekitError('verify needs a second checkpoint <b> or --reference <file>');
-  const loader = opts.loader ?? loadLayerFromHf;
-  const lister = opts.lister ?? mlpLayers;
   const progress = opts.onProgress ?? (() => {});
   const backend = opts.cpu ? 'cpu' : 'webgpu';
   let forward: (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
@@ -111,9 +110,16 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
   try {
     const ca = await configOf(a, aPath);
     const cb = b ? await configOf(b, bPath!) : undefined;
-    let layers = lister(a, ca);
+    // Explicit loader (tests) or the layout-independent one: HF loader or canonical IR.
+    const sourceOf = async (ck: Checkpoint, c: Record<string, unknown>): Promise<LayerSource> =>
+      opts.loader || opts.lister
+        ? { layout: 'custom', layers: (opts.lister ?? mlpLayers)(ck, c), load: (l, o) => (opts.loader ?? loadLayerFromHf)(ck, c, l, o) }
+        : layerSource(ck, c);
+    const sa = await sourceOf(a, ca);
+    const sb = b ? await sourceOf(b, cb!) : undefined;
+    let layers = sa.layers;
     if (b) {
-      const lb = new Set(lister(b, cb!));
+      const lb = new Set(sb!.layers);
       const missing = layers.filter((l) => !lb.has(l));
       if (missing.length > 0 && !opts.layers) throw new MoekitError(`${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
       layers = layers.filter((l) => lb.has(l));
@@ -151,12 +157,12 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     for (const [i, l] of layers.entries()) {
       progress(`layer ${l} (${i + 1}/${layers.length})`);
       // The GPU forward streams expert matrices from disk; the CPU one loads them.
-      const la = await loader(a, ca, l, { lazy: !opts.cpu });
+      const la = await sa.load(l, { lazy: !opts.cpu });
       const ra = await forward(la, x, T);
       let refOut: Float32Array;
       let sixteen = blockIs16Bit(la.weights);
       if (b) {
-        const lb = await loader(b, cb!, l, { lazy: !opts.cpu });
+        const lb = await sb!.load(l, { lazy: !opts.cpu });
         if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError(`layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
         sixteen ||= blockIs16Bit(lb.weights);
         // Both sides are computed the same way; `a` is the reference of the relative error.

@@ -1,14 +1,11 @@
 /** Helpers for the convert tests: tensor dumps, synthetic checkpoints, in-process CLI runs. */
-import { mkdtempSync, rmSync, readdirSync, existsSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Checkpoint } from '../src/safetensors/reader.js';
 import { writeCheckpoint, bufferSource } from '../src/safetensors/writer.js';
 import { main } from '../src/cli.js';
 
-export const ROOT = new URL('..', import.meta.url).pathname;
-export const FIXTURES = join(ROOT, 'fixtures', 'hf');
-export const fixtureNames = (): string[] => readdirSync(FIXTURES).filter((d) => existsSync(join(FIXTURES, d, 'config.json'))).sort();
+export { ROOT, FIXTURES, fixtureNames, tempDir } from './helpers.js';
 
 export interface Dumped {
   dtype: string;
@@ -39,11 +36,6 @@ export function diff(a: Map<string, Dumped>, b: Map<string, Dumped>): string[] {
   }
   for (const n of b.keys()) if (!a.has(n)) out.push(`extra ${n}`);
   return out;
-}
-
-export function tempDir(prefix = 'moekit-convert-'): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 /** Run the CLI in this process; returns exit code and captured output. */
