@@ -41,6 +41,11 @@ export interface Routing {
   routerBias: boolean;
 }
 
+/** Routing facts with defaults (plain softmax top-k, no groups, no renorm, no biases) overridden by `r`. */
+export function makeRouting(r: Partial<Routing> & { scoreFunc: ScoreFunc; topK: number }): Routing {
+  return { nGroup: 1, topkGroup: 1, normTopkProb: false, routedScalingFactor: 1, correctionBias: false, routerBias: false, ...r };
+}
+
 export interface SharedExperts {
   /** number of shared experts fused into one MLP (DeepSeek n_shared_experts) */
   count: number;
@@ -112,16 +117,7 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
     known: true,
     activation: activationFromConfig(c),
   };
-  const routing = (r: Partial<Routing> & { scoreFunc: ScoreFunc }): Routing => ({
-    topK,
-    nGroup: 1,
-    topkGroup: 1,
-    normTopkProb: false,
-    routedScalingFactor: 1,
-    correctionBias: false,
-    routerBias: false,
-    ...r,
-  });
+  const routing = (r: Partial<Routing> & { scoreFunc: ScoreFunc }): Routing => makeRouting({ topK, ...r });
   const all = () => true;
   switch (modelType) {
     // modeling_mixtral.py: softmax over all experts, top-k, renormalise.

@@ -8,7 +8,7 @@ import { compare, forwardCpu } from '../src/forward/cpu.js';
 import type { BlockSpec } from '../src/forward/routing.js';
 import { bytesOf, type ExpertWeights, type MoeBlockWeights, type Weight } from '../src/forward/weights.js';
 import { forwardGpu, planPieces } from '../src/gpu/moe.js';
-import type { Activation, Routing } from '../src/family.js';
+import { makeRouting, type Activation, type Routing } from '../src/family.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
 
@@ -105,17 +105,7 @@ function synth(opts: {
   };
 }
 
-const routing = (r: Partial<Routing>): Routing => ({
-  scoreFunc: 'softmax',
-  topK: 2,
-  nGroup: 1,
-  topkGroup: 1,
-  normTopkProb: false,
-  routedScalingFactor: 1,
-  correctionBias: false,
-  routerBias: false,
-  ...r,
-});
+const routing = (r: Partial<Routing>): Routing => makeRouting({ scoreFunc: 'softmax', topK: 2, ...r });
 
 describe('WebGPU forward vs CPU reference on random shapes', () => {
   beforeAll(() => {
