@@ -15,6 +15,7 @@ import type { Checkpoint, TensorInfo } from './safetensors/reader.js';
 import { type Dtype, dtypeSize } from './safetensors/dtypes.js';
 import type { Routing, Activation } from './family.js';
 import { MoekitError } from './errors.js';
+import { stridedCopy } from './strided.js';
 
 /** Where a view's elements live: a tensor in a checkpoint file, or a buffer in memory. */
 export type Storage = { kind: 'tensor'; info: TensorInfo } | { kind: 'memory'; buf: Buffer };
@@ -141,9 +142,8 @@ export function contiguousStrides(shape: readonly number[]): number[] {
   return st;
 }
 
-type Typed = Uint8Array | Uint16Array | Uint32Array;
 
-function typed(buf: Buffer, unit: number): Typed {
+function typed(buf: Buffer, unit: number): Uint8Array | Uint16Array | Uint32Array {
   const { buffer, byteOffset, byteLength } = buf;
   if (unit === 1) return new Uint8Array(buffer, byteOffset, byteLength);
   if (byteOffset % unit === 0) {
@@ -164,105 +164,40 @@ function unitGeom(shape: readonly number[], strides: readonly number[], offset: 
   return { shape: [...shape, factor], strides: [...strides.map((s) => s * factor), 1], offset: offset * factor };
 }
 
-const TILE = 64;
-
-/**
- * Strided copy of `shape` elements from (src, srcOff, srcStrides) to (dst, dstOff, dstStrides).
- * Runs along the last dim use `set` when both sides are unit-stride; otherwise the last two dims
- * are walked in cache tiles (the transposes of nemo / megatron-grouped).
- */
-function stridedCopy(dst: Typed, dOff: number, dSt: number[], src: Typed, sOff: number, sSt: number[], shape: number[]): void {
-  const nd = shape.length;
-  if (nd === 0) {
-    dst[dOff] = src[sOff]!;
-    return;
-  }
-  // drop size-1 dims
-  if (shape.some((s) => s === 1) && nd > 1) {
-    const keep = shape.map((s, i) => (s !== 1 ? i : -1)).filter((i) => i >= 0);
-    return stridedCopy(dst, dOff, keep.map((i) => dSt[i]!), src, sOff, keep.map((i) => sSt[i]!), keep.map((i) => shape[i]!));
-  }
-  const last = nd - 1;
-  const n = shape[last]!;
-  if (dSt[last] === 1 && sSt[last] === 1) {
-    if (nd === 1) {
-      dst.set(src.subarray(sOff, sOff + n), dOff);
-      return;
-    }
-    const outer = shape.slice(0, last);
-    forEachIndex(outer, dSt, sSt, dOff, sOff, (d, s) => dst.set(src.subarray(s, s + n), d));
-    return;
-  }
-  if (nd === 1) {
-    const ds = dSt[0]!;
-    const ss = sSt[0]!;
-    for (let i = 0; i < n; i++) dst[dOff + i * ds] = src[sOff + i * ss]!;
-    return;
-  }
-  // tile the last two dims; the inner loop walks the destination's smaller stride (sequential writes)
-  const swap = Math.abs(dSt[last - 1]!) < Math.abs(dSt[last]!);
-  const [a1, b1] = swap ? [last, last - 1] : [last - 1, last];
-  const m = shape[a1]!;
-  const n2 = shape[b1]!;
-  const dA = dSt[a1]!;
-  const dB = dSt[b1]!;
-  const sA = sSt[a1]!;
-  const sB = sSt[b1]!;
-  const outer = shape.slice(0, last - 1);
-  forEachIndex(outer, dSt, sSt, dOff, sOff, (d0, s0) => {
-    for (let i0 = 0; i0 < m; i0 += TILE) {
-      const i1 = Math.min(m, i0 + TILE);
-      for (let j0 = 0; j0 < n2; j0 += TILE) {
-        const j1 = Math.min(n2, j0 + TILE);
-        for (let i = i0; i < i1; i++) {
-          let d = d0 + i * dA + j0 * dB;
-          let s = s0 + i * sA + j0 * sB;
-          for (let j = j0; j < j1; j++) {
-            dst[d] = src[s]!;
-            d += dB;
-            s += sB;
-          }
-        }
-      }
-    }
-  });
-}
-
-function forEachIndex(outer: number[], dSt: number[], sSt: number[], dOff: number, sOff: number, f: (d: number, s: number) => void): void {
-  const k = outer.length;
-  if (k === 0) return f(dOff, sOff);
-  const idx = new Array<number>(k).fill(0);
-  const total = outer.reduce((a, b) => a * b, 1);
-  let d = dOff;
-  let s = sOff;
-  for (let t = 0; t < total; t++) {
-    f(d, s);
-    for (let j = k - 1; j >= 0; j--) {
-      idx[j]!++;
-      d += dSt[j]!;
-      s += sSt[j]!;
-      if (idx[j]! < outer[j]!) break;
-      d -= dSt[j]! * outer[j]!;
-      s -= sSt[j]! * outer[j]!;
-      idx[j] = 0;
-    }
-  }
-}
-
 /** Buffers with 8-byte-aligned memory (typed-array views need alignment). */
 export function allocAligned(n: number): Buffer {
   return Buffer.allocUnsafeSlow(n);
 }
 
-/** Read a view's covering range from its storage: returns the bytes and the element index they start at. */
-async function fetchExtent(ck: Checkpoint | undefined, v: View): Promise<{ buf: Buffer; base: number }> {
+/**
+ * Scratch buffers for source extents, recycled by size: a conversion reads many same-sized
+ * extents, and fresh memory is ~10× slower on first touch than warm memory (platform notes).
+ * Holds at most a few free buffers per size.
+ */
+const scratch = new Map<number, Buffer[]>();
+function acquireScratch(n: number): Buffer {
+  return scratch.get(n)?.pop() ?? allocAligned(n);
+}
+function releaseScratch(b: Buffer): void {
+  let l = scratch.get(b.byteLength);
+  if (!l) scratch.set(b.byteLength, (l = []));
+  if (l.length < 4) l.push(b);
+}
+
+/** Read a view's covering range from its storage: the bytes, the element index they start at, and whether they are scratch. */
+async function fetchExtent(ck: Checkpoint | undefined, v: View): Promise<{ buf: Buffer; base: number; scratch: boolean }> {
   const [lo, hi] = v.extent();
   const es = dtypeSize(v.dtype);
-  if (v.storage.kind === 'memory') return { buf: v.storage.buf, base: 0 };
+  if (v.storage.kind === 'memory') return { buf: v.storage.buf, base: 0, scratch: false };
   if (!ck) throw new MoekitError('internal: reading a checkpoint view without its checkpoint');
-  const buf = allocAligned((hi - lo) * es);
-  await ck.read(v.storage.info, lo * es, hi * es, buf);
-  return { buf, base: lo };
+  const buf = acquireScratch((hi - lo) * es);
+  try {
+    await ck.read(v.storage.info, lo * es, hi * es, buf);
+  } catch (e) {
+    releaseScratch(buf);
+    throw e;
+  }
+  return { buf, base: lo, scratch: true };
 }
 
 /**
@@ -282,11 +217,15 @@ export async function copyView(ck: Checkpoint | undefined, src: View, dst: View)
     await ck.read(src.storage.info, src.offset * es, (src.offset + src.numel) * es, dbuf.subarray(dst.offset * es, (dst.offset + dst.numel) * es));
     return;
   }
-  const { buf, base } = await fetchExtent(ck, src);
-  const { unit, factor } = unitOf(src.dtype);
-  const s = unitGeom(src.shape, src.strides, src.offset - base, factor);
-  const d = unitGeom(dst.shape, dst.strides, dst.offset, factor);
-  stridedCopy(typed(dbuf, unit), d.offset, d.strides, typed(buf, unit), s.offset, s.strides, s.shape);
+  const { buf, base, scratch: fromScratch } = await fetchExtent(ck, src);
+  try {
+    const { unit, factor } = unitOf(src.dtype);
+    const s = unitGeom(src.shape, src.strides, src.offset - base, factor);
+    const d = unitGeom(dst.shape, dst.strides, dst.offset, factor);
+    stridedCopy(typed(dbuf, unit), d.offset, d.strides, typed(buf, unit), s.offset, s.strides, s.shape);
+  } finally {
+    if (fromScratch) releaseScratch(buf);
+  }
 }
 
 /** Materialise a view as contiguous bytes in its own (canonical) orientation. */

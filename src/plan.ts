@@ -490,12 +490,30 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
     return { data: out };
   };
 
-  async function* rawChunks(info: TensorInfo, start: number, end: number): AsyncGenerator<Chunk> {
-    for (let pos = start; pos < end; pos += sharedPool.chunkSize) {
+  /** A byte range of a source tensor in pooled chunks, with `readahead` reads in flight (reads overlap writes). */
+  async function* rawChunks(info: TensorInfo, start: number, end: number, readahead = 3): AsyncGenerator<Chunk> {
+    const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
+    let pos = start;
+    const issue = () => {
       const e = Math.min(end, pos + sharedPool.chunkSize);
-      const b = sharedPool.acquire();
-      const data = await ck.read(info, pos, e, b);
-      yield toChunk(data, info.dtype, () => sharedPool.release(b));
+      const buf = sharedPool.acquire();
+      const p = ck.read(info, pos, e, buf);
+      p.catch(() => undefined); // awaited below
+      pending.push({ buf, p });
+      pos = e;
+    };
+    try {
+      while (pos < end && pending.length < readahead) issue();
+      while (pending.length) {
+        const { buf, p } = pending[0]!;
+        const data = await p;
+        pending.shift();
+        if (pos < end) issue();
+        yield toChunk(data, info.dtype, () => sharedPool.release(buf));
+      }
+    } finally {
+      // an abandoned stream: let in-flight reads finish, then recycle their buffers
+      for (const { buf, p } of pending.splice(0)) void p.then(() => sharedPool.release(buf), () => sharedPool.release(buf));
     }
   }
 

@@ -48,6 +48,7 @@ export function registerConvert(program: Command): void {
     .option('--max-shard-size <size>', 'split the output into files of at most this size', '5GB')
     .option('--jobs <n>', 'expert slabs assembled concurrently', '4')
     .option('--force', 'replace a non-empty destination')
+    .option('--no-fsync', 'skip fsync of the written files before the final rename (faster; not crash-safe)')
     .option('--json', 'print a JSON summary on stdout')
     .description('convert the experts of a MoE checkpoint to another layout, streaming and bit-exact')
     .addHelpText(
@@ -77,7 +78,7 @@ export function registerConvert(program: Command): void {
         '  moekit convert fixtures/hf/deepseek_v3 --to megatron --dtype bf16 --max-shard-size 2GB --jobs 8 -o /tmp/ds-mcore',
       ].join('\n'),
     )
-    .action(async (src: string, opts: { to: string; output: string; gateUp?: GateUpOrder; dtype?: string; maxShardSize: string; jobs: string; force?: boolean; json?: boolean }) => {
+    .action(async (src: string, opts: { to: string; output: string; gateUp?: GateUpOrder; dtype?: string; maxShardSize: string; jobs: string; force?: boolean; fsync: boolean; json?: boolean }) => {
       let dtype: FloatDtype | undefined;
       if (opts.dtype) {
         try {
@@ -96,10 +97,11 @@ export function registerConvert(program: Command): void {
         maxShardSize: parseSize(opts.maxShardSize),
         jobs,
         force: opts.force,
+        fsync: opts.fsync,
         onProgress: tty ? progressBar() : undefined,
       });
       if (tty) process.stderr.write('\n');
-      if (opts.json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+      if (opts.json) process.stdout.write(JSON.stringify({ ...summary, peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024) }, null, 2) + '\n');
       else {
         process.stdout.write(
           `${summary.sourceLayout} → ${summary.layout}${summary.identity ? ' (same layout: byte copy)' : ''}: ${summary.tensors} tensors, ${human(summary.bytes)} in ${summary.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${summary.moeLayers} MoE layers, ${summary.seconds.toFixed(1)} s → ${summary.destination}\n`,
