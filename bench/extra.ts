@@ -14,4 +14,9 @@ export interface BenchContext {
 export async function runExtraBenches(ctx: BenchContext): Promise<void> {
   const { benchConvert } = await import('./convert-bench.js');
   await benchConvert(ctx);
+  if (process.env.MOEKIT_BENCH_SKIP_VERIFY !== '1') {
+    // One Mixtral-8x7B-shaped bf16 layer (H 4096, I 14336, E 8, 64 tokens) on this machine's adapter.
+    const { runVerifyBench, formatVerifyBench } = await import('./verify-bench.js');
+    console.log('\n' + formatVerifyBench(await runVerifyBench({ dir: ctx.work })));
+  }
 }
