@@ -10,6 +10,8 @@ import { toFloat32 } from './safetensors/cast.js';
 import { loadLayerFromHf, mlpLayers, type LoadedLayer } from './forward/hf-loader.js';
 import { compare, forwardCpu, type ForwardResult } from './forward/cpu.js';
 import { blockIs16Bit } from './forward/weights.js';
+import { isSharded } from './shard/sharded.js';
+import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
 
 export type LayerLoader = (ck: Checkpoint, config: Record<string, unknown>, layer: number) => Promise<LoadedLayer>;
 /** Layers of a checkpoint that hold an MLP block the loader can read. */
@@ -105,15 +107,29 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     forward = (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding });
   }
 
-  const a = await Checkpoint.open(aPath);
-  const b = bPath ? await Checkpoint.open(bPath) : undefined;
-  const ref = opts.reference ? await Checkpoint.open(opts.reference) : undefined;
+  // A side is a checkpoint read by `loader`, or a sharded checkpoint (moekit shard) whose
+  // forward gathers the experts from its ranks.
+  const openSide = async (path: string): Promise<VerifySide> => {
+    if (await isSharded(path)) return openShardedForVerify(path);
+    const ck = await Checkpoint.open(path);
+    try {
+      const config = await configOf(ck, path);
+      return { config, layers: () => lister(ck, config), load: (l) => loader(ck, config, l), close: () => ck.close() };
+    } catch (e) {
+      await ck.close();
+      throw e;
+    }
+  };
+  const a = await openSide(aPath);
+  let b: VerifySide | undefined;
+  let ref: Checkpoint | undefined;
   try {
-    const ca = await configOf(a, aPath);
-    const cb = b ? await configOf(b, bPath!) : undefined;
-    let layers = lister(a, ca);
+    b = bPath ? await openSide(bPath) : undefined;
+    ref = opts.reference ? await Checkpoint.open(opts.reference) : undefined;
+    const ca = a.config;
+    let layers = a.layers();
     if (b) {
-      const lb = new Set(lister(b, cb!));
+      const lb = new Set(b.layers());
       const missing = layers.filter((l) => !lb.has(l));
       if (missing.length > 0 && !opts.layers) throw new MoekitError(`${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
       layers = layers.filter((l) => lb.has(l));
@@ -150,12 +166,12 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     let any16 = false;
     for (const [i, l] of layers.entries()) {
       progress(`layer ${l} (${i + 1}/${layers.length})`);
-      const la = await loader(a, ca, l);
+      const la = await a.load(l);
       const ra = await forward(la, x, T);
       let refOut: Float32Array;
       let sixteen = blockIs16Bit(la.weights);
       if (b) {
-        const lb = await loader(b, cb!, l);
+        const lb = await b.load(l);
         if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError(`layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
         sixteen ||= blockIs16Bit(lb.weights);
         // Both sides are computed the same way; `a` is the reference of the relative error.
