@@ -11,4 +11,7 @@ export interface BenchContext {
   experts: number;
 }
 
-export async function runExtraBenches(_ctx: BenchContext): Promise<void> {}
+export async function runExtraBenches(ctx: BenchContext): Promise<void> {
+  const { benchShard } = await import('./shard-bench.js');
+  await benchShard(ctx);
+}

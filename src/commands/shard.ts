@@ -46,6 +46,7 @@ interface CutOpts {
   maxShardSize: string;
   jobs: number;
   force?: boolean;
+  fsync: boolean;
   json?: boolean;
   output: string;
 }
@@ -61,6 +62,7 @@ function cutOptions(cmd: Command, defaults: boolean): Command {
     .option('--max-shard-size <size>', 'split each rank into files of at most this size', '5GB')
     .option('--jobs <n>', 'expert slabs assembled concurrently', int('--jobs', 1), 4)
     .option('--force', 'replace a non-empty destination (or, with --rank, an existing rank folder)')
+    .option('--no-fsync', 'skip fsync before the rename (faster; not crash-safe)')
     .option('--json', 'print a JSON summary on stdout (includes peakRssMB)')
     .requiredOption('-o, --output <dst>', 'destination folder of the sharded checkpoint');
 }
@@ -96,6 +98,7 @@ export function registerShard(program: Command): void {
         maxShardSize: parseSize(o.maxShardSize),
         jobs: o.jobs,
         force: o.force,
+        fsync: o.fsync,
         onProgress: progress(o.json),
       });
       report(s, o.json);
@@ -116,6 +119,7 @@ export function registerReshard(program: Command): void {
         maxShardSize: parseSize(o.maxShardSize),
         jobs: o.jobs,
         force: o.force,
+        fsync: o.fsync,
         onProgress: progress(o.json),
       });
       report(s, o.json);
@@ -130,12 +134,13 @@ export function registerMerge(program: Command): void {
     .option('--max-shard-size <size>', 'split the output into files of at most this size', '5GB')
     .option('--jobs <n>', 'expert slabs assembled concurrently', int('--jobs', 1), 4)
     .option('--force', 'replace a non-empty destination')
+    .option('--no-fsync', 'skip fsync before the rename (faster; not crash-safe)')
     .option('--json', 'print a JSON summary on stdout (includes peakRssMB)')
     .requiredOption('-o, --output <dst>', 'destination folder')
     .description('glue the ranks of a sharded checkpoint back into one checkpoint, checking every sha256')
     .addHelpText('after', '\nRefuses (one-line error, nothing written) a missing rank, an expert claimed by two ranks, and a tensor whose\nsha256 does not match the manifest.')
-    .action(async (src: string, o: { to?: string; maxShardSize: string; jobs: number; force?: boolean; json?: boolean; output: string }) => {
-      const s = await merge(src, o.output, { to: o.to, maxShardSize: parseSize(o.maxShardSize), jobs: o.jobs, force: o.force, onProgress: progress(o.json) });
+    .action(async (src: string, o: { to?: string; maxShardSize: string; jobs: number; force?: boolean; fsync: boolean; json?: boolean; output: string }) => {
+      const s = await merge(src, o.output, { to: o.to, maxShardSize: parseSize(o.maxShardSize), jobs: o.jobs, force: o.force, fsync: o.fsync, onProgress: progress(o.json) });
       if (process.stderr.isTTY && !o.json) process.stderr.write('\n');
       if (o.json) process.stdout.write(JSON.stringify(s, null, 2) + '\n');
       else process.stdout.write(`merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`);

@@ -1,7 +1,7 @@
 /**
- * `moekit merge`: a sharded checkpoint back to one checkpoint. Every rank's checksums are verified
- * against the manifest first (a missing rank, a duplicate expert or a mismatch is refused before
- * anything is written); the merged IR (views over the rank files) is then planned through the
+ * `moekit merge`: a sharded checkpoint back to one checkpoint. A missing rank or a duplicate expert
+ * is refused before anything is written; every rank's checksums are verified (worker threads) while
+ * the output streams into a temp folder, which is renamed into place only if all match. The merged IR (views over the rank files) is then planned through the
  * target layout (default: the original source layout, with its gate/up order, so the result is
  * byte-identical to the source per tensor) and written into a temp folder renamed into place.
  */
@@ -49,11 +49,24 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
     const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.source.layout)!;
     const plan = planWrite(sh.reader, sh.ir, target, { gateUp: gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp), jobs: opts.jobs });
     const totalBytes = plan.entries.reduce((a, e) => a + byteSize(e.dtype, e.shape), 0);
-    return await withChecksums(sh, async () => {
+    return await withChecksums(sh, async (commit, stop) => {
       await mkdir(dirname(dst), { recursive: true });
       const tmp = tempSibling(dst);
       try {
-        const res = await writeCheckpoint(tmp, plan.entries, {
+        const entries = plan.entries.map((e) => ({
+          ...e,
+          source: async function* () {
+            for await (const c of e.source()) {
+              const why = stop();
+              if (why) {
+                c.release?.();
+                throw why;
+              }
+              yield c;
+            }
+          },
+        }));
+        const res = await writeCheckpoint(tmp, entries, {
           maxShardSize: opts.maxShardSize,
           metadata: m.source.metadata,
           fsync: opts.fsync,
@@ -73,6 +86,7 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
           await copyFile(join(rank0, name), join(tmp, name));
           files.push(name);
         }
+        await commit();
         if (dstExists) await rm(dst, { recursive: true, force: true });
         await rename(tmp, dst);
         return {

@@ -15,7 +15,6 @@
  * which every job computes identically from headers; the rank's checksums go to its own
  * rank-manifest.json (see manifest.ts).
  */
-import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -30,6 +29,7 @@ import { layoutById } from '../../converters/index.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
 import { MANIFEST, RANK_MANIFEST, planOf, readManifest, type RankPlan, type ShardManifest, type TensorRecord } from './manifest.js';
 import { openSharded, verifyChecksums } from './sharded.js';
+import { HashPool } from './hash-pool.js';
 
 export interface ShardOptions {
   ep: number;
@@ -45,6 +45,10 @@ export interface ShardOptions {
   force?: boolean;
   fsync?: boolean;
   onProgress?: (bytes: number, totalBytes: number) => void;
+  /** internal (reshard): awaited before the result is renamed into place */
+  commit?: () => Promise<void>;
+  /** internal (reshard): a truthy value aborts the write */
+  stop?: () => unknown;
 }
 
 export interface ShardSummary {
@@ -85,17 +89,24 @@ export async function checkDestination(dst: string, force: boolean): Promise<boo
 
 export const tempSibling = (dst: string): string => join(dirname(dst), `.${basename(dst)}.moekit-tmp-${randomBytes(4).toString('hex')}`);
 
-/** Entries whose bytes are hashed as they stream to the writer. */
-function hashed(entries: WriteEntry[], out: Map<string, string>): WriteEntry[] {
+/** Entries whose bytes are hashed (in worker threads) as they stream to the writer. */
+function hashed(entries: WriteEntry[], pool: HashPool, out: Map<string, Promise<string>>, stop?: () => unknown): WriteEntry[] {
   return entries.map((e) => ({
     ...e,
     source: async function* () {
-      const h = createHash('sha256');
+      const h = pool.stream();
       for await (const c of e.source()) {
-        h.update(c.data);
+        const why = stop?.();
+        if (why) {
+          c.release?.();
+          throw why;
+        }
+        await h.update(c.data);
         yield c;
       }
-      out.set(e.name, h.digest('hex'));
+      const d = h.digest();
+      d.catch(() => undefined); // awaited after the rank is written
+      out.set(e.name, d);
     },
   }));
 }
@@ -175,10 +186,10 @@ export function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[
 }
 
 /** Write one rank into `dir` (a temp folder the caller renames); returns bytes written. */
-async function writeRank(input: CutInput, job: RankJob, dir: string, opts: ShardOptions, progress: (n: number) => void): Promise<number> {
-  const sha = new Map<string, string>();
+async function writeRank(input: CutInput, job: RankJob, dir: string, opts: ShardOptions, pool: HashPool, progress: (n: number) => void): Promise<number> {
+  const sha = new Map<string, Promise<string>>();
   let last = 0;
-  const res = await writeCheckpoint(dir, hashed(job.write.entries, sha), {
+  const res = await writeCheckpoint(dir, hashed(job.write.entries, pool, sha, opts.stop), {
     maxShardSize: opts.maxShardSize,
     metadata: input.source.metadata,
     fsync: opts.fsync,
@@ -187,7 +198,7 @@ async function writeRank(input: CutInput, job: RankJob, dir: string, opts: Shard
       last = b;
     },
   });
-  for (const [n, h] of sha) job.plan.tensors[n]!.sha256 = h;
+  for (const [n, h] of sha) job.plan.tensors[n]!.sha256 = await h;
   if (input.source.config) await writeJsonAtomic(join(dir, 'config.json'), input.source.config);
   const mk = moekitJson(job.ir, job.write, input.source.layout);
   await writeJsonAtomic(join(dir, 'moekit.json'), mk);
@@ -226,46 +237,53 @@ export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: 
     opts.onProgress?.(done, totalBytes);
   };
   let bytes = 0;
-  if (opts.rank === undefined) {
-    const dstExists = await checkDestination(dst, !!opts.force);
-    await mkdir(dirname(dst), { recursive: true });
-    const tmp = tempSibling(dst);
-    try {
-      for (const j of pick) bytes += await writeRank(input, j, join(tmp, j.plan.dir), opts, progress);
-      await writeJsonAtomic(join(tmp, MANIFEST), manifest);
-      if (dstExists) await rm(dst, { recursive: true, force: true });
-      await rename(tmp, dst);
-    } catch (e) {
-      await rm(tmp, { recursive: true, force: true });
-      throw e;
+  const pool = new HashPool();
+  try {
+    if (opts.rank === undefined) {
+      const dstExists = await checkDestination(dst, !!opts.force);
+      await mkdir(dirname(dst), { recursive: true });
+      const tmp = tempSibling(dst);
+      try {
+        for (const j of pick) bytes += await writeRank(input, j, join(tmp, j.plan.dir), opts, pool, progress);
+        await writeJsonAtomic(join(tmp, MANIFEST), manifest);
+        await opts.commit?.();
+        if (dstExists) await rm(dst, { recursive: true, force: true });
+        await rename(tmp, dst);
+      } catch (e) {
+        await rm(tmp, { recursive: true, force: true });
+        throw e;
+      }
+    } else {
+      // job-array mode: other jobs write their ranks into the same folder concurrently
+      await mkdir(dst, { recursive: true });
+      const have = await readManifest(dst);
+      const plan = planOf(manifest);
+      if (have && JSON.stringify(planOf(have)) !== JSON.stringify(plan)) {
+        throw new MoekitError(`${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
+      }
+      const j = pick[0]!;
+      const final = join(dst, j.plan.dir);
+      let exists = false;
+      try {
+        exists = (await stat(final)).isDirectory();
+      } catch {
+        /* absent */
+      }
+      if (exists && !opts.force) throw new MoekitError(`${final} exists (written by an earlier job); pass --force to rewrite rank ${j.plan.index}`);
+      const tmp = join(dst, `.${j.plan.dir}.moekit-tmp-${randomBytes(4).toString('hex')}`);
+      try {
+        bytes += await writeRank(input, j, tmp, opts, pool, progress);
+        await opts.commit?.();
+        if (!have) await writeJsonAtomic(join(dst, MANIFEST), plan);
+        if (exists) await rm(final, { recursive: true, force: true });
+        await rename(tmp, final);
+      } catch (e) {
+        await rm(tmp, { recursive: true, force: true });
+        throw e;
+      }
     }
-  } else {
-    // job-array mode: other jobs write their ranks into the same folder concurrently
-    await mkdir(dst, { recursive: true });
-    const have = await readManifest(dst);
-    const plan = planOf(manifest);
-    if (have && JSON.stringify(planOf(have)) !== JSON.stringify(plan)) {
-      throw new MoekitError(`${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
-    }
-    const j = pick[0]!;
-    const final = join(dst, j.plan.dir);
-    let exists = false;
-    try {
-      exists = (await stat(final)).isDirectory();
-    } catch {
-      /* absent */
-    }
-    if (exists && !opts.force) throw new MoekitError(`${final} exists (written by an earlier job); pass --force to rewrite rank ${j.plan.index}`);
-    const tmp = join(dst, `.${j.plan.dir}.moekit-tmp-${randomBytes(4).toString('hex')}`);
-    try {
-      bytes += await writeRank(input, j, tmp, opts, progress);
-      if (!have) await writeJsonAtomic(join(dst, MANIFEST), plan);
-      if (exists) await rm(final, { recursive: true, force: true });
-      await rename(tmp, final);
-    } catch (e) {
-      await rm(tmp, { recursive: true, force: true });
-      throw e;
-    }
+  } finally {
+    await pool.close();
   }
   return {
     source: srcLabel,
@@ -345,7 +363,8 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
 
 /**
  * N → M without a merged checkpoint: the merged IR is views over the old ranks, each new rank
- * selects from it and reads only its own bytes. The old ranks' checksums are verified first.
+ * selects from it and reads only its own bytes. The old ranks' checksums are verified meanwhile,
+ * and the result is renamed into place only if they all match.
  */
 export async function reshard(sharded: string, dst: string, opts: ShardOptions): Promise<ShardSummary> {
   const t0 = Date.now();
@@ -363,16 +382,30 @@ export async function reshard(sharded: string, dst: string, opts: ShardOptions):
       sideFrom: join(sh.root, m.ranks.find((r) => r.index === 0)!.dir),
       source: m.source,
     };
-    return await withChecksums(sh, () => cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense }, t0, sharded));
+    return await withChecksums(sh, (commit, stop) => cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense, commit, stop }, t0, sharded));
   } finally {
     await sh.close();
   }
 }
 
-/** Verify the checksums of every rank of `sh`, then run `write`. */
-export async function withChecksums<T>(sh: Awaited<ReturnType<typeof openSharded>>, write: () => Promise<T>): Promise<T> {
-  // Hash every rank first: the bytes then come from the page cache for the write that follows,
-  // and nothing at all is written when a rank is corrupt.
-  await verifyChecksums(sh);
-  return write();
+/**
+ * Run `write` while the checksums of every rank of `sh` are verified (worker threads). `write`
+ * streams into a temp folder and must call `commit` before renaming it into place: `commit` waits
+ * for the verification, so a corrupt rank leaves nothing behind; `stop()` turns true as soon as a
+ * mismatch is found, so the write can give up early.
+ */
+export async function withChecksums<T>(sh: Awaited<ReturnType<typeof openSharded>>, write: (commit: () => Promise<void>, stop: () => unknown) => Promise<T>): Promise<T> {
+  let failed: unknown;
+  const v = verifyChecksums(sh).catch((e: unknown) => {
+    failed = e;
+    throw e;
+  });
+  v.catch(() => undefined);
+  try {
+    return await write(() => v, () => failed);
+  } catch (e) {
+    throw failed ?? e;
+  } finally {
+    await v.catch(() => undefined);
+  }
 }

@@ -5,9 +5,8 @@
  * ranks without ever writing the merged checkpoint.
  */
 import { stat } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import pLimit from 'p-limit';
+import { HashPool } from './hash-pool.js';
 import { MoekitError } from '../errors.js';
 import { Checkpoint } from '../safetensors/reader.js';
 import { dtypeSize } from '../safetensors/dtypes.js';
@@ -218,32 +217,29 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
   return { ...base.ir, layers, passthrough: base.ir.passthrough };
 }
 
-/** Hash every tensor of every rank and compare with the manifest; throws the first mismatch. */
-export async function verifyChecksums(sh: Sharded, stop?: () => unknown, jobs = 4): Promise<void> {
-  const limit = pLimit(jobs);
-  const tasks: Promise<void>[] = [];
-  for (const r of sh.ranks) {
-    for (const info of r.ck.tensors.values()) {
-      tasks.push(
-        limit(async () => {
-          if (stop?.()) return;
-          const h = createHash('sha256');
-          for await (const c of r.ck.chunks(info)) {
-            h.update(c.data);
-            c.release?.();
-          }
-          const got = h.digest('hex');
-          const want = r.sha.get(info.name)!;
-          if (got !== want) {
-            throw new MoekitError(
-              `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${info.file.slice(sh.root.length + 1)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
-            );
-          }
-        }),
-      );
+/** Hash every tensor of every rank (worker threads read the files) and compare with the manifest; throws the first mismatch. */
+export async function verifyChecksums(sh: Sharded): Promise<void> {
+  const pool = new HashPool();
+  try {
+    const tasks: Promise<void>[] = [];
+    for (const r of sh.ranks) {
+      for (const info of r.ck.tensors.values()) {
+        tasks.push(
+          pool.fileRange(info.file, info.offset, info.nbytes).then((got) => {
+            const want = r.sha.get(info.name)!;
+            if (got !== want) {
+              throw new MoekitError(
+                `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${info.file.slice(sh.root.length + 1)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
+              );
+            }
+          }),
+        );
+      }
     }
+    const res = await Promise.allSettled(tasks);
+    const bad = res.find((x) => x.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+  } finally {
+    await pool.close();
   }
-  const res = await Promise.allSettled(tasks);
-  const bad = res.find((x) => x.status === 'rejected');
-  if (bad) throw (bad as PromiseRejectedResult).reason;
 }
