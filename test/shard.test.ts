@@ -166,7 +166,7 @@ describe('verify accepts a sharded checkpoint', () => {
     });
   }
 
-  it('WebGPU forward through the CLI, sharded vs its source', async () => {
+  it('WebGPU forward through the CLI, round-robin EP 4 against the reference', async () => {
     const s = out('verify-gpu');
     await shard(join(FIXTURES, 'qwen3_moe'), s, { ep: 4, placement: 'round-robin', ...fast });
     const r = await cli(['verify', s, '--reference', join(FIXTURES, 'qwen3_moe', 'reference.safetensors'), '--json']);
