@@ -4,6 +4,7 @@ import { MoekitError } from './errors.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerConvert } from './commands/convert.js';
 import { registerVerify } from './commands/verify.js';
+import { registerMerge, registerReshard, registerShard } from './commands/shard.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -19,6 +20,9 @@ export function buildProgram(): Command {
   registerInspect(program);
   registerConvert(program);
   registerVerify(program);
+  registerShard(program);
+  registerMerge(program);
+  registerReshard(program);
   return program;
 }
 

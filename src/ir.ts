@@ -17,8 +17,12 @@ import type { Routing, Activation } from './family.js';
 import { MoekitError } from './errors.js';
 import { stridedCopy } from './strided.js';
 
-/** Where a view's elements live: a tensor in a checkpoint file, or a buffer in memory. */
-export type Storage = { kind: 'tensor'; info: TensorInfo } | { kind: 'memory'; buf: Buffer };
+/**
+ * Where a view's elements live: a tensor in a checkpoint file, a buffer in memory, or contiguous
+ * bytes produced on demand (`load`, e.g. an expert-TP merge concatenating slices from several rank
+ * files); a lazy storage is loaded whole each time a view of it is copied.
+ */
+export type Storage = { kind: 'tensor'; info: TensorInfo } | { kind: 'memory'; buf: Buffer } | { kind: 'lazy'; load: () => Promise<Buffer> };
 
 export class View {
   constructor(
@@ -189,6 +193,7 @@ async function fetchExtent(ck: Checkpoint | undefined, v: View): Promise<{ buf: 
   const [lo, hi] = v.extent();
   const es = dtypeSize(v.dtype);
   if (v.storage.kind === 'memory') return { buf: v.storage.buf, base: 0, scratch: false };
+  if (v.storage.kind === 'lazy') return { buf: await v.storage.load(), base: 0, scratch: false };
   if (!ck) throw new MoekitError('internal: reading a checkpoint view without its checkpoint');
   const buf = acquireScratch((hi - lo) * es);
   try {

@@ -11,6 +11,8 @@ import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from '
 import { layerSource, type LayerSource } from './forward/ir-loader.js';
 import { compare, forwardCpu, type ForwardResult } from './forward/cpu.js';
 import { blockIs16Bit, materialize } from './forward/weights.js';
+import { isSharded } from './shard/sharded.js';
+import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
 
 export type LayerLoader = (ck: Checkpoint, config: Record<string, unknown>, layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
 /** Layers of a checkpoint that hold an MLP block the loader can read. */
@@ -104,22 +106,34 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     forward = (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding });
   }
 
-  const a = await Checkpoint.open(aPath);
-  const b = bPath ? await Checkpoint.open(bPath) : undefined;
-  const ref = opts.reference ? await Checkpoint.open(opts.reference) : undefined;
+  // A side is a checkpoint read by `loader`, or a sharded checkpoint (moekit shard) whose
+  // forward gathers the experts from its ranks.
+  const openSide = async (path: string): Promise<VerifySide> => {
+    if (await isSharded(path)) return openShardedForVerify(path);
+    const ck = await Checkpoint.open(path);
+    try {
+      const config = await configOf(ck, path);
+      // Explicit loader (tests) or the layout-independent one: HF loader or canonical IR.
+      const src: LayerSource =
+        opts.loader || opts.lister
+          ? { layout: 'custom', layers: (opts.lister ?? mlpLayers)(ck, config), load: (l, o) => (opts.loader ?? loadLayerFromHf)(ck, config, l, o) }
+          : await layerSource(ck, config);
+      return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), close: () => ck.close() };
+    } catch (e) {
+      await ck.close();
+      throw e;
+    }
+  };
+  const a = await openSide(aPath);
+  let b: VerifySide | undefined;
+  let ref: Checkpoint | undefined;
   try {
-    const ca = await configOf(a, aPath);
-    const cb = b ? await configOf(b, bPath!) : undefined;
-    // Explicit loader (tests) or the layout-independent one: HF loader or canonical IR.
-    const sourceOf = async (ck: Checkpoint, c: Record<string, unknown>): Promise<LayerSource> =>
-      opts.loader || opts.lister
-        ? { layout: 'custom', layers: (opts.lister ?? mlpLayers)(ck, c), load: (l, o) => (opts.loader ?? loadLayerFromHf)(ck, c, l, o) }
-        : layerSource(ck, c);
-    const sa = await sourceOf(a, ca);
-    const sb = b ? await sourceOf(b, cb!) : undefined;
-    let layers = sa.layers;
+    b = bPath ? await openSide(bPath) : undefined;
+    ref = opts.reference ? await Checkpoint.open(opts.reference) : undefined;
+    const ca = a.config;
+    let layers = a.layers();
     if (b) {
-      const lb = new Set(sb!.layers);
+      const lb = new Set(b.layers());
       const missing = layers.filter((l) => !lb.has(l));
       if (missing.length > 0 && !opts.layers) throw new MoekitError(`${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
       layers = layers.filter((l) => lb.has(l));
@@ -157,12 +171,12 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     for (const [i, l] of layers.entries()) {
       progress(`layer ${l} (${i + 1}/${layers.length})`);
       // The GPU forward streams expert matrices from disk; the CPU one loads them.
-      const la = await sa.load(l, { lazy: !opts.cpu });
+      const la = await a.load(l, { lazy: !opts.cpu });
       const ra = await forward(la, x, T);
       let refOut: Float32Array;
       let sixteen = blockIs16Bit(la.weights);
       if (b) {
-        const lb = await sb!.load(l, { lazy: !opts.cpu });
+        const lb = await b.load(l, { lazy: !opts.cpu });
         if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError(`layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
         sixteen ||= blockIs16Bit(lb.weights);
         // Both sides are computed the same way; `a` is the reference of the relative error.

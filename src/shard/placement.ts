@@ -47,8 +47,9 @@ export function validateEtp(inter: number, etp: number, blockSize?: number, ep?:
     const ok = divisors(inter).filter((d) => d <= 64);
     throw new MoekitError(`expert intermediate size ${inter} does not split into --etp ${etp} slices; use --etp ${ok.join('|')}`);
   }
-  if (blockSize && (inter / etp) % blockSize !== 0) {
-    const ok = divisors(inter).filter((d) => (inter / d) % blockSize === 0);
+  if (blockSize && etp > 1 && (inter / etp) % blockSize !== 0) {
+    // --etp 1 never cuts a block (a partial last block stays whole on its rank)
+    const ok = [1, ...divisors(inter).filter((d) => d > 1 && (inter / d) % blockSize === 0)];
     const hint = tp && ep ? ` (with tp ${tp}: moe_tp_size = tp / ep, so choose ep so that tp / ep is one of those; a larger EP usually fixes it)` : '';
     throw new MoekitError(
       `block-quantized weights: (I / etp) % ${blockSize} = (${inter} / ${etp}) % ${blockSize} ≠ 0, so a slice would cut a ${blockSize}×${blockSize} scale block; ` +

@@ -1,0 +1,245 @@
+/**
+ * Reading a sharded checkpoint back: check the plan (every expert slice held exactly once, every
+ * rank folder present, its tensors as planned), verify sha256 checksums, and build the MERGED
+ * model IR as lazy views over the rank files, so `merge`, `reshard` and `verify` stream from the
+ * ranks without ever writing the merged checkpoint.
+ */
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HashPool } from './hash-pool.js';
+import { MoekitError } from '../errors.js';
+import { Checkpoint } from '../safetensors/reader.js';
+import { dtypeSize } from '../safetensors/dtypes.js';
+import { View, allocAligned, contiguousStrides, copyView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../ir.js';
+import { loadMeta, readIR, type ModelMeta } from '../plan.js';
+import { layoutById } from '../../converters/index.js';
+import type { LayoutSpec } from '../layout.js';
+import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankPlan, type ShardManifest } from './manifest.js';
+
+export interface OpenRank {
+  plan: RankPlan;
+  ck: Checkpoint;
+  ir: ModelIR;
+  /** sha256 per tensor (top manifest, else the rank's own manifest) */
+  sha: Map<string, string>;
+}
+
+export interface Sharded {
+  root: string;
+  manifest: ShardManifest;
+  ranks: OpenRank[];
+  /** the merged model: all experts, full I, non-expert tensors from rank 0 */
+  ir: ModelIR;
+  /** the checkpoint whose handles read every rank file (reads go by each tensor's own file) */
+  reader: Checkpoint;
+  sourceSpec: LayoutSpec;
+  meta: ModelMeta;
+  close(): Promise<void>;
+}
+
+/** A folder is a sharded checkpoint when it holds moekit-manifest.json. */
+export async function isSharded(path: string): Promise<boolean> {
+  try {
+    return (await stat(join(path, MANIFEST))).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** The one-line refusal for a plan where some expert slice is held twice or not at all. */
+export function checkCoverage(m: ShardManifest, where: string): void {
+  const E = m.source.numExperts;
+  const I = m.source.moeIntermediateSize;
+  if (m.ranks.length !== m.ep * m.etp) throw new MoekitError(`${where}: lists ${m.ranks.length} ranks, expected ep ${m.ep} × etp ${m.etp} = ${m.ep * m.etp}`);
+  const dirs = new Set<string>();
+  const owner = new Map<string, string>();
+  for (const r of m.ranks) {
+    if (dirs.has(r.dir)) throw new MoekitError(`${where}: rank folder '${r.dir}' is listed twice`);
+    dirs.add(r.dir);
+    const [a, b] = r.intermediate;
+    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && b <= I && a < b)) throw new MoekitError(`${where}: rank ${r.dir} has an invalid intermediate slice [${a}, ${b}) of I = ${I}`);
+    for (const g of r.experts) {
+      if (!Number.isInteger(g) || g < 0 || g >= E) throw new MoekitError(`${where}: rank ${r.dir} claims expert ${g}, but the model has experts 0..${E - 1}`);
+      const key = `${g}@${a}`;
+      const prev = owner.get(key);
+      if (prev) throw new MoekitError(`${where}: duplicate expert ${g}: claimed by both ${prev} and ${r.dir}; the manifest is inconsistent, re-run moekit shard`);
+      owner.set(key, r.dir);
+    }
+  }
+  const slices = [...new Set(m.ranks.map((r) => r.intermediate[0]))];
+  for (const a of slices) {
+    for (let g = 0; g < E; g++) if (!owner.has(`${g}@${a}`)) throw new MoekitError(`${where}: no rank holds expert ${g}${m.etp > 1 ? ` (I slice from ${a})` : ''}; the manifest is incomplete`);
+  }
+}
+
+/** Open every rank of a sharded checkpoint and build the merged IR. Checksums are verified separately (verifyChecksums). */
+export async function openSharded(root: string): Promise<Sharded> {
+  const manifest = await readManifest(root);
+  if (!manifest) throw new MoekitError(`${root}: no ${MANIFEST} (not a sharded checkpoint written by moekit shard)`);
+  const where = join(root, MANIFEST);
+  checkCoverage(manifest, where);
+  const spec = layoutById(manifest.layout);
+  if (!spec) throw new MoekitError(`${where}: unknown layout '${manifest.layout}'`);
+  const sourceSpec = layoutById(manifest.source.layout);
+  if (!sourceSpec) throw new MoekitError(`${where}: unknown source layout '${manifest.source.layout}'`);
+  const ranks: OpenRank[] = [];
+  try {
+    for (const plan of [...manifest.ranks].sort((a, b) => a.index - b.index)) {
+      const dir = join(root, plan.dir);
+      try {
+        if (!(await stat(dir)).isDirectory()) throw new Error();
+      } catch {
+        throw new MoekitError(`missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`);
+      }
+      const ck = await Checkpoint.open(dir);
+      ranks.push({ plan, ck, ir: undefined as unknown as ModelIR, sha: new Map() });
+      const rm = await readRankManifest(dir);
+      if (rm && (JSON.stringify(rm.experts) !== JSON.stringify(plan.experts) || rm.dir !== plan.dir)) {
+        throw new MoekitError(`${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`);
+      }
+      const want = Object.keys(plan.tensors);
+      for (const n of want) {
+        const t = plan.tensors[n]!;
+        const info = ck.tensors.get(n);
+        if (!info) throw new MoekitError(`rank ${plan.dir}: tensor '${n}' listed in ${MANIFEST} is missing from the rank's files`);
+        if (info.dtype !== t.dtype || JSON.stringify(info.shape) !== JSON.stringify(t.shape)) {
+          throw new MoekitError(`rank ${plan.dir}: tensor '${n}' is ${info.dtype}[${info.shape}], ${MANIFEST} says ${t.dtype}[${t.shape}]`);
+        }
+        const top = t.sha256;
+        const own = rm?.tensors[n]?.sha256;
+        if (top && own && top !== own) throw new MoekitError(`rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`);
+        const sha = top ?? own;
+        if (!sha) throw new MoekitError(`rank ${plan.dir}: no checksum for '${n}' (no ${RANK_MANIFEST}: did its shard job finish?)`);
+        ranks[ranks.length - 1]!.sha.set(n, sha);
+      }
+      if (ck.tensors.size !== want.length) {
+        const extra = ck.names().find((n) => !(n in plan.tensors));
+        throw new MoekitError(`rank ${plan.dir}: tensor '${extra}' is not in ${MANIFEST}`);
+      }
+      const meta = await loadMeta(ck);
+      if (meta.moekit?.layout !== manifest.layout) throw new MoekitError(`rank ${plan.dir}: moekit.json says layout '${meta.moekit?.layout}', ${MANIFEST} says '${manifest.layout}'`);
+      const ir = readIR(ck, spec, meta);
+      for (const l of ir.layers) {
+        if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
+          throw new MoekitError(`rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`);
+        }
+      }
+      ranks[ranks.length - 1]!.ir = ir;
+    }
+    const meta: ModelMeta = {
+      family: manifest.source.family,
+      modelType: manifest.source.modelType,
+      routing: ranks[0]!.ir.routing,
+      activation: ranks[0]!.ir.activation,
+      config: manifest.source.config,
+    };
+    const ir = mergedIR(manifest, ranks);
+    const reader = ranks[0]!.ck;
+    return {
+      root,
+      manifest,
+      ranks,
+      ir,
+      reader,
+      sourceSpec,
+      meta,
+      close: async () => {
+        await Promise.all(ranks.map((r) => r.ck.close()));
+      },
+    };
+  } catch (e) {
+    await Promise.all(ranks.map((r) => r.ck.close()));
+    throw e;
+  }
+}
+
+/** A view of contiguous bytes built on demand. */
+function lazyView(dtype: View['dtype'], shape: number[], load: () => Promise<Buffer>): View {
+  return new View({ kind: 'lazy', load }, dtype, 0, shape, contiguousStrides(shape));
+}
+
+/**
+ * The merged IR. With ETP 1 every expert field is a plain view of the rank file that holds it (so
+ * merge streams raw byte ranges). With ETP > 1 a field is a lazy view that concatenates its I
+ * slices from the ETP ranks: gate/up (and their biases) along rows, down along columns; the down
+ * bias comes from ETP rank 0.
+ */
+function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
+  const E = m.source.numExperts;
+  const base = ranks.find((r) => r.plan.dense && r.plan.index === 0) ?? ranks[0]!;
+  const layers: LayerIR[] = base.ir.layers.map((bl) => {
+    const experts: ExpertIR[] = [];
+    for (let g = 0; g < E; g++) {
+      // the slices of expert g, in I order
+      const parts = ranks
+        .map((r) => {
+          const j = r.plan.experts.indexOf(g);
+          if (j < 0) return undefined;
+          const l = r.ir.layers.find((x) => x.layer === bl.layer);
+          if (!l) throw new MoekitError(`rank ${r.plan.dir} has no MoE layer ${bl.layer} (rank ${base.plan.dir} has)`);
+          return { r, ex: l.experts[j]!, a: r.plan.intermediate[0], b: r.plan.intermediate[1] };
+        })
+        .filter((x) => x !== undefined)
+        .sort((x, y) => x.a - y.a);
+      if (parts.length === 1) {
+        experts.push(parts[0]!.ex);
+        continue;
+      }
+      const I = parts[parts.length - 1]!.b;
+      const ck = base.ck;
+      const out: Partial<ExpertIR> = {};
+      for (const f of EXPERT_FIELDS) {
+        const v0 = parts[0]!.ex[f];
+        if (!v0) continue;
+        if (f === 'down_bias') {
+          out.down_bias = v0;
+          continue;
+        }
+        const cols = f === 'down';
+        const shape = cols ? [v0.shape[0]!, I] : [I, ...v0.shape.slice(1)];
+        const es = dtypeSize(v0.dtype);
+        const fieldParts = parts.map((p) => {
+          const v = p.ex[f as ExpertField];
+          if (!v) throw new MoekitError(`expert ${g} of layer ${bl.layer}: rank ${p.r.plan.dir} has no ${f} slice`);
+          return { v, a: p.a, b: p.b };
+        });
+        out[f] = lazyView(v0.dtype, shape, async () => {
+          const buf = allocAligned(shape.reduce((x, y) => x * y, 1) * es);
+          const whole = View.ofBuffer(buf, v0.dtype, shape);
+          for (const p of fieldParts) await copyView(ck, p.v, cols ? whole.slice(1, p.a, p.b) : whole.slice(0, p.a, p.b));
+          return buf;
+        });
+      }
+      experts.push(out as ExpertIR);
+    }
+    return { ...bl, experts, globalIds: experts.map((_, i) => i) };
+  });
+  return { ...base.ir, layers, passthrough: base.ir.passthrough };
+}
+
+/** Hash every tensor of every rank (worker threads read the files) and compare with the manifest; throws the first mismatch. */
+export async function verifyChecksums(sh: Sharded): Promise<void> {
+  const pool = new HashPool();
+  try {
+    const tasks: Promise<void>[] = [];
+    for (const r of sh.ranks) {
+      for (const info of r.ck.tensors.values()) {
+        tasks.push(
+          pool.fileRange(info.file, info.offset, info.nbytes).then((got) => {
+            const want = r.sha.get(info.name)!;
+            if (got !== want) {
+              throw new MoekitError(
+                `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${info.file.slice(sh.root.length + 1)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
+              );
+            }
+          }),
+        );
+      }
+    }
+    const res = await Promise.allSettled(tasks);
+    const bad = res.find((x) => x.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+  } finally {
+    await pool.close();
+  }
+}
