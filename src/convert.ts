@@ -4,12 +4,12 @@
  * into place (nothing partial is ever left at the destination).
  */
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { dirname, join, resolve } from 'node:path';
 import { Checkpoint } from './safetensors/reader.js';
 import { writeCheckpoint, writeJsonAtomic } from './safetensors/writer.js';
 import { type FloatDtype, byteSize } from './safetensors/dtypes.js';
 import { MoekitError } from './errors.js';
+import { checkDestination, tempSibling } from './output.js';
 import type { GateUpOrder, LayoutSpec } from './layout.js';
 import { detectLayout, loadMeta, moekitJson, passthroughPlan, planWrite, quantizedTensors, readIR, resolveTarget, type MoekitJson } from './plan.js';
 import type { WriteEntry } from './safetensors/writer.js';
@@ -45,18 +45,6 @@ export interface ConvertSummary {
 
 const TORCH_DTYPE: Record<FloatDtype, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
 
-async function checkDestination(dst: string, force: boolean): Promise<boolean> {
-  let st;
-  try {
-    st = await stat(dst);
-  } catch {
-    return false;
-  }
-  if (!st.isDirectory()) throw new MoekitError(`${dst} exists and is not a folder`);
-  const items = await readdir(dst);
-  if (items.length > 0 && !force) throw new MoekitError(`${dst} exists and is not empty; pass --force to replace it`);
-  return true;
-}
 
 export async function convert(src: string, dst: string, opts: ConvertOptions): Promise<ConvertSummary> {
   const t0 = Date.now();
@@ -100,7 +88,7 @@ export async function convert(src: string, dst: string, opts: ConvertOptions): P
     }
     const totalBytes = entries.reduce((a, e) => a + byteSize(e.dtype, e.shape), 0);
     await mkdir(dirname(dst), { recursive: true });
-    const tmp = join(dirname(dst), `.${basename(dst)}.moekit-tmp-${randomBytes(4).toString('hex')}`);
+    const tmp = tempSibling(dst);
     try {
       const res = await writeCheckpoint(tmp, entries, {
         maxShardSize: opts.maxShardSize,

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { convert, type ConvertSummary } from '../convert.js';
 import { parseFloatDtype, type FloatDtype } from '../safetensors/dtypes.js';
+import { peakRssMB } from '../output.js';
 import { MoekitError } from '../errors.js';
 import { LAYOUTS, TARGET_NAMES } from '../../converters/index.js';
 import type { GateUpOrder } from '../layout.js';
@@ -101,7 +102,7 @@ export function registerConvert(program: Command): void {
         onProgress: tty ? progressBar() : undefined,
       });
       if (tty) process.stderr.write('\n');
-      if (opts.json) process.stdout.write(JSON.stringify({ ...summary, peakRssMB: Math.round(process.resourceUsage().maxRSS / 1024) }, null, 2) + '\n');
+      if (opts.json) process.stdout.write(JSON.stringify({ ...summary, peakRssMB: peakRssMB() }, null, 2) + '\n');
       else {
         process.stdout.write(
           `${summary.sourceLayout} → ${summary.layout}${summary.identity ? ' (same layout: byte copy)' : ''}: ${summary.tensors} tensors, ${human(summary.bytes)} in ${summary.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${summary.moeLayers} MoE layers, ${summary.seconds.toFixed(1)} s → ${summary.destination}\n`,

@@ -88,40 +88,31 @@ export function registerShard(program: Command): void {
       ].join('\n'),
     )
     .action(async (src: string, o: CutOpts) => {
-      const s = await shard(src, o.output, {
-        ep: o.ep,
-        etp: o.etp,
-        to: o.to,
-        placement: o.placement,
-        dense: o.dense,
-        rank: o.rank,
-        maxShardSize: parseSize(o.maxShardSize),
-        jobs: o.jobs,
-        force: o.force,
-        fsync: o.fsync,
-        onProgress: progress(o.json),
-      });
+      const s = await shard(src, o.output, cutArgs(o));
       report(s, o.json);
     });
 }
+
+/** The options shared by shard and reshard, as the library takes them. */
+const cutArgs = (o: CutOpts) => ({
+  ep: o.ep,
+  etp: o.etp,
+  to: o.to,
+  placement: o.placement,
+  dense: o.dense,
+  rank: o.rank,
+  maxShardSize: parseSize(o.maxShardSize),
+  jobs: o.jobs,
+  force: o.force,
+  fsync: o.fsync,
+  onProgress: progress(o.json),
+});
 
 export function registerReshard(program: Command): void {
   cutOptions(program.command('reshard').argument('<sharded>', 'folder written by moekit shard'), false)
     .description('re-cut a sharded checkpoint for another EP/ETP size directly from its ranks (no merged copy)')
     .action(async (src: string, o: CutOpts) => {
-      const s = await reshard(src, o.output, {
-        ep: o.ep,
-        etp: o.etp,
-        to: o.to,
-        placement: o.placement,
-        dense: o.dense,
-        rank: o.rank,
-        maxShardSize: parseSize(o.maxShardSize),
-        jobs: o.jobs,
-        force: o.force,
-        fsync: o.fsync,
-        onProgress: progress(o.json),
-      });
+      const s = await reshard(src, o.output, cutArgs(o));
       report(s, o.json);
     });
 }

@@ -12,7 +12,7 @@
  * `merge`, `reshard` and `verify` combine the two: a tensor's checksum is the top manifest's when it
  * has one, else the rank manifest's; when both have one they must agree.
  */
-import { readFile } from 'node:fs/promises';
+import { readJsonIfExists } from '../safetensors/reader.js';
 import { join } from 'node:path';
 import { MoekitError } from '../errors.js';
 import type { Dtype } from '../safetensors/dtypes.js';
@@ -75,23 +75,10 @@ export interface RankManifest extends RankPlan {
   version: 1;
 }
 
-async function readJson(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-  try {
-    return JSON.parse(text) as unknown;
-  } catch (e) {
-    throw new MoekitError(`${path}: invalid JSON (${(e as Error).message.split('\n')[0]})`);
-  }
-}
 
 export async function readManifest(root: string): Promise<ShardManifest | undefined> {
   const path = join(root, MANIFEST);
-  const m = (await readJson(path)) as ShardManifest | undefined;
+  const m = (await readJsonIfExists(path)) as ShardManifest | undefined;
   if (m === undefined) return undefined;
   if (!m || m.format !== 'moekit-shard' || m.version !== 1 || !Array.isArray(m.ranks) || !m.source || typeof m.layout !== 'string') {
     throw new MoekitError(`${path}: not a moekit shard manifest (format 'moekit-shard', version 1, ranks expected)`);
@@ -109,7 +96,7 @@ export async function readManifest(root: string): Promise<ShardManifest | undefi
 
 export async function readRankManifest(rankDir: string): Promise<RankManifest | undefined> {
   const path = join(rankDir, RANK_MANIFEST);
-  const m = (await readJson(path)) as RankManifest | undefined;
+  const m = (await readJsonIfExists(path)) as RankManifest | undefined;
   if (m === undefined) return undefined;
   if (!m || m.format !== 'moekit-shard-rank' || !m.tensors || !Array.isArray(m.experts)) throw new MoekitError(`${path}: not a moekit rank manifest`);
   return m;

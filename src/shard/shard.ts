@@ -16,9 +16,11 @@
  * rank-manifest.json (see manifest.ts).
  */
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MoekitError } from '../errors.js';
+import { checkDestination, peakRssMB, tempSibling } from '../output.js';
+export { checkDestination, peakRssMB, tempSibling };
 import { Checkpoint } from '../safetensors/reader.js';
 import { writeCheckpoint, writeJsonAtomic, type WriteEntry } from '../safetensors/writer.js';
 import { byteSize } from '../safetensors/dtypes.js';
@@ -70,24 +72,9 @@ export interface ShardSummary {
   peakRssMB: number;
 }
 
-export const peakRssMB = (): number => Math.round((process.resourceUsage().maxRSS / 1024) * 10) / 10;
 
 const FP8_BLOCK = 128;
 
-/** Destination check shared with convert's rules: must not exist, or be empty, unless --force. */
-export async function checkDestination(dst: string, force: boolean): Promise<boolean> {
-  let st;
-  try {
-    st = await stat(dst);
-  } catch {
-    return false;
-  }
-  if (!st.isDirectory()) throw new MoekitError(`${dst} exists and is not a folder`);
-  if ((await readdir(dst)).length > 0 && !force) throw new MoekitError(`${dst} exists and is not empty; pass --force to replace it`);
-  return true;
-}
-
-export const tempSibling = (dst: string): string => join(dirname(dst), `.${basename(dst)}.moekit-tmp-${randomBytes(4).toString('hex')}`);
 
 /** Entries whose bytes are hashed (in worker threads) as they stream to the writer. */
 function hashed(entries: WriteEntry[], pool: HashPool, out: Map<string, Promise<string>>, stop?: () => unknown): WriteEntry[] {
