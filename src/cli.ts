@@ -10,9 +10,19 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name('moekit')
-    .description(
-      'Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts,\n' +
-        'shard for expert parallelism, and verify numerically on a WebGPU kernel.',
+    .description('Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts, shard for expert parallelism, and verify numerically on a WebGPU kernel.')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'A typical session:',
+        '  moekit inspect /models/Mixtral-8x7B                       # what is it? family, layout, experts, dtypes',
+        '  moekit convert /models/Mixtral-8x7B --to te -o /ckpt/te  # HF → Transformer Engine GroupedLinear',
+        '  moekit verify /models/Mixtral-8x7B /ckpt/te               # same function? layer by layer, on WebGPU',
+        '  moekit shard /ckpt/te --ep 8 -o /ckpt/te-ep8              # one folder per expert-parallel rank',
+        '',
+        'Run `moekit <command> --help` for each command\'s options and examples.',
+      ].join('\n'),
     )
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
