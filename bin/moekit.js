@@ -4,6 +4,8 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 process.env.UV_THREADPOOL_SIZE ??= '8'; // parallel positioned reads and writes
+// `moekit ... | head`: a closed pipe is not an error worth a stack trace
+process.stdout.on('error', (e) => process.exit(e.code === 'EPIPE' ? 0 : 1));
 const cli = new URL('../dist/src/cli.js', import.meta.url);
 if (!existsSync(fileURLToPath(cli))) {
   process.stderr.write('moekit: not built yet; run `npm run build` (npm ci does it for you)\n');
