@@ -24,6 +24,12 @@ export interface GpuForwardOptions {
   maxBinding?: number;
   /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
   timing?: boolean;
+  /**
+   * expert GEMM kernel variant: 'gpu' (workgroup streams a row block's weights once, K split
+   * across lanes, workgroup reduction: fast on real GPUs) or 'cpu' (register-blocked, no
+   * workgroup memory: fast on lavapipe). Default: env MOEKIT_GPU_KERNELS, else by adapter.
+   */
+  kernels?: 'gpu' | 'cpu';
 }
 
 export interface GpuForwardResult extends ForwardResult {
@@ -295,6 +301,11 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   const KS = K + S;
   const inScale = spec.routing.scoreFunc === 'topk_sigmoid_input' ? 1 : 0;
   const act = spec.activation;
+  const envK = process.env.MOEKIT_GPU_KERNELS;
+  const variant = opts.kernels ?? (envK === 'gpu' || envK === 'cpu' ? envK : gpu.fallback ? 'cpu' : 'gpu');
+  // lanes along K per row group of the gpu variant (tunable for benchmarks)
+  const klUp = Number(process.env.MOEKIT_KL_UP ?? 16);
+  const klDown = Number(process.env.MOEKIT_KL_DOWN ?? 64);
 
   const groups: Group[] = [];
   const mkGroup = (experts: ExpertWeights[], dense: boolean, slot: number): Group => {
@@ -402,10 +413,12 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
             LIMIT: act.limit ?? 3.4e38,
           };
           const bindings = [params(H, g.I, !!g.bias), xb, bufs.get('gate') ?? dummy, bufs.get('up')!, gBias[gi]!, meta, rw, hbs[gi]!];
-          ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+          if (variant === 'gpu') ctx.dispatch('expert_up_gpu', { ...upConst, KL: klUp }, bindings, [ceil(p.rows, (256 / klUp) * 2), 1, p.nE]);
+          else ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         } else {
           const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, dBias[gi]!, meta, rw, contrib];
-          ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+          if (variant === 'gpu') ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], KL: klDown }, bindings, [ceil(p.rows, (256 / klDown) * 4), 1, p.nE]);
+          else ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         }
         ctx.pieces++;
         await ctx.releasePiece(bytes);
