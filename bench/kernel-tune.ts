@@ -4,7 +4,9 @@
  * summed kernel GPU time (timestamp queries, best of 2) and the max relative difference of the
  * output from the first configuration's.
  *   node dist/bench/kernel-tune.js [--hidden H --inter I --tokens T] gpu:16:64 gpu:8:32 cpu
- * A configuration is variant[:KL_up:KL_down] (MOEKIT_GPU_KERNELS, MOEKIT_KL_UP, MOEKIT_KL_DOWN).
+ * A configuration is variant[:KL,RW,MT(up):KL,RW,MT(down)] (MOEKIT_GPU_KERNELS, MOEKIT_UP_CFG,
+ * MOEKIT_DOWN_CFG). --sync waits for each piece's upload before its kernel (kernel time without
+ * upload overlap).
  */
 import { forwardGpu } from '../src/gpu/moe.js';
 import { randomTokens } from '../src/verify.js';
@@ -24,6 +26,8 @@ const I = num('--inter', 14336);
 const E = num('--experts', 8);
 const K = num('--topk', 2);
 const T = num('--tokens', 64);
+const sync = args.includes('--sync');
+if (sync) args.splice(args.indexOf('--sync'), 1);
 const configs = args.length > 0 ? args : ['gpu', 'cpu'];
 
 const tileN = 1 << 20;
@@ -55,12 +59,12 @@ let ref: Float32Array | undefined;
 for (const c of configs) {
   const [v, up, down] = c.split(':');
   process.env.MOEKIT_GPU_KERNELS = v;
-  if (up) process.env.MOEKIT_KL_UP = up;
-  if (down) process.env.MOEKIT_KL_DOWN = down;
+  if (up) process.env.MOEKIT_UP_CFG = up;
+  if (down) process.env.MOEKIT_DOWN_CFG = down;
   let best = Infinity;
   let out: Float32Array | undefined;
   for (let rep = 0; rep < 3; rep++) {
-    const r = await forwardGpu(block, spec, x, T, { timing: true });
+    const r = await forwardGpu(block, spec, x, T, { timing: true, syncUploads: sync });
     if (rep > 0) best = Math.min(best, r.kernelMs ?? NaN);
     out = r.out;
   }

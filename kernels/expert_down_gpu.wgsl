@@ -1,17 +1,17 @@
 // GPU variant of expert_down.wgsl (chosen for non-fallback adapters, src/gpu/moe.ts): same math,
 // bindings and parameters; same shape as expert_up_gpu.wgsl. A workgroup of 256 invocations owns
-// RG·RW output rows of one expert (RG = 256 / KL row groups, RW = 4 rows each); the KL lanes of a
+// RG·RW output rows of one expert (RG = 256 / KL row groups, RW rows each); the KL lanes of a
 // row group stream consecutive 8-byte words of a row along K (= I), tokens' h rows are read
-// through the cache in chunks of MT = 8, and the KL partial sums are reduced through workgroup
+// through the cache in chunks of MT tokens, and the KL partial sums are reduced through workgroup
 // memory in a fixed order (deterministic).
 // Dispatch: (ceil(rows / (RG·RW)), 1, experts in piece).
 override DDT: u32 = 0u;
 override KL: u32 = 64u;
 
 const WG = 256u;
-const RW = 4u;  // output rows per invocation
-const MT = 8u;  // tokens per chunk
-const NA = 32u; // accumulators RW × MT, index r * MT + t
+override RW: u32 = 4u; // output rows per invocation (≤ 4)
+override MT: u32 = 8u; // tokens per chunk (≤ 16; accumulators ≤ 64, accumulators × row groups ≤ 1024)
+override NA = RW * MT; // accumulators
 const RS = 8u;
 
 struct P {
@@ -30,7 +30,7 @@ struct P {
 
 var<workgroup> red: array<f32, 2048>;
 var<workgroup> fin: array<f32, 1024>;
-var<workgroup> ents: array<u32, 8>;
+var<workgroup> ents: array<u32, 16>;
 
 fn load_d(i: u32) -> vec4<f32> {
   if (DDT == 0u) { return bitcast<vec4<f32>>(vec4<u32>(wd[i >> 1u], wd[(i >> 1u) + 1u])); }
@@ -57,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 
   for (var c0 = 0u; c0 < count; c0 += MT) {
-    var hr: array<u32, 8>;
+    var hr: array<u32, 16>;
     for (var t = 0u; t < MT; t++) {
       let m = min(c0 + t, count - 1u);
       hr[t] = hb + (m + off) * K4;
@@ -67,9 +67,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         ents[t] = en;
       }
     }
-    var acc = array<f32, 32>();
+    var acc = array<f32, 64>();
     for (var k4 = kl; k4 < K4; k4 += KL) {
-      var xs: array<vec4<f32>, 8>;
+      var xs: array<vec4<f32>, 16>;
       for (var t = 0u; t < MT; t++) { xs[t] = h[hr[t] + k4]; }
       for (var r = 0u; r < RW; r++) {
         let w = load_d(wrow[r] + k4 * 4u);

@@ -1,10 +1,10 @@
 // GPU variant of expert_up.wgsl (chosen for non-fallback adapters, src/gpu/moe.ts): same math,
 // bindings and parameters, but shaped for a real GPU, where the skinny grouped GEMM (a handful of
 // tokens per expert) is bound by streaming the weights. A workgroup of 256 invocations owns
-// RG·RW output rows of one expert (RG = 256 / KL row groups, RW = 2 rows each, gate and up) and
+// RG·RW output rows of one expert (RG = 256 / KL row groups, RW rows each, gate and up) and
 // streams those rows' weights along K: the KL lanes of a row group read consecutive 8-byte words
 // (4 elements) of a row, so each warp reads whole cache lines. All of the expert's tokens are
-// processed in chunks of MT = 8 (x is read through the cache, shared by the row groups); each
+// processed in chunks of MT (x is read through the cache, shared by the row groups); each
 // invocation keeps RW × (gate, up) × MT partial dot products over its K slice, then the KL
 // partials are summed through workgroup memory in a fixed order (deterministic), and the
 // activation is applied once per (row, token).
@@ -19,9 +19,9 @@ override LIMIT: f32 = 7.0;
 override KL: u32 = 16u;
 
 const WG = 256u;
-const RW = 2u;  // output rows per invocation
-const MT = 8u;  // tokens per chunk
-const NA = 32u; // accumulators: (gate, up) × RW × MT, index (q * RW + r) * MT + t, q 0 gate, 1 up
+override RW: u32 = 2u; // output rows per invocation (≤ 4)
+override MT: u32 = 8u; // tokens per chunk (≤ 16; accumulators ≤ 64, accumulators × row groups ≤ 1024)
+override NA = 2u * RW * MT; // accumulators
 const RS = 8u;  // accumulators per reduction round
 
 struct P {
@@ -41,7 +41,7 @@ struct P {
 
 var<workgroup> red: array<f32, 2048>;  // RS × WG partials of one round
 var<workgroup> fin: array<f32, 1024>;  // reduced sums: NA × RG (≤ 32 row groups)
-var<workgroup> ents: array<u32, 8>;    // entries of the chunk's tokens
+var<workgroup> ents: array<u32, 16>;    // entries of the chunk's tokens
 
 // 4 consecutive elements starting at element i (i % 4 == 0) of a weight array of dtype dt
 fn ld(dt: u32, wv: vec2<u32>, wv2: vec2<u32>) -> vec4<f32> {
@@ -99,13 +99,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nb = wid.x * RG * RW; // first row (within the piece) of this workgroup
   let K4 = p.K / 4u;
   // weight element index of each of this invocation's rows (clamped to the piece)
-  var wrow: array<u32, 2>;
+  var wrow: array<u32, 4>;
   for (var r = 0u; r < RW; r++) {
     wrow[r] = (ez * p.rows + min(nb + rg * RW + r, p.rows - 1u)) * p.K;
   }
 
   for (var c0 = 0u; c0 < count; c0 += MT) {
-    var tok: array<u32, 8>;
+    var tok: array<u32, 16>;
     for (var t = 0u; t < MT; t++) {
       let m = min(c0 + t, count - 1u);
       var en = m * p.KS + p.slot;
@@ -113,9 +113,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       tok[t] = (en / p.KS) * K4;
       if (li == 0u) { ents[t] = en; }
     }
-    var acc = array<f32, 32>();
+    var acc = array<f32, 64>();
     for (var k4 = kl; k4 < K4; k4 += KL) {
-      var xs: array<vec4<f32>, 8>;
+      var xs: array<vec4<f32>, 16>;
       for (var t = 0u; t < MT; t++) { xs[t] = x[tok[t] + k4]; }
       for (var r = 0u; r < RW; r++) {
         let wi = wrow[r] + k4 * 4u;
