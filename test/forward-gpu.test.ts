@@ -23,15 +23,15 @@ describe('WebGPU forward vs transformers outputs', () => {
     ['gpt_oss', 'gpt_oss', 1e-5, undefined],
     ['llama_dense', 'llama_dense', 1e-5, undefined],
     ['qwen3_dense', 'qwen3_dense', 1e-5, undefined],
-  ] as const) {
-    it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}`, async () => {
+  ] as const) for (const kernels of ['cpu', 'gpu'] as const) {
+    it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}, ${kernels} kernels`, async () => {
       const ck = await Checkpoint.open(join(FIX, name));
       const config = (await ck.config())!;
       const ref = await Checkpoint.open(join(FIX, refName, 'reference.safetensors'));
       const x = toFloat32(await ref.read('input'), 'F32');
       for (const l of mlpLayers(ck, config).filter((l) => ref.has(`layers.${l}.output`))) {
         const { weights, facts } = await loadLayerFromHf(ck, config, l);
-        const g = await forwardGpu(weights, facts, x, 24, { maxBinding });
+        const g = await forwardGpu(weights, facts, x, 24, { maxBinding, kernels });
         const c = compare(g.out, toFloat32(await ref.read(`layers.${l}.output`), 'F32'));
         expect(c.maxRel, `${name} layer ${l}`).toBeLessThanOrEqual(tol);
         expect(g.expertCounts).toEqual(forwardCpu(weights, facts, x, 24).expertCounts);
@@ -121,14 +121,14 @@ describe('WebGPU forward vs CPU reference on random shapes', () => {
     { name: 'clamped SwiGLU, chunked: row blocks and tokens routed to none of a piece', w: { seed: 7, H: 32, I: 48, E: 8, dtype: 'BF16', biases: true }, r: { topK: 2, normTopkProb: true }, act: { kind: 'swiglu_clamped', limit: 0.3 }, T: 30, maxBinding: 1024 },
     { name: 'dense block (no router), chunked', w: { seed: 8, H: 32, I: 64, E: 0, dtype: 'F32', shared: [64] }, r: {}, act: { kind: 'swiglu' }, T: 19, maxBinding: 2048 },
   ];
-  for (const c of cases) {
-    it(c.name, async () => {
+  for (const c of cases) for (const kernels of ['cpu', 'gpu'] as const) {
+    it(`${c.name}, ${kernels} kernels`, async () => {
       const w = synth(c.w);
       const spec: BlockSpec = { routing: routing(c.r), activation: c.act };
       const r = rng(100 + c.w.seed);
       const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
       const cpu = forwardCpu(w, spec, x, c.T);
-      const gpu = await forwardGpu(w, spec, x, c.T, { maxBinding: c.maxBinding });
+      const gpu = await forwardGpu(w, spec, x, c.T, { maxBinding: c.maxBinding, kernels });
       const cmp = compare(gpu.out, cpu.out);
       expect(cmp.refMax).toBeGreaterThan(0);
       expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
@@ -162,12 +162,12 @@ describe('streaming expert weights from disk', () => {
     const ck = await Checkpoint.open(join(FIX, 'deepseek_v3_bf16'));
     const config = (await ck.config())!;
     const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
-    for (const maxBinding of [undefined, 2048]) {
+    for (const [maxBinding, kernels] of [[undefined, 'cpu'], [2048, 'cpu'], [2048, 'gpu']] as const) {
       const lazy = await loadLayerFromHf(ck, config, 1, { lazy: true });
       expect(lazy.weights.experts[0]!.up.data).toBeUndefined();
       const eager = await loadLayerFromHf(ck, config, 1);
-      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding });
-      const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding });
+      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels });
+      const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding, kernels });
       expect(Buffer.from(a.out.buffer).equals(Buffer.from(b.out.buffer))).toBe(true);
     }
     await ck.close();

@@ -13,6 +13,8 @@ export interface Gpu {
   limits: GPUSupportedLimits;
   /** timestamp-query is enabled (kernel timing) */
   timestamps: boolean;
+  /** a software / fallback adapter (lavapipe): selects the register-blocked kernel variants */
+  fallback: boolean;
 }
 
 const holder: { gpu?: unknown; ready?: Promise<Gpu> } = {};
@@ -62,6 +64,7 @@ async function init(): Promise<Gpu> {
     maxBinding: Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize),
     limits: device.limits,
     timestamps,
+    fallback: !!(info as { isFallbackAdapter?: boolean }).isFallbackAdapter || (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(adapterName),
   };
 }
 

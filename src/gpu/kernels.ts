@@ -16,6 +16,8 @@ export const KERNEL_BINDINGS = {
   gather: 'urw',
   expert_up: 'urrrrrrw',
   expert_down: 'urrrrrw',
+  expert_up_gpu: 'urrrrrrw',
+  expert_down_gpu: 'urrrrrw',
   combine: 'urrw',
 } as const;
 export type KernelName = keyof typeof KERNEL_BINDINGS;

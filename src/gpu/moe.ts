@@ -24,6 +24,14 @@ export interface GpuForwardOptions {
   maxBinding?: number;
   /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
   timing?: boolean;
+  /**
+   * expert GEMM kernel variant: 'gpu' (workgroup streams a row block's weights once, K split
+   * across lanes, workgroup reduction: fast on real GPUs) or 'cpu' (register-blocked, no
+   * workgroup memory: fast on lavapipe). Default: env MOEKIT_GPU_KERNELS, else by adapter.
+   */
+  kernels?: 'gpu' | 'cpu';
+  /** wait for each piece's upload before dispatching its kernel (benchmarks: kernel time alone) */
+  syncUploads?: boolean;
 }
 
 export interface GpuForwardResult extends ForwardResult {
@@ -279,6 +287,15 @@ async function fetchPiece(job: { g: Group; p: Piece; up: boolean }, H: number, s
   );
 }
 
+/** Shape constants of a gpu-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
+function gpuCfg(env: string | undefined, def: number[], q: number): { KL: number; RW: number; MT: number } {
+  const v = env ? env.split(',').map(Number) : def;
+  const [KL, RW, MT] = v.length === 3 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
+  const na = q * RW! * MT!;
+  if (!(256 % KL! === 0 && KL! >= 8 && RW! <= 4 && MT! <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL!) <= 1024)) throw new MoekitError(`bad gpu kernel shape ${env}`);
+  return { KL: KL!, RW: RW!, MT: MT! };
+}
+
 /** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
 export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
   checkShapes(block, spec);
@@ -295,6 +312,12 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   const KS = K + S;
   const inScale = spec.routing.scoreFunc === 'topk_sigmoid_input' ? 1 : 0;
   const act = spec.activation;
+  const envK = process.env.MOEKIT_GPU_KERNELS;
+  const variant = opts.kernels ?? (envK === 'gpu' || envK === 'cpu' ? envK : gpu.fallback ? 'cpu' : 'gpu');
+  // gpu variant shape: lanes along K per row group, rows per invocation, tokens per chunk
+  // (env MOEKIT_UP_CFG / MOEKIT_DOWN_CFG = 'KL,RW,MT' for tuning, bench/kernel-tune.ts)
+  const upCfg = gpuCfg(process.env.MOEKIT_UP_CFG, [16, 2, 8], 2);
+  const downCfg = gpuCfg(process.env.MOEKIT_DOWN_CFG, [64, 4, 8], 1);
 
   const groups: Group[] = [];
   const mkGroup = (experts: ExpertWeights[], dense: boolean, slot: number): Group => {
@@ -392,6 +415,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
           ctx.write(b, s.offset, s.data);
           bytes += s.data.byteLength;
         }
+        if (opts.syncUploads) await ctx.device.queue.onSubmittedWorkDone();
         if (job.up) {
           const upConst = {
             GDT: DT[e0.gate?.dtype ?? 'F32'],
@@ -402,10 +426,12 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
             LIMIT: act.limit ?? 3.4e38,
           };
           const bindings = [params(H, g.I, !!g.bias), xb, bufs.get('gate') ?? dummy, bufs.get('up')!, gBias[gi]!, meta, rw, hbs[gi]!];
-          ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+          if (variant === 'gpu') ctx.dispatch('expert_up_gpu', { ...upConst, ...upCfg }, bindings, [ceil(p.rows, (256 / upCfg.KL) * upCfg.RW), 1, p.nE]);
+          else ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         } else {
           const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, dBias[gi]!, meta, rw, contrib];
-          ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+          if (variant === 'gpu') ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], ...downCfg }, bindings, [ceil(p.rows, (256 / downCfg.KL) * downCfg.RW), 1, p.nE]);
+          else ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         }
         ctx.pieces++;
         await ctx.releasePiece(bytes);
