@@ -13,3 +13,36 @@ fn unpack_pair(dt: u32, w: u32) -> vec2<f32> {
 fn sigmoid_f(x: f32) -> f32 {
   return 1.0 / (1.0 + exp(-x));
 }
+
+// erf with |error| < 1.2e-7 (Numerical Recipes erfc); same formula as src/forward/routing.ts
+fn erf_f(x: f32) -> f32 {
+  let z = abs(x);
+  let t = 1.0 / (1.0 + 0.5 * z);
+  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
+      t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+  return select(r - 1.0, 1.0 - r, x >= 0.0);
+}
+
+// Expert activations (kind: 0 SwiGLU, 1 GeGLU (erf), 2 GeGLU (tanh), 3 ReLU², 4 SwiGLU-OAI,
+// 5 clamped SwiGLU); see activate() in src/forward/routing.ts for the sources. Kernels pass their
+// override constants, so the switch folds away at pipeline creation.
+fn act(kind: u32, g: f32, u: f32, alpha: f32, limit: f32) -> f32 {
+  switch kind {
+    case 1u: { return 0.5 * g * (1.0 + erf_f(g * 0.70710678118654752)) * u; }
+    case 2u: {
+      let a = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
+      return 0.5 * g * (1.0 + tanh(a)) * u;
+    }
+    case 3u: { let r = max(u, 0.0); return r * r; }
+    case 4u: {
+      let gc = min(g, limit);
+      let uc = clamp(u, -limit, limit);
+      return (uc + 1.0) * gc * sigmoid_f(alpha * gc);
+    }
+    case 5u: {
+      let gc = min(g, limit);
+      return gc * sigmoid_f(gc) * clamp(u, -limit, limit);
+    }
+    default: { return g * sigmoid_f(g) * u; }
+  }
+}

@@ -57,35 +57,6 @@ fn load_u(i: u32) -> vec4<f32> {
   return ld(UDT, wu[i >> 2u], vec2<u32>());
 }
 
-fn erf_f(x: f32) -> f32 {
-  let z = abs(x);
-  let t = 1.0 / (1.0 + 0.5 * z);
-  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
-      t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-  return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
-
-fn act(g: f32, u: f32) -> f32 {
-  switch ACT {
-    case 1u: { return 0.5 * g * (1.0 + erf_f(g * 0.70710678118654752)) * u; }
-    case 2u: {
-      let a = clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -15.0, 15.0);
-      return 0.5 * g * (1.0 + tanh(a)) * u;
-    }
-    case 3u: { let r = max(u, 0.0); return r * r; }
-    case 4u: {
-      let gc = min(g, LIMIT);
-      let uc = clamp(u, -LIMIT, LIMIT);
-      return (uc + 1.0) * gc * sigmoid_f(ALPHA * gc);
-    }
-    case 5u: {
-      let gc = min(g, LIMIT);
-      return gc * sigmoid_f(gc) * clamp(u, -LIMIT, LIMIT);
-    }
-    default: { return g * sigmoid_f(g) * u; }
-  }
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let RG = WG / KL;
@@ -161,7 +132,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           g += bias[e * p.N + n];
           u += bias[(p.nE + e) * p.N + n];
         }
-        h[p.hBase + row * p.N + n] = act(g, u);
+        h[p.hBase + row * p.N + n] = act(ACT, g, u, ALPHA, LIMIT);
       }
     }
     workgroupBarrier();
