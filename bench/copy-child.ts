@@ -1,6 +1,6 @@
 /** Child process for the bench: moekit's streaming read → write copy of a checkpoint; prints peak RSS. */
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { writeCheckpoint } from '../src/safetensors/writer.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { writeCheckpoint } from '../src/store/safetensors/writer.js';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 

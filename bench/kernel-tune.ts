@@ -9,8 +9,8 @@
  * upload overlap).
  */
 import { forwardGpu } from '../src/gpu/moe.js';
-import { randomTokens } from '../src/verify.js';
-import { f32BitsToBf16, f32ToBits } from '../src/safetensors/cast.js';
+import { randomTokens } from '../src/ops/verify.js';
+import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
 import type { MoeBlockWeights } from '../src/forward/weights.js';
 
 const args = process.argv.slice(2);

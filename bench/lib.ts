@@ -2,8 +2,8 @@
 import { spawnSync, execFileSync } from 'node:child_process';
 import { writeFileSync, rmSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeCheckpoint, type WriteEntry } from '../src/safetensors/writer.js';
-import type { Chunk } from '../src/safetensors/pool.js';
+import { writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
+import type { Chunk } from '../src/store/pool.js';
 
 export interface SynthSpec {
   layers: number;

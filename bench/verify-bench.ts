@@ -20,13 +20,13 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/safetensors/writer.js';
-import { f32BitsToBf16, f32ToBits } from '../src/safetensors/cast.js';
-import type { Chunk } from '../src/safetensors/pool.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
+import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
+import type { Chunk } from '../src/store/pool.js';
 import { loadLayerFromHf } from '../src/forward/hf-loader.js';
 import { forwardGpu } from '../src/gpu/moe.js';
-import { randomTokens } from '../src/verify.js';
+import { randomTokens } from '../src/ops/verify.js';
 import type { MoeBlockWeights } from '../src/forward/weights.js';
 
 export interface VerifyBenchOptions {

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 process.env.UV_THREADPOOL_SIZE ??= '8'; // parallel positioned reads and writes
 // `moekit ... | head`: a closed pipe is not an error worth a stack trace
 process.stdout.on('error', (e) => process.exit(e.code === 'EPIPE' ? 0 : 1));
-const cli = new URL('../dist/src/cli.js', import.meta.url);
+const cli = new URL('../dist/src/cli/index.js', import.meta.url);
 if (!existsSync(fileURLToPath(cli))) {
   process.stderr.write('moekit: not built yet; run `npm run build` (npm ci does it for you)\n');
   process.exit(2);

@@ -8,8 +8,8 @@
  * is taken from the field guide; MoELayer is a drop-in for an FFN block, so its tensors are placed
  * under the HF layer's mlp. (model.layers.<n>.mlp.w_up).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedGateUp, fusedWidth, id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'flashfusemoe',

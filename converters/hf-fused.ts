@@ -7,8 +7,8 @@
  * of w1/w3 or gate_proj/up_proj into gate_up_proj, dim=1 of the stacked [E, out, in]);
  * ../shared/reference/moe-layouts.md. Assumption: families whose v5 router keeps the HF name mlp.gate.
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedGateUp, fusedWidth, id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-fused',

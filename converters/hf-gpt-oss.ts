@@ -5,8 +5,8 @@
  * Source: transformers models/gpt_oss/modeling_gpt_oss.py (GptOssExperts: gate_up[..., ::2],
  * gate_up[..., 1::2]; x @ gate_up_proj so weights are [in, out]); fixture fixtures/hf/gpt_oss.
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedBias, fusedGateUp, fusedWidth, id, T } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedBias, fusedGateUp, fusedWidth, id, T } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-gpt-oss',

@@ -5,8 +5,8 @@
  * [num_experts, output_size, input_size]; GraniteMoeMoE: input_linear(…, 2·intermediate),
  * chunk(2, dim=-1) → act(first) · second; GraniteMoeTopKGating.layer).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedGateUp, fusedWidth, id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-granite',

@@ -7,8 +7,8 @@
  * Llama4TextMoe: router, shared_expert). Checkpoints of Llama4ForConditionalGeneration put the text
  * model under language_model.model.; the root is kept as read.
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedGateUp, fusedWidth, id, T } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedGateUp, fusedWidth, id, T } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-llama4',

@@ -7,8 +7,8 @@
  * names), MiniMax-M2: GPTQModel models/definitions/minimax_m2.py module tree (block_sparse_moe.gate,
  * block_sparse_moe.e_score_correction_bias, experts.# w1/w3/w2).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { id } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-mixtral',

@@ -5,8 +5,8 @@
  * Sources: transformers models/qwen3_moe, olmoe, deepseek_v3, glm4_moe modeling files; fixtures
  * fixtures/hf/qwen3_moe and fixtures/hf/deepseek_v3 (transformers 5.17 save_pretrained).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { id } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-per-expert',

@@ -5,8 +5,8 @@
  * Source: transformers models/qwen2_moe/modeling_qwen2_moe.py (Qwen2MoeSparseMoeBlock); fixture
  * fixtures/hf/qwen2_moe (transformers 5.17).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { id } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-qwen2-moe',

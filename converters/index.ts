@@ -2,7 +2,7 @@
  * Registry of layout specs. Adding a layout: write converters/<id>.ts exporting `spec`, add it here,
  * add a fixture round-trip to test/convert.test.ts.
  */
-import type { LayoutSpec } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
 import { spec as hfMixtral } from './hf-mixtral.js';
 import { spec as hfPerExpert } from './hf-per-expert.js';
 import { spec as hfQwen2Moe } from './hf-qwen2-moe.js';

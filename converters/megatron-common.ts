@@ -7,8 +7,8 @@
  * [H,Is], gate_weight [1,H] when --moe-shared-expert-gate).
  * Assumption: a router bias (GPT-OSS) is stored as mlp.router.bias, as a Linear bias would be.
  */
-import type { TensorRule } from '../src/layout.js';
-import { fusedGateUp, id } from '../src/layout.js';
+import type { TensorRule } from '../src/engine/layout.js';
+import { fusedGateUp, id } from '../src/engine/layout.js';
 
 export const megatronRouterAndShared: TensorRule[] = [
   { name: 'router.weight', scope: 'layer', parts: () => ({ router: id }) },

@@ -8,8 +8,8 @@
  * self.weight2.view(num_local_experts, -1, hidden_size); gg.ops.gmm(x, w1) so w1 is [in, out]);
  * ../shared/reference/moe-layouts.md.
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedGateUp, fusedWidth, T } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedGateUp, fusedWidth, T } from '../src/engine/layout.js';
 import { megatronRouterAndShared } from './megatron-common.js';
 
 export const spec: LayoutSpec = {

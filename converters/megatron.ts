@@ -5,8 +5,8 @@
  * Source: Megatron-LM megatron/core/transformer/moe/experts.py (SequentialMLP: local_experts =
  * ModuleList of MLP; mlp.py: linear_fc1 / linear_fc2, gated_linear_unit chunks fc1 output in two).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedBias, fusedGateUp, fusedWidth, id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedBias, fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
 import { megatronRouterAndShared } from './megatron-common.js';
 
 export const spec: LayoutSpec = {

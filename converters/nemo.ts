@@ -11,8 +11,8 @@
  * Assumptions (not confirmed in the source we could read): the router bias is mlp.gate.bias and a
  * Qwen2-style shared-expert gate is mlp.shared_expert_gate.weight.
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedBias, fusedGateUp, fusedWidth, id, T } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedBias, fusedGateUp, fusedWidth, id, T } from '../src/engine/layout.js';
 
 export const spec: LayoutSpec = {
   id: 'nemo',

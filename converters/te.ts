@@ -6,8 +6,8 @@
  * Sources: Megatron-LM megatron/core/transformer/moe/experts.py (TEGroupedMLP, glu: torch.chunk(x, 2,
  * dim=-1)); TransformerEngine pytorch/module/grouped_linear.py (weight{i}, bias{i} parameters).
  */
-import type { LayoutSpec } from '../src/layout.js';
-import { fusedBias, fusedGateUp, fusedWidth, id } from '../src/layout.js';
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedBias, fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
 import { megatronRouterAndShared } from './megatron-common.js';
 
 export const spec: LayoutSpec = {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bf16ToF32Bits, castFloat, f16ToF32Bits, f32BitsToBf16, f32BitsToF16, f32ToBits, bitsToF32 } from '../src/safetensors/cast.js';
+import { bf16ToF32Bits, castFloat, f16ToF32Bits, f32BitsToBf16, f32BitsToF16, f32ToBits, bitsToF32 } from '../src/engine/cast.js';
 
 const hex = (n: number) => '0x' + n.toString(16).padStart(4, '0');
 

@@ -1,9 +1,9 @@
 /** Helpers for the convert tests: tensor dumps, synthetic checkpoints, in-process CLI runs. */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { writeCheckpoint, bufferSource } from '../src/safetensors/writer.js';
-import { main } from '../src/cli.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
+import { main } from '../src/cli/index.js';
 
 export { ROOT, FIXTURES, fixtureNames, tempDir } from './helpers.js';
 

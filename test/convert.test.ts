@@ -6,9 +6,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { convert } from '../src/convert.js';
-import { inspectCheckpoint } from '../src/inspect.js';
-import { Checkpoint } from '../src/safetensors/reader.js';
+import { convert } from '../src/ops/convert.js';
+import { inspectCheckpoint } from '../src/ops/inspect.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
 import { TARGET_NAMES } from '../converters/index.js';
 import { FIXTURES, fixtureNames, dump, diff, tempDir, cli, synth, type Dumped } from './convert-helpers.js';
 

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { toFloat32 } from '../src/safetensors/cast.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { toFloat32 } from '../src/engine/cast.js';
 import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
 import { compare, forwardCpu } from '../src/forward/cpu.js';
 import { topk, routeToken } from '../src/forward/routing.js';
-import { familyFacts } from '../src/family.js';
+import { familyFacts } from '../src/families/index.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
 const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense'];

@@ -1,14 +1,14 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { castFloat, toFloat32 } from '../src/safetensors/cast.js';
-import type { FloatDtype } from '../src/safetensors/dtypes.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { castFloat, toFloat32 } from '../src/engine/cast.js';
+import type { FloatDtype } from '../src/store/dtypes.js';
 import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
 import { compare, forwardCpu } from '../src/forward/cpu.js';
 import type { BlockSpec } from '../src/forward/routing.js';
 import { bytesOf, type ExpertWeights, type MoeBlockWeights, type Weight } from '../src/forward/weights.js';
 import { forwardGpu, planPieces } from '../src/gpu/moe.js';
-import { makeRouting, type Activation, type Routing } from '../src/family.js';
+import { makeRouting, type Activation, type Routing } from '../src/families/index.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
 

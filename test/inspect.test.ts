@@ -70,7 +70,7 @@ describe('inspect --json agrees with config.json for every fixture', () => {
 
   it('says clearly what it does not recognise', async () => {
     const { tempDir } = await import('./helpers.js');
-    const { writeCheckpoint, bufferSource } = await import('../src/safetensors/writer.js');
+    const { writeCheckpoint, bufferSource } = await import('../src/store/safetensors/writer.js');
     const { writeFileSync } = await import('node:fs');
     const t = tempDir();
     await writeCheckpoint(t.dir, [{ name: 'encoder.block.0.weird.weight', dtype: 'F32', shape: [2], source: bufferSource(Buffer.alloc(8)) }]);

@@ -2,8 +2,8 @@ import { describe, expect, it, afterAll } from 'vitest';
 import { writeFileSync, readFileSync, mkdirSync, readdirSync, copyFileSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseSafetensorsMetadata } from '@huggingface/hub';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { writeCheckpoint, encodeHeader, type WriteEntry } from '../src/safetensors/writer.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { writeCheckpoint, encodeHeader, type WriteEntry } from '../src/store/safetensors/writer.js';
 import { FIXTURES, fixtureNames, runCli, tempDir } from './helpers.js';
 
 const tmp = tempDir();

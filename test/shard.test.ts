@@ -7,10 +7,10 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync, openSync, readSync, writeSync, fstatSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { shard, reshard } from '../src/shard/shard.js';
-import { merge } from '../src/shard/merge.js';
-import { verify } from '../src/verify.js';
-import type { ShardManifest } from '../src/shard/manifest.js';
+import { shard, reshard } from '../src/ops/shard/shard.js';
+import { merge } from '../src/ops/shard/merge.js';
+import { verify } from '../src/ops/verify.js';
+import type { ShardManifest } from '../src/ops/shard/manifest.js';
 import { FIXTURES, dump, diff, tempDir, cli, type Dumped } from './convert-helpers.js';
 
 const tmp = tempDir('moekit-shard-');

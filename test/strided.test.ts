@@ -4,9 +4,9 @@
  * odd sizes, shapes that are not multiples of the tile, misaligned offsets and stepped slices.
  */
 import { describe, expect, it } from 'vitest';
-import { stridedCopy, stridedCopyGeneric, coalesce, type Typed } from '../src/strided.js';
-import { View, copyView, contiguousStrides, materialize } from '../src/ir.js';
-import type { Dtype } from '../src/safetensors/dtypes.js';
+import { stridedCopy, stridedCopyGeneric, coalesce, type Typed } from '../src/engine/strided.js';
+import { View, copyView, contiguousStrides, materialize } from '../src/engine/ir.js';
+import type { Dtype } from '../src/store/dtypes.js';
 
 function rand(n: number, seed: number): Buffer {
   const b = Buffer.allocUnsafeSlow(n);

@@ -7,9 +7,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { FIXTURES, cli, tempDir } from './convert-helpers.js';
-import { verify } from '../src/verify.js';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { writeCheckpoint, bufferSource } from '../src/safetensors/writer.js';
+import { verify } from '../src/ops/verify.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { copyFileSync } from 'node:fs';
 
 const tmp = tempDir('moekit-vlayouts-');

@@ -2,10 +2,10 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Checkpoint } from '../src/safetensors/reader.js';
-import { writeCheckpoint, bufferSource } from '../src/safetensors/writer.js';
-import { main } from '../src/cli.js';
-import { parseLayers, verify } from '../src/verify.js';
+import { Checkpoint } from '../src/store/safetensors/reader.js';
+import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
+import { main } from '../src/cli/index.js';
+import { parseLayers, verify } from '../src/ops/verify.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
 const tmp: string[] = [];

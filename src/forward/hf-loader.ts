@@ -14,9 +14,9 @@
  */
 import pLimit from 'p-limit';
 import { MoekitError } from '../errors.js';
-import type { Checkpoint } from '../safetensors/reader.js';
-import type { FloatDtype } from '../safetensors/dtypes.js';
-import { familyFacts, type FamilyFacts } from '../family.js';
+import type { Checkpoint } from '../store/safetensors/reader.js';
+import type { FloatDtype } from '../store/dtypes.js';
+import { familyFacts, type FamilyFacts } from '../families/index.js';
 import { bytesOf, dtypeBytes, makeWeight, validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 
 const FLOAT = new Set(['F32', 'BF16', 'F16']);

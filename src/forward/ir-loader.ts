@@ -5,12 +5,12 @@
  * compares two separately written readers. Dense MLP layers are not part of the expert IR: they
  * pass through conversions under their HF names and are read by the HF loader.
  */
-import type { Checkpoint } from '../safetensors/reader.js';
+import type { Checkpoint } from '../store/safetensors/reader.js';
 import { MoekitError } from '../errors.js';
-import { familyFacts, type FamilyFacts } from '../family.js';
-import type { FloatDtype } from '../safetensors/dtypes.js';
-import { View, materialize, type ExpertIR, type LayerIR } from '../ir.js';
-import { detectLayout, loadMeta, readIR } from '../plan.js';
+import { familyFacts, type FamilyFacts } from '../families/index.js';
+import type { FloatDtype } from '../store/dtypes.js';
+import { View, materialize, type ExpertIR, type LayerIR } from '../engine/ir.js';
+import { detectLayout, loadMeta, readIR } from '../engine/plan.js';
 import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from './hf-loader.js';
 import type { ExpertWeights, MoeBlockWeights, Weight } from './weights.js';
 

@@ -9,7 +9,7 @@
  *  - top-k of the logits, softmax over the k: modeling_gpt_oss.py (GptOssTopKRouter)
  *  - top-k of the logits, sigmoid of each, scaling the expert input: modeling_llama4.py
  */
-import type { Activation, Routing } from '../family.js';
+import type { Activation, Routing } from '../families/index.js';
 
 export interface BlockSpec {
   routing: Routing;

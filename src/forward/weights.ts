@@ -10,8 +10,8 @@
  * loader) owns the file names; the forwards only see this.
  */
 import { MoekitError } from '../errors.js';
-import type { FloatDtype } from '../safetensors/dtypes.js';
-import { toFloat32 } from '../safetensors/cast.js';
+import type { FloatDtype } from '../store/dtypes.js';
+import { toFloat32 } from '../engine/cast.js';
 
 export interface Weight {
   dtype: FloatDtype;

@@ -9,8 +9,8 @@
  * The header types follow `@huggingface/hub`'s SafetensorsFileHeader (the tests cross-check it).
  */
 import { basename } from 'node:path';
-import { MoekitError } from '../errors.js';
-import { type Dtype, DTYPE_SIZES, isDtype, numel } from './dtypes.js';
+import { MoekitError } from '../../errors.js';
+import { type Dtype, DTYPE_SIZES, isDtype, numel } from '../dtypes.js';
 
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 

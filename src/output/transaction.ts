@@ -5,7 +5,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MoekitError } from './errors.js';
+import { MoekitError } from '../errors.js';
 
 /** The destination must not exist, or be an empty folder, unless `force`. Returns whether it exists. */
 export async function checkDestination(dst: string, force: boolean): Promise<boolean> {

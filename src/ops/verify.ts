@@ -4,13 +4,13 @@
  * a second checkpoint fed the same tokens. The layer loader is a parameter, so any layout that
  * can be turned into MoeBlockWeights can be verified.
  */
-import { MoekitError } from './errors.js';
-import { Checkpoint } from './safetensors/reader.js';
-import { toFloat32 } from './safetensors/cast.js';
-import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from './forward/hf-loader.js';
-import { layerSource, type LayerSource } from './forward/ir-loader.js';
-import { compare, forwardCpu, type ForwardResult } from './forward/cpu.js';
-import { blockIs16Bit, materialize } from './forward/weights.js';
+import { MoekitError } from '../errors.js';
+import { Checkpoint } from '../store/safetensors/reader.js';
+import { toFloat32 } from '../engine/cast.js';
+import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from '../forward/hf-loader.js';
+import { layerSource, type LayerSource } from '../forward/ir-loader.js';
+import { compare, forwardCpu, type ForwardResult } from '../forward/cpu.js';
+import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
 
@@ -99,8 +99,8 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
   if (opts.cpu) {
     forward = async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T);
   } else {
-    const { getGpu } = await import('./gpu/device.js');
-    const { forwardGpu } = await import('./gpu/moe.js');
+    const { getGpu } = await import('../gpu/device.js');
+    const { forwardGpu } = await import('../gpu/moe.js');
     adapter = (await getGpu()).adapterName;
     progress(`WebGPU adapter: ${adapter}`);
     forward = (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding });

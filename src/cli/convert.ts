@@ -1,11 +1,11 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { convert, type ConvertSummary } from '../convert.js';
-import { parseFloatDtype, type FloatDtype } from '../safetensors/dtypes.js';
-import { peakRssMB } from '../output.js';
+import { convert, type ConvertSummary } from '../ops/convert.js';
+import { parseFloatDtype, type FloatDtype } from '../store/dtypes.js';
+import { peakRssMB } from '../output/transaction.js';
 import { MoekitError } from '../errors.js';
 import { LAYOUTS, TARGET_NAMES } from '../../converters/index.js';
-import type { GateUpOrder } from '../layout.js';
+import type { GateUpOrder } from '../engine/layout.js';
 
 /** "5GB", "500MB", "1.5GiB", "1000000" → bytes. */
 export function parseSize(s: string): number {

@@ -14,15 +14,15 @@
  */
 import { join } from 'node:path';
 import pLimit from 'p-limit';
-import type { Checkpoint, TensorInfo } from './safetensors/reader.js';
-import { readJsonIfExists } from './safetensors/reader.js';
-import type { WriteEntry } from './safetensors/writer.js';
-import type { Chunk } from './safetensors/pool.js';
-import { sharedPool } from './safetensors/pool.js';
-import { type Dtype, type FloatDtype, FLOAT_DTYPES, dtypeSize } from './safetensors/dtypes.js';
-import { castFloat } from './safetensors/cast.js';
-import { MoekitError } from './errors.js';
-import { familyFacts, type Routing, type Activation } from './family.js';
+import type { Checkpoint, TensorInfo } from '../store/safetensors/reader.js';
+import { readJsonIfExists } from '../store/safetensors/reader.js';
+import type { WriteEntry } from '../store/safetensors/writer.js';
+import type { Chunk } from '../store/pool.js';
+import { sharedPool } from '../store/pool.js';
+import { type Dtype, type FloatDtype, FLOAT_DTYPES, dtypeSize } from '../store/dtypes.js';
+import { castFloat } from './cast.js';
+import { MoekitError } from '../errors.js';
+import { familyFacts, type Routing, type Activation } from '../families/index.js';
 import {
   View,
   allocAligned,
@@ -38,7 +38,7 @@ import {
   type LayerField,
 } from './ir.js';
 import { canonicalShape, ruleName, ruleRegex, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions, type TensorRule } from './layout.js';
-import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../converters/index.js';
+import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
 
 const isExpertField = (f: string): f is ExpertField => (EXPERT_FIELDS as readonly string[]).includes(f);
 

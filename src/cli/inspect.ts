@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { Checkpoint } from '../safetensors/reader.js';
-import { formatInspect, inspectCheckpoint } from '../inspect.js';
+import { Checkpoint } from '../store/safetensors/reader.js';
+import { formatInspect, inspectCheckpoint } from '../ops/inspect.js';
 
 export function registerInspect(program: Command): void {
   program

@@ -3,8 +3,8 @@
  * Narrowing rounds to nearest, ties to even; NaN stays NaN (quiet, sign kept), ±Inf stays ±Inf;
  * values beyond the target's range become ±Inf as IEEE 754 requires.
  */
-import type { FloatDtype } from './dtypes.js';
-import { DTYPE_SIZES } from './dtypes.js';
+import type { FloatDtype } from '../store/dtypes.js';
+import { DTYPE_SIZES } from '../store/dtypes.js';
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);

@@ -7,9 +7,9 @@
 import { mkdir, open, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MoekitError } from '../errors.js';
-import { type Dtype, byteSize } from './dtypes.js';
-import type { Chunk } from './pool.js';
+import { MoekitError } from '../../errors.js';
+import { type Dtype, byteSize } from '../dtypes.js';
+import type { Chunk } from '../pool.js';
 
 export interface WriteEntry {
   name: string;

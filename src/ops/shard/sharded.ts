@@ -6,14 +6,14 @@
  */
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { HashPool } from './hash-pool.js';
-import { MoekitError } from '../errors.js';
-import { Checkpoint } from '../safetensors/reader.js';
-import { dtypeSize } from '../safetensors/dtypes.js';
-import { View, allocAligned, contiguousStrides, copyView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../ir.js';
-import { loadMeta, readIR, type ModelMeta } from '../plan.js';
-import { layoutById } from '../../converters/index.js';
-import type { LayoutSpec } from '../layout.js';
+import { HashPool } from '../../engine/hash-pool.js';
+import { MoekitError } from '../../errors.js';
+import { Checkpoint } from '../../store/safetensors/reader.js';
+import { dtypeSize } from '../../store/dtypes.js';
+import { View, allocAligned, contiguousStrides, copyView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../../engine/ir.js';
+import { loadMeta, readIR, type ModelMeta } from '../../engine/plan.js';
+import { layoutById } from '../../../converters/index.js';
+import type { LayoutSpec } from '../../engine/layout.js';
 import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankPlan, type ShardManifest } from './manifest.js';
 
 export interface OpenRank {

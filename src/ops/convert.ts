@@ -5,14 +5,14 @@
  */
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { Checkpoint } from './safetensors/reader.js';
-import { writeCheckpoint, writeJsonAtomic } from './safetensors/writer.js';
-import { type FloatDtype, byteSize } from './safetensors/dtypes.js';
-import { MoekitError } from './errors.js';
-import { checkDestination, tempSibling } from './output.js';
-import type { GateUpOrder, LayoutSpec } from './layout.js';
-import { detectLayout, loadMeta, moekitJson, passthroughPlan, planWrite, quantizedTensors, readIR, resolveTarget, type MoekitJson } from './plan.js';
-import type { WriteEntry } from './safetensors/writer.js';
+import { Checkpoint } from '../store/safetensors/reader.js';
+import { writeCheckpoint, writeJsonAtomic } from '../store/safetensors/writer.js';
+import { type FloatDtype, byteSize } from '../store/dtypes.js';
+import { MoekitError } from '../errors.js';
+import { checkDestination, tempSibling } from '../output/transaction.js';
+import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
+import { detectLayout, loadMeta, moekitJson, passthroughPlan, planWrite, quantizedTensors, readIR, resolveTarget, type MoekitJson } from '../engine/plan.js';
+import type { WriteEntry } from '../store/safetensors/writer.js';
 
 export interface ConvertOptions {
   /** target layout name: 'hf' or a non-HF spec id */

@@ -1,10 +1,10 @@
 /** moekit command line: each command lives in src/commands/ and registers itself here. */
 import { Command, CommanderError } from 'commander';
-import { MoekitError } from './errors.js';
-import { registerInspect } from './commands/inspect.js';
-import { registerConvert } from './commands/convert.js';
-import { registerVerify } from './commands/verify.js';
-import { registerMerge, registerReshard, registerShard } from './commands/shard.js';
+import { MoekitError } from '../errors.js';
+import { registerInspect } from './inspect.js';
+import { registerConvert } from './convert.js';
+import { registerVerify } from './verify.js';
+import { registerMerge, registerReshard, registerShard } from './shard.js';
 
 export function buildProgram(): Command {
   const program = new Command();

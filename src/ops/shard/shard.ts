@@ -18,20 +18,20 @@
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MoekitError } from '../errors.js';
-import { checkDestination, peakRssMB, tempSibling } from '../output.js';
+import { MoekitError } from '../../errors.js';
+import { checkDestination, peakRssMB, tempSibling } from '../../output/transaction.js';
 export { checkDestination, peakRssMB, tempSibling };
-import { Checkpoint } from '../safetensors/reader.js';
-import { writeCheckpoint, writeJsonAtomic, type WriteEntry } from '../safetensors/writer.js';
-import { byteSize } from '../safetensors/dtypes.js';
-import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../ir.js';
-import { detectLayout, loadMeta, moekitJson, planWrite, quantizedTensors, readIR, resolveTarget, type ModelMeta, type Plan } from '../plan.js';
-import type { GateUpOrder, LayoutSpec } from '../layout.js';
-import { layoutById } from '../../converters/index.js';
+import { Checkpoint } from '../../store/safetensors/reader.js';
+import { writeCheckpoint, writeJsonAtomic, type WriteEntry } from '../../store/safetensors/writer.js';
+import { byteSize } from '../../store/dtypes.js';
+import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
+import { detectLayout, loadMeta, moekitJson, planWrite, quantizedTensors, readIR, resolveTarget, type ModelMeta, type Plan } from '../../engine/plan.js';
+import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
+import { layoutById } from '../../../converters/index.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
 import { MANIFEST, RANK_MANIFEST, planOf, readManifest, type RankPlan, type ShardManifest, type TensorRecord } from './manifest.js';
 import { openSharded, verifyChecksums } from './sharded.js';
-import { HashPool } from './hash-pool.js';
+import { HashPool } from '../../engine/hash-pool.js';
 
 export interface ShardOptions {
   ep: number;

@@ -11,10 +11,10 @@
  * data. `materialize` reads the minimal covering byte range with one positioned read and gathers
  * it; `copyView` writes a view into another (strided) view, which is how specs build targets.
  */
-import type { Checkpoint, TensorInfo } from './safetensors/reader.js';
-import { type Dtype, dtypeSize } from './safetensors/dtypes.js';
-import type { Routing, Activation } from './family.js';
-import { MoekitError } from './errors.js';
+import type { Checkpoint, TensorInfo } from '../store/safetensors/reader.js';
+import { type Dtype, dtypeSize } from '../store/dtypes.js';
+import type { Routing, Activation } from '../families/index.js';
+import { MoekitError } from '../errors.js';
 import { stridedCopy } from './strided.js';
 
 /**

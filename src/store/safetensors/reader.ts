@@ -5,10 +5,10 @@
  */
 import { open, readFile, realpath, stat, readdir, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
-import { MoekitError } from '../errors.js';
-import type { Dtype } from './dtypes.js';
+import { MoekitError } from '../../errors.js';
+import type { Dtype } from '../dtypes.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
-import { type Chunk, sharedPool, type BufferPool } from './pool.js';
+import { type Chunk, sharedPool, type BufferPool } from '../pool.js';
 
 export interface TensorInfo {
   name: string;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { MoekitError } from '../errors.js';
-import { formatReport, parseLayers, verify } from '../verify.js';
+import { formatReport, parseLayers, verify } from '../ops/verify.js';
 
 const num = (what: string, min = -Infinity) => (v: string): number => {
   const n = Number(v);

@@ -2,8 +2,8 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { MoekitError } from '../errors.js';
 import { parseSize } from './convert.js';
-import { shard, reshard, type ShardSummary } from '../shard/shard.js';
-import { merge } from '../shard/merge.js';
+import { shard, reshard, type ShardSummary } from '../ops/shard/shard.js';
+import { merge } from '../ops/shard/merge.js';
 import { TARGET_NAMES } from '../../converters/index.js';
 
 const human = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(1)} kB`);

@@ -2,11 +2,11 @@
  * `moekit inspect`: what a checkpoint is — family (config.json), expert layout (tensor names),
  * MoE layers, expert sizes, routing, dtypes, quantization, bytes — without reading tensor data.
  */
-import type { Checkpoint, TensorInfo } from './safetensors/reader.js';
-import { familyFacts, type FamilyFacts } from './family.js';
-import { LAYOUTS } from '../converters/index.js';
-import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from './plan.js';
-import { layerDims, type ModelIR } from './ir.js';
+import type { Checkpoint, TensorInfo } from '../store/safetensors/reader.js';
+import { familyFacts, type FamilyFacts } from '../families/index.js';
+import { LAYOUTS } from '../../converters/index.js';
+import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from '../engine/plan.js';
+import { layerDims, type ModelIR } from '../engine/ir.js';
 
 /**
  * Expert layouts are recognised by the layout specs in converters/ (one source of truth with

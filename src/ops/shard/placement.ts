@@ -6,7 +6,7 @@
  *  - Block-FP8 with expert-TP (SGLang, moe_tp_size = tp / ep): each slice of I must be a whole
  *    number of 128-wide quantization blocks: (I / etp) % 128 == 0.
  */
-import { MoekitError } from '../errors.js';
+import { MoekitError } from '../../errors.js';
 
 export type Placement = 'contiguous' | 'round-robin';
 

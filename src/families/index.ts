@@ -4,7 +4,7 @@
  * Facts from transformers' modeling files (models/<family>/modeling_<family>.py) and
  * ../shared/reference/moe-layouts.md; each family cites where its routing comes from.
  */
-import { MoekitError } from './errors.js';
+import { MoekitError } from '../errors.js';
 
 export type ScoreFunc =
   /** softmax over all E logits, then top-k (Mixtral, Qwen, OLMoE) */

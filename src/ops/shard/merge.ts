@@ -7,11 +7,11 @@
  */
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { MoekitError } from '../errors.js';
-import { writeCheckpoint, writeJsonAtomic } from '../safetensors/writer.js';
-import { byteSize } from '../safetensors/dtypes.js';
-import { moekitJson, planWrite, resolveTarget } from '../plan.js';
-import { layoutById } from '../../converters/index.js';
+import { MoekitError } from '../../errors.js';
+import { writeCheckpoint, writeJsonAtomic } from '../../store/safetensors/writer.js';
+import { byteSize } from '../../store/dtypes.js';
+import { moekitJson, planWrite, resolveTarget } from '../../engine/plan.js';
+import { layoutById } from '../../../converters/index.js';
 import { openSharded } from './sharded.js';
 import { checkDestination, gateUpFor, peakRssMB, tempSibling, withChecksums } from './shard.js';
 

@@ -4,11 +4,11 @@
  * dense MLP layers are read from rank 0 (which always holds the non-expert tensors) by the HF
  * loader, since non-expert tensors keep their HF names in every layout.
  */
-import { MoekitError } from '../errors.js';
-import { familyFacts } from '../family.js';
-import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from '../forward/hf-loader.js';
-import { blockFromIR } from '../forward/ir-loader.js';
-import { validateBlock } from '../forward/weights.js';
+import { MoekitError } from '../../errors.js';
+import { familyFacts } from '../../families/index.js';
+import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from '../../forward/hf-loader.js';
+import { blockFromIR } from '../../forward/ir-loader.js';
+import { validateBlock } from '../../forward/weights.js';
 import { openSharded, type Sharded } from './sharded.js';
 
 export interface VerifySide {
