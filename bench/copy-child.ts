@@ -1,11 +1,12 @@
 /** Child process for the bench: moekit's streaming read → write copy of a checkpoint; prints peak RSS. */
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint } from '../src/store/safetensors/writer.js';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const [src, dst, fsync] = process.argv.slice(2) as [string, string, string];
-const ck = await Checkpoint.open(src);
+const ck = await openStore(src);
 const res = await writeCheckpoint(
   dst,
   [...ck.tensors.values()].map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, source: () => ck.chunks(t) })),

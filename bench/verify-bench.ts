@@ -20,7 +20,8 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
 import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
 import type { Chunk } from '../src/store/pool.js';
@@ -154,7 +155,7 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
   try {
     log(`verify bench: writing a bf16 Mixtral-layout layer H ${H}, I ${I}, E ${E}, top-${K} to ${dir} …`);
     const weightBytes = await writeSyntheticLayer(dir, H, I, E, K);
-    const ck = await Checkpoint.open(dir);
+    const ck = await openStore(dir);
     const config = (await ck.config())!;
 
     // Time to read the layer's weights from disk (what any verifier must at least do).

@@ -1,11 +1,45 @@
-/** An error meant for the user: one line, no stack trace, non-zero exit. */
+/**
+ * The one error type meant for the user: one line, no stack trace, and a stable code that the CLI
+ * maps to a documented exit status (README "Exit codes"). Anything else that escapes is a bug and
+ * exits with 70.
+ */
+export const EXIT_CODES = {
+  /** `verify` ran and some check failed (not an error of moekit's) */
+  'verify-failed': 1,
+  /** bad flags or arguments */
+  usage: 2,
+  /** a path that does not exist */
+  'not-found': 3,
+  /** malformed, truncated or inconsistent input: headers, index, config, moekit.json, manifests */
+  'bad-input': 3,
+  /** valid input moekit will not do: unknown layout or family, lossy conversion, quantized storage, unread container */
+  unsupported: 4,
+  /** the destination cannot be written: exists, is or contains the source, is locked by another run */
+  destination: 5,
+  /** a checksum in a shard manifest does not match the bytes */
+  checksum: 6,
+  /** an operating-system I/O error (permissions, disk full, ...) */
+  io: 7,
+  /** no usable WebGPU adapter */
+  gpu: 8,
+  /** a bug in moekit */
+  internal: 70,
+  /** stopped by SIGINT (130) or SIGTERM (143); output removed */
+  interrupted: 130,
+} as const;
+
+export type ErrorCode = keyof typeof EXIT_CODES;
+
 export class MoekitError extends Error {
-  constructor(message: string) {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
     super(message.replace(/\s*\n\s*/g, ' '));
     this.name = 'MoekitError';
   }
-}
 
-export function fail(message: string): never {
-  throw new MoekitError(message);
+  get exitCode(): number {
+    return EXIT_CODES[this.code];
+  }
 }

@@ -1,7 +1,8 @@
 /** Helpers for the convert tests: tensor dumps, synthetic checkpoints, in-process CLI runs. */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { main } from '../src/cli/index.js';
 
@@ -15,7 +16,7 @@ export interface Dumped {
 
 /** Every tensor of a checkpoint, by name (fixtures are tiny). */
 export async function dump(path: string): Promise<Map<string, Dumped>> {
-  const ck = await Checkpoint.open(path);
+  const ck = await openStore(path);
   try {
     const out = new Map<string, Dumped>();
     for (const t of ck.tensors.values()) out.set(t.name, { dtype: t.dtype, shape: t.shape, bytes: Buffer.from(await ck.read(t)) });

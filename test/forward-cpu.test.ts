@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { toFloat32 } from '../src/engine/cast.js';
 import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
 import { compare, forwardCpu } from '../src/forward/cpu.js';
@@ -11,7 +12,7 @@ const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
 const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense'];
 
 async function refOf(name: string) {
-  const ref = await Checkpoint.open(join(FIX, name, 'reference.safetensors'));
+  const ref = await openStore(join(FIX, name, 'reference.safetensors'));
   const get = async (n: string) => toFloat32(await ref.read(n), 'F32');
   return { ref, get };
 }
@@ -23,7 +24,7 @@ describe('CPU reference forward vs transformers outputs', () => {
     ['deepseek_v3_bf16', 'deepseek_v3', 2e-2] as const,
   ]) {
     it(`${name} matches ${refName}/reference.safetensors (rel ≤ ${tol})`, async () => {
-      const ck = await Checkpoint.open(join(FIX, name));
+      const ck = await openStore(join(FIX, name));
       const config = (await ck.config())!;
       const { ref, get } = await refOf(refName);
       const x = await get('input');

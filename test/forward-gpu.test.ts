@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { castFloat, toFloat32 } from '../src/engine/cast.js';
 import type { FloatDtype } from '../src/store/dtypes.js';
 import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
@@ -25,9 +26,9 @@ describe('WebGPU forward vs transformers outputs', () => {
     ['qwen3_dense', 'qwen3_dense', 1e-5, undefined],
   ] as const) for (const kernels of ['cpu', 'gpu'] as const) {
     it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}, ${kernels} kernels`, async () => {
-      const ck = await Checkpoint.open(join(FIX, name));
+      const ck = await openStore(join(FIX, name));
       const config = (await ck.config())!;
-      const ref = await Checkpoint.open(join(FIX, refName, 'reference.safetensors'));
+      const ref = await openStore(join(FIX, refName, 'reference.safetensors'));
       const x = toFloat32(await ref.read('input'), 'F32');
       for (const l of mlpLayers(ck, config).filter((l) => ref.has(`layers.${l}.output`))) {
         const { weights, facts } = await loadLayerFromHf(ck, config, l);
@@ -159,7 +160,7 @@ describe('piece planning', () => {
 
 describe('streaming expert weights from disk', () => {
   it('a lazily loaded block gives bit-identical results to an in-memory one (chunked pieces too)', async () => {
-    const ck = await Checkpoint.open(join(FIX, 'deepseek_v3_bf16'));
+    const ck = await openStore(join(FIX, 'deepseek_v3_bf16'));
     const config = (await ck.config())!;
     const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
     for (const [maxBinding, kernels] of [[undefined, 'cpu'], [2048, 'cpu'], [2048, 'gpu']] as const) {

@@ -16,9 +16,9 @@ function expected(name: string) {
   const dense = type === 'llama' || type === 'qwen3';
   const firstDense = (c.first_k_dense_replace as number | undefined) ?? 0;
   return {
-    family: type,
+    family: type === 'llama4_text' ? 'llama4' : type, // one family, two model_types (text-only and multimodal)
     numLayers: layers,
-    moeLayers: dense ? [] : all.filter((i) => i >= firstDense),
+    moeLayers: dense ? [] : Array.isArray(c.moe_layers) ? (c.moe_layers as number[]) : all.filter((i) => i >= firstDense),
     numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts'),
     topK: dense ? 0 : n(c, 'num_experts_per_tok'),
     hiddenSize: c.hidden_size,
@@ -84,7 +84,7 @@ describe('inspect --json agrees with config.json for every fixture', () => {
 
   it('missing path is a one-line error', () => {
     const r = runCli(['inspect', '/nonexistent/model']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(3);
     expect(r.stderr.trim()).toBe('moekit: error: /nonexistent/model: no such file or folder');
   });
 });

@@ -149,7 +149,7 @@ describe('--rank: a job array equals a one-shot shard', () => {
     expect(diff(await srcDump(f), await dump(merged))).toEqual([]);
     // a job with a different plan into the same folder is refused
     const bad = await cli(['shard', join(FIXTURES, f), '--ep', '4', '--rank', '0', '-o', arr]);
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(5);
     expect(bad.stderr).toMatch(/^moekit: error: .*describes a different sharding.*\n$/);
   });
 });
@@ -198,7 +198,7 @@ describe('verify accepts a sharded checkpoint', () => {
 
 describe('refusals: one-line errors, nothing written', () => {
   const oneLine = (r: { code: number; stderr: string }, re: RegExp) => {
-    expect(r.code).toBe(1);
+    expect([2, 3, 4, 5, 6], r.stderr).toContain(r.code);
     expect(r.stderr).toMatch(/^moekit: error: [^\n]+\n$/);
     expect(r.stderr).toMatch(re);
   };

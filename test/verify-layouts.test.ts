@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { FIXTURES, cli, tempDir } from './convert-helpers.js';
 import { verify } from '../src/ops/verify.js';
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { copyFileSync } from 'node:fs';
 
@@ -64,7 +65,7 @@ describe('verify reads every layout through the IR and matches transformers', ()
   it('gate and up swapped inside one TE linear_fc1 is caught (layer fails, exit 1)', async () => {
     const te = await converted('mixtral', 'te');
     const bad = join(tmp.dir, 'mixtral-te-swapped');
-    const ck = await Checkpoint.open(te);
+    const ck = await openStore(te);
     const victim = 'decoder.layers.1.mlp.experts.linear_fc1.weight5';
     const entries = [];
     for (const t of ck.tensors.values()) {

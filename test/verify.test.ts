@@ -2,7 +2,8 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { Checkpoint } from '../src/store/safetensors/reader.js';
+import type { TensorStore } from '../src/store/types.js';
+import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { main } from '../src/cli/index.js';
 import { parseLayers, verify } from '../src/ops/verify.js';
@@ -15,7 +16,7 @@ afterAll(async () => {
 
 /** Copy a fixture through moekit's writer, letting `edit` rename, replace or drop tensors. */
 async function corruptedCopy(name: string, edit: (tensors: Map<string, Buffer>) => void): Promise<string> {
-  const src = await Checkpoint.open(join(FIX, name));
+  const src = await openStore(join(FIX, name));
   const data = new Map<string, Buffer>();
   for (const t of src.tensors.values()) data.set(t.name, Buffer.from(await src.read(t)));
   const before = new Map([...data].map(([k, v]) => [k, Buffer.from(v)]));

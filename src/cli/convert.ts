@@ -10,7 +10,7 @@ import type { GateUpOrder } from '../engine/layout.js';
 /** "5GB", "500MB", "1.5GiB", "1000000" → bytes. */
 export function parseSize(s: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(s);
-  if (!m) throw new MoekitError(`--max-shard-size: cannot read '${s}' (examples: 5GB, 500MB, 2GiB)`);
+  if (!m) throw new MoekitError('usage', `--max-shard-size: cannot read '${s}' (examples: 5GB, 500MB, 2GiB)`);
   const unit = (m[2] ?? 'b').toLowerCase();
   const pow = { b: 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as 'b' | 'k' | 'm' | 'g' | 't'];
   const base = unit.includes('i') ? 1024 : 1000;
@@ -85,11 +85,11 @@ export function registerConvert(program: Command): void {
         try {
           dtype = parseFloatDtype(opts.dtype);
         } catch (e) {
-          throw new MoekitError(`--dtype: ${(e as Error).message}`);
+          throw new MoekitError('usage', `--dtype: ${(e as Error).message}`);
         }
       }
       const jobs = Number(opts.jobs);
-      if (!Number.isInteger(jobs) || jobs < 1) throw new MoekitError(`--jobs: expected a positive integer, got '${opts.jobs}'`);
+      if (!Number.isInteger(jobs) || jobs < 1) throw new MoekitError('usage', `--jobs: expected a positive integer, got '${opts.jobs}'`);
       const tty = process.stderr.isTTY && !opts.json;
       const summary: ConvertSummary = await convert(src, opts.output, {
         to: opts.to,

@@ -1,6 +1,6 @@
 /** moekit command line: each command lives in src/commands/ and registers itself here. */
 import { Command, CommanderError } from 'commander';
-import { MoekitError } from '../errors.js';
+import { EXIT_CODES, MoekitError } from '../errors.js';
 import { registerInspect } from './inspect.js';
 import { registerConvert } from './convert.js';
 import { registerVerify } from './verify.js';
@@ -36,6 +36,15 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** Exit status of an error that escaped a command (README "Exit codes"). */
+export function exitCodeOf(e: unknown): number {
+  if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_CODES.usage;
+  if (e instanceof MoekitError) return e.exitCode;
+  const err = e as NodeJS.ErrnoException;
+  if (err && typeof err.code === 'string' && err.message) return err.code === 'ENOENT' ? EXIT_CODES['not-found'] : EXIT_CODES.io;
+  return EXIT_CODES.internal;
+}
+
 /** Run the CLI; returns the exit code. Errors meant for the user print as one line. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
@@ -43,19 +52,14 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
-    if (e instanceof CommanderError) {
-      return e.exitCode === 0 ? 0 : e.exitCode || 1;
-    }
-    if (e instanceof MoekitError) {
-      process.stderr.write(`moekit: error: ${e.message}\n`);
-      return 1;
-    }
+    const code = exitCodeOf(e);
+    if (e instanceof CommanderError) return code;
     const err = e as NodeJS.ErrnoException;
-    if (err && typeof err.code === 'string' && err.message) {
+    if (e instanceof MoekitError || (err && typeof err.code === 'string' && err.message)) {
       process.stderr.write(`moekit: error: ${err.message.split('\n')[0]}\n`);
-      return 1;
+    } else {
+      process.stderr.write(`moekit: internal error (please report): ${(err && err.stack) || String(e)}\n`);
     }
-    process.stderr.write(`moekit: internal error: ${(err && err.stack) || String(e)}\n`);
-    return 2;
+    return code;
   }
 }

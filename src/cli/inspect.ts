@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { Checkpoint } from '../store/safetensors/reader.js';
+import type { TensorStore } from '../store/types.js';
+import { openStore } from '../store/registry.js';
 import { formatInspect, inspectCheckpoint } from '../ops/inspect.js';
 
 export function registerInspect(program: Command): void {
@@ -14,7 +15,7 @@ export function registerInspect(program: Command): void {
         'Examples:\n  moekit inspect fixtures/hf/deepseek_v3\n  moekit inspect /models/Mixtral-8x7B --json | jq .moeLayers',
     )
     .action(async (path: string, opts: { json?: boolean }) => {
-      const ck = await Checkpoint.open(path);
+      const ck = await openStore(path);
       try {
         const r = await inspectCheckpoint(ck, path);
         process.stdout.write(opts.json ? JSON.stringify(r, null, 2) + '\n' : formatInspect(r) + '\n');

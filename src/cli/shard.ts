@@ -10,7 +10,7 @@ const human = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)} GB` : n >= 1e6
 
 const int = (what: string, min: number) => (v: string): number => {
   const n = Number(v);
-  if (v.trim() === '' || !Number.isInteger(n) || n < min) throw new MoekitError(`${what}: expected an integer ≥ ${min}, got '${v}'`);
+  if (v.trim() === '' || !Number.isInteger(n) || n < min) throw new MoekitError('usage', `${what}: expected an integer ≥ ${min}, got '${v}'`);
   return n;
 };
 

@@ -4,12 +4,12 @@ import { formatReport, parseLayers, verify } from '../ops/verify.js';
 
 const num = (what: string, min = -Infinity) => (v: string): number => {
   const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n < min) throw new MoekitError(`${what}: '${v}' is not a valid number${min > -Infinity ? ` ≥ ${min}` : ''}`);
+  if (v.trim() === '' || !Number.isFinite(n) || n < min) throw new MoekitError('usage', `${what}: '${v}' is not a valid number${min > -Infinity ? ` ≥ ${min}` : ''}`);
   return n;
 };
 const int = (what: string, min: number) => (v: string): number => {
   const n = num(what, min)(v);
-  if (!Number.isInteger(n)) throw new MoekitError(`${what}: '${v}' is not an integer`);
+  if (!Number.isInteger(n)) throw new MoekitError('usage', `${what}: '${v}' is not an integer`);
   return n;
 };
 

@@ -9,6 +9,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
+import type { TensorInfo, TensorStore } from '../store/types.js';
 import { MoekitError } from '../errors.js';
 
 const WORKER = `
@@ -105,7 +106,7 @@ export class HashPool {
     const w = this.waiters.get(m.id);
     this.waiters.delete(m.id);
     if (m.op === 'digest') w?.resolve(m.hex!);
-    else w?.reject(new MoekitError(`sha256: ${m.message}`));
+    else w?.reject(new MoekitError('io', `sha256: ${m.message}`));
   }
 
   private pick(): number {
@@ -125,6 +126,17 @@ export class HashPool {
     const p = this.result(id);
     this.workers[this.pick()]!.postMessage({ op: 'file', id, file, offset, nbytes });
     return p;
+  }
+
+  /** sha256 of one tensor of a store: its file range when the store has one, else its bytes as read. */
+  async tensor(store: TensorStore, info: TensorInfo): Promise<string> {
+    if (info.file !== undefined && info.offset !== undefined) return this.fileRange(info.file, info.offset, info.nbytes);
+    const h = this.stream();
+    for await (const c of store.chunks(info)) {
+      await h.update(c.data);
+      c.release?.();
+    }
+    return h.digest();
   }
 
   /** A running hash fed chunk by chunk. */

@@ -11,7 +11,7 @@
  * data. `materialize` reads the minimal covering byte range with one positioned read and gathers
  * it; `copyView` writes a view into another (strided) view, which is how specs build targets.
  */
-import type { Checkpoint, TensorInfo } from '../store/safetensors/reader.js';
+import type { TensorStore, TensorInfo } from '../store/types.js';
 import { type Dtype, dtypeSize } from '../store/dtypes.js';
 import type { Routing, Activation } from '../families/index.js';
 import { MoekitError } from '../errors.js';
@@ -22,7 +22,7 @@ import { stridedCopy } from './strided.js';
  * bytes produced on demand (`load`, e.g. an expert-TP merge concatenating slices from several rank
  * files); a lazy storage is loaded whole each time a view of it is copied.
  */
-export type Storage = { kind: 'tensor'; info: TensorInfo } | { kind: 'memory'; buf: Buffer } | { kind: 'lazy'; load: () => Promise<Buffer> };
+export type Storage = { kind: 'tensor'; store: TensorStore; info: TensorInfo } | { kind: 'memory'; buf: Buffer } | { kind: 'lazy'; load: () => Promise<Buffer> };
 
 export class View {
   constructor(
@@ -35,8 +35,8 @@ export class View {
     readonly strides: readonly number[],
   ) {}
 
-  static ofTensor(info: TensorInfo): View {
-    return new View({ kind: 'tensor', info }, info.dtype, 0, info.shape, contiguousStrides(info.shape));
+  static ofTensor(store: TensorStore, info: TensorInfo): View {
+    return new View({ kind: 'tensor', store, info }, info.dtype, 0, info.shape, contiguousStrides(info.shape));
   }
 
   static ofBuffer(buf: Buffer, dtype: Dtype, shape: readonly number[]): View {
@@ -62,14 +62,14 @@ export class View {
 
   private dim(d: number): number {
     const n = d < 0 ? d + this.ndim : d;
-    if (n < 0 || n >= this.ndim) throw new MoekitError(`internal: dim ${d} out of range for ${this.label} ${JSON.stringify(this.shape)}`);
+    if (n < 0 || n >= this.ndim) throw new MoekitError('internal', `internal: dim ${d} out of range for ${this.label} ${JSON.stringify(this.shape)}`);
     return n;
   }
 
   /** Index `i` along `d`, dropping that dim. */
   select(d: number, i: number): View {
     const k = this.dim(d);
-    if (i < 0 || i >= this.shape[k]!) throw new MoekitError(`internal: index ${i} out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
+    if (i < 0 || i >= this.shape[k]!) throw new MoekitError('internal', `internal: index ${i} out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
     return new View(this.storage, this.dtype, this.offset + i * this.strides[k]!, this.shape.filter((_, j) => j !== k), this.strides.filter((_, j) => j !== k));
   }
 
@@ -77,7 +77,7 @@ export class View {
   slice(d: number, start: number, end: number, step = 1): View {
     const k = this.dim(d);
     if (start < 0 || end > this.shape[k]! || end < start || step < 1) {
-      throw new MoekitError(`internal: slice [${start}:${end}:${step}] out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
+      throw new MoekitError('internal', `internal: slice [${start}:${end}:${step}] out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
     }
     const shape = [...this.shape];
     const strides = [...this.strides];
@@ -113,8 +113,8 @@ export class View {
   /** Reshape; only for contiguous views (all the specs need: [E·2I,H] ↔ [E,2I,H] and the like). */
   reshape(shape: readonly number[]): View {
     const n = shape.reduce((a, b) => a * b, 1);
-    if (n !== this.numel) throw new MoekitError(`internal: cannot reshape ${this.label} ${JSON.stringify(this.shape)} to ${JSON.stringify(shape)}`);
-    if (!this.isContiguous()) throw new MoekitError(`internal: reshape of a non-contiguous view of ${this.label}`);
+    if (n !== this.numel) throw new MoekitError('internal', `internal: cannot reshape ${this.label} ${JSON.stringify(this.shape)} to ${JSON.stringify(shape)}`);
+    if (!this.isContiguous()) throw new MoekitError('internal', `internal: reshape of a non-contiguous view of ${this.label}`);
     return new View(this.storage, this.dtype, this.offset, shape, contiguousStrides(shape));
   }
 
@@ -153,7 +153,7 @@ function typed(buf: Buffer, unit: number): Uint8Array | Uint16Array | Uint32Arra
   if (byteOffset % unit === 0) {
     return unit === 2 ? new Uint16Array(buffer, byteOffset, byteLength / 2) : new Uint32Array(buffer, byteOffset, byteLength / 4);
   }
-  throw new MoekitError('internal: misaligned buffer');
+  throw new MoekitError('internal', 'internal: misaligned buffer');
 }
 
 /** Element copy unit: 1/2/4 bytes; 8-byte dtypes copy as two 4-byte units. */
@@ -189,15 +189,14 @@ function releaseScratch(b: Buffer): void {
 }
 
 /** Read a view's covering range from its storage: the bytes, the element index they start at, and whether they are scratch. */
-async function fetchExtent(ck: Checkpoint | undefined, v: View): Promise<{ buf: Buffer; base: number; scratch: boolean }> {
+async function fetchExtent(v: View): Promise<{ buf: Buffer; base: number; scratch: boolean }> {
   const [lo, hi] = v.extent();
   const es = dtypeSize(v.dtype);
   if (v.storage.kind === 'memory') return { buf: v.storage.buf, base: 0, scratch: false };
   if (v.storage.kind === 'lazy') return { buf: await v.storage.load(), base: 0, scratch: false };
-  if (!ck) throw new MoekitError('internal: reading a checkpoint view without its checkpoint');
   const buf = acquireScratch((hi - lo) * es);
   try {
-    await ck.read(v.storage.info, lo * es, hi * es, buf);
+    await v.storage.store.read(v.storage.info, lo * es, hi * es, buf);
   } catch (e) {
     releaseScratch(buf);
     throw e;
@@ -209,20 +208,20 @@ async function fetchExtent(ck: Checkpoint | undefined, v: View): Promise<{ buf: 
  * Copy the elements of `src` into the positions of `dst` (same shape, same dtype). When both are
  * contiguous and src is in a checkpoint, the bytes are read straight into dst's memory.
  */
-export async function copyView(ck: Checkpoint | undefined, src: View, dst: View): Promise<void> {
-  if (!src.sameShape(dst)) throw new MoekitError(`internal: shape mismatch copying ${src.label} ${JSON.stringify(src.shape)} into ${JSON.stringify(dst.shape)}`);
+export async function copyView(src: View, dst: View): Promise<void> {
+  if (!src.sameShape(dst)) throw new MoekitError('internal', `internal: shape mismatch copying ${src.label} ${JSON.stringify(src.shape)} into ${JSON.stringify(dst.shape)}`);
   if (src.dtype !== dst.dtype) {
-    throw new MoekitError(`cannot fuse ${src.label} (${src.dtype}) with tensors of dtype ${dst.dtype}; convert with --dtype to make them equal`);
+    throw new MoekitError('unsupported', `cannot fuse ${src.label} (${src.dtype}) with tensors of dtype ${dst.dtype}; convert with --dtype to make them equal`);
   }
-  if (dst.storage.kind !== 'memory') throw new MoekitError('internal: destination view must be in memory');
+  if (dst.storage.kind !== 'memory') throw new MoekitError('internal', 'internal: destination view must be in memory');
   const es = dtypeSize(src.dtype);
   const dbuf = dst.storage.buf;
   if (src.numel === 0) return;
-  if (src.storage.kind === 'tensor' && src.isContiguous() && dst.isContiguous() && ck) {
-    await ck.read(src.storage.info, src.offset * es, (src.offset + src.numel) * es, dbuf.subarray(dst.offset * es, (dst.offset + dst.numel) * es));
+  if (src.storage.kind === 'tensor' && src.isContiguous() && dst.isContiguous()) {
+    await src.storage.store.read(src.storage.info, src.offset * es, (src.offset + src.numel) * es, dbuf.subarray(dst.offset * es, (dst.offset + dst.numel) * es));
     return;
   }
-  const { buf, base, scratch: fromScratch } = await fetchExtent(ck, src);
+  const { buf, base, scratch: fromScratch } = await fetchExtent(src);
   try {
     const { unit, factor } = unitOf(src.dtype);
     const s = unitGeom(src.shape, src.strides, src.offset - base, factor);
@@ -234,9 +233,9 @@ export async function copyView(ck: Checkpoint | undefined, src: View, dst: View)
 }
 
 /** Materialise a view as contiguous bytes in its own (canonical) orientation. */
-export async function materialize(ck: Checkpoint | undefined, v: View, into?: Buffer): Promise<Buffer> {
+export async function materialize(v: View, into?: Buffer): Promise<Buffer> {
   const buf = into ? into.subarray(0, v.nbytes) : allocAligned(v.nbytes);
-  await copyView(ck, v, View.ofBuffer(buf, v.dtype, v.shape));
+  await copyView(v, View.ofBuffer(buf, v.dtype, v.shape));
   return buf;
 }
 
@@ -291,7 +290,7 @@ export interface Dims {
 
 export function layerDims(l: LayerIR): Dims {
   const e0 = l.experts[0];
-  if (!e0) throw new MoekitError(`layer ${l.layer}: no experts`);
+  if (!e0) throw new MoekitError('unsupported', `layer ${l.layer}: no experts`);
   return {
     E: l.experts.length,
     Er: l.router?.shape[0] ?? l.experts.length,
@@ -335,7 +334,7 @@ export function selectExperts(ir: ModelIR, globalIds: readonly number[]): ModelI
     layers: ir.layers.map((l) => {
       const experts = globalIds.map((g) => {
         const i = l.globalIds.indexOf(g);
-        if (i < 0) throw new MoekitError(`layer ${l.layer} has no expert ${g}`);
+        if (i < 0) throw new MoekitError('unsupported', `layer ${l.layer} has no expert ${g}`);
         return l.experts[i]!;
       });
       return { ...l, experts, globalIds: [...globalIds] };
@@ -353,7 +352,7 @@ export function sliceIntermediate(ir: ModelIR, rank: number, size: number, opts:
     ...ir,
     layers: ir.layers.map((l) => {
       const { I } = layerDims(l);
-      if (I % size !== 0) throw new MoekitError(`layer ${l.layer}: expert intermediate size ${I} is not divisible by ${size}`);
+      if (I % size !== 0) throw new MoekitError('unsupported', `layer ${l.layer}: expert intermediate size ${I} is not divisible by ${size}`);
       const a = (rank * I) / size;
       const b = ((rank + 1) * I) / size;
       const experts = l.experts.map((e) => {

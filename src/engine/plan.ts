@@ -14,7 +14,7 @@
  */
 import { join } from 'node:path';
 import pLimit from 'p-limit';
-import type { Checkpoint, TensorInfo } from '../store/safetensors/reader.js';
+import type { TensorStore, TensorInfo } from '../store/types.js';
 import { readJsonIfExists } from '../store/safetensors/reader.js';
 import type { WriteEntry } from '../store/safetensors/writer.js';
 import type { Chunk } from '../store/pool.js';
@@ -82,11 +82,11 @@ export interface ModelMeta {
   moekit?: MoekitJson;
 }
 
-export async function loadMeta(ck: Checkpoint): Promise<ModelMeta> {
+export async function loadMeta(ck: TensorStore): Promise<ModelMeta> {
   const config = await ck.config();
   const mk = (await readJsonIfExists(join(ck.dir, 'moekit.json'))) as MoekitJson | undefined;
   if (mk && (mk.format !== 'moekit' || typeof mk.layout !== 'string' || typeof mk.family !== 'string')) {
-    throw new MoekitError(`${join(ck.dir, 'moekit.json')}: not a moekit.json (format/layout/family missing)`);
+    throw new MoekitError('unsupported', `${join(ck.dir, 'moekit.json')}: not a moekit.json (format/layout/family missing)`);
   }
   if (mk) return { family: mk.family, modelType: mk.modelType, routing: mk.routing, activation: mk.activation, config, moekit: mk };
   if (config) {
@@ -172,6 +172,7 @@ export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec 
     const s = hfLayoutFor(meta.family) ?? (source?.families ? source : undefined);
     if (!s) {
       throw new MoekitError(
+        'unsupported',
         meta.family === 'unknown'
           ? 'cannot tell the model family (no config.json or moekit.json next to the checkpoint), so --to hf has no layout; add the HF config.json'
           : `family '${meta.family}' has no HF MoE layout moekit knows (known: ${LAYOUTS.flatMap((l) => l.families ?? []).join(', ')})`,
@@ -180,12 +181,12 @@ export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec 
     return s;
   }
   const s = layoutById(name);
-  if (!s || s.families) throw new MoekitError(`unknown layout '${name}' (known: ${TARGET_NAMES.join(', ')})`);
+  if (!s || s.families) throw new MoekitError('unsupported', `unknown layout '${name}' (known: ${TARGET_NAMES.join(', ')})`);
   return s;
 }
 
 /** Quantized storage that moekit can pass through but not re-layout. */
-export function quantizedTensors(ck: Checkpoint): string | undefined {
+export function quantizedTensors(ck: TensorStore): string | undefined {
   const ts = [...ck.tensors.values()];
   const f8 = ts.find((t) => t.dtype.startsWith('F8_'));
   if (f8) return `FP8: ${f8.name} is ${f8.dtype}`;
@@ -213,7 +214,7 @@ function fieldsOf(rule: TensorRule, d: Dims, o: SpecOptions): Field[] {
 function slabShape(rule: TensorRule, d: Dims, o: SpecOptions): number[] {
   if (rule.slab) return rule.slab(d);
   const f = fieldsOf(rule, d, o);
-  if (f.length !== 1) throw new MoekitError(`internal: rule '${rule.name}' holds ${f.length} fields but has no slab shape`);
+  if (f.length !== 1) throw new MoekitError('internal', `internal: rule '${rule.name}' holds ${f.length} fields but has no slab shape`);
   return canonicalShape(f[0]!, d);
 }
 
@@ -234,7 +235,7 @@ export interface ReadOptions {
 }
 
 /** Read the expert tensors of a checkpoint in layout `spec` into the canonical IR. */
-export function readIR(ck: Checkpoint, spec: LayoutSpec, meta: ModelMeta, ropts: ReadOptions = {}): ModelIR {
+export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts: ReadOptions = {}): ModelIR {
   const rules = compiled(spec);
   const layers = new Map<number, { root: string; matches: Match[] }>();
   const passthrough: TensorInfo[] = [];
@@ -258,9 +259,9 @@ export function readIR(ck: Checkpoint, spec: LayoutSpec, meta: ModelMeta, ropts:
   let hfRoot: string | undefined;
   for (const [n, l] of [...layers].sort((a, b) => a[0] - b[0])) {
     if (spec.root === 'hf') hfRoot ??= l.root;
-    out.push(readLayer(n, l.matches, spec, o, meta));
+    out.push(readLayer(ck, n, l.matches, spec, o, meta));
   }
-  if (out.length === 0) throw new MoekitError(`no tensors of layout '${spec.id}' found`);
+  if (out.length === 0) throw new MoekitError('unsupported', `no tensors of layout '${spec.id}' found`);
   return {
     family: meta.family,
     modelType: meta.modelType,
@@ -272,11 +273,11 @@ export function readIR(ck: Checkpoint, spec: LayoutSpec, meta: ModelMeta, ropts:
   };
 }
 
-function readLayer(n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions, meta: ModelMeta): LayerIR {
+function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions, meta: ModelMeta): LayerIR {
   const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
   const has = (f: Field, d: Dims) => matches.some((m) => fieldsOf(m.rule, d, o).includes(f));
   const router = matches.find((m) => has('router', probe) && fieldsOf(m.rule, probe, o).includes('router'));
-  if (!router) throw new MoekitError(`layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`);
+  if (!router) throw new MoekitError('unsupported', `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`);
   const [Er, H] = router.info.shape as [number, number];
   // gated or not: the hypothesis under which every matched expert rule holds something and a
   // standalone gate tensor is present exactly when gated
@@ -291,13 +292,13 @@ function readLayer(n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions
     gated = h;
     break;
   }
-  if (gated === undefined) throw new MoekitError(`layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
+  if (gated === undefined) throw new MoekitError('unsupported', `layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
   // number of experts held
   const ids = new Set(matches.filter((m) => m.e !== undefined).map((m) => m.e!));
   let E: number;
   if (ids.size > 0) {
     E = Math.max(...ids) + 1;
-    if (ids.size !== E) throw new MoekitError(`layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
+    if (ids.size !== E) throw new MoekitError('unsupported', `layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
   } else {
     const st = matches.find((m) => m.rule.scope === 'stacked' && !m.rule.shape);
     E = st ? st.info.shape[0]! : (layerMeta?.experts ?? Er);
@@ -308,22 +309,22 @@ function readLayer(n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions
     if (!m) return 0;
     const unit = numel(declaredShape(m.rule, { ...d, [key]: 1 }, o));
     const v = numel(m.info.shape) / unit;
-    if (!Number.isInteger(v) || v < 1) throw new MoekitError(`layer ${n}: '${m.info.name}' ${fmt(m.info.shape)} does not fit layout '${spec.id}' with ${E} experts, hidden ${H}`);
+    if (!Number.isInteger(v) || v < 1) throw new MoekitError('unsupported', `layer ${n}: '${m.info.name}' ${fmt(m.info.shape)} does not fit layout '${spec.id}' with ${E} experts, hidden ${H}`);
     return v;
   };
   d.I = solve('up', 'I');
   d.Is = solve('shared_up', 'Is');
-  if (d.I === 0) throw new MoekitError(`layer ${n}: no up-projection tensor of layout '${spec.id}'`);
+  if (d.I === 0) throw new MoekitError('unsupported', `layer ${n}: no up-projection tensor of layout '${spec.id}'`);
   const experts: Partial<ExpertIR>[] = Array.from({ length: E }, () => ({}));
   const lf: Partial<Record<LayerField, View>> = {};
   for (const m of matches) {
     const want = declaredShape(m.rule, d, o);
     if (want.length !== m.info.shape.length || want.some((s, i) => s !== m.info.shape[i])) {
-      throw new MoekitError(`mixed expert shapes: '${m.info.name}' is ${fmt(m.info.shape)}, expected ${fmt(want)} (layer ${n}: E=${E}, H=${H}, I=${d.I}${d.Is ? `, shared I=${d.Is}` : ''})`);
+      throw new MoekitError('unsupported', `mixed expert shapes: '${m.info.name}' is ${fmt(m.info.shape)}, expected ${fmt(want)} (layer ${n}: E=${E}, H=${H}, I=${d.I}${d.Is ? `, shared I=${d.Is}` : ''})`);
     }
     const parts = Object.entries(m.rule.parts(d, o)) as [Field, (v: View) => View][];
     const slab = slabShape(m.rule, d, o);
-    const whole = View.ofTensor(m.info);
+    const whole = View.ofTensor(ck, m.info);
     if (m.rule.scope === 'layer') {
       const v = whole.reshape(slab);
       for (const [f, loc] of parts) lf[f as LayerField] = loc(v);
@@ -340,7 +341,7 @@ function readLayer(n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions
   }
   const need: ExpertField[] = gated ? ['gate', 'up', 'down'] : ['up', 'down'];
   experts.forEach((e, i) => {
-    for (const f of need) if (!e[f]) throw new MoekitError(`layer ${n}: expert ${i} has no ${f} tensor in layout '${spec.id}'`);
+    for (const f of need) if (!e[f]) throw new MoekitError('unsupported', `layer ${n}: expert ${i} has no ${f} tensor in layout '${spec.id}'`);
   });
   return { layer: n, ...lf, experts: experts as ExpertIR[], globalIds: layerMeta?.globalExperts ?? experts.map((_, i) => i) };
 }
@@ -369,13 +370,13 @@ function checkedDims(l: LayerIR): Dims {
     for (const f of EXPERT_FIELDS) {
       const v = e[f];
       const v0 = e0[f];
-      if (!v !== !v0) throw new MoekitError(`mixed experts in layer ${l.layer}: expert ${i} ${v ? 'has' : 'lacks'} ${f}, expert 0 ${v0 ? 'has' : 'lacks'} it`);
+      if (!v !== !v0) throw new MoekitError('unsupported', `mixed experts in layer ${l.layer}: expert ${i} ${v ? 'has' : 'lacks'} ${f}, expert 0 ${v0 ? 'has' : 'lacks'} it`);
       if (!v || !v0) continue;
       const want = canonicalShape(f, d);
       if (!v.sameShape(v0) || want.some((s, k) => s !== v.shape[k])) {
-        throw new MoekitError(`mixed expert shapes in layer ${l.layer}: expert ${i} ${f} is ${fmt(v.shape)}, expected ${fmt(want)} like expert 0; layouts that stack experts need equal shapes`);
+        throw new MoekitError('unsupported', `mixed expert shapes in layer ${l.layer}: expert ${i} ${f} is ${fmt(v.shape)}, expected ${fmt(want)} like expert 0; layouts that stack experts need equal shapes`);
       }
-      if (v.dtype !== v0.dtype) throw new MoekitError(`mixed expert dtypes in layer ${l.layer}: expert ${i} ${f} is ${v.dtype}, expert 0 is ${v0.dtype}; convert with --dtype`);
+      if (v.dtype !== v0.dtype) throw new MoekitError('unsupported', `mixed expert dtypes in layer ${l.layer}: expert ${i} ${f} is ${v.dtype}, expert 0 is ${v0.dtype}; convert with --dtype`);
     }
   });
   return d;
@@ -443,10 +444,10 @@ class SlabPool {
   }
 }
 
-export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts: PlanOptions = {}): Plan {
-  if (opts.gateUp && !target.gateUp) throw new MoekitError(`--gate-up: layout '${target.id}' stores gate and up as separate tensors`);
+export function planWrite(ck: TensorStore, ir: ModelIR, target: LayoutSpec, opts: PlanOptions = {}): Plan {
+  if (opts.gateUp && !target.gateUp) throw new MoekitError('unsupported', `--gate-up: layout '${target.id}' stores gate and up as separate tensors`);
   if (opts.gateUp && !target.gateUp!.allowed.includes(opts.gateUp)) {
-    throw new MoekitError(`--gate-up ${opts.gateUp}: layout '${target.id}' only reads ${target.gateUp!.allowed.join('/')} gate/up`);
+    throw new MoekitError('unsupported', `--gate-up ${opts.gateUp}: layout '${target.id}' only reads ${target.gateUp!.allowed.join('/')} gate/up`);
   }
   const o: SpecOptions = { gateUp: opts.gateUp ?? target.gateUp?.default ?? 'concat' };
   const root = target.root === 'hf' ? ir.hfRoot : target.root;
@@ -464,7 +465,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
     const probe = View.ofBuffer(Buffer.alloc(0), dtype, shape);
     let covered = 0;
     for (const p of parts) covered += p.loc(probe).numel;
-    if (covered !== numel(shape)) throw new MoekitError(`internal: slab parts cover ${covered} of ${numel(shape)} elements`);
+    if (covered !== numel(shape)) throw new MoekitError('internal', `internal: slab parts cover ${covered} of ${numel(shape)} elements`);
     if (parts.length === 1) {
       const p = parts[0]!;
       const dst = p.loc(probe);
@@ -476,7 +477,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
       build: async () => {
         const buf = pool.acquire(n);
         const slab = View.ofBuffer(buf, dtype, shape);
-        for (const p of parts) await copyView(ck, p.src, p.loc(slab));
+        for (const p of parts) await copyView(p.src, p.loc(slab));
         return buf;
       },
     };
@@ -561,8 +562,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
     const missing = uncovered(target, d, o, present);
     if (missing.length) {
       const alt = LAYOUTS.filter((s) => !s.families && s !== target && uncovered(s, d, { gateUp: s.gateUp?.default ?? 'concat' }, present).length === 0).map((s) => s.id);
-      throw new MoekitError(
-        `cannot convert losslessly to '${target.id}': it has no place for the ${missing.map((f) => FIELD_WORDS[f]).join(', ')} of layer ${l.layer}` +
+      throw new MoekitError('unsupported', `cannot convert losslessly to '${target.id}': it has no place for the ${missing.map((f) => FIELD_WORDS[f]).join(', ')} of layer ${l.layer}` +
           (alt.length ? ` (layouts that hold everything: ${alt.join(', ')})` : ''),
       );
     }
@@ -573,15 +573,14 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
       const have = fields.filter((f) => present.has(f));
       if (have.length === 0) continue;
       if (have.length !== fields.length) {
-        throw new MoekitError(
-          `cannot convert to '${target.id}': its tensor ${rule.name.replace('{e}', '<e>')} holds ${fields.map((f) => FIELD_WORDS[f]).join(' and ')} together, but layer ${l.layer} has only the ${have.map((f) => FIELD_WORDS[f]).join(', ')}`,
+        throw new MoekitError('unsupported', `cannot convert to '${target.id}': its tensor ${rule.name.replace('{e}', '<e>')} holds ${fields.map((f) => FIELD_WORDS[f]).join(' and ')} together, but layer ${l.layer} has only the ${have.map((f) => FIELD_WORDS[f]).join(', ')}`,
         );
       }
       const slab = slabShape(rule, d, o);
       const srcOf = (f: Field, e?: number): View => (e === undefined ? l[f as LayerField]! : l.experts[e]![f as ExpertField]!);
       const dtypeOf = (e?: number): Dtype => {
         const dts = new Set(fields.map((f) => srcOf(f, e).dtype));
-        if (dts.size > 1) throw new MoekitError(`cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`);
+        if (dts.size > 1) throw new MoekitError('unsupported', `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`);
         return [...dts][0]!;
       };
       const partsFor = (e?: number): SlabPart[] => fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! }));
@@ -616,7 +615,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
   }
   const names = new Set<string>();
   for (const e of entries) {
-    if (names.has(e.name)) throw new MoekitError(`'${e.name}' would be written twice: a non-expert tensor of the source has the name layout '${target.id}' gives an expert tensor`);
+    if (names.has(e.name)) throw new MoekitError('unsupported', `'${e.name}' would be written twice: a non-expert tensor of the source has the name layout '${target.id}' gives an expert tensor`);
     names.add(e.name);
   }
   entries.sort((a, b) => naturalCompare(a.name, b.name));
@@ -625,7 +624,7 @@ export function planWrite(ck: Checkpoint, ir: ModelIR, target: LayoutSpec, opts:
 }
 
 /** Identity plan: every tensor passes through unchanged (a layout converted to itself). */
-export function passthroughPlan(ck: Checkpoint): WriteEntry[] {
+export function passthroughPlan(ck: TensorStore): WriteEntry[] {
   return [...ck.tensors.values()]
     .map((info) => ({ name: info.name, dtype: info.dtype, shape: info.shape, source: () => ck.chunks(info) }))
     .sort((a, b) => naturalCompare(a.name, b.name));

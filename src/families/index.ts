@@ -91,11 +91,11 @@ function activationFromConfig(c: Record<string, unknown>): Activation {
   if (act === 'gelu_pytorch_tanh' || act === 'gelu_new' || act === 'gelu_fast') return { kind: 'geglu_tanh' };
   if (act === 'gelu') return { kind: 'geglu' };
   if (act === 'relu2' || act === 'relu_squared') return { kind: 'relu2' };
-  throw new MoekitError(`config.json: hidden_act '${act}' is not supported (known: silu, gelu, gelu_pytorch_tanh, relu2)`);
+  throw new MoekitError('unsupported', `config.json: hidden_act '${act}' is not supported (known: silu, gelu, gelu_pytorch_tanh, relu2)`);
 }
 
 /** Families moekit knows, by model_type; `dense` ones have no experts (upcycling sources). */
-export const MOE_FAMILIES = ['mixtral', 'phimoe', 'minimax_m2', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v3', 'glm4_moe', 'gpt_oss', 'llama4', 'granitemoe'] as const;
+export const MOE_FAMILIES = ['mixtral', 'phimoe', 'minimax_m2', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v3', 'glm4_moe', 'gpt_oss', 'llama4', 'llama4_text', 'granitemoe'] as const;
 export const DENSE_FAMILIES = ['llama', 'qwen2', 'qwen3', 'mistral', 'gemma', 'gemma2', 'phi3', 'olmo', 'olmo2'] as const;
 
 export function familyFacts(config: Record<string, unknown>): FamilyFacts {
@@ -184,7 +184,8 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
     case 'granitemoe':
       return { ...base, family: 'granitemoe', moeIntermediateSize: intermediate, shared: null, routing: routing({ scoreFunc: 'topk_softmax' }), isMoeLayer: all };
     // modeling_llama4.py: top-k of logits, sigmoid of the selected logit scales the expert input; shared expert.
-    case 'llama4': {
+    case 'llama4':
+    case 'llama4_text': {
       const step = num(c, 'interleave_moe_layer_step') ?? 1;
       const moeLayers = Array.isArray(c.moe_layers) ? (c.moe_layers as number[]) : undefined;
       return {

@@ -14,25 +14,24 @@
  */
 import pLimit from 'p-limit';
 import { MoekitError } from '../errors.js';
-import type { Checkpoint } from '../store/safetensors/reader.js';
+import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import { bytesOf, dtypeBytes, makeWeight, validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 
 const FLOAT = new Set(['F32', 'BF16', 'F16']);
 
-async function readWeight(ck: Checkpoint, name: string, lazy = false): Promise<Weight> {
+async function readWeight(ck: TensorStore, name: string, lazy = false): Promise<Weight> {
   const info = ck.info(name);
   if (!FLOAT.has(info.dtype)) {
-    throw new MoekitError(
-      `${name} is ${info.dtype}: verify runs on F32/BF16/F16 weights; dequantize the checkpoint first (e.g. moekit convert --dtype bf16)`,
+    throw new MoekitError('bad-input', `${name} is ${info.dtype}: verify runs on F32/BF16/F16 weights; dequantize the checkpoint first (e.g. moekit convert --dtype bf16)`,
     );
   }
   if (lazy) return { dtype: info.dtype as FloatDtype, shape: info.shape, read: (start, end, into) => ck.read(info, start, end, into) };
   return makeWeight(info.dtype as FloatDtype, info.shape, await ck.read(info));
 }
 
-const opt = async (ck: Checkpoint, name: string): Promise<Weight | undefined> => (ck.has(name) ? readWeight(ck, name) : undefined);
+const opt = async (ck: TensorStore, name: string): Promise<Weight | undefined> => (ck.has(name) ? readWeight(ck, name) : undefined);
 
 /** Gather elements of a row-major tensor by index map (dst i ← src idx(i)), keeping the dtype. */
 function gatherElems(src: Weight, shape: number[], idx: (i: number) => number): Weight {
@@ -69,7 +68,7 @@ function sliceVec(w: Weight, e: number, i0: number, n: number, stride = 1): Weig
 /** Reads go through this limiter: several large positioned reads in flight overlap I/O and page faults. */
 const limit = pLimit(8);
 
-async function gatedMlp(ck: Checkpoint, p: string, names: [string, string, string], lazy: boolean): Promise<ExpertWeights> {
+async function gatedMlp(ck: TensorStore, p: string, names: [string, string, string], lazy: boolean): Promise<ExpertWeights> {
   const [g, u, d] = names;
   const [gate, up, down, gateBias, upBias, downBias] = await Promise.all([
     limit(() => readWeight(ck, `${p}.${g}.weight`, lazy)),
@@ -83,7 +82,7 @@ async function gatedMlp(ck: Checkpoint, p: string, names: [string, string, strin
 }
 
 /** All experts of a layer, read concurrently, in expert order. */
-const gatedExperts = (ck: Checkpoint, E: number, prefix: (e: number) => string, names: [string, string, string], lazy: boolean): Promise<ExpertWeights[]> =>
+const gatedExperts = (ck: TensorStore, E: number, prefix: (e: number) => string, names: [string, string, string], lazy: boolean): Promise<ExpertWeights[]> =>
   Promise.all(Array.from({ length: E }, (_, e) => gatedMlp(ck, prefix(e), names, lazy)));
 
 export interface LoadedLayer {
@@ -93,7 +92,7 @@ export interface LoadedLayer {
 }
 
 /** Layer indices with an MLP block we can run (every layer of a known family). */
-export function mlpLayers(ck: Checkpoint, config: Record<string, unknown>): number[] {
+export function mlpLayers(ck: TensorStore, config: Record<string, unknown>): number[] {
   const facts = familyFacts(config);
   const out: number[] = [];
   for (let i = 0; i < facts.numLayers; i++) {
@@ -105,14 +104,14 @@ export function mlpLayers(ck: Checkpoint, config: Record<string, unknown>): numb
 
 export interface LoadOptions {
   /** leave expert matrices on disk behind byte-range readers (the GPU forward streams them); the
-   * Checkpoint must stay open while the block is used. Fused layouts that need reordering load eagerly. */
+   * TensorStore must stay open while the block is used. Fused layouts that need reordering load eagerly. */
   lazy?: boolean;
 }
 
-export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unknown>, layer: number, opts: LoadOptions = {}): Promise<LoadedLayer> {
+export async function loadLayerFromHf(ck: TensorStore, config: Record<string, unknown>, layer: number, opts: LoadOptions = {}): Promise<LoadedLayer> {
   const lazy = opts.lazy ?? false;
   const facts = familyFacts(config);
-  if (facts.routing.scoreFunc === 'sparsemixer') throw new MoekitError(`${facts.family}: sparsemixer routing is not supported by verify yet`);
+  if (facts.routing.scoreFunc === 'sparsemixer') throw new MoekitError('bad-input', `${facts.family}: sparsemixer routing is not supported by verify yet`);
   const H = facts.hiddenSize;
   const L = `model.layers.${layer}`;
   const where = `${ck.dir} layer ${layer}`;
@@ -137,7 +136,7 @@ export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unk
     const dnB = await opt(ck, `${p}.experts.down_proj_bias`);
     const [E, Hg, I2] = gu.shape as [number, number, number];
     if (Hg !== H || dn.shape[0] !== E || dn.shape[1] !== I2 / 2 || dn.shape[2] !== H) {
-      throw new MoekitError(`${where}: gate_up_proj [${gu.shape}] / down_proj [${dn.shape}] do not match hidden ${H}`);
+      throw new MoekitError('bad-input', `${where}: gate_up_proj [${gu.shape}] / down_proj [${dn.shape}] do not match hidden ${H}`);
     }
     const I = I2 / 2;
     const experts: ExpertWeights[] = [];
@@ -179,11 +178,11 @@ export async function loadLayerFromHf(ck: Checkpoint, config: Record<string, unk
     kind = 'dense';
   } else {
     const quant = [...ck.tensors.keys()].find((n) => n.startsWith(`${L}.mlp.`) && /_blocks$|_scales$|weight_packed$/.test(n));
-    if (quant) throw new MoekitError(`${where}: ${quant} is quantized; dequantize the checkpoint first`);
-    throw new MoekitError(`${where}: no MLP block found (looked for block_sparse_moe.gate, mlp.gate, mlp.router, mlp.gate_proj)`);
+    if (quant) throw new MoekitError('bad-input', `${where}: ${quant} is quantized; dequantize the checkpoint first`);
+    throw new MoekitError('bad-input', `${where}: no MLP block found (looked for block_sparse_moe.gate, mlp.gate, mlp.router, mlp.gate_proj)`);
   }
   if (kind === 'moe' && facts.numExperts && w.experts.length !== facts.numExperts) {
-    throw new MoekitError(`${where}: router has ${w.experts.length} experts but config.json says ${facts.numExperts}`);
+    throw new MoekitError('bad-input', `${where}: router has ${w.experts.length} experts but config.json says ${facts.numExperts}`);
   }
   validateBlock(w, where);
   return { weights: w, facts, kind };

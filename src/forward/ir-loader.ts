@@ -5,7 +5,7 @@
  * compares two separately written readers. Dense MLP layers are not part of the expert IR: they
  * pass through conversions under their HF names and are read by the HF loader.
  */
-import type { Checkpoint } from '../store/safetensors/reader.js';
+import type { TensorStore } from '../store/types.js';
 import { MoekitError } from '../errors.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import type { FloatDtype } from '../store/dtypes.js';
@@ -24,8 +24,8 @@ export interface LayerSource {
 const FLOATS: readonly string[] = ['F32', 'BF16', 'F16'];
 
 /** A View as a forward Weight: contiguous tensor views stay on disk when lazy, others are gathered. */
-async function weightOf(ck: Checkpoint, v: View, lazy: boolean): Promise<Weight> {
-  if (!FLOATS.includes(v.dtype)) throw new MoekitError(`${v.label}: dtype ${v.dtype} cannot be verified (dequantize first)`);
+async function weightOf(ck: TensorStore, v: View, lazy: boolean): Promise<Weight> {
+  if (!FLOATS.includes(v.dtype)) throw new MoekitError('bad-input', `${v.label}: dtype ${v.dtype} cannot be verified (dequantize first)`);
   const dtype = v.dtype as FloatDtype;
   const shape = [...v.shape];
   if (lazy && v.storage.kind === 'tensor' && v.isContiguous()) {
@@ -33,10 +33,10 @@ async function weightOf(ck: Checkpoint, v: View, lazy: boolean): Promise<Weight>
     const base = v.offset * (dtype === 'F32' ? 4 : 2);
     return { dtype, shape, read: (s, e, into) => ck.read(info, base + s, base + e, into) };
   }
-  return { dtype, shape, data: await materialize(ck, v) };
+  return { dtype, shape, data: await materialize(v) };
 }
 
-async function expertOf(ck: Checkpoint, e: ExpertIR, lazy: boolean): Promise<ExpertWeights> {
+async function expertOf(ck: TensorStore, e: ExpertIR, lazy: boolean): Promise<ExpertWeights> {
   const opt = async (v?: View) => (v ? weightOf(ck, v, false) : undefined);
   return {
     gate: e.gate && (await weightOf(ck, e.gate, lazy)),
@@ -49,10 +49,10 @@ async function expertOf(ck: Checkpoint, e: ExpertIR, lazy: boolean): Promise<Exp
 }
 
 /** MoeBlockWeights of one IR layer. */
-export async function blockFromIR(ck: Checkpoint, l: LayerIR, hidden: number, lazy: boolean): Promise<MoeBlockWeights> {
-  if (!l.router) throw new MoekitError(`${ck.dir} layer ${l.layer}: no router weight`);
+export async function blockFromIR(ck: TensorStore, l: LayerIR, hidden: number, lazy: boolean): Promise<MoeBlockWeights> {
+  if (!l.router) throw new MoekitError('bad-input', `${ck.dir} layer ${l.layer}: no router weight`);
   if (l.router.shape[0] !== l.experts.length) {
-    throw new MoekitError(`${ck.dir} layer ${l.layer}: holds ${l.experts.length} of ${l.router.shape[0]} experts (an expert-parallel shard?); verify the merged or sharded folder instead`);
+    throw new MoekitError('bad-input', `${ck.dir} layer ${l.layer}: holds ${l.experts.length} of ${l.router.shape[0]} experts (an expert-parallel shard?); verify the merged or sharded folder instead`);
   }
   const w = (v?: View) => (v ? weightOf(ck, v, false) : Promise.resolve(undefined));
   const shared: ExpertWeights[] = [];
@@ -69,7 +69,7 @@ export async function blockFromIR(ck: Checkpoint, l: LayerIR, hidden: number, la
 }
 
 /** The layers of a checkpoint the forward can run, and a loader for each, for any layout. */
-export async function layerSource(ck: Checkpoint, config: Record<string, unknown>): Promise<LayerSource> {
+export async function layerSource(ck: TensorStore, config: Record<string, unknown>): Promise<LayerSource> {
   const meta = await loadMeta(ck);
   const spec = detectLayout(ck.names(), meta);
   const dense = mlpLayers(ck, config);
@@ -79,7 +79,7 @@ export async function layerSource(ck: Checkpoint, config: Record<string, unknown
   const ir = readIR(ck, spec, meta);
   const byLayer = new Map(ir.layers.map((l) => [l.layer, l]));
   const base = familyFacts(config);
-  if (base.routing.scoreFunc === 'sparsemixer') throw new MoekitError(`${base.family}: sparsemixer routing is not supported by verify yet`);
+  if (base.routing.scoreFunc === 'sparsemixer') throw new MoekitError('bad-input', `${base.family}: sparsemixer routing is not supported by verify yet`);
   // moekit.json's routing facts win over config.json's (they describe what was converted).
   const facts: FamilyFacts = { ...base, routing: meta.routing ?? base.routing, activation: meta.activation ?? base.activation };
   const layers = [...new Set([...dense, ...byLayer.keys()])].sort((a, b) => a - b);

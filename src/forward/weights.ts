@@ -62,14 +62,14 @@ export const weightNbytes = (w: Weight): number => w.shape.reduce((a, b) => a * 
 
 /** The bytes of an in-memory weight (lazy ones must be materialized first). */
 export function bytesOf(w: Weight): Uint8Array {
-  if (!w.data) throw new MoekitError(`internal: weight [${w.shape}] is not in memory (materialize the block first)`);
+  if (!w.data) throw new MoekitError('internal', `internal: weight [${w.shape}] is not in memory (materialize the block first)`);
   return w.data;
 }
 
 /** Bytes [start, end) of a weight, from memory or from disk. */
 export function readRange(w: Weight, start: number, end: number, into?: Buffer): Promise<Uint8Array> {
   if (w.data) return Promise.resolve(w.data.subarray(start, end));
-  if (!w.read) throw new MoekitError(`internal: weight [${w.shape}] has neither data nor a reader`);
+  if (!w.read) throw new MoekitError('internal', `internal: weight [${w.shape}] has neither data nor a reader`);
   return w.read(start, end, into);
 }
 
@@ -105,7 +105,7 @@ export function weightF32(w: Weight): Float32Array {
 export function makeWeight(dtype: FloatDtype, shape: number[], data: Uint8Array): Weight {
   const n = shape.reduce((a, b) => a * b, 1);
   if (data.byteLength !== n * dtypeBytes(dtype)) {
-    throw new MoekitError(`internal: weight of shape [${shape}] ${dtype} has ${data.byteLength} bytes, expected ${n * dtypeBytes(dtype)}`);
+    throw new MoekitError('internal', `internal: weight of shape [${shape}] ${dtype} has ${data.byteLength} bytes, expected ${n * dtypeBytes(dtype)}`);
   }
   return { dtype, shape, data };
 }
@@ -138,7 +138,7 @@ export function validateBlock(b: MoeBlockWeights, where: string): void {
   const want = (w: Weight | undefined, shape: number[], what: string) => {
     if (!w) return;
     if (w.shape.length !== shape.length || w.shape.some((d, i) => d !== shape[i])) {
-      throw new MoekitError(`${where}: ${what} has shape [${w.shape}], expected [${shape}]`);
+      throw new MoekitError('bad-input', `${where}: ${what} has shape [${w.shape}], expected [${shape}]`);
     }
   };
   const E = b.experts.length;
@@ -147,7 +147,7 @@ export function validateBlock(b: MoeBlockWeights, where: string): void {
     want(b.router.bias, [E], 'router bias');
     want(b.router.correctionBias, [E], 'router score-correction bias');
   } else if (E > 0) {
-    throw new MoekitError(`${where}: ${E} routed experts but no router`);
+    throw new MoekitError('bad-input', `${where}: ${E} routed experts but no router`);
   }
   want(b.sharedGate, [1, H], 'shared expert gate');
   const all = [...b.experts.map((e, i) => [e, `expert ${i}`] as const), ...b.shared.map((e, i) => [e, `shared expert ${i}`] as const)];
@@ -161,7 +161,7 @@ export function validateBlock(b: MoeBlockWeights, where: string): void {
     want(e.downBias, [H], `${name} down bias`);
   }
   const gated = all.map(([e]) => e.gate !== undefined);
-  if (gated.some((g) => g !== gated[0])) throw new MoekitError(`${where}: some experts have a gate projection and some do not`);
+  if (gated.some((g) => g !== gated[0])) throw new MoekitError('bad-input', `${where}: some experts have a gate projection and some do not`);
   const iR = b.experts.map(expertI);
-  if (iR.some((i) => i !== iR[0])) throw new MoekitError(`${where}: routed experts have different intermediate sizes (${[...new Set(iR)].join(', ')})`);
+  if (iR.some((i) => i !== iR[0])) throw new MoekitError('bad-input', `${where}: routed experts have different intermediate sizes (${[...new Set(iR)].join(', ')})`);
 }

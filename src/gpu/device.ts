@@ -29,13 +29,13 @@ async function init(): Promise<Gpu> {
   try {
     mod = await import('webgpu');
   } catch (e) {
-    throw new MoekitError(`cannot load the 'webgpu' package (${(e as Error).message.split('\n')[0]}); run with --cpu`);
+    throw new MoekitError('gpu', `cannot load the 'webgpu' package (${(e as Error).message.split('\n')[0]}); run with --cpu`);
   }
   Object.assign(globalThis, mod.globals);
   const gpu = mod.create([]);
   holder.gpu = gpu;
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-  if (!adapter) throw new MoekitError(NO_ADAPTER);
+  if (!adapter) throw new MoekitError('gpu', NO_ADAPTER);
   const l = adapter.limits;
   const requiredLimits: Record<string, number> = {};
   for (const k of [

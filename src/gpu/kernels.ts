@@ -29,7 +29,7 @@ function kernelsDir(): string {
     if (existsSync(join(d, 'kernels', 'common.wgsl')) && existsSync(join(d, 'package.json'))) return join(d, 'kernels');
     d = dirname(d);
   }
-  throw new MoekitError('cannot find the kernels/ folder of the moekit package (broken install?)');
+  throw new MoekitError('gpu', 'cannot find the kernels/ folder of the moekit package (broken install?)');
 }
 
 const sources = new Map<string, string>();

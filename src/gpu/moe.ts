@@ -70,7 +70,7 @@ export function planPieces(E: number, N: number, K: number, elemBytes: number, m
     return out;
   }
   const rows = Math.floor(maxBytes / rowBytes / 4) * 4;
-  if (rows < 4) throw new MoekitError(`a 4-row block of a [${N}, ${K}] expert matrix (${4 * rowBytes} bytes) exceeds the GPU's ${maxBytes}-byte binding limit`);
+  if (rows < 4) throw new MoekitError('gpu', `a 4-row block of a [${N}, ${K}] expert matrix (${4 * rowBytes} bytes) exceeds the GPU's ${maxBytes}-byte binding limit`);
   for (let e = 0; e < E; e++) for (let r0 = 0; r0 < N; r0 += rows) out.push({ e0: e, nE: 1, r0, rows: Math.min(rows, N - r0) });
   return out;
 }
@@ -229,7 +229,7 @@ function groupBiases(experts: ExpertWeights[], I: number, H: number): { bias?: F
 function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
   const H = w.hidden;
   const bad = (msg: string): never => {
-    throw new MoekitError(`WebGPU forward: ${msg}; run with --cpu`);
+    throw new MoekitError('gpu', `WebGPU forward: ${msg}; run with --cpu`);
   };
   if (H % 4 !== 0) bad(`hidden size ${H} is not a multiple of 4`);
   for (const e of [...w.experts, ...w.shared]) if (expertI(e) % 4 !== 0) bad(`expert intermediate size ${expertI(e)} is not a multiple of 4`);
@@ -292,7 +292,7 @@ function gpuCfg(env: string | undefined, def: number[], q: number): { KL: number
   const v = env ? env.split(',').map(Number) : def;
   const [KL, RW, MT] = v.length === 3 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
   const na = q * RW! * MT!;
-  if (!(256 % KL! === 0 && KL! >= 8 && RW! <= 4 && MT! <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL!) <= 1024)) throw new MoekitError(`bad gpu kernel shape ${env}`);
+  if (!(256 % KL! === 0 && KL! >= 8 && RW! <= 4 && MT! <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL!) <= 1024)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
   return { KL: KL!, RW: RW!, MT: MT! };
 }
 
@@ -341,7 +341,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
 
   // Tokens per batch: every activation buffer must fit one binding.
   const perToken = Math.max(H * 4 * Math.max(KS, 1), ...groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
-  if (perToken + 8 * E > B) throw new MoekitError(`one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+  if (perToken + 8 * E > B) throw new MoekitError('gpu', `one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
   const Tb = Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16);
 
   // Per-layer constants (small): router, biases.
@@ -355,7 +355,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
     return keep(b);
   };
   const routerW = w.router && E > 0 ? upload(bytesOf(w.router.weight), 'router') : dummy;
-  if (w.router && weightNbytes(w.router.weight) > B) throw new MoekitError(`router weight (${weightNbytes(w.router.weight)} bytes) exceeds the GPU binding limit`);
+  if (w.router && weightNbytes(w.router.weight) > B) throw new MoekitError('gpu', `router weight (${weightNbytes(w.router.weight)} bytes) exceeds the GPU binding limit`);
   const routerB = upload(f32(w.router?.bias), 'router bias');
   const corr = upload(f32(w.router?.correctionBias), 'correction bias');
   const sgW = upload(w.sharedGate && bytesOf(w.sharedGate), 'shared gate');
@@ -462,7 +462,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
     for (const b of persistent) b.destroy();
     ctx.destroy();
     const errs = [await ctx.device.popErrorScope(), await ctx.device.popErrorScope()].filter((x): x is GPUError => x !== null);
-    if (errs.length > 0 && !failed) throw new MoekitError(`WebGPU: ${errs[0]!.message.split('\n')[0]}`);
+    if (errs.length > 0 && !failed) throw new MoekitError('gpu', `WebGPU: ${errs[0]!.message.split('\n')[0]}`);
   }
   return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs };
 }

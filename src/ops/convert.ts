@@ -5,7 +5,8 @@
  */
 import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { Checkpoint } from '../store/safetensors/reader.js';
+import type { TensorStore } from '../store/types.js';
+import { openStore } from '../store/registry.js';
 import { writeCheckpoint, writeJsonAtomic } from '../store/safetensors/writer.js';
 import { type FloatDtype, byteSize } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
@@ -50,13 +51,13 @@ export async function convert(src: string, dst: string, opts: ConvertOptions): P
   const t0 = Date.now();
   dst = resolve(dst);
   const dstExists = await checkDestination(dst, !!opts.force);
-  const ck = await Checkpoint.open(src);
+  const ck = await openStore(src);
   try {
-    if (resolve(ck.dir) === dst) throw new MoekitError(`destination ${dst} is the source folder`);
+    if (resolve(ck.dir) === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
     const meta = await loadMeta(ck);
     const names = ck.names();
     const source = detectLayout(names, meta);
-    if (!source) throw new MoekitError(`${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
+    if (!source) throw new MoekitError('unsupported', `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
     const target = resolveTarget(opts.to, meta, source);
     const srcOrder = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');
     const identity = target === source && !opts.dtype && (!opts.gateUp || opts.gateUp === srcOrder);
@@ -75,8 +76,7 @@ export async function convert(src: string, dst: string, opts: ConvertOptions): P
     } else {
       const q = quantizedTensors(ck);
       if (q) {
-        throw new MoekitError(
-          `${src} is quantized (${q}); moekit keeps quantized experts only in their own layout (--to ${source.families ? 'hf' : source.id}, a byte copy); dequantize it to convert to '${target.id}'`,
+        throw new MoekitError('unsupported', `${src} is quantized (${q}); moekit keeps quantized experts only in their own layout (--to ${source.families ? 'hf' : source.id}, a byte copy); dequantize it to convert to '${target.id}'`,
         );
       }
       const ir = readIR(ck, source, meta);

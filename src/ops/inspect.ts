@@ -2,7 +2,7 @@
  * `moekit inspect`: what a checkpoint is — family (config.json), expert layout (tensor names),
  * MoE layers, expert sizes, routing, dtypes, quantization, bytes — without reading tensor data.
  */
-import type { Checkpoint, TensorInfo } from '../store/safetensors/reader.js';
+import type { TensorStore, TensorInfo } from '../store/types.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import { LAYOUTS } from '../../converters/index.js';
 import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from '../engine/plan.js';
@@ -64,7 +64,7 @@ function detectQuantization(config: Record<string, unknown> | undefined, tensors
   return null;
 }
 
-export async function inspectCheckpoint(ck: Checkpoint, path: string): Promise<InspectReport> {
+export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<InspectReport> {
   const config = await ck.config();
   const tensors = [...ck.tensors.values()];
   const warnings: string[] = [];

@@ -5,7 +5,8 @@
  * can be turned into MoeBlockWeights can be verified.
  */
 import { MoekitError } from '../errors.js';
-import { Checkpoint } from '../store/safetensors/reader.js';
+import type { TensorStore } from '../store/types.js';
+import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
 import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from '../forward/hf-loader.js';
 import { layerSource, type LayerSource } from '../forward/ir-loader.js';
@@ -14,9 +15,9 @@ import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
 
-export type LayerLoader = (ck: Checkpoint, config: Record<string, unknown>, layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
+export type LayerLoader = (ck: TensorStore, config: Record<string, unknown>, layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
 /** Layers of a checkpoint that hold an MLP block the loader can read. */
-export type LayerLister = (ck: Checkpoint, config: Record<string, unknown>) => number[];
+export type LayerLister = (ck: TensorStore, config: Record<string, unknown>) => number[];
 
 export interface VerifyOptions {
   reference?: string;
@@ -62,10 +63,10 @@ export function parseLayers(s: string): number[] {
   const out = new Set<number>();
   for (const part of s.split(',').map((p) => p.trim())) {
     const m = /^(\d+)(?:-(\d+))?$/.exec(part);
-    if (!m) throw new MoekitError(`--layers: '${part}' is not a layer number or range (e.g. 1,3-5)`);
+    if (!m) throw new MoekitError('usage', `--layers: '${part}' is not a layer number or range (e.g. 1,3-5)`);
     const a = Number(m[1]);
     const b = m[2] === undefined ? a : Number(m[2]);
-    if (b < a) throw new MoekitError(`--layers: range '${part}' is backwards`);
+    if (b < a) throw new MoekitError('usage', `--layers: range '${part}' is backwards`);
     for (let i = a; i <= b; i++) out.add(i);
   }
   return [...out].sort((x, y) => x - y);
@@ -84,14 +85,14 @@ export function randomTokens(T: number, H: number, seed: number): Float32Array {
   return Float32Array.from({ length: T * H }, () => Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u()));
 }
 
-async function configOf(ck: Checkpoint, path: string): Promise<Record<string, unknown>> {
+async function configOf(ck: TensorStore, path: string): Promise<Record<string, unknown>> {
   const c = await ck.config();
-  if (!c) throw new MoekitError(`${path}: no config.json next to the checkpoint (verify needs the model's routing facts)`);
+  if (!c) throw new MoekitError('bad-input', `${path}: no config.json next to the checkpoint (verify needs the model's routing facts)`);
   return c;
 }
 
 export async function verify(aPath: string, bPath: string | undefined, opts: VerifyOptions = {}): Promise<VerifyReport> {
-  if (!bPath && !opts.reference) throw new MoekitError('verify needs a second checkpoint <b> or --reference <file>');
+  if (!bPath && !opts.reference) throw new MoekitError('usage', 'verify needs a second checkpoint <b> or --reference <file>');
   const progress = opts.onProgress ?? (() => {});
   const backend = opts.cpu ? 'cpu' : 'webgpu';
   let forward: (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
@@ -110,7 +111,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
   // forward gathers the experts from its ranks.
   const openSide = async (path: string): Promise<VerifySide> => {
     if (await isSharded(path)) return openShardedForVerify(path);
-    const ck = await Checkpoint.open(path);
+    const ck = await openStore(path);
     try {
       const config = await configOf(ck, path);
       // Explicit loader (tests) or the layout-independent one: HF loader or canonical IR.
@@ -126,16 +127,16 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
   };
   const a = await openSide(aPath);
   let b: VerifySide | undefined;
-  let ref: Checkpoint | undefined;
+  let ref: TensorStore | undefined;
   try {
     b = bPath ? await openSide(bPath) : undefined;
-    ref = opts.reference ? await Checkpoint.open(opts.reference) : undefined;
+    ref = opts.reference ? await openStore(opts.reference) : undefined;
     const ca = a.config;
     let layers = a.layers();
     if (b) {
       const lb = new Set(b.layers());
       const missing = layers.filter((l) => !lb.has(l));
-      if (missing.length > 0 && !opts.layers) throw new MoekitError(`${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
+      if (missing.length > 0 && !opts.layers) throw new MoekitError('unsupported', `${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
       layers = layers.filter((l) => lb.has(l));
     } else {
       layers = layers.filter((l) => ref!.has(`layers.${l}.output`));
@@ -143,10 +144,10 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     if (opts.layers) {
       const have = new Set(layers);
       const bad = opts.layers.filter((l) => !have.has(l));
-      if (bad.length > 0) throw new MoekitError(`--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
+      if (bad.length > 0) throw new MoekitError('usage', `--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
       layers = opts.layers;
     }
-    if (layers.length === 0) throw new MoekitError(`${aPath}: no MLP layers to verify${ref ? ` (the reference has no layers.N.output matching them)` : ''}`);
+    if (layers.length === 0) throw new MoekitError('unsupported', `${aPath}: no MLP layers to verify${ref ? ` (the reference has no layers.N.output matching them)` : ''}`);
 
     // Input: the reference's `input` when given, else seeded random tokens.
     let x: Float32Array;
@@ -154,7 +155,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     const H = Number(ca.hidden_size ?? (ca.text_config as Record<string, unknown> | undefined)?.hidden_size);
     if (ref) {
       const info = ref.info('input');
-      if (info.shape.length !== 2 || info.shape[1] !== H) throw new MoekitError(`${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
+      if (info.shape.length !== 2 || info.shape[1] !== H) throw new MoekitError('bad-input', `${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
       T = info.shape[0]!;
       x = toFloat32(await ref.read(info), info.dtype as 'F32');
       if (opts.tokens !== undefined && opts.tokens < T) {
@@ -177,7 +178,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       let sixteen = blockIs16Bit(la.weights);
       if (b) {
         const lb = await b.load(l, { lazy: !opts.cpu });
-        if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError(`layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
+        if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
         sixteen ||= blockIs16Bit(lb.weights);
         // Both sides are computed the same way; `a` is the reference of the relative error.
         refOut = ra.out;

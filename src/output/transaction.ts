@@ -15,8 +15,8 @@ export async function checkDestination(dst: string, force: boolean): Promise<boo
   } catch {
     return false;
   }
-  if (!st.isDirectory()) throw new MoekitError(`${dst} exists and is not a folder`);
-  if ((await readdir(dst)).length > 0 && !force) throw new MoekitError(`${dst} exists and is not empty; pass --force to replace it`);
+  if (!st.isDirectory()) throw new MoekitError('destination', `${dst} exists and is not a folder`);
+  if ((await readdir(dst)).length > 0 && !force) throw new MoekitError('destination', `${dst} exists and is not empty; pass --force to replace it`);
   return true;
 }
 

@@ -41,7 +41,7 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
   const t0 = Date.now();
   dst = resolve(dst);
   const root = resolve(sharded);
-  if (root === dst) throw new MoekitError(`destination ${dst} is the source folder`);
+  if (root === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
   const dstExists = await checkDestination(dst, !!opts.force);
   const sh = await openSharded(root);
   try {

@@ -17,13 +17,12 @@ export interface RankExperts {
 }
 
 export function placeExperts(numExperts: number, ep: number, placement: Placement): RankExperts[] {
-  if (!Number.isInteger(ep) || ep < 1) throw new MoekitError(`--ep must be a positive integer (got ${ep})`);
-  if (ep > numExperts) throw new MoekitError(`--ep ${ep} is larger than the number of experts (${numExperts}); use --ep ≤ ${numExperts}`);
+  if (!Number.isInteger(ep) || ep < 1) throw new MoekitError('usage', `--ep must be a positive integer (got ${ep})`);
+  if (ep > numExperts) throw new MoekitError('usage', `--ep ${ep} is larger than the number of experts (${numExperts}); use --ep ≤ ${numExperts}`);
   if (placement === 'contiguous') {
     if (numExperts % ep !== 0) {
       const ok = divisors(numExperts).filter((d) => d > 1);
-      throw new MoekitError(
-        `${numExperts} experts do not divide evenly over --ep ${ep} with contiguous placement; use --ep ${ok.join('|')} or --placement round-robin`,
+      throw new MoekitError('usage', `${numExperts} experts do not divide evenly over --ep ${ep} with contiguous placement; use --ep ${ok.join('|')} or --placement round-robin`,
       );
     }
     const per = numExperts / ep;
@@ -42,17 +41,16 @@ export function divisors(n: number): number[] {
 
 /** Check that I splits into `etp` slices (and whole FP8 blocks when block-quantized). */
 export function validateEtp(inter: number, etp: number, blockSize?: number, ep?: number, tp?: number): void {
-  if (!Number.isInteger(etp) || etp < 1) throw new MoekitError(`--etp must be a positive integer (got ${etp})`);
+  if (!Number.isInteger(etp) || etp < 1) throw new MoekitError('usage', `--etp must be a positive integer (got ${etp})`);
   if (inter % etp !== 0) {
     const ok = divisors(inter).filter((d) => d <= 64);
-    throw new MoekitError(`expert intermediate size ${inter} does not split into --etp ${etp} slices; use --etp ${ok.join('|')}`);
+    throw new MoekitError('usage', `expert intermediate size ${inter} does not split into --etp ${etp} slices; use --etp ${ok.join('|')}`);
   }
   if (blockSize && etp > 1 && (inter / etp) % blockSize !== 0) {
     // --etp 1 never cuts a block (a partial last block stays whole on its rank)
     const ok = [1, ...divisors(inter).filter((d) => d > 1 && (inter / d) % blockSize === 0)];
     const hint = tp && ep ? ` (with tp ${tp}: moe_tp_size = tp / ep, so choose ep so that tp / ep is one of those; a larger EP usually fixes it)` : '';
-    throw new MoekitError(
-      `block-quantized weights: (I / etp) % ${blockSize} = (${inter} / ${etp}) % ${blockSize} ≠ 0, so a slice would cut a ${blockSize}×${blockSize} scale block; ` +
+    throw new MoekitError('usage', `block-quantized weights: (I / etp) % ${blockSize} = (${inter} / ${etp}) % ${blockSize} ≠ 0, so a slice would cut a ${blockSize}×${blockSize} scale block; ` +
         `use --etp ${ok.join('|')}${hint}`,
     );
   }

@@ -21,7 +21,8 @@ import { randomBytes } from 'node:crypto';
 import { MoekitError } from '../../errors.js';
 import { checkDestination, peakRssMB, tempSibling } from '../../output/transaction.js';
 export { checkDestination, peakRssMB, tempSibling };
-import { Checkpoint } from '../../store/safetensors/reader.js';
+import type { TensorStore } from '../../store/types.js';
+import { openStore } from '../../store/registry.js';
 import { writeCheckpoint, writeJsonAtomic, type WriteEntry } from '../../store/safetensors/writer.js';
 import { byteSize } from '../../store/dtypes.js';
 import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
@@ -107,7 +108,7 @@ interface RankJob {
 export interface CutInput {
   ir: ModelIR;
   /** checkpoint used for reads (views carry their own file) */
-  ck: Checkpoint;
+  ck: TensorStore;
   target: LayoutSpec;
   gateUp?: GateUpOrder;
   source: ShardManifest['source'];
@@ -120,11 +121,11 @@ export function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[
   const etp = opts.etp ?? 1;
   const placement = opts.placement ?? 'contiguous';
   const dense = opts.dense ?? 'replicate';
-  if (ir.layers.length === 0) throw new MoekitError('no MoE layers to shard');
+  if (ir.layers.length === 0) throw new MoekitError('unsupported', 'no MoE layers to shard');
   const d0 = layerDims(ir.layers[0]!);
   for (const l of ir.layers) {
     const d = layerDims(l);
-    if (d.E !== d0.E || d.I !== d0.I) throw new MoekitError(`layer ${l.layer} has ${d.E} experts of I ${d.I}, layer ${ir.layers[0]!.layer} has ${d0.E} of I ${d0.I}; moekit shards models whose MoE layers are alike`);
+    if (d.E !== d0.E || d.I !== d0.I) throw new MoekitError('unsupported', `layer ${l.layer} has ${d.E} experts of I ${d.I}, layer ${ir.layers[0]!.layer} has ${d0.E} of I ${d0.I}; moekit shards models whose MoE layers are alike`);
   }
   const placed = placeExperts(d0.E, opts.ep, placement);
   validateEtp(d0.I, etp);
@@ -215,7 +216,7 @@ export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: 
   const { jobs, manifest } = planRanks(input, opts);
   const pick = opts.rank === undefined ? jobs : jobs.filter((j) => j.plan.index === opts.rank);
   if (opts.rank !== undefined && pick.length === 0) {
-    throw new MoekitError(`--rank ${opts.rank} is out of range: ep ${manifest.ep} × etp ${manifest.etp} gives ranks 0..${jobs.length - 1}${manifest.etp > 1 ? ' (rank = ep_rank · etp + etp_rank)' : ''}`);
+    throw new MoekitError('usage', `--rank ${opts.rank} is out of range: ep ${manifest.ep} × etp ${manifest.etp} gives ranks 0..${jobs.length - 1}${manifest.etp > 1 ? ' (rank = ep_rank · etp + etp_rank)' : ''}`);
   }
   const totalBytes = pick.reduce((a, j) => a + j.write.entries.reduce((s, e) => s + byteSize(e.dtype, e.shape), 0), 0);
   let done = 0;
@@ -246,7 +247,7 @@ export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: 
       const have = await readManifest(dst);
       const plan = planOf(manifest);
       if (have && JSON.stringify(planOf(have)) !== JSON.stringify(plan)) {
-        throw new MoekitError(`${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
+        throw new MoekitError('destination', `${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
       }
       const j = pick[0]!;
       const final = join(dst, j.plan.dir);
@@ -256,7 +257,7 @@ export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: 
       } catch {
         /* absent */
       }
-      if (exists && !opts.force) throw new MoekitError(`${final} exists (written by an earlier job); pass --force to rewrite rank ${j.plan.index}`);
+      if (exists && !opts.force) throw new MoekitError('destination', `${final} exists (written by an earlier job); pass --force to rewrite rank ${j.plan.index}`);
       const tmp = join(dst, `.${j.plan.dir}.moekit-tmp-${randomBytes(4).toString('hex')}`);
       try {
         bytes += await writeRank(input, j, tmp, opts, pool, progress);
@@ -307,18 +308,18 @@ function configInter(config: Record<string, unknown> | undefined): number | unde
 export async function shard(src: string, dst: string, opts: ShardOptions): Promise<ShardSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
-  const ck = await Checkpoint.open(src);
+  const ck = await openStore(src);
   try {
-    if (resolve(ck.dir) === dst) throw new MoekitError(`destination ${dst} is the source folder`);
+    if (resolve(ck.dir) === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
     const meta: ModelMeta = await loadMeta(ck);
     const source = detectLayout(ck.names(), meta);
-    if (!source) throw new MoekitError(`${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
+    if (!source) throw new MoekitError('unsupported', `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
     const q = quantizedTensors(ck);
     if (q) {
       // The SGLang rule (moe_tp_size = tp / ep) for 128×128 block scales: each I slice must be whole blocks.
       const inter = configInter(meta.config);
       if (/FP8|block-scaled/.test(q) && inter && (opts.etp ?? 1) > 1) validateEtp(inter, opts.etp!, FP8_BLOCK);
-      throw new MoekitError(`${src} is quantized (${q}); moekit shards float checkpoints only: dequantize it first (e.g. to bf16), then shard`);
+      throw new MoekitError('unsupported', `${src} is quantized (${q}); moekit shards float checkpoints only: dequantize it first (e.g. to bf16), then shard`);
     }
     const target = opts.to ? resolveTarget(opts.to, meta, source) : source;
     const srcGateUp = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');
@@ -356,7 +357,7 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
 export async function reshard(sharded: string, dst: string, opts: ShardOptions): Promise<ShardSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
-  if (resolve(sharded) === dst) throw new MoekitError(`destination ${dst} is the source folder`);
+  if (resolve(sharded) === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
   const sh = await openSharded(resolve(sharded));
   try {
     const m = sh.manifest;

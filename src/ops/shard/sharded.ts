@@ -5,10 +5,11 @@
  * ranks without ever writing the merged checkpoint.
  */
 import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { HashPool } from '../../engine/hash-pool.js';
 import { MoekitError } from '../../errors.js';
-import { Checkpoint } from '../../store/safetensors/reader.js';
+import type { TensorStore } from '../../store/types.js';
+import { openStore } from '../../store/registry.js';
 import { dtypeSize } from '../../store/dtypes.js';
 import { View, allocAligned, contiguousStrides, copyView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../../engine/ir.js';
 import { loadMeta, readIR, type ModelMeta } from '../../engine/plan.js';
@@ -18,7 +19,7 @@ import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankPlan,
 
 export interface OpenRank {
   plan: RankPlan;
-  ck: Checkpoint;
+  ck: TensorStore;
   ir: ModelIR;
   /** sha256 per tensor (top manifest, else the rank's own manifest) */
   sha: Map<string, string>;
@@ -31,7 +32,7 @@ export interface Sharded {
   /** the merged model: all experts, full I, non-expert tensors from rank 0 */
   ir: ModelIR;
   /** the checkpoint whose handles read every rank file (reads go by each tensor's own file) */
-  reader: Checkpoint;
+  reader: TensorStore;
   sourceSpec: LayoutSpec;
   meta: ModelMeta;
   close(): Promise<void>;
@@ -50,38 +51,38 @@ export async function isSharded(path: string): Promise<boolean> {
 export function checkCoverage(m: ShardManifest, where: string): void {
   const E = m.source.numExperts;
   const I = m.source.moeIntermediateSize;
-  if (m.ranks.length !== m.ep * m.etp) throw new MoekitError(`${where}: lists ${m.ranks.length} ranks, expected ep ${m.ep} × etp ${m.etp} = ${m.ep * m.etp}`);
+  if (m.ranks.length !== m.ep * m.etp) throw new MoekitError('bad-input', `${where}: lists ${m.ranks.length} ranks, expected ep ${m.ep} × etp ${m.etp} = ${m.ep * m.etp}`);
   const dirs = new Set<string>();
   const owner = new Map<string, string>();
   for (const r of m.ranks) {
-    if (dirs.has(r.dir)) throw new MoekitError(`${where}: rank folder '${r.dir}' is listed twice`);
+    if (dirs.has(r.dir)) throw new MoekitError('bad-input', `${where}: rank folder '${r.dir}' is listed twice`);
     dirs.add(r.dir);
     const [a, b] = r.intermediate;
-    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && b <= I && a < b)) throw new MoekitError(`${where}: rank ${r.dir} has an invalid intermediate slice [${a}, ${b}) of I = ${I}`);
+    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && b <= I && a < b)) throw new MoekitError('bad-input', `${where}: rank ${r.dir} has an invalid intermediate slice [${a}, ${b}) of I = ${I}`);
     for (const g of r.experts) {
-      if (!Number.isInteger(g) || g < 0 || g >= E) throw new MoekitError(`${where}: rank ${r.dir} claims expert ${g}, but the model has experts 0..${E - 1}`);
+      if (!Number.isInteger(g) || g < 0 || g >= E) throw new MoekitError('bad-input', `${where}: rank ${r.dir} claims expert ${g}, but the model has experts 0..${E - 1}`);
       const key = `${g}@${a}`;
       const prev = owner.get(key);
-      if (prev) throw new MoekitError(`${where}: duplicate expert ${g}: claimed by both ${prev} and ${r.dir}; the manifest is inconsistent, re-run moekit shard`);
+      if (prev) throw new MoekitError('bad-input', `${where}: duplicate expert ${g}: claimed by both ${prev} and ${r.dir}; the manifest is inconsistent, re-run moekit shard`);
       owner.set(key, r.dir);
     }
   }
   const slices = [...new Set(m.ranks.map((r) => r.intermediate[0]))];
   for (const a of slices) {
-    for (let g = 0; g < E; g++) if (!owner.has(`${g}@${a}`)) throw new MoekitError(`${where}: no rank holds expert ${g}${m.etp > 1 ? ` (I slice from ${a})` : ''}; the manifest is incomplete`);
+    for (let g = 0; g < E; g++) if (!owner.has(`${g}@${a}`)) throw new MoekitError('bad-input', `${where}: no rank holds expert ${g}${m.etp > 1 ? ` (I slice from ${a})` : ''}; the manifest is incomplete`);
   }
 }
 
 /** Open every rank of a sharded checkpoint and build the merged IR. Checksums are verified separately (verifyChecksums). */
 export async function openSharded(root: string): Promise<Sharded> {
   const manifest = await readManifest(root);
-  if (!manifest) throw new MoekitError(`${root}: no ${MANIFEST} (not a sharded checkpoint written by moekit shard)`);
+  if (!manifest) throw new MoekitError('bad-input', `${root}: no ${MANIFEST} (not a sharded checkpoint written by moekit shard)`);
   const where = join(root, MANIFEST);
   checkCoverage(manifest, where);
   const spec = layoutById(manifest.layout);
-  if (!spec) throw new MoekitError(`${where}: unknown layout '${manifest.layout}'`);
+  if (!spec) throw new MoekitError('bad-input', `${where}: unknown layout '${manifest.layout}'`);
   const sourceSpec = layoutById(manifest.source.layout);
-  if (!sourceSpec) throw new MoekitError(`${where}: unknown source layout '${manifest.source.layout}'`);
+  if (!sourceSpec) throw new MoekitError('bad-input', `${where}: unknown source layout '${manifest.source.layout}'`);
   const ranks: OpenRank[] = [];
   try {
     for (const plan of [...manifest.ranks].sort((a, b) => a.index - b.index)) {
@@ -89,39 +90,39 @@ export async function openSharded(root: string): Promise<Sharded> {
       try {
         if (!(await stat(dir)).isDirectory()) throw new Error();
       } catch {
-        throw new MoekitError(`missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`);
+        throw new MoekitError('bad-input', `missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`);
       }
-      const ck = await Checkpoint.open(dir);
+      const ck = await openStore(dir);
       ranks.push({ plan, ck, ir: undefined as unknown as ModelIR, sha: new Map() });
       const rm = await readRankManifest(dir);
       if (rm && (JSON.stringify(rm.experts) !== JSON.stringify(plan.experts) || rm.dir !== plan.dir)) {
-        throw new MoekitError(`${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`);
+        throw new MoekitError('bad-input', `${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`);
       }
       const want = Object.keys(plan.tensors);
       for (const n of want) {
         const t = plan.tensors[n]!;
         const info = ck.tensors.get(n);
-        if (!info) throw new MoekitError(`rank ${plan.dir}: tensor '${n}' listed in ${MANIFEST} is missing from the rank's files`);
+        if (!info) throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${n}' listed in ${MANIFEST} is missing from the rank's files`);
         if (info.dtype !== t.dtype || JSON.stringify(info.shape) !== JSON.stringify(t.shape)) {
-          throw new MoekitError(`rank ${plan.dir}: tensor '${n}' is ${info.dtype}[${info.shape}], ${MANIFEST} says ${t.dtype}[${t.shape}]`);
+          throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${n}' is ${info.dtype}[${info.shape}], ${MANIFEST} says ${t.dtype}[${t.shape}]`);
         }
         const top = t.sha256;
         const own = rm?.tensors[n]?.sha256;
-        if (top && own && top !== own) throw new MoekitError(`rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`);
+        if (top && own && top !== own) throw new MoekitError('checksum', `rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`);
         const sha = top ?? own;
-        if (!sha) throw new MoekitError(`rank ${plan.dir}: no checksum for '${n}' (no ${RANK_MANIFEST}: did its shard job finish?)`);
+        if (!sha) throw new MoekitError('bad-input', `rank ${plan.dir}: no checksum for '${n}' (no ${RANK_MANIFEST}: did its shard job finish?)`);
         ranks[ranks.length - 1]!.sha.set(n, sha);
       }
       if (ck.tensors.size !== want.length) {
         const extra = ck.names().find((n) => !(n in plan.tensors));
-        throw new MoekitError(`rank ${plan.dir}: tensor '${extra}' is not in ${MANIFEST}`);
+        throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${extra}' is not in ${MANIFEST}`);
       }
       const meta = await loadMeta(ck);
-      if (meta.moekit?.layout !== manifest.layout) throw new MoekitError(`rank ${plan.dir}: moekit.json says layout '${meta.moekit?.layout}', ${MANIFEST} says '${manifest.layout}'`);
+      if (meta.moekit?.layout !== manifest.layout) throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says layout '${meta.moekit?.layout}', ${MANIFEST} says '${manifest.layout}'`);
       const ir = readIR(ck, spec, meta);
       for (const l of ir.layers) {
         if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
-          throw new MoekitError(`rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`);
+          throw new MoekitError('bad-input', `rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`);
         }
       }
       ranks[ranks.length - 1]!.ir = ir;
@@ -176,7 +177,7 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
           const j = r.plan.experts.indexOf(g);
           if (j < 0) return undefined;
           const l = r.ir.layers.find((x) => x.layer === bl.layer);
-          if (!l) throw new MoekitError(`rank ${r.plan.dir} has no MoE layer ${bl.layer} (rank ${base.plan.dir} has)`);
+          if (!l) throw new MoekitError('bad-input', `rank ${r.plan.dir} has no MoE layer ${bl.layer} (rank ${base.plan.dir} has)`);
           return { r, ex: l.experts[j]!, a: r.plan.intermediate[0], b: r.plan.intermediate[1] };
         })
         .filter((x) => x !== undefined)
@@ -186,7 +187,6 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
         continue;
       }
       const I = parts[parts.length - 1]!.b;
-      const ck = base.ck;
       const out: Partial<ExpertIR> = {};
       for (const f of EXPERT_FIELDS) {
         const v0 = parts[0]!.ex[f];
@@ -200,13 +200,13 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
         const es = dtypeSize(v0.dtype);
         const fieldParts = parts.map((p) => {
           const v = p.ex[f as ExpertField];
-          if (!v) throw new MoekitError(`expert ${g} of layer ${bl.layer}: rank ${p.r.plan.dir} has no ${f} slice`);
+          if (!v) throw new MoekitError('bad-input', `expert ${g} of layer ${bl.layer}: rank ${p.r.plan.dir} has no ${f} slice`);
           return { v, a: p.a, b: p.b };
         });
         out[f] = lazyView(v0.dtype, shape, async () => {
           const buf = allocAligned(shape.reduce((x, y) => x * y, 1) * es);
           const whole = View.ofBuffer(buf, v0.dtype, shape);
-          for (const p of fieldParts) await copyView(ck, p.v, cols ? whole.slice(1, p.a, p.b) : whole.slice(0, p.a, p.b));
+          for (const p of fieldParts) await copyView(p.v, cols ? whole.slice(1, p.a, p.b) : whole.slice(0, p.a, p.b));
           return buf;
         });
       }
@@ -225,11 +225,10 @@ export async function verifyChecksums(sh: Sharded): Promise<void> {
     for (const r of sh.ranks) {
       for (const info of r.ck.tensors.values()) {
         tasks.push(
-          pool.fileRange(info.file, info.offset, info.nbytes).then((got) => {
+          pool.tensor(r.ck, info).then((got) => {
             const want = r.sha.get(info.name)!;
             if (got !== want) {
-              throw new MoekitError(
-                `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${info.file.slice(sh.root.length + 1)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
+              throw new MoekitError('checksum', `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${relative(sh.root, info.file ?? r.ck.dir)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
               );
             }
           }),

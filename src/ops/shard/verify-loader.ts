@@ -23,7 +23,7 @@ export async function openShardedForVerify(path: string): Promise<VerifySide> {
   const config = sh.manifest.source.config;
   if (!config) {
     await sh.close();
-    throw new MoekitError(`${path}: the shard manifest has no source config.json (verify needs the model's routing facts)`);
+    throw new MoekitError('unsupported', `${path}: the shard manifest has no source config.json (verify needs the model's routing facts)`);
   }
   const rank0 = sh.ranks.find((r) => r.plan.index === 0)!.ck;
   const moe = new Map(sh.ir.layers.map((l) => [l.layer, l]));

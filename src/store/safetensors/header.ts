@@ -38,7 +38,7 @@ export interface ParsedHeader {
  */
 export function parseHeaderJson(text: string, headerLength: number, fileSize: number, where: string): ParsedHeader {
   const err = (msg: string): never => {
-    throw new MoekitError(`${where}: ${msg}`);
+    throw new MoekitError('bad-input', `${where}: ${msg}`);
   };
   let obj: unknown;
   try {
@@ -98,15 +98,15 @@ export function parseHeaderJson(text: string, headerLength: number, fileSize: nu
 
 /** Validate the 8-byte length prefix against the file size; returns the header length. */
 export function checkHeaderLength(len: bigint, fileSize: number, where: string): number {
-  if (fileSize < 8) throw new MoekitError(`${where}: file is ${fileSize} bytes, too short to be safetensors (needs an 8-byte header length)`);
+  if (fileSize < 8) throw new MoekitError('bad-input', `${where}: file is ${fileSize} bytes, too short to be safetensors (needs an 8-byte header length)`);
   if (len > BigInt(MAX_HEADER_BYTES)) {
-    throw new MoekitError(`${where}: header length ${len} bytes is absurd (limit ${MAX_HEADER_BYTES}); not a safetensors file?`);
+    throw new MoekitError('bad-input', `${where}: header length ${len} bytes is absurd (limit ${MAX_HEADER_BYTES}); not a safetensors file?`);
   }
   const n = Number(len);
   if (8 + n > fileSize) {
-    throw new MoekitError(`${where}: header length ${n} bytes is larger than the file (${fileSize} bytes); truncated or not safetensors`);
+    throw new MoekitError('bad-input', `${where}: header length ${n} bytes is larger than the file (${fileSize} bytes); truncated or not safetensors`);
   }
-  if (n < 2) throw new MoekitError(`${where}: header length ${n} is too small for a JSON object`);
+  if (n < 2) throw new MoekitError('bad-input', `${where}: header length ${n} is too small for a JSON object`);
   return n;
 }
 

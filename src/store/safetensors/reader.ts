@@ -6,20 +6,10 @@
 import { open, readFile, realpath, stat, readdir, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
-import type { Dtype } from '../dtypes.js';
+import type { TensorInfo, TensorStore } from '../types.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
 import { type Chunk, sharedPool, type BufferPool } from '../pool.js';
 
-export interface TensorInfo {
-  name: string;
-  dtype: Dtype;
-  shape: number[];
-  /** Absolute path of the file that holds the tensor. */
-  file: string;
-  /** Absolute byte offset of the tensor's data in that file. */
-  offset: number;
-  nbytes: number;
-}
 
 export class SafetensorsFile {
   private constructor(
@@ -34,18 +24,18 @@ export class SafetensorsFile {
     try {
       fh = await open(path, 'r');
     } catch (e) {
-      throw new MoekitError(`${where}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      throw new MoekitError('io', `${where}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
     try {
       const st = await fh.stat();
-      if (!st.isFile()) throw new MoekitError(`${where}: not a regular file`);
+      if (!st.isFile()) throw new MoekitError('bad-input', `${where}: not a regular file`);
       const size = st.size;
       const lenBuf = Buffer.alloc(8);
       const { bytesRead } = await fh.read(lenBuf, 0, 8, 0);
       const len = checkHeaderLength(bytesRead < 8 ? 0n : lenBuf.readBigUInt64LE(0), bytesRead < 8 ? bytesRead : size, where);
       const hbuf = Buffer.alloc(len);
       const r = await fh.read(hbuf, 0, len, 8);
-      if (r.bytesRead !== len) throw new MoekitError(`${where}: header truncated`);
+      if (r.bytesRead !== len) throw new MoekitError('bad-input', `${where}: header truncated`);
       const header = parseHeaderJson(hbuf.toString('utf8'), len, size, where);
       return new SafetensorsFile(path, size, header);
     } finally {
@@ -72,70 +62,71 @@ export interface IndexJson {
 
 /** Resolve a weight_map file name safely inside `dir`; refuses absolute paths and `..` escapes. */
 export function safeShardPath(dir: string, file: string, indexPath: string): string {
-  if (typeof file !== 'string' || file.length === 0) throw new MoekitError(`${indexPath}: weight_map has an empty or non-string file name`);
+  if (typeof file !== 'string' || file.length === 0) throw new MoekitError('bad-input', `${indexPath}: weight_map has an empty or non-string file name`);
   if (isAbsolute(file) || /^[a-zA-Z]:[\\/]/.test(file) || file.includes('\0')) {
-    throw new MoekitError(`${indexPath}: weight_map points to absolute path '${file}'; shard files must be inside the checkpoint folder`);
+    throw new MoekitError('bad-input', `${indexPath}: weight_map points to absolute path '${file}'; shard files must be inside the checkpoint folder`);
   }
   const full = resolve(dir, file);
   const rel = relative(resolve(dir), full);
   if (rel === '' || rel.startsWith('..' + sep) || rel === '..' || isAbsolute(rel) || file.split(/[\\/]/).includes('..')) {
-    throw new MoekitError(`${indexPath}: weight_map points outside the checkpoint folder ('${file}')`);
+    throw new MoekitError('bad-input', `${indexPath}: weight_map points outside the checkpoint folder ('${file}')`);
   }
   return full;
 }
 
-export class Checkpoint {
+export class SafetensorsStore implements TensorStore {
+  readonly format = 'safetensors';
   readonly tensors = new Map<string, TensorInfo>();
   private handles = new Map<string, Promise<FileHandle>>();
 
   private constructor(
     /** Folder of the checkpoint (config.json lives here). */
     readonly dir: string,
-    readonly files: SafetensorsFile[],
+    readonly stFiles: SafetensorsFile[],
     public metadata: Record<string, string> | undefined,
     readonly indexPath: string | undefined,
   ) {}
 
   /** Open a .safetensors file, a .index.json, or a folder containing either. */
-  static async open(path: string): Promise<Checkpoint> {
+  static async open(path: string): Promise<SafetensorsStore> {
     let st;
     try {
       st = await stat(path);
     } catch {
-      throw new MoekitError(`${path}: no such file or folder`);
+      throw new MoekitError('not-found', `${path}: no such file or folder`);
     }
     if (st.isDirectory()) {
       const names = await readdir(path);
       const idx = names.find((n) => n === 'model.safetensors.index.json') ?? names.find((n) => n.endsWith('.safetensors.index.json'));
-      if (idx) return Checkpoint.openIndex(join(path, idx));
+      if (idx) return SafetensorsStore.openIndex(join(path, idx));
       const st1 = names.includes('model.safetensors')
         ? ['model.safetensors']
         : names.filter((n) => n.endsWith('.safetensors') && n !== 'reference.safetensors');
-      if (st1.length === 1) return Checkpoint.openFile(join(path, st1[0]!));
-      if (st1.length === 0) throw new MoekitError(`${path}: no .safetensors file or model.safetensors.index.json in this folder`);
-      throw new MoekitError(`${path}: ${st1.length} .safetensors files but no index.json; pass one file or add model.safetensors.index.json`);
+      if (st1.length === 1) return SafetensorsStore.openFile(join(path, st1[0]!));
+      if (st1.length === 0) throw new MoekitError('bad-input', `${path}: no .safetensors file or model.safetensors.index.json in this folder`);
+      throw new MoekitError('bad-input', `${path}: ${st1.length} .safetensors files but no index.json; pass one file or add model.safetensors.index.json`);
     }
-    if (path.endsWith('.json')) return Checkpoint.openIndex(path);
-    return Checkpoint.openFile(path);
+    if (path.endsWith('.json')) return SafetensorsStore.openIndex(path);
+    return SafetensorsStore.openFile(path);
   }
 
-  static async openFile(file: string): Promise<Checkpoint> {
+  static async openFile(file: string): Promise<SafetensorsStore> {
     const f = await SafetensorsFile.open(resolve(file));
-    const ck = new Checkpoint(resolve(file, '..'), [f], f.header.metadata, undefined);
+    const ck = new SafetensorsStore(resolve(file, '..'), [f], f.header.metadata, undefined);
     for (const t of f.tensorInfos()) ck.tensors.set(t.name, t);
     return ck;
   }
 
-  static async openIndex(indexPath: string): Promise<Checkpoint> {
+  static async openIndex(indexPath: string): Promise<SafetensorsStore> {
     const dir = resolve(indexPath, '..');
     let idx: IndexJson;
     try {
       idx = JSON.parse(await readFile(indexPath, 'utf8')) as IndexJson;
     } catch (e) {
-      throw new MoekitError(`${indexPath}: cannot read index (${(e as Error).message.split('\n')[0]})`);
+      throw new MoekitError('bad-input', `${indexPath}: cannot read index (${(e as Error).message.split('\n')[0]})`);
     }
     if (!idx || typeof idx !== 'object' || !idx.weight_map || typeof idx.weight_map !== 'object' || Array.isArray(idx.weight_map)) {
-      throw new MoekitError(`${indexPath}: no weight_map object in index`);
+      throw new MoekitError('bad-input', `${indexPath}: no weight_map object in index`);
     }
     const realDir = await realpath(dir);
     const byFile = new Map<string, string[]>();
@@ -147,23 +138,23 @@ export class Checkpoint {
     }
     const files: SafetensorsFile[] = [];
     const owner = new Map<string, string>();
-    const ck = new Checkpoint(dir, files, undefined, indexPath);
+    const ck = new SafetensorsStore(dir, files, undefined, indexPath);
     for (const [full, names] of byFile) {
       let real: string;
       try {
         real = await realpath(full);
       } catch {
-        throw new MoekitError(`${indexPath}: weight_map names '${relative(dir, full)}' (for '${names[0]}'), which does not exist`);
+        throw new MoekitError('bad-input', `${indexPath}: weight_map names '${relative(dir, full)}' (for '${names[0]}'), which does not exist`);
       }
       if (relative(realDir, real).startsWith('..')) {
-        throw new MoekitError(`${indexPath}: shard '${relative(dir, full)}' is a link that leads outside the checkpoint folder`);
+        throw new MoekitError('bad-input', `${indexPath}: shard '${relative(dir, full)}' is a link that leads outside the checkpoint folder`);
       }
       const f = await SafetensorsFile.open(full);
       files.push(f);
       for (const t of f.tensorInfos()) {
         const prev = owner.get(t.name);
         if (prev) {
-          throw new MoekitError(`${indexPath}: tensor '${t.name}' is stored twice, in ${basename(prev)} and ${basename(f.path)}`);
+          throw new MoekitError('bad-input', `${indexPath}: tensor '${t.name}' is stored twice, in ${basename(prev)} and ${basename(f.path)}`);
         }
         owner.set(t.name, f.path);
         ck.tensors.set(t.name, t);
@@ -171,13 +162,17 @@ export class Checkpoint {
     }
     for (const [name, file] of Object.entries(idx.weight_map)) {
       const t = ck.tensors.get(name);
-      if (!t) throw new MoekitError(`${indexPath}: weight_map lists '${name}' in ${file}, but that file has no such tensor`);
+      if (!t) throw new MoekitError('bad-input', `${indexPath}: weight_map lists '${name}' in ${file}, but that file has no such tensor`);
       if (t.file !== resolve(dir, file)) {
-        throw new MoekitError(`${indexPath}: weight_map puts '${name}' in ${file}, but it is stored in ${basename(t.file)}`);
+        throw new MoekitError('bad-input', `${indexPath}: weight_map puts '${name}' in ${file}, but it is stored in ${basename(t.file ?? "")}`);
       }
     }
     ck.metadata = files[0]?.header.metadata;
     return ck;
+  }
+
+  get files(): string[] {
+    return this.stFiles.map((f) => f.path);
   }
 
   get totalBytes(): number {
@@ -196,7 +191,7 @@ export class Checkpoint {
 
   info(name: string): TensorInfo {
     const t = this.tensors.get(name);
-    if (!t) throw new MoekitError(`${this.dir}: no tensor named '${name}'`);
+    if (!t) throw new MoekitError('bad-input', `${this.dir}: no tensor named '${name}'`);
     return t;
   }
 
@@ -213,14 +208,15 @@ export class Checkpoint {
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
     const info = typeof t === 'string' ? this.info(t) : t;
     const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start) throw new MoekitError(`${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
+    if (start < 0 || e > info.nbytes || e < start) throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
     const n = e - start;
     const buf = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
+    if (info.file === undefined || info.offset === undefined) throw new MoekitError('internal', `${info.name}: no file behind the tensor`);
     const fh = await this.handle(info.file);
     let done = 0;
     while (done < n) {
       const { bytesRead } = await fh.read(buf, done, n - done, info.offset + start + done);
-      if (bytesRead === 0) throw new MoekitError(`${info.file}: file ended while reading '${info.name}' (truncated after opening?)`);
+      if (bytesRead === 0) throw new MoekitError('bad-input', `${info.file}: file ended while reading '${info.name}' (truncated after opening?)`);
       done += bytesRead;
     }
     return buf;
@@ -280,6 +276,6 @@ export async function readJsonIfExists(path: string): Promise<Record<string, unk
     if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not a JSON object');
     return v as Record<string, unknown>;
   } catch (e) {
-    throw new MoekitError(`${path}: invalid JSON (${(e as Error).message.split('\n')[0]})`);
+    throw new MoekitError('bad-input', `${path}: invalid JSON (${(e as Error).message.split('\n')[0]})`);
   }
 }

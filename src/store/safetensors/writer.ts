@@ -126,7 +126,7 @@ class WriteQueue {
 export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: WriteOptions = {}): Promise<WriteResult> {
   const seen = new Set<string>();
   for (const e of entries) {
-    if (seen.has(e.name)) throw new MoekitError(`internal: tensor '${e.name}' would be written twice`);
+    if (seen.has(e.name)) throw new MoekitError('internal', `internal: tensor '${e.name}' would be written twice`);
     seen.add(e.name);
   }
   await mkdir(dir, { recursive: true });
@@ -157,14 +157,14 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
             got += c.data.byteLength;
             if (got > want) {
               c.release?.();
-              throw new MoekitError(`internal: '${e.name}' produced more than its ${want} bytes`);
+              throw new MoekitError('internal', `internal: '${e.name}' produced more than its ${want} bytes`);
             }
             await queue.push(c, position);
             position += c.data.byteLength;
             bytes += c.data.byteLength;
             opts.onProgress?.(bytes, count);
           }
-          if (got !== want) throw new MoekitError(`'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
+          if (got !== want) throw new MoekitError('bad-input', `'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
           weightMap[e.name] = fname;
           totalSize += want;
           count++;
