@@ -4,7 +4,8 @@ import { EXIT_CODES, MoekitError } from '../errors.js';
 import { registerInspect } from './inspect.js';
 import { registerConvert } from './convert.js';
 import { registerVerify } from './verify.js';
-import { registerMerge, registerReshard, registerShard } from './shard.js';
+import { registerReshard, registerShard } from './shard.js';
+import { registerMerge } from './merge.js';
 
 export function buildProgram(): Command {
   const program = new Command();

@@ -310,7 +310,7 @@ export interface ModelIR {
   hfRoot: string;
   layers: LayerIR[];
   /** Source tensors that are not part of the expert IR: written unchanged. */
-  passthrough: TensorInfo[];
+  passthrough: { store: TensorStore; info: TensorInfo }[];
 }
 
 /** Which IR fields (expert or layer) a model holds anywhere. */

@@ -10,6 +10,7 @@
  * to an empty slab buffer to get the strided destination an IR view is copied into.
  */
 import type { Dims, ExpertField, LayerField } from './ir.js';
+import { MoekitError } from '../errors.js';
 import { View } from './ir.js';
 
 export type GateUpOrder = 'concat' | 'interleaved';
@@ -139,4 +140,23 @@ export function ruleName(spec: LayoutSpec, rule: TensorRule, root: string, layer
     .replace('{root}', root)
     .replace('{n}', String(layer))
     .replace('{e}', expert === undefined ? '{e}' : String(expert));
+}
+
+/** IR fields a rule holds under dims `d`. */
+export function fieldsOf(rule: TensorRule, d: Dims, o: SpecOptions): Field[] {
+  return Object.keys(rule.parts(d, o)) as Field[];
+}
+
+/** Shape of one slab of a rule. */
+export function slabShape(rule: TensorRule, d: Dims, o: SpecOptions): number[] {
+  if (rule.slab) return rule.slab(d);
+  const f = fieldsOf(rule, d, o);
+  if (f.length !== 1) throw new MoekitError('internal', `internal: rule '${rule.name}' holds ${f.length} fields but has no slab shape`);
+  return canonicalShape(f[0]!, d);
+}
+
+/** Declared shape of a rule's tensor. */
+export function declaredShape(rule: TensorRule, d: Dims, o: SpecOptions): number[] {
+  if (rule.scope !== 'stacked') return slabShape(rule, d, o);
+  return rule.shape ? rule.shape(d) : [d.E, ...slabShape(rule, d, o)];
 }

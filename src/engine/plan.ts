@@ -1,362 +1,88 @@
 /**
- * The generic streaming planner: checkpoint + detected source spec → IR → target spec → WriteEntry[].
- *
- * - Non-expert tensors pass through byte-for-byte (streamed in pooled chunks).
- * - Target tensors are produced slab by slab (one expert's part of a stacked tensor, one per-expert
- *   tensor, or one layer tensor); a stacked [E, ...] tensor is never materialised whole.
- * - A slab that is a plain contiguous range of one source tensor streams straight from it; other
- *   slabs are assembled in a pooled buffer by copying each IR view into its strided place.
- * - Slabs are prepared ahead in write order (across tensors), at most `jobs` at a time (p-limit), so memory stays at
- *   about (jobs + 2) × the largest slab.
+ * The plan: what a writing command will write, as data. An IR (read.ts) and a target layout spec
+ * become TensorPlans — for each output tensor its name, dtype, shape and the slabs its bytes are
+ * made of (a byte range of a source tensor, or a buffer assembled from strided IR views) and the
+ * per-tensor transforms (transforms.ts) applied on the way. `splitFiles` cuts them into output
+ * files; `describePlan` prints it (`--dry-run`); `execute.ts` runs any plan.
  *
  * Expert selection (EP shards) and intermediate slicing (expert TP) are IR transforms
- * (`selectExperts`, `sliceIntermediate` in ir.ts) applied between `readIR` and `planWrite`.
+ * (`selectExperts`, `sliceIntermediate` in ir.ts) applied before `planTensors`.
  */
-import { join } from 'node:path';
-import pLimit from 'p-limit';
 import type { TensorStore, TensorInfo } from '../store/types.js';
-import { readJsonIfExists } from '../store/safetensors/reader.js';
-import type { WriteEntry } from '../store/safetensors/writer.js';
-import type { Chunk } from '../store/pool.js';
-import { sharedPool } from '../store/pool.js';
-import { type Dtype, type FloatDtype, FLOAT_DTYPES, dtypeSize } from '../store/dtypes.js';
-import { castFloat } from './cast.js';
+import { type Dtype, type FloatDtype, FLOAT_DTYPES, byteSize } from '../store/dtypes.js';
+import { shardFileName, planShards } from '../store/safetensors/writer.js';
 import { MoekitError } from '../errors.js';
-import { familyFacts, type Routing, type Activation } from '../families/index.js';
-import {
-  View,
-  allocAligned,
-  copyView,
-  layerDims,
-  EXPERT_FIELDS,
-  LAYER_FIELDS,
-  type Dims,
-  type ExpertIR,
-  type LayerIR,
-  type ModelIR,
-  type ExpertField,
-  type LayerField,
-} from './ir.js';
-import { canonicalShape, ruleName, ruleRegex, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions, type TensorRule } from './layout.js';
-import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
-
-const isExpertField = (f: string): f is ExpertField => (EXPERT_FIELDS as readonly string[]).includes(f);
-
-// ---- metadata --------------------------------------------------------------------------------
-
-/** moekit.json: what a converted checkpoint is, so reading it back needs nothing else. */
-export interface MoekitJson {
-  format: 'moekit';
-  version: 1;
-  family: string;
-  modelType: string;
-  layout: string;
-  gateUp: GateUpOrder | 'separate';
-  gated: boolean;
-  hfRoot: string;
-  dims: { hiddenSize: number; numExperts: number; moeIntermediateSize: number; sharedIntermediateSize: number };
-  routing: Routing | null;
-  activation: Activation | null;
-  layers: LayerReport[];
-  source: { layout: string };
-}
-
-export interface LayerReport {
-  layer: number;
-  experts: number;
-  routerExperts: number;
-  intermediate: number;
-  sharedIntermediate: number;
-  gated: boolean;
-  fields: string[];
-  /** global expert ids when the file holds a subset (EP shard) */
-  globalExperts?: number[];
-}
-
-export interface ModelMeta {
-  family: string;
-  modelType: string;
-  routing: Routing | null;
-  activation: Activation | null;
-  config?: Record<string, unknown>;
-  moekit?: MoekitJson;
-}
-
-export async function loadMeta(ck: TensorStore): Promise<ModelMeta> {
-  const config = await ck.config();
-  const mk = (await readJsonIfExists(join(ck.dir, 'moekit.json'))) as MoekitJson | undefined;
-  if (mk && (mk.format !== 'moekit' || typeof mk.layout !== 'string' || typeof mk.family !== 'string')) {
-    throw new MoekitError('unsupported', `${join(ck.dir, 'moekit.json')}: not a moekit.json (format/layout/family missing)`);
-  }
-  if (mk) return { family: mk.family, modelType: mk.modelType, routing: mk.routing, activation: mk.activation, config, moekit: mk };
-  if (config) {
-    const f = familyFacts(config);
-    return { family: f.family, modelType: f.modelType, routing: f.known ? f.routing : null, activation: f.activation, config };
-  }
-  return { family: 'unknown', modelType: '', routing: null, activation: null };
-}
-
-// ---- detection -------------------------------------------------------------------------------
-
-interface Compiled {
-  rule: TensorRule;
-  re: RegExp;
-}
-const compiledCache = new Map<LayoutSpec, Compiled[]>();
-function compiled(spec: LayoutSpec): Compiled[] {
-  let c = compiledCache.get(spec);
-  if (!c) compiledCache.set(spec, (c = spec.rules.map((rule) => ({ rule, re: ruleRegex(spec, rule) }))));
-  return c;
-}
-
-/** How many tensors of the checkpoint a spec's expert rules (and all its rules) claim. */
-function claims(spec: LayoutSpec, names: string[]): { experts: number; all: number } {
-  let experts = 0;
-  let all = 0;
-  for (const n of names) {
-    for (const c of compiled(spec)) {
-      if (c.re.test(n)) {
-        all++;
-        if (c.rule.scope !== 'layer') experts++;
-        break;
-      }
-    }
-  }
-  return { experts, all };
-}
-
-/** The layout a checkpoint's tensors are in (moekit.json's word first), or undefined if no spec claims any expert tensor. */
-export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | undefined {
-  if (meta.moekit) {
-    const s = layoutById(meta.moekit.layout);
-    if (s && claims(s, names).experts > 0) return s;
-  }
-  let best: { spec: LayoutSpec; experts: number; all: number } | undefined;
-  for (const spec of LAYOUTS) {
-    if (spec.families && meta.family !== 'unknown' && !spec.families.includes(meta.family) && hfLayoutFor(meta.family)) continue;
-    const c = claims(spec, names);
-    if (c.experts === 0) continue;
-    if (!best || c.experts > best.experts || (c.experts === best.experts && c.all > best.all)) best = { spec, ...c };
-  }
-  return best?.spec;
-}
-
-/**
- * Experts per layer counted from names alone (per-expert ids, or a stacked tensor's leading dim),
- * for checkpoints whose experts cannot be read as plain tensors (quantized storage).
- */
-export function claimedExperts(spec: LayoutSpec, tensors: TensorInfo[]): Map<number, number> {
-  const ids = new Map<number, Set<number>>();
-  const lead = new Map<number, number>();
-  for (const t of tensors) {
-    for (const c of compiled(spec)) {
-      const m = c.re.exec(t.name);
-      if (!m) continue;
-      const n = Number(m.groups!.n);
-      if (m.groups!.e !== undefined) {
-        let s = ids.get(n);
-        if (!s) ids.set(n, (s = new Set()));
-        s.add(Number(m.groups!.e));
-      } else if (c.rule.scope === 'stacked' && !c.rule.shape) lead.set(n, t.shape[0]!);
-      break;
-    }
-  }
-  const out = new Map<number, number>(lead);
-  for (const [n, s] of ids) out.set(n, s.size);
-  return out;
-}
-
-/** Resolve `--to`: 'hf' = the family's own HF layout. */
-export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec | undefined): LayoutSpec {
-  if (name === 'hf') {
-    const s = hfLayoutFor(meta.family) ?? (source?.families ? source : undefined);
-    if (!s) {
-      throw new MoekitError(
-        'unsupported',
-        meta.family === 'unknown'
-          ? 'cannot tell the model family (no config.json or moekit.json next to the checkpoint), so --to hf has no layout; add the HF config.json'
-          : `family '${meta.family}' has no HF MoE layout moekit knows (known: ${LAYOUTS.flatMap((l) => l.families ?? []).join(', ')})`,
-      );
-    }
-    return s;
-  }
-  const s = layoutById(name);
-  if (!s || s.families) throw new MoekitError('unsupported', `unknown layout '${name}' (known: ${TARGET_NAMES.join(', ')})`);
-  return s;
-}
-
-/** Quantized storage that moekit can pass through but not re-layout. */
-export function quantizedTensors(ck: TensorStore): string | undefined {
-  const ts = [...ck.tensors.values()];
-  const f8 = ts.find((t) => t.dtype.startsWith('F8_'));
-  if (f8) return `FP8: ${f8.name} is ${f8.dtype}`;
-  const checks: [RegExp, string][] = [
-    [/_blocks$/, 'MXFP4'],
-    [/_scale_inv$|weight_scale$/, 'block-scaled'],
-    [/weight_packed$/, 'packed int4'],
-  ];
-  for (const [re, what] of checks) {
-    const t = ts.find((x) => re.test(x.name));
-    if (t) return `${what}: ${t.name}`;
-  }
-  return undefined;
-}
-
-// ---- reading a spec into the IR --------------------------------------------------------------
+import { View, layerDims, EXPERT_FIELDS, LAYER_FIELDS, type Dims, type ExpertField, type LayerIR, type ModelIR, type LayerField } from './ir.js';
+import { canonicalShape, declaredShape, fieldsOf, ruleName, slabShape, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions } from './layout.js';
+import { castTransform, type Transform } from './transforms.js';
+import type { LayerReport } from './read.js';
+import { LAYOUTS } from '../../converters/index.js';
 
 const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
 
-function fieldsOf(rule: TensorRule, d: Dims, o: SpecOptions): Field[] {
-  return Object.keys(rule.parts(d, o)) as Field[];
+/** One slab of an output tensor: a byte range of a source tensor, or a buffer assembled from views. */
+export type SlabPlan =
+  | { kind: 'range'; store: TensorStore; info: TensorInfo; start: number; end: number }
+  | {
+      kind: 'assemble';
+      dtype: Dtype;
+      shape: number[];
+      /** each IR view and where it goes in the slab (a view over an empty buffer: geometry only) */
+      parts: { src: View; dst: View }[];
+    };
+
+export type TensorAction = 'copy' | 'rename' | 'restack' | 'transpose';
+
+export interface TensorPlan {
+  name: string;
+  /** dtype written (after transforms) */
+  dtype: Dtype;
+  /** dtype of the slabs as read */
+  sourceDtype: Dtype;
+  shape: number[];
+  nbytes: number;
+  action: TensorAction;
+  /** source tensors it is made from */
+  sources: string[];
+  slabs: SlabPlan[];
+  transforms: Transform[];
 }
 
-function slabShape(rule: TensorRule, d: Dims, o: SpecOptions): number[] {
-  if (rule.slab) return rule.slab(d);
-  const f = fieldsOf(rule, d, o);
-  if (f.length !== 1) throw new MoekitError('internal', `internal: rule '${rule.name}' holds ${f.length} fields but has no slab shape`);
-  return canonicalShape(f[0]!, d);
+export interface FilePlan {
+  name: string;
+  tensors: TensorPlan[];
+  bytes: number;
 }
 
-function declaredShape(rule: TensorRule, d: Dims, o: SpecOptions): number[] {
-  if (rule.scope !== 'stacked') return slabShape(rule, d, o);
-  return rule.shape ? rule.shape(d) : [d.E, ...slabShape(rule, d, o)];
+/** A side file of an output checkpoint: JSON written by moekit, or a file copied from the source. */
+/** `json` may be a function, called after the tensors are written (files that hold their checksums). */
+export type SideFile = { name: string; json: unknown } | { name: string; copyFrom: string };
+
+/** One checkpoint folder to write (convert/merge: the output itself; shard: one rank). */
+export interface CheckpointPlan {
+  /** folder relative to the output root ('' = the root) */
+  dir: string;
+  files: FilePlan[];
+  /** name of the index file, when there are several weight files */
+  index?: string;
+  metadata?: Record<string, string>;
+  sideFiles: SideFile[];
 }
 
-interface Match {
-  rule: TensorRule;
-  info: TensorInfo;
-  e?: number;
+export interface Plan {
+  outputs: CheckpointPlan[];
+  /** slabs assembled concurrently */
+  jobs: number;
 }
-
-export interface ReadOptions {
-  /** order of fused gate/up in the source (default: moekit.json's, else the spec's default) */
-  gateUp?: GateUpOrder;
-}
-
-/** Read the expert tensors of a checkpoint in layout `spec` into the canonical IR. */
-export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts: ReadOptions = {}): ModelIR {
-  const rules = compiled(spec);
-  const layers = new Map<number, { root: string; matches: Match[] }>();
-  const passthrough: TensorInfo[] = [];
-  for (const info of ck.tensors.values()) {
-    let hit = false;
-    for (const c of rules) {
-      const m = c.re.exec(info.name);
-      if (!m) continue;
-      const n = Number(m.groups!.n);
-      let l = layers.get(n);
-      if (!l) layers.set(n, (l = { root: m.groups!.root ?? '', matches: [] }));
-      l.matches.push({ rule: c.rule, info, e: m.groups!.e === undefined ? undefined : Number(m.groups!.e) });
-      hit = true;
-      break;
-    }
-    if (!hit) passthrough.push(info);
-  }
-  const gateUp: GateUpOrder = ropts.gateUp ?? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : (spec.gateUp?.default ?? 'concat'));
-  const o: SpecOptions = { gateUp };
-  const out: LayerIR[] = [];
-  let hfRoot: string | undefined;
-  for (const [n, l] of [...layers].sort((a, b) => a[0] - b[0])) {
-    if (spec.root === 'hf') hfRoot ??= l.root;
-    out.push(readLayer(ck, n, l.matches, spec, o, meta));
-  }
-  if (out.length === 0) throw new MoekitError('unsupported', `no tensors of layout '${spec.id}' found`);
-  return {
-    family: meta.family,
-    modelType: meta.modelType,
-    routing: meta.routing,
-    activation: meta.activation,
-    hfRoot: hfRoot ?? meta.moekit?.hfRoot ?? 'model.',
-    layers: out,
-    passthrough,
-  };
-}
-
-function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions, meta: ModelMeta): LayerIR {
-  const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
-  const has = (f: Field, d: Dims) => matches.some((m) => fieldsOf(m.rule, d, o).includes(f));
-  const router = matches.find((m) => has('router', probe) && fieldsOf(m.rule, probe, o).includes('router'));
-  if (!router) throw new MoekitError('unsupported', `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`);
-  const [Er, H] = router.info.shape as [number, number];
-  // gated or not: the hypothesis under which every matched expert rule holds something and a
-  // standalone gate tensor is present exactly when gated
-  const layerMeta = meta.moekit?.layers?.find((x) => x.layer === n);
-  const prefer = layerMeta?.gated ?? meta.moekit?.gated ?? true;
-  let gated: boolean | undefined;
-  for (const h of [prefer, !prefer]) {
-    const d = { ...probe, gated: h };
-    const expertRules = matches.filter((m) => m.rule.scope !== 'layer');
-    if (expertRules.some((m) => fieldsOf(m.rule, d, o).length === 0)) continue;
-    if (expertRules.some((m) => fieldsOf(m.rule, d, o).includes('gate')) !== h) continue;
-    gated = h;
-    break;
-  }
-  if (gated === undefined) throw new MoekitError('unsupported', `layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
-  // number of experts held
-  const ids = new Set(matches.filter((m) => m.e !== undefined).map((m) => m.e!));
-  let E: number;
-  if (ids.size > 0) {
-    E = Math.max(...ids) + 1;
-    if (ids.size !== E) throw new MoekitError('unsupported', `layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
-  } else {
-    const st = matches.find((m) => m.rule.scope === 'stacked' && !m.rule.shape);
-    E = st ? st.info.shape[0]! : (layerMeta?.experts ?? Er);
-  }
-  const d: Dims = { E, Er, H, I: 1, Is: 1, gated };
-  const solve = (field: Field, key: 'I' | 'Is'): number => {
-    const m = matches.find((x) => fieldsOf(x.rule, d, o).includes(field));
-    if (!m) return 0;
-    const unit = numel(declaredShape(m.rule, { ...d, [key]: 1 }, o));
-    const v = numel(m.info.shape) / unit;
-    if (!Number.isInteger(v) || v < 1) throw new MoekitError('unsupported', `layer ${n}: '${m.info.name}' ${fmt(m.info.shape)} does not fit layout '${spec.id}' with ${E} experts, hidden ${H}`);
-    return v;
-  };
-  d.I = solve('up', 'I');
-  d.Is = solve('shared_up', 'Is');
-  if (d.I === 0) throw new MoekitError('unsupported', `layer ${n}: no up-projection tensor of layout '${spec.id}'`);
-  const experts: Partial<ExpertIR>[] = Array.from({ length: E }, () => ({}));
-  const lf: Partial<Record<LayerField, View>> = {};
-  for (const m of matches) {
-    const want = declaredShape(m.rule, d, o);
-    if (want.length !== m.info.shape.length || want.some((s, i) => s !== m.info.shape[i])) {
-      throw new MoekitError('unsupported', `mixed expert shapes: '${m.info.name}' is ${fmt(m.info.shape)}, expected ${fmt(want)} (layer ${n}: E=${E}, H=${H}, I=${d.I}${d.Is ? `, shared I=${d.Is}` : ''})`);
-    }
-    const parts = Object.entries(m.rule.parts(d, o)) as [Field, (v: View) => View][];
-    const slab = slabShape(m.rule, d, o);
-    const whole = View.ofTensor(ck, m.info);
-    if (m.rule.scope === 'layer') {
-      const v = whole.reshape(slab);
-      for (const [f, loc] of parts) lf[f as LayerField] = loc(v);
-    } else if (m.rule.scope === 'expert') {
-      const v = whole.reshape(slab);
-      for (const [f, loc] of parts) (experts[m.e!] as Record<string, View>)[f] = loc(v);
-    } else {
-      const all = whole.reshape([E, ...slab]);
-      for (let e = 0; e < E; e++) {
-        const v = all.select(0, e);
-        for (const [f, loc] of parts) (experts[e] as Record<string, View>)[f] = loc(v);
-      }
-    }
-  }
-  const need: ExpertField[] = gated ? ['gate', 'up', 'down'] : ['up', 'down'];
-  experts.forEach((e, i) => {
-    for (const f of need) if (!e[f]) throw new MoekitError('unsupported', `layer ${n}: expert ${i} has no ${f} tensor in layout '${spec.id}'`);
-  });
-  return { layer: n, ...lf, experts: experts as ExpertIR[], globalIds: layerMeta?.globalExperts ?? experts.map((_, i) => i) };
-}
-
-// ---- writing the IR in a target spec ---------------------------------------------------------
 
 export interface PlanOptions {
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
-  /** slabs prepared concurrently (default 4) */
-  jobs?: number;
 }
 
-export interface Plan {
-  entries: WriteEntry[];
+export interface TensorsPlan {
+  tensors: TensorPlan[];
   layers: LayerReport[];
   gateUp: GateUpOrder | 'separate';
   target: LayoutSpec;
@@ -413,221 +139,150 @@ const FIELD_WORDS: Record<Field, string> = {
   shared_gate: 'shared-expert gate',
 };
 
-/** One slab of a target tensor: a byte range of a source tensor, or a buffer to assemble. */
-interface Slab {
-  raw?: { info: TensorInfo; start: number; end: number };
-  build?: () => Promise<Buffer>;
-  /** position in the global assembly queue */
-  g?: number;
-  taken?: boolean;
-}
-
-interface SlabbedEntry extends WriteEntry {
-  slabs: Slab[];
-}
-
-interface SlabPart {
-  src: View;
-  loc: (v: View) => View;
-}
-
-/** A pool of slab buffers by size, so a long run recycles warm memory. */
-class SlabPool {
-  private free = new Map<number, Buffer[]>();
-  acquire(n: number): Buffer {
-    return this.free.get(n)?.pop() ?? allocAligned(n);
+/** How a slab's bytes are produced from its parts: a straight byte range when possible. */
+function slabOf(shape: number[], dtype: Dtype, parts: { src: View; loc: (v: View) => View }[]): SlabPlan {
+  const probe = View.ofBuffer(Buffer.alloc(0), dtype, shape);
+  const placed = parts.map((p) => ({ src: p.src, dst: p.loc(probe) }));
+  let covered = 0;
+  for (const p of placed) covered += p.dst.numel;
+  if (covered !== numel(shape)) throw new MoekitError('internal', `internal: slab parts cover ${covered} of ${numel(shape)} elements`);
+  const only = placed[0];
+  if (placed.length === 1 && only && only.dst.offset === 0 && only.dst.isContiguous() && only.src.isContiguous() && only.src.storage.kind === 'tensor') {
+    const es = byteSize(dtype, [1]);
+    return { kind: 'range', store: only.src.storage.store, info: only.src.storage.info, start: only.src.offset * es, end: (only.src.offset + only.src.numel) * es };
   }
-  release(b: Buffer): void {
-    let l = this.free.get(b.byteLength);
-    if (!l) this.free.set(b.byteLength, (l = []));
-    if (l.length < 8) l.push(b);
-  }
+  return { kind: 'assemble', dtype, shape, parts: placed };
 }
 
-export function planWrite(ck: TensorStore, ir: ModelIR, target: LayoutSpec, opts: PlanOptions = {}): Plan {
+const sourceNames = (slabs: SlabPlan[]): string[] => {
+  const s = new Set<string>();
+  for (const sl of slabs) {
+    if (sl.kind === 'range') s.add(sl.info.name);
+    else for (const p of sl.parts) s.add(p.src.label);
+  }
+  return [...s];
+};
+
+function actionOf(name: string, slabs: SlabPlan[]): TensorAction {
+  const r = slabs[0];
+  if (slabs.length === 1 && r?.kind === 'range' && r.start === 0 && r.end === r.info.nbytes) return r.info.name === name ? 'copy' : 'rename';
+  const strided = slabs.some((sl) => sl.kind === 'assemble' && sl.parts.some((p) => !p.src.isContiguous() || !p.dst.isContiguous()));
+  return strided ? 'transpose' : 'restack';
+}
+
+/** A TensorPlan from its slabs, with a cast when `dtype` asks for one. */
+export function tensorPlan(name: string, shape: number[], dtype: Dtype, slabs: SlabPlan[], cast?: FloatDtype): TensorPlan {
+  const transforms: Transform[] = [];
+  let out = dtype;
+  if (cast && cast !== dtype && (FLOAT_DTYPES as readonly string[]).includes(dtype)) {
+    transforms.push(castTransform(dtype as FloatDtype, cast));
+    out = cast;
+  }
+  return { name, dtype: out, sourceDtype: dtype, shape, nbytes: byteSize(out, shape), action: actionOf(name, slabs), sources: sourceNames(slabs), slabs, transforms };
+}
+
+/** Every output tensor of `ir` written in layout `target`; non-expert tensors pass through under their own names. */
+export function planTensors(ir: ModelIR, target: LayoutSpec, opts: PlanOptions = {}): TensorsPlan {
   if (opts.gateUp && !target.gateUp) throw new MoekitError('unsupported', `--gate-up: layout '${target.id}' stores gate and up as separate tensors`);
   if (opts.gateUp && !target.gateUp!.allowed.includes(opts.gateUp)) {
     throw new MoekitError('unsupported', `--gate-up ${opts.gateUp}: layout '${target.id}' only reads ${target.gateUp!.allowed.join('/')} gate/up`);
   }
   const o: SpecOptions = { gateUp: opts.gateUp ?? target.gateUp?.default ?? 'concat' };
   const root = target.root === 'hf' ? ir.hfRoot : target.root;
-  const limit = pLimit(Math.max(1, opts.jobs ?? 4));
-  const window = Math.max(1, opts.jobs ?? 4);
-  const pool = new SlabPool();
-  const cast = (dt: Dtype): Dtype => (opts.dtype && (FLOAT_DTYPES as readonly string[]).includes(dt) ? opts.dtype : dt);
-  const entries: SlabbedEntry[] = [];
+  const tensors: TensorPlan[] = [];
   const layers: LayerReport[] = [];
-
-  /** Produce one slab: a raw stream from the source, or an assembled buffer. */
-  const slabSource = (shape: number[], dtype: Dtype, parts: SlabPart[]): Slab => {
-    const es = dtypeSize(dtype);
-    const n = numel(shape) * es;
-    const probe = View.ofBuffer(Buffer.alloc(0), dtype, shape);
-    let covered = 0;
-    for (const p of parts) covered += p.loc(probe).numel;
-    if (covered !== numel(shape)) throw new MoekitError('internal', `internal: slab parts cover ${covered} of ${numel(shape)} elements`);
-    if (parts.length === 1) {
-      const p = parts[0]!;
-      const dst = p.loc(probe);
-      if (dst.offset === 0 && dst.isContiguous() && p.src.isContiguous() && p.src.storage.kind === 'tensor') {
-        return { raw: { info: p.src.storage.info, start: p.src.offset * es, end: (p.src.offset + p.src.numel) * es } };
-      }
-    }
-    return {
-      build: async () => {
-        const buf = pool.acquire(n);
-        const slab = View.ofBuffer(buf, dtype, shape);
-        for (const p of parts) await copyView(p.src, p.loc(slab));
-        return buf;
-      },
-    };
-  };
-
-  const toChunk = (buf: Buffer, from: Dtype, release?: () => void): Chunk => {
-    const to = cast(from);
-    if (to === from) return { data: buf, release };
-    const out = castFloat(buf, from as FloatDtype, to as FloatDtype);
-    release?.();
-    return { data: out };
-  };
-
-  /** A byte range of a source tensor in pooled chunks, with `readahead` reads in flight (reads overlap writes). */
-  async function* rawChunks(info: TensorInfo, start: number, end: number, readahead = 3): AsyncGenerator<Chunk> {
-    const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
-    let pos = start;
-    const issue = () => {
-      const e = Math.min(end, pos + sharedPool.chunkSize);
-      const buf = sharedPool.acquire();
-      const p = ck.read(info, pos, e, buf);
-      p.catch(() => undefined); // awaited below
-      pending.push({ buf, p });
-      pos = e;
-    };
-    try {
-      while (pos < end && pending.length < readahead) issue();
-      while (pending.length) {
-        const { buf, p } = pending[0]!;
-        const data = await p;
-        pending.shift();
-        if (pos < end) issue();
-        yield toChunk(data, info.dtype, () => sharedPool.release(buf));
-      }
-    } finally {
-      // an abandoned stream: let in-flight reads finish, then recycle their buffers
-      for (const { buf, p } of pending.splice(0)) void p.then(() => sharedPool.release(buf), () => sharedPool.release(buf));
-    }
-  }
-
-  /**
-   * Slabs to assemble, in write order across all entries (numbered after the entries are sorted).
-   * Asking for slab g starts slabs g..g+window-1, so the next tensors' slabs are being read and
-   * assembled while the current one is written, across tensor boundaries too.
-   */
-  const queue: Slab[] = [];
-  const started = new Map<number, Promise<Buffer>>();
-  const want = (g: number): Promise<Buffer> => {
-    for (let k = g; k < Math.min(queue.length, g + window); k++) {
-      if (started.has(k) || queue[k]!.taken) continue;
-      const p = limit(queue[k]!.build!);
-      p.catch(() => undefined); // surfaced when awaited
-      started.set(k, p);
-    }
-    const p = started.get(g) ?? limit(queue[g]!.build!); // a source read twice rebuilds its slabs
-    started.delete(g);
-    queue[g]!.taken = true;
-    return p;
-  };
-
-  /** An entry made of slabs in order. */
-  const slabbedEntry = (name: string, shape: number[], dtype: Dtype, slabs: Slab[]): SlabbedEntry => ({
-    name,
-    dtype: cast(dtype),
-    shape,
-    slabs,
-    source: async function* () {
-      for (const s of slabs) {
-        if (s.raw) {
-          yield* rawChunks(s.raw.info, s.raw.start, s.raw.end);
-        } else {
-          const buf = await want(s.g!);
-          yield toChunk(buf, dtype, () => pool.release(buf));
-        }
-      }
-    },
-  });
-
   for (const l of ir.layers) {
-    const d = checkedDims(l);
-    const present = layerPresent(l);
-    const missing = uncovered(target, d, o, present);
-    if (missing.length) {
-      const alt = LAYOUTS.filter((s) => !s.families && s !== target && uncovered(s, d, { gateUp: s.gateUp?.default ?? 'concat' }, present).length === 0).map((s) => s.id);
-      throw new MoekitError('unsupported', `cannot convert losslessly to '${target.id}': it has no place for the ${missing.map((f) => FIELD_WORDS[f]).join(', ')} of layer ${l.layer}` +
-          (alt.length ? ` (layouts that hold everything: ${alt.join(', ')})` : ''),
-      );
-    }
-    for (const rule of target.rules) {
-      const parts = rule.parts(d, o);
-      const fields = Object.keys(parts) as Field[];
-      if (fields.length === 0) continue;
-      const have = fields.filter((f) => present.has(f));
-      if (have.length === 0) continue;
-      if (have.length !== fields.length) {
-        throw new MoekitError('unsupported', `cannot convert to '${target.id}': its tensor ${rule.name.replace('{e}', '<e>')} holds ${fields.map((f) => FIELD_WORDS[f]).join(' and ')} together, but layer ${l.layer} has only the ${have.map((f) => FIELD_WORDS[f]).join(', ')}`,
-        );
-      }
-      const slab = slabShape(rule, d, o);
-      const srcOf = (f: Field, e?: number): View => (e === undefined ? l[f as LayerField]! : l.experts[e]![f as ExpertField]!);
-      const dtypeOf = (e?: number): Dtype => {
-        const dts = new Set(fields.map((f) => srcOf(f, e).dtype));
-        if (dts.size > 1) throw new MoekitError('unsupported', `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`);
-        return [...dts][0]!;
-      };
-      const partsFor = (e?: number): SlabPart[] => fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! }));
-      if (rule.scope === 'layer') {
-        const dt = dtypeOf();
-        entries.push(slabbedEntry(ruleName(target, rule, root, l.layer), slab, dt, [slabSource(slab, dt, partsFor())]));
-      } else if (rule.scope === 'expert') {
-        for (let e = 0; e < d.E; e++) {
-          const dt = dtypeOf(e);
-          entries.push(slabbedEntry(ruleName(target, rule, root, l.layer, e), slab, dt, [slabSource(slab, dt, partsFor(e))]));
-        }
-      } else {
-        const dt = dtypeOf(0);
-        const slabs = l.experts.map((_, e) => slabSource(slab, dt, partsFor(e)));
-        entries.push(slabbedEntry(ruleName(target, rule, root, l.layer), declaredShape(rule, d, o), dt, slabs));
-      }
-    }
-    const ident = l.globalIds.every((g, i) => g === i) && l.globalIds.length === d.Er;
-    layers.push({
-      layer: l.layer,
-      experts: d.E,
-      routerExperts: d.Er,
-      intermediate: d.I,
-      sharedIntermediate: d.Is,
-      gated: d.gated,
-      fields: [...present].sort(),
-      ...(ident ? {} : { globalExperts: [...l.globalIds] }),
-    });
+    const { plans, report } = planLayer(l, target, o, root, opts.dtype);
+    tensors.push(...plans);
+    layers.push(report);
   }
-  for (const info of ir.passthrough) {
-    entries.push(slabbedEntry(info.name, info.shape, info.dtype, [{ raw: { info, start: 0, end: info.nbytes } }]));
+  for (const { store, info } of ir.passthrough) {
+    tensors.push(tensorPlan(info.name, info.shape, info.dtype, [{ kind: 'range', store, info, start: 0, end: info.nbytes }], opts.dtype));
   }
   const names = new Set<string>();
-  for (const e of entries) {
-    if (names.has(e.name)) throw new MoekitError('unsupported', `'${e.name}' would be written twice: a non-expert tensor of the source has the name layout '${target.id}' gives an expert tensor`);
-    names.add(e.name);
+  for (const t of tensors) {
+    if (names.has(t.name)) throw new MoekitError('unsupported', `'${t.name}' would be written twice: a non-expert tensor of the source has the name layout '${target.id}' gives an expert tensor`);
+    names.add(t.name);
   }
-  entries.sort((a, b) => naturalCompare(a.name, b.name));
-  for (const e of entries) for (const sl of e.slabs) if (sl.build) queue.push(Object.assign(sl, { g: queue.length }));
-  return { entries, layers, gateUp: target.gateUp ? o.gateUp : 'separate', target };
+  tensors.sort((a, b) => naturalCompare(a.name, b.name));
+  return { tensors, layers, gateUp: target.gateUp ? o.gateUp : 'separate', target };
 }
 
-/** Identity plan: every tensor passes through unchanged (a layout converted to itself). */
-export function passthroughPlan(ck: TensorStore): WriteEntry[] {
-  return [...ck.tensors.values()]
-    .map((info) => ({ name: info.name, dtype: info.dtype, shape: info.shape, source: () => ck.chunks(info) }))
-    .sort((a, b) => naturalCompare(a.name, b.name));
+/** Refuse a layer the target cannot hold losslessly. */
+function checkCoverage(l: LayerIR, d: Dims, target: LayoutSpec, o: SpecOptions, present: Set<Field>): void {
+  const missing = uncovered(target, d, o, present);
+  if (!missing.length) return;
+  const alt = LAYOUTS.filter((s) => !s.families && s !== target && uncovered(s, d, { gateUp: s.gateUp?.default ?? 'concat' }, present).length === 0).map((s) => s.id);
+  throw new MoekitError(
+    'unsupported',
+    `cannot convert losslessly to '${target.id}': it has no place for the ${missing.map((f) => FIELD_WORDS[f]).join(', ')} of layer ${l.layer}` +
+      (alt.length ? ` (layouts that hold everything: ${alt.join(', ')})` : ''),
+  );
+}
+
+/** The output tensors of one MoE layer in layout `target`. */
+function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string, cast?: FloatDtype): { plans: TensorPlan[]; report: LayerReport } {
+  const d = checkedDims(l);
+  const present = layerPresent(l);
+  checkCoverage(l, d, target, o, present);
+  const plans: TensorPlan[] = [];
+  for (const rule of target.rules) {
+    const parts = rule.parts(d, o);
+    const fields = Object.keys(parts) as Field[];
+    if (fields.length === 0) continue;
+    const have = fields.filter((f) => present.has(f));
+    if (have.length === 0) continue;
+    if (have.length !== fields.length) {
+      throw new MoekitError(
+        'unsupported',
+        `cannot convert to '${target.id}': its tensor ${rule.name.replace('{e}', '<e>')} holds ${fields.map((f) => FIELD_WORDS[f]).join(' and ')} together, but layer ${l.layer} has only the ${have.map((f) => FIELD_WORDS[f]).join(', ')}`,
+      );
+    }
+    const slab = slabShape(rule, d, o);
+    const srcOf = (f: Field, e?: number): View => (e === undefined ? l[f as LayerField]! : l.experts[e]![f as ExpertField]!);
+    const dtypeOf = (e?: number): Dtype => {
+      const dts = new Set(fields.map((f) => srcOf(f, e).dtype));
+      if (dts.size > 1) throw new MoekitError('unsupported', `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`);
+      return [...dts][0]!;
+    };
+    const slabFor = (dt: Dtype, e?: number): SlabPlan => slabOf(slab, dt, fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })));
+    if (rule.scope === 'layer') {
+      const dt = dtypeOf();
+      plans.push(tensorPlan(ruleName(target, rule, root, l.layer), slab, dt, [slabFor(dt)], cast));
+    } else if (rule.scope === 'expert') {
+      for (let e = 0; e < d.E; e++) {
+        const dt = dtypeOf(e);
+        plans.push(tensorPlan(ruleName(target, rule, root, l.layer, e), slab, dt, [slabFor(dt, e)], cast));
+      }
+    } else {
+      const dt = dtypeOf(0);
+      plans.push(tensorPlan(ruleName(target, rule, root, l.layer), declaredShape(rule, d, o), dt, l.experts.map((_, e) => slabFor(dt, e)), cast));
+    }
+  }
+  const ident = l.globalIds.every((g, i) => g === i) && l.globalIds.length === d.Er;
+  const report: LayerReport = {
+    layer: l.layer,
+    experts: d.E,
+    routerExperts: d.Er,
+    intermediate: d.I,
+    sharedIntermediate: d.Is,
+    gated: d.gated,
+    fields: [...present].sort(),
+    ...(ident ? {} : { globalExperts: [...l.globalIds] }),
+  };
+  return { plans, report };
+}
+
+/** Identity plan: every tensor of a store passes through unchanged (a layout converted to itself). */
+export function passthroughTensors(store: TensorStore): TensorPlan[] {
+  return [...store.tensors.values()].map((info) => tensorPlan(info.name, info.shape, info.dtype, [{ kind: 'range', store, info, start: 0, end: info.nbytes }])).sort((a, b) => naturalCompare(a.name, b.name));
+}
+
+/** Cut tensors (in order) into weight files of at most `maxShardSize` bytes, HF names. */
+export function splitFiles(tensors: TensorPlan[], maxShardSize?: number, stem = 'model'): { files: FilePlan[]; index?: string } {
+  const groups = planShards(tensors, maxShardSize);
+  const files = groups.map((g, i) => ({ name: shardFileName(stem, i, groups.length), tensors: g, bytes: g.reduce((a, t) => a + t.nbytes, 0) }));
+  return { files, index: files.length > 1 ? `${stem}.safetensors.index.json` : undefined };
 }
 
 /** Compare names with digit runs as numbers (layers.2 before layers.10). */
@@ -644,29 +299,39 @@ export function naturalCompare(a: string, b: string): number {
   return ra.length - rb.length;
 }
 
-/** The moekit.json of a converted checkpoint. */
-export function moekitJson(ir: ModelIR, plan: Pick<Plan, 'layers' | 'gateUp' | 'target'>, sourceLayout: string): MoekitJson {
-  const l0 = plan.layers[0];
-  return {
-    format: 'moekit',
-    version: 1,
-    family: ir.family,
-    modelType: ir.modelType,
-    layout: plan.target.id,
-    gateUp: plan.gateUp,
-    gated: l0?.gated ?? true,
-    hfRoot: ir.hfRoot,
-    dims: {
-      hiddenSize: ir.layers[0] ? layerDims(ir.layers[0]).H : 0,
-      numExperts: l0?.routerExperts ?? 0,
-      moeIntermediateSize: l0?.intermediate ?? 0,
-      sharedIntermediateSize: l0?.sharedIntermediate ?? 0,
-    },
-    routing: ir.routing,
-    activation: ir.activation,
-    layers: plan.layers,
-    source: { layout: sourceLayout },
-  };
+export const planBytes = (p: Plan): number => p.outputs.reduce((a, o) => a + o.files.reduce((b, f) => b + f.bytes, 0), 0);
+export const planTensorCount = (p: Plan): number => p.outputs.reduce((a, o) => a + o.files.reduce((b, f) => b + f.tensors.length, 0), 0);
+
+/** Largest buffer one assembled slab needs. */
+function largestSlab(p: Plan): number {
+  let m = 0;
+  for (const o of p.outputs) for (const f of o.files) for (const t of f.tensors) for (const s of t.slabs) if (s.kind === 'assemble') m = Math.max(m, byteSize(s.dtype, s.shape));
+  return m;
 }
 
-export { isExpertField };
+/**
+ * Expected peak memory of running the plan: the process itself (~80 MiB), the I/O chunk pool
+ * (read-ahead + write queue: about 8 chunks of 16 MiB), and (jobs + 2) assembled slabs, twice when
+ * a cast makes a copy.
+ */
+export function expectedPeakMB(p: Plan): number {
+  const casts = p.outputs.some((o) => o.files.some((f) => f.tensors.some((t) => t.transforms.length > 0)));
+  return Math.round(80 + 8 * 16 + ((p.jobs + 2) * largestSlab(p) * (casts ? 2 : 1)) / 2 ** 20);
+}
+
+/** The plan as JSON for `--dry-run --json`: per output file its tensors, what happens to each, and bytes. */
+export function describePlan(p: Plan): unknown {
+  return {
+    expectedPeakMB: expectedPeakMB(p),
+    outputs: p.outputs.map((o) => ({
+      dir: o.dir,
+      files: o.files.map((f) => ({
+        name: f.name,
+        bytes: f.bytes,
+        tensors: f.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.nbytes, action: t.action, sources: t.sources, transforms: t.transforms.map((x) => x.name) })),
+      })),
+      index: o.index ?? null,
+      sideFiles: o.sideFiles.map((s) => s.name),
+    })),
+  };
+}

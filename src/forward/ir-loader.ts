@@ -10,7 +10,7 @@ import { MoekitError } from '../errors.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { View, materialize, type ExpertIR, type LayerIR } from '../engine/ir.js';
-import { detectLayout, loadMeta, readIR } from '../engine/plan.js';
+import { detectLayout, loadMeta, readIR } from '../engine/read.js';
 import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from './hf-loader.js';
 import type { ExpertWeights, MoeBlockWeights, Weight } from './weights.js';
 

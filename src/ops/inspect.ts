@@ -5,7 +5,7 @@
 import type { TensorStore, TensorInfo } from '../store/types.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import { LAYOUTS } from '../../converters/index.js';
-import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from '../engine/plan.js';
+import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from '../engine/read.js';
 import { layerDims, type ModelIR } from '../engine/ir.js';
 
 /**

@@ -1,14 +1,94 @@
 /**
- * Output folders: every command writes into a temp sibling of the destination and renames it into
- * place only when complete, so a failure never leaves a partial checkpoint behind.
+ * The output transaction every writing command goes through: check the destination (never the
+ * source or a folder holding it), take a lock, write into a hidden temp sibling, and rename it into
+ * place only when complete. SIGINT / SIGTERM remove the temp folder before exiting; a temp folder
+ * left by a killed run (kill -9) is removed by the next run writing the same destination. Side
+ * files (tokenizer, generation config, chat template, model card) come along so every output is a
+ * complete model folder.
  */
-import { readdir, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { rmSync, unlinkSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MoekitError } from '../errors.js';
 
+export interface OutputOptions {
+  /** replace a non-empty destination */
+  force?: boolean;
+  /** paths the run reads: the destination may be none of them, nor hold nor sit inside any */
+  sources: readonly string[];
+}
+
+/** Outputs in flight, removed by the signal handler. */
+const active = new Set<Output>();
+let handlersInstalled = false;
+
+function onSignal(sig: NodeJS.Signals): void {
+  for (const o of active) o.removeNow();
+  process.stderr.write(`moekit: interrupted (${sig}); partial output removed\n`);
+  process.exit(sig === 'SIGINT' ? 130 : 143);
+}
+
+function track(o: Output): void {
+  active.add(o);
+  if (!handlersInstalled) {
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    handlersInstalled = true;
+  }
+}
+
+function untrack(o: Output): void {
+  active.delete(o);
+  if (active.size === 0 && handlersInstalled) {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    handlersInstalled = false;
+  }
+}
+
+const alive = (pid: number): boolean => {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+const inside = (child: string, parent: string): boolean => {
+  const r = relative(parent, child);
+  return r !== '' && !r.startsWith(`..${sep}`) && r !== '..' && !isAbsolute(r);
+};
+
+/** The real path of `p`, or of its deepest existing ancestor joined with the rest. */
+async function realish(p: string): Promise<string> {
+  const abs = resolve(p);
+  try {
+    return await realpath(abs);
+  } catch {
+    const parent = dirname(abs);
+    return parent === abs ? abs : join(await realish(parent), basename(abs));
+  }
+}
+
+/** Refuse a destination that is, holds, or sits inside a source. */
+async function checkNotSource(dst: string, sources: readonly string[]): Promise<void> {
+  const d = await realish(dst);
+  for (const s of sources) {
+    const r = await realish(s);
+    if (d === r || inside(r, d)) {
+      throw new MoekitError('destination', `-o ${dst} would replace the source ${s} (it is the source or a folder that holds it); choose another destination`);
+    }
+    if (inside(d, r) && (await stat(r).catch(() => undefined))?.isDirectory()) {
+      throw new MoekitError('destination', `-o ${dst} is inside the source folder ${s}; moekit never writes into its source, choose a destination outside it`);
+    }
+  }
+}
+
 /** The destination must not exist, or be an empty folder, unless `force`. Returns whether it exists. */
-export async function checkDestination(dst: string, force: boolean): Promise<boolean> {
+async function checkDestination(dst: string, force: boolean): Promise<boolean> {
   let st;
   try {
     st = await stat(dst);
@@ -20,8 +100,149 @@ export async function checkDestination(dst: string, force: boolean): Promise<boo
   return true;
 }
 
-/** A hidden temp folder name next to `dst` (same file system, so the final rename is atomic). */
-export const tempSibling = (dst: string): string => join(dirname(dst), `.${basename(dst)}.moekit-tmp-${randomBytes(4).toString('hex')}`);
+const TMP_MARK = '.moekit-tmp-';
+
+/** Remove temp folders a killed run left next to `dst` (their pid is in the name and no longer runs). */
+async function removeStaleTemps(dst: string): Promise<void> {
+  const dir = dirname(dst);
+  const stem = `.${basename(dst)}${TMP_MARK}`;
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    if (!n.startsWith(stem)) continue;
+    const pid = Number(n.slice(stem.length).split('-')[0]);
+    if (!alive(pid)) await rm(join(dir, n), { recursive: true, force: true });
+  }
+}
+
+/** One destination being written. */
+export class Output {
+  private done = false;
+  private constructor(
+    readonly dst: string,
+    /** the temp folder to write into */
+    readonly tmp: string,
+    private readonly lock: string,
+    private readonly replace: boolean,
+  ) {}
+
+  /** Check `dst`, lock it, clear stale temps, and create the temp folder. */
+  static async begin(dst: string, opts: OutputOptions): Promise<Output> {
+    dst = resolve(dst);
+    await checkNotSource(dst, opts.sources);
+    const exists = await checkDestination(dst, !!opts.force);
+    await mkdir(dirname(dst), { recursive: true });
+    const lock = join(dirname(dst), `.${basename(dst)}.moekit-lock`);
+    await takeLock(lock, dst);
+    try {
+      await removeStaleTemps(dst);
+      const tmp = join(dirname(dst), `.${basename(dst)}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`);
+      await mkdir(tmp);
+      const o = new Output(dst, tmp, lock, exists);
+      track(o);
+      return o;
+    } catch (e) {
+      await unlink(lock).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Move the finished temp folder into place (replacing the old destination only now). */
+  async commit(): Promise<void> {
+    if (this.replace) {
+      const old = join(dirname(this.dst), `.${basename(this.dst)}${TMP_MARK}${process.pid}-old-${randomBytes(4).toString('hex')}`);
+      await rename(this.dst, old);
+      try {
+        await rename(this.tmp, this.dst);
+      } catch (e) {
+        await rename(old, this.dst).catch(() => undefined);
+        throw e;
+      }
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(this.tmp, this.dst);
+    }
+    this.finish();
+  }
+
+  /** Give up: remove the temp folder. */
+  async abort(): Promise<void> {
+    if (this.done) return;
+    await rm(this.tmp, { recursive: true, force: true });
+    this.finish();
+  }
+
+  /** Synchronous cleanup for signal handlers. */
+  removeNow(): void {
+    if (this.done) return;
+    rmSync(this.tmp, { recursive: true, force: true });
+    this.finish();
+  }
+
+  private finish(): void {
+    this.done = true;
+    try {
+      unlinkSync(this.lock);
+    } catch {
+      /* already gone */
+    }
+    untrack(this);
+  }
+}
+
+async function takeLock(lock: string, dst: string): Promise<void> {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fh = await open(lock, 'wx');
+      await fh.writeFile(String(process.pid));
+      await fh.close();
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
+      if (alive(pid) && pid !== process.pid) throw new MoekitError('destination', `${dst} is being written by another moekit run (pid ${pid}); wait for it, or remove ${lock} if that run is gone`);
+      await unlink(lock).catch(() => undefined); // stale: its run is gone
+    }
+  }
+  throw new MoekitError('destination', `cannot lock ${dst} (${lock})`);
+}
+
+/** Run `write(tmp)` in a transaction on `dst`: committed when it returns, removed when it throws. */
+export async function withOutput<T>(dst: string, opts: OutputOptions, write: (tmp: string) => Promise<T>): Promise<T> {
+  const o = await Output.begin(dst, opts);
+  try {
+    const r = await write(o.tmp);
+    await o.commit();
+    return r;
+  } catch (e) {
+    await o.abort();
+    throw e;
+  }
+}
+
+/** Files of a checkpoint folder that are not weights or moekit's own: they travel to every output. */
+const NOT_SIDE = /\.safetensors$|\.index\.json$|\.bin$|\.pt$|\.pth$|\.distcp$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|\.moekit-|^\./;
+
+/** The side files of `dir` (regular files only, top level) as {name, path}. */
+export async function sideFilesOf(dir: string): Promise<{ name: string; copyFrom: string }[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const out: { name: string; copyFrom: string }[] = [];
+  for (const name of names.sort()) {
+    if (NOT_SIDE.test(name)) continue;
+    const p = join(dir, name);
+    if ((await stat(p).catch(() => undefined))?.isFile()) out.push({ name, copyFrom: p });
+  }
+  return out;
+}
 
 /** Peak resident memory of this process so far, in MiB (reported in --json summaries). */
 export const peakRssMB = (): number => Math.round((process.resourceUsage().maxRSS / 1024) * 10) / 10;

@@ -12,7 +12,7 @@
  * `merge`, `reshard` and `verify` combine the two: a tensor's checksum is the top manifest's when it
  * has one, else the rank manifest's; when both have one they must agree.
  */
-import { readJsonIfExists } from '../../store/safetensors/reader.js';
+import { readJsonIfExists } from '../../store/json.js';
 import { join } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import type { Dtype } from '../../store/dtypes.js';

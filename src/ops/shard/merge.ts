@@ -1,19 +1,18 @@
 /**
  * `moekit merge`: a sharded checkpoint back to one checkpoint. A missing rank or a duplicate expert
- * is refused before anything is written; every rank's checksums are verified (worker threads) while
- * the output streams into a temp folder, which is renamed into place only if all match. The merged IR (views over the rank files) is then planned through the
- * target layout (default: the original source layout, with its gate/up order, so the result is
- * byte-identical to the source per tensor) and written into a temp folder renamed into place.
+ * is refused before anything is written. The merged IR (views over the rank files) is planned
+ * through the target layout (default: the original source layout, with its gate/up order, so the
+ * result is byte-identical to the source per tensor) and written in an output transaction, while
+ * every rank's checksums are verified (worker threads); it is renamed into place only if all match.
  */
-import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { MoekitError } from '../../errors.js';
-import { writeCheckpoint, writeJsonAtomic } from '../../store/safetensors/writer.js';
-import { byteSize } from '../../store/dtypes.js';
-import { moekitJson, planWrite, resolveTarget } from '../../engine/plan.js';
+import { join, resolve } from 'node:path';
+import { sideFilesOf, peakRssMB, withOutput } from '../../output/transaction.js';
+import { moekitJson, resolveTarget } from '../../engine/read.js';
+import { describePlan, planBytes, planTensors, splitFiles, type Plan } from '../../engine/plan.js';
+import { executeCheckpoint } from '../../engine/execute.js';
 import { layoutById } from '../../../converters/index.js';
 import { openSharded } from './sharded.js';
-import { checkDestination, gateUpFor, peakRssMB, tempSibling, withChecksums } from './shard.js';
+import { gateUpFor, withChecksums } from './shard.js';
 
 export interface MergeOptions {
   to?: string;
@@ -21,6 +20,8 @@ export interface MergeOptions {
   jobs?: number;
   force?: boolean;
   fsync?: boolean;
+  /** plan only: return the summary and the plan, write nothing */
+  dryRun?: boolean;
   onProgress?: (bytes: number, totalBytes: number) => void;
 }
 
@@ -35,77 +36,56 @@ export interface MergeSummary {
   files: string[];
   seconds: number;
   peakRssMB: number;
+  dryRun?: true;
+  plan?: unknown;
 }
 
 export async function merge(sharded: string, dst: string, opts: MergeOptions = {}): Promise<MergeSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
   const root = resolve(sharded);
-  if (root === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
-  const dstExists = await checkDestination(dst, !!opts.force);
   const sh = await openSharded(root);
   try {
     const m = sh.manifest;
     const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.source.layout)!;
-    const plan = planWrite(sh.reader, sh.ir, target, { gateUp: gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp), jobs: opts.jobs });
-    const totalBytes = plan.entries.reduce((a, e) => a + byteSize(e.dtype, e.shape), 0);
-    return await withChecksums(sh, async (commit, stop) => {
-      await mkdir(dirname(dst), { recursive: true });
-      const tmp = tempSibling(dst);
-      try {
-        const entries = plan.entries.map((e) => ({
-          ...e,
-          source: async function* () {
-            for await (const c of e.source()) {
-              const why = stop();
-              if (why) {
-                c.release?.();
-                throw why;
-              }
-              yield c;
-            }
-          },
-        }));
-        const res = await writeCheckpoint(tmp, entries, {
-          maxShardSize: opts.maxShardSize,
-          metadata: m.source.metadata,
-          fsync: opts.fsync,
-          onProgress: opts.onProgress && ((b) => opts.onProgress!(b, totalBytes)),
-        });
-        const files = [...res.files];
-        if (m.source.config) {
-          await writeJsonAtomic(join(tmp, 'config.json'), m.source.config);
-          files.push('config.json');
-        }
-        await writeJsonAtomic(join(tmp, 'moekit.json'), moekitJson(sh.ir, plan, m.source.layout));
-        files.push('moekit.json');
-        const rank0 = join(root, m.ranks.find((r) => r.index === 0)!.dir);
-        for (const name of await readdir(rank0)) {
-          if (/\.safetensors$|\.safetensors\.index\.json$|^config\.json$|^moekit\.json$|^rank-manifest\.json$|\.moekit-tmp-|^\./.test(name)) continue;
-          if (!(await stat(join(rank0, name))).isFile()) continue;
-          await copyFile(join(rank0, name), join(tmp, name));
-          files.push(name);
-        }
-        await commit();
-        if (dstExists) await rm(dst, { recursive: true, force: true });
-        await rename(tmp, dst);
-        return {
-          source: sharded,
-          destination: dst,
-          family: m.source.family,
-          layout: target.id,
-          ranks: m.ranks.length,
-          tensors: plan.entries.length,
-          bytes: res.totalSize,
-          files: files.sort(),
-          seconds: (Date.now() - t0) / 1000,
-          peakRssMB: peakRssMB(),
-        };
-      } catch (e) {
-        await rm(tmp, { recursive: true, force: true });
-        throw e;
-      }
+    const tp = planTensors(sh.ir, target, { gateUp: gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp) });
+    const { files, index } = splitFiles(tp.tensors, opts.maxShardSize);
+    const rank0 = join(root, m.ranks.find((r) => r.index === 0)!.dir);
+    const sideFiles = [...(m.source.config ? [{ name: 'config.json', json: m.source.config }] : []), { name: 'moekit.json', json: moekitJson(sh.ir, tp, m.source.layout) }, ...(await sideFilesOf(rank0))];
+    const plan: Plan = { outputs: [{ dir: '', files, index, metadata: m.source.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? 4) };
+    const totalBytes = planBytes(plan);
+    const summary = (bytes: number, written: string[]): MergeSummary => ({
+      source: sharded,
+      destination: dst,
+      family: m.source.family,
+      layout: target.id,
+      ranks: m.ranks.length,
+      tensors: tp.tensors.length,
+      bytes,
+      files: written.sort(),
+      seconds: (Date.now() - t0) / 1000,
+      peakRssMB: peakRssMB(),
     });
+    if (opts.dryRun) {
+      const names = [...files.map((f) => f.name), ...(index ? [index] : []), ...sideFiles.map((f) => f.name)];
+      return { ...summary(totalBytes, names), dryRun: true, plan: describePlan(plan) };
+    }
+    let done = 0;
+    return await withChecksums(sh, (commit, stop) =>
+      withOutput(dst, { force: opts.force, sources: [root] }, async (tmp) => {
+        const res = await executeCheckpoint(plan.outputs[0]!, tmp, {
+          jobs: plan.jobs,
+          fsync: opts.fsync,
+          stop,
+          onProgress: (d) => {
+            done += d;
+            opts.onProgress?.(done, totalBytes);
+          },
+        });
+        await commit();
+        return summary(res.bytes, res.files);
+      }),
+    );
   } finally {
     await sh.close();
   }

@@ -2,37 +2,36 @@
  * `moekit shard` / `moekit reshard`: cut a model IR into expert-parallel (and expert-TP) ranks.
  *
  * Each rank is `sliceIntermediate(selectExperts(ir, experts), t, etp)` planned through the target
- * layout spec and streamed by the safetensors writer; the sha256 of every tensor is computed from
- * the chunks as they pass to the writer (no second read). Placement: Megatron-Core contiguous
- * (rank r holds experts [r·E/N, (r+1)·E/N), megatron/core/transformer/moe/moe_layer.py
- * `local_expert_indices`) or round-robin (expert e on rank e mod N). Expert-TP follows
- * Megatron's expert_tensor_parallel_size / SGLang's moe_tp_size: gate/up split along their output
- * rows (column-parallel), down along its input columns (row-parallel), so the down bias, added
- * once after the row-parallel all-reduce, lives on ETP rank 0 only.
+ * layout spec (engine/plan.ts) into one CheckpointPlan, and the executor streams it with the sha256
+ * of every tensor computed from the chunks as they pass to the writer (no second read). Placement:
+ * Megatron-Core contiguous (rank r holds experts [r·E/N, (r+1)·E/N),
+ * megatron/core/transformer/moe/moe_layer.py `local_expert_indices`) or round-robin (expert e on
+ * rank e mod N). Expert-TP follows Megatron's expert_tensor_parallel_size / SGLang's moe_tp_size:
+ * gate/up split along their output rows (column-parallel), down along its input columns
+ * (row-parallel), so the down bias, added once after the row-parallel all-reduce, lives on ETP rank
+ * 0 only.
  *
- * One-shot: everything is written into a temp folder next to <dst> and renamed into place.
- * `--rank k`: only rank k is written (temp folder inside <dst>, renamed), plus the plan manifest,
- * which every job computes identically from headers; the rank's checksums go to its own
- * rank-manifest.json (see manifest.ts).
+ * One-shot: everything is written in one output transaction on <dst>. `--rank k`: only rank k is
+ * written (its own transaction on <dst>/<rank dir>), plus the plan manifest, which every job
+ * computes identically from headers; the rank's checksums go to its own rank-manifest.json.
  */
-import { copyFile, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 import { MoekitError } from '../../errors.js';
-import { checkDestination, peakRssMB, tempSibling } from '../../output/transaction.js';
-export { checkDestination, peakRssMB, tempSibling };
+import { peakRssMB, sideFilesOf, withOutput } from '../../output/transaction.js';
 import type { TensorStore } from '../../store/types.js';
 import { openStore } from '../../store/registry.js';
-import { writeCheckpoint, writeJsonAtomic, type WriteEntry } from '../../store/safetensors/writer.js';
-import { byteSize } from '../../store/dtypes.js';
+import { writeJsonAtomic } from '../../store/safetensors/writer.js';
 import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
-import { detectLayout, loadMeta, moekitJson, planWrite, quantizedTensors, readIR, resolveTarget, type ModelMeta, type Plan } from '../../engine/plan.js';
+import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta } from '../../engine/read.js';
+import { describePlan, planBytes, planTensors, splitFiles, type CheckpointPlan, type Plan, type SideFile, type TensorsPlan } from '../../engine/plan.js';
+import { executeCheckpoint } from '../../engine/execute.js';
+import { HashPool } from '../../engine/hash-pool.js';
 import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
 import { layoutById } from '../../../converters/index.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
 import { MANIFEST, RANK_MANIFEST, planOf, readManifest, type RankPlan, type ShardManifest, type TensorRecord } from './manifest.js';
 import { openSharded, verifyChecksums } from './sharded.js';
-import { HashPool } from '../../engine/hash-pool.js';
 
 export interface ShardOptions {
   ep: number;
@@ -47,6 +46,8 @@ export interface ShardOptions {
   jobs?: number;
   force?: boolean;
   fsync?: boolean;
+  /** plan only: return the summary and the plan, write nothing */
+  dryRun?: boolean;
   onProgress?: (bytes: number, totalBytes: number) => void;
   /** internal (reshard): awaited before the result is renamed into place */
   commit?: () => Promise<void>;
@@ -71,52 +72,31 @@ export interface ShardSummary {
   seconds: number;
   /** peak resident memory of this process so far */
   peakRssMB: number;
+  dryRun?: true;
+  plan?: unknown;
 }
-
 
 const FP8_BLOCK = 128;
-
-
-/** Entries whose bytes are hashed (in worker threads) as they stream to the writer. */
-function hashed(entries: WriteEntry[], pool: HashPool, out: Map<string, Promise<string>>, stop?: () => unknown): WriteEntry[] {
-  return entries.map((e) => ({
-    ...e,
-    source: async function* () {
-      const h = pool.stream();
-      for await (const c of e.source()) {
-        const why = stop?.();
-        if (why) {
-          c.release?.();
-          throw why;
-        }
-        await h.update(c.data);
-        yield c;
-      }
-      const d = h.digest();
-      d.catch(() => undefined); // awaited after the rank is written
-      out.set(e.name, d);
-    },
-  }));
-}
 
 interface RankJob {
   plan: RankPlan;
   ir: ModelIR;
-  write: Plan;
+  write: TensorsPlan;
 }
 
-export interface CutInput {
+interface CutInput {
   ir: ModelIR;
-  /** checkpoint used for reads (views carry their own file) */
-  ck: TensorStore;
   target: LayoutSpec;
   gateUp?: GateUpOrder;
   source: ShardManifest['source'];
+  /** folder whose side files (tokenizer, ...) every rank gets */
   sideFrom?: string;
+  /** paths the destination must not touch */
+  sources: string[];
 }
 
-/** Every rank's IR and write plan (headers only), and the manifest they make. */
-export function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; manifest: ShardManifest } {
+/** Every rank's IR and tensor plan (headers only), and the manifest they make. */
+function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; manifest: ShardManifest } {
   const { ir } = input;
   const etp = opts.etp ?? 1;
   const placement = opts.placement ?? 'contiguous';
@@ -137,9 +117,9 @@ export function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[
       if (etp > 1) rir = sliceIntermediate(rir, t, etp);
       const holdsDense = dense === 'replicate' || index === 0;
       if (!holdsDense) rir = { ...rir, passthrough: [] };
-      const write = planWrite(input.ck, rir, input.target, { gateUp: input.gateUp, jobs: opts.jobs });
+      const write = planTensors(rir, input.target, { gateUp: input.gateUp });
       const tensors: Record<string, TensorRecord> = {};
-      for (const e of write.entries) tensors[e.name] = { dtype: e.dtype, shape: e.shape };
+      for (const e of write.tensors) tensors[e.name] = { dtype: e.dtype, shape: e.shape };
       const downBias = ir.layers.some((l) => l.experts[0]?.down_bias !== undefined) && t === 0;
       jobs.push({
         ir: rir,
@@ -173,107 +153,47 @@ export function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[
   return { jobs, manifest };
 }
 
-/** Write one rank into `dir` (a temp folder the caller renames); returns bytes written. */
-async function writeRank(input: CutInput, job: RankJob, dir: string, opts: ShardOptions, pool: HashPool, progress: (n: number) => void): Promise<number> {
-  const sha = new Map<string, Promise<string>>();
-  let last = 0;
-  const res = await writeCheckpoint(dir, hashed(job.write.entries, pool, sha, opts.stop), {
-    maxShardSize: opts.maxShardSize,
-    metadata: input.source.metadata,
-    fsync: opts.fsync,
-    onProgress: (b) => {
-      progress(b - last);
-      last = b;
-    },
-  });
-  for (const [n, h] of sha) job.plan.tensors[n]!.sha256 = await h;
-  if (input.source.config) await writeJsonAtomic(join(dir, 'config.json'), input.source.config);
-  const mk = moekitJson(job.ir, job.write, input.source.layout);
-  await writeJsonAtomic(join(dir, 'moekit.json'), mk);
-  await writeJsonAtomic(join(dir, RANK_MANIFEST), { format: 'moekit-shard-rank', version: 1, ...job.plan });
-  if (input.sideFrom) await copySideFiles(input.sideFrom, dir);
-  return res.totalSize;
+/** One rank as a CheckpointPlan; rank-manifest.json is filled in with the checksums once the tensors are written. */
+async function rankPlan(input: CutInput, job: RankJob, opts: ShardOptions): Promise<CheckpointPlan> {
+  const { files, index } = splitFiles(job.write.tensors, opts.maxShardSize);
+  const sideFiles: SideFile[] = [
+    ...(input.source.config ? [{ name: 'config.json', json: input.source.config }] : []),
+    { name: 'moekit.json', json: moekitJson(job.ir, job.write, input.source.layout) },
+    { name: RANK_MANIFEST, json: () => ({ format: 'moekit-shard-rank', version: 1, ...job.plan }) },
+    ...(input.sideFrom ? await sideFilesOf(input.sideFrom) : []),
+  ];
+  return { dir: job.plan.dir, files, index, metadata: input.source.metadata, sideFiles };
 }
 
-/** Tokenizer and other small files travel along to every rank. */
-async function copySideFiles(src: string, dst: string): Promise<void> {
-  let names: string[];
+/** Write the ranks of `plan` into `root` (hashing every tensor into its job's plan). */
+async function writeRanks(plan: Plan, jobs: RankJob[], root: string, opts: ShardOptions, progress: (n: number) => void): Promise<number> {
+  const pool = new HashPool();
+  let bytes = 0;
   try {
-    if (!(await stat(src)).isDirectory()) return;
-    names = await readdir(src);
-  } catch {
-    return;
+    for (const [k, cp] of plan.outputs.entries()) {
+      const job = jobs[k]!;
+      const onHashes = (sha: Map<string, string>) => {
+        for (const [n, h] of sha) job.plan.tensors[n]!.sha256 = h;
+      };
+      const res = await executeCheckpoint(cp, join(root, cp.dir), { jobs: plan.jobs, fsync: opts.fsync, hash: pool, stop: opts.stop, onProgress: progress, onHashes });
+      bytes += res.bytes;
+    }
+  } finally {
+    await pool.close();
   }
-  for (const name of names) {
-    if (/\.safetensors$|\.safetensors\.index\.json$|^config\.json$|^moekit\.json$|^rank-manifest\.json$|^moekit-manifest\.json$|^reference\.safetensors$|\.moekit-tmp-|^\./.test(name)) continue;
-    const s = await stat(join(src, name));
-    if (s.isFile()) await copyFile(join(src, name), join(dst, name));
-  }
+  return bytes;
 }
 
 /** Plan and write the ranks (all, or `opts.rank`) of `input` into `dst`. */
-export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number, srcLabel: string): Promise<ShardSummary> {
+async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number, srcLabel: string): Promise<ShardSummary> {
   const { jobs, manifest } = planRanks(input, opts);
   const pick = opts.rank === undefined ? jobs : jobs.filter((j) => j.plan.index === opts.rank);
   if (opts.rank !== undefined && pick.length === 0) {
     throw new MoekitError('usage', `--rank ${opts.rank} is out of range: ep ${manifest.ep} × etp ${manifest.etp} gives ranks 0..${jobs.length - 1}${manifest.etp > 1 ? ' (rank = ep_rank · etp + etp_rank)' : ''}`);
   }
-  const totalBytes = pick.reduce((a, j) => a + j.write.entries.reduce((s, e) => s + byteSize(e.dtype, e.shape), 0), 0);
-  let done = 0;
-  const progress = (n: number) => {
-    done += n;
-    opts.onProgress?.(done, totalBytes);
-  };
-  let bytes = 0;
-  const pool = new HashPool();
-  try {
-    if (opts.rank === undefined) {
-      const dstExists = await checkDestination(dst, !!opts.force);
-      await mkdir(dirname(dst), { recursive: true });
-      const tmp = tempSibling(dst);
-      try {
-        for (const j of pick) bytes += await writeRank(input, j, join(tmp, j.plan.dir), opts, pool, progress);
-        await writeJsonAtomic(join(tmp, MANIFEST), manifest);
-        await opts.commit?.();
-        if (dstExists) await rm(dst, { recursive: true, force: true });
-        await rename(tmp, dst);
-      } catch (e) {
-        await rm(tmp, { recursive: true, force: true });
-        throw e;
-      }
-    } else {
-      // job-array mode: other jobs write their ranks into the same folder concurrently
-      await mkdir(dst, { recursive: true });
-      const have = await readManifest(dst);
-      const plan = planOf(manifest);
-      if (have && JSON.stringify(planOf(have)) !== JSON.stringify(plan)) {
-        throw new MoekitError('destination', `${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
-      }
-      const j = pick[0]!;
-      const final = join(dst, j.plan.dir);
-      let exists = false;
-      try {
-        exists = (await stat(final)).isDirectory();
-      } catch {
-        /* absent */
-      }
-      if (exists && !opts.force) throw new MoekitError('destination', `${final} exists (written by an earlier job); pass --force to rewrite rank ${j.plan.index}`);
-      const tmp = join(dst, `.${j.plan.dir}.moekit-tmp-${randomBytes(4).toString('hex')}`);
-      try {
-        bytes += await writeRank(input, j, tmp, opts, pool, progress);
-        await opts.commit?.();
-        if (!have) await writeJsonAtomic(join(dst, MANIFEST), plan);
-        if (exists) await rm(final, { recursive: true, force: true });
-        await rename(tmp, final);
-      } catch (e) {
-        await rm(tmp, { recursive: true, force: true });
-        throw e;
-      }
-    }
-  } finally {
-    await pool.close();
-  }
-  return {
+  const plan: Plan = { outputs: await Promise.all(pick.map((j) => rankPlan(input, j, opts))), jobs: Math.max(1, opts.jobs ?? 4) };
+  const totalBytes = planBytes(plan);
+  const summary = (bytes: number): ShardSummary => ({
     source: srcLabel,
     destination: dst,
     family: input.source.family,
@@ -284,11 +204,47 @@ export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: 
     placement: manifest.placement,
     dense: manifest.dense,
     ranks: pick.map((j) => j.plan.dir),
-    tensors: pick.reduce((a, j) => a + j.write.entries.length, 0),
+    tensors: pick.reduce((a, j) => a + j.write.tensors.length, 0),
     bytes,
     seconds: (Date.now() - t0) / 1000,
     peakRssMB: peakRssMB(),
+  });
+  if (opts.dryRun) {
+    plan.outputs.push({ dir: '', files: [], sideFiles: [{ name: MANIFEST, json: manifest }] });
+    return { ...summary(totalBytes), dryRun: true, plan: describePlan(plan) };
+  }
+  let done = 0;
+  const progress = (n: number) => {
+    done += n;
+    opts.onProgress?.(done, totalBytes);
   };
+  const tx = { force: opts.force, sources: input.sources };
+  let bytes: number;
+  if (opts.rank === undefined) {
+    bytes = await withOutput(dst, tx, async (tmp) => {
+      const n = await writeRanks(plan, pick, tmp, opts, progress);
+      await writeJsonAtomic(join(tmp, MANIFEST), manifest);
+      await opts.commit?.();
+      return n;
+    });
+  } else {
+    // job-array mode: other jobs write their ranks into the same folder concurrently
+    await mkdir(dst, { recursive: true });
+    const have = await readManifest(dst);
+    const planned = planOf(manifest);
+    if (have && JSON.stringify(planOf(have)) !== JSON.stringify(planned)) {
+      throw new MoekitError('destination', `${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
+    }
+    const cp = plan.outputs[0]!;
+    const final = join(dst, cp.dir);
+    bytes = await withOutput(final, tx, async (tmp) => {
+      const n = await writeRanks({ ...plan, outputs: [{ ...cp, dir: '' }] }, pick, tmp, opts, progress);
+      await opts.commit?.();
+      if (!have) await writeJsonAtomic(join(dst, MANIFEST), planned);
+      return n;
+    });
+  }
+  return summary(bytes);
 }
 
 /** The gate/up order to write in `target`: the source's own when writing its layout back. */
@@ -310,7 +266,6 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
   dst = resolve(dst);
   const ck = await openStore(src);
   try {
-    if (resolve(ck.dir) === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
     const meta: ModelMeta = await loadMeta(ck);
     const source = detectLayout(ck.names(), meta);
     if (!source) throw new MoekitError('unsupported', `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
@@ -327,10 +282,10 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
     const d0 = layerDims(ir.layers[0]!);
     const input: CutInput = {
       ir,
-      ck,
       target,
       gateUp: gateUpFor(target, source.id, srcGateUp),
-      sideFrom: src,
+      sideFrom: ck.dir,
+      sources: [ck.dir, ...ck.files],
       source: {
         family: meta.family,
         modelType: meta.modelType,
@@ -357,19 +312,19 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
 export async function reshard(sharded: string, dst: string, opts: ShardOptions): Promise<ShardSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
-  if (resolve(sharded) === dst) throw new MoekitError('destination', `destination ${dst} is the source folder`);
   const sh = await openSharded(resolve(sharded));
   try {
     const m = sh.manifest;
     const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.layout)!;
     const input: CutInput = {
       ir: sh.ir,
-      ck: sh.reader,
       target,
       gateUp: gateUpFor(target, m.layout, m.gateUp) ?? gateUpFor(target, m.source.layout, m.source.gateUp),
       sideFrom: join(sh.root, m.ranks.find((r) => r.index === 0)!.dir),
       source: m.source,
+      sources: [sh.root],
     };
+    if (opts.dryRun) return await cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense }, t0, sharded);
     return await withChecksums(sh, (commit, stop) => cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense, commit, stop }, t0, sharded));
   } finally {
     await sh.close();

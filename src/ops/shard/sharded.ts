@@ -12,7 +12,7 @@ import type { TensorStore } from '../../store/types.js';
 import { openStore } from '../../store/registry.js';
 import { dtypeSize } from '../../store/dtypes.js';
 import { View, allocAligned, contiguousStrides, copyView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../../engine/ir.js';
-import { loadMeta, readIR, type ModelMeta } from '../../engine/plan.js';
+import { loadMeta, readIR, type ModelMeta } from '../../engine/read.js';
 import { layoutById } from '../../../converters/index.js';
 import type { LayoutSpec } from '../../engine/layout.js';
 import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankPlan, type ShardManifest } from './manifest.js';

@@ -6,6 +6,7 @@
 import { open, readFile, realpath, stat, readdir, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
+import { readJsonIfExists } from '../json.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
 import { type Chunk, sharedPool, type BufferPool } from '../pool.js';
@@ -261,21 +262,5 @@ export class SafetensorsStore implements TensorStore {
     const hs = [...this.handles.values()];
     this.handles.clear();
     await Promise.all(hs.map(async (h) => (await h).close().catch(() => undefined)));
-  }
-}
-
-export async function readJsonIfExists(path: string): Promise<Record<string, unknown> | undefined> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-  try {
-    const v = JSON.parse(text) as unknown;
-    if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not a JSON object');
-    return v as Record<string, unknown>;
-  } catch (e) {
-    throw new MoekitError('bad-input', `${path}: invalid JSON (${(e as Error).message.split('\n')[0]})`);
   }
 }

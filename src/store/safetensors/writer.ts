@@ -119,19 +119,37 @@ class WriteQueue {
   }
 }
 
+/** One weight file to write: its name and tensors in order. */
+export interface FileEntries {
+  name: string;
+  entries: WriteEntry[];
+}
+
 /**
- * Write `entries` as a (possibly sharded) checkpoint into `dir`. Reads of the next chunk overlap
- * the write of the current one. Returns the files written (names relative to dir).
+ * Write `entries` as a (possibly sharded) checkpoint into `dir`, split by `maxShardSize` with HF
+ * names. Returns the files written (names relative to dir).
  */
 export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: WriteOptions = {}): Promise<WriteResult> {
-  const seen = new Set<string>();
-  for (const e of entries) {
-    if (seen.has(e.name)) throw new MoekitError('internal', `internal: tensor '${e.name}' would be written twice`);
-    seen.add(e.name);
-  }
-  await mkdir(dir, { recursive: true });
   const stem = opts.stem ?? 'model';
   const shards = planShards(entries, opts.maxShardSize);
+  const files = shards.map((e, i) => ({ name: shardFileName(stem, i, shards.length), entries: e }));
+  return writeFiles(dir, files, shards.length > 1 ? `${stem}.safetensors.index.json` : undefined, opts);
+}
+
+/**
+ * Write planned weight files (and their index, when named) into `dir`. Every file goes to a temp
+ * name first; reads of the next chunk overlap the write of the current one; each file is fsynced in
+ * the background while the next is written, and all are renamed into place only when complete.
+ */
+export async function writeFiles(dir: string, files: FileEntries[], index: string | undefined, opts: WriteOptions = {}): Promise<WriteResult> {
+  const seen = new Set<string>();
+  for (const f of files) {
+    for (const e of f.entries) {
+      if (seen.has(e.name)) throw new MoekitError('internal', `internal: tensor '${e.name}' would be written twice`);
+      seen.add(e.name);
+    }
+  }
+  await mkdir(dir, { recursive: true });
   const temps: { tmp: string; final: string }[] = [];
   const weightMap: Record<string, string> = {};
   let bytes = 0;
@@ -139,9 +157,7 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
   let totalSize = 0;
   const closing: Promise<void>[] = [];
   try {
-    for (let i = 0; i < shards.length; i++) {
-      const shard = shards[i]!;
-      const fname = shardFileName(stem, i, shards.length);
+    for (const { name: fname, entries: shard } of files) {
       const tmp = join(dir, tempName(fname));
       temps.push({ tmp, final: join(dir, fname) });
       const fh = await open(tmp, 'w');
@@ -164,7 +180,7 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
             bytes += c.data.byteLength;
             opts.onProgress?.(bytes, count);
           }
-          if (got !== want) throw new MoekitError('bad-input', `'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
+          if (got !== want) throw new MoekitError('internal', `'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
           weightMap[e.name] = fname;
           totalSize += want;
           count++;
@@ -176,16 +192,15 @@ export async function writeCheckpoint(dir: string, entries: WriteEntry[], opts: 
         await fh.close();
         throw e;
       }
-      // fsync this shard in the background while the next one is written
+      // fsync this file in the background while the next one is written
       const finish = (opts.fsync !== false ? fh.sync() : Promise.resolve()).finally(() => fh.close());
       finish.catch(() => undefined);
       closing.push(finish);
     }
     await Promise.all(closing.splice(0));
-    if (shards.length > 1) {
-      const fname = `${stem}.safetensors.index.json`;
-      const tmp = join(dir, tempName(fname));
-      temps.push({ tmp, final: join(dir, fname) });
+    if (index) {
+      const tmp = join(dir, tempName(index));
+      temps.push({ tmp, final: join(dir, index) });
       const sortedMap: Record<string, string> = {};
       for (const k of Object.keys(weightMap).sort()) sortedMap[k] = weightMap[k]!;
       await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sortedMap }, null, 2) + '\n');

@@ -1,0 +1,30 @@
+/** `--dry-run` text output: the plan described by engine/plan.ts `describePlan`, one line per output file. */
+interface DescribedPlan {
+  expectedPeakMB: number;
+  outputs: { dir: string; files: { name: string; bytes: number; tensors: { action: string; transforms: string[] }[] }[]; index: string | null; sideFiles: string[] }[];
+}
+
+export function formatPlanSummary(plan: unknown): string {
+  const p = plan as DescribedPlan;
+  const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+  const lines: string[] = [];
+  let tensors = 0;
+  let bytes = 0;
+  for (const o of p.outputs) {
+    const at = o.dir ? `${o.dir}/` : '';
+    for (const f of o.files) {
+      const count = new Map<string, number>();
+      for (const t of f.tensors) {
+        const k = t.action + t.transforms.map((x) => ` + ${x}`).join('');
+        count.set(k, (count.get(k) ?? 0) + 1);
+      }
+      lines.push(`  ${at}${f.name}: ${f.tensors.length} tensors, ${mb(f.bytes)} (${[...count].map(([k, n]) => `${n} ${k}`).join(', ')})`);
+      tensors += f.tensors.length;
+      bytes += f.bytes;
+    }
+    const side = [...(o.index ? [o.index] : []), ...o.sideFiles];
+    if (side.length) lines.push(`  ${at}+ ${side.join(', ')}`);
+  }
+  lines.push(`total: ${tensors} tensors, ${mb(bytes)}; expected peak memory about ${p.expectedPeakMB} MB; nothing written (--dry-run)`);
+  return lines.join('\n');
+}

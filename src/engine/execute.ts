@@ -1,0 +1,209 @@
+/**
+ * The executor: runs any Plan (plan.ts) into a folder. Tensors stream slab by slab in write order:
+ * a byte-range slab is read in pooled chunks with read-ahead; an assembled slab is built in a
+ * pooled buffer by copying each IR view into its strided place, `jobs` at a time and up to `jobs`
+ * slabs ahead across tensor boundaries, so memory stays at about (jobs + 2) × the largest slab.
+ * Transforms apply chunk by chunk; optional sha256 of every tensor is computed (worker threads)
+ * from the bytes as they pass to the writer.
+ */
+import { join } from 'node:path';
+import { copyFile, mkdir } from 'node:fs/promises';
+import pLimit from 'p-limit';
+import type { TensorInfo, TensorStore } from '../store/types.js';
+import { type Chunk, sharedPool } from '../store/pool.js';
+import { byteSize } from '../store/dtypes.js';
+import { writeFiles, writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js';
+import { View, allocAligned, copyView } from './ir.js';
+import { applyTransforms } from './transforms.js';
+import type { HashPool } from './hash-pool.js';
+import type { CheckpointPlan, SlabPlan, TensorPlan } from './plan.js';
+
+export interface ExecuteOptions {
+  /** slabs assembled concurrently (default 4) */
+  jobs?: number;
+  fsync?: boolean;
+  /** bytes written since the last call */
+  onProgress?: (delta: number) => void;
+  /** hash every tensor as it streams */
+  hash?: HashPool;
+  /** checked before each chunk: a truthy value aborts the write with it */
+  stop?: () => unknown;
+  /** with `hash`: called with every tensor's sha256 once the weight files are written, before the side files */
+  onHashes?: (sha256: Map<string, string>) => void;
+}
+
+export interface ExecuteResult {
+  /** weight files, index and side files written, relative to the checkpoint folder */
+  files: string[];
+  /** tensor bytes written */
+  bytes: number;
+  /** sha256 per tensor (with `hash`) */
+  sha256: Map<string, string>;
+}
+
+/** A pool of slab buffers by size, so a long run recycles warm memory. */
+class SlabPool {
+  private free = new Map<number, Buffer[]>();
+  acquire(n: number): Buffer {
+    return this.free.get(n)?.pop() ?? allocAligned(n);
+  }
+  release(b: Buffer): void {
+    let l = this.free.get(b.byteLength);
+    if (!l) this.free.set(b.byteLength, (l = []));
+    if (l.length < 8) l.push(b);
+  }
+}
+
+/** A byte range of a source tensor in pooled chunks, with `readahead` reads in flight (reads overlap writes). */
+async function* rangeChunks(store: TensorStore, info: TensorInfo, start: number, end: number, readahead = 3): AsyncGenerator<Chunk> {
+  const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
+  let pos = start;
+  const issue = () => {
+    const e = Math.min(end, pos + sharedPool.chunkSize);
+    const buf = sharedPool.acquire();
+    const p = store.read(info, pos, e, buf);
+    p.catch(() => undefined); // awaited below
+    pending.push({ buf, p });
+    pos = e;
+  };
+  try {
+    while (pos < end && pending.length < readahead) issue();
+    while (pending.length) {
+      const { buf, p } = pending[0]!;
+      const data = await p;
+      pending.shift();
+      if (pos < end) issue();
+      yield { data, release: () => sharedPool.release(buf) };
+    }
+  } finally {
+    // an abandoned stream: let in-flight reads finish, then recycle their buffers
+    for (const { buf, p } of pending.splice(0)) void p.then(() => sharedPool.release(buf), () => sharedPool.release(buf));
+  }
+}
+
+/** Apply a tensor's transforms to a chunk (a transformed chunk is a new buffer: the source buffer goes back at once). */
+function transformed(t: TensorPlan, c: Chunk): Chunk {
+  if (t.transforms.length === 0) return c;
+  const data = applyTransforms(t.transforms, c.data);
+  c.release?.();
+  return { data };
+}
+
+/**
+ * The assembly queue of one checkpoint: assembled slabs numbered in write order. Asking for slab g
+ * starts slabs g..g+window-1, so the next tensors' slabs are read and assembled while the current
+ * one is written.
+ */
+class Assembler {
+  private readonly queue: Extract<SlabPlan, { kind: 'assemble' }>[] = [];
+  private readonly index = new Map<SlabPlan, number>();
+  private readonly started = new Map<number, Promise<Buffer>>();
+  private readonly taken = new Set<number>();
+  private readonly limit;
+  readonly pool = new SlabPool();
+
+  constructor(
+    tensors: TensorPlan[],
+    private readonly window: number,
+  ) {
+    this.limit = pLimit(window);
+    for (const t of tensors) {
+      for (const s of t.slabs) {
+        if (s.kind !== 'assemble') continue;
+        this.index.set(s, this.queue.length);
+        this.queue.push(s);
+      }
+    }
+  }
+
+  private build(s: Extract<SlabPlan, { kind: 'assemble' }>): () => Promise<Buffer> {
+    return async () => {
+      const buf = this.pool.acquire(byteSize(s.dtype, s.shape));
+      const storage = { kind: 'memory' as const, buf };
+      for (const p of s.parts) await copyView(p.src, new View(storage, p.dst.dtype, p.dst.offset, p.dst.shape, p.dst.strides));
+      return buf;
+    };
+  }
+
+  get(s: Extract<SlabPlan, { kind: 'assemble' }>): Promise<Buffer> {
+    const g = this.index.get(s)!;
+    for (let k = g; k < Math.min(this.queue.length, g + this.window); k++) {
+      if (this.started.has(k) || this.taken.has(k)) continue;
+      const p = this.limit(this.build(this.queue[k]!));
+      p.catch(() => undefined); // surfaced when awaited
+      this.started.set(k, p);
+    }
+    const p = this.started.get(g) ?? this.limit(this.build(s)); // a tensor streamed twice rebuilds its slabs
+    this.started.delete(g);
+    this.taken.add(g);
+    return p;
+  }
+}
+
+/** The writer's entry for one planned tensor. */
+function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<string, Promise<string>>): WriteEntry {
+  async function* bytes(): AsyncGenerator<Chunk> {
+    for (const s of t.slabs) {
+      if (s.kind === 'range') {
+        for await (const c of rangeChunks(s.store, s.info, s.start, s.end)) yield transformed(t, c);
+      } else {
+        const buf = await asm.get(s);
+        yield transformed(t, { data: buf, release: () => asm.pool.release(buf) });
+      }
+    }
+  }
+  return {
+    name: t.name,
+    dtype: t.dtype,
+    shape: t.shape,
+    source: async function* () {
+      const h = opts.hash?.stream();
+      for await (const c of bytes()) {
+        const why = opts.stop?.();
+        if (why) {
+          c.release?.();
+          throw why;
+        }
+        if (h) await h.update(c.data);
+        yield c;
+      }
+      if (h) {
+        const d = h.digest();
+        d.catch(() => undefined); // awaited after the checkpoint is written
+        sha.set(t.name, d);
+      }
+    },
+  };
+}
+
+/** Write one planned checkpoint (weight files, index, side files) into `dir`. */
+export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: ExecuteOptions = {}): Promise<ExecuteResult> {
+  const tensors = cp.files.flatMap((f) => f.tensors);
+  const asm = new Assembler(tensors, Math.max(1, opts.jobs ?? 4));
+  const sha = new Map<string, Promise<string>>();
+  let last = 0;
+  const res = await writeFiles(
+    dir,
+    cp.files.map((f) => ({ name: f.name, entries: f.tensors.map((t) => entryOf(t, asm, opts, sha)) })),
+    cp.index,
+    {
+      metadata: cp.metadata,
+      fsync: opts.fsync,
+      onProgress: (b) => {
+        opts.onProgress?.(b - last);
+        last = b;
+      },
+    },
+  );
+  const hashes = new Map<string, string>();
+  for (const [n, h] of sha) hashes.set(n, await h);
+  opts.onHashes?.(hashes);
+  const files = [...res.files];
+  await mkdir(dir, { recursive: true });
+  for (const s of cp.sideFiles) {
+    if ('json' in s) await writeJsonAtomic(join(dir, s.name), typeof s.json === 'function' ? (s.json as () => unknown)() : s.json);
+    else await copyFile(s.copyFrom, join(dir, s.name));
+    files.push(s.name);
+  }
+  return { files, bytes: res.totalSize, sha256: hashes };
+}

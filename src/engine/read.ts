@@ -1,0 +1,327 @@
+/**
+ * Reading a checkpoint into the canonical IR: its metadata (config.json / moekit.json), which
+ * layout spec its tensor names match (converters/), and the expert IR as lazy views over the
+ * store. Nothing here reads tensor data.
+ */
+import { join } from 'node:path';
+import type { TensorStore, TensorInfo } from '../store/types.js';
+import { readJsonIfExists } from '../store/json.js';
+import { MoekitError } from '../errors.js';
+import { familyFacts, type Routing, type Activation } from '../families/index.js';
+import { View, layerDims, EXPERT_FIELDS, type Dims, type ExpertIR, type LayerIR, type ModelIR, type ExpertField, type LayerField } from './ir.js';
+import { declaredShape, fieldsOf, ruleName, ruleRegex, slabShape, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions, type TensorRule } from './layout.js';
+import type { TensorsPlan } from './plan.js';
+import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
+
+// ---- metadata --------------------------------------------------------------------------------
+
+/** moekit.json: what a converted checkpoint is, so reading it back needs nothing else. */
+export interface MoekitJson {
+  format: 'moekit';
+  version: 1;
+  family: string;
+  modelType: string;
+  layout: string;
+  gateUp: GateUpOrder | 'separate';
+  gated: boolean;
+  hfRoot: string;
+  dims: { hiddenSize: number; numExperts: number; moeIntermediateSize: number; sharedIntermediateSize: number };
+  routing: Routing | null;
+  activation: Activation | null;
+  layers: LayerReport[];
+  source: { layout: string };
+}
+
+export interface LayerReport {
+  layer: number;
+  experts: number;
+  routerExperts: number;
+  intermediate: number;
+  sharedIntermediate: number;
+  gated: boolean;
+  fields: string[];
+  /** global expert ids when the file holds a subset (EP shard) */
+  globalExperts?: number[];
+}
+
+export interface ModelMeta {
+  family: string;
+  modelType: string;
+  routing: Routing | null;
+  activation: Activation | null;
+  config?: Record<string, unknown>;
+  moekit?: MoekitJson;
+}
+
+export async function loadMeta(ck: TensorStore): Promise<ModelMeta> {
+  const config = await ck.config();
+  const mk = (await readJsonIfExists(join(ck.dir, 'moekit.json'))) as MoekitJson | undefined;
+  if (mk && (mk.format !== 'moekit' || typeof mk.layout !== 'string' || typeof mk.family !== 'string')) {
+    throw new MoekitError('unsupported', `${join(ck.dir, 'moekit.json')}: not a moekit.json (format/layout/family missing)`);
+  }
+  if (mk) return { family: mk.family, modelType: mk.modelType, routing: mk.routing, activation: mk.activation, config, moekit: mk };
+  if (config) {
+    const f = familyFacts(config);
+    return { family: f.family, modelType: f.modelType, routing: f.known ? f.routing : null, activation: f.activation, config };
+  }
+  return { family: 'unknown', modelType: '', routing: null, activation: null };
+}
+
+// ---- detection -------------------------------------------------------------------------------
+
+interface Compiled {
+  rule: TensorRule;
+  re: RegExp;
+}
+const compiledCache = new Map<LayoutSpec, Compiled[]>();
+function compiled(spec: LayoutSpec): Compiled[] {
+  let c = compiledCache.get(spec);
+  if (!c) compiledCache.set(spec, (c = spec.rules.map((rule) => ({ rule, re: ruleRegex(spec, rule) }))));
+  return c;
+}
+
+/** How many tensors of the checkpoint a spec's expert rules (and all its rules) claim. */
+function claims(spec: LayoutSpec, names: string[]): { experts: number; all: number } {
+  let experts = 0;
+  let all = 0;
+  for (const n of names) {
+    for (const c of compiled(spec)) {
+      if (c.re.test(n)) {
+        all++;
+        if (c.rule.scope !== 'layer') experts++;
+        break;
+      }
+    }
+  }
+  return { experts, all };
+}
+
+/** The layout a checkpoint's tensors are in (moekit.json's word first), or undefined if no spec claims any expert tensor. */
+export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | undefined {
+  if (meta.moekit) {
+    const s = layoutById(meta.moekit.layout);
+    if (s && claims(s, names).experts > 0) return s;
+  }
+  let best: { spec: LayoutSpec; experts: number; all: number } | undefined;
+  for (const spec of LAYOUTS) {
+    if (spec.families && meta.family !== 'unknown' && !spec.families.includes(meta.family) && hfLayoutFor(meta.family)) continue;
+    const c = claims(spec, names);
+    if (c.experts === 0) continue;
+    if (!best || c.experts > best.experts || (c.experts === best.experts && c.all > best.all)) best = { spec, ...c };
+  }
+  return best?.spec;
+}
+
+/**
+ * Experts per layer counted from names alone (per-expert ids, or a stacked tensor's leading dim),
+ * for checkpoints whose experts cannot be read as plain tensors (quantized storage).
+ */
+export function claimedExperts(spec: LayoutSpec, tensors: TensorInfo[]): Map<number, number> {
+  const ids = new Map<number, Set<number>>();
+  const lead = new Map<number, number>();
+  for (const t of tensors) {
+    for (const c of compiled(spec)) {
+      const m = c.re.exec(t.name);
+      if (!m) continue;
+      const n = Number(m.groups!.n);
+      if (m.groups!.e !== undefined) {
+        let s = ids.get(n);
+        if (!s) ids.set(n, (s = new Set()));
+        s.add(Number(m.groups!.e));
+      } else if (c.rule.scope === 'stacked' && !c.rule.shape) lead.set(n, t.shape[0]!);
+      break;
+    }
+  }
+  const out = new Map<number, number>(lead);
+  for (const [n, s] of ids) out.set(n, s.size);
+  return out;
+}
+
+/** Resolve `--to`: 'hf' = the family's own HF layout. */
+export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec | undefined): LayoutSpec {
+  if (name === 'hf') {
+    const s = hfLayoutFor(meta.family) ?? (source?.families ? source : undefined);
+    if (!s) {
+      throw new MoekitError(
+        'unsupported',
+        meta.family === 'unknown'
+          ? 'cannot tell the model family (no config.json or moekit.json next to the checkpoint), so --to hf has no layout; add the HF config.json'
+          : `family '${meta.family}' has no HF MoE layout moekit knows (known: ${LAYOUTS.flatMap((l) => l.families ?? []).join(', ')})`,
+      );
+    }
+    return s;
+  }
+  const s = layoutById(name);
+  if (!s || s.families) throw new MoekitError('unsupported', `unknown layout '${name}' (known: ${TARGET_NAMES.join(', ')})`);
+  return s;
+}
+
+/** Quantized storage that moekit can pass through but not re-layout. */
+export function quantizedTensors(ck: TensorStore): string | undefined {
+  const ts = [...ck.tensors.values()];
+  const f8 = ts.find((t) => t.dtype.startsWith('F8_'));
+  if (f8) return `FP8: ${f8.name} is ${f8.dtype}`;
+  const checks: [RegExp, string][] = [
+    [/_blocks$/, 'MXFP4'],
+    [/_scale_inv$|weight_scale$/, 'block-scaled'],
+    [/weight_packed$/, 'packed int4'],
+  ];
+  for (const [re, what] of checks) {
+    const t = ts.find((x) => re.test(x.name));
+    if (t) return `${what}: ${t.name}`;
+  }
+  return undefined;
+}
+
+// ---- reading a spec into the IR --------------------------------------------------------------
+
+const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
+
+interface Match {
+  rule: TensorRule;
+  info: TensorInfo;
+  e?: number;
+}
+
+export interface ReadOptions {
+  /** order of fused gate/up in the source (default: moekit.json's, else the spec's default) */
+  gateUp?: GateUpOrder;
+}
+
+/** Read the expert tensors of a checkpoint in layout `spec` into the canonical IR. */
+export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts: ReadOptions = {}): ModelIR {
+  const rules = compiled(spec);
+  const layers = new Map<number, { root: string; matches: Match[] }>();
+  const passthrough: ModelIR['passthrough'] = [];
+  for (const info of ck.tensors.values()) {
+    let hit = false;
+    for (const c of rules) {
+      const m = c.re.exec(info.name);
+      if (!m) continue;
+      const n = Number(m.groups!.n);
+      let l = layers.get(n);
+      if (!l) layers.set(n, (l = { root: m.groups!.root ?? '', matches: [] }));
+      l.matches.push({ rule: c.rule, info, e: m.groups!.e === undefined ? undefined : Number(m.groups!.e) });
+      hit = true;
+      break;
+    }
+    if (!hit) passthrough.push({ store: ck, info });
+  }
+  const gateUp: GateUpOrder = ropts.gateUp ?? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : (spec.gateUp?.default ?? 'concat'));
+  const o: SpecOptions = { gateUp };
+  const out: LayerIR[] = [];
+  let hfRoot: string | undefined;
+  for (const [n, l] of [...layers].sort((a, b) => a[0] - b[0])) {
+    if (spec.root === 'hf') hfRoot ??= l.root;
+    out.push(readLayer(ck, n, l.matches, spec, o, meta));
+  }
+  if (out.length === 0) throw new MoekitError('unsupported', `no tensors of layout '${spec.id}' found`);
+  return {
+    family: meta.family,
+    modelType: meta.modelType,
+    routing: meta.routing,
+    activation: meta.activation,
+    hfRoot: hfRoot ?? meta.moekit?.hfRoot ?? 'model.',
+    layers: out,
+    passthrough,
+  };
+}
+
+function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions, meta: ModelMeta): LayerIR {
+  const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
+  const has = (f: Field, d: Dims) => matches.some((m) => fieldsOf(m.rule, d, o).includes(f));
+  const router = matches.find((m) => has('router', probe) && fieldsOf(m.rule, probe, o).includes('router'));
+  if (!router) throw new MoekitError('unsupported', `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`);
+  const [Er, H] = router.info.shape as [number, number];
+  // gated or not: the hypothesis under which every matched expert rule holds something and a
+  // standalone gate tensor is present exactly when gated
+  const layerMeta = meta.moekit?.layers?.find((x) => x.layer === n);
+  const prefer = layerMeta?.gated ?? meta.moekit?.gated ?? true;
+  let gated: boolean | undefined;
+  for (const h of [prefer, !prefer]) {
+    const d = { ...probe, gated: h };
+    const expertRules = matches.filter((m) => m.rule.scope !== 'layer');
+    if (expertRules.some((m) => fieldsOf(m.rule, d, o).length === 0)) continue;
+    if (expertRules.some((m) => fieldsOf(m.rule, d, o).includes('gate')) !== h) continue;
+    gated = h;
+    break;
+  }
+  if (gated === undefined) throw new MoekitError('unsupported', `layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
+  // number of experts held
+  const ids = new Set(matches.filter((m) => m.e !== undefined).map((m) => m.e!));
+  let E: number;
+  if (ids.size > 0) {
+    E = Math.max(...ids) + 1;
+    if (ids.size !== E) throw new MoekitError('unsupported', `layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
+  } else {
+    const st = matches.find((m) => m.rule.scope === 'stacked' && !m.rule.shape);
+    E = st ? st.info.shape[0]! : (layerMeta?.experts ?? Er);
+  }
+  const d: Dims = { E, Er, H, I: 1, Is: 1, gated };
+  const solve = (field: Field, key: 'I' | 'Is'): number => {
+    const m = matches.find((x) => fieldsOf(x.rule, d, o).includes(field));
+    if (!m) return 0;
+    const unit = numel(declaredShape(m.rule, { ...d, [key]: 1 }, o));
+    const v = numel(m.info.shape) / unit;
+    if (!Number.isInteger(v) || v < 1) throw new MoekitError('unsupported', `layer ${n}: '${m.info.name}' ${fmt(m.info.shape)} does not fit layout '${spec.id}' with ${E} experts, hidden ${H}`);
+    return v;
+  };
+  d.I = solve('up', 'I');
+  d.Is = solve('shared_up', 'Is');
+  if (d.I === 0) throw new MoekitError('unsupported', `layer ${n}: no up-projection tensor of layout '${spec.id}'`);
+  const experts: Partial<ExpertIR>[] = Array.from({ length: E }, () => ({}));
+  const lf: Partial<Record<LayerField, View>> = {};
+  for (const m of matches) {
+    const want = declaredShape(m.rule, d, o);
+    if (want.length !== m.info.shape.length || want.some((s, i) => s !== m.info.shape[i])) {
+      throw new MoekitError('unsupported', `mixed expert shapes: '${m.info.name}' is ${fmt(m.info.shape)}, expected ${fmt(want)} (layer ${n}: E=${E}, H=${H}, I=${d.I}${d.Is ? `, shared I=${d.Is}` : ''})`);
+    }
+    const parts = Object.entries(m.rule.parts(d, o)) as [Field, (v: View) => View][];
+    const slab = slabShape(m.rule, d, o);
+    const whole = View.ofTensor(ck, m.info);
+    if (m.rule.scope === 'layer') {
+      const v = whole.reshape(slab);
+      for (const [f, loc] of parts) lf[f as LayerField] = loc(v);
+    } else if (m.rule.scope === 'expert') {
+      const v = whole.reshape(slab);
+      for (const [f, loc] of parts) (experts[m.e!] as Record<string, View>)[f] = loc(v);
+    } else {
+      const all = whole.reshape([E, ...slab]);
+      for (let e = 0; e < E; e++) {
+        const v = all.select(0, e);
+        for (const [f, loc] of parts) (experts[e] as Record<string, View>)[f] = loc(v);
+      }
+    }
+  }
+  const need: ExpertField[] = gated ? ['gate', 'up', 'down'] : ['up', 'down'];
+  experts.forEach((e, i) => {
+    for (const f of need) if (!e[f]) throw new MoekitError('unsupported', `layer ${n}: expert ${i} has no ${f} tensor in layout '${spec.id}'`);
+  });
+  return { layer: n, ...lf, experts: experts as ExpertIR[], globalIds: layerMeta?.globalExperts ?? experts.map((_, i) => i) };
+}
+
+/** The moekit.json of a converted checkpoint. */
+export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gateUp' | 'target'>, sourceLayout: string): MoekitJson {
+  const l0 = plan.layers[0];
+  return {
+    format: 'moekit',
+    version: 1,
+    family: ir.family,
+    modelType: ir.modelType,
+    layout: plan.target.id,
+    gateUp: plan.gateUp,
+    gated: l0?.gated ?? true,
+    hfRoot: ir.hfRoot,
+    dims: {
+      hiddenSize: ir.layers[0] ? layerDims(ir.layers[0]).H : 0,
+      numExperts: l0?.routerExperts ?? 0,
+      moeIntermediateSize: l0?.intermediate ?? 0,
+      sharedIntermediateSize: l0?.sharedIntermediate ?? 0,
+    },
+    routing: ir.routing,
+    activation: ir.activation,
+    layers: plan.layers,
+    source: { layout: sourceLayout },
+  };
+}
