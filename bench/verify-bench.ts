@@ -2,7 +2,7 @@
  * Verify benchmark: one synthetic Mixtral-8x7B-shaped bf16 MoE layer (H 4096, I 14336, E 8,
  * top-2, 64 tokens by default) written to a temp folder, then timed:
  *   - read: reading the layer's weight bytes from disk (warm page cache, best of 2)
- *   - verify: loading the layer (loadLayerFromHf, lazy) + the WebGPU forward streaming the expert
+ *   - verify: loading the layer (layerSource, lazy) + the WebGPU forward streaming the expert
  *     matrices from disk, as `moekit verify` does
  *   - kernels: GPU time of all kernels (timestamp queries), → kernel GFLOP/s
  * reported as verify/read (target ≤ 1.5 on the H100: verification is I/O-bound). When python3
@@ -25,7 +25,7 @@ import { openStore } from '../src/store/registry.js';
 import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
 import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
 import type { Chunk } from '../src/store/pool.js';
-import { loadLayerFromHf } from '../src/forward/hf-loader.js';
+import { layerSource } from '../src/forward/ir-loader.js';
 import { forwardGpu } from '../src/gpu/moe.js';
 import { randomTokens } from '../src/ops/verify.js';
 import type { MoeBlockWeights } from '../src/forward/weights.js';
@@ -170,8 +170,9 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
     await forwardGpu(warmupBlock(), spec, new Float32Array(8 * 64), 8);
 
     const x = randomTokens(T, H, 42);
+    const src = await layerSource(ck, config);
     const t0 = performance.now();
-    const layer = await loadLayerFromHf(ck, config, 0, { lazy: true });
+    const layer = await src.load(0, { lazy: true });
     const t1 = performance.now();
     const r = await forwardGpu(layer.weights, layer.facts, x, T, { timing: true });
     const t2 = performance.now();

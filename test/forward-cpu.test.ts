@@ -3,13 +3,13 @@ import { join } from 'node:path';
 import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { toFloat32 } from '../src/engine/cast.js';
-import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
+import { layerSource } from '../src/forward/ir-loader.js';
 import { compare, forwardCpu } from '../src/forward/cpu.js';
 import { topk, routeToken } from '../src/forward/routing.js';
 import { familyFacts } from '../src/families/index.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
-const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense'];
+const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense', 'granitemoe', 'llama4_text'];
 
 async function refOf(name: string) {
   const ref = await openStore(join(FIX, name, 'reference.safetensors'));
@@ -29,10 +29,10 @@ describe('CPU reference forward vs transformers outputs', () => {
       const { ref, get } = await refOf(refName);
       const x = await get('input');
       const T = ref.info('input').shape[0]!;
-      const layers = mlpLayers(ck, config).filter((l) => ref.has(`layers.${l}.output`));
+      const layers = (await layerSource(ck, config)).layers.filter((l) => ref.has(`layers.${l}.output`));
       expect(layers.length).toBeGreaterThan(0);
       for (const l of layers) {
-        const { weights, facts } = await loadLayerFromHf(ck, config, l);
+        const { weights, facts } = await (await layerSource(ck, config)).load(l);
         const r = forwardCpu(weights, facts, x, T);
         const c = compare(r.out, await get(`layers.${l}.output`));
         expect(c.maxRel, `${name} layer ${l}`).toBeLessThanOrEqual(tol);

@@ -4,7 +4,7 @@ import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { castFloat, toFloat32 } from '../src/engine/cast.js';
 import type { FloatDtype } from '../src/store/dtypes.js';
-import { loadLayerFromHf, mlpLayers } from '../src/forward/hf-loader.js';
+import { layerSource } from '../src/forward/ir-loader.js';
 import { compare, forwardCpu } from '../src/forward/cpu.js';
 import type { BlockSpec } from '../src/forward/routing.js';
 import { bytesOf, type ExpertWeights, type MoeBlockWeights, type Weight } from '../src/forward/weights.js';
@@ -24,14 +24,16 @@ describe('WebGPU forward vs transformers outputs', () => {
     ['gpt_oss', 'gpt_oss', 1e-5, undefined],
     ['llama_dense', 'llama_dense', 1e-5, undefined],
     ['qwen3_dense', 'qwen3_dense', 1e-5, undefined],
+    ['granitemoe', 'granitemoe', 1e-5, undefined],
+    ['llama4_text', 'llama4_text', 1e-5, 4096],
   ] as const) for (const kernels of ['cpu', 'gpu'] as const) {
     it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}, ${kernels} kernels`, async () => {
       const ck = await openStore(join(FIX, name));
       const config = (await ck.config())!;
       const ref = await openStore(join(FIX, refName, 'reference.safetensors'));
       const x = toFloat32(await ref.read('input'), 'F32');
-      for (const l of mlpLayers(ck, config).filter((l) => ref.has(`layers.${l}.output`))) {
-        const { weights, facts } = await loadLayerFromHf(ck, config, l);
+      for (const l of (await layerSource(ck, config)).layers.filter((l) => ref.has(`layers.${l}.output`))) {
+        const { weights, facts } = await (await layerSource(ck, config)).load(l);
         const g = await forwardGpu(weights, facts, x, 24, { maxBinding, kernels });
         const c = compare(g.out, toFloat32(await ref.read(`layers.${l}.output`), 'F32'));
         expect(c.maxRel, `${name} layer ${l}`).toBeLessThanOrEqual(tol);
@@ -164,9 +166,9 @@ describe('streaming expert weights from disk', () => {
     const config = (await ck.config())!;
     const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
     for (const [maxBinding, kernels] of [[undefined, 'cpu'], [2048, 'cpu'], [2048, 'gpu']] as const) {
-      const lazy = await loadLayerFromHf(ck, config, 1, { lazy: true });
+      const lazy = await (await layerSource(ck, config)).load(1, { lazy: true });
       expect(lazy.weights.experts[0]!.up.data).toBeUndefined();
-      const eager = await loadLayerFromHf(ck, config, 1);
+      const eager = await (await layerSource(ck, config)).load(1);
       const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels });
       const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding, kernels });
       expect(Buffer.from(a.out.buffer).equals(Buffer.from(b.out.buffer))).toBe(true);

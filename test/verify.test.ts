@@ -71,6 +71,8 @@ describe('verify passes on every fixture with a reference (WebGPU)', () => {
     ['qwen3_dense', 'qwen3_dense'],
     ['mixtral_bf16', 'mixtral'],
     ['deepseek_v3_bf16', 'deepseek_v3'],
+    ['granitemoe', 'granitemoe'],
+    ['llama4_text', 'llama4_text'],
   ] as const) {
     it(`${name} against ${refName}/reference.safetensors`, async () => {
       const r = await verify(join(FIX, name), undefined, { reference: join(FIX, refName, 'reference.safetensors') });
@@ -154,6 +156,34 @@ describe('verify FAILS on broken conversions (CLI exit status and failing layer)
     expect(code).toBe(1);
     expect(out).toMatch(/\s1\s+moe.*FAIL/);
     expect(out).toMatch(/\s0\s+moe.*pass/);
+  });
+});
+
+describe('HF Granite-MoE and Llama4 read through the layout specs (the names live in converters/ only)', () => {
+  it('granitemoe: every layer is an MoE block routed by softmax over the top-k logits', async () => {
+    const r = await verify(join(FIX, 'granitemoe'), undefined, { reference: join(FIX, 'granitemoe', 'reference.safetensors'), cpu: true });
+    expect(r.layers.map((l) => [l.layer, l.kind])).toEqual([[0, 'moe'], [1, 'moe'], [2, 'moe']]);
+    expect(r.pass).toBe(true);
+  });
+  it('llama4_text: dense feed_forward layers 0 and 2, MoE layer 1 with sigmoid-scaled input and a shared expert', async () => {
+    const r = await verify(join(FIX, 'llama4_text'), undefined, { reference: join(FIX, 'llama4_text', 'reference.safetensors'), cpu: true });
+    expect(r.layers.map((l) => [l.layer, l.kind])).toEqual([[0, 'dense'], [1, 'moe'], [2, 'dense']]);
+    expect(r.pass).toBe(true);
+  });
+  it('a Llama4 router read as softmax routing fails: the routing rule is really checked', async () => {
+    const { layerSource } = await import('../src/forward/ir-loader.js');
+    const { forwardCpu, compare } = await import('../src/forward/cpu.js');
+    const { toFloat32 } = await import('../src/engine/cast.js');
+    const ck = await openStore(join(FIX, 'llama4_text'));
+    const ref = await openStore(join(FIX, 'llama4_text', 'reference.safetensors'));
+    const l = await (await layerSource(ck, (await ck.config())!)).load(1);
+    const x = toFloat32(await ref.read('input'), 'F32');
+    const want = toFloat32(await ref.read('layers.1.output'), 'F32');
+    expect(compare(forwardCpu(l.weights, l.facts, x, 24).out, want).maxRel).toBeLessThan(1e-5);
+    const wrong = { ...l.facts, routing: { ...l.facts.routing, scoreFunc: 'softmax' as const, normTopkProb: true } };
+    expect(compare(forwardCpu(l.weights, wrong, x, 24).out, want).maxRel).toBeGreaterThan(1e-2);
+    await ck.close();
+    await ref.close();
   });
 });
 

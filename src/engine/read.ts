@@ -12,6 +12,7 @@ import { View, layerDims, EXPERT_FIELDS, type Dims, type ExpertIR, type LayerIR,
 import { declaredShape, fieldsOf, ruleName, ruleRegex, slabShape, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions, type TensorRule } from './layout.js';
 import type { TensorsPlan } from './plan.js';
 import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
+import { DENSE_MLP_SPECS } from '../../converters/dense-mlp.js';
 
 // ---- metadata --------------------------------------------------------------------------------
 
@@ -324,4 +325,36 @@ export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gate
     layers: plan.layers,
     source: { layout: sourceLayout },
   };
+}
+
+/** A dense MLP block of one layer: its weights as views. */
+export interface DenseMlp {
+  layer: number;
+  gate?: View;
+  up: View;
+  down: View;
+}
+
+/** Dense MLP blocks of a checkpoint by layer (names from converters/dense-mlp.ts), skipping `moe` layers. */
+export function readDenseMlps(ck: TensorStore, moe: ReadonlySet<number>): Map<number, DenseMlp> {
+  const found = new Map<number, Partial<Record<Field, View>>>();
+  for (const spec of DENSE_MLP_SPECS) {
+    for (const { rule, re } of compiled(spec)) {
+      for (const info of ck.tensors.values()) {
+        const m = re.exec(info.name);
+        if (!m) continue;
+        const n = Number(m.groups!.n);
+        if (moe.has(n)) continue;
+        let l = found.get(n);
+        if (!l) found.set(n, (l = {}));
+        for (const [f, loc] of Object.entries(rule.parts({ E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true }, { gateUp: 'concat' }))) l[f as Field] = loc!(View.ofTensor(ck, info));
+      }
+    }
+  }
+  const out = new Map<number, DenseMlp>();
+  for (const [n, l] of [...found].sort((a, b) => a[0] - b[0])) {
+    if (!l.shared_up || !l.shared_down) continue;
+    out.set(n, { layer: n, gate: l.shared_gate_proj, up: l.shared_up, down: l.shared_down });
+  }
+  return out;
 }

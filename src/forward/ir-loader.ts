@@ -1,21 +1,32 @@
 /**
- * Verify any layout moekit reads: builds the forward's MoeBlockWeights from the canonical expert IR
- * (src/ir.ts) of a checkpoint, whatever its layout (TE, Megatron, NeMo, flashfusemoe, ...).
- * HF-layout checkpoints keep the independent HF loader (hf-loader.ts), so `verify <hf> <converted>`
- * compares two separately written readers. Dense MLP layers are not part of the expert IR: they
- * pass through conversions under their HF names and are read by the HF loader.
+ * The forward's view of a checkpoint, for any layout: MoE layers are read through the layout specs
+ * (converters/, HF layouts included) into the canonical IR and turned into MoeBlockWeights; dense
+ * MLP layers through converters/dense-mlp.ts. No tensor name is known here: names live only in the
+ * specs. The independent judge of what this builds is transformers' own block outputs
+ * (reference.safetensors), which the tests compare against.
  */
 import type { TensorStore } from '../store/types.js';
 import { MoekitError } from '../errors.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import type { FloatDtype } from '../store/dtypes.js';
-import { View, materialize, type ExpertIR, type LayerIR } from '../engine/ir.js';
-import { detectLayout, loadMeta, readIR } from '../engine/read.js';
-import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from './hf-loader.js';
-import type { ExpertWeights, MoeBlockWeights, Weight } from './weights.js';
+import { materialize, type ExpertIR, type LayerIR, type ModelIR, type View } from '../engine/ir.js';
+import { detectLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type DenseMlp } from '../engine/read.js';
+import { validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
+
+export interface LoadedLayer {
+  weights: MoeBlockWeights;
+  facts: FamilyFacts;
+  kind: 'moe' | 'dense';
+}
+
+export interface LoadOptions {
+  /** leave contiguous expert matrices on disk behind byte-range readers (the GPU forward streams
+   * them); the store must stay open while the block is used. Strided views load eagerly. */
+  lazy?: boolean;
+}
 
 export interface LayerSource {
-  /** layout id the layers are read through ('hf' for the HF loader) */
+  /** layout id the MoE layers are read through ('dense' when there are none) */
   layout: string;
   layers: number[];
   load: (layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
@@ -24,24 +35,24 @@ export interface LayerSource {
 const FLOATS: readonly string[] = ['F32', 'BF16', 'F16'];
 
 /** A View as a forward Weight: contiguous tensor views stay on disk when lazy, others are gathered. */
-async function weightOf(ck: TensorStore, v: View, lazy: boolean): Promise<Weight> {
-  if (!FLOATS.includes(v.dtype)) throw new MoekitError('bad-input', `${v.label}: dtype ${v.dtype} cannot be verified (dequantize first)`);
+async function weightOf(v: View, lazy: boolean): Promise<Weight> {
+  if (!FLOATS.includes(v.dtype)) throw new MoekitError('unsupported', `${v.label}: dtype ${v.dtype} cannot be verified: verify runs on F32/BF16/F16 weights`);
   const dtype = v.dtype as FloatDtype;
   const shape = [...v.shape];
   if (lazy && v.storage.kind === 'tensor' && v.isContiguous()) {
-    const info = v.storage.info;
+    const { store, info } = v.storage;
     const base = v.offset * (dtype === 'F32' ? 4 : 2);
-    return { dtype, shape, read: (s, e, into) => ck.read(info, base + s, base + e, into) };
+    return { dtype, shape, read: (s, e, into) => store.read(info, base + s, base + e, into) };
   }
   return { dtype, shape, data: await materialize(v) };
 }
 
-async function expertOf(ck: TensorStore, e: ExpertIR, lazy: boolean): Promise<ExpertWeights> {
-  const opt = async (v?: View) => (v ? weightOf(ck, v, false) : undefined);
+async function expertOf(e: ExpertIR, lazy: boolean): Promise<ExpertWeights> {
+  const opt = async (v?: View) => (v ? weightOf(v, false) : undefined);
   return {
-    gate: e.gate && (await weightOf(ck, e.gate, lazy)),
-    up: await weightOf(ck, e.up, lazy),
-    down: await weightOf(ck, e.down, lazy),
+    gate: e.gate && (await weightOf(e.gate, lazy)),
+    up: await weightOf(e.up, lazy),
+    down: await weightOf(e.down, lazy),
     gateBias: await opt(e.gate_bias),
     upBias: await opt(e.up_bias),
     downBias: await opt(e.down_bias),
@@ -49,47 +60,67 @@ async function expertOf(ck: TensorStore, e: ExpertIR, lazy: boolean): Promise<Ex
 }
 
 /** MoeBlockWeights of one IR layer. */
-export async function blockFromIR(ck: TensorStore, l: LayerIR, hidden: number, lazy: boolean): Promise<MoeBlockWeights> {
-  if (!l.router) throw new MoekitError('bad-input', `${ck.dir} layer ${l.layer}: no router weight`);
+export async function blockFromIR(l: LayerIR, hidden: number, lazy: boolean, where: string): Promise<MoeBlockWeights> {
+  if (!l.router) throw new MoekitError('bad-input', `${where} layer ${l.layer}: no router weight`);
   if (l.router.shape[0] !== l.experts.length) {
-    throw new MoekitError('bad-input', `${ck.dir} layer ${l.layer}: holds ${l.experts.length} of ${l.router.shape[0]} experts (an expert-parallel shard?); verify the merged or sharded folder instead`);
+    throw new MoekitError('unsupported', `${where} layer ${l.layer}: holds ${l.experts.length} of ${l.router.shape[0]} experts (an expert-parallel shard?); verify the merged or sharded folder instead`);
   }
-  const w = (v?: View) => (v ? weightOf(ck, v, false) : Promise.resolve(undefined));
+  const w = (v?: View) => (v ? weightOf(v, false) : Promise.resolve(undefined));
   const shared: ExpertWeights[] = [];
-  if (l.shared_up && l.shared_down) {
-    shared.push(await expertOf(ck, { gate: l.shared_gate_proj, up: l.shared_up, down: l.shared_down }, lazy));
-  }
+  if (l.shared_up && l.shared_down) shared.push(await expertOf({ gate: l.shared_gate_proj, up: l.shared_up, down: l.shared_down }, lazy));
   return {
     hidden,
     router: { weight: (await w(l.router))!, bias: await w(l.router_bias), correctionBias: await w(l.score_bias) },
-    experts: await Promise.all(l.experts.map((e) => expertOf(ck, e, lazy))),
+    experts: await Promise.all(l.experts.map((e) => expertOf(e, lazy))),
     shared,
     sharedGate: await w(l.shared_gate),
   };
 }
 
-/** The layers of a checkpoint the forward can run, and a loader for each, for any layout. */
-export async function layerSource(ck: TensorStore, config: Record<string, unknown>): Promise<LayerSource> {
-  const meta = await loadMeta(ck);
-  const spec = detectLayout(ck.names(), meta);
-  const dense = mlpLayers(ck, config);
-  if (!spec || spec.families) {
-    return { layout: 'hf', layers: dense, load: (layer, opts) => loadLayerFromHf(ck, config, layer, opts) };
-  }
-  const ir = readIR(ck, spec, meta);
-  const byLayer = new Map(ir.layers.map((l) => [l.layer, l]));
-  const base = familyFacts(config);
-  if (base.routing.scoreFunc === 'sparsemixer') throw new MoekitError('bad-input', `${base.family}: sparsemixer routing is not supported by verify yet`);
-  // moekit.json's routing facts win over config.json's (they describe what was converted).
-  const facts: FamilyFacts = { ...base, routing: meta.routing ?? base.routing, activation: meta.activation ?? base.activation };
-  const layers = [...new Set([...dense, ...byLayer.keys()])].sort((a, b) => a - b);
+async function denseBlock(d: DenseMlp, hidden: number, lazy: boolean): Promise<MoeBlockWeights> {
+  return { hidden, experts: [], shared: [await expertOf({ gate: d.gate, up: d.up, down: d.down }, lazy)] };
+}
+
+/**
+ * The layers the forward can run and a loader for each: MoE layers from `ir`, dense MLP layers
+ * read from `denseStore` (rank 0 of a sharded checkpoint: non-expert tensors keep their names).
+ */
+export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStore: TensorStore, facts: FamilyFacts, where: string): LayerSource {
+  const moe = new Map((ir?.layers ?? []).map((l) => [l.layer, l]));
+  if (moe.size > 0 && facts.routing.scoreFunc === 'sparsemixer') throw new MoekitError('unsupported', `${facts.family}: sparsemixer routing is not supported by verify yet`);
+  const dense = readDenseMlps(denseStore, new Set(moe.keys()));
   return {
-    layout: spec.id,
-    layers,
+    layout,
+    layers: [...new Set([...moe.keys(), ...dense.keys()])].sort((a, b) => a - b),
     load: async (layer, opts) => {
-      const l = byLayer.get(layer);
-      if (!l) return loadLayerFromHf(ck, config, layer, opts);
-      return { weights: await blockFromIR(ck, l, facts.hiddenSize, opts?.lazy ?? false), facts, kind: 'moe' };
+      const lazy = opts?.lazy ?? false;
+      const l = moe.get(layer);
+      if (l) {
+        const weights = await blockFromIR(l, facts.hiddenSize, lazy, where);
+        if (facts.numExperts && weights.experts.length !== facts.numExperts) {
+          throw new MoekitError('bad-input', `${where} layer ${layer}: router has ${weights.experts.length} experts but config.json says ${facts.numExperts}`);
+        }
+        validateBlock(weights, `${where} layer ${layer}`);
+        return { weights, facts, kind: 'moe' };
+      }
+      const d = dense.get(layer);
+      if (!d) throw new MoekitError('usage', `${where}: layer ${layer} has no MLP block`);
+      const weights = await denseBlock(d, facts.hiddenSize, lazy);
+      validateBlock(weights, `${where} layer ${layer}`);
+      return { weights, facts, kind: 'dense' };
     },
   };
+}
+
+/** The layers of a checkpoint the forward can run, and a loader for each, for any layout. */
+export async function layerSource(store: TensorStore, config: Record<string, unknown>): Promise<LayerSource> {
+  const meta = await loadMeta(store);
+  const spec = detectLayout(store.names(), meta);
+  const q = spec && quantizedTensors(store);
+  if (q) throw new MoekitError('unsupported', `${store.dir} is quantized (${q}); verify runs on F32/BF16/F16 weights: dequantize it first`);
+  const ir = spec ? readIR(store, spec, meta) : undefined;
+  const base = familyFacts(config);
+  // moekit.json's routing facts win over config.json's (they describe what was converted).
+  const facts: FamilyFacts = { ...base, routing: meta.routing ?? base.routing, activation: meta.activation ?? base.activation };
+  return layerSourceOf(ir, spec?.id ?? 'dense', store, facts, store.dir);
 }

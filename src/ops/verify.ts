@@ -8,16 +8,11 @@ import { MoekitError } from '../errors.js';
 import type { TensorStore } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
-import { loadLayerFromHf, mlpLayers, type LoadedLayer, type LoadOptions } from '../forward/hf-loader.js';
-import { layerSource, type LayerSource } from '../forward/ir-loader.js';
+import { layerSource, type LoadedLayer } from '../forward/ir-loader.js';
 import { compare, forwardCpu, type ForwardResult } from '../forward/cpu.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
-
-export type LayerLoader = (ck: TensorStore, config: Record<string, unknown>, layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
-/** Layers of a checkpoint that hold an MLP block the loader can read. */
-export type LayerLister = (ck: TensorStore, config: Record<string, unknown>) => number[];
 
 export interface VerifyOptions {
   reference?: string;
@@ -29,8 +24,6 @@ export interface VerifyOptions {
   cpu?: boolean;
   /** test hook: pretend GPU bindings are at most this large */
   maxBinding?: number;
-  loader?: LayerLoader;
-  lister?: LayerLister;
   onProgress?: (msg: string) => void;
 }
 
@@ -114,11 +107,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     const ck = await openStore(path);
     try {
       const config = await configOf(ck, path);
-      // Explicit loader (tests) or the layout-independent one: HF loader or canonical IR.
-      const src: LayerSource =
-        opts.loader || opts.lister
-          ? { layout: 'custom', layers: (opts.lister ?? mlpLayers)(ck, config), load: (l, o) => (opts.loader ?? loadLayerFromHf)(ck, config, l, o) }
-          : await layerSource(ck, config);
+      const src = await layerSource(ck, config);
       return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), close: () => ck.close() };
     } catch (e) {
       await ck.close();
