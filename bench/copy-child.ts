@@ -1,5 +1,4 @@
-/** Child process for the bench: moekit's streaming read → write copy of a checkpoint; prints peak RSS. */
-import type { TensorStore } from '../src/store/types.js';
+
 import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint } from '../src/store/safetensors/writer.js';
 import { copyFile } from 'node:fs/promises';

@@ -52,7 +52,19 @@ const block: MoeBlockWeights = {
   experts: Array.from({ length: E }, (_, e) => ({ gate: W([I, H], tH, 3 * e), up: W([I, H], tH, 3 * e + 1), down: W([H, I], tI, 3 * e + 2) })),
   shared: [],
 };
-const spec = { routing: { scoreFunc: 'softmax' as const, topK: K, nGroup: 1, topkGroup: 1, normTopkProb: true, routedScalingFactor: 1, correctionBias: false, routerBias: false }, activation: { kind: 'swiglu' as const } };
+const spec = {
+  routing: {
+    scoreFunc: 'softmax' as const,
+    topK: K,
+    nGroup: 1,
+    topkGroup: 1,
+    normTopkProb: true,
+    routedScalingFactor: 1,
+    correctionBias: false,
+    routerBias: false,
+  },
+  activation: { kind: 'swiglu' as const },
+};
 const x = randomTokens(T, H, 42);
 const gflop = (T * K * 6 * H * I + 2 * T * E * H) / 1e9;
 let ref: Float32Array | undefined;
@@ -72,6 +84,8 @@ for (const c of configs) {
   let refMax = 0;
   if (ref) for (let i = 0; i < ref.length; i++) (maxAbs = Math.max(maxAbs, Math.abs(out![i]! - ref[i]!))), (refMax = Math.max(refMax, Math.abs(ref[i]!)));
   else ref = out;
-  console.log(`${c.padEnd(14)} kernels ${best.toFixed(2)} ms  ${(gflop / (best / 1e3)).toFixed(0)} GFLOP/s  max rel vs first ${(refMax ? maxAbs / refMax : 0).toExponential(2)}`);
+  console.log(
+    `${c.padEnd(14)} kernels ${best.toFixed(2)} ms  ${(gflop / (best / 1e3)).toFixed(0)} GFLOP/s  max rel vs first ${(refMax ? maxAbs / refMax : 0).toExponential(2)}`,
+  );
 }
 process.exit(0);

@@ -61,18 +61,22 @@ export async function writeSyntheticMixtral(dir: string, spec: SynthSpec, maxSha
   const res = await writeCheckpoint(dir, entries, { maxShardSize, metadata: { format: 'pt' }, fsync: false });
   writeFileSync(
     join(dir, 'config.json'),
-    JSON.stringify({
-      model_type: 'mixtral',
-      architectures: ['MixtralForCausalLM'],
-      num_hidden_layers: layers,
-      hidden_size: H,
-      intermediate_size: I,
-      num_local_experts: experts,
-      num_experts_per_tok: 2,
-      hidden_act: 'silu',
-      vocab_size: 1024,
-      dtype: 'bfloat16',
-    }, null, 2),
+    JSON.stringify(
+      {
+        model_type: 'mixtral',
+        architectures: ['MixtralForCausalLM'],
+        num_hidden_layers: layers,
+        hidden_size: H,
+        intermediate_size: I,
+        num_local_experts: experts,
+        num_experts_per_tok: 2,
+        hidden_act: 'silu',
+        vocab_size: 1024,
+        dtype: 'bfloat16',
+      },
+      null,
+      2,
+    ),
   );
   return res.totalSize;
 }

@@ -49,9 +49,15 @@ export async function benchShard(ctx: BenchContext): Promise<void> {
   });
   console.log('\n== shard to EP 8 and merge back (warm page cache, no fsync, best of 2) ==');
   console.log(`cp -r (same bytes)    ${fmt(ctx.tCp)} s   ${fmt(ctx.total / MB / ctx.tCp, 0)} MiB/s`);
-  console.log(`moekit shard --ep 8   ${fmt(shard.seconds)} s   ratio cp/moekit = ${fmt(ctx.tCp / shard.seconds)} (target ≥ 0.9)   peak RSS ${fmt(shard.rss, 0)} MiB`);
-  console.log(`moekit merge          ${fmt(merge.seconds)} s   ratio cp/moekit = ${fmt(ctx.tCp / merge.seconds)} (target ≥ 0.9)   peak RSS ${fmt(merge.rss, 0)} MiB`);
-  console.log(`  (shard hashes every tensor while writing, merge verifies every rank's sha256 while writing; ${availableParallelism()} cores; RSS target < 2 × largest tensor + 100 MB = ${fmt(rssTarget, 0)} MiB)`);
+  console.log(
+    `moekit shard --ep 8   ${fmt(shard.seconds)} s   ratio cp/moekit = ${fmt(ctx.tCp / shard.seconds)} (target ≥ 0.9)   peak RSS ${fmt(shard.rss, 0)} MiB`,
+  );
+  console.log(
+    `moekit merge          ${fmt(merge.seconds)} s   ratio cp/moekit = ${fmt(ctx.tCp / merge.seconds)} (target ≥ 0.9)   peak RSS ${fmt(merge.rss, 0)} MiB`,
+  );
+  console.log(
+    `  (shard hashes every tensor while writing, merge verifies every rank's sha256 while writing; ${availableParallelism()} cores; RSS target < 2 × largest tensor + 100 MB = ${fmt(rssTarget, 0)} MiB)`,
+  );
   rm(sharded);
   rm(merged);
 }

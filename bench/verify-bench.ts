@@ -20,7 +20,6 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
 import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
@@ -141,7 +140,12 @@ function hasTorch(): boolean {
 /** Tiny block with the same kernel variants (bf16, SwiGLU, softmax) so pipeline compilation is not timed. */
 function warmupBlock(): MoeBlockWeights {
   const w = (shape: number[]) => ({ dtype: 'BF16' as const, shape, data: new Uint8Array(shape.reduce((a, b) => a * b, 1) * 2) });
-  return { hidden: 64, router: { weight: w([4, 64]) }, experts: Array.from({ length: 4 }, () => ({ gate: w([32, 64]), up: w([32, 64]), down: w([64, 32]) })), shared: [] };
+  return {
+    hidden: 64,
+    router: { weight: w([4, 64]) },
+    experts: Array.from({ length: 4 }, () => ({ gate: w([32, 64]), up: w([32, 64]), down: w([64, 32]) })),
+    shared: [],
+  };
 }
 
 export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<VerifyBenchResult> {
@@ -166,7 +170,19 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       readMs = Math.min(readMs, performance.now() - t0);
     }
 
-    const spec = { routing: { scoreFunc: 'softmax' as const, topK: K, nGroup: 1, topkGroup: 1, normTopkProb: true, routedScalingFactor: 1, correctionBias: false, routerBias: false }, activation: { kind: 'swiglu' as const } };
+    const spec = {
+      routing: {
+        scoreFunc: 'softmax' as const,
+        topK: K,
+        nGroup: 1,
+        topkGroup: 1,
+        normTopkProb: true,
+        routedScalingFactor: 1,
+        correctionBias: false,
+        routerBias: false,
+      },
+      activation: { kind: 'swiglu' as const },
+    };
     await forwardGpu(warmupBlock(), spec, new Float32Array(8 * 64), 8);
 
     const x = randomTokens(T, H, 42);
@@ -201,7 +217,10 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       ];
       await writeCheckpoint(join(dir, 'io'), io, { fsync: false, stem: 'io' });
       log('verify bench: running bench/torch_moe.py …');
-      const p = spawnSync('python3', [join(packageRoot(), 'bench', 'torch_moe.py'), dir, join(dir, 'io', 'io.safetensors')], { encoding: 'utf8', maxBuffer: 1 << 24 });
+      const p = spawnSync('python3', [join(packageRoot(), 'bench', 'torch_moe.py'), dir, join(dir, 'io', 'io.safetensors')], {
+        encoding: 'utf8',
+        maxBuffer: 1 << 24,
+      });
       const line = p.stdout.trim().split('\n').pop() ?? '';
       if (p.status === 0 && line.startsWith('{')) {
         const j = JSON.parse(line) as { device: string; ms: number; max_rel_vs_webgpu: number };
@@ -229,7 +248,9 @@ export function formatVerifyBench(r: VerifyBenchResult): string {
     `verify / read          ${f(r.ratio, 2)}`,
   ];
   if (r.torch) {
-    lines.push(`torch eager f32        ${f(r.torch.ms)} ms   ${f(r.torch.gflops)} GFLOP/s on ${r.torch.device}; max rel vs WebGPU ${r.torch.maxRelVsWebgpu.toExponential(2)}`);
+    lines.push(
+      `torch eager f32        ${f(r.torch.ms)} ms   ${f(r.torch.gflops)} GFLOP/s on ${r.torch.device}; max rel vs WebGPU ${r.torch.maxRelVsWebgpu.toExponential(2)}`,
+    );
     lines.push(`WebGPU / torch         ${f(r.webgpuVsTorch, 2)} (throughput)`);
   }
   return lines.join('\n');

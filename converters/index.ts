@@ -16,7 +16,20 @@ import { spec as megatronGrouped } from './megatron-grouped.js';
 import { spec as flashfusemoe } from './flashfusemoe.js';
 import { spec as hfFused } from './hf-fused.js';
 
-export const LAYOUTS: readonly LayoutSpec[] = [hfMixtral, hfPerExpert, hfQwen2Moe, hfGptOss, hfLlama4, hfGranite, nemo, te, megatron, megatronGrouped, flashfusemoe, hfFused];
+export const LAYOUTS: readonly LayoutSpec[] = [
+  hfMixtral,
+  hfPerExpert,
+  hfQwen2Moe,
+  hfGptOss,
+  hfLlama4,
+  hfGranite,
+  nemo,
+  te,
+  megatron,
+  megatronGrouped,
+  flashfusemoe,
+  hfFused,
+];
 
 /** Layout names `convert --to` accepts: `hf` (the family's own HF layout) and every non-HF spec. */
 export const TARGET_NAMES: readonly string[] = ['hf', ...LAYOUTS.filter((l) => !l.families).map((l) => l.id)];

@@ -21,7 +21,13 @@ export const spec: LayoutSpec = {
   gateUp: { default: 'concat', allowed: ['concat'] },
   rules: [
     ...megatronRouterAndShared,
-    { name: 'experts.weight1', scope: 'stacked', slab: (d) => [d.H, fusedWidth(d)], shape: (d) => [d.H, d.E * fusedWidth(d)], parts: (d, o) => fusedGateUp(d, o, 1, true) },
+    {
+      name: 'experts.weight1',
+      scope: 'stacked',
+      slab: (d) => [d.H, fusedWidth(d)],
+      shape: (d) => [d.H, d.E * fusedWidth(d)],
+      parts: (d, o) => fusedGateUp(d, o, 1, true),
+    },
     { name: 'experts.weight2', scope: 'stacked', slab: (d) => [d.I, d.H], shape: (d) => [d.E * d.I, d.H], parts: () => ({ down: T }) },
   ],
   cannotHold: 'expert biases',

@@ -81,9 +81,16 @@ describe('castFloat on buffers', () => {
   it('f32 → bf16 → f32 keeps bf16-representable values and rounds others once', () => {
     const src = new Float32Array([1, -0.5, 3.140625, 1.00390625, 1.005859375, Infinity, -Infinity, NaN]);
     const bf = castFloat(new Uint8Array(src.buffer), 'F32', 'BF16');
-    expect([...new Uint16Array(bf.buffer, bf.byteOffset, 8)].map(hex)).toEqual(
-      ['0x3f80', '0xbf00', '0x4049', '0x3f80', '0x3f81', '0x7f80', '0xff80', '0x7fc0'],
-    );
+    expect([...new Uint16Array(bf.buffer, bf.byteOffset, 8)].map(hex)).toEqual([
+      '0x3f80',
+      '0xbf00',
+      '0x4049',
+      '0x3f80',
+      '0x3f81',
+      '0x7f80',
+      '0xff80',
+      '0x7fc0',
+    ]);
     const back = new Float32Array(castFloat(bf, 'BF16', 'F32').buffer.slice(0));
     expect([...back.slice(0, 7)]).toEqual([1, -0.5, 3.140625, 1, 1.0078125, Infinity, -Infinity]);
     expect(Number.isNaN(back[7])).toBe(true);

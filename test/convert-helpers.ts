@@ -1,7 +1,6 @@
 /** Helpers for the convert tests: tensor dumps, synthetic checkpoints, in-process CLI runs. */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { main } from '../src/cli/index.js';
@@ -32,7 +31,8 @@ export function diff(a: Map<string, Dumped>, b: Map<string, Dumped>): string[] {
   for (const [n, x] of a) {
     const y = b.get(n);
     if (!y) out.push(`missing ${n}`);
-    else if (x.dtype !== y.dtype || JSON.stringify(x.shape) !== JSON.stringify(y.shape)) out.push(`${n}: ${x.dtype}${JSON.stringify(x.shape)} vs ${y.dtype}${JSON.stringify(y.shape)}`);
+    else if (x.dtype !== y.dtype || JSON.stringify(x.shape) !== JSON.stringify(y.shape))
+      out.push(`${n}: ${x.dtype}${JSON.stringify(x.shape)} vs ${y.dtype}${JSON.stringify(y.shape)}`);
     else if (!x.bytes.equals(y.bytes)) out.push(`${n}: bytes differ`);
   }
   for (const n of b.keys()) if (!a.has(n)) out.push(`extra ${n}`);
@@ -78,7 +78,17 @@ export async function synth(dir: string, config: Record<string, unknown>, tensor
   let seed = 1;
   await writeCheckpoint(
     dir,
-    Object.entries(tensors).map(([name, shape]) => ({ name, dtype: 'F32' as const, shape, source: bufferSource(randF32(shape.reduce((a, b) => a * b, 1), seed++ * 7919)) })),
+    Object.entries(tensors).map(([name, shape]) => ({
+      name,
+      dtype: 'F32' as const,
+      shape,
+      source: bufferSource(
+        randF32(
+          shape.reduce((a, b) => a * b, 1),
+          seed++ * 7919,
+        ),
+      ),
+    })),
     { fsync: false },
   );
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));

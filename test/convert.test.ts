@@ -8,7 +8,6 @@ import { existsSync, readFileSync, readdirSync, mkdirSync, writeFileSync } from 
 import { join } from 'node:path';
 import { convert } from '../src/ops/convert.js';
 import { inspectCheckpoint } from '../src/ops/inspect.js';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { TARGET_NAMES } from '../converters/index.js';
 import { FIXTURES, fixtureNames, dump, diff, tempDir, cli, synth, type Dumped } from './convert-helpers.js';
@@ -64,20 +63,52 @@ const common = (root: string, l: number): Record<string, number[]> => ({
 const SYNTH: Record<string, { config: Record<string, unknown>; tensors: () => Record<string, number[]> }> = {
   // transformers modeling_phimoe.py: block_sparse_moe.gate / experts.<e>.w1,w2,w3; LayerNorm with bias
   phimoe: {
-    config: { model_type: 'phimoe', num_hidden_layers: 2, hidden_size: H, intermediate_size: I, num_local_experts: E, num_experts_per_tok: 2, hidden_act: 'silu' },
+    config: {
+      model_type: 'phimoe',
+      num_hidden_layers: 2,
+      hidden_size: H,
+      intermediate_size: I,
+      num_local_experts: E,
+      num_experts_per_tok: 2,
+      hidden_act: 'silu',
+    },
     tensors: () => {
-      const t: Record<string, number[]> = { 'model.embed_tokens.weight': [32, H], 'model.norm.weight': [H], 'model.norm.bias': [H], 'lm_head.weight': [32, H], 'lm_head.bias': [32] };
-      for (const l of [0, 1]) Object.assign(t, common('model.', l), { [`model.layers.${l}.input_layernorm.bias`]: [H], [`model.layers.${l}.block_sparse_moe.gate.weight`]: [E, H] }, perExpert(`model.layers.${l}.block_sparse_moe.`, ['w1.weight', 'w3.weight', 'w2.weight']));
+      const t: Record<string, number[]> = {
+        'model.embed_tokens.weight': [32, H],
+        'model.norm.weight': [H],
+        'model.norm.bias': [H],
+        'lm_head.weight': [32, H],
+        'lm_head.bias': [32],
+      };
+      for (const l of [0, 1])
+        Object.assign(
+          t,
+          common('model.', l),
+          { [`model.layers.${l}.input_layernorm.bias`]: [H], [`model.layers.${l}.block_sparse_moe.gate.weight`]: [E, H] },
+          perExpert(`model.layers.${l}.block_sparse_moe.`, ['w1.weight', 'w3.weight', 'w2.weight']),
+        );
       return t;
     },
   },
   // MiniMax-M2: block_sparse_moe.gate, block_sparse_moe.e_score_correction_bias, experts w1/w3/w2
   minimax_m2: {
-    config: { model_type: 'minimax_m2', num_hidden_layers: 2, hidden_size: H, intermediate_size: I, num_local_experts: E, num_experts_per_tok: 2, hidden_act: 'silu', scoring_func: 'sigmoid' },
+    config: {
+      model_type: 'minimax_m2',
+      num_hidden_layers: 2,
+      hidden_size: H,
+      intermediate_size: I,
+      num_local_experts: E,
+      num_experts_per_tok: 2,
+      hidden_act: 'silu',
+      scoring_func: 'sigmoid',
+    },
     tensors: () => {
       const t: Record<string, number[]> = { 'model.embed_tokens.weight': [32, H], 'model.norm.weight': [H], 'lm_head.weight': [32, H] };
       for (const l of [0, 1]) {
-        Object.assign(t, common('model.', l), { [`model.layers.${l}.block_sparse_moe.gate.weight`]: [E, H], [`model.layers.${l}.block_sparse_moe.e_score_correction_bias`]: [E] });
+        Object.assign(t, common('model.', l), {
+          [`model.layers.${l}.block_sparse_moe.gate.weight`]: [E, H],
+          [`model.layers.${l}.block_sparse_moe.e_score_correction_bias`]: [E],
+        });
         Object.assign(t, perExpert(`model.layers.${l}.block_sparse_moe.`, ['w1.weight', 'w3.weight', 'w2.weight']));
       }
       return t;
@@ -85,14 +116,37 @@ const SYNTH: Record<string, { config: Record<string, unknown>; tensors: () => Re
   },
   // transformers modeling_glm4_moe.py: first_k_dense_replace dense layers, mlp.gate(+e_score_correction_bias), shared_experts
   glm4_moe: {
-    config: { model_type: 'glm4_moe', num_hidden_layers: 3, hidden_size: H, intermediate_size: 24, moe_intermediate_size: I, n_routed_experts: E, n_shared_experts: 1, num_experts_per_tok: 2, first_k_dense_replace: 1, n_group: 1, topk_group: 1, routed_scaling_factor: 1.8, norm_topk_prob: true, hidden_act: 'silu' },
+    config: {
+      model_type: 'glm4_moe',
+      num_hidden_layers: 3,
+      hidden_size: H,
+      intermediate_size: 24,
+      moe_intermediate_size: I,
+      n_routed_experts: E,
+      n_shared_experts: 1,
+      num_experts_per_tok: 2,
+      first_k_dense_replace: 1,
+      n_group: 1,
+      topk_group: 1,
+      routed_scaling_factor: 1.8,
+      norm_topk_prob: true,
+      hidden_act: 'silu',
+    },
     tensors: () => {
       const t: Record<string, number[]> = { 'model.embed_tokens.weight': [32, H], 'model.norm.weight': [H], 'lm_head.weight': [32, H] };
-      Object.assign(t, common('model.', 0), { 'model.layers.0.mlp.gate_proj.weight': [24, H], 'model.layers.0.mlp.up_proj.weight': [24, H], 'model.layers.0.mlp.down_proj.weight': [H, 24] });
+      Object.assign(t, common('model.', 0), {
+        'model.layers.0.mlp.gate_proj.weight': [24, H],
+        'model.layers.0.mlp.up_proj.weight': [24, H],
+        'model.layers.0.mlp.down_proj.weight': [H, 24],
+      });
       for (const l of [1, 2]) {
         Object.assign(t, common('model.', l), { [`model.layers.${l}.mlp.gate.weight`]: [E, H], [`model.layers.${l}.mlp.gate.e_score_correction_bias`]: [E] });
         Object.assign(t, perExpert(`model.layers.${l}.mlp.`, ['gate_proj.weight', 'up_proj.weight', 'down_proj.weight']));
-        Object.assign(t, { [`model.layers.${l}.mlp.shared_experts.gate_proj.weight`]: [I, H], [`model.layers.${l}.mlp.shared_experts.up_proj.weight`]: [I, H], [`model.layers.${l}.mlp.shared_experts.down_proj.weight`]: [H, I] });
+        Object.assign(t, {
+          [`model.layers.${l}.mlp.shared_experts.gate_proj.weight`]: [I, H],
+          [`model.layers.${l}.mlp.shared_experts.up_proj.weight`]: [I, H],
+          [`model.layers.${l}.mlp.shared_experts.down_proj.weight`]: [H, I],
+        });
       }
       return t;
     },
@@ -112,10 +166,28 @@ const SYNTH: Record<string, { config: Record<string, unknown>; tensors: () => Re
   // transformers modeling_llama4.py: feed_forward.router, experts.gate_up_proj [E,H,2I], down_proj [E,I,H], shared_expert;
   // Llama4ForConditionalGeneration keeps the text model under language_model.model.
   llama4: {
-    config: { model_type: 'llama4', text_config: { model_type: 'llama4_text', num_hidden_layers: 2, hidden_size: H, intermediate_size: I, intermediate_size_mlp: 24, num_local_experts: E, num_experts_per_tok: 1, interleave_moe_layer_step: 1, hidden_act: 'silu' } },
+    config: {
+      model_type: 'llama4',
+      text_config: {
+        model_type: 'llama4_text',
+        num_hidden_layers: 2,
+        hidden_size: H,
+        intermediate_size: I,
+        intermediate_size_mlp: 24,
+        num_local_experts: E,
+        num_experts_per_tok: 1,
+        interleave_moe_layer_step: 1,
+        hidden_act: 'silu',
+      },
+    },
     tensors: () => {
       const r = 'language_model.model.';
-      const t: Record<string, number[]> = { [`${r}embed_tokens.weight`]: [32, H], [`${r}norm.weight`]: [H], 'language_model.lm_head.weight': [32, H], 'vision_model.patch_embedding.linear.weight': [H, 12] };
+      const t: Record<string, number[]> = {
+        [`${r}embed_tokens.weight`]: [32, H],
+        [`${r}norm.weight`]: [H],
+        'language_model.lm_head.weight': [32, H],
+        'vision_model.patch_embedding.linear.weight': [H, 12],
+      };
       for (const l of [0, 1]) {
         Object.assign(t, common(r, l), {
           [`${r}layers.${l}.feed_forward.router.weight`]: [E, H],
@@ -131,7 +203,15 @@ const SYNTH: Record<string, { config: Record<string, unknown>; tensors: () => Re
   },
   // transformers modeling_granitemoe.py: block_sparse_moe.router.layer, input_linear [E,2I,H], output_linear [E,H,I]
   granitemoe: {
-    config: { model_type: 'granitemoe', num_hidden_layers: 2, hidden_size: H, intermediate_size: I, num_local_experts: E, num_experts_per_tok: 2, hidden_act: 'silu' },
+    config: {
+      model_type: 'granitemoe',
+      num_hidden_layers: 2,
+      hidden_size: H,
+      intermediate_size: I,
+      num_local_experts: E,
+      num_experts_per_tok: 2,
+      hidden_act: 'silu',
+    },
     tensors: () => {
       const t: Record<string, number[]> = { 'model.embed_tokens.weight': [32, H], 'model.norm.weight': [H] };
       for (const l of [0, 1]) {
@@ -196,7 +276,11 @@ describe('every source → every layout → hf is byte-identical', () => {
           const names = [...(await dump(mid)).keys()];
           const hfNames = /experts\.\d+\.(w1|gate_proj)|block_sparse_moe\.input_linear|feed_forward\.experts\.gate_up_proj|mlp\.experts\.gate_up_proj$/;
           // hf-fused shares GPT-OSS's fused names by design; every other layout must rename them
-          if (to !== 'hf-fused') expect(names.some((n) => hfNames.test(n)), `${name} → ${to}`).toBe(false);
+          if (to !== 'hf-fused')
+            expect(
+              names.some((n) => hfNames.test(n)),
+              `${name} → ${to}`,
+            ).toBe(false);
         }
         const back = await conv(mid, 'hf');
         expect(diff(want, await dump(back)), `${name} → ${to} → hf`).toEqual([]);
@@ -246,7 +330,11 @@ describe('gate/up order and orientation', () => {
     const u = s.get('model.layers.1.mlp.experts.5.up_proj.weight')!.bytes;
     const t = il.get(name)!.bytes;
     expect(Ex).toBe(8);
-    for (const [h, j] of [[0, 0], [3, 7], [Hx - 1, I2 / 2 - 1]] as [number, number][]) {
+    for (const [h, j] of [
+      [0, 0],
+      [3, 7],
+      [Hx - 1, I2 / 2 - 1],
+    ] as [number, number][]) {
       expect(t.readFloatLE(((5 * Hx + h) * I2 + 2 * j) * 4)).toBe(g.readFloatLE((j * Hx + h) * 4));
       expect(t.readFloatLE(((5 * Hx + h) * I2 + 2 * j + 1) * 4)).toBe(u.readFloatLE((j * Hx + h) * 4));
     }
@@ -263,7 +351,9 @@ describe('gate/up order and orientation', () => {
     const w1 = s.get('model.layers.1.block_sparse_moe.experts.3.w1.weight')!.bytes; // gate
     const w3 = s.get('model.layers.1.block_sparse_moe.experts.3.w3.weight')!.bytes; // up
     expect(fc1.bytes.equals(Buffer.concat([w1, w3]))).toBe(true);
-    expect(te.get('decoder.layers.1.mlp.experts.linear_fc2.weight3')!.bytes.equals(s.get('model.layers.1.block_sparse_moe.experts.3.w2.weight')!.bytes)).toBe(true);
+    expect(te.get('decoder.layers.1.mlp.experts.linear_fc2.weight3')!.bytes.equals(s.get('model.layers.1.block_sparse_moe.experts.3.w2.weight')!.bytes)).toBe(
+      true,
+    );
     expect(te.get('decoder.layers.1.mlp.router.weight')!.bytes.equals(s.get('model.layers.1.block_sparse_moe.gate.weight')!.bytes)).toBe(true);
   });
 
@@ -278,8 +368,12 @@ describe('gate/up order and orientation', () => {
     const gate = s.get(`model.layers.0.mlp.experts.${e}.gate_proj.weight`)!.bytes;
     const up = s.get(`model.layers.0.mlp.experts.${e}.up_proj.weight`)!.bytes;
     const down = s.get(`model.layers.0.mlp.experts.${e}.down_proj.weight`)!.bytes;
-    for (const [h, j] of [[0, 0], [47, 39], [5, 11]] as [number, number][]) {
-      const at = (((e * 48 + h) * 80) + j) * 4; // [E,H,2I] element (e, h, j)
+    for (const [h, j] of [
+      [0, 0],
+      [47, 39],
+      [5, 11],
+    ] as [number, number][]) {
+      const at = ((e * 48 + h) * 80 + j) * 4; // [E,H,2I] element (e, h, j)
       expect(w1.bytes.readFloatLE(at)).toBe(gate.readFloatLE((j * 48 + h) * 4));
       expect(w1.bytes.readFloatLE(at + 40 * 4)).toBe(up.readFloatLE((j * 48 + h) * 4));
       expect(w2.bytes.readFloatLE(((e * 40 + j) * 48 + h) * 4)).toBe(down.readFloatLE((h * 40 + j) * 4));
@@ -293,7 +387,11 @@ describe('gate/up order and orientation', () => {
     const gub = s.get('model.layers.0.mlp.experts.gate_up_proj_bias')!.bytes; // [8,80]
     const fc1 = te.get('decoder.layers.0.mlp.experts.linear_fc1.weight2')!.bytes; // [80,48]
     const b1 = te.get('decoder.layers.0.mlp.experts.linear_fc1.bias2')!.bytes; // [80]
-    for (const [j, h] of [[0, 0], [39, 47], [17, 3]] as [number, number][]) {
+    for (const [j, h] of [
+      [0, 0],
+      [39, 47],
+      [17, 3],
+    ] as [number, number][]) {
       expect(fc1.readFloatLE((j * 48 + h) * 4)).toBe(gu.readFloatLE(((2 * 48 + h) * 80 + 2 * j) * 4));
       expect(fc1.readFloatLE(((40 + j) * 48 + h) * 4)).toBe(gu.readFloatLE(((2 * 48 + h) * 80 + 2 * j + 1) * 4));
       expect(b1.readFloatLE(j * 4)).toBe(gub.readFloatLE((2 * 80 + 2 * j) * 4));
@@ -315,7 +413,14 @@ describe('options and outputs', () => {
     expect(files).toContain('model.safetensors.index.json');
     expect(files.filter((f) => f.endsWith('.safetensors')).length).toBeGreaterThan(3);
     const mk = JSON.parse(readFileSync(join(dst, 'moekit.json'), 'utf8'));
-    expect(mk).toMatchObject({ family: 'deepseek_v3', layout: 'megatron', gateUp: 'concat', gated: true, hfRoot: 'model.', dims: { hiddenSize: 48, numExperts: 16, moeIntermediateSize: 40, sharedIntermediateSize: 40 } });
+    expect(mk).toMatchObject({
+      family: 'deepseek_v3',
+      layout: 'megatron',
+      gateUp: 'concat',
+      gated: true,
+      hfRoot: 'model.',
+      dims: { hiddenSize: 48, numExperts: 16, moeIntermediateSize: 40, sharedIntermediateSize: 40 },
+    });
     expect(mk.routing).toMatchObject({ scoreFunc: 'sigmoid', nGroup: 4, topkGroup: 2, routedScalingFactor: 2.5 });
     expect(mk.layers.map((l: { layer: number }) => l.layer)).toEqual([1, 2]); // layer 0 is dense (first_k_dense_replace)
     expect(JSON.parse(readFileSync(join(dst, 'config.json'), 'utf8')).model_type).toBe('deepseek_v3');
@@ -344,7 +449,14 @@ describe('options and outputs', () => {
       const ck = await openStore(dst);
       try {
         const r = await inspectCheckpoint(ck, dst);
-        expect([r.layout, r.numExperts, r.moeIntermediateSize, r.moeLayers, r.sharedExperts?.intermediateSize, r.warnings], to).toEqual([to, 16, 40, [1, 2], 40, []]);
+        expect([r.layout, r.numExperts, r.moeIntermediateSize, r.moeLayers, r.sharedExperts?.intermediateSize, r.warnings], to).toEqual([
+          to,
+          16,
+          40,
+          [1, 2],
+          40,
+          [],
+        ]);
       } finally {
         await ck.close();
       }
@@ -372,11 +484,17 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
   };
 
   it('unknown layout', async () => {
-    await refused([SOURCES.mixtral!, '--to', 'deepspeed'], /^moekit: error: unknown layout 'deepspeed' \(known: hf, nemo, te, megatron, megatron-grouped, flashfusemoe, hf-fused\)$/m);
+    await refused(
+      [SOURCES.mixtral!, '--to', 'deepspeed'],
+      /^moekit: error: unknown layout 'deepspeed' \(known: hf, nemo, te, megatron, megatron-grouped, flashfusemoe, hf-fused\)$/m,
+    );
   });
 
   it('lossy: GPT-OSS biases into megatron-grouped', async () => {
-    await refused([SOURCES.gpt_oss!, '--to', 'megatron-grouped'], /cannot convert losslessly to 'megatron-grouped': it has no place for the expert gate biases.*layouts that hold everything: nemo, te, megatron/);
+    await refused(
+      [SOURCES.gpt_oss!, '--to', 'megatron-grouped'],
+      /cannot convert losslessly to 'megatron-grouped': it has no place for the expert gate biases.*layouts that hold everything: nemo, te, megatron/,
+    );
   });
 
   it('--gate-up on a layout that cannot hold it', async () => {
@@ -391,7 +509,10 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
     t['model.layers.1.block_sparse_moe.experts.2.w3.weight'] = [I + 2, H];
     t['model.layers.1.block_sparse_moe.experts.2.w2.weight'] = [H, I + 2];
     await synth(dir, SYNTH.phimoe!.config, t);
-    await refused([dir, '--to', 'nemo'], /mixed expert shapes: 'model.layers.1.block_sparse_moe.experts.2.w1.weight' is \[10,16\], expected \[8,16\] \(layer 1: E=4, H=16, I=8\)$/m);
+    await refused(
+      [dir, '--to', 'nemo'],
+      /mixed expert shapes: 'model.layers.1.block_sparse_moe.experts.2.w1.weight' is \[10,16\], expected \[8,16\] \(layer 1: E=4, H=16, I=8\)$/m,
+    );
   });
 
   it('a missing expert', async () => {

@@ -89,7 +89,10 @@ describe('--dry-run: the plan is what the real run writes', () => {
   it('merge and reshard plan without writing; text output names the actions', () => {
     const sh = out('dry-src');
     expect(runCli(['shard', join(FIXTURES, 'mixtral'), '--ep', '2', '--no-fsync', '-o', sh]).code).toBe(0);
-    for (const cmd of [['merge', sh], ['reshard', sh, '--ep', '4']]) {
+    for (const cmd of [
+      ['merge', sh],
+      ['reshard', sh, '--ep', '4'],
+    ]) {
       const dst = out('dry-none');
       const r = runCli([...cmd, '--dry-run', '-o', dst]);
       expect(r.code, r.stderr).toBe(0);
@@ -131,7 +134,7 @@ describe('output transaction: the source is never lost', () => {
   it.each([
     ['convert', [src, '--to', 'nemo']],
     ['shard', [src, '--ep', '2']],
-  ])('%s -o <the source\'s parent> --force is refused with exit 5, the source intact', (cmd, args) => {
+  ])("%s -o <the source's parent> --force is refused with exit 5, the source intact", (cmd, args) => {
     for (const dst of [P, src, tmp.dir, '/']) {
       const r = runCli([cmd, ...args, '-o', dst, '--force', '--no-fsync']);
       expect(r.code, r.stderr).toBe(5);
@@ -144,12 +147,15 @@ describe('output transaction: the source is never lost', () => {
     expect(existsSync(join(src, 'out'))).toBe(false);
   });
 
-  it('merge and reshard -o <the sharded folder\'s parent> --force are refused', () => {
+  it("merge and reshard -o <the sharded folder's parent> --force are refused", () => {
     const q = out('sh-parent');
     mkdirSync(q);
     const sh = join(q, 'sh');
     expect(runCli(['shard', src, '--ep', '2', '--no-fsync', '-o', sh]).code).toBe(0);
-    for (const cmd of [['merge', sh], ['reshard', sh, '--ep', '4']]) {
+    for (const cmd of [
+      ['merge', sh],
+      ['reshard', sh, '--ep', '4'],
+    ]) {
       const r = runCli([...cmd, '-o', q, '--force', '--no-fsync']);
       expect(r.code, r.stderr).toBe(5);
       expect(existsSync(join(sh, 'moekit-manifest.json'))).toBe(true);
@@ -168,7 +174,7 @@ describe('output transaction: the source is never lost', () => {
     expect(readFileSync(join(m, 'tokenizer.json'), 'utf8')).toBe('{"version":"1.0"}');
   });
 
-  it('a lock held by a live run refuses (exit 5); a stale lock and a killed run\'s temp folder are cleaned up', () => {
+  it("a lock held by a live run refuses (exit 5); a stale lock and a killed run's temp folder are cleaned up", () => {
     const dst = out('locked');
     const lock = join(tmp.dir, `.${dst.slice(tmp.dir.length + 1)}.moekit-lock`);
     writeFileSync(lock, String(process.pid)); // this test process: alive
@@ -190,13 +196,18 @@ describe('output transaction: SIGINT and SIGTERM leave nothing behind', () => {
   const big = out('big');
   const ready = writeSyntheticMixtral(big, { layers: 2, experts: 8, hidden: 1024, inter: 2048 }); // 134 MB bf16
 
-  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  for (const [sig, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
     it(`${sig} during convert: exit ${code}, no temp folder, no lock, no destination`, async () => {
       await ready;
       const parent = out(`sig-${sig}`);
       mkdirSync(parent);
       const dst = join(parent, 'dst');
-      const child = spawn(process.execPath, [join(ROOT, 'bin', 'moekit.js'), 'convert', big, '--to', 'nemo', '--dtype', 'f16', '-o', dst], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const child = spawn(process.execPath, [join(ROOT, 'bin', 'moekit.js'), 'convert', big, '--to', 'nemo', '--dtype', 'f16', '-o', dst], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += String(d)));
       const exited = new Promise<number | null>((res) => child.on('exit', (c) => res(c)));

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { toFloat32 } from '../src/engine/cast.js';
 import { layerSource } from '../src/forward/ir-loader.js';
@@ -45,7 +44,16 @@ describe('CPU reference forward vs transformers outputs', () => {
 });
 
 describe('routing rules', () => {
-  const base = familyFacts({ model_type: 'deepseek_v3', n_routed_experts: 8, num_experts_per_tok: 2, n_group: 4, topk_group: 1, routed_scaling_factor: 2, num_hidden_layers: 1, hidden_size: 4 }).routing;
+  const base = familyFacts({
+    model_type: 'deepseek_v3',
+    n_routed_experts: 8,
+    num_experts_per_tok: 2,
+    n_group: 4,
+    topk_group: 1,
+    routed_scaling_factor: 2,
+    num_hidden_layers: 1,
+    hidden_size: 4,
+  }).routing;
   it('top-k breaks ties toward the lower index', () => {
     expect(topk([1, 3, 3, 0], 2)).toEqual([1, 2]);
   });

@@ -1,6 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { castFloat, toFloat32 } from '../src/engine/cast.js';
 import type { FloatDtype } from '../src/store/dtypes.js';
@@ -26,23 +25,24 @@ describe('WebGPU forward vs transformers outputs', () => {
     ['qwen3_dense', 'qwen3_dense', 1e-5, undefined],
     ['granitemoe', 'granitemoe', 1e-5, undefined],
     ['llama4_text', 'llama4_text', 1e-5, 4096],
-  ] as const) for (const kernels of ['cpu', 'gpu'] as const) {
-    it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}, ${kernels} kernels`, async () => {
-      const ck = await openStore(join(FIX, name));
-      const config = (await ck.config())!;
-      const ref = await openStore(join(FIX, refName, 'reference.safetensors'));
-      const x = toFloat32(await ref.read('input'), 'F32');
-      for (const l of (await layerSource(ck, config)).layers.filter((l) => ref.has(`layers.${l}.output`))) {
-        const { weights, facts } = await (await layerSource(ck, config)).load(l);
-        const g = await forwardGpu(weights, facts, x, 24, { maxBinding, kernels });
-        const c = compare(g.out, toFloat32(await ref.read(`layers.${l}.output`), 'F32'));
-        expect(c.maxRel, `${name} layer ${l}`).toBeLessThanOrEqual(tol);
-        expect(g.expertCounts).toEqual(forwardCpu(weights, facts, x, 24).expertCounts);
-      }
-      await ck.close();
-      await ref.close();
-    });
-  }
+  ] as const)
+    for (const kernels of ['cpu', 'gpu'] as const) {
+      it(`${name}${maxBinding ? ` (bindings ≤ ${maxBinding} B)` : ''}, ${kernels} kernels`, async () => {
+        const ck = await openStore(join(FIX, name));
+        const config = (await ck.config())!;
+        const ref = await openStore(join(FIX, refName, 'reference.safetensors'));
+        const x = toFloat32(await ref.read('input'), 'F32');
+        for (const l of (await layerSource(ck, config)).layers.filter((l) => ref.has(`layers.${l}.output`))) {
+          const { weights, facts } = await (await layerSource(ck, config)).load(l);
+          const g = await forwardGpu(weights, facts, x, 24, { maxBinding, kernels });
+          const c = compare(g.out, toFloat32(await ref.read(`layers.${l}.output`), 'F32'));
+          expect(c.maxRel, `${name} layer ${l}`).toBeLessThanOrEqual(tol);
+          expect(g.expertCounts).toEqual(forwardCpu(weights, facts, x, 24).expertCounts);
+        }
+        await ck.close();
+        await ref.close();
+      });
+    }
 });
 
 // Deterministic random numbers (mulberry32).
@@ -88,7 +88,14 @@ function synth(opts: {
     upBias: opts.biases ? W([i], 0.1, 'F32') : undefined,
     downBias: opts.biases ? W([H], 0.1, 'F32') : undefined,
   });
-  const router = E > 0 ? { weight: W([E, H], 1 / Math.sqrt(H)), bias: opts.routerBias ? W([E], 0.5, 'F32') : undefined, correctionBias: opts.correction ? W([E], 0.3, 'F32') : undefined } : undefined;
+  const router =
+    E > 0
+      ? {
+          weight: W([E, H], 1 / Math.sqrt(H)),
+          bias: opts.routerBias ? W([E], 0.5, 'F32') : undefined,
+          correctionBias: opts.correction ? W([E], 0.3, 'F32') : undefined,
+        }
+      : undefined;
   if (router && opts.deadExpert !== undefined) {
     // zero router row and a -1e4 bias: this expert never wins (receives zero tokens)
     const f = toFloat32(bytesOf(router.weight), router.weight.dtype);
@@ -115,31 +122,76 @@ describe('WebGPU forward vs CPU reference on random shapes', () => {
     process.env.XDG_RUNTIME_DIR ||= '/tmp';
   });
   const cases: { name: string; w: Parameters<typeof synth>[0]; r: Partial<Routing>; act: Activation; T: number; maxBinding?: number }[] = [
-    { name: 'softmax renorm, expert with zero tokens, f32', w: { seed: 1, H: 32, I: 24, E: 6, dtype: 'F32', routerBias: true, deadExpert: 3 }, r: { normTopkProb: true }, act: { kind: 'swiglu' }, T: 13 },
-    { name: 'DeepSeek-style groups (one kept), correction bias, shared, bf16, ×2.5', w: { seed: 2, H: 64, I: 16, E: 16, dtype: 'BF16', correction: true, shared: [32] }, r: { scoreFunc: 'sigmoid', topK: 3, nGroup: 4, topkGroup: 1, normTopkProb: true, routedScalingFactor: 2.5, correctionBias: true }, act: { kind: 'swiglu' }, T: 37 },
-    { name: 'GPT-OSS-style top-k softmax, biases, SwiGLU-OAI, f16', w: { seed: 3, H: 48, I: 40, E: 8, dtype: 'F16', biases: true, routerBias: true }, r: { scoreFunc: 'topk_softmax', topK: 4 }, act: { kind: 'swiglu_oai', alpha: 1.702, limit: 0.5 }, T: 9 },
+    {
+      name: 'softmax renorm, expert with zero tokens, f32',
+      w: { seed: 1, H: 32, I: 24, E: 6, dtype: 'F32', routerBias: true, deadExpert: 3 },
+      r: { normTopkProb: true },
+      act: { kind: 'swiglu' },
+      T: 13,
+    },
+    {
+      name: 'DeepSeek-style groups (one kept), correction bias, shared, bf16, ×2.5',
+      w: { seed: 2, H: 64, I: 16, E: 16, dtype: 'BF16', correction: true, shared: [32] },
+      r: { scoreFunc: 'sigmoid', topK: 3, nGroup: 4, topkGroup: 1, normTopkProb: true, routedScalingFactor: 2.5, correctionBias: true },
+      act: { kind: 'swiglu' },
+      T: 37,
+    },
+    {
+      name: 'GPT-OSS-style top-k softmax, biases, SwiGLU-OAI, f16',
+      w: { seed: 3, H: 48, I: 40, E: 8, dtype: 'F16', biases: true, routerBias: true },
+      r: { scoreFunc: 'topk_softmax', topK: 4 },
+      act: { kind: 'swiglu_oai', alpha: 1.702, limit: 0.5 },
+      T: 9,
+    },
     { name: 'ReLU² non-gated, 1 token', w: { seed: 4, H: 16, I: 8, E: 4, dtype: 'F32', gated: false }, r: { topK: 1 }, act: { kind: 'relu2' }, T: 1 },
-    { name: 'GeGLU exact, shared expert with sigmoid gate', w: { seed: 5, H: 40, I: 12, E: 5, dtype: 'BF16', shared: [20], sharedGate: true }, r: { topK: 2 }, act: { kind: 'geglu' }, T: 21 },
-    { name: 'GeGLU tanh, Llama4-style input scaling', w: { seed: 6, H: 24, I: 36, E: 4, dtype: 'F32', shared: [36] }, r: { scoreFunc: 'topk_sigmoid_input', topK: 1 }, act: { kind: 'geglu_tanh' }, T: 17 },
-    { name: 'clamped SwiGLU, chunked: row blocks and tokens routed to none of a piece', w: { seed: 7, H: 32, I: 48, E: 8, dtype: 'BF16', biases: true }, r: { topK: 2, normTopkProb: true }, act: { kind: 'swiglu_clamped', limit: 0.3 }, T: 30, maxBinding: 1024 },
-    { name: 'dense block (no router), chunked', w: { seed: 8, H: 32, I: 64, E: 0, dtype: 'F32', shared: [64] }, r: {}, act: { kind: 'swiglu' }, T: 19, maxBinding: 2048 },
+    {
+      name: 'GeGLU exact, shared expert with sigmoid gate',
+      w: { seed: 5, H: 40, I: 12, E: 5, dtype: 'BF16', shared: [20], sharedGate: true },
+      r: { topK: 2 },
+      act: { kind: 'geglu' },
+      T: 21,
+    },
+    {
+      name: 'GeGLU tanh, Llama4-style input scaling',
+      w: { seed: 6, H: 24, I: 36, E: 4, dtype: 'F32', shared: [36] },
+      r: { scoreFunc: 'topk_sigmoid_input', topK: 1 },
+      act: { kind: 'geglu_tanh' },
+      T: 17,
+    },
+    {
+      name: 'clamped SwiGLU, chunked: row blocks and tokens routed to none of a piece',
+      w: { seed: 7, H: 32, I: 48, E: 8, dtype: 'BF16', biases: true },
+      r: { topK: 2, normTopkProb: true },
+      act: { kind: 'swiglu_clamped', limit: 0.3 },
+      T: 30,
+      maxBinding: 1024,
+    },
+    {
+      name: 'dense block (no router), chunked',
+      w: { seed: 8, H: 32, I: 64, E: 0, dtype: 'F32', shared: [64] },
+      r: {},
+      act: { kind: 'swiglu' },
+      T: 19,
+      maxBinding: 2048,
+    },
   ];
-  for (const c of cases) for (const kernels of ['cpu', 'gpu'] as const) {
-    it(`${c.name}, ${kernels} kernels`, async () => {
-      const w = synth(c.w);
-      const spec: BlockSpec = { routing: routing(c.r), activation: c.act };
-      const r = rng(100 + c.w.seed);
-      const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
-      const cpu = forwardCpu(w, spec, x, c.T);
-      const gpu = await forwardGpu(w, spec, x, c.T, { maxBinding: c.maxBinding, kernels });
-      const cmp = compare(gpu.out, cpu.out);
-      expect(cmp.refMax).toBeGreaterThan(0);
-      expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
-      expect(gpu.expertCounts).toEqual(cpu.expertCounts);
-      if (c.w.deadExpert !== undefined) expect(cpu.expertCounts[c.w.deadExpert]).toBe(0);
-      if (c.maxBinding) expect(gpu.pieces).toBeGreaterThan(4);
-    });
-  }
+  for (const c of cases)
+    for (const kernels of ['cpu', 'gpu'] as const) {
+      it(`${c.name}, ${kernels} kernels`, async () => {
+        const w = synth(c.w);
+        const spec: BlockSpec = { routing: routing(c.r), activation: c.act };
+        const r = rng(100 + c.w.seed);
+        const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
+        const cpu = forwardCpu(w, spec, x, c.T);
+        const gpu = await forwardGpu(w, spec, x, c.T, { maxBinding: c.maxBinding, kernels });
+        const cmp = compare(gpu.out, cpu.out);
+        expect(cmp.refMax).toBeGreaterThan(0);
+        expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
+        expect(gpu.expertCounts).toEqual(cpu.expertCounts);
+        if (c.w.deadExpert !== undefined) expect(cpu.expertCounts[c.w.deadExpert]).toBe(0);
+        if (c.maxBinding) expect(gpu.pieces).toBeGreaterThan(4);
+      });
+    }
 });
 
 describe('piece planning', () => {
@@ -165,7 +217,11 @@ describe('streaming expert weights from disk', () => {
     const ck = await openStore(join(FIX, 'deepseek_v3_bf16'));
     const config = (await ck.config())!;
     const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
-    for (const [maxBinding, kernels] of [[undefined, 'cpu'], [2048, 'cpu'], [2048, 'gpu']] as const) {
+    for (const [maxBinding, kernels] of [
+      [undefined, 'cpu'],
+      [2048, 'cpu'],
+      [2048, 'gpu'],
+    ] as const) {
       const lazy = await (await layerSource(ck, config)).load(1, { lazy: true });
       expect(lazy.weights.experts[0]!.up.data).toBeUndefined();
       const eager = await (await layerSource(ck, config)).load(1);

@@ -5,7 +5,10 @@ import { join } from 'node:path';
 
 export const ROOT = new URL('..', import.meta.url).pathname;
 export const FIXTURES = join(ROOT, 'fixtures', 'hf');
-export const fixtureNames = (): string[] => readdirSync(FIXTURES).filter((d) => existsSync(join(FIXTURES, d, 'config.json'))).sort();
+export const fixtureNames = (): string[] =>
+  readdirSync(FIXTURES)
+    .filter((d) => existsSync(join(FIXTURES, d, 'config.json')))
+    .sort();
 
 export interface CliResult {
   code: number;

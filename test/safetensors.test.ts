@@ -80,11 +80,19 @@ describe('read → write round trip', () => {
         const m = /bytes=(\d+)-(\d+)?/.exec(range)!;
         const s = Number(m[1]);
         const e = m[2] ? Math.min(Number(m[2]) + 1, data.length) : data.length;
-        return new Response(data.subarray(s, e), { status: 206, headers: { 'Content-Range': `bytes ${s}-${e - 1}/${data.length}`, ETag: '"local"', 'Content-Length': String(e - s) } });
+        return new Response(data.subarray(s, e), {
+          status: 206,
+          headers: { 'Content-Range': `bytes ${s}-${e - 1}/${data.length}`, ETag: '"local"', 'Content-Length': String(e - s) },
+        });
       }
       return new Response(init?.method === 'HEAD' ? null : data, { status: 200, headers: { ETag: '"local"', 'Content-Length': String(data.length) } });
     };
-    const parsed = await parseSafetensorsMetadata({ repo: 'local/x', path: 'model.safetensors.index.json', fetch: fetchLocal as typeof fetch, hubUrl: 'http://local' });
+    const parsed = await parseSafetensorsMetadata({
+      repo: 'local/x',
+      path: 'model.safetensors.index.json',
+      fetch: fetchLocal as typeof fetch,
+      hubUrl: 'http://local',
+    });
     expect(parsed.sharded).toBe(true);
     const ck = await openStore(dir);
     if (!parsed.sharded) return;
@@ -106,7 +114,17 @@ describe('read → write round trip', () => {
     for (let i = 0; i < n; i++) data.writeUInt32LE((i * 2654435761) >>> 0, i * 4);
     const a = join(tmp.dir, 'big-a');
     // the producer hands the writer uneven pieces; the reader streams back in pool-sized chunks
-    await writeCheckpoint(a, [{ name: 'w', dtype: 'F32', shape: [n], source: async function* () { yield { data: data.subarray(0, 3_000_001) }; yield { data: data.subarray(3_000_001) }; } }]);
+    await writeCheckpoint(a, [
+      {
+        name: 'w',
+        dtype: 'F32',
+        shape: [n],
+        source: async function* () {
+          yield { data: data.subarray(0, 3_000_001) };
+          yield { data: data.subarray(3_000_001) };
+        },
+      },
+    ]);
     const ck = await openStore(a);
     let chunks = 0;
     const parts: Buffer[] = [];
@@ -123,7 +141,16 @@ describe('read → write round trip', () => {
   it('refuses a source that produces the wrong number of bytes and leaves no files behind', async () => {
     const out = join(tmp.dir, 'short');
     await expect(
-      writeCheckpoint(out, [{ name: 'w', dtype: 'F32', shape: [4], source: async function* () { yield { data: Buffer.alloc(12) }; } }]),
+      writeCheckpoint(out, [
+        {
+          name: 'w',
+          dtype: 'F32',
+          shape: [4],
+          source: async function* () {
+            yield { data: Buffer.alloc(12) };
+          },
+        },
+      ]),
     ).rejects.toThrow(/produced 12 bytes, expected 16/);
     expect(readdirSync(out)).toEqual([]);
   });
@@ -158,7 +185,10 @@ describe('hostile safetensors files: one-line error, exit 3', () => {
   const good = { a: { dtype: 'F32', shape: [2, 2], data_offsets: [0, 16] } };
 
   it('header length larger than the file', () => {
-    expectRefused(write('biglen.safetensors', stFile(good, 16, { lengthOverride: 5000n })), /biglen\.safetensors: header length 5000 bytes is larger than the file/);
+    expectRefused(
+      write('biglen.safetensors', stFile(good, 16, { lengthOverride: 5000n })),
+      /biglen\.safetensors: header length 5000 bytes is larger than the file/,
+    );
   });
   it('absurd header length (> 100 MB)', () => {
     expectRefused(write('absurd.safetensors', stFile(good, 16, { lengthOverride: 1n << 40n })), /absurd\.safetensors: header length \d+ bytes is absurd/);
@@ -171,13 +201,22 @@ describe('hostile safetensors files: one-line error, exit 3', () => {
     expectRefused(write('garbage.safetensors', stFile('{"a": nope', 0)), /garbage\.safetensors: header is not valid JSON/);
   });
   it('unknown dtype', () => {
-    expectRefused(write('dtype.safetensors', stFile({ a: { dtype: 'F128', shape: [1], data_offsets: [0, 16] } }, 16)), /dtype\.safetensors: tensor 'a': unknown dtype "F128"/);
+    expectRefused(
+      write('dtype.safetensors', stFile({ a: { dtype: 'F128', shape: [1], data_offsets: [0, 16] } }, 16)),
+      /dtype\.safetensors: tensor 'a': unknown dtype "F128"/,
+    );
   });
   it('data_offsets past the end (truncated data)', () => {
-    expectRefused(write('oob.safetensors', stFile({ a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, 8)), /oob\.safetensors: tensor 'a': data_offsets \[0, 16\] run past the end/);
+    expectRefused(
+      write('oob.safetensors', stFile({ a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, 8)),
+      /oob\.safetensors: tensor 'a': data_offsets \[0, 16\] run past the end/,
+    );
   });
   it('data_offsets not matching dtype × shape', () => {
-    expectRefused(write('size.safetensors', stFile({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 16] } }, 16)), /tensor 'a': data_offsets span 16 bytes but F32\[3\] needs 12/);
+    expectRefused(
+      write('size.safetensors', stFile({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 16] } }, 16)),
+      /tensor 'a': data_offsets span 16 bytes but F32\[3\] needs 12/,
+    );
   });
   it('overlapping tensors', () => {
     const h = { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } };
@@ -190,10 +229,16 @@ describe('hostile safetensors files: one-line error, exit 3', () => {
   });
   it('a real checkpoint truncated in its data section', () => {
     const full = readFileSync(join(FIXTURES, 'mixtral', 'model.safetensors'));
-    expectRefused(write('cut.safetensors', full.subarray(0, full.length - 1000)), /cut\.safetensors: tensor '.+': data_offsets .* run past the end of the file/);
+    expectRefused(
+      write('cut.safetensors', full.subarray(0, full.length - 1000)),
+      /cut\.safetensors: tensor '.+': data_offsets .* run past the end of the file/,
+    );
   });
   it('negative or fractional shapes', () => {
-    expectRefused(write('shape.safetensors', stFile({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, 4)), /shape \[-1\] is not a list of non-negative integers/);
+    expectRefused(
+      write('shape.safetensors', stFile({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, 4)),
+      /shape \[-1\] is not a list of non-negative integers/,
+    );
   });
 
   const shardDir = (name: string, weightMap: Record<string, string>, files: Record<string, Buffer>) => {
@@ -217,13 +262,29 @@ describe('hostile safetensors files: one-line error, exit 3', () => {
     expectRefused(d, /is a link that leads outside the checkpoint folder/);
   });
   it('index.json naming a missing file', () => {
-    expectRefused(shardDir('missing', { x: 'model-00002-of-00002.safetensors' }, {}), /weight_map names 'model-00002-of-00002\.safetensors' \(for 'x'\), which does not exist/);
+    expectRefused(
+      shardDir('missing', { x: 'model-00002-of-00002.safetensors' }, {}),
+      /weight_map names 'model-00002-of-00002\.safetensors' \(for 'x'\), which does not exist/,
+    );
   });
   it('the same tensor stored in two shards', () => {
-    expectRefused(shardDir('dup', { x: 'a.safetensors', y: 'b.safetensors' }, { 'a.safetensors': one('x'), 'b.safetensors': stFile({ x: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, y: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, 8) }), /tensor 'x' is stored twice, in a\.safetensors and b\.safetensors/);
+    expectRefused(
+      shardDir(
+        'dup',
+        { x: 'a.safetensors', y: 'b.safetensors' },
+        {
+          'a.safetensors': one('x'),
+          'b.safetensors': stFile({ x: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, y: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, 8),
+        },
+      ),
+      /tensor 'x' is stored twice, in a\.safetensors and b\.safetensors/,
+    );
   });
   it('weight_map listing a tensor its file does not hold', () => {
-    expectRefused(shardDir('lying', { x: 'a.safetensors', z: 'a.safetensors' }, { 'a.safetensors': one('x') }), /weight_map lists 'z' in a\.safetensors, but that file has no such tensor/);
+    expectRefused(
+      shardDir('lying', { x: 'a.safetensors', z: 'a.safetensors' }, { 'a.safetensors': one('x') }),
+      /weight_map lists 'z' in a\.safetensors, but that file has no such tensor/,
+    );
   });
   it('the source is never modified by reading', () => {
     const p = join(dir, 'ro.safetensors');

@@ -249,8 +249,14 @@ describe('refusals: one-line errors, nothing written', () => {
 
   it('invalid EP/ETP sizes name the fix', async () => {
     const dst = out('x');
-    oneLine(await cli(['shard', join(FIXTURES, 'mixtral'), '--ep', '3', '-o', dst]), /8 experts do not divide evenly over --ep 3.*--ep 2\|4\|8 or --placement round-robin/);
-    oneLine(await cli(['shard', join(FIXTURES, 'mixtral'), '--ep', '2', '--etp', '3', '-o', dst]), /intermediate size 40 does not split into --etp 3 slices; use --etp 1\|2\|4\|5\|8/);
+    oneLine(
+      await cli(['shard', join(FIXTURES, 'mixtral'), '--ep', '3', '-o', dst]),
+      /8 experts do not divide evenly over --ep 3.*--ep 2\|4\|8 or --placement round-robin/,
+    );
+    oneLine(
+      await cli(['shard', join(FIXTURES, 'mixtral'), '--ep', '2', '--etp', '3', '-o', dst]),
+      /intermediate size 40 does not split into --etp 3 slices; use --etp 1\|2\|4\|5\|8/,
+    );
     oneLine(await cli(['shard', join(FIXTURES, 'deepseek_v3_fp8'), '--ep', '2', '--etp', '2', '-o', dst]), /\(192 \/ 2\) % 128.*use --etp 1/);
     oneLine(await cli(['shard', join(FIXTURES, 'deepseek_v3_fp8'), '--ep', '2', '-o', dst]), /quantized.*dequantize/);
     oneLine(await cli(['shard', join(FIXTURES, 'mixtral'), '--ep', '2', '--rank', '2', '-o', dst]), /--rank 2 is out of range.*ranks 0\.\.1/);
@@ -258,7 +264,11 @@ describe('refusals: one-line errors, nothing written', () => {
     // round-robin places an uneven E explicitly
     const s = out('rr3');
     await shard(join(FIXTURES, 'mixtral'), s, { ep: 3, placement: 'round-robin', ...fast });
-    expect(manifestOf(s).ranks.map((r) => r.experts)).toEqual([[0, 3, 6], [1, 4, 7], [2, 5]]);
+    expect(manifestOf(s).ranks.map((r) => r.experts)).toEqual([
+      [0, 3, 6],
+      [1, 4, 7],
+      [2, 5],
+    ]);
     const merged = out('rr3-merged');
     await merge(s, merged, fast);
     expect(diff(await srcDump('mixtral'), await dump(merged))).toEqual([]);

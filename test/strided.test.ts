@@ -75,7 +75,11 @@ describe('stridedCopy matches the generic walk', () => {
     agree(2, 3 * 34 * 66, 3 * 34 * 66, 0, [34 * 66, 34, 1], 0, [34 * 66, 1, 66], [3, 66, 34]);
     agree(2, 3 * 35 * 67, 3 * 35 * 67, 0, [35 * 67, 35, 1], 0, [35 * 67, 1, 67], [3, 67, 35]);
     // 8-byte elements as [.., 2] units: [r, c] f64 transpose
-    for (const [r, c] of [[5, 7], [33, 40], [64, 64]] as const) {
+    for (const [r, c] of [
+      [5, 7],
+      [33, 40],
+      [64, 64],
+    ] as const) {
       agree(4, r * c * 2, r * c * 2, 0, [r * 2, 2, 1], 0, [2, c * 2, 1], [c, r, 2], r);
       agree(4, r * c * 2, r * c * 2, 0, [2, c * 2, 1], 0, [2, c * 2, 1], [r, c, 2], c); // plain copy
     }
@@ -122,7 +126,12 @@ describe('copyView through the fast paths equals the reference on views', () => 
         expect(gb.equals(g)).toBe(true);
         expect(ub.equals(u)).toBe(true);
         // and an independent check of one element position
-        for (const [i, h] of [[0, 0], [I - 1, H - 1], [5, 17], [36, 1]] as const) {
+        for (const [i, h] of [
+          [0, 0],
+          [I - 1, H - 1],
+          [5, 17],
+          [36, 1],
+        ] as const) {
           const col = inter ? 2 * i : i;
           expect(slab.subarray((h * 2 * I + col) * es, (h * 2 * I + col + 1) * es).equals(g.subarray((i * H + h) * es, (i * H + h + 1) * es))).toBe(true);
         }

@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { FIXTURES, cli, tempDir } from './convert-helpers.js';
 import { verify } from '../src/ops/verify.js';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { copyFileSync } from 'node:fs';
@@ -83,6 +82,9 @@ describe('verify reads every layout through the IR and matches transformers', ()
     const r = await cli(['verify', bad, '--reference', join(FIXTURES, 'mixtral', 'reference.safetensors'), '--json']);
     expect(r.code).toBe(1);
     const j = JSON.parse(r.stdout);
-    expect(j.layers.map((l: { layer: number; pass: boolean }) => [l.layer, l.pass])).toEqual([[0, true], [1, false]]);
+    expect(j.layers.map((l: { layer: number; pass: boolean }) => [l.layer, l.pass])).toEqual([
+      [0, true],
+      [1, false],
+    ]);
   });
 });

@@ -2,7 +2,6 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { main } from '../src/cli/index.js';
@@ -93,7 +92,13 @@ describe('verify passes on every fixture with a reference (WebGPU)', () => {
 
 describe('verify FAILS on broken conversions (CLI exit status and failing layer)', () => {
   const cases: [string, string, string, number, (m: Map<string, Buffer>) => void][] = [
-    ['gate and up swapped in one expert', 'mixtral', 'mixtral', 0, (m) => swap(m, 'model.layers.0.block_sparse_moe.experts.2.w1.weight', 'model.layers.0.block_sparse_moe.experts.2.w3.weight')],
+    [
+      'gate and up swapped in one expert',
+      'mixtral',
+      'mixtral',
+      0,
+      (m) => swap(m, 'model.layers.0.block_sparse_moe.experts.2.w1.weight', 'model.layers.0.block_sparse_moe.experts.2.w3.weight'),
+    ],
     [
       'two experts permuted',
       'qwen3_moe',
@@ -151,7 +156,9 @@ describe('verify FAILS on broken conversions (CLI exit status and failing layer)
     });
   }
   it('also fails comparing the source and a corrupted copy directly (<a> <b>), with the CPU reference', async () => {
-    const dir = await corruptedCopy('mixtral', (m) => swap(m, 'model.layers.1.block_sparse_moe.experts.0.w2.weight', 'model.layers.1.block_sparse_moe.experts.4.w2.weight'));
+    const dir = await corruptedCopy('mixtral', (m) =>
+      swap(m, 'model.layers.1.block_sparse_moe.experts.0.w2.weight', 'model.layers.1.block_sparse_moe.experts.4.w2.weight'),
+    );
     const { code, out } = await cli('verify', join(FIX, 'mixtral'), dir, '--cpu', '--tokens', '40');
     expect(code).toBe(1);
     expect(out).toMatch(/\s1\s+moe.*FAIL/);
@@ -162,12 +169,20 @@ describe('verify FAILS on broken conversions (CLI exit status and failing layer)
 describe('HF Granite-MoE and Llama4 read through the layout specs (the names live in converters/ only)', () => {
   it('granitemoe: every layer is an MoE block routed by softmax over the top-k logits', async () => {
     const r = await verify(join(FIX, 'granitemoe'), undefined, { reference: join(FIX, 'granitemoe', 'reference.safetensors'), cpu: true });
-    expect(r.layers.map((l) => [l.layer, l.kind])).toEqual([[0, 'moe'], [1, 'moe'], [2, 'moe']]);
+    expect(r.layers.map((l) => [l.layer, l.kind])).toEqual([
+      [0, 'moe'],
+      [1, 'moe'],
+      [2, 'moe'],
+    ]);
     expect(r.pass).toBe(true);
   });
   it('llama4_text: dense feed_forward layers 0 and 2, MoE layer 1 with sigmoid-scaled input and a shared expert', async () => {
     const r = await verify(join(FIX, 'llama4_text'), undefined, { reference: join(FIX, 'llama4_text', 'reference.safetensors'), cpu: true });
-    expect(r.layers.map((l) => [l.layer, l.kind])).toEqual([[0, 'dense'], [1, 'moe'], [2, 'dense']]);
+    expect(r.layers.map((l) => [l.layer, l.kind])).toEqual([
+      [0, 'dense'],
+      [1, 'moe'],
+      [2, 'dense'],
+    ]);
     expect(r.pass).toBe(true);
   });
   it('a Llama4 router read as softmax routing fails: the routing rule is really checked', async () => {
@@ -192,7 +207,9 @@ describe('verify input errors are one line', () => {
     await expect(verify(join(FIX, 'mixtral'), undefined, {})).rejects.toThrow(/second checkpoint <b> or --reference/);
   });
   it('quantized checkpoints ask to dequantize first', async () => {
-    await expect(verify(join(FIX, 'gpt_oss_mxfp4'), undefined, { reference: join(FIX, 'gpt_oss_mxfp4', 'reference.safetensors'), cpu: true })).rejects.toThrow(/dequantize/);
+    await expect(verify(join(FIX, 'gpt_oss_mxfp4'), undefined, { reference: join(FIX, 'gpt_oss_mxfp4', 'reference.safetensors'), cpu: true })).rejects.toThrow(
+      /dequantize/,
+    );
   });
   it('--layers parsing', () => {
     expect(parseLayers('1,3-5')).toEqual([1, 3, 4, 5]);
@@ -200,6 +217,8 @@ describe('verify input errors are one line', () => {
     expect(() => parseLayers('a')).toThrow(/not a layer/);
   });
   it('unknown layer', async () => {
-    await expect(verify(join(FIX, 'mixtral'), undefined, { reference: join(FIX, 'mixtral', 'reference.safetensors'), layers: [7], cpu: true })).rejects.toThrow(/layer\(s\) 7 not available/);
+    await expect(verify(join(FIX, 'mixtral'), undefined, { reference: join(FIX, 'mixtral', 'reference.safetensors'), layers: [7], cpu: true })).rejects.toThrow(
+      /layer\(s\) 7 not available/,
+    );
   });
 });

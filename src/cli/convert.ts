@@ -58,7 +58,17 @@ export function registerConvert(program: Command): void {
     )
     .action(async (src: string, o: ConvertFlags) => {
       const bar = progress(o.json || o.dryRun);
-      const s = await convert(src, o.output, { to: o.to, gateUp: o.gateUp, dtype: o.dtype, maxShardSize: o.maxShardSize, jobs: o.jobs, force: o.force, fsync: o.fsync, dryRun: o.dryRun, onProgress: (b, t) => bar.update(b, t) });
+      const s = await convert(src, o.output, {
+        to: o.to,
+        gateUp: o.gateUp,
+        dtype: o.dtype,
+        maxShardSize: o.maxShardSize,
+        jobs: o.jobs,
+        force: o.force,
+        fsync: o.fsync,
+        dryRun: o.dryRun,
+        onProgress: (b, t) => bar.update(b, t),
+      });
       bar.done();
       if (o.json) process.stdout.write(JSON.stringify({ ...s, peakRssMB: peakRssMB() }, null, 2) + '\n');
       else if (s.dryRun) process.stdout.write(`${s.sourceLayout} → ${s.layout} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`);

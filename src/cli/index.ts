@@ -11,7 +11,9 @@ export function buildProgram(): Command {
   const program = new Command();
   program
     .name('moekit')
-    .description('Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts, shard for expert parallelism, and verify numerically on a WebGPU kernel.')
+    .description(
+      'Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts, shard for expert parallelism, and verify numerically on a WebGPU kernel.',
+    )
     .addHelpText(
       'after',
       [
@@ -22,7 +24,7 @@ export function buildProgram(): Command {
         '  moekit verify /models/Mixtral-8x7B /ckpt/te               # same function? layer by layer, on WebGPU',
         '  moekit shard /ckpt/te --ep 8 -o /ckpt/te-ep8              # one folder per expert-parallel rank',
         '',
-        'Run `moekit <command> --help` for each command\'s options and examples.',
+        "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
     )
     .version('0.1.0')
@@ -59,7 +61,7 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof MoekitError || (err && typeof err.code === 'string' && err.message)) {
       process.stderr.write(`moekit: error: ${err.message.split('\n')[0]}\n`);
     } else {
-      process.stderr.write(`moekit: internal error (please report): ${(err && err.stack) || String(e)}\n`);
+      process.stderr.write(`moekit: internal error (please report): ${(err?.stack) || String(e)}\n`);
     }
     return code;
   }

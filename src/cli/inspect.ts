@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import type { TensorStore } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { formatInspect, inspectCheckpoint } from '../ops/inspect.js';
 

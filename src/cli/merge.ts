@@ -12,13 +12,25 @@ export function registerMerge(program: Command): void {
     .option('--to <layout>', `layout of the merged checkpoint: ${TARGET_NAMES.join(', ')} (default: the original source layout)`);
   writeFlags(cmd)
     .description('glue the ranks of a sharded checkpoint back into one checkpoint, checking every sha256')
-    .addHelpText('after', '\nRefuses (one-line error, nothing written) a missing rank, an expert claimed by two ranks, and a tensor whose\nsha256 does not match the manifest.')
+    .addHelpText(
+      'after',
+      '\nRefuses (one-line error, nothing written) a missing rank, an expert claimed by two ranks, and a tensor whose\nsha256 does not match the manifest.',
+    )
     .action(async (src: string, o: WriteFlags & { to?: string }) => {
       const bar = progress(o.json || o.dryRun);
-      const s = await merge(src, o.output, { to: o.to, maxShardSize: o.maxShardSize, jobs: o.jobs, force: o.force, fsync: o.fsync, dryRun: o.dryRun, onProgress: (b, t) => bar.update(b, t) });
+      const s = await merge(src, o.output, {
+        to: o.to,
+        maxShardSize: o.maxShardSize,
+        jobs: o.jobs,
+        force: o.force,
+        fsync: o.fsync,
+        dryRun: o.dryRun,
+        onProgress: (b, t) => bar.update(b, t),
+      });
       bar.done();
       if (o.json) process.stdout.write(JSON.stringify(s, null, 2) + '\n');
       else if (s.dryRun) process.stdout.write(`merge ${s.ranks} ranks → ${s.layout} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`);
-      else process.stdout.write(`merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`);
+      else
+        process.stdout.write(`merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`);
     });
 }

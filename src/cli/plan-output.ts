@@ -1,7 +1,12 @@
 /** `--dry-run` text output: the plan described by engine/plan.ts `describePlan`, one line per output file. */
 interface DescribedPlan {
   expectedPeakMB: number;
-  outputs: { dir: string; files: { name: string; bytes: number; tensors: { action: string; transforms: string[] }[] }[]; index: string | null; sideFiles: string[] }[];
+  outputs: {
+    dir: string;
+    files: { name: string; bytes: number; tensors: { action: string; transforms: string[] }[] }[];
+    index: string | null;
+    sideFiles: string[];
+  }[];
 }
 
 export function formatPlanSummary(plan: unknown): string {

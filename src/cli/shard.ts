@@ -17,7 +17,10 @@ interface CutFlags extends WriteFlags {
 
 function report(s: ShardSummary, json?: boolean): void {
   if (json) process.stdout.write(JSON.stringify(s, null, 2) + '\n');
-  else if (s.dryRun) process.stdout.write(`${s.sourceLayout} → ${s.layout}, EP ${s.ep}${s.etp > 1 ? ` × ETP ${s.etp}` : ''} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`);
+  else if (s.dryRun)
+    process.stdout.write(
+      `${s.sourceLayout} → ${s.layout}, EP ${s.ep}${s.etp > 1 ? ` × ETP ${s.etp}` : ''} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`,
+    );
   else {
     process.stdout.write(
       `${s.sourceLayout} → ${s.layout}, EP ${s.ep}${s.etp > 1 ? ` × ETP ${s.etp}` : ''} (${s.placement}, dense ${s.dense}): wrote ${s.ranks.length} rank(s) [${s.ranks.join(', ')}], ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`,
@@ -31,8 +34,15 @@ function cutFlags(cmd: Command, defaults: boolean): Command {
     .requiredOption('--ep <n>', 'expert-parallel size N: ranks that split the experts', numberArg('--ep', 1))
     .option('--etp <m>', "expert tensor-parallel size M: slices of every expert's intermediate dim", numberArg('--etp', 1), 1)
     .option('--to <layout>', `layout of the rank checkpoints: ${TARGET_NAMES.join(', ')} (default: ${defaults ? "the source's" : "the sharded checkpoint's"})`)
-    .addOption(new Option('--placement <p>', `which experts each rank holds${defaults ? ' (default contiguous)' : " (default: the source sharding's)"}`).choices(['contiguous', 'round-robin']))
-    .addOption(new Option('--dense <d>', `non-expert tensors on every rank or on rank 0 only${defaults ? ' (default replicate)' : ''}`).choices(['replicate', 'rank0']))
+    .addOption(
+      new Option('--placement <p>', `which experts each rank holds${defaults ? ' (default contiguous)' : " (default: the source sharding's)"}`).choices([
+        'contiguous',
+        'round-robin',
+      ]),
+    )
+    .addOption(
+      new Option('--dense <d>', `non-expert tensors on every rank or on rank 0 only${defaults ? ' (default replicate)' : ''}`).choices(['replicate', 'rank0']),
+    )
     .option('--rank <r>', 'write only rank r (ep_rank · etp + etp_rank) and the manifest: one job of a job array', numberArg('--rank', 0));
   return writeFlags(cmd, 'the sharded checkpoint');
 }
@@ -75,7 +85,11 @@ export function registerShard(program: Command): void {
     )
     .action(async (src: string, o: CutFlags) => {
       const bar = progress(o.json || o.dryRun);
-      const s = await shard(src, o.output, cutArgs(o, (b, t) => bar.update(b, t)));
+      const s = await shard(
+        src,
+        o.output,
+        cutArgs(o, (b, t) => bar.update(b, t)),
+      );
       bar.done();
       report(s, o.json);
     });
@@ -86,7 +100,11 @@ export function registerReshard(program: Command): void {
     .description('re-cut a sharded checkpoint for another EP/ETP size directly from its ranks (no merged copy)')
     .action(async (src: string, o: CutFlags) => {
       const bar = progress(o.json || o.dryRun);
-      const s = await reshard(src, o.output, cutArgs(o, (b, t) => bar.update(b, t)));
+      const s = await reshard(
+        src,
+        o.output,
+        cutArgs(o, (b, t) => bar.update(b, t)),
+      );
       bar.done();
       report(s, o.json);
     });

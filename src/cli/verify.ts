@@ -2,16 +2,21 @@ import type { Command } from 'commander';
 import { MoekitError } from '../errors.js';
 import { formatReport, parseLayers, verify } from '../ops/verify.js';
 
-const num = (what: string, min = -Infinity) => (v: string): number => {
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n < min) throw new MoekitError('usage', `${what}: '${v}' is not a valid number${min > -Infinity ? ` ≥ ${min}` : ''}`);
-  return n;
-};
-const int = (what: string, min: number) => (v: string): number => {
-  const n = num(what, min)(v);
-  if (!Number.isInteger(n)) throw new MoekitError('usage', `${what}: '${v}' is not an integer`);
-  return n;
-};
+const num =
+  (what: string, min = -Infinity) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n) || n < min)
+      throw new MoekitError('usage', `${what}: '${v}' is not a valid number${min > -Infinity ? ` ≥ ${min}` : ''}`);
+    return n;
+  };
+const int =
+  (what: string, min: number) =>
+  (v: string): number => {
+    const n = num(what, min)(v);
+    if (!Number.isInteger(n)) throw new MoekitError('usage', `${what}: '${v}' is not an integer`);
+    return n;
+  };
 
 export function registerVerify(program: Command): void {
   program
@@ -33,12 +38,18 @@ export function registerVerify(program: Command): void {
         'Examples:\n  moekit verify fixtures/hf/mixtral --reference fixtures/hf/mixtral/reference.safetensors\n' +
         '  moekit verify /models/src /models/converted --tokens 64 --layers 0-3 --json',
     )
-    .action(async (a: string, b: string | undefined, o: { reference?: string; tokens?: number; seed?: number; layers?: number[]; atol?: number; rtol?: number; json?: boolean; cpu?: boolean }) => {
-      const report = await verify(a, b, {
-        ...o,
-        onProgress: (m) => process.stderr.write(`verify: ${m}\n`),
-      });
-      process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
-      if (!report.pass) process.exitCode = 1;
-    });
+    .action(
+      async (
+        a: string,
+        b: string | undefined,
+        o: { reference?: string; tokens?: number; seed?: number; layers?: number[]; atol?: number; rtol?: number; json?: boolean; cpu?: boolean },
+      ) => {
+        const report = await verify(a, b, {
+          ...o,
+          onProgress: (m) => process.stderr.write(`verify: ${m}\n`),
+        });
+        process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
+        if (!report.pass) process.exitCode = 1;
+      },
+    );
 }

@@ -77,7 +77,11 @@ async function* rangeChunks(store: TensorStore, info: TensorInfo, start: number,
     }
   } finally {
     // an abandoned stream: let in-flight reads finish, then recycle their buffers
-    for (const { buf, p } of pending.splice(0)) void p.then(() => sharedPool.release(buf), () => sharedPool.release(buf));
+    for (const { buf, p } of pending.splice(0))
+      void p.then(
+        () => sharedPool.release(buf),
+        () => sharedPool.release(buf),
+      );
   }
 }
 

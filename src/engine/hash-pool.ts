@@ -76,9 +76,7 @@ export class HashPool {
   private freed: (() => void)[] = [];
 
   constructor(
-    size = Math.max(1, Math.min(4, availableParallelism() - 1)),
-    /** the shared ring for stream(): slots × slotSize bytes, allocated once */
-    private readonly slots = 2 * size,
+    size = Math.max(1, Math.min(4, availableParallelism() - 1)),readonly slots = 2 * size,
     private readonly slotSize = 4 << 20,
   ) {
     this.ring = new SharedArrayBuffer(slots * slotSize);

@@ -22,7 +22,10 @@ import { stridedCopy } from './strided.js';
  * bytes produced on demand (`load`, e.g. an expert-TP merge concatenating slices from several rank
  * files); a lazy storage is loaded whole each time a view of it is copied.
  */
-export type Storage = { kind: 'tensor'; store: TensorStore; info: TensorInfo } | { kind: 'memory'; buf: Buffer } | { kind: 'lazy'; load: () => Promise<Buffer> };
+export type Storage =
+  | { kind: 'tensor'; store: TensorStore; info: TensorInfo }
+  | { kind: 'memory'; buf: Buffer }
+  | { kind: 'lazy'; load: () => Promise<Buffer> };
 
 export class View {
   constructor(
@@ -69,8 +72,15 @@ export class View {
   /** Index `i` along `d`, dropping that dim. */
   select(d: number, i: number): View {
     const k = this.dim(d);
-    if (i < 0 || i >= this.shape[k]!) throw new MoekitError('internal', `internal: index ${i} out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
-    return new View(this.storage, this.dtype, this.offset + i * this.strides[k]!, this.shape.filter((_, j) => j !== k), this.strides.filter((_, j) => j !== k));
+    if (i < 0 || i >= this.shape[k]!)
+      throw new MoekitError('internal', `internal: index ${i} out of range for dim ${k} of ${this.label} ${JSON.stringify(this.shape)}`);
+    return new View(
+      this.storage,
+      this.dtype,
+      this.offset + i * this.strides[k]!,
+      this.shape.filter((_, j) => j !== k),
+      this.strides.filter((_, j) => j !== k),
+    );
   }
 
   /** Elements start, start+step, ... < end along `d`. */
@@ -146,7 +156,6 @@ export function contiguousStrides(shape: readonly number[]): number[] {
   return st;
 }
 
-
 function typed(buf: Buffer, unit: number): Uint8Array | Uint16Array | Uint32Array {
   const { buffer, byteOffset, byteLength } = buf;
   if (unit === 1) return new Uint8Array(buffer, byteOffset, byteLength);
@@ -209,7 +218,8 @@ async function fetchExtent(v: View): Promise<{ buf: Buffer; base: number; scratc
  * contiguous and src is in a checkpoint, the bytes are read straight into dst's memory.
  */
 export async function copyView(src: View, dst: View): Promise<void> {
-  if (!src.sameShape(dst)) throw new MoekitError('internal', `internal: shape mismatch copying ${src.label} ${JSON.stringify(src.shape)} into ${JSON.stringify(dst.shape)}`);
+  if (!src.sameShape(dst))
+    throw new MoekitError('internal', `internal: shape mismatch copying ${src.label} ${JSON.stringify(src.shape)} into ${JSON.stringify(dst.shape)}`);
   if (src.dtype !== dst.dtype) {
     throw new MoekitError('unsupported', `cannot fuse ${src.label} (${src.dtype}) with tensors of dtype ${dst.dtype}; convert with --dtype to make them equal`);
   }
@@ -218,7 +228,12 @@ export async function copyView(src: View, dst: View): Promise<void> {
   const dbuf = dst.storage.buf;
   if (src.numel === 0) return;
   if (src.storage.kind === 'tensor' && src.isContiguous() && dst.isContiguous()) {
-    await src.storage.store.read(src.storage.info, src.offset * es, (src.offset + src.numel) * es, dbuf.subarray(dst.offset * es, (dst.offset + dst.numel) * es));
+    await src.storage.store.read(
+      src.storage.info,
+      src.offset * es,
+      (src.offset + src.numel) * es,
+      dbuf.subarray(dst.offset * es, (dst.offset + dst.numel) * es),
+    );
     return;
   }
   const { buf, base, scratch: fromScratch } = await fetchExtent(src);

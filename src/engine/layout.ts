@@ -11,7 +11,7 @@
  */
 import type { Dims, ExpertField, LayerField } from './ir.js';
 import { MoekitError } from '../errors.js';
-import { View } from './ir.js';
+import type { View } from './ir.js';
 
 export type GateUpOrder = 'concat' | 'interleaved';
 export type Field = ExpertField | LayerField;

@@ -96,13 +96,21 @@ function checkedDims(l: LayerIR): Dims {
     for (const f of EXPERT_FIELDS) {
       const v = e[f];
       const v0 = e0[f];
-      if (!v !== !v0) throw new MoekitError('unsupported', `mixed experts in layer ${l.layer}: expert ${i} ${v ? 'has' : 'lacks'} ${f}, expert 0 ${v0 ? 'has' : 'lacks'} it`);
+      if (!v !== !v0)
+        throw new MoekitError('unsupported', `mixed experts in layer ${l.layer}: expert ${i} ${v ? 'has' : 'lacks'} ${f}, expert 0 ${v0 ? 'has' : 'lacks'} it`);
       if (!v || !v0) continue;
       const want = canonicalShape(f, d);
       if (!v.sameShape(v0) || want.some((s, k) => s !== v.shape[k])) {
-        throw new MoekitError('unsupported', `mixed expert shapes in layer ${l.layer}: expert ${i} ${f} is ${fmt(v.shape)}, expected ${fmt(want)} like expert 0; layouts that stack experts need equal shapes`);
+        throw new MoekitError(
+          'unsupported',
+          `mixed expert shapes in layer ${l.layer}: expert ${i} ${f} is ${fmt(v.shape)}, expected ${fmt(want)} like expert 0; layouts that stack experts need equal shapes`,
+        );
       }
-      if (v.dtype !== v0.dtype) throw new MoekitError('unsupported', `mixed expert dtypes in layer ${l.layer}: expert ${i} ${f} is ${v.dtype}, expert 0 is ${v0.dtype}; convert with --dtype`);
+      if (v.dtype !== v0.dtype)
+        throw new MoekitError(
+          'unsupported',
+          `mixed expert dtypes in layer ${l.layer}: expert ${i} ${f} is ${v.dtype}, expert 0 is ${v0.dtype}; convert with --dtype`,
+        );
     }
   });
   return d;
@@ -149,7 +157,13 @@ function slabOf(shape: number[], dtype: Dtype, parts: { src: View; loc: (v: View
   const only = placed[0];
   if (placed.length === 1 && only && only.dst.offset === 0 && only.dst.isContiguous() && only.src.isContiguous() && only.src.storage.kind === 'tensor') {
     const es = byteSize(dtype, [1]);
-    return { kind: 'range', store: only.src.storage.store, info: only.src.storage.info, start: only.src.offset * es, end: (only.src.offset + only.src.numel) * es };
+    return {
+      kind: 'range',
+      store: only.src.storage.store,
+      info: only.src.storage.info,
+      start: only.src.offset * es,
+      end: (only.src.offset + only.src.numel) * es,
+    };
   }
   return { kind: 'assemble', dtype, shape, parts: placed };
 }
@@ -178,7 +192,17 @@ export function tensorPlan(name: string, shape: number[], dtype: Dtype, slabs: S
     transforms.push(castTransform(dtype as FloatDtype, cast));
     out = cast;
   }
-  return { name, dtype: out, sourceDtype: dtype, shape, nbytes: byteSize(out, shape), action: actionOf(name, slabs), sources: sourceNames(slabs), slabs, transforms };
+  return {
+    name,
+    dtype: out,
+    sourceDtype: dtype,
+    shape,
+    nbytes: byteSize(out, shape),
+    action: actionOf(name, slabs),
+    sources: sourceNames(slabs),
+    slabs,
+    transforms,
+  };
 }
 
 /** Every output tensor of `ir` written in layout `target`; non-expert tensors pass through under their own names. */
@@ -201,7 +225,11 @@ export function planTensors(ir: ModelIR, target: LayoutSpec, opts: PlanOptions =
   }
   const names = new Set<string>();
   for (const t of tensors) {
-    if (names.has(t.name)) throw new MoekitError('unsupported', `'${t.name}' would be written twice: a non-expert tensor of the source has the name layout '${target.id}' gives an expert tensor`);
+    if (names.has(t.name))
+      throw new MoekitError(
+        'unsupported',
+        `'${t.name}' would be written twice: a non-expert tensor of the source has the name layout '${target.id}' gives an expert tensor`,
+      );
     names.add(t.name);
   }
   tensors.sort((a, b) => naturalCompare(a.name, b.name));
@@ -212,7 +240,9 @@ export function planTensors(ir: ModelIR, target: LayoutSpec, opts: PlanOptions =
 function checkCoverage(l: LayerIR, d: Dims, target: LayoutSpec, o: SpecOptions, present: Set<Field>): void {
   const missing = uncovered(target, d, o, present);
   if (!missing.length) return;
-  const alt = LAYOUTS.filter((s) => !s.families && s !== target && uncovered(s, d, { gateUp: s.gateUp?.default ?? 'concat' }, present).length === 0).map((s) => s.id);
+  const alt = LAYOUTS.filter((s) => !s.families && s !== target && uncovered(s, d, { gateUp: s.gateUp?.default ?? 'concat' }, present).length === 0).map(
+    (s) => s.id,
+  );
   throw new MoekitError(
     'unsupported',
     `cannot convert losslessly to '${target.id}': it has no place for the ${missing.map((f) => FIELD_WORDS[f]).join(', ')} of layer ${l.layer}` +
@@ -242,10 +272,19 @@ function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string,
     const srcOf = (f: Field, e?: number): View => (e === undefined ? l[f as LayerField]! : l.experts[e]![f as ExpertField]!);
     const dtypeOf = (e?: number): Dtype => {
       const dts = new Set(fields.map((f) => srcOf(f, e).dtype));
-      if (dts.size > 1) throw new MoekitError('unsupported', `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`);
+      if (dts.size > 1)
+        throw new MoekitError(
+          'unsupported',
+          `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`,
+        );
       return [...dts][0]!;
     };
-    const slabFor = (dt: Dtype, e?: number): SlabPlan => slabOf(slab, dt, fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })));
+    const slabFor = (dt: Dtype, e?: number): SlabPlan =>
+      slabOf(
+        slab,
+        dt,
+        fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })),
+      );
     if (rule.scope === 'layer') {
       const dt = dtypeOf();
       plans.push(tensorPlan(ruleName(target, rule, root, l.layer), slab, dt, [slabFor(dt)], cast));
@@ -256,7 +295,15 @@ function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string,
       }
     } else {
       const dt = dtypeOf(0);
-      plans.push(tensorPlan(ruleName(target, rule, root, l.layer), declaredShape(rule, d, o), dt, l.experts.map((_, e) => slabFor(dt, e)), cast));
+      plans.push(
+        tensorPlan(
+          ruleName(target, rule, root, l.layer),
+          declaredShape(rule, d, o),
+          dt,
+          l.experts.map((_, e) => slabFor(dt, e)),
+          cast,
+        ),
+      );
     }
   }
   const ident = l.globalIds.every((g, i) => g === i) && l.globalIds.length === d.Er;
@@ -275,7 +322,9 @@ function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string,
 
 /** Identity plan: every tensor of a store passes through unchanged (a layout converted to itself). */
 export function passthroughTensors(store: TensorStore): TensorPlan[] {
-  return [...store.tensors.values()].map((info) => tensorPlan(info.name, info.shape, info.dtype, [{ kind: 'range', store, info, start: 0, end: info.nbytes }])).sort((a, b) => naturalCompare(a.name, b.name));
+  return [...store.tensors.values()]
+    .map((info) => tensorPlan(info.name, info.shape, info.dtype, [{ kind: 'range', store, info, start: 0, end: info.nbytes }]))
+    .sort((a, b) => naturalCompare(a.name, b.name));
 }
 
 /** Cut tensors (in order) into weight files of at most `maxShardSize` bytes, HF names. */
@@ -305,7 +354,8 @@ export const planTensorCount = (p: Plan): number => p.outputs.reduce((a, o) => a
 /** Largest buffer one assembled slab needs. */
 function largestSlab(p: Plan): number {
   let m = 0;
-  for (const o of p.outputs) for (const f of o.files) for (const t of f.tensors) for (const s of t.slabs) if (s.kind === 'assemble') m = Math.max(m, byteSize(s.dtype, s.shape));
+  for (const o of p.outputs)
+    for (const f of o.files) for (const t of f.tensors) for (const s of t.slabs) if (s.kind === 'assemble') m = Math.max(m, byteSize(s.dtype, s.shape));
   return m;
 }
 
@@ -328,7 +378,15 @@ export function describePlan(p: Plan): unknown {
       files: o.files.map((f) => ({
         name: f.name,
         bytes: f.bytes,
-        tensors: f.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.nbytes, action: t.action, sources: t.sources, transforms: t.transforms.map((x) => x.name) })),
+        tensors: f.tensors.map((t) => ({
+          name: t.name,
+          dtype: t.dtype,
+          shape: t.shape,
+          bytes: t.nbytes,
+          action: t.action,
+          sources: t.sources,
+          transforms: t.transforms.map((x) => x.name),
+        })),
       })),
       index: o.index ?? null,
       sideFiles: o.sideFiles.map((s) => s.name),

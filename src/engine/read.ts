@@ -8,8 +8,19 @@ import type { TensorStore, TensorInfo } from '../store/types.js';
 import { readJsonIfExists } from '../store/json.js';
 import { MoekitError } from '../errors.js';
 import { familyFacts, type Routing, type Activation } from '../families/index.js';
-import { View, layerDims, EXPERT_FIELDS, type Dims, type ExpertIR, type LayerIR, type ModelIR, type ExpertField, type LayerField } from './ir.js';
-import { declaredShape, fieldsOf, ruleName, ruleRegex, slabShape, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions, type TensorRule } from './layout.js';
+import { View, layerDims, type Dims, type ExpertIR, type LayerIR, type ModelIR, type ExpertField, type LayerField } from './ir.js';
+import {
+  declaredShape,
+  fieldsOf,
+  ruleName,
+  ruleRegex,
+  slabShape,
+  type Field,
+  type GateUpOrder,
+  type LayoutSpec,
+  type SpecOptions,
+  type TensorRule,
+} from './layout.js';
 import type { TensorsPlan } from './plan.js';
 import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
 import { DENSE_MLP_SPECS } from '../../converters/dense-mlp.js';
@@ -209,7 +220,8 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
     }
     if (!hit) passthrough.push({ store: ck, info });
   }
-  const gateUp: GateUpOrder = ropts.gateUp ?? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : (spec.gateUp?.default ?? 'concat'));
+  const gateUp: GateUpOrder =
+    ropts.gateUp ?? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : (spec.gateUp?.default ?? 'concat'));
   const o: SpecOptions = { gateUp };
   const out: LayerIR[] = [];
   let hfRoot: string | undefined;
@@ -233,7 +245,11 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
   const has = (f: Field, d: Dims) => matches.some((m) => fieldsOf(m.rule, d, o).includes(f));
   const router = matches.find((m) => has('router', probe) && fieldsOf(m.rule, probe, o).includes('router'));
-  if (!router) throw new MoekitError('unsupported', `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`);
+  if (!router)
+    throw new MoekitError(
+      'unsupported',
+      `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`,
+    );
   const [Er, H] = router.info.shape as [number, number];
   // gated or not: the hypothesis under which every matched expert rule holds something and a
   // standalone gate tensor is present exactly when gated
@@ -248,13 +264,15 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
     gated = h;
     break;
   }
-  if (gated === undefined) throw new MoekitError('unsupported', `layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
+  if (gated === undefined)
+    throw new MoekitError('unsupported', `layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
   // number of experts held
   const ids = new Set(matches.filter((m) => m.e !== undefined).map((m) => m.e!));
   let E: number;
   if (ids.size > 0) {
     E = Math.max(...ids) + 1;
-    if (ids.size !== E) throw new MoekitError('unsupported', `layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
+    if (ids.size !== E)
+      throw new MoekitError('unsupported', `layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
   } else {
     const st = matches.find((m) => m.rule.scope === 'stacked' && !m.rule.shape);
     E = st ? st.info.shape[0]! : (layerMeta?.experts ?? Er);
@@ -265,7 +283,8 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
     if (!m) return 0;
     const unit = numel(declaredShape(m.rule, { ...d, [key]: 1 }, o));
     const v = numel(m.info.shape) / unit;
-    if (!Number.isInteger(v) || v < 1) throw new MoekitError('unsupported', `layer ${n}: '${m.info.name}' ${fmt(m.info.shape)} does not fit layout '${spec.id}' with ${E} experts, hidden ${H}`);
+    if (!Number.isInteger(v) || v < 1)
+      throw new MoekitError('unsupported', `layer ${n}: '${m.info.name}' ${fmt(m.info.shape)} does not fit layout '${spec.id}' with ${E} experts, hidden ${H}`);
     return v;
   };
   d.I = solve('up', 'I');
@@ -276,7 +295,10 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   for (const m of matches) {
     const want = declaredShape(m.rule, d, o);
     if (want.length !== m.info.shape.length || want.some((s, i) => s !== m.info.shape[i])) {
-      throw new MoekitError('unsupported', `mixed expert shapes: '${m.info.name}' is ${fmt(m.info.shape)}, expected ${fmt(want)} (layer ${n}: E=${E}, H=${H}, I=${d.I}${d.Is ? `, shared I=${d.Is}` : ''})`);
+      throw new MoekitError(
+        'unsupported',
+        `mixed expert shapes: '${m.info.name}' is ${fmt(m.info.shape)}, expected ${fmt(want)} (layer ${n}: E=${E}, H=${H}, I=${d.I}${d.Is ? `, shared I=${d.Is}` : ''})`,
+      );
     }
     const parts = Object.entries(m.rule.parts(d, o)) as [Field, (v: View) => View][];
     const slab = slabShape(m.rule, d, o);
@@ -347,7 +369,8 @@ export function readDenseMlps(ck: TensorStore, moe: ReadonlySet<number>): Map<nu
         if (moe.has(n)) continue;
         let l = found.get(n);
         if (!l) found.set(n, (l = {}));
-        for (const [f, loc] of Object.entries(rule.parts({ E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true }, { gateUp: 'concat' }))) l[f as Field] = loc!(View.ofTensor(ck, info));
+        for (const [f, loc] of Object.entries(rule.parts({ E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true }, { gateUp: 'concat' })))
+          l[f as Field] = loc!(View.ofTensor(ck, info));
       }
     }
   }

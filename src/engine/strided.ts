@@ -39,7 +39,14 @@ export function coalesce(shape: readonly number[], dSt: readonly number[], sSt: 
 }
 
 /** Calls f(dOff, sOff) for every index of `outer` (row-major). */
-function forEachIndex(outer: readonly number[], dSt: readonly number[], sSt: readonly number[], dOff: number, sOff: number, f: (d: number, s: number) => void): void {
+function forEachIndex(
+  outer: readonly number[],
+  dSt: readonly number[],
+  sSt: readonly number[],
+  dOff: number,
+  sOff: number,
+  f: (d: number, s: number) => void,
+): void {
   const k = outer.length;
   if (k === 0) return f(dOff, sOff);
   const idx = new Array<number>(k).fill(0);
@@ -176,7 +183,16 @@ function kernel16(dst: Uint16Array, d0: number, dA: number, dB: number, src: Uin
   // absolute u16 indices into the underlying buffers
   const dAbs = dst.byteOffset / 2 + d0;
   const sAbs = src.byteOffset / 2 + s0;
-  if (LE && dB === 1 && sA === 1 && m >= 2 && n >= 2 && (dAbs | sAbs | dA | sB) % 2 === 0 && dst.buffer.byteLength % 4 === 0 && src.buffer.byteLength % 4 === 0) {
+  if (
+    LE &&
+    dB === 1 &&
+    sA === 1 &&
+    m >= 2 &&
+    n >= 2 &&
+    (dAbs | sAbs | dA | sB) % 2 === 0 &&
+    dst.buffer.byteLength % 4 === 0 &&
+    src.buffer.byteLength % 4 === 0
+  ) {
     const me = m & ~1;
     const ne = n & ~1;
     pair16(u32Whole(dst), dAbs, dA, u32Whole(src), sAbs, sB, me, ne);
@@ -191,7 +207,15 @@ function kernel16(dst: Uint16Array, d0: number, dA: number, dB: number, src: Uin
  * Strided copy of `shape` units from (src, sOff, sSt) to (dst, dOff, dSt). 8-byte elements come
  * as a trailing [2] dim of 4-byte units (see ir.ts unitGeom) and are tiled as pairs.
  */
-export function stridedCopy(dst: Typed, dOff: number, dSt: readonly number[], src: Typed, sOff: number, sSt: readonly number[], shape: readonly number[]): void {
+export function stridedCopy(
+  dst: Typed,
+  dOff: number,
+  dSt: readonly number[],
+  src: Typed,
+  sOff: number,
+  sSt: readonly number[],
+  shape: readonly number[],
+): void {
   if (shape.some((s) => s === 0)) return;
   const c = coalesce(shape, dSt, sSt);
   const nd = c.shape.length;
@@ -250,7 +274,15 @@ export function stridedCopy(dst: Typed, dOff: number, dSt: readonly number[], sr
 }
 
 /** Reference: one element at a time in row-major order of `shape`. */
-export function stridedCopyGeneric(dst: Typed, dOff: number, dSt: readonly number[], src: Typed, sOff: number, sSt: readonly number[], shape: readonly number[]): void {
+export function stridedCopyGeneric(
+  dst: Typed,
+  dOff: number,
+  dSt: readonly number[],
+  src: Typed,
+  sOff: number,
+  sSt: readonly number[],
+  shape: readonly number[],
+): void {
   const nd = shape.length;
   if (shape.some((s) => s === 0)) return;
   if (nd === 0) {

@@ -95,7 +95,20 @@ function activationFromConfig(c: Record<string, unknown>): Activation {
 }
 
 /** Families moekit knows, by model_type; `dense` ones have no experts (upcycling sources). */
-export const MOE_FAMILIES = ['mixtral', 'phimoe', 'minimax_m2', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v3', 'glm4_moe', 'gpt_oss', 'llama4', 'llama4_text', 'granitemoe'] as const;
+export const MOE_FAMILIES = [
+  'mixtral',
+  'phimoe',
+  'minimax_m2',
+  'qwen2_moe',
+  'qwen3_moe',
+  'olmoe',
+  'deepseek_v3',
+  'glm4_moe',
+  'gpt_oss',
+  'llama4',
+  'llama4_text',
+  'granitemoe',
+] as const;
 export const DENSE_FAMILIES = ['llama', 'qwen2', 'qwen3', 'mistral', 'gemma', 'gemma2', 'phi3', 'olmo', 'olmo2'] as const;
 
 export function familyFacts(config: Record<string, unknown>): FamilyFacts {
@@ -122,13 +135,27 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
   switch (modelType) {
     // modeling_mixtral.py: softmax over all experts, top-k, renormalise.
     case 'mixtral':
-      return { ...base, family: 'mixtral', moeIntermediateSize: intermediate, shared: null, routing: routing({ scoreFunc: 'softmax', normTopkProb: true }), isMoeLayer: all };
+      return {
+        ...base,
+        family: 'mixtral',
+        moeIntermediateSize: intermediate,
+        shared: null,
+        routing: routing({ scoreFunc: 'softmax', normTopkProb: true }),
+        isMoeLayer: all,
+      };
     // modeling_phimoe.py: sparsemixer routing (top-2 with jitter masks).
     case 'phimoe':
       return { ...base, family: 'phimoe', moeIntermediateSize: intermediate, shared: null, routing: routing({ scoreFunc: 'sparsemixer' }), isMoeLayer: all };
     // modeling_minimax_m2.py: sigmoid, selection on score + e_score_correction_bias, always renormalised.
     case 'minimax_m2':
-      return { ...base, family: 'minimax_m2', moeIntermediateSize: intermediate, shared: null, routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true }), isMoeLayer: all };
+      return {
+        ...base,
+        family: 'minimax_m2',
+        moeIntermediateSize: intermediate,
+        shared: null,
+        routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true }),
+        isMoeLayer: all,
+      };
     // modeling_qwen2_moe.py: softmax, top-k, renormalise iff norm_topk_prob; shared expert with sigmoid gate.
     case 'qwen2_moe':
     case 'qwen3_moe':
@@ -182,7 +209,14 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
       };
     // modeling_granitemoe.py: top-k of logits, softmax over the k selected.
     case 'granitemoe':
-      return { ...base, family: 'granitemoe', moeIntermediateSize: intermediate, shared: null, routing: routing({ scoreFunc: 'topk_softmax' }), isMoeLayer: all };
+      return {
+        ...base,
+        family: 'granitemoe',
+        moeIntermediateSize: intermediate,
+        shared: null,
+        routing: routing({ scoreFunc: 'topk_softmax' }),
+        isMoeLayer: all,
+      };
     // modeling_llama4.py: top-k of logits, sigmoid of the selected logit scales the expert input; shared expert.
     case 'llama4':
     case 'llama4_text': {

@@ -80,7 +80,15 @@ export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array,
       ids.forEach((id, j) => {
         expertCounts[id]!++;
         const wj = Math.fround(weights[j]!);
-        if (inputScaled) runExpert(experts[id]!, spec, xt.map((v) => Math.fround(v * wj)), H, 1, acc);
+        if (inputScaled)
+          runExpert(
+            experts[id]!,
+            spec,
+            xt.map((v) => Math.fround(v * wj)),
+            H,
+            1,
+            acc,
+          );
         else runExpert(experts[id]!, spec, xt, H, wj, acc);
       });
     }

@@ -63,7 +63,10 @@ async function expertOf(e: ExpertIR, lazy: boolean): Promise<ExpertWeights> {
 export async function blockFromIR(l: LayerIR, hidden: number, lazy: boolean, where: string): Promise<MoeBlockWeights> {
   if (!l.router) throw new MoekitError('bad-input', `${where} layer ${l.layer}: no router weight`);
   if (l.router.shape[0] !== l.experts.length) {
-    throw new MoekitError('unsupported', `${where} layer ${l.layer}: holds ${l.experts.length} of ${l.router.shape[0]} experts (an expert-parallel shard?); verify the merged or sharded folder instead`);
+    throw new MoekitError(
+      'unsupported',
+      `${where} layer ${l.layer}: holds ${l.experts.length} of ${l.router.shape[0]} experts (an expert-parallel shard?); verify the merged or sharded folder instead`,
+    );
   }
   const w = (v?: View) => (v ? weightOf(v, false) : Promise.resolve(undefined));
   const shared: ExpertWeights[] = [];
@@ -87,7 +90,8 @@ async function denseBlock(d: DenseMlp, hidden: number, lazy: boolean): Promise<M
  */
 export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStore: TensorStore, facts: FamilyFacts, where: string): LayerSource {
   const moe = new Map((ir?.layers ?? []).map((l) => [l.layer, l]));
-  if (moe.size > 0 && facts.routing.scoreFunc === 'sparsemixer') throw new MoekitError('unsupported', `${facts.family}: sparsemixer routing is not supported by verify yet`);
+  if (moe.size > 0 && facts.routing.scoreFunc === 'sparsemixer')
+    throw new MoekitError('unsupported', `${facts.family}: sparsemixer routing is not supported by verify yet`);
   const dense = readDenseMlps(denseStore, new Set(moe.keys()));
   return {
     layout,

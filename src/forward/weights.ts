@@ -163,5 +163,6 @@ export function validateBlock(b: MoeBlockWeights, where: string): void {
   const gated = all.map(([e]) => e.gate !== undefined);
   if (gated.some((g) => g !== gated[0])) throw new MoekitError('bad-input', `${where}: some experts have a gate projection and some do not`);
   const iR = b.experts.map(expertI);
-  if (iR.some((i) => i !== iR[0])) throw new MoekitError('bad-input', `${where}: routed experts have different intermediate sizes (${[...new Set(iR)].join(', ')})`);
+  if (iR.some((i) => i !== iR[0]))
+    throw new MoekitError('bad-input', `${where}: routed experts have different intermediate sizes (${[...new Set(iR)].join(', ')})`);
 }

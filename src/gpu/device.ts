@@ -55,7 +55,10 @@ async function init(): Promise<Gpu> {
     process.stderr.write(`moekit: WebGPU error: ${(ev as GPUUncapturedErrorEvent).error.message}\n`);
   });
   const info = adapter.info;
-  const adapterName = [info.description || info.device || 'unknown adapter', info.vendor && `(${info.vendor}${info.architecture ? ' ' + info.architecture : ''})`]
+  const adapterName = [
+    info.description || info.device || 'unknown adapter',
+    info.vendor && `(${info.vendor}${info.architecture ? ' ' + info.architecture : ''})`,
+  ]
     .filter(Boolean)
     .join(' ');
   return {
@@ -64,7 +67,10 @@ async function init(): Promise<Gpu> {
     maxBinding: Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize),
     limits: device.limits,
     timestamps,
-    fallback: !!(info as { isFallbackAdapter?: boolean }).isFallbackAdapter || (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true || /llvmpipe|lavapipe|swiftshader/i.test(adapterName),
+    fallback:
+      !!(info as { isFallbackAdapter?: boolean }).isFallbackAdapter ||
+      (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true ||
+      /llvmpipe|lavapipe|swiftshader/i.test(adapterName),
   };
 }
 

@@ -15,7 +15,18 @@
 import { MoekitError } from '../errors.js';
 import type { ForwardResult } from '../forward/cpu.js';
 import type { BlockSpec } from '../forward/routing.js';
-import { bytesOf, dtypeBytes, expertI, materialize, readRange, weightF32, weightNbytes, type ExpertWeights, type MoeBlockWeights, type Weight } from '../forward/weights.js';
+import {
+  bytesOf,
+  dtypeBytes,
+  expertI,
+  materialize,
+  readRange,
+  weightF32,
+  weightNbytes,
+  type ExpertWeights,
+  type MoeBlockWeights,
+  type Weight,
+} from '../forward/weights.js';
 import { getGpu, type Gpu } from './device.js';
 import { kernel, type KernelName } from './kernels.js';
 
@@ -70,7 +81,8 @@ export function planPieces(E: number, N: number, K: number, elemBytes: number, m
     return out;
   }
   const rows = Math.floor(maxBytes / rowBytes / 4) * 4;
-  if (rows < 4) throw new MoekitError('gpu', `a 4-row block of a [${N}, ${K}] expert matrix (${4 * rowBytes} bytes) exceeds the GPU's ${maxBytes}-byte binding limit`);
+  if (rows < 4)
+    throw new MoekitError('gpu', `a 4-row block of a [${N}, ${K}] expert matrix (${4 * rowBytes} bytes) exceeds the GPU's ${maxBytes}-byte binding limit`);
   for (let e = 0; e < E; e++) for (let r0 = 0; r0 < N; r0 += rows) out.push({ e0: e, nE: 1, r0, rows: Math.min(rows, N - r0) });
   return out;
 }
@@ -90,7 +102,10 @@ class Ctx {
   private pendingBytes = 0;
   pieces = 0;
   private queries?: { set: GPUQuerySet; n: number; cap: number; ns: bigint };
-  constructor(readonly gpu: Gpu, timing: boolean) {
+  constructor(
+    readonly gpu: Gpu,
+    timing: boolean,
+  ) {
     this.device = gpu.device;
     if (timing && gpu.timestamps) this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n };
   }
@@ -243,7 +258,8 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
   if (E > 0) {
     if (!(r.scoreFunc in MODE)) bad(`routing '${r.scoreFunc}' is not supported`);
     if (r.topK < 1 || r.topK > E) bad(`top-k ${r.topK} with ${E} experts`);
-    if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup)) bad(`n_group ${r.nGroup} / topk_group ${r.topkGroup} with ${E} experts`);
+    if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup))
+      bad(`n_group ${r.nGroup} / topk_group ${r.topkGroup} with ${E} experts`);
   }
 }
 
@@ -292,7 +308,8 @@ function gpuCfg(env: string | undefined, def: number[], q: number): { KL: number
   const v = env ? env.split(',').map(Number) : def;
   const [KL, RW, MT] = v.length === 3 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
   const na = q * RW! * MT!;
-  if (!(256 % KL! === 0 && KL! >= 8 && RW! <= 4 && MT! <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL!) <= 1024)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  if (!(256 % KL! === 0 && KL! >= 8 && RW! <= 4 && MT! <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL!) <= 1024))
+    throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
   return { KL: KL!, RW: RW!, MT: MT! };
 }
 
@@ -355,7 +372,8 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
     return keep(b);
   };
   const routerW = w.router && E > 0 ? upload(bytesOf(w.router.weight), 'router') : dummy;
-  if (w.router && weightNbytes(w.router.weight) > B) throw new MoekitError('gpu', `router weight (${weightNbytes(w.router.weight)} bytes) exceeds the GPU binding limit`);
+  if (w.router && weightNbytes(w.router.weight) > B)
+    throw new MoekitError('gpu', `router weight (${weightNbytes(w.router.weight)} bytes) exceeds the GPU binding limit`);
   const routerB = upload(f32(w.router?.bias), 'router bias');
   const corr = upload(f32(w.router?.correctionBias), 'correction bias');
   const sgW = upload(w.sharedGate && bytesOf(w.sharedGate), 'shared gate');
@@ -381,7 +399,23 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
         const lp = ctx.uniform([tb, E, H, w.router?.bias ? 1 : 0]);
         ctx.dispatch('router_logits', { WDT: DT[w.router!.weight.dtype] }, [lp, xb, routerW, routerB, logits], [ceil(E, 64), tb, 1]);
         const r = spec.routing;
-        const sp = ctx.uniform([tb, E, K, KS, MODE[r.scoreFunc as keyof typeof MODE], r.nGroup, r.topkGroup, r.normTopkProb ? 1 : 0, w.router?.correctionBias ? 1 : 0, r.routedScalingFactor, 0, 0], [9]);
+        const sp = ctx.uniform(
+          [
+            tb,
+            E,
+            K,
+            KS,
+            MODE[r.scoreFunc as keyof typeof MODE],
+            r.nGroup,
+            r.topkGroup,
+            r.normTopkProb ? 1 : 0,
+            w.router?.correctionBias ? 1 : 0,
+            r.routedScalingFactor,
+            0,
+            0,
+          ],
+          [9],
+        );
         ctx.dispatch('router_select', {}, [sp, logits, corr, ids, rw], [ceil(tb, 64), 1, 1]);
         ctx.dispatch('gather', {}, [ctx.uniform([tb, E, K, KS]), ids, meta], [ceil(E, 64), 1, 1]);
       } else {
@@ -395,10 +429,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
       // Expert pieces, in order: each group's up pieces, then its down pieces. The bytes of piece
       // j+1 are read (from disk for lazy weights) while piece j is uploaded and dispatched.
       const hbs = groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
-      const jobs = groups.flatMap((g, gi) => [
-        ...g.upPieces.map((p) => ({ g, gi, p, up: true })),
-        ...g.downPieces.map((p) => ({ g, gi, p, up: false })),
-      ]);
+      const jobs = groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
       let next = jobs.length > 0 ? fetchPiece(jobs[0]!, H, staging, 0) : undefined;
       for (const [j, job] of jobs.entries()) {
         const segs = await next!;
@@ -430,7 +461,8 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
           else ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         } else {
           const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, dBias[gi]!, meta, rw, contrib];
-          if (variant === 'gpu') ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], ...downCfg }, bindings, [ceil(p.rows, (256 / downCfg.KL) * downCfg.RW), 1, p.nE]);
+          if (variant === 'gpu')
+            ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], ...downCfg }, bindings, [ceil(p.rows, (256 / downCfg.KL) * downCfg.RW), 1, p.nE]);
           else ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
         }
         ctx.pieces++;

@@ -105,14 +105,19 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     moeLayers = ir.layers.length;
   }
   const cfg = outputConfig(meta, target, opts.dtype);
-  const sideFiles: SideFile[] = [...(cfg ? [{ name: 'config.json', json: cfg }] : []), ...(mk ? [{ name: 'moekit.json', json: mk }] : []), ...(await sideFilesOf(store.dir))];
+  const sideFiles: SideFile[] = [
+    ...(cfg ? [{ name: 'config.json', json: cfg }] : []),
+    ...(mk ? [{ name: 'moekit.json', json: mk }] : []),
+    ...(await sideFilesOf(store.dir)),
+  ];
   const { files, index } = splitFiles(tensors, opts.maxShardSize);
   const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? 4) };
   return { plan, source, target, meta, identity, gateUp, moeLayers };
 }
 
 /** Names of every file a planned checkpoint folder gets. */
-const plannedFiles = (p: Plan): string[] => p.outputs.flatMap((o) => [...o.files.map((f) => f.name), ...(o.index ? [o.index] : []), ...o.sideFiles.map((s) => s.name)]).sort();
+const plannedFiles = (p: Plan): string[] =>
+  p.outputs.flatMap((o) => [...o.files.map((f) => f.name), ...(o.index ? [o.index] : []), ...o.sideFiles.map((s) => s.name)]).sort();
 
 export async function convert(src: string, dst: string, opts: ConvertOptions): Promise<ConvertSummary> {
   const t0 = Date.now();

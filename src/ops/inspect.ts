@@ -58,7 +58,8 @@ function detectQuantization(config: Record<string, unknown> | undefined, tensors
     if (method === 'mxfp4') details.storage = hasBlocks ? '*_blocks (2×e2m1 per byte) + *_scales (e8m0)' : 'no *_blocks tensors found (already dequantized?)';
     return { method, details };
   }
-  if (hasF8) return { method: 'fp8', details: { storage: hasScaleInv ? 'F8 + weight_scale_inv' : 'F8 tensors', note: 'no quantization_config in config.json' } };
+  if (hasF8)
+    return { method: 'fp8', details: { storage: hasScaleInv ? 'F8 + weight_scale_inv' : 'F8 tensors', note: 'no quantization_config in config.json' } };
   if (hasBlocks) return { method: 'mxfp4', details: { note: 'no quantization_config in config.json' } };
   if (hasPacked) return { method: 'pack-quantized', details: { note: 'no quantization_config in config.json' } };
   return null;
@@ -105,7 +106,9 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
       for (const [layer, n] of claimedExperts(spec, tensors)) expertsPerLayer[layer] = n;
       moeI = facts?.moeIntermediateSize ?? 0;
     }
-    moeLayers = Object.keys(expertsPerLayer).map(Number).sort((a, b) => a - b);
+    moeLayers = Object.keys(expertsPerLayer)
+      .map(Number)
+      .sort((a, b) => a - b);
     for (const m of moeLayers) denseLayers.delete(m);
   } else if (denseLayers.size === 0) {
     layout = 'unknown';
@@ -115,10 +118,10 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
   const counts = new Set(Object.values(expertsPerLayer));
   if (counts.size > 1) warnings.push(`layers have different expert counts: ${JSON.stringify(expertsPerLayer)}`);
   const numExperts = counts.size ? Math.max(...counts) : 0;
-  if (facts && facts.numExperts && numExperts && facts.numExperts !== numExperts) {
+  if (facts?.numExperts && numExperts && facts.numExperts !== numExperts) {
     warnings.push(`config.json says ${facts.numExperts} experts, tensors hold ${numExperts}`);
   }
-  if (facts && facts.moeIntermediateSize && moeI && facts.moeIntermediateSize !== moeI) {
+  if (facts?.moeIntermediateSize && moeI && facts.moeIntermediateSize !== moeI) {
     warnings.push(`config.json says expert intermediate size ${facts.moeIntermediateSize}, tensors say ${moeI}`);
   }
   if (facts) {
@@ -187,11 +190,21 @@ export function formatInspect(r: InspectReport): string {
     ['top-k', r.topK ? String(r.topK) : '-'],
     ['hidden size', String(r.hiddenSize)],
     ['expert intermediate size', r.moeIntermediateSize ? String(r.moeIntermediateSize) : '-'],
-    ['shared experts', r.sharedExperts ? `${r.sharedExperts.count} (intermediate ${r.sharedExperts.intermediateSize}${r.sharedExperts.sigmoidGate ? ', sigmoid gate' : ''})` : 'none'],
+    [
+      'shared experts',
+      r.sharedExperts
+        ? `${r.sharedExperts.count} (intermediate ${r.sharedExperts.intermediateSize}${r.sharedExperts.sigmoidGate ? ', sigmoid gate' : ''})`
+        : 'none',
+    ],
     ['gated', r.gated === null ? '?' : r.gated ? `yes (${r.activation})` : `no (${r.activation})`],
     ['gate/up', r.gateUp ?? '-'],
     ['routing', r.routing ? describeRouting(r.routing) : '-'],
-    ['dtypes', Object.entries(r.dtypes).map(([k, v]) => `${k}×${v}`).join(', ')],
+    [
+      'dtypes',
+      Object.entries(r.dtypes)
+        .map(([k, v]) => `${k}×${v}`)
+        .join(', '),
+    ],
     ['quantization', r.quantization ? `${r.quantization.method} ${JSON.stringify(r.quantization.details)}` : 'none'],
     ['tensors / files', `${r.numTensors} in ${r.numFiles} file(s)`],
     ['total bytes', `${r.totalBytes} (${formatBytes(r.totalBytes)})`],

@@ -125,7 +125,8 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     if (b) {
       const lb = new Set(b.layers());
       const missing = layers.filter((l) => !lb.has(l));
-      if (missing.length > 0 && !opts.layers) throw new MoekitError('unsupported', `${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
+      if (missing.length > 0 && !opts.layers)
+        throw new MoekitError('unsupported', `${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
       layers = layers.filter((l) => lb.has(l));
     } else {
       layers = layers.filter((l) => ref!.has(`layers.${l}.output`));
@@ -133,10 +134,12 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     if (opts.layers) {
       const have = new Set(layers);
       const bad = opts.layers.filter((l) => !have.has(l));
-      if (bad.length > 0) throw new MoekitError('usage', `--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
+      if (bad.length > 0)
+        throw new MoekitError('usage', `--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
       layers = opts.layers;
     }
-    if (layers.length === 0) throw new MoekitError('unsupported', `${aPath}: no MLP layers to verify${ref ? ` (the reference has no layers.N.output matching them)` : ''}`);
+    if (layers.length === 0)
+      throw new MoekitError('unsupported', `${aPath}: no MLP layers to verify${ref ? ` (the reference has no layers.N.output matching them)` : ''}`);
 
     // Input: the reference's `input` when given, else seeded random tokens.
     let x: Float32Array;
@@ -144,7 +147,8 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     const H = Number(ca.hidden_size ?? (ca.text_config as Record<string, unknown> | undefined)?.hidden_size);
     if (ref) {
       const info = ref.info('input');
-      if (info.shape.length !== 2 || info.shape[1] !== H) throw new MoekitError('bad-input', `${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
+      if (info.shape.length !== 2 || info.shape[1] !== H)
+        throw new MoekitError('bad-input', `${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
       T = info.shape[0]!;
       x = toFloat32(await ref.read(info), info.dtype as 'F32');
       if (opts.tokens !== undefined && opts.tokens < T) {
@@ -167,7 +171,8 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       let sixteen = blockIs16Bit(la.weights);
       if (b) {
         const lb = await b.load(l, { lazy: !opts.cpu });
-        if (lb.weights.hidden !== la.weights.hidden) throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
+        if (lb.weights.hidden !== la.weights.hidden)
+          throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
         sixteen ||= blockIs16Bit(lb.weights);
         // Both sides are computed the same way; `a` is the reference of the relative error.
         refOut = ra.out;
@@ -221,7 +226,9 @@ export function formatReport(r: VerifyReport): string {
   ];
   for (const l of r.layers) {
     const hit = l.experts > 0 ? `${l.expertsHit}/${l.experts}` : '-';
-    lines.push(`${String(l.layer).padStart(5)}  ${l.kind.padEnd(5)}  ${e(l.maxAbs).padStart(11)}  ${e(l.maxRel).padStart(11)}  ${hit.padStart(11)}  ${l.pass ? 'pass' : 'FAIL'}`);
+    lines.push(
+      `${String(l.layer).padStart(5)}  ${l.kind.padEnd(5)}  ${e(l.maxAbs).padStart(11)}  ${e(l.maxRel).padStart(11)}  ${hit.padStart(11)}  ${l.pass ? 'pass' : 'FAIL'}`,
+    );
   }
   const bad = r.layers.filter((l) => !l.pass).length;
   lines.push('', bad === 0 ? `all ${r.layers.length} layers pass` : `${bad} of ${r.layers.length} layers FAIL`);

@@ -204,7 +204,8 @@ async function takeLock(lock: string, dst: string): Promise<void> {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-      if (alive(pid) && pid !== process.pid) throw new MoekitError('destination', `${dst} is being written by another moekit run (pid ${pid}); wait for it, or remove ${lock} if that run is gone`);
+      if (alive(pid) && pid !== process.pid)
+        throw new MoekitError('destination', `${dst} is being written by another moekit run (pid ${pid}); wait for it, or remove ${lock} if that run is gone`);
       await unlink(lock).catch(() => undefined); // stale: its run is gone
     }
   }
@@ -225,7 +226,8 @@ export async function withOutput<T>(dst: string, opts: OutputOptions, write: (tm
 }
 
 /** Files of a checkpoint folder that are not weights or moekit's own: they travel to every output. */
-const NOT_SIDE = /\.safetensors$|\.index\.json$|\.bin$|\.pt$|\.pth$|\.distcp$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|\.moekit-|^\./;
+const NOT_SIDE =
+  /\.safetensors$|\.index\.json$|\.bin$|\.pt$|\.pth$|\.distcp$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|\.moekit-|^\./;
 
 /** The side files of `dir` (regular files only, top level) as {name, path}. */
 export async function sideFilesOf(dir: string): Promise<{ name: string; copyFrom: string }[]> {

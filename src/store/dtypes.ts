@@ -17,7 +17,7 @@ export const DTYPE_SIZES = {
 export type Dtype = keyof typeof DTYPE_SIZES;
 
 export function isDtype(s: unknown): s is Dtype {
-  return typeof s === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_SIZES, s);
+  return typeof s === 'string' && Object.hasOwn(DTYPE_SIZES, s);
 }
 
 export function dtypeSize(d: Dtype): number {

@@ -5,7 +5,10 @@
  */
 export class BufferPool {
   private free: Buffer[] = [];
-  constructor(readonly chunkSize: number, private readonly maxFree = 8) {}
+  constructor(
+    readonly chunkSize: number,
+    private readonly maxFree = 8,
+  ) {}
   acquire(): Buffer {
     return this.free.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize);
   }

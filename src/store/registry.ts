@@ -71,7 +71,10 @@ export async function sniff(path: string): Promise<Container | undefined> {
 }
 
 const refuse = (path: string, what: string): never => {
-  throw new MoekitError('unsupported', `${path} is ${what}; moekit reads safetensors checkpoints only so far (convert it with the framework's own tools, or save it with safetensors)`);
+  throw new MoekitError(
+    'unsupported',
+    `${path} is ${what}; moekit reads safetensors checkpoints only so far (convert it with the framework's own tools, or save it with safetensors)`,
+  );
 };
 
 /** Open a checkpoint: a folder, a weight file, or an index.json, in any container moekit reads. */

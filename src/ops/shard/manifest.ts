@@ -75,12 +75,11 @@ export interface RankManifest extends RankPlan {
   version: 1;
 }
 
-
 export async function readManifest(root: string): Promise<ShardManifest | undefined> {
   const path = join(root, MANIFEST);
   const m = (await readJsonIfExists(path)) as ShardManifest | undefined;
   if (m === undefined) return undefined;
-  if (!m || m.format !== 'moekit-shard' || m.version !== 1 || !Array.isArray(m.ranks) || !m.source || typeof m.layout !== 'string') {
+  if (m?.format !== 'moekit-shard' || m.version !== 1 || !Array.isArray(m.ranks) || !m.source || typeof m.layout !== 'string') {
     throw new MoekitError('bad-input', `${path}: not a moekit shard manifest (format 'moekit-shard', version 1, ranks expected)`);
   }
   const ints = (v: unknown) => Number.isInteger(v) && (v as number) >= 1;
@@ -89,7 +88,8 @@ export async function readManifest(root: string): Promise<ShardManifest | undefi
     if (!r || typeof r.dir !== 'string' || !Array.isArray(r.experts) || !r.tensors || typeof r.tensors !== 'object' || !Array.isArray(r.intermediate)) {
       throw new MoekitError('bad-input', `${path}: rank entry ${JSON.stringify(r?.dir ?? r)} is incomplete (dir, experts, intermediate, tensors expected)`);
     }
-    if (r.dir.includes('/') || r.dir.includes('\\') || r.dir.startsWith('.')) throw new MoekitError('bad-input', `${path}: rank folder '${r.dir}' must be a plain folder name`);
+    if (r.dir.includes('/') || r.dir.includes('\\') || r.dir.startsWith('.'))
+      throw new MoekitError('bad-input', `${path}: rank folder '${r.dir}' must be a plain folder name`);
   }
   return m;
 }
@@ -98,7 +98,8 @@ export async function readRankManifest(rankDir: string): Promise<RankManifest | 
   const path = join(rankDir, RANK_MANIFEST);
   const m = (await readJsonIfExists(path)) as RankManifest | undefined;
   if (m === undefined) return undefined;
-  if (!m || m.format !== 'moekit-shard-rank' || !m.tensors || !Array.isArray(m.experts)) throw new MoekitError('bad-input', `${path}: not a moekit rank manifest`);
+  if (m?.format !== 'moekit-shard-rank' || !m.tensors || !Array.isArray(m.experts))
+    throw new MoekitError('bad-input', `${path}: not a moekit rank manifest`);
   return m;
 }
 

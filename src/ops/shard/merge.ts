@@ -51,7 +51,11 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
     const tp = planTensors(sh.ir, target, { gateUp: gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp) });
     const { files, index } = splitFiles(tp.tensors, opts.maxShardSize);
     const rank0 = join(root, m.ranks.find((r) => r.index === 0)!.dir);
-    const sideFiles = [...(m.source.config ? [{ name: 'config.json', json: m.source.config }] : []), { name: 'moekit.json', json: moekitJson(sh.ir, tp, m.source.layout) }, ...(await sideFilesOf(rank0))];
+    const sideFiles = [
+      ...(m.source.config ? [{ name: 'config.json', json: m.source.config }] : []),
+      { name: 'moekit.json', json: moekitJson(sh.ir, tp, m.source.layout) },
+      ...(await sideFilesOf(rank0)),
+    ];
     const plan: Plan = { outputs: [{ dir: '', files, index, metadata: m.source.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? 4) };
     const totalBytes = planBytes(plan);
     const summary = (bytes: number, written: string[]): MergeSummary => ({

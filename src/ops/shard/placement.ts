@@ -22,7 +22,9 @@ export function placeExperts(numExperts: number, ep: number, placement: Placemen
   if (placement === 'contiguous') {
     if (numExperts % ep !== 0) {
       const ok = divisors(numExperts).filter((d) => d > 1);
-      throw new MoekitError('usage', `${numExperts} experts do not divide evenly over --ep ${ep} with contiguous placement; use --ep ${ok.join('|')} or --placement round-robin`,
+      throw new MoekitError(
+        'usage',
+        `${numExperts} experts do not divide evenly over --ep ${ep} with contiguous placement; use --ep ${ok.join('|')} or --placement round-robin`,
       );
     }
     const per = numExperts / ep;
@@ -50,7 +52,9 @@ export function validateEtp(inter: number, etp: number, blockSize?: number, ep?:
     // --etp 1 never cuts a block (a partial last block stays whole on its rank)
     const ok = [1, ...divisors(inter).filter((d) => d > 1 && (inter / d) % blockSize === 0)];
     const hint = tp && ep ? ` (with tp ${tp}: moe_tp_size = tp / ep, so choose ep so that tp / ep is one of those; a larger EP usually fixes it)` : '';
-    throw new MoekitError('usage', `block-quantized weights: (I / etp) % ${blockSize} = (${inter} / ${etp}) % ${blockSize} ≠ 0, so a slice would cut a ${blockSize}×${blockSize} scale block; ` +
+    throw new MoekitError(
+      'usage',
+      `block-quantized weights: (I / etp) % ${blockSize} = (${inter} / ${etp}) % ${blockSize} ≠ 0, so a slice would cut a ${blockSize}×${blockSize} scale block; ` +
         `use --etp ${ok.join('|')}${hint}`,
     );
   }

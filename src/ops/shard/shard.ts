@@ -19,7 +19,6 @@ import { join, resolve } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { MoekitError } from '../../errors.js';
 import { peakRssMB, sideFilesOf, withOutput } from '../../output/transaction.js';
-import type { TensorStore } from '../../store/types.js';
 import { openStore } from '../../store/registry.js';
 import { writeJsonAtomic } from '../../store/safetensors/writer.js';
 import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
@@ -105,7 +104,11 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
   const d0 = layerDims(ir.layers[0]!);
   for (const l of ir.layers) {
     const d = layerDims(l);
-    if (d.E !== d0.E || d.I !== d0.I) throw new MoekitError('unsupported', `layer ${l.layer} has ${d.E} experts of I ${d.I}, layer ${ir.layers[0]!.layer} has ${d0.E} of I ${d0.I}; moekit shards models whose MoE layers are alike`);
+    if (d.E !== d0.E || d.I !== d0.I)
+      throw new MoekitError(
+        'unsupported',
+        `layer ${l.layer} has ${d.E} experts of I ${d.I}, layer ${ir.layers[0]!.layer} has ${d0.E} of I ${d0.I}; moekit shards models whose MoE layers are alike`,
+      );
   }
   const placed = placeExperts(d0.E, opts.ep, placement);
   validateEtp(d0.I, etp);
@@ -175,7 +178,14 @@ async function writeRanks(plan: Plan, jobs: RankJob[], root: string, opts: Shard
       const onHashes = (sha: Map<string, string>) => {
         for (const [n, h] of sha) job.plan.tensors[n]!.sha256 = h;
       };
-      const res = await executeCheckpoint(cp, join(root, cp.dir), { jobs: plan.jobs, fsync: opts.fsync, hash: pool, stop: opts.stop, onProgress: progress, onHashes });
+      const res = await executeCheckpoint(cp, join(root, cp.dir), {
+        jobs: plan.jobs,
+        fsync: opts.fsync,
+        hash: pool,
+        stop: opts.stop,
+        onProgress: progress,
+        onHashes,
+      });
       bytes += res.bytes;
     }
   } finally {
@@ -189,7 +199,10 @@ async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number,
   const { jobs, manifest } = planRanks(input, opts);
   const pick = opts.rank === undefined ? jobs : jobs.filter((j) => j.plan.index === opts.rank);
   if (opts.rank !== undefined && pick.length === 0) {
-    throw new MoekitError('usage', `--rank ${opts.rank} is out of range: ep ${manifest.ep} × etp ${manifest.etp} gives ranks 0..${jobs.length - 1}${manifest.etp > 1 ? ' (rank = ep_rank · etp + etp_rank)' : ''}`);
+    throw new MoekitError(
+      'usage',
+      `--rank ${opts.rank} is out of range: ep ${manifest.ep} × etp ${manifest.etp} gives ranks 0..${jobs.length - 1}${manifest.etp > 1 ? ' (rank = ep_rank · etp + etp_rank)' : ''}`,
+    );
   }
   const plan: Plan = { outputs: await Promise.all(pick.map((j) => rankPlan(input, j, opts))), jobs: Math.max(1, opts.jobs ?? 4) };
   const totalBytes = planBytes(plan);
@@ -233,7 +246,10 @@ async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number,
     const have = await readManifest(dst);
     const planned = planOf(manifest);
     if (have && JSON.stringify(planOf(have)) !== JSON.stringify(planned)) {
-      throw new MoekitError('destination', `${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`);
+      throw new MoekitError(
+        'destination',
+        `${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`,
+      );
     }
     const cp = plan.outputs[0]!;
     const final = join(dst, cp.dir);
@@ -250,7 +266,8 @@ async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number,
 /** The gate/up order to write in `target`: the source's own when writing its layout back. */
 export function gateUpFor(target: LayoutSpec, sourceLayout: string, sourceGateUp: string): GateUpOrder | undefined {
   if (!target.gateUp) return undefined;
-  if (target.id === sourceLayout && sourceGateUp !== 'separate' && target.gateUp.allowed.includes(sourceGateUp as GateUpOrder)) return sourceGateUp as GateUpOrder;
+  if (target.id === sourceLayout && sourceGateUp !== 'separate' && target.gateUp.allowed.includes(sourceGateUp as GateUpOrder))
+    return sourceGateUp as GateUpOrder;
   return undefined;
 }
 
@@ -325,7 +342,9 @@ export async function reshard(sharded: string, dst: string, opts: ShardOptions):
       sources: [sh.root],
     };
     if (opts.dryRun) return await cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense }, t0, sharded);
-    return await withChecksums(sh, (commit, stop) => cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense, commit, stop }, t0, sharded));
+    return await withChecksums(sh, (commit, stop) =>
+      cut(input, dst, { ...opts, placement: opts.placement ?? m.placement, dense: opts.dense ?? m.dense, commit, stop }, t0, sharded),
+    );
   } finally {
     await sh.close();
   }
@@ -337,7 +356,10 @@ export async function reshard(sharded: string, dst: string, opts: ShardOptions):
  * for the verification, so a corrupt rank leaves nothing behind; `stop()` turns true as soon as a
  * mismatch is found, so the write can give up early.
  */
-export async function withChecksums<T>(sh: Awaited<ReturnType<typeof openSharded>>, write: (commit: () => Promise<void>, stop: () => unknown) => Promise<T>): Promise<T> {
+export async function withChecksums<T>(
+  sh: Awaited<ReturnType<typeof openSharded>>,
+  write: (commit: () => Promise<void>, stop: () => unknown) => Promise<T>,
+): Promise<T> {
   let failed: unknown;
   const v = verifyChecksums(sh).catch((e: unknown) => {
     failed = e;
@@ -345,7 +367,10 @@ export async function withChecksums<T>(sh: Awaited<ReturnType<typeof openSharded
   });
   v.catch(() => undefined);
   try {
-    return await write(() => v, () => failed);
+    return await write(
+      () => v,
+      () => failed,
+    );
   } catch (e) {
     throw failed ?? e;
   } finally {

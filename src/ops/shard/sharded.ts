@@ -11,7 +11,17 @@ import { MoekitError } from '../../errors.js';
 import type { TensorStore } from '../../store/types.js';
 import { openStore } from '../../store/registry.js';
 import { dtypeSize } from '../../store/dtypes.js';
-import { View, allocAligned, contiguousStrides, copyView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../../engine/ir.js';
+import {
+  View,
+  allocAligned,
+  contiguousStrides,
+  copyView,
+  EXPERT_FIELDS,
+  type ExpertField,
+  type ExpertIR,
+  type LayerIR,
+  type ModelIR,
+} from '../../engine/ir.js';
 import { loadMeta, readIR, type ModelMeta } from '../../engine/read.js';
 import { layoutById } from '../../../converters/index.js';
 import type { LayoutSpec } from '../../engine/layout.js';
@@ -51,25 +61,34 @@ export async function isSharded(path: string): Promise<boolean> {
 export function checkCoverage(m: ShardManifest, where: string): void {
   const E = m.source.numExperts;
   const I = m.source.moeIntermediateSize;
-  if (m.ranks.length !== m.ep * m.etp) throw new MoekitError('bad-input', `${where}: lists ${m.ranks.length} ranks, expected ep ${m.ep} × etp ${m.etp} = ${m.ep * m.etp}`);
+  if (m.ranks.length !== m.ep * m.etp)
+    throw new MoekitError('bad-input', `${where}: lists ${m.ranks.length} ranks, expected ep ${m.ep} × etp ${m.etp} = ${m.ep * m.etp}`);
   const dirs = new Set<string>();
   const owner = new Map<string, string>();
   for (const r of m.ranks) {
     if (dirs.has(r.dir)) throw new MoekitError('bad-input', `${where}: rank folder '${r.dir}' is listed twice`);
     dirs.add(r.dir);
     const [a, b] = r.intermediate;
-    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && b <= I && a < b)) throw new MoekitError('bad-input', `${where}: rank ${r.dir} has an invalid intermediate slice [${a}, ${b}) of I = ${I}`);
+    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && b <= I && a < b))
+      throw new MoekitError('bad-input', `${where}: rank ${r.dir} has an invalid intermediate slice [${a}, ${b}) of I = ${I}`);
     for (const g of r.experts) {
-      if (!Number.isInteger(g) || g < 0 || g >= E) throw new MoekitError('bad-input', `${where}: rank ${r.dir} claims expert ${g}, but the model has experts 0..${E - 1}`);
+      if (!Number.isInteger(g) || g < 0 || g >= E)
+        throw new MoekitError('bad-input', `${where}: rank ${r.dir} claims expert ${g}, but the model has experts 0..${E - 1}`);
       const key = `${g}@${a}`;
       const prev = owner.get(key);
-      if (prev) throw new MoekitError('bad-input', `${where}: duplicate expert ${g}: claimed by both ${prev} and ${r.dir}; the manifest is inconsistent, re-run moekit shard`);
+      if (prev)
+        throw new MoekitError(
+          'bad-input',
+          `${where}: duplicate expert ${g}: claimed by both ${prev} and ${r.dir}; the manifest is inconsistent, re-run moekit shard`,
+        );
       owner.set(key, r.dir);
     }
   }
   const slices = [...new Set(m.ranks.map((r) => r.intermediate[0]))];
   for (const a of slices) {
-    for (let g = 0; g < E; g++) if (!owner.has(`${g}@${a}`)) throw new MoekitError('bad-input', `${where}: no rank holds expert ${g}${m.etp > 1 ? ` (I slice from ${a})` : ''}; the manifest is incomplete`);
+    for (let g = 0; g < E; g++)
+      if (!owner.has(`${g}@${a}`))
+        throw new MoekitError('bad-input', `${where}: no rank holds expert ${g}${m.etp > 1 ? ` (I slice from ${a})` : ''}; the manifest is incomplete`);
   }
 }
 
@@ -90,13 +109,19 @@ export async function openSharded(root: string): Promise<Sharded> {
       try {
         if (!(await stat(dir)).isDirectory()) throw new Error();
       } catch {
-        throw new MoekitError('bad-input', `missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`);
+        throw new MoekitError(
+          'bad-input',
+          `missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`,
+        );
       }
       const ck = await openStore(dir);
       ranks.push({ plan, ck, ir: undefined as unknown as ModelIR, sha: new Map() });
       const rm = await readRankManifest(dir);
       if (rm && (JSON.stringify(rm.experts) !== JSON.stringify(plan.experts) || rm.dir !== plan.dir)) {
-        throw new MoekitError('bad-input', `${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`);
+        throw new MoekitError(
+          'bad-input',
+          `${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`,
+        );
       }
       const want = Object.keys(plan.tensors);
       for (const n of want) {
@@ -108,7 +133,11 @@ export async function openSharded(root: string): Promise<Sharded> {
         }
         const top = t.sha256;
         const own = rm?.tensors[n]?.sha256;
-        if (top && own && top !== own) throw new MoekitError('checksum', `rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`);
+        if (top && own && top !== own)
+          throw new MoekitError(
+            'checksum',
+            `rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`,
+          );
         const sha = top ?? own;
         if (!sha) throw new MoekitError('bad-input', `rank ${plan.dir}: no checksum for '${n}' (no ${RANK_MANIFEST}: did its shard job finish?)`);
         ranks[ranks.length - 1]!.sha.set(n, sha);
@@ -118,11 +147,15 @@ export async function openSharded(root: string): Promise<Sharded> {
         throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${extra}' is not in ${MANIFEST}`);
       }
       const meta = await loadMeta(ck);
-      if (meta.moekit?.layout !== manifest.layout) throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says layout '${meta.moekit?.layout}', ${MANIFEST} says '${manifest.layout}'`);
+      if (meta.moekit?.layout !== manifest.layout)
+        throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says layout '${meta.moekit?.layout}', ${MANIFEST} says '${manifest.layout}'`);
       const ir = readIR(ck, spec, meta);
       for (const l of ir.layers) {
         if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
-          throw new MoekitError('bad-input', `rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`);
+          throw new MoekitError(
+            'bad-input',
+            `rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`,
+          );
         }
       }
       ranks[ranks.length - 1]!.ir = ir;
@@ -228,7 +261,9 @@ export async function verifyChecksums(sh: Sharded): Promise<void> {
           pool.tensor(r.ck, info).then((got) => {
             const want = r.sha.get(info.name)!;
             if (got !== want) {
-              throw new MoekitError('checksum', `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${relative(sh.root, info.file ?? r.ck.dir)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
+              throw new MoekitError(
+                'checksum',
+                `checksum mismatch in rank ${r.plan.dir}: tensor '${info.name}' (${relative(sh.root, info.file ?? r.ck.dir)}) has sha256 ${got.slice(0, 12)}…, the manifest says ${want.slice(0, 12)}…; the rank is corrupt, re-run its shard job`,
               );
             }
           }),

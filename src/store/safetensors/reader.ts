@@ -11,7 +11,6 @@ import type { TensorInfo, TensorStore } from '../types.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
 import { type Chunk, sharedPool, type BufferPool } from '../pool.js';
 
-
 export class SafetensorsFile {
   private constructor(
     readonly path: string,
@@ -165,7 +164,7 @@ export class SafetensorsStore implements TensorStore {
       const t = ck.tensors.get(name);
       if (!t) throw new MoekitError('bad-input', `${indexPath}: weight_map lists '${name}' in ${file}, but that file has no such tensor`);
       if (t.file !== resolve(dir, file)) {
-        throw new MoekitError('bad-input', `${indexPath}: weight_map puts '${name}' in ${file}, but it is stored in ${basename(t.file ?? "")}`);
+        throw new MoekitError('bad-input', `${indexPath}: weight_map puts '${name}' in ${file}, but it is stored in ${basename(t.file ?? '')}`);
       }
     }
     ck.metadata = files[0]?.header.metadata;
@@ -209,7 +208,8 @@ export class SafetensorsStore implements TensorStore {
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
     const info = typeof t === 'string' ? this.info(t) : t;
     const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start) throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
+    if (start < 0 || e > info.nbytes || e < start)
+      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
     const n = e - start;
     const buf = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
     if (info.file === undefined || info.offset === undefined) throw new MoekitError('internal', `${info.name}: no file behind the tensor`);
@@ -249,7 +249,11 @@ export class SafetensorsStore implements TensorStore {
       }
     } finally {
       // consumer stopped early or a read failed: let in-flight reads finish, then recycle their buffers
-      for (const { buf, p } of pending.splice(0)) await p.then(() => pool.release(buf), () => pool.release(buf));
+      for (const { buf, p } of pending.splice(0))
+        await p.then(
+          () => pool.release(buf),
+          () => pool.release(buf),
+        );
     }
   }
 
