@@ -1,4 +1,3 @@
-
 import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint } from '../src/store/safetensors/writer.js';
 import { copyFile } from 'node:fs/promises';

@@ -82,8 +82,12 @@ for (const c of configs) {
   }
   let maxAbs = 0;
   let refMax = 0;
-  if (ref) for (let i = 0; i < ref.length; i++) (maxAbs = Math.max(maxAbs, Math.abs(out![i]! - ref[i]!))), (refMax = Math.max(refMax, Math.abs(ref[i]!)));
-  else ref = out;
+  if (ref) {
+    for (let i = 0; i < ref.length; i++) {
+      maxAbs = Math.max(maxAbs, Math.abs(out![i]! - ref[i]!));
+      refMax = Math.max(refMax, Math.abs(ref[i]!));
+    }
+  } else ref = out;
   console.log(
     `${c.padEnd(14)} kernels ${best.toFixed(2)} ms  ${(gflop / (best / 1e3)).toFixed(0)} GFLOP/s  max rel vs first ${(refMax ? maxAbs / refMax : 0).toExponential(2)}`,
   );

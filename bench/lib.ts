@@ -1,6 +1,6 @@
 /** Shared helpers for `npm run bench`: synthetic checkpoints, timing, child processes. */
 import { spawnSync, execFileSync } from 'node:child_process';
-import { writeFileSync, rmSync, readdirSync, statSync } from 'node:fs';
+import { writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
 import type { Chunk } from '../src/store/pool.js';
@@ -79,10 +79,6 @@ export async function writeSyntheticMixtral(dir: string, spec: SynthSpec, maxSha
     ),
   );
   return res.totalSize;
-}
-
-export function dirBytes(dir: string): number {
-  return readdirSync(dir).reduce((s, f) => s + statSync(join(dir, f)).size, 0);
 }
 
 /** Run a command, return wall seconds. */

@@ -97,7 +97,7 @@ function tiledSource(tile: Uint8Array, bytes: number, offset: number): () => Asy
 }
 
 /** Write a one-layer Mixtral-layout bf16 checkpoint; returns its weight bytes. */
-export async function writeSyntheticLayer(dir: string, H: number, I: number, E: number, K: number): Promise<number> {
+async function writeSyntheticLayer(dir: string, H: number, I: number, E: number, K: number): Promise<number> {
   const tileH = bf16Tile(1 << 20, 1 / Math.sqrt(H), 1);
   const tileI = bf16Tile(1 << 20, 1 / Math.sqrt(I), 2);
   const p = 'model.layers.0.block_sparse_moe';

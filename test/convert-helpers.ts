@@ -5,7 +5,7 @@ import { openStore } from '../src/store/registry.js';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { main } from '../src/cli/index.js';
 
-export { ROOT, FIXTURES, fixtureNames, tempDir } from './helpers.js';
+export { FIXTURES, fixtureNames, tempDir } from './helpers.js';
 
 export interface Dumped {
   dtype: string;
@@ -45,8 +45,14 @@ export async function cli(args: string[]): Promise<{ code: number; stdout: strin
   let stderr = '';
   const ow = process.stdout.write.bind(process.stdout);
   const ew = process.stderr.write.bind(process.stderr);
-  process.stdout.write = ((s: string | Uint8Array) => ((stdout += String(s)), true)) as typeof process.stdout.write;
-  process.stderr.write = ((s: string | Uint8Array) => ((stderr += String(s)), true)) as typeof process.stderr.write;
+  process.stdout.write = ((s: string | Uint8Array) => {
+    stdout += String(s);
+    return true;
+  }) as typeof process.stdout.write;
+  process.stderr.write = ((s: string | Uint8Array) => {
+    stderr += String(s);
+    return true;
+  }) as typeof process.stderr.write;
   const prevExit = process.exitCode;
   try {
     const code = await main(['node', 'moekit', ...args]);
@@ -59,7 +65,7 @@ export async function cli(args: string[]): Promise<{ code: number; stdout: strin
 }
 
 /** Deterministic pseudo-random f32 bytes. */
-export function randF32(n: number, seed: number): Buffer {
+function randF32(n: number, seed: number): Buffer {
   const b = Buffer.alloc(n * 4);
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {

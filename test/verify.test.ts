@@ -43,7 +43,10 @@ const swap = (m: Map<string, Buffer>, a: string, b: string) => {
 /** Run the CLI in-process; returns exit code and stdout. */
 async function cli(...args: string[]): Promise<{ code: number; out: string }> {
   let out = '';
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => ((out += String(s)), true));
+  const so = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
+    out += String(s);
+    return true;
+  });
   const se = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
   process.exitCode = 0;
   try {

@@ -7,7 +7,7 @@ import { registerVerify } from './verify.js';
 import { registerReshard, registerShard } from './shard.js';
 import { registerMerge } from './merge.js';
 
-export function buildProgram(): Command {
+function buildProgram(): Command {
   const program = new Command();
   program
     .name('moekit')
@@ -40,7 +40,7 @@ export function buildProgram(): Command {
 }
 
 /** Exit status of an error that escaped a command (README "Exit codes"). */
-export function exitCodeOf(e: unknown): number {
+function exitCodeOf(e: unknown): number {
   if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_CODES.usage;
   if (e instanceof MoekitError) return e.exitCode;
   const err = e as NodeJS.ErrnoException;
@@ -61,7 +61,7 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof MoekitError || (err && typeof err.code === 'string' && err.message)) {
       process.stderr.write(`moekit: error: ${err.message.split('\n')[0]}\n`);
     } else {
-      process.stderr.write(`moekit: internal error (please report): ${(err?.stack) || String(e)}\n`);
+      process.stderr.write(`moekit: internal error (please report): ${err?.stack || String(e)}\n`);
     }
     return code;
   }

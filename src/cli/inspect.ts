@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { openStore } from '../store/registry.js';
-import { formatInspect, inspectCheckpoint } from '../ops/inspect.js';
+import { formatInspect, inspect } from '../ops/inspect.js';
 
 export function registerInspect(program: Command): void {
   program
@@ -14,12 +13,7 @@ export function registerInspect(program: Command): void {
         'Examples:\n  moekit inspect fixtures/hf/deepseek_v3\n  moekit inspect /models/Mixtral-8x7B --json | jq .moeLayers',
     )
     .action(async (path: string, opts: { json?: boolean }) => {
-      const ck = await openStore(path);
-      try {
-        const r = await inspectCheckpoint(ck, path);
-        process.stdout.write(opts.json ? JSON.stringify(r, null, 2) + '\n' : formatInspect(r) + '\n');
-      } finally {
-        await ck.close();
-      }
+      const r = await inspect(path);
+      process.stdout.write(opts.json ? JSON.stringify(r, null, 2) + '\n' : formatInspect(r) + '\n');
     });
 }

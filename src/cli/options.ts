@@ -6,7 +6,7 @@ import { MoekitError } from '../errors.js';
 import { parseFloatDtype, type FloatDtype } from '../store/dtypes.js';
 
 /** "5GB", "500MB", "1.5GiB", "1000000" → bytes. */
-export function parseSize(s: string): number {
+function parseSize(s: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(s);
   if (!m) throw new MoekitError('usage', `--max-shard-size: cannot read '${s}' (examples: 5GB, 500MB, 2GiB)`);
   const unit = (m[2] ?? 'b').toLowerCase();

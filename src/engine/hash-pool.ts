@@ -76,7 +76,8 @@ export class HashPool {
   private freed: (() => void)[] = [];
 
   constructor(
-    size = Math.max(1, Math.min(4, availableParallelism() - 1)),readonly slots = 2 * size,
+    size = Math.max(1, Math.min(4, availableParallelism() - 1)),
+    readonly slots = 2 * size,
     private readonly slotSize = 4 << 20,
   ) {
     this.ring = new SharedArrayBuffer(slots * slotSize);

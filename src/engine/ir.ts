@@ -328,16 +328,6 @@ export interface ModelIR {
   passthrough: { store: TensorStore; info: TensorInfo }[];
 }
 
-/** Which IR fields (expert or layer) a model holds anywhere. */
-export function presentFields(ir: ModelIR): Set<string> {
-  const s = new Set<string>();
-  for (const l of ir.layers) {
-    for (const f of LAYER_FIELDS) if (l[f]) s.add(f);
-    for (const e of l.experts) for (const f of EXPERT_FIELDS) if (e[f]) s.add(f);
-  }
-  return s;
-}
-
 /**
  * Keep only the given global experts of every layer, renumbered locally 0..k-1 in the order given
  * (expert-parallel shards: contiguous or round-robin placement). Router rows stay global: a rank

@@ -90,7 +90,7 @@ export const T: Locate = (v) => v.T;
  * Half `which` (0 = gate, 1 = up) of a fused gate/up dim of size 2n along `dim`:
  * concat → [gate | up], interleaved → gate at even, up at odd positions.
  */
-export function half(v: View, dim: number, which: 0 | 1, n: number, order: GateUpOrder): View {
+function half(v: View, dim: number, which: 0 | 1, n: number, order: GateUpOrder): View {
   return order === 'concat' ? v.slice(dim, which * n, (which + 1) * n) : v.slice(dim, which, 2 * n, 2);
 }
 

@@ -185,7 +185,7 @@ function actionOf(name: string, slabs: SlabPlan[]): TensorAction {
 }
 
 /** A TensorPlan from its slabs, with a cast when `dtype` asks for one. */
-export function tensorPlan(name: string, shape: number[], dtype: Dtype, slabs: SlabPlan[], cast?: FloatDtype): TensorPlan {
+function tensorPlan(name: string, shape: number[], dtype: Dtype, slabs: SlabPlan[], cast?: FloatDtype): TensorPlan {
   const transforms: Transform[] = [];
   let out = dtype;
   if (cast && cast !== dtype && (FLOAT_DTYPES as readonly string[]).includes(dtype)) {
@@ -335,7 +335,7 @@ export function splitFiles(tensors: TensorPlan[], maxShardSize?: number, stem = 
 }
 
 /** Compare names with digit runs as numbers (layers.2 before layers.10). */
-export function naturalCompare(a: string, b: string): number {
+function naturalCompare(a: string, b: string): number {
   const ra = a.split(/(\d+)/);
   const rb = b.split(/(\d+)/);
   for (let i = 0; i < Math.min(ra.length, rb.length); i++) {
@@ -349,7 +349,6 @@ export function naturalCompare(a: string, b: string): number {
 }
 
 export const planBytes = (p: Plan): number => p.outputs.reduce((a, o) => a + o.files.reduce((b, f) => b + f.bytes, 0), 0);
-export const planTensorCount = (p: Plan): number => p.outputs.reduce((a, o) => a + o.files.reduce((b, f) => b + f.tensors.length, 0), 0);
 
 /** Largest buffer one assembled slab needs. */
 function largestSlab(p: Plan): number {
@@ -364,7 +363,7 @@ function largestSlab(p: Plan): number {
  * (read-ahead + write queue: about 8 chunks of 16 MiB), and (jobs + 2) assembled slabs, twice when
  * a cast makes a copy.
  */
-export function expectedPeakMB(p: Plan): number {
+function expectedPeakMB(p: Plan): number {
   const casts = p.outputs.some((o) => o.files.some((f) => f.tensors.some((t) => t.transforms.length > 0)));
   return Math.round(80 + 8 * 16 + ((p.jobs + 2) * largestSlab(p) * (casts ? 2 : 1)) / 2 ** 20);
 }

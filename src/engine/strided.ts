@@ -48,7 +48,10 @@ function forEachIndex(
   f: (d: number, s: number) => void,
 ): void {
   const k = outer.length;
-  if (k === 0) return f(dOff, sOff);
+  if (k === 0) {
+    f(dOff, sOff);
+    return;
+  }
   const idx = new Array<number>(k).fill(0);
   const total = outer.reduce((a, b) => a * b, 1);
   let d = dOff;

@@ -94,156 +94,178 @@ function activationFromConfig(c: Record<string, unknown>): Activation {
   throw new MoekitError('unsupported', `config.json: hidden_act '${act}' is not supported (known: silu, gelu, gelu_pytorch_tanh, relu2)`);
 }
 
-/** Families moekit knows, by model_type; `dense` ones have no experts (upcycling sources). */
-export const MOE_FAMILIES = [
-  'mixtral',
-  'phimoe',
-  'minimax_m2',
-  'qwen2_moe',
-  'qwen3_moe',
-  'olmoe',
-  'deepseek_v3',
-  'glm4_moe',
-  'gpt_oss',
-  'llama4',
-  'llama4_text',
-  'granitemoe',
-] as const;
-export const DENSE_FAMILIES = ['llama', 'qwen2', 'qwen3', 'mistral', 'gemma', 'gemma2', 'phi3', 'olmo', 'olmo2'] as const;
+/** Model types of dense (non-MoE) families moekit recognises (upcycling sources). */
+const DENSE_FAMILIES: readonly string[] = ['llama', 'qwen2', 'qwen3', 'mistral', 'gemma', 'gemma2', 'phi3', 'olmo', 'olmo2'];
+
+/** What every family reads the same way from config.json. */
+interface Base {
+  modelType: string;
+  numLayers: number;
+  hiddenSize: number;
+  denseIntermediateSize: number;
+  numExperts: number;
+  topK: number;
+  known: boolean;
+  activation: Activation;
+}
+
+/** A family's own facts, from its (text) config `c` and the common ones. */
+type FamilyRule = (c: Record<string, unknown>, base: Base, routing: (r: Partial<Routing> & { scoreFunc: ScoreFunc }) => Routing) => FamilyFacts;
+
+const all = () => true;
+const intermediateOf = (c: Record<string, unknown>) => num(c, 'intermediate_size') ?? 0;
+
+/** The family table: model_type → facts. Each entry cites the modeling file its rules come from. */
+const FAMILIES: Record<string, FamilyRule> = {
+  // modeling_mixtral.py: softmax over all experts, top-k, renormalise.
+  mixtral: (c, base, routing) => ({
+    ...base,
+    family: 'mixtral',
+    moeIntermediateSize: intermediateOf(c),
+    shared: null,
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: true }),
+    isMoeLayer: all,
+  }),
+  // modeling_phimoe.py: sparsemixer routing (top-2 with jitter masks).
+  phimoe: (c, base, routing) => ({
+    ...base,
+    family: 'phimoe',
+    moeIntermediateSize: intermediateOf(c),
+    shared: null,
+    routing: routing({ scoreFunc: 'sparsemixer' }),
+    isMoeLayer: all,
+  }),
+  // modeling_minimax_m2.py: sigmoid, selection on score + e_score_correction_bias, always renormalised.
+  minimax_m2: (c, base, routing) => ({
+    ...base,
+    family: 'minimax_m2',
+    moeIntermediateSize: intermediateOf(c),
+    shared: null,
+    routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true }),
+    isMoeLayer: all,
+  }),
+  // modeling_qwen2_moe.py: softmax, top-k, renormalise iff norm_topk_prob; shared expert with sigmoid gate.
+  qwen2_moe: (c, base, routing) => qwenLike(c, base, routing),
+  qwen3_moe: (c, base, routing) => qwenLike(c, base, routing),
+  olmoe: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_deepseek_v3.py / modeling_glm4_moe.py
+  deepseek_v3: (c, base, routing) => deepseekLike(c, base, routing),
+  glm4_moe: (c, base, routing) => deepseekLike(c, base, routing),
+  // modeling_gpt_oss.py: router with bias, top-k of logits, softmax over the k; SwiGLU-OAI (alpha 1.702, limit 7).
+  gpt_oss: (c, base, routing) => ({
+    ...base,
+    family: 'gpt_oss',
+    moeIntermediateSize: intermediateOf(c),
+    shared: null,
+    routing: routing({ scoreFunc: 'topk_softmax', routerBias: true }),
+    activation: { kind: 'swiglu_oai', alpha: 1.702, limit: num(c, 'swiglu_limit') ?? 7.0 },
+    isMoeLayer: all,
+  }),
+  // modeling_granitemoe.py (GraniteMoeTopKRouter): top-k of the logits, softmax over the k selected.
+  granitemoe: (c, base, routing) => ({
+    ...base,
+    family: 'granitemoe',
+    moeIntermediateSize: intermediateOf(c),
+    shared: null,
+    routing: routing({ scoreFunc: 'topk_softmax' }),
+    isMoeLayer: all,
+  }),
+  llama4: (c, base, routing) => llama4(c, base, routing),
+  llama4_text: (c, base, routing) => llama4(c, base, routing),
+};
+
+/** Qwen2-MoE, Qwen3-MoE, OLMoE: softmax top-k; MoE every decoder_sparse_step layers except mlp_only_layers. */
+const qwenLike: FamilyRule = (c, base, routing) => {
+  const t = base.modelType;
+  const step = num(c, 'decoder_sparse_step') ?? 1;
+  const mlpOnly = Array.isArray(c.mlp_only_layers) ? (c.mlp_only_layers as number[]) : [];
+  const sharedI = num(c, 'shared_expert_intermediate_size') ?? 0;
+  return {
+    ...base,
+    family: t,
+    moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
+    shared: t === 'qwen2_moe' && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: bool(c, 'norm_topk_prob', t === 'qwen3_moe') }),
+    isMoeLayer: (i) => t === 'olmoe' || (!mlpOnly.includes(i) && base.numExperts > 0 && (i + 1) % step === 0),
+  };
+};
+
+/**
+ * DeepSeek-V3, GLM4-MoE: sigmoid + correction bias, group-limited top-k, renormalise iff
+ * norm_topk_prob, × routed_scaling_factor; first_k_dense_replace dense layers.
+ */
+const deepseekLike: FamilyRule = (c, base, routing) => {
+  const firstDense = num(c, 'first_k_dense_replace') ?? 0;
+  const freq = num(c, 'moe_layer_freq') ?? 1;
+  const moeI = num(c, 'moe_intermediate_size') ?? intermediateOf(c);
+  const nShared = num(c, 'n_shared_experts') ?? 0;
+  return {
+    ...base,
+    family: base.modelType,
+    moeIntermediateSize: moeI,
+    shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
+    routing: routing({
+      scoreFunc: 'sigmoid',
+      correctionBias: true,
+      nGroup: num(c, 'n_group') ?? 1,
+      topkGroup: num(c, 'topk_group') ?? 1,
+      normTopkProb: bool(c, 'norm_topk_prob', true),
+      routedScalingFactor: num(c, 'routed_scaling_factor') ?? 1,
+    }),
+    isMoeLayer: (i) => i >= firstDense && i % freq === 0,
+  };
+};
+
+/**
+ * modeling_llama4.py (Llama4Router, Llama4TextMoe): top-k of the logits, sigmoid of each selected
+ * logit scales that expert's input; a shared expert on every token. MoE layers: `moe_layers`, else
+ * every interleave_moe_layer_step-th layer (Llama4TextConfig).
+ */
+const llama4: FamilyRule = (c, base, routing) => {
+  const step = num(c, 'interleave_moe_layer_step') ?? 1;
+  const moeLayers = Array.isArray(c.moe_layers) ? (c.moe_layers as number[]) : undefined;
+  const inter = intermediateOf(c);
+  return {
+    ...base,
+    family: 'llama4',
+    moeIntermediateSize: inter,
+    denseIntermediateSize: num(c, 'intermediate_size_mlp') ?? inter,
+    shared: { count: 1, intermediateSize: inter, sigmoidGate: false },
+    routing: routing({ scoreFunc: 'topk_sigmoid_input' }),
+    isMoeLayer: (i) => (moeLayers ? moeLayers.includes(i) : (i + 1) % step === 0),
+  };
+};
+
+/** A family not in the table: dense families are known (no experts), others unknown. */
+const otherFamily: FamilyRule = (_c, base, routing) => {
+  const dense = DENSE_FAMILIES.includes(base.modelType);
+  return {
+    ...base,
+    family: dense ? base.modelType : base.modelType || 'unknown',
+    known: dense,
+    moeIntermediateSize: 0,
+    numExperts: dense ? 0 : base.numExperts,
+    shared: null,
+    routing: routing({ scoreFunc: 'softmax' }),
+    isMoeLayer: () => false,
+  };
+};
 
 export function familyFacts(config: Record<string, unknown>): FamilyFacts {
   // Llama4 keeps the text model's fields under text_config.
   const modelType = String(config.model_type ?? '');
   const c = modelType === 'llama4' && typeof config.text_config === 'object' && config.text_config ? (config.text_config as Record<string, unknown>) : config;
-  const numLayers = num(c, 'num_hidden_layers', 'n_layer', 'num_layers') ?? 0;
-  const hiddenSize = num(c, 'hidden_size', 'd_model') ?? 0;
-  const intermediate = num(c, 'intermediate_size') ?? 0;
   const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk') ?? 0;
-  const numExperts = num(c, 'n_routed_experts', 'num_local_experts', 'num_experts') ?? 0;
-  const base = {
+  const base: Base = {
     modelType,
-    numLayers,
-    hiddenSize,
-    denseIntermediateSize: intermediate,
-    numExperts,
+    numLayers: num(c, 'num_hidden_layers', 'n_layer', 'num_layers') ?? 0,
+    hiddenSize: num(c, 'hidden_size', 'd_model') ?? 0,
+    denseIntermediateSize: intermediateOf(c),
+    numExperts: num(c, 'n_routed_experts', 'num_local_experts', 'num_experts') ?? 0,
     topK,
     known: true,
     activation: activationFromConfig(c),
   };
   const routing = (r: Partial<Routing> & { scoreFunc: ScoreFunc }): Routing => makeRouting({ topK, ...r });
-  const all = () => true;
-  switch (modelType) {
-    // modeling_mixtral.py: softmax over all experts, top-k, renormalise.
-    case 'mixtral':
-      return {
-        ...base,
-        family: 'mixtral',
-        moeIntermediateSize: intermediate,
-        shared: null,
-        routing: routing({ scoreFunc: 'softmax', normTopkProb: true }),
-        isMoeLayer: all,
-      };
-    // modeling_phimoe.py: sparsemixer routing (top-2 with jitter masks).
-    case 'phimoe':
-      return { ...base, family: 'phimoe', moeIntermediateSize: intermediate, shared: null, routing: routing({ scoreFunc: 'sparsemixer' }), isMoeLayer: all };
-    // modeling_minimax_m2.py: sigmoid, selection on score + e_score_correction_bias, always renormalised.
-    case 'minimax_m2':
-      return {
-        ...base,
-        family: 'minimax_m2',
-        moeIntermediateSize: intermediate,
-        shared: null,
-        routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true }),
-        isMoeLayer: all,
-      };
-    // modeling_qwen2_moe.py: softmax, top-k, renormalise iff norm_topk_prob; shared expert with sigmoid gate.
-    case 'qwen2_moe':
-    case 'qwen3_moe':
-    case 'olmoe': {
-      const step = num(c, 'decoder_sparse_step') ?? 1;
-      const mlpOnly = Array.isArray(c.mlp_only_layers) ? (c.mlp_only_layers as number[]) : [];
-      const sharedI = num(c, 'shared_expert_intermediate_size') ?? 0;
-      return {
-        ...base,
-        family: modelType,
-        moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediate,
-        shared: modelType === 'qwen2_moe' && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
-        routing: routing({ scoreFunc: 'softmax', normTopkProb: bool(c, 'norm_topk_prob', modelType === 'qwen3_moe') }),
-        isMoeLayer: (i) => modelType === 'olmoe' || (!mlpOnly.includes(i) && numExperts > 0 && (i + 1) % step === 0),
-      };
-    }
-    // modeling_deepseek_v3.py / modeling_glm4_moe.py: sigmoid + correction bias, group-limited top-k,
-    // renormalise iff norm_topk_prob, × routed_scaling_factor; first_k_dense_replace dense layers.
-    case 'deepseek_v3':
-    case 'glm4_moe': {
-      const firstDense = num(c, 'first_k_dense_replace') ?? 0;
-      const freq = num(c, 'moe_layer_freq') ?? 1;
-      const moeI = num(c, 'moe_intermediate_size') ?? intermediate;
-      const nShared = num(c, 'n_shared_experts') ?? 0;
-      return {
-        ...base,
-        family: modelType,
-        moeIntermediateSize: moeI,
-        shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
-        routing: routing({
-          scoreFunc: 'sigmoid',
-          correctionBias: true,
-          nGroup: num(c, 'n_group') ?? 1,
-          topkGroup: num(c, 'topk_group') ?? 1,
-          normTopkProb: bool(c, 'norm_topk_prob', true),
-          routedScalingFactor: num(c, 'routed_scaling_factor') ?? 1,
-        }),
-        isMoeLayer: (i) => i >= firstDense && i % freq === 0,
-      };
-    }
-    // modeling_gpt_oss.py: router with bias, top-k of logits, softmax over the k; SwiGLU-OAI (alpha 1.702, limit 7).
-    case 'gpt_oss':
-      return {
-        ...base,
-        family: 'gpt_oss',
-        moeIntermediateSize: intermediate,
-        shared: null,
-        routing: routing({ scoreFunc: 'topk_softmax', routerBias: true }),
-        activation: { kind: 'swiglu_oai', alpha: 1.702, limit: num(c, 'swiglu_limit') ?? 7.0 },
-        isMoeLayer: all,
-      };
-    // modeling_granitemoe.py: top-k of logits, softmax over the k selected.
-    case 'granitemoe':
-      return {
-        ...base,
-        family: 'granitemoe',
-        moeIntermediateSize: intermediate,
-        shared: null,
-        routing: routing({ scoreFunc: 'topk_softmax' }),
-        isMoeLayer: all,
-      };
-    // modeling_llama4.py: top-k of logits, sigmoid of the selected logit scales the expert input; shared expert.
-    case 'llama4':
-    case 'llama4_text': {
-      const step = num(c, 'interleave_moe_layer_step') ?? 1;
-      const moeLayers = Array.isArray(c.moe_layers) ? (c.moe_layers as number[]) : undefined;
-      return {
-        ...base,
-        family: 'llama4',
-        moeIntermediateSize: intermediate,
-        denseIntermediateSize: num(c, 'intermediate_size_mlp') ?? intermediate,
-        shared: { count: 1, intermediateSize: intermediate, sigmoidGate: false },
-        routing: routing({ scoreFunc: 'topk_sigmoid_input' }),
-        isMoeLayer: (i) => (moeLayers ? moeLayers.includes(i) : (i + 1) % step === 0),
-      };
-    }
-    default: {
-      const dense = (DENSE_FAMILIES as readonly string[]).includes(modelType);
-      return {
-        ...base,
-        family: dense ? modelType : modelType || 'unknown',
-        known: dense,
-        moeIntermediateSize: 0,
-        numExperts: dense ? 0 : numExperts,
-        shared: null,
-        routing: routing({ scoreFunc: 'softmax' }),
-        isMoeLayer: () => false,
-      };
-    }
-  }
+  return (Object.hasOwn(FAMILIES, modelType) ? FAMILIES[modelType]! : otherFamily)(c, base, routing);
 }

@@ -60,7 +60,7 @@ async function expertOf(e: ExpertIR, lazy: boolean): Promise<ExpertWeights> {
 }
 
 /** MoeBlockWeights of one IR layer. */
-export async function blockFromIR(l: LayerIR, hidden: number, lazy: boolean, where: string): Promise<MoeBlockWeights> {
+async function blockFromIR(l: LayerIR, hidden: number, lazy: boolean, where: string): Promise<MoeBlockWeights> {
   if (!l.router) throw new MoekitError('bad-input', `${where} layer ${l.layer}: no router weight`);
   if (l.router.shape[0] !== l.experts.length) {
     throw new MoekitError(

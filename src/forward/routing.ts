@@ -79,7 +79,7 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
 }
 
 /** erf, |error| < 1.2e-7 (Numerical Recipes erfc, Chebyshev fit); the same formula is in the WGSL. */
-export function erf(x: number): number {
+function erf(x: number): number {
   const z = Math.abs(x);
   const t = 1 / (1 + 0.5 * z);
   const r =

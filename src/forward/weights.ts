@@ -73,7 +73,7 @@ export function readRange(w: Weight, start: number, end: number, into?: Buffer):
   return w.read(start, end, into);
 }
 
-export async function loadWeight(w: Weight): Promise<Weight> {
+async function loadWeight(w: Weight): Promise<Weight> {
   return w.data ? w : { dtype: w.dtype, shape: w.shape, data: await readRange(w, 0, weightNbytes(w)) };
 }
 
@@ -102,14 +102,6 @@ export function weightF32(w: Weight): Float32Array {
   return toFloat32(bytesOf(w), w.dtype);
 }
 
-export function makeWeight(dtype: FloatDtype, shape: number[], data: Uint8Array): Weight {
-  const n = shape.reduce((a, b) => a * b, 1);
-  if (data.byteLength !== n * dtypeBytes(dtype)) {
-    throw new MoekitError('internal', `internal: weight of shape [${shape}] ${dtype} has ${data.byteLength} bytes, expected ${n * dtypeBytes(dtype)}`);
-  }
-  return { dtype, shape, data };
-}
-
 /** Intermediate size of an expert (rows of up). */
 export const expertI = (e: ExpertWeights): number => e.up.shape[0]!;
 
@@ -118,18 +110,6 @@ export function blockIs16Bit(b: MoeBlockWeights): boolean {
   const ws: (Weight | undefined)[] = [b.router?.weight, b.sharedGate];
   for (const e of [...b.experts, ...b.shared]) ws.push(e.gate, e.up, e.down);
   return ws.some((w) => w !== undefined && w.dtype !== 'F32');
-}
-
-/** Total bytes of the block's weights (what a verify has to read from disk). */
-export function blockBytes(b: MoeBlockWeights): number {
-  let n = 0;
-  const add = (w?: Weight) => (n += w ? weightNbytes(w) : 0);
-  add(b.router?.weight);
-  add(b.router?.bias);
-  add(b.router?.correctionBias);
-  add(b.sharedGate);
-  for (const e of [...b.experts, ...b.shared]) [e.gate, e.up, e.down, e.gateBias, e.upBias, e.downBias].forEach(add);
-  return n;
 }
 
 /** Check shapes against each other; throws a one-line MoekitError naming the first mismatch. */

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { MoekitError } from '../errors.js';
 
 /** Binding kinds in order from @binding(0): u = uniform, r = read-only storage, w = read-write storage. */
-export const KERNEL_BINDINGS = {
+const KERNEL_BINDINGS = {
   router_logits: 'urrrw',
   router_select: 'urrww',
   gather: 'urw',

@@ -313,30 +313,47 @@ function gpuCfg(env: string | undefined, def: number[], q: number): { KL: number
   return { KL: KL!, RW: RW!, MT: MT! };
 }
 
-/** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
-export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
-  checkShapes(block, spec);
-  // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
-  const w = await materialize(block, false);
-  const staging: Buffer[] = [];
-  const gpu = await getGpu();
-  const ctx = new Ctx(gpu, !!opts.timing);
-  const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
-  const H = w.hidden;
-  const E = w.experts.length;
-  const K = E > 0 ? spec.routing.topK : 0;
-  const S = w.shared.length;
-  const KS = K + S;
-  const inScale = spec.routing.scoreFunc === 'topk_sigmoid_input' ? 1 : 0;
-  const act = spec.activation;
-  const envK = process.env.MOEKIT_GPU_KERNELS;
-  const variant = opts.kernels ?? (envK === 'gpu' || envK === 'cpu' ? envK : gpu.fallback ? 'cpu' : 'gpu');
-  // gpu variant shape: lanes along K per row group, rows per invocation, tokens per chunk
-  // (env MOEKIT_UP_CFG / MOEKIT_DOWN_CFG = 'KL,RW,MT' for tuning, bench/kernel-tune.ts)
-  const upCfg = gpuCfg(process.env.MOEKIT_UP_CFG, [16, 2, 8], 2);
-  const downCfg = gpuCfg(process.env.MOEKIT_DOWN_CFG, [64, 4, 8], 1);
+/** Everything the dispatches of one block need: sizes, kernel choices and per-layer GPU constants. */
+interface Run {
+  ctx: Ctx;
+  w: MoeBlockWeights;
+  spec: BlockSpec;
+  opts: GpuForwardOptions;
+  H: number;
+  E: number;
+  K: number;
+  KS: number;
+  inScale: number;
+  variant: 'gpu' | 'cpu';
+  upCfg: { KL: number; RW: number; MT: number };
+  downCfg: { KL: number; RW: number; MT: number };
+  groups: Group[];
+  staging: Buffer[];
+  // per-layer constants (small): router, biases
+  dummy: GPUBuffer;
+  persistent: GPUBuffer[];
+  routerW: GPUBuffer;
+  routerB: GPUBuffer;
+  corr: GPUBuffer;
+  sgW: GPUBuffer;
+  gBias: GPUBuffer[];
+  dBias: GPUBuffer[];
+}
 
-  const groups: Group[] = [];
+/** Buffers of one batch of tokens. */
+interface Batch {
+  t0: number;
+  tb: number;
+  xb: GPUBuffer;
+  rw: GPUBuffer;
+  meta: GPUBuffer;
+  contrib: GPUBuffer;
+  sgl: GPUBuffer;
+}
+
+/** The routed experts (one group) and each shared expert (a group of one), with their pieces. */
+function expertGroups(w: MoeBlockWeights, K: number, B: number): Group[] {
+  const H = w.hidden;
   const mkGroup = (experts: ExpertWeights[], dense: boolean, slot: number): Group => {
     const I = expertI(experts[0]!);
     const eb = Math.max(...experts.flatMap((e) => [e.up, e.gate, e.down].filter((x): x is Weight => !!x).map((x) => dtypeBytes(x.dtype))));
@@ -353,148 +370,209 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
       downBias,
     };
   };
-  if (E > 0) groups.push(mkGroup(w.experts, false, 0));
-  w.shared.forEach((s, i) => groups.push(mkGroup([s], true, K + i)));
+  const groups: Group[] = [];
+  if (w.experts.length > 0) groups.push(mkGroup(w.experts, false, 0));
+  for (const [i, s] of w.shared.entries()) groups.push(mkGroup([s], true, K + i));
+  return groups;
+}
 
-  // Tokens per batch: every activation buffer must fit one binding.
-  const perToken = Math.max(H * 4 * Math.max(KS, 1), ...groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
-  if (perToken + 8 * E > B) throw new MoekitError('gpu', `one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
-  const Tb = Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16);
-
-  // Per-layer constants (small): router, biases.
+/** Upload the router, shared gate and biases; build the Run. */
+function prepareRun(ctx: Ctx, w: MoeBlockWeights, spec: BlockSpec, opts: GpuForwardOptions, B: number, fallback: boolean): Run {
+  const E = w.experts.length;
+  const K = E > 0 ? spec.routing.topK : 0;
+  const envK = process.env.MOEKIT_GPU_KERNELS;
+  const groups = expertGroups(w, K, B);
   const dummy = ctx.buffer(16, GPUBufferUsage.STORAGE, 'dummy');
   const persistent: GPUBuffer[] = [dummy];
-  const keep = (b: GPUBuffer) => (persistent.push(b), b);
   const upload = (data: Uint8Array | Float32Array | undefined, label: string): GPUBuffer => {
     if (!data) return dummy;
     const b = ctx.buffer(data.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label);
     ctx.write(b, 0, data);
-    return keep(b);
+    persistent.push(b);
+    return b;
   };
-  const routerW = w.router && E > 0 ? upload(bytesOf(w.router.weight), 'router') : dummy;
   if (w.router && weightNbytes(w.router.weight) > B)
     throw new MoekitError('gpu', `router weight (${weightNbytes(w.router.weight)} bytes) exceeds the GPU binding limit`);
-  const routerB = upload(f32(w.router?.bias), 'router bias');
-  const corr = upload(f32(w.router?.correctionBias), 'correction bias');
-  const sgW = upload(w.sharedGate && bytesOf(w.sharedGate), 'shared gate');
-  const gBias = groups.map((g) => upload(g.bias, 'bias'));
-  const dBias = groups.map((g) => upload(g.downBias, 'down bias'));
+  return {
+    ctx,
+    w,
+    spec,
+    opts,
+    H: w.hidden,
+    E,
+    K,
+    KS: K + w.shared.length,
+    inScale: spec.routing.scoreFunc === 'topk_sigmoid_input' ? 1 : 0,
+    variant: opts.kernels ?? (envK === 'gpu' || envK === 'cpu' ? envK : fallback ? 'cpu' : 'gpu'),
+    // gpu variant shape: lanes along K per row group, rows per invocation, tokens per chunk
+    // (env MOEKIT_UP_CFG / MOEKIT_DOWN_CFG = 'KL,RW,MT' for tuning, bench/kernel-tune.ts)
+    upCfg: gpuCfg(process.env.MOEKIT_UP_CFG, [16, 2, 8], 2),
+    downCfg: gpuCfg(process.env.MOEKIT_DOWN_CFG, [64, 4, 8], 1),
+    groups,
+    staging: [],
+    dummy,
+    persistent,
+    routerW: w.router && E > 0 ? upload(bytesOf(w.router.weight), 'router') : dummy,
+    routerB: upload(f32(w.router?.bias), 'router bias'),
+    corr: upload(f32(w.router?.correctionBias), 'correction bias'),
+    sgW: upload(w.sharedGate && bytesOf(w.sharedGate), 'shared gate'),
+    gBias: groups.map((g) => upload(g.bias, 'bias')),
+    dBias: groups.map((g) => upload(g.downBias, 'down bias')),
+  };
+}
 
+/** Router logits, top-k selection and token gather for one batch (or all-ones weights for a dense block). */
+function dispatchRouting(r: Run, b: Batch): void {
+  const { ctx, w, E, K, KS, H, tb } = { ...r, tb: b.tb };
+  if (E > 0) {
+    const ids = ctx.storage(tb * K * 4 || 4, 'ids', ctx.batch);
+    const logits = ctx.storage(tb * E * 4, 'logits', ctx.batch);
+    const lp = ctx.uniform([tb, E, H, w.router?.bias ? 1 : 0]);
+    ctx.dispatch('router_logits', { WDT: DT[w.router!.weight.dtype] }, [lp, b.xb, r.routerW, r.routerB, logits], [ceil(E, 64), tb, 1]);
+    const rt = r.spec.routing;
+    const sel = [
+      tb,
+      E,
+      K,
+      KS,
+      MODE[rt.scoreFunc as keyof typeof MODE],
+      rt.nGroup,
+      rt.topkGroup,
+      rt.normTopkProb ? 1 : 0,
+      w.router?.correctionBias ? 1 : 0,
+      rt.routedScalingFactor,
+      0,
+      0,
+    ];
+    ctx.dispatch('router_select', {}, [ctx.uniform(sel, [9]), logits, r.corr, ids, b.rw], [ceil(tb, 64), 1, 1]);
+    ctx.dispatch('gather', {}, [ctx.uniform([tb, E, K, KS]), ids, b.meta], [ceil(E, 64), 1, 1]);
+  } else {
+    ctx.write(b.rw, 0, new Float32Array(tb * KS).fill(1));
+  }
+  if (w.sharedGate) {
+    ctx.dispatch('router_logits', { WDT: DT[w.sharedGate.dtype] }, [ctx.uniform([tb, 1, H, 0]), b.xb, r.sgW, r.dummy, b.sgl], [1, tb, 1]);
+  }
+}
+
+/**
+ * Expert pieces, in order: each group's up pieces, then its down pieces. The bytes of piece j+1
+ * are read (from disk for lazy weights) while piece j is uploaded and dispatched.
+ */
+async function dispatchExperts(r: Run, b: Batch): Promise<void> {
+  const { ctx, H, E, K, KS, tb } = { ...r, tb: b.tb };
+  const act = r.spec.activation;
+  const hbs = r.groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
+  const jobs = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
+  let next = jobs.length > 0 ? fetchPiece(jobs[0]!, H, r.staging, 0) : undefined;
+  for (const [j, job] of jobs.entries()) {
+    const segs = await next!;
+    next = j + 1 < jobs.length ? fetchPiece(jobs[j + 1]!, H, r.staging, (j + 1) % 2) : undefined;
+    const { g, gi, p } = job;
+    const e0 = g.experts[0]!;
+    const params = (Kd: number, N: number, hasBias: boolean) =>
+      ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
+    const bufs = new Map<string, GPUBuffer>();
+    let bytes = 0;
+    for (const s of segs) {
+      let buf = bufs.get(s.kind);
+      if (!buf) bufs.set(s.kind, (buf = ctx.storage(s.total, `${s.kind} piece`, ctx.piece)));
+      ctx.write(buf, s.offset, s.data);
+      bytes += s.data.byteLength;
+    }
+    if (r.opts.syncUploads) await ctx.device.queue.onSubmittedWorkDone();
+    if (job.up) {
+      const upConst = {
+        GDT: DT[e0.gate?.dtype ?? 'F32'],
+        UDT: DT[e0.up.dtype],
+        GATED: g.gated ? 1 : 0,
+        ACT: ACT[act.kind],
+        ALPHA: act.alpha ?? 1.702,
+        LIMIT: act.limit ?? 3.4e38,
+      };
+      const bindings = [params(H, g.I, !!g.bias), b.xb, bufs.get('gate') ?? r.dummy, bufs.get('up')!, r.gBias[gi]!, b.meta, b.rw, hbs[gi]!];
+      if (r.variant === 'gpu') ctx.dispatch('expert_up_gpu', { ...upConst, ...r.upCfg }, bindings, [ceil(p.rows, (256 / r.upCfg.KL) * r.upCfg.RW), 1, p.nE]);
+      else ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+    } else {
+      const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, r.dBias[gi]!, b.meta, b.rw, b.contrib];
+      if (r.variant === 'gpu')
+        ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], ...r.downCfg }, bindings, [ceil(p.rows, (256 / r.downCfg.KL) * r.downCfg.RW), 1, p.nE]);
+      else ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+    }
+    ctx.pieces++;
+    await ctx.releasePiece(bytes);
+  }
+}
+
+/** Combine the batch's contributions and read the output and expert counts back. */
+async function combineAndRead(r: Run, b: Batch, out: Float32Array, expertCounts: number[]): Promise<void> {
+  const { ctx, H, E, K, KS, tb } = { ...r, tb: b.tb };
+  const ob = ctx.storage(tb * H * 4, 'out', ctx.batch);
+  ctx.dispatch('combine', {}, [ctx.uniform([tb, H / 4, K, KS, r.w.sharedGate ? 1 : 0, 0, 0, 0]), b.contrib, b.sgl, ob], [ceil(H / 4, 64), tb, 1]);
+  const rbOut = ctx.buffer(tb * H * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback', ctx.batch);
+  const rbMeta = ctx.buffer(Math.max(E, 1) * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback counts', ctx.batch);
+  const enc = ctx.device.createCommandEncoder();
+  enc.copyBufferToBuffer(ob, 0, rbOut, 0, tb * H * 4);
+  if (E > 0) enc.copyBufferToBuffer(b.meta, 0, rbMeta, 0, E * 4);
+  ctx.device.queue.submit([enc.finish()]);
+  await Promise.all([rbOut.mapAsync(GPUMapMode.READ), rbMeta.mapAsync(GPUMapMode.READ)]);
+  out.set(new Float32Array(rbOut.getMappedRange().slice(0)), b.t0 * H);
+  const counts = new Uint32Array(rbMeta.getMappedRange().slice(0));
+  for (let e = 0; e < E; e++) expertCounts[e]! += counts[e]!;
+  rbOut.unmap();
+  rbMeta.unmap();
+}
+
+/** Tokens per batch: every activation buffer must fit one binding. */
+function tokensPerBatch(r: Run, B: number, T: number): number {
+  const { H, E, K, KS } = r;
+  const perToken = Math.max(H * 4 * Math.max(KS, 1), ...r.groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
+  if (perToken + 8 * E > B) throw new MoekitError('gpu', `one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
+  return Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16);
+}
+
+/** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
+export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
+  checkShapes(block, spec);
+  // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
+  const w = await materialize(block, false);
+  const gpu = await getGpu();
+  const ctx = new Ctx(gpu, !!opts.timing);
+  const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
+  const H = w.hidden;
   const out = new Float32Array(T * H);
-  const expertCounts = new Array<number>(E).fill(0);
+  const expertCounts = new Array<number>(w.experts.length).fill(0);
   ctx.device.pushErrorScope('validation');
   ctx.device.pushErrorScope('out-of-memory');
-  let failed = false;
+  let r: Run | undefined;
+  let errs: GPUError[] = [];
   try {
+    r = prepareRun(ctx, w, spec, opts, B, gpu.fallback);
+    const Tb = tokensPerBatch(r, B, T);
     for (let t0 = 0; t0 < T; t0 += Tb) {
       const tb = Math.min(Tb, T - t0);
-      const xb = ctx.storage(x.subarray(t0 * H, (t0 + tb) * H), 'x', ctx.batch);
-      const rw = ctx.storage(tb * Math.max(KS, 1) * 4, 'routing weights', ctx.batch);
-      const meta = ctx.storage((2 * E + tb * K) * 4 || 4, 'expert lists', ctx.batch);
-      const ids = ctx.storage(tb * K * 4 || 4, 'ids', ctx.batch);
-      const contrib = ctx.storage(tb * Math.max(KS, 1) * H * 4, 'contrib', ctx.batch);
-      const sgl = w.sharedGate ? ctx.storage(tb * 4, 'shared gate logits', ctx.batch) : dummy;
-      if (E > 0) {
-        const logits = ctx.storage(tb * E * 4, 'logits', ctx.batch);
-        const lp = ctx.uniform([tb, E, H, w.router?.bias ? 1 : 0]);
-        ctx.dispatch('router_logits', { WDT: DT[w.router!.weight.dtype] }, [lp, xb, routerW, routerB, logits], [ceil(E, 64), tb, 1]);
-        const r = spec.routing;
-        const sp = ctx.uniform(
-          [
-            tb,
-            E,
-            K,
-            KS,
-            MODE[r.scoreFunc as keyof typeof MODE],
-            r.nGroup,
-            r.topkGroup,
-            r.normTopkProb ? 1 : 0,
-            w.router?.correctionBias ? 1 : 0,
-            r.routedScalingFactor,
-            0,
-            0,
-          ],
-          [9],
-        );
-        ctx.dispatch('router_select', {}, [sp, logits, corr, ids, rw], [ceil(tb, 64), 1, 1]);
-        ctx.dispatch('gather', {}, [ctx.uniform([tb, E, K, KS]), ids, meta], [ceil(E, 64), 1, 1]);
-      } else {
-        ctx.write(rw, 0, new Float32Array(tb * KS).fill(1));
-      }
-      if (w.sharedGate) {
-        ctx.dispatch('router_logits', { WDT: DT[w.sharedGate.dtype] }, [ctx.uniform([tb, 1, H, 0]), xb, sgW, dummy, sgl], [1, tb, 1]);
-      }
+      const b: Batch = {
+        t0,
+        tb,
+        xb: ctx.storage(x.subarray(t0 * H, (t0 + tb) * H), 'x', ctx.batch),
+        rw: ctx.storage(tb * Math.max(r.KS, 1) * 4, 'routing weights', ctx.batch),
+        meta: ctx.storage((2 * r.E + tb * r.K) * 4 || 4, 'expert lists', ctx.batch),
+        contrib: ctx.storage(tb * Math.max(r.KS, 1) * H * 4, 'contrib', ctx.batch),
+        sgl: w.sharedGate ? ctx.storage(tb * 4, 'shared gate logits', ctx.batch) : r.dummy,
+      };
+      dispatchRouting(r, b);
       await ctx.releasePiece();
-
-      // Expert pieces, in order: each group's up pieces, then its down pieces. The bytes of piece
-      // j+1 are read (from disk for lazy weights) while piece j is uploaded and dispatched.
-      const hbs = groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
-      const jobs = groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
-      let next = jobs.length > 0 ? fetchPiece(jobs[0]!, H, staging, 0) : undefined;
-      for (const [j, job] of jobs.entries()) {
-        const segs = await next!;
-        next = j + 1 < jobs.length ? fetchPiece(jobs[j + 1]!, H, staging, (j + 1) % 2) : undefined;
-        const { g, gi, p } = job;
-        const e0 = g.experts[0]!;
-        const params = (Kd: number, N: number, hasBias: boolean) =>
-          ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, inScale, 0, g.experts.length, 0, 0]);
-        const bufs = new Map<string, GPUBuffer>();
-        let bytes = 0;
-        for (const s of segs) {
-          let b = bufs.get(s.kind);
-          if (!b) bufs.set(s.kind, (b = ctx.storage(s.total, `${s.kind} piece`, ctx.piece)));
-          ctx.write(b, s.offset, s.data);
-          bytes += s.data.byteLength;
-        }
-        if (opts.syncUploads) await ctx.device.queue.onSubmittedWorkDone();
-        if (job.up) {
-          const upConst = {
-            GDT: DT[e0.gate?.dtype ?? 'F32'],
-            UDT: DT[e0.up.dtype],
-            GATED: g.gated ? 1 : 0,
-            ACT: ACT[act.kind],
-            ALPHA: act.alpha ?? 1.702,
-            LIMIT: act.limit ?? 3.4e38,
-          };
-          const bindings = [params(H, g.I, !!g.bias), xb, bufs.get('gate') ?? dummy, bufs.get('up')!, gBias[gi]!, meta, rw, hbs[gi]!];
-          if (variant === 'gpu') ctx.dispatch('expert_up_gpu', { ...upConst, ...upCfg }, bindings, [ceil(p.rows, (256 / upCfg.KL) * upCfg.RW), 1, p.nE]);
-          else ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
-        } else {
-          const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, dBias[gi]!, meta, rw, contrib];
-          if (variant === 'gpu')
-            ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], ...downCfg }, bindings, [ceil(p.rows, (256 / downCfg.KL) * downCfg.RW), 1, p.nE]);
-          else ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
-        }
-        ctx.pieces++;
-        await ctx.releasePiece(bytes);
-      }
-
-      const ob = ctx.storage(tb * H * 4, 'out', ctx.batch);
-      ctx.dispatch('combine', {}, [ctx.uniform([tb, H / 4, K, KS, w.sharedGate ? 1 : 0, 0, 0, 0]), contrib, sgl, ob], [ceil(H / 4, 64), tb, 1]);
-      const rbOut = ctx.buffer(tb * H * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback', ctx.batch);
-      const rbMeta = ctx.buffer(Math.max(E, 1) * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback counts', ctx.batch);
-      const enc = ctx.device.createCommandEncoder();
-      enc.copyBufferToBuffer(ob, 0, rbOut, 0, tb * H * 4);
-      if (E > 0) enc.copyBufferToBuffer(meta, 0, rbMeta, 0, E * 4);
-      ctx.device.queue.submit([enc.finish()]);
-      await Promise.all([rbOut.mapAsync(GPUMapMode.READ), rbMeta.mapAsync(GPUMapMode.READ)]);
-      out.set(new Float32Array(rbOut.getMappedRange().slice(0)), t0 * H);
-      const counts = new Uint32Array(rbMeta.getMappedRange().slice(0));
-      for (let e = 0; e < E; e++) expertCounts[e]! += counts[e]!;
-      rbOut.unmap();
-      rbMeta.unmap();
+      await dispatchExperts(r, b);
+      await combineAndRead(r, b, out, expertCounts);
       await ctx.drainTimestamps();
       ctx.releaseBatch();
     }
-  } catch (e) {
-    failed = true;
-    throw e;
   } finally {
     ctx.releaseBatch();
-    for (const b of persistent) b.destroy();
+    for (const b of r?.persistent ?? []) b.destroy();
     ctx.destroy();
-    const errs = [await ctx.device.popErrorScope(), await ctx.device.popErrorScope()].filter((x): x is GPUError => x !== null);
-    if (errs.length > 0 && !failed) throw new MoekitError('gpu', `WebGPU: ${errs[0]!.message.split('\n')[0]}`);
+    errs = [await ctx.device.popErrorScope(), await ctx.device.popErrorScope()].filter((x): x is GPUError => x !== null);
   }
+  // reached only when nothing threw first: then a WebGPU validation / out-of-memory error is the failure
+  if (errs.length > 0) throw new MoekitError('gpu', `WebGPU: ${errs[0]!.message.split('\n')[0]}`);
   return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs };
 }

@@ -3,19 +3,10 @@
  * MoE layers, expert sizes, routing, dtypes, quantization, bytes — without reading tensor data.
  */
 import type { TensorStore, TensorInfo } from '../store/types.js';
+import { openStore } from '../store/registry.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
-import { LAYOUTS } from '../../converters/index.js';
-import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readIR } from '../engine/read.js';
+import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type ModelMeta } from '../engine/read.js';
 import { layerDims, type ModelIR } from '../engine/ir.js';
-
-/**
- * Expert layouts are recognised by the layout specs in converters/ (one source of truth with
- * `moekit convert`): the spec whose expert-tensor rules claim the most tensors wins, and the
- * experts are read through the same IR reader convert uses.
- */
-export const LAYOUT_IDS: readonly string[] = LAYOUTS.map((l) => l.id);
-
-const DENSE_MLP = /layers\.(\d+)\.(?:mlp|feed_forward)\.(?:gate_proj|up_proj|linear_fc1)\.weight$/;
 
 export interface InspectReport {
   path: string;
@@ -65,56 +56,70 @@ function detectQuantization(config: Record<string, unknown> | undefined, tensors
   return null;
 }
 
-export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<InspectReport> {
-  const config = await ck.config();
-  const tensors = [...ck.tensors.values()];
-  const warnings: string[] = [];
-  const facts = config ? familyFacts(config) : undefined;
-  if (!config) warnings.push('no config.json next to the checkpoint: family and routing unknown');
-  else if (!facts!.known) warnings.push(`model_type '${facts!.modelType}' is not a family moekit knows; layout and sizes come from tensor names only`);
+interface ExpertLayout {
+  layout: string;
+  layoutDescription: string;
+  gateUp: string | null;
+  expertsPerLayer: Record<string, number>;
+  moeLayers: number[];
+  moeI: number;
+  ir?: ModelIR;
+  denseLayers: Set<number>;
+}
 
-  // Expert layout from tensor names, by the layout specs.
-  const meta = await loadMeta(ck);
+/** The expert layout from tensor names, by the layout specs (and dense MLP layers by converters/dense-mlp.ts). */
+function expertLayout(ck: TensorStore, meta: ModelMeta, facts: FamilyFacts | undefined, warnings: string[]): ExpertLayout {
   const spec = detectLayout(ck.names(), meta);
-  const denseLayers = new Set<number>();
-  for (const t of tensors) {
-    const m = DENSE_MLP.exec(t.name);
-    if (m) denseLayers.add(Number(m[1]));
-  }
-  let layout = 'dense';
-  let layoutDescription = 'no expert tensors (dense MLP)';
-  let gateUp: string | null = null;
-  const expertsPerLayer: Record<string, number> = {};
-  let moeLayers: number[] = [];
-  let moeI = 0;
-  let ir: ModelIR | undefined;
-  if (spec) {
-    layout = spec.id;
-    layoutDescription = spec.description;
-    const order = spec.gateUp ? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : spec.gateUp.default) : 'separate';
-    gateUp = order === 'concat' ? 'concatenated' : order;
-    try {
-      ir = readIR(ck, spec, meta);
-    } catch (e) {
-      // quantized experts (MXFP4 *_blocks) do not read as plain tensors: count them by name instead
-      if (!quantizedTensors(ck)) warnings.push(`expert tensors do not read as layout ${spec.id}: ${(e as Error).message}`);
+  const x: ExpertLayout = {
+    layout: 'dense',
+    layoutDescription: 'no expert tensors (dense MLP)',
+    gateUp: null,
+    expertsPerLayer: {},
+    moeLayers: [],
+    moeI: 0,
+    denseLayers: new Set(),
+  };
+  if (!spec) {
+    x.denseLayers = new Set(readDenseMlps(ck, new Set()).keys());
+    if (x.denseLayers.size === 0) {
+      x.layout = 'unknown';
+      x.layoutDescription = 'no expert or dense-MLP tensors moekit recognises';
+      warnings.push('no expert layout recognised from tensor names: not an MoE checkpoint moekit knows');
     }
-    if (ir) {
-      for (const l of ir.layers) expertsPerLayer[l.layer] = l.experts.length;
-      moeI = layerDims(ir.layers[0]!).I;
-    } else {
-      for (const [layer, n] of claimedExperts(spec, tensors)) expertsPerLayer[layer] = n;
-      moeI = facts?.moeIntermediateSize ?? 0;
-    }
-    moeLayers = Object.keys(expertsPerLayer)
-      .map(Number)
-      .sort((a, b) => a - b);
-    for (const m of moeLayers) denseLayers.delete(m);
-  } else if (denseLayers.size === 0) {
-    layout = 'unknown';
-    layoutDescription = 'no expert or dense-MLP tensors moekit recognises';
-    warnings.push('no expert layout recognised from tensor names: not an MoE checkpoint moekit knows');
+    return x;
   }
+  x.layout = spec.id;
+  x.layoutDescription = spec.description;
+  const order = spec.gateUp ? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : spec.gateUp.default) : 'separate';
+  x.gateUp = order === 'concat' ? 'concatenated' : order;
+  try {
+    x.ir = readIR(ck, spec, meta);
+  } catch (e) {
+    // quantized experts (MXFP4 *_blocks) do not read as plain tensors: count them by name instead
+    if (!quantizedTensors(ck)) warnings.push(`expert tensors do not read as layout ${spec.id}: ${(e as Error).message}`);
+  }
+  if (x.ir) {
+    for (const l of x.ir.layers) x.expertsPerLayer[l.layer] = l.experts.length;
+    x.moeI = layerDims(x.ir.layers[0]!).I;
+  } else {
+    for (const [layer, n] of claimedExperts(spec, [...ck.tensors.values()])) x.expertsPerLayer[layer] = n;
+    x.moeI = facts?.moeIntermediateSize ?? 0;
+  }
+  x.moeLayers = Object.keys(x.expertsPerLayer)
+    .map(Number)
+    .sort((a, b) => a - b);
+  x.denseLayers = new Set(readDenseMlps(ck, new Set(x.moeLayers)).keys());
+  return x;
+}
+
+/** Warnings where config.json and the tensors disagree; returns the experts per MoE layer. */
+function configWarnings(
+  facts: FamilyFacts | undefined,
+  expertsPerLayer: Record<string, number>,
+  moeI: number,
+  moeLayers: number[],
+  warnings: string[],
+): number {
   const counts = new Set(Object.values(expertsPerLayer));
   if (counts.size > 1) warnings.push(`layers have different expert counts: ${JSON.stringify(expertsPerLayer)}`);
   const numExperts = counts.size ? Math.max(...counts) : 0;
@@ -124,12 +129,36 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
   if (facts?.moeIntermediateSize && moeI && facts.moeIntermediateSize !== moeI) {
     warnings.push(`config.json says expert intermediate size ${facts.moeIntermediateSize}, tensors say ${moeI}`);
   }
-  if (facts) {
+  if (facts?.known && moeLayers.length) {
     const cfgMoe = Array.from({ length: facts.numLayers }, (_, i) => i).filter((i) => facts.isMoeLayer(i));
-    if (moeLayers.length && facts.known && JSON.stringify(cfgMoe) !== JSON.stringify(moeLayers)) {
+    if (JSON.stringify(cfgMoe) !== JSON.stringify(moeLayers))
       warnings.push(`config.json implies MoE layers [${cfgMoe}], tensors hold experts in [${moeLayers}]`);
-    }
   }
+  return numExperts;
+}
+
+/** Inspect a checkpoint at `path` (folder, weight file or index): headers and config.json only. */
+export async function inspect(path: string): Promise<InspectReport> {
+  const ck = await openStore(path);
+  try {
+    return await inspectCheckpoint(ck, path);
+  } finally {
+    await ck.close();
+  }
+}
+
+export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<InspectReport> {
+  const config = await ck.config();
+  const tensors = [...ck.tensors.values()];
+  const warnings: string[] = [];
+  const facts = config ? familyFacts(config) : undefined;
+  if (!config) warnings.push('no config.json next to the checkpoint: family and routing unknown');
+  else if (!facts!.known) warnings.push(`model_type '${facts!.modelType}' is not a family moekit knows; layout and sizes come from tensor names only`);
+
+  const meta = await loadMeta(ck);
+  const x = expertLayout(ck, meta, facts, warnings);
+  const { ir, moeLayers, moeI, expertsPerLayer, denseLayers } = x;
+  const numExperts = configWarnings(facts, expertsPerLayer, moeI, moeLayers, warnings);
   const dtypes: Record<string, number> = {};
   for (const t of tensors) dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + 1;
   let sharedExperts: InspectReport['sharedExperts'] = null;
@@ -143,8 +172,8 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
     family: facts?.family ?? 'unknown',
     modelType: facts?.modelType ?? null,
     familyKnown: facts?.known ?? false,
-    layout,
-    layoutDescription,
+    layout: x.layout,
+    layoutDescription: x.layoutDescription,
     numLayers,
     moeLayers,
     denseMlpLayers: [...denseLayers].sort((a, b) => a - b),
@@ -154,8 +183,8 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
     hiddenSize: facts?.hiddenSize ?? 0,
     moeIntermediateSize: moeI || (moeLayers.length ? (facts?.moeIntermediateSize ?? 0) : 0),
     sharedExperts,
-    gated: layout === 'unknown' ? null : facts ? facts.activation.kind !== 'relu2' : null,
-    gateUp: moeLayers.length ? gateUp : null,
+    gated: x.layout === 'unknown' ? null : facts ? facts.activation.kind !== 'relu2' : null,
+    gateUp: moeLayers.length ? x.gateUp : null,
     routing: moeLayers.length && facts ? facts.routing : null,
     activation: facts ? facts.activation.kind : null,
     dtypes,
@@ -167,7 +196,7 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
   };
 }
 
-export function formatBytes(n: number): string {
+function formatBytes(n: number): string {
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
   let v = n;

@@ -84,123 +84,143 @@ async function configOf(ck: TensorStore, path: string): Promise<Record<string, u
   return c;
 }
 
+type Forward = (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
+
+/** The forward to run: the CPU reference, or WebGPU (and its adapter's name). */
+async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string }> {
+  if (opts.cpu) return { forward: async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T) };
+  const { getGpu } = await import('../gpu/device.js');
+  const { forwardGpu } = await import('../gpu/moe.js');
+  const adapter = (await getGpu()).adapterName;
+  progress(`WebGPU adapter: ${adapter}`);
+  return { forward: (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding }), adapter };
+}
+
+/** A side is a checkpoint in any layout, or a sharded checkpoint (moekit shard) whose forward gathers the experts from its ranks. */
+async function openSide(path: string): Promise<VerifySide> {
+  if (await isSharded(path)) return openShardedForVerify(path);
+  const ck = await openStore(path);
+  try {
+    const config = await configOf(ck, path);
+    const src = await layerSource(ck, config);
+    return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), close: () => ck.close() };
+  } catch (e) {
+    await ck.close();
+    throw e;
+  }
+}
+
+/** The layers both sides (or the side and the reference) have, narrowed by --layers. */
+function pickLayers(a: VerifySide, b: VerifySide | undefined, ref: TensorStore | undefined, names: { a: string; b?: string }, only?: number[]): number[] {
+  let layers = a.layers();
+  if (b) {
+    const lb = new Set(b.layers());
+    const missing = layers.filter((l) => !lb.has(l));
+    if (missing.length > 0 && !only) throw new MoekitError('unsupported', `${names.b} has no MLP block for layer(s) ${missing.join(', ')} that ${names.a} has`);
+    layers = layers.filter((l) => lb.has(l));
+  } else {
+    layers = layers.filter((l) => ref!.has(`layers.${l}.output`));
+  }
+  if (only) {
+    const have = new Set(layers);
+    const bad = only.filter((l) => !have.has(l));
+    if (bad.length > 0)
+      throw new MoekitError('usage', `--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
+    layers = only;
+  }
+  if (layers.length === 0)
+    throw new MoekitError('unsupported', `${names.a}: no MLP layers to verify${ref ? ' (the reference has no layers.N.output matching them)' : ''}`);
+  return layers;
+}
+
+/** Input tokens: the reference's `input` when given (its first --tokens rows), else seeded random tokens. */
+async function inputTokens(ref: TensorStore | undefined, opts: VerifyOptions, H: number): Promise<{ x: Float32Array; T: number }> {
+  if (!ref) {
+    const T = opts.tokens ?? 32;
+    return { x: randomTokens(T, H, opts.seed ?? 0), T };
+  }
+  const info = ref.info('input');
+  if (info.shape.length !== 2 || info.shape[1] !== H)
+    throw new MoekitError('bad-input', `${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
+  const x = toFloat32(await ref.read(info), info.dtype as 'F32');
+  const T = opts.tokens !== undefined && opts.tokens < info.shape[0]! ? opts.tokens : info.shape[0]!;
+  return { x: x.subarray(0, T * H), T };
+}
+
+interface Checked {
+  result: LayerResult;
+  sixteen: boolean;
+}
+
+/** Run layer `l` of `a` and compare it with `b` (fed the same tokens) or the reference output. */
+async function checkLayer(
+  l: number,
+  a: VerifySide,
+  b: VerifySide | undefined,
+  ref: TensorStore | undefined,
+  run: { forward: Forward; x: Float32Array; T: number; opts: VerifyOptions },
+): Promise<Checked> {
+  const { forward, x, T, opts } = run;
+  // The GPU forward streams expert matrices from disk; the CPU one loads them.
+  const la = await a.load(l, { lazy: !opts.cpu });
+  const ra = await forward(la, x, T);
+  let want: Float32Array;
+  let got = ra.out;
+  let sixteen = blockIs16Bit(la.weights);
+  if (b) {
+    const lb = await b.load(l, { lazy: !opts.cpu });
+    if (lb.weights.hidden !== la.weights.hidden)
+      throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
+    sixteen ||= blockIs16Bit(lb.weights);
+    // Both sides are computed the same way; `a` is the reference of the relative error.
+    want = ra.out;
+    got = (await forward(lb, x, T)).out;
+  } else {
+    const info = ref!.info(`layers.${l}.output`);
+    want = toFloat32(await ref!.read(info), info.dtype as 'F32').subarray(0, T * la.weights.hidden);
+  }
+  const rtol = opts.rtol ?? (sixteen ? 2e-2 : 1e-4);
+  const c = compare(got, want);
+  return {
+    sixteen,
+    result: {
+      layer: l,
+      kind: la.kind,
+      maxAbs: c.maxAbs,
+      maxRel: c.maxRel,
+      expertsHit: ra.expertCounts.filter((n) => n > 0).length,
+      experts: ra.expertCounts.length,
+      pass: Number.isFinite(c.maxAbs) && c.maxAbs <= (opts.atol ?? 0) + rtol * c.refMax,
+    },
+  };
+}
+
 export async function verify(aPath: string, bPath: string | undefined, opts: VerifyOptions = {}): Promise<VerifyReport> {
   if (!bPath && !opts.reference) throw new MoekitError('usage', 'verify needs a second checkpoint <b> or --reference <file>');
   const progress = opts.onProgress ?? (() => {});
-  const backend = opts.cpu ? 'cpu' : 'webgpu';
-  let forward: (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
-  let adapter: string | undefined;
-  if (opts.cpu) {
-    forward = async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T);
-  } else {
-    const { getGpu } = await import('../gpu/device.js');
-    const { forwardGpu } = await import('../gpu/moe.js');
-    adapter = (await getGpu()).adapterName;
-    progress(`WebGPU adapter: ${adapter}`);
-    forward = (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding });
-  }
-
-  // A side is a checkpoint read by `loader`, or a sharded checkpoint (moekit shard) whose
-  // forward gathers the experts from its ranks.
-  const openSide = async (path: string): Promise<VerifySide> => {
-    if (await isSharded(path)) return openShardedForVerify(path);
-    const ck = await openStore(path);
-    try {
-      const config = await configOf(ck, path);
-      const src = await layerSource(ck, config);
-      return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), close: () => ck.close() };
-    } catch (e) {
-      await ck.close();
-      throw e;
-    }
-  };
+  const { forward, adapter } = await makeForward(opts, progress);
   const a = await openSide(aPath);
   let b: VerifySide | undefined;
   let ref: TensorStore | undefined;
   try {
     b = bPath ? await openSide(bPath) : undefined;
     ref = opts.reference ? await openStore(opts.reference) : undefined;
-    const ca = a.config;
-    let layers = a.layers();
-    if (b) {
-      const lb = new Set(b.layers());
-      const missing = layers.filter((l) => !lb.has(l));
-      if (missing.length > 0 && !opts.layers)
-        throw new MoekitError('unsupported', `${bPath} has no MLP block for layer(s) ${missing.join(', ')} that ${aPath} has`);
-      layers = layers.filter((l) => lb.has(l));
-    } else {
-      layers = layers.filter((l) => ref!.has(`layers.${l}.output`));
-    }
-    if (opts.layers) {
-      const have = new Set(layers);
-      const bad = opts.layers.filter((l) => !have.has(l));
-      if (bad.length > 0)
-        throw new MoekitError('usage', `--layers: layer(s) ${bad.join(', ')} not available (verifiable layers: ${layers.join(', ') || 'none'})`);
-      layers = opts.layers;
-    }
-    if (layers.length === 0)
-      throw new MoekitError('unsupported', `${aPath}: no MLP layers to verify${ref ? ` (the reference has no layers.N.output matching them)` : ''}`);
-
-    // Input: the reference's `input` when given, else seeded random tokens.
-    let x: Float32Array;
-    let T: number;
-    const H = Number(ca.hidden_size ?? (ca.text_config as Record<string, unknown> | undefined)?.hidden_size);
-    if (ref) {
-      const info = ref.info('input');
-      if (info.shape.length !== 2 || info.shape[1] !== H)
-        throw new MoekitError('bad-input', `${opts.reference}: input has shape [${info.shape}], expected [T, ${H}]`);
-      T = info.shape[0]!;
-      x = toFloat32(await ref.read(info), info.dtype as 'F32');
-      if (opts.tokens !== undefined && opts.tokens < T) {
-        T = opts.tokens;
-        x = x.subarray(0, T * H);
-      }
-    } else {
-      T = opts.tokens ?? 32;
-      x = randomTokens(T, H, opts.seed ?? 0);
-    }
-
+    const layers = pickLayers(a, b, ref, { a: aPath, b: bPath }, opts.layers);
+    const H = Number(a.config.hidden_size ?? (a.config.text_config as Record<string, unknown> | undefined)?.hidden_size);
+    const { x, T } = await inputTokens(ref, opts, H);
     const results: LayerResult[] = [];
     let any16 = false;
     for (const [i, l] of layers.entries()) {
       progress(`layer ${l} (${i + 1}/${layers.length})`);
-      // The GPU forward streams expert matrices from disk; the CPU one loads them.
-      const la = await a.load(l, { lazy: !opts.cpu });
-      const ra = await forward(la, x, T);
-      let refOut: Float32Array;
-      let sixteen = blockIs16Bit(la.weights);
-      if (b) {
-        const lb = await b.load(l, { lazy: !opts.cpu });
-        if (lb.weights.hidden !== la.weights.hidden)
-          throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
-        sixteen ||= blockIs16Bit(lb.weights);
-        // Both sides are computed the same way; `a` is the reference of the relative error.
-        refOut = ra.out;
-        const rb = await forward(lb, x, T);
-        ra.out = rb.out;
-      } else {
-        const info = ref!.info(`layers.${l}.output`);
-        refOut = toFloat32(await ref!.read(info), info.dtype as 'F32').subarray(0, T * H);
-      }
-      any16 ||= sixteen;
-      const r = opts.rtol ?? (sixteen ? 2e-2 : 1e-4);
-      const atol = opts.atol ?? 0;
-      const c = compare(ra.out, refOut);
-      results.push({
-        layer: l,
-        kind: la.kind,
-        maxAbs: c.maxAbs,
-        maxRel: c.maxRel,
-        expertsHit: ra.expertCounts.filter((n) => n > 0).length,
-        experts: ra.expertCounts.length,
-        pass: Number.isFinite(c.maxAbs) && c.maxAbs <= atol + r * c.refMax,
-      });
+      const c = await checkLayer(l, a, b, ref, { forward, x, T, opts });
+      any16 ||= c.sixteen;
+      results.push(c.result);
     }
     return {
       a: aPath,
       b: bPath,
       reference: opts.reference,
-      backend,
+      backend: opts.cpu ? 'cpu' : 'webgpu',
       adapter,
       tokens: T,
       atol: opts.atol ?? 0,

@@ -6,6 +6,7 @@
  * files (tokenizer, generation config, chat template, model card) come along so every output is a
  * complete model folder.
  */
+import type { Stats } from 'node:fs';
 import { rmSync, unlinkSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
@@ -89,7 +90,7 @@ async function checkNotSource(dst: string, sources: readonly string[]): Promise<
 
 /** The destination must not exist, or be an empty folder, unless `force`. Returns whether it exists. */
 async function checkDestination(dst: string, force: boolean): Promise<boolean> {
-  let st;
+  let st: Stats;
   try {
     st = await stat(dst);
   } catch {
@@ -120,7 +121,7 @@ async function removeStaleTemps(dst: string): Promise<void> {
 }
 
 /** One destination being written. */
-export class Output {
+class Output {
   private done = false;
   private constructor(
     readonly dst: string,

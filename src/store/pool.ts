@@ -17,7 +17,7 @@ export class BufferPool {
   }
 }
 
-export const DEFAULT_CHUNK = 16 * 1024 * 1024;
+const DEFAULT_CHUNK = 16 * 1024 * 1024;
 export const sharedPool = new BufferPool(DEFAULT_CHUNK);
 
 /** A piece of tensor data handed to the writer; `release` returns its buffer to a pool once written. */

@@ -3,6 +3,7 @@
  * bytes and file structure), never by extension. Adding a container: implement TensorStore and
  * add one entry to CONTAINERS (its `sniff` sees the first bytes of a file, or a folder's names).
  */
+import type { Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { MoekitError } from '../errors.js';
 import type { TensorStore } from './types.js';
@@ -65,7 +66,7 @@ const FOLDER_HINTS: [RegExp, string][] = [
 ];
 
 /** The format of a single file, by its first bytes. */
-export async function sniff(path: string): Promise<Container | undefined> {
+async function sniff(path: string): Promise<Container | undefined> {
   const h = await head(path);
   return CONTAINERS.find((c) => c.sniffFile(h));
 }
@@ -79,7 +80,7 @@ const refuse = (path: string, what: string): never => {
 
 /** Open a checkpoint: a folder, a weight file, or an index.json, in any container moekit reads. */
 export async function openStore(path: string): Promise<TensorStore> {
-  let st;
+  let st: Stats;
   try {
     st = await stat(path);
   } catch {

@@ -98,8 +98,7 @@ export async function readRankManifest(rankDir: string): Promise<RankManifest | 
   const path = join(rankDir, RANK_MANIFEST);
   const m = (await readJsonIfExists(path)) as RankManifest | undefined;
   if (m === undefined) return undefined;
-  if (m?.format !== 'moekit-shard-rank' || !m.tensors || !Array.isArray(m.experts))
-    throw new MoekitError('bad-input', `${path}: not a moekit rank manifest`);
+  if (m?.format !== 'moekit-shard-rank' || !m.tensors || !Array.isArray(m.experts)) throw new MoekitError('bad-input', `${path}: not a moekit rank manifest`);
   return m;
 }
 

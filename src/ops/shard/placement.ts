@@ -35,7 +35,7 @@ export function placeExperts(numExperts: number, ep: number, placement: Placemen
   return ranks;
 }
 
-export function divisors(n: number): number[] {
+function divisors(n: number): number[] {
   const out: number[] = [];
   for (let d = 1; d <= n; d++) if (n % d === 0) out.push(d);
   return out;

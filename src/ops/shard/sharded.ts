@@ -58,7 +58,7 @@ export async function isSharded(path: string): Promise<boolean> {
 }
 
 /** The one-line refusal for a plan where some expert slice is held twice or not at all. */
-export function checkCoverage(m: ShardManifest, where: string): void {
+function checkCoverage(m: ShardManifest, where: string): void {
   const E = m.source.numExperts;
   const I = m.source.moeIntermediateSize;
   if (m.ranks.length !== m.ep * m.etp)

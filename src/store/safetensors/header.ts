@@ -1,18 +1,7 @@
-/**
- * Safetensors header parsing and validation.
- *
- * Why our own code: the npm `safetensors` package only parses a whole file held in memory
- * (and breaks on `__metadata__`), and `@huggingface/hub`'s `parseSafetensorsMetadata` only reads
- * over HTTP range requests. moekit must read one tensor at a time from terabyte-class local files
- * with positioned reads, so the 8-byte length + JSON header is parsed here, and validated hard:
- * a lying header must never make us allocate or read out of bounds.
- * The header types follow `@huggingface/hub`'s SafetensorsFileHeader (the tests cross-check it).
- */
-import { basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { type Dtype, DTYPE_SIZES, isDtype, numel } from '../dtypes.js';
 
-export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
 export interface TensorEntry {
   name: string;
@@ -108,8 +97,4 @@ export function checkHeaderLength(len: bigint, fileSize: number, where: string):
   }
   if (n < 2) throw new MoekitError('bad-input', `${where}: header length ${n} is too small for a JSON object`);
   return n;
-}
-
-export function shortName(path: string): string {
-  return basename(path);
 }

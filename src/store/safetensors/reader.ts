@@ -3,6 +3,7 @@
  * Opening reads only headers; tensor bytes are read on demand with positioned reads, so memory
  * does not grow with checkpoint size.
  */
+import type { Stats } from 'node:fs';
 import { open, readFile, realpath, stat, readdir, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
@@ -61,7 +62,7 @@ export interface IndexJson {
 }
 
 /** Resolve a weight_map file name safely inside `dir`; refuses absolute paths and `..` escapes. */
-export function safeShardPath(dir: string, file: string, indexPath: string): string {
+function safeShardPath(dir: string, file: string, indexPath: string): string {
   if (typeof file !== 'string' || file.length === 0) throw new MoekitError('bad-input', `${indexPath}: weight_map has an empty or non-string file name`);
   if (isAbsolute(file) || /^[a-zA-Z]:[\\/]/.test(file) || file.includes('\0')) {
     throw new MoekitError('bad-input', `${indexPath}: weight_map points to absolute path '${file}'; shard files must be inside the checkpoint folder`);
@@ -89,7 +90,7 @@ export class SafetensorsStore implements TensorStore {
 
   /** Open a .safetensors file, a .index.json, or a folder containing either. */
   static async open(path: string): Promise<SafetensorsStore> {
-    let st;
+    let st: Stats;
     try {
       st = await stat(path);
     } catch {
