@@ -9,9 +9,11 @@ export const EXIT_CODES = {
   /** bad flags or arguments */
   usage: 2,
   /** a path that does not exist */
-  'not-found': 3,
+  'not-found': 2,
   /** malformed, truncated or inconsistent input: headers, index, config, moekit.json, manifests */
-  'bad-input': 3,
+  'bad-input': 2,
+  /** `verify` found no difference but could not check everything (layers without a reference, unsupported routing) */
+  unchecked: 3,
   /** valid input moekit will not do: unknown layout or family, lossy conversion, quantized storage, unread container */
   unsupported: 4,
   /** the destination cannot be written: exists, is or contains the source, is locked by another run */
@@ -30,12 +32,21 @@ export const EXIT_CODES = {
 
 export type ErrorCode = keyof typeof EXIT_CODES;
 
+/** Longest error line: values echoed from hostile input (a 10^6-element array) are cut. */
+const MAX_MESSAGE = 600;
+
+/** One line of at most MAX_MESSAGE characters. */
+export function oneLine(message: string): string {
+  const m = message.replace(/\s*\n\s*/g, ' ');
+  return m.length <= MAX_MESSAGE ? m : `${m.slice(0, MAX_MESSAGE - 1)}…`;
+}
+
 export class MoekitError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
   ) {
-    super(message.replace(/\s*\n\s*/g, ' '));
+    super(oneLine(message));
     this.name = 'MoekitError';
   }
 

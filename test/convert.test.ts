@@ -475,7 +475,7 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
   const refused = async (args: string[], re: RegExp) => {
     const dst = out('refused');
     const r = await cli(['convert', ...args, '-o', dst]);
-    expect([3, 4, 5], r.stderr).toContain(r.code);
+    expect([2, 4, 5], r.stderr).toContain(r.code);
     expect(r.stderr).toMatch(re);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(existsSync(dst)).toBe(false);
@@ -528,15 +528,25 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
     await refused([SOURCES.deepseek_v3_fp8!, '--to', 'te'], /is quantized \(FP8/);
   });
 
-  it('existing non-empty destination unless --force', async () => {
+  it('existing non-empty destination unless --force, and --force replaces only a moekit output', async () => {
     const dst = out('exists');
     mkdirSync(dst);
     writeFileSync(join(dst, 'keep.txt'), 'x');
     const r = await cli(['convert', SOURCES.mixtral!, '--to', 'te', '-o', dst]);
     expect([r.code, r.stderr.trim()]).toEqual([5, `moekit: error: ${dst} exists and is not empty; pass --force to replace it`]);
     expect(readdirSync(dst)).toEqual(['keep.txt']);
-    const f = await cli(['convert', SOURCES.mixtral!, '--to', 'te', '-o', dst, '--force']);
+    const n = await cli(['convert', SOURCES.mixtral!, '--to', 'te', '-o', dst, '--force']);
+    expect([n.code, n.stderr.trim()]).toEqual([
+      5,
+      `moekit: error: ${dst} exists and was not written by moekit; --force replaces only moekit outputs: choose another destination or remove it yourself`,
+    ]);
+    expect(readdirSync(dst)).toEqual(['keep.txt']);
+    const m = out('moekit-output');
+    expect((await cli(['convert', SOURCES.mixtral!, '--to', 'te', '-o', m])).code).toBe(0);
+    writeFileSync(join(m, 'stale.txt'), 'x');
+    const f = await cli(['convert', SOURCES.mixtral!, '--to', 'nemo', '-o', m, '--force']);
     expect(f.code, f.stderr).toBe(0);
-    expect(readdirSync(dst)).not.toContain('keep.txt');
+    expect(readdirSync(m)).not.toContain('stale.txt');
+    expect(readdirSync(m)).toContain('.moekit-output');
   });
 });

@@ -84,7 +84,7 @@ describe('inspect --json agrees with config.json for every fixture', () => {
 
   it('missing path is a one-line error', () => {
     const r = runCli(['inspect', '/nonexistent/model']);
-    expect(r.code).toBe(3);
+    expect(r.code).toBe(2);
     expect(r.stderr.trim()).toBe('moekit: error: /nonexistent/model: no such file or folder');
   });
 });

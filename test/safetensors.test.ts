@@ -167,14 +167,14 @@ function stFile(header: unknown, dataLen: number, opts: { lengthOverride?: bigin
 
 function expectRefused(path: string, pattern: RegExp): void {
   const r = runCli(['inspect', path]);
-  expect(r.code, r.stderr).toBe(3);
+  expect(r.code, r.stderr).toBe(2);
   const lines = r.stderr.trim().split('\n');
   expect(lines.length, r.stderr).toBe(1);
   expect(lines[0]).toMatch(/^moekit: error: /);
   expect(lines[0]).toMatch(pattern);
 }
 
-describe('hostile safetensors files: one-line error, exit 3', () => {
+describe('hostile safetensors files: one-line error, exit 2', () => {
   const dir = join(tmp.dir, 'hostile');
   mkdirSync(dir, { recursive: true });
   const write = (name: string, buf: Buffer) => {

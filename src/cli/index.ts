@@ -1,6 +1,6 @@
 /** moekit command line: each command lives in src/commands/ and registers itself here. */
 import { Command, CommanderError } from 'commander';
-import { EXIT_CODES, MoekitError } from '../errors.js';
+import { EXIT_CODES, MoekitError, oneLine } from '../errors.js';
 import { registerInspect } from './inspect.js';
 import { registerConvert } from './convert.js';
 import { registerVerify } from './verify.js';
@@ -59,7 +59,7 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) return code;
     const err = e as NodeJS.ErrnoException;
     if (e instanceof MoekitError || (err && typeof err.code === 'string' && err.message)) {
-      process.stderr.write(`moekit: error: ${err.message.split('\n')[0]}\n`);
+      process.stderr.write(`moekit: error: ${oneLine(err.message.split('\n')[0]!)}\n`);
     } else {
       process.stderr.write(`moekit: internal error (please report): ${err?.stack || String(e)}\n`);
     }

@@ -3,11 +3,13 @@
  * layout spec its tensor names match (converters/), and the expert IR as lazy views over the
  * store. Nothing here reads tensor data.
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { TensorStore, TensorInfo } from '../store/types.js';
 import { readJsonIfExists } from '../store/json.js';
 import { MoekitError } from '../errors.js';
-import { familyFacts, type Routing, type Activation } from '../families/index.js';
+import { familyFacts, type Routing, type Activation, type ScoreFunc } from '../families/index.js';
+import { Checker, LIMITS } from '../store/schema.js';
 import { View, layerDims, type Dims, type ExpertIR, type LayerIR, type ModelIR, type ExpertField, type LayerField } from './ir.js';
 import {
   declaredShape,
@@ -42,6 +44,8 @@ export interface MoekitJson {
   activation: Activation | null;
   layers: LayerReport[];
   source: { layout: string };
+  /** digestOf the other fields (absent in files written before moekit recorded it) */
+  digest?: string;
 }
 
 export interface LayerReport {
@@ -65,11 +69,93 @@ export interface ModelMeta {
   moekit?: MoekitJson;
 }
 
+const SCORE_FUNCS: readonly ScoreFunc[] = ['softmax', 'sigmoid', 'topk_softmax', 'topk_sigmoid_input', 'sparsemixer'];
+const ACTIVATIONS: readonly Activation['kind'][] = ['swiglu', 'geglu_tanh', 'geglu', 'relu2', 'swiglu_oai', 'swiglu_clamped'];
+
+function checkRouting(k: Checker, v: unknown, E: number): Routing {
+  const r = k.obj(v, 'routing');
+  const nGroup = k.int(r.nGroup, 'routing.nGroup', 1, Math.max(1, E));
+  return {
+    scoreFunc: k.str(r.scoreFunc, 'routing.scoreFunc', SCORE_FUNCS) as ScoreFunc,
+    topK: k.int(r.topK, 'routing.topK', 1, Math.max(1, E)),
+    nGroup,
+    topkGroup: k.int(r.topkGroup, 'routing.topkGroup', 1, nGroup),
+    normTopkProb: k.bool(r.normTopkProb, 'routing.normTopkProb'),
+    routedScalingFactor: k.num(r.routedScalingFactor, 'routing.routedScalingFactor'),
+    correctionBias: k.bool(r.correctionBias, 'routing.correctionBias'),
+    routerBias: k.bool(r.routerBias, 'routing.routerBias'),
+  };
+}
+
+function checkLayerReport(k: Checker, v: unknown, i: number): LayerReport {
+  const l = k.obj(v, `layers[${i}]`);
+  const f = (n: string) => `layers[${i}].${n}`;
+  const experts = k.int(l.experts, f('experts'), 1, LIMITS.experts);
+  const routerExperts = k.int(l.routerExperts, f('routerExperts'), 1, LIMITS.experts);
+  return {
+    layer: k.int(l.layer, f('layer'), 0, LIMITS.layers),
+    experts,
+    routerExperts,
+    intermediate: k.int(l.intermediate, f('intermediate'), 0, LIMITS.intermediate),
+    sharedIntermediate: k.int(l.sharedIntermediate, f('sharedIntermediate'), 0, LIMITS.intermediate),
+    gated: k.bool(l.gated, f('gated')),
+    fields: k.arr(l.fields, f('fields'), 64).map((x, j) => k.str(x, `${f('fields')}[${j}]`)),
+    ...(l.globalExperts === undefined ? {} : { globalExperts: k.ints(l.globalExperts, f('globalExperts'), 0, routerExperts - 1, experts) }),
+  };
+}
+
+/** moekit.json as written by moekit, every field checked (it decides what is read and written). */
+function checkMoekitJson(v: Record<string, unknown>, where: string): MoekitJson {
+  const k = new Checker(where);
+  if (v.format !== 'moekit' || v.version !== 1) k.fail('format', "must be 'moekit' version 1 (not a moekit.json)");
+  const dims = k.obj(v.dims, 'dims');
+  const E = k.int(dims.numExperts, 'dims.numExperts', 0, LIMITS.experts);
+  const layout = k.str(
+    v.layout,
+    'layout',
+    LAYOUTS.map((l) => l.id),
+  );
+  const act = v.activation === null ? null : k.obj(v.activation, 'activation');
+  if (v.digest !== undefined && v.digest !== digestOf(v)) {
+    k.fail('digest', 'does not match the file: moekit.json was edited after moekit wrote it (restore it, or delete its digest field to vouch for the edit)');
+  }
+  const checked: MoekitJson = {
+    format: 'moekit',
+    version: 1,
+    family: k.str(v.family, 'family'),
+    modelType: k.str(v.modelType, 'modelType'),
+    layout,
+    gateUp: k.str(v.gateUp, 'gateUp', ['concat', 'interleaved', 'separate']) as MoekitJson['gateUp'],
+    gated: k.bool(v.gated, 'gated'),
+    hfRoot: k.str(v.hfRoot, 'hfRoot'),
+    dims: {
+      hiddenSize: k.int(dims.hiddenSize, 'dims.hiddenSize', 0, LIMITS.hidden),
+      numExperts: E,
+      moeIntermediateSize: k.int(dims.moeIntermediateSize, 'dims.moeIntermediateSize', 0, LIMITS.intermediate),
+      sharedIntermediateSize: k.int(dims.sharedIntermediateSize, 'dims.sharedIntermediateSize', 0, LIMITS.intermediate),
+    },
+    routing: v.routing === null ? null : checkRouting(k, v.routing, E),
+    activation: act && {
+      kind: k.str(act.kind, 'activation.kind', ACTIVATIONS) as Activation['kind'],
+      ...(act.alpha === undefined ? {} : { alpha: k.num(act.alpha, 'activation.alpha') }),
+      ...(act.limit === undefined ? {} : { limit: k.num(act.limit, 'activation.limit') }),
+    },
+    layers: k.arr(v.layers, 'layers', LIMITS.layers).map((l, i) => checkLayerReport(k, l, i)),
+    source: { layout: k.str(k.obj(v.source, 'source').layout, 'source.layout') },
+  };
+  return v.digest === undefined ? checked : { ...checked, digest: v.digest as string };
+}
+
 export async function loadMeta(ck: TensorStore): Promise<ModelMeta> {
   const config = await ck.config();
-  const mk = (await readJsonIfExists(join(ck.dir, 'moekit.json'))) as MoekitJson | undefined;
-  if (mk && (mk.format !== 'moekit' || typeof mk.layout !== 'string' || typeof mk.family !== 'string')) {
-    throw new MoekitError('unsupported', `${join(ck.dir, 'moekit.json')}: not a moekit.json (format/layout/family missing)`);
+  const where = join(ck.dir, 'moekit.json');
+  const raw = await readJsonIfExists(where);
+  const mk = raw && checkMoekitJson(raw, where);
+  if (mk && config) {
+    // cross-check with the config the tensors came with: a disagreement is an error, not a silent change
+    const f = familyFacts(config);
+    if (f.known && f.family !== mk.family)
+      throw new MoekitError('bad-input', `${where}: family '${mk.family}' disagrees with config.json (model_type '${f.modelType}', family '${f.family}')`);
   }
   if (mk) return { family: mk.family, modelType: mk.modelType, routing: mk.routing, activation: mk.activation, config, moekit: mk };
   if (config) {
@@ -113,6 +199,10 @@ export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | und
   if (meta.moekit) {
     const s = layoutById(meta.moekit.layout);
     if (s && claims(s, names).experts > 0) return s;
+    throw new MoekitError(
+      'bad-input',
+      `moekit.json says layout '${meta.moekit.layout}', but no expert tensor is named that way; the file belongs to another checkpoint`,
+    );
   }
   let best: { spec: LayoutSpec; experts: number; all: number } | undefined;
   for (const spec of LAYOUTS) {
@@ -321,13 +411,20 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   experts.forEach((e, i) => {
     for (const f of need) if (!e[f]) throw new MoekitError('unsupported', `layer ${n}: expert ${i} has no ${f} tensor in layout '${spec.id}'`);
   });
-  return { layer: n, ...lf, experts: experts as ExpertIR[], globalIds: layerMeta?.globalExperts ?? experts.map((_, i) => i) };
+  const globalIds = layerMeta?.globalExperts ?? experts.map((_, i) => i);
+  if (globalIds.length !== E || new Set(globalIds).size !== E || globalIds.some((g) => g >= Er)) {
+    throw new MoekitError(
+      'bad-input',
+      `layer ${n}: moekit.json lists global experts [${globalIds.slice(0, 16)}${globalIds.length > 16 ? ',…' : ''}] for ${E} experts of ${Er}; the file does not describe these tensors`,
+    );
+  }
+  return { layer: n, ...lf, experts: experts as ExpertIR[], globalIds };
 }
 
 /** The moekit.json of a converted checkpoint. */
 export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gateUp' | 'target'>, sourceLayout: string): MoekitJson {
   const l0 = plan.layers[0];
-  return {
+  const mk: MoekitJson = {
     format: 'moekit',
     version: 1,
     family: ir.family,
@@ -347,6 +444,28 @@ export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gate
     layers: plan.layers,
     source: { layout: sourceLayout },
   };
+  return { ...mk, digest: digestOf(mk) };
+}
+
+/**
+ * sha256 of a metadata object's fields (digest excluded), canonical key order: moekit.json and the
+ * shard manifest carry it so that an edited or corrupted file is refused rather than trusted.
+ */
+export function digestOf(v: object): string {
+  const canon = (x: unknown): unknown =>
+    Array.isArray(x)
+      ? x.map(canon)
+      : x && typeof x === 'object'
+        ? Object.fromEntries(
+            Object.keys(x)
+              .sort()
+              .map((k) => [k, canon((x as Record<string, unknown>)[k])]),
+          )
+        : x;
+  const { digest: _, ...fields } = v as Record<string, unknown>;
+  return createHash('sha256')
+    .update(JSON.stringify(canon(fields)))
+    .digest('hex');
 }
 
 /** A dense MLP block of one layer: its weights as views. */

@@ -5,6 +5,7 @@
  * ../shared/reference/moe-layouts.md; each family cites where its routing comes from.
  */
 import { MoekitError } from '../errors.js';
+import { Checker, LIMITS } from '../store/schema.js';
 
 export type ScoreFunc =
   /** softmax over all E logits, then top-k (Mixtral, Qwen, OLMoE) */
@@ -81,6 +82,41 @@ const num = (c: Record<string, unknown>, ...keys: string[]): number | undefined 
   return undefined;
 };
 const bool = (c: Record<string, unknown>, key: string, dflt: boolean): boolean => (typeof c[key] === 'boolean' ? (c[key] as boolean) : dflt);
+
+/** Integer fields of config.json and their upper bounds: anything else is refused before it sizes a loop or a buffer. */
+const INT_FIELDS: Record<string, number> = {
+  num_hidden_layers: LIMITS.layers,
+  n_layer: LIMITS.layers,
+  num_layers: LIMITS.layers,
+  hidden_size: LIMITS.hidden,
+  d_model: LIMITS.hidden,
+  intermediate_size: LIMITS.intermediate,
+  moe_intermediate_size: LIMITS.intermediate,
+  shared_expert_intermediate_size: LIMITS.intermediate,
+  intermediate_size_mlp: LIMITS.intermediate,
+  num_experts_per_tok: LIMITS.experts,
+  experts_per_token: LIMITS.experts,
+  moe_topk: LIMITS.experts,
+  n_routed_experts: LIMITS.experts,
+  num_local_experts: LIMITS.experts,
+  num_experts: LIMITS.experts,
+  n_shared_experts: LIMITS.experts,
+  n_group: LIMITS.experts,
+  topk_group: LIMITS.experts,
+  first_k_dense_replace: LIMITS.layers,
+  moe_layer_freq: LIMITS.layers,
+  decoder_sparse_step: LIMITS.layers,
+  interleave_moe_layer_step: LIMITS.layers,
+};
+
+/** Refuse config.json values that are not sane integers or layer lists. */
+function checkConfig(c: Record<string, unknown>): void {
+  const k = new Checker('config.json');
+  for (const [key, max] of Object.entries(INT_FIELDS)) if (c[key] !== undefined && c[key] !== null) k.int(c[key], key, 0, max);
+  for (const key of ['moe_layers', 'mlp_only_layers']) if (Array.isArray(c[key])) k.ints(c[key], key, 0, LIMITS.layers, LIMITS.layers);
+  const g = c.n_group as number | undefined;
+  if (g && typeof c.topk_group === 'number' && c.topk_group > g) k.fail('topk_group', `(${c.topk_group}) exceeds n_group (${g})`);
+}
 
 function activationFromConfig(c: Record<string, unknown>): Activation {
   const act = String(c.hidden_act ?? c.hidden_activation ?? 'silu');
@@ -255,6 +291,7 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
   // Llama4 keeps the text model's fields under text_config.
   const modelType = String(config.model_type ?? '');
   const c = modelType === 'llama4' && typeof config.text_config === 'object' && config.text_config ? (config.text_config as Record<string, unknown>) : config;
+  checkConfig(c);
   const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk') ?? 0;
   const base: Base = {
     modelType,

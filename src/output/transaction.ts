@@ -8,7 +8,8 @@
  */
 import type { Stats } from 'node:fs';
 import { rmSync, unlinkSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MoekitError } from '../errors.js';
@@ -24,17 +25,18 @@ export interface OutputOptions {
 const active = new Set<Output>();
 let handlersInstalled = false;
 
+const SIGNALS = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
+
 function onSignal(sig: NodeJS.Signals): void {
   for (const o of active) o.removeNow();
   process.stderr.write(`moekit: interrupted (${sig}); partial output removed\n`);
-  process.exit(sig === 'SIGINT' ? 130 : 143);
+  process.exit(SIGNALS[sig as keyof typeof SIGNALS] ?? 130);
 }
 
 function track(o: Output): void {
   active.add(o);
   if (!handlersInstalled) {
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    for (const sig of Object.keys(SIGNALS)) process.on(sig, onSignal);
     handlersInstalled = true;
   }
 }
@@ -42,8 +44,7 @@ function track(o: Output): void {
 function untrack(o: Output): void {
   active.delete(o);
   if (active.size === 0 && handlersInstalled) {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const sig of Object.keys(SIGNALS)) process.off(sig, onSignal);
     handlersInstalled = false;
   }
 }
@@ -88,22 +89,38 @@ async function checkNotSource(dst: string, sources: readonly string[]): Promise<
   }
 }
 
-/** The destination must not exist, or be an empty folder, unless `force`. Returns whether it exists. */
+/** The file every output folder gets, so `--force` can tell a moekit output from anything else. */
+const MARK = '.moekit-output';
+/** Files that mark folders written by moekit (older outputs have no MARK). */
+const OUTPUT_MARKS = [MARK, 'moekit.json', 'moekit-manifest.json', 'rank-manifest.json'];
+
+/**
+ * The destination must not exist, or be an empty folder; with `force` it may also be an earlier
+ * moekit output (never any other folder). Returns whether it exists.
+ */
 async function checkDestination(dst: string, force: boolean): Promise<boolean> {
   let st: Stats;
   try {
-    st = await stat(dst);
+    st = await lstat(dst);
   } catch {
     return false;
   }
   if (!st.isDirectory()) throw new MoekitError('destination', `${dst} exists and is not a folder`);
-  if ((await readdir(dst)).length > 0 && !force) throw new MoekitError('destination', `${dst} exists and is not empty; pass --force to replace it`);
+  const names = await readdir(dst);
+  if (names.length === 0) return true;
+  if (!force) throw new MoekitError('destination', `${dst} exists and is not empty; pass --force to replace it`);
+  if (!names.some((n) => OUTPUT_MARKS.includes(n))) {
+    throw new MoekitError(
+      'destination',
+      `${dst} exists and was not written by moekit; --force replaces only moekit outputs: choose another destination or remove it yourself`,
+    );
+  }
   return true;
 }
 
 const TMP_MARK = '.moekit-tmp-';
 
-/** Remove temp folders a killed run left next to `dst` (their pid is in the name and no longer runs). */
+/** Remove temp folders earlier runs left next to `dst`; called with the lock held, so none is in use. */
 async function removeStaleTemps(dst: string): Promise<void> {
   const dir = dirname(dst);
   const stem = `.${basename(dst)}${TMP_MARK}`;
@@ -113,11 +130,7 @@ async function removeStaleTemps(dst: string): Promise<void> {
   } catch {
     return;
   }
-  for (const n of names) {
-    if (!n.startsWith(stem)) continue;
-    const pid = Number(n.slice(stem.length).split('-')[0]);
-    if (!alive(pid)) await rm(join(dir, n), { recursive: true, force: true });
-  }
+  for (const n of names) if (n.startsWith(stem)) await rm(join(dir, n), { recursive: true, force: true });
 }
 
 /** One destination being written. */
@@ -138,11 +151,12 @@ class Output {
     const exists = await checkDestination(dst, !!opts.force);
     await mkdir(dirname(dst), { recursive: true });
     const lock = join(dirname(dst), `.${basename(dst)}.moekit-lock`);
-    await takeLock(lock, dst);
+    await takeLock(lock, dst, !!opts.force);
     try {
       await removeStaleTemps(dst);
       const tmp = join(dirname(dst), `.${basename(dst)}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`);
       await mkdir(tmp);
+      await writeFile(join(tmp, MARK), '{"format":"moekit-output","version":1}\n');
       const o = new Output(dst, tmp, lock, exists);
       track(o);
       return o;
@@ -154,6 +168,17 @@ class Output {
 
   /** Move the finished temp folder into place (replacing the old destination only now). */
   async commit(): Promise<void> {
+    try {
+      await this.moveIntoPlace();
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err instanceof MoekitError || !err.code) throw e;
+      throw new MoekitError('destination', `cannot move the finished output into ${this.dst} (${err.code}); the destination was left as it was`);
+    }
+    this.finish();
+  }
+
+  private async moveIntoPlace(): Promise<void> {
     if (this.replace) {
       const old = join(dirname(this.dst), `.${basename(this.dst)}${TMP_MARK}${process.pid}-old-${randomBytes(4).toString('hex')}`);
       await rename(this.dst, old);
@@ -167,7 +192,6 @@ class Output {
     } else {
       await rename(this.tmp, this.dst);
     }
-    this.finish();
   }
 
   /** Give up: remove the temp folder. */
@@ -195,18 +219,31 @@ class Output {
   }
 }
 
-async function takeLock(lock: string, dst: string): Promise<void> {
+/**
+ * Take the destination's lock file ("<pid> <host>"). A lock is stale when its run is gone: on this
+ * host, a pid that no longer runs; from another host (a shared file system) moekit cannot tell, so
+ * only `force` takes it over.
+ */
+async function takeLock(lock: string, dst: string, force: boolean): Promise<void> {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fh = await open(lock, 'wx');
-      await fh.writeFile(String(process.pid));
+      await fh.writeFile(`${process.pid} ${hostname()}\n`);
       await fh.close();
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-      if (alive(pid) && pid !== process.pid)
+      const [pidText, host] = (await readFile(lock, 'utf8').catch(() => '')).trim().split(/\s+/);
+      const pid = Number(pidText);
+      const here = !host || host === hostname();
+      if (here && alive(pid) && pid !== process.pid) {
         throw new MoekitError('destination', `${dst} is being written by another moekit run (pid ${pid}); wait for it, or remove ${lock} if that run is gone`);
+      }
+      if (!here && !force)
+        throw new MoekitError(
+          'destination',
+          `${dst} is locked by moekit pid ${pid} on host ${host}; if that run is gone, rerun with --force or remove ${lock}`,
+        );
       await unlink(lock).catch(() => undefined); // stale: its run is gone
     }
   }

@@ -22,7 +22,7 @@ import { peakRssMB, sideFilesOf, withOutput } from '../../output/transaction.js'
 import { openStore } from '../../store/registry.js';
 import { writeJsonAtomic } from '../../store/safetensors/writer.js';
 import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
-import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta } from '../../engine/read.js';
+import { detectLayout, digestOf, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta } from '../../engine/read.js';
 import { describePlan, planBytes, planTensors, splitFiles, type CheckpointPlan, type Plan, type SideFile, type TensorsPlan } from '../../engine/plan.js';
 import { executeCheckpoint } from '../../engine/execute.js';
 import { HashPool } from '../../engine/hash-pool.js';
@@ -121,7 +121,7 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
       const holdsDense = dense === 'replicate' || index === 0;
       if (!holdsDense) rir = { ...rir, passthrough: [] };
       const write = planTensors(rir, input.target, { gateUp: input.gateUp });
-      const tensors: Record<string, TensorRecord> = {};
+      const tensors: Record<string, TensorRecord> = Object.create(null);
       for (const e of write.tensors) tensors[e.name] = { dtype: e.dtype, shape: e.shape };
       const downBias = ir.layers.some((l) => l.experts[0]?.down_bias !== undefined) && t === 0;
       jobs.push({
@@ -153,6 +153,7 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
     dense,
     ranks: jobs.map((j) => j.plan),
   };
+  manifest.digest = digestOf(planOf(manifest));
   return { jobs, manifest };
 }
 
@@ -244,8 +245,8 @@ async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number,
     // job-array mode: other jobs write their ranks into the same folder concurrently
     await mkdir(dst, { recursive: true });
     const have = await readManifest(dst);
-    const planned = planOf(manifest);
-    if (have && JSON.stringify(planOf(have)) !== JSON.stringify(planned)) {
+    const planned = { ...planOf(manifest), digest: manifest.digest };
+    if (have && JSON.stringify(planOf(have)) !== JSON.stringify(planOf(manifest))) {
       throw new MoekitError(
         'destination',
         `${join(dst, MANIFEST)} describes a different sharding (ep ${have.ep}, etp ${have.etp}, ${have.placement}, layout ${have.layout}); use another -o or remove it`,

@@ -25,7 +25,7 @@ import {
 import { loadMeta, readIR, type ModelMeta } from '../../engine/read.js';
 import { layoutById } from '../../../converters/index.js';
 import type { LayoutSpec } from '../../engine/layout.js';
-import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankPlan, type ShardManifest } from './manifest.js';
+import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankManifest, type RankPlan, type ShardManifest } from './manifest.js';
 
 export interface OpenRank {
   plan: RankPlan;
@@ -93,73 +93,96 @@ function checkCoverage(m: ShardManifest, where: string): void {
 }
 
 /** Open every rank of a sharded checkpoint and build the merged IR. Checksums are verified separately (verifyChecksums). */
+/** The checksum of every tensor of a rank, from the top manifest or the rank's own; the tensors must be the planned ones. */
+function rankChecksums(ck: TensorStore, plan: RankPlan, rm: RankManifest | undefined): Map<string, string> {
+  const sha = new Map<string, string>();
+  const want = Object.keys(plan.tensors);
+  for (const n of want) {
+    const t = plan.tensors[n]!;
+    const info = ck.tensors.get(n);
+    if (!info) throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${n}' listed in ${MANIFEST} is missing from the rank's files`);
+    if (info.dtype !== t.dtype || JSON.stringify(info.shape) !== JSON.stringify(t.shape)) {
+      throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${n}' is ${info.dtype}[${info.shape}], ${MANIFEST} says ${t.dtype}[${t.shape}]`);
+    }
+    const top = t.sha256;
+    const own = rm?.tensors[n]?.sha256;
+    if (top && own && top !== own) {
+      throw new MoekitError(
+        'checksum',
+        `rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`,
+      );
+    }
+    const h = top ?? own;
+    if (!h) throw new MoekitError('bad-input', `rank ${plan.dir}: no checksum for '${n}' (no ${RANK_MANIFEST}: did its shard job finish?)`);
+    sha.set(n, h);
+  }
+  if (ck.tensors.size !== want.length) {
+    const extra = ck.names().find((n) => !(n in plan.tensors));
+    throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${extra}' is not in ${MANIFEST}`);
+  }
+  return sha;
+}
+
+/** A rank's moekit.json must agree with the manifest; its IR must hold the planned experts. */
+async function rankIR(ck: TensorStore, plan: RankPlan, manifest: ShardManifest, spec: LayoutSpec): Promise<ModelIR> {
+  const meta = await loadMeta(ck);
+  const mk = meta.moekit;
+  if (mk?.layout !== manifest.layout)
+    throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says layout '${mk?.layout}', ${MANIFEST} says '${manifest.layout}'`);
+  for (const [what, mine, top] of [
+    ['gate/up order', mk.gateUp, manifest.gateUp],
+    ['family', mk.family, manifest.source.family],
+    ['source layout', mk.source.layout, manifest.source.layout],
+  ] as const) {
+    if (mine !== top)
+      throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says ${what} '${mine}', ${MANIFEST} says '${top}'; one of them was edited`);
+  }
+  const ir = readIR(ck, spec, meta);
+  for (const l of ir.layers) {
+    if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
+      throw new MoekitError(
+        'bad-input',
+        `rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`,
+      );
+    }
+  }
+  return ir;
+}
+
+/** Open one rank folder and check it against the manifest. */
+async function openRank(root: string, manifest: ShardManifest, plan: RankPlan, spec: LayoutSpec, opened: TensorStore[]): Promise<OpenRank> {
+  const dir = join(root, plan.dir);
+  if (!(await stat(dir).catch(() => undefined))?.isDirectory()) {
+    throw new MoekitError(
+      'bad-input',
+      `missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`,
+    );
+  }
+  const ck = await openStore(dir);
+  opened.push(ck);
+  const rm = await readRankManifest(dir, manifest);
+  if (rm && (JSON.stringify(rm.experts) !== JSON.stringify(plan.experts) || rm.dir !== plan.dir)) {
+    throw new MoekitError(
+      'bad-input',
+      `${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`,
+    );
+  }
+  const sha = rankChecksums(ck, plan, rm);
+  return { plan, ck, sha, ir: await rankIR(ck, plan, manifest, spec) };
+}
+
+/** Open every rank of a sharded checkpoint and build the merged IR. Checksums are verified separately (verifyChecksums). */
 export async function openSharded(root: string): Promise<Sharded> {
   const manifest = await readManifest(root);
   if (!manifest) throw new MoekitError('bad-input', `${root}: no ${MANIFEST} (not a sharded checkpoint written by moekit shard)`);
   const where = join(root, MANIFEST);
   checkCoverage(manifest, where);
-  const spec = layoutById(manifest.layout);
-  if (!spec) throw new MoekitError('bad-input', `${where}: unknown layout '${manifest.layout}'`);
-  const sourceSpec = layoutById(manifest.source.layout);
-  if (!sourceSpec) throw new MoekitError('bad-input', `${where}: unknown source layout '${manifest.source.layout}'`);
-  const ranks: OpenRank[] = [];
+  const spec = layoutById(manifest.layout)!;
+  const sourceSpec = layoutById(manifest.source.layout)!;
+  const opened: TensorStore[] = [];
   try {
-    for (const plan of [...manifest.ranks].sort((a, b) => a.index - b.index)) {
-      const dir = join(root, plan.dir);
-      try {
-        if (!(await stat(dir)).isDirectory()) throw new Error();
-      } catch {
-        throw new MoekitError(
-          'bad-input',
-          `missing rank ${plan.dir}: ${dir} does not exist; re-run its job (moekit shard <src> --ep ${manifest.ep}${manifest.etp > 1 ? ` --etp ${manifest.etp}` : ''} --rank ${plan.index} -o ${root})`,
-        );
-      }
-      const ck = await openStore(dir);
-      ranks.push({ plan, ck, ir: undefined as unknown as ModelIR, sha: new Map() });
-      const rm = await readRankManifest(dir);
-      if (rm && (JSON.stringify(rm.experts) !== JSON.stringify(plan.experts) || rm.dir !== plan.dir)) {
-        throw new MoekitError(
-          'bad-input',
-          `${join(dir, RANK_MANIFEST)}: rank ${plan.dir} holds experts [${rm.experts.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]; the rank belongs to another sharding`,
-        );
-      }
-      const want = Object.keys(plan.tensors);
-      for (const n of want) {
-        const t = plan.tensors[n]!;
-        const info = ck.tensors.get(n);
-        if (!info) throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${n}' listed in ${MANIFEST} is missing from the rank's files`);
-        if (info.dtype !== t.dtype || JSON.stringify(info.shape) !== JSON.stringify(t.shape)) {
-          throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${n}' is ${info.dtype}[${info.shape}], ${MANIFEST} says ${t.dtype}[${t.shape}]`);
-        }
-        const top = t.sha256;
-        const own = rm?.tensors[n]?.sha256;
-        if (top && own && top !== own)
-          throw new MoekitError(
-            'checksum',
-            `rank ${plan.dir}: tensor '${n}' has sha256 ${own.slice(0, 12)}… in ${RANK_MANIFEST} but ${top.slice(0, 12)}… in ${MANIFEST}`,
-          );
-        const sha = top ?? own;
-        if (!sha) throw new MoekitError('bad-input', `rank ${plan.dir}: no checksum for '${n}' (no ${RANK_MANIFEST}: did its shard job finish?)`);
-        ranks[ranks.length - 1]!.sha.set(n, sha);
-      }
-      if (ck.tensors.size !== want.length) {
-        const extra = ck.names().find((n) => !(n in plan.tensors));
-        throw new MoekitError('bad-input', `rank ${plan.dir}: tensor '${extra}' is not in ${MANIFEST}`);
-      }
-      const meta = await loadMeta(ck);
-      if (meta.moekit?.layout !== manifest.layout)
-        throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says layout '${meta.moekit?.layout}', ${MANIFEST} says '${manifest.layout}'`);
-      const ir = readIR(ck, spec, meta);
-      for (const l of ir.layers) {
-        if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
-          throw new MoekitError(
-            'bad-input',
-            `rank ${plan.dir}: layer ${l.layer} holds global experts [${l.globalIds.join(',')}] but ${MANIFEST} says [${plan.experts.join(',')}]`,
-          );
-        }
-      }
-      ranks[ranks.length - 1]!.ir = ir;
-    }
+    const ranks: OpenRank[] = [];
+    for (const plan of [...manifest.ranks].sort((a, b) => a.index - b.index)) ranks.push(await openRank(root, manifest, plan, spec, opened));
     const meta: ModelMeta = {
       family: manifest.source.family,
       modelType: manifest.source.modelType,
@@ -167,14 +190,12 @@ export async function openSharded(root: string): Promise<Sharded> {
       activation: ranks[0]!.ir.activation,
       config: manifest.source.config,
     };
-    const ir = mergedIR(manifest, ranks);
-    const reader = ranks[0]!.ck;
     return {
       root,
       manifest,
       ranks,
-      ir,
-      reader,
+      ir: mergedIR(manifest, ranks),
+      reader: ranks[0]!.ck,
       sourceSpec,
       meta,
       close: async () => {
@@ -182,7 +203,7 @@ export async function openSharded(root: string): Promise<Sharded> {
       },
     };
   } catch (e) {
-    await Promise.all(ranks.map((r) => r.ck.close()));
+    await Promise.all(opened.map((c) => c.close()));
     throw e;
   }
 }

@@ -4,10 +4,10 @@
  * does not grow with checkpoint size.
  */
 import type { Stats } from 'node:fs';
-import { open, readFile, realpath, stat, readdir, type FileHandle } from 'node:fs/promises';
+import { open, realpath, stat, readdir, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
-import { readJsonIfExists } from '../json.js';
+import { readJsonIfExists, readSmallFile } from '../json.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
 import { type Chunk, sharedPool, type BufferPool } from '../pool.js';
@@ -23,8 +23,11 @@ export class SafetensorsFile {
     const where = path;
     let fh: FileHandle;
     try {
+      // refuse FIFOs and devices before opening them (opening a FIFO blocks)
+      if (!(await stat(path)).isFile()) throw new MoekitError('bad-input', `${where}: not a regular file`);
       fh = await open(path, 'r');
     } catch (e) {
+      if (e instanceof MoekitError) throw e;
       throw new MoekitError('io', `${where}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
     try {
@@ -121,8 +124,10 @@ export class SafetensorsStore implements TensorStore {
   static async openIndex(indexPath: string): Promise<SafetensorsStore> {
     const dir = resolve(indexPath, '..');
     let idx: IndexJson;
+    const text = await readSmallFile(indexPath);
+    if (text === undefined) throw new MoekitError('not-found', `${indexPath}: no such file`);
     try {
-      idx = JSON.parse(await readFile(indexPath, 'utf8')) as IndexJson;
+      idx = JSON.parse(text) as IndexJson;
     } catch (e) {
       throw new MoekitError('bad-input', `${indexPath}: cannot read index (${(e as Error).message.split('\n')[0]})`);
     }

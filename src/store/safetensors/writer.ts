@@ -41,7 +41,7 @@ const tempName = (name: string) => `.${name}.moekit-tmp-${randomBytes(4).toStrin
 
 /** Build the header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8). */
 export function encodeHeader(entries: { name: string; dtype: Dtype; shape: number[] }[], metadata?: Record<string, string>): Buffer {
-  const obj: Record<string, unknown> = {};
+  const obj: Record<string, unknown> = Object.create(null);
   if (metadata && Object.keys(metadata).length > 0) obj.__metadata__ = metadata;
   let off = 0;
   for (const e of entries) {
@@ -151,7 +151,7 @@ export async function writeFiles(dir: string, files: FileEntries[], index: strin
   }
   await mkdir(dir, { recursive: true });
   const temps: { tmp: string; final: string }[] = [];
-  const weightMap: Record<string, string> = {};
+  const weightMap: Record<string, string> = Object.create(null);
   let bytes = 0;
   let count = 0;
   let totalSize = 0;
@@ -201,7 +201,7 @@ export async function writeFiles(dir: string, files: FileEntries[], index: strin
     if (index) {
       const tmp = join(dir, tempName(index));
       temps.push({ tmp, final: join(dir, index) });
-      const sortedMap: Record<string, string> = {};
+      const sortedMap: Record<string, string> = Object.create(null);
       for (const k of Object.keys(weightMap).sort()) sortedMap[k] = weightMap[k]!;
       await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sortedMap }, null, 2) + '\n');
     }
