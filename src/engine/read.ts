@@ -87,6 +87,22 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
   };
 }
 
+/** A name root as the layout specs read it: dot-terminated words ('model.', 'language_model.model.'), or ''. */
+function checkRoot(k: Checker, v: unknown): string {
+  const r = k.str(v, 'hfRoot');
+  if (!/^(?:[A-Za-z0-9_-]+\.)*$/.test(r)) k.fail('hfRoot', `'${r.slice(0, 60)}' is not a tensor-name root (like 'model.')`);
+  return r;
+}
+
+/** The HF root the non-expert tensors use ('model.' in model.layers.0.self_attn...), when they show one. */
+function passthroughRoot(passthrough: ModelIR['passthrough']): string | undefined {
+  for (const { info } of passthrough) {
+    const m = /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec(info.name);
+    if (m) return m[1];
+  }
+  return undefined;
+}
+
 function checkLayerReport(k: Checker, v: unknown, i: number): LayerReport {
   const l = k.obj(v, `layers[${i}]`);
   const f = (n: string) => `layers[${i}].${n}`;
@@ -127,7 +143,7 @@ function checkMoekitJson(v: Record<string, unknown>, where: string): MoekitJson 
     layout,
     gateUp: k.str(v.gateUp, 'gateUp', ['concat', 'interleaved', 'separate']) as MoekitJson['gateUp'],
     gated: k.bool(v.gated, 'gated'),
-    hfRoot: k.str(v.hfRoot, 'hfRoot'),
+    hfRoot: checkRoot(k, v.hfRoot),
     dims: {
       hiddenSize: k.int(dims.hiddenSize, 'dims.hiddenSize', 0, LIMITS.hidden),
       numExperts: E,
@@ -304,6 +320,14 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
       const n = Number(m.groups!.n);
       let l = layers.get(n);
       if (!l) layers.set(n, (l = { root: m.groups!.root ?? '', matches: [] }));
+      const root = m.groups!.root ?? '';
+      const first = layers.values().next().value!.root;
+      if (root !== l.root || root !== first) {
+        throw new MoekitError(
+          'bad-input',
+          `'${info.name}' has the name root '${root}', other expert tensors '${root !== l.root ? l.root : first}': one checkpoint's expert tensors share one root`,
+        );
+      }
       l.matches.push({ rule: c.rule, info, e: m.groups!.e === undefined ? undefined : Number(m.groups!.e) });
       hit = true;
       break;
@@ -325,7 +349,7 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
     modelType: meta.modelType,
     routing: meta.routing,
     activation: meta.activation,
-    hfRoot: hfRoot ?? meta.moekit?.hfRoot ?? 'model.',
+    hfRoot: hfRoot ?? checkedHfRoot(meta, passthrough),
     layers: out,
     passthrough,
   };
@@ -466,6 +490,16 @@ export function digestOf(v: object): string {
   return createHash('sha256')
     .update(JSON.stringify(canon(fields)))
     .digest('hex');
+}
+
+/** moekit.json's HF root for a non-HF layout, which must be the one the untouched layer tensors carry. */
+function checkedHfRoot(meta: ModelMeta, passthrough: ModelIR['passthrough']): string {
+  const seen = passthroughRoot(passthrough);
+  const said = meta.moekit?.hfRoot;
+  if (said !== undefined && seen !== undefined && said !== seen) {
+    throw new MoekitError('bad-input', `moekit.json says the HF name root is '${said}', but the other layer tensors are under '${seen}'`);
+  }
+  return said ?? seen ?? 'model.';
 }
 
 /** A dense MLP block of one layer: its weights as views. */

@@ -304,5 +304,18 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
     activation: activationFromConfig(c),
   };
   const routing = (r: Partial<Routing> & { scoreFunc: ScoreFunc }): Routing => makeRouting({ topK, ...r });
-  return (Object.hasOwn(FAMILIES, modelType) ? FAMILIES[modelType]! : otherFamily)(c, base, routing);
+  const facts = (Object.hasOwn(FAMILIES, modelType) ? FAMILIES[modelType]! : otherFamily)(c, base, routing);
+  checkRouting(facts);
+  return facts;
+}
+
+/** A MoE family's routing must be possible with its experts: 1 ≤ top-k ≤ E, groups within E. */
+function checkRouting(f: FamilyFacts): void {
+  if (!f.known || f.numExperts === 0) return;
+  const k = new Checker('config.json');
+  const E = f.numExperts;
+  if (f.topK < 1 || f.topK > E) k.fail('num_experts_per_tok', `(${f.topK}) must be between 1 and the ${E} experts`);
+  const r = f.routing;
+  if (r.nGroup > E || E % r.nGroup !== 0) k.fail('n_group', `(${r.nGroup}) must divide the ${E} experts`);
+  if (r.topkGroup > r.nGroup || r.topkGroup < 1) k.fail('topk_group', `(${r.topkGroup}) must be between 1 and n_group (${r.nGroup})`);
 }

@@ -7,7 +7,7 @@
  * complete model folder.
  */
 import type { Stats } from 'node:fs';
-import { rmSync, unlinkSync } from 'node:fs';
+import { renameSync, rmSync, unlinkSync } from 'node:fs';
 import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
@@ -136,34 +136,52 @@ async function removeStaleTemps(dst: string): Promise<void> {
 /** One destination being written. */
 class Output {
   private done = false;
+  /** whether this run holds the lock file */
+  locked = false;
+  /** during a --force commit: where the old destination was moved (restored if interrupted) */
+  private old?: string;
+  /** the old destination being deleted after a --force commit (finished off if interrupted) */
+  private trash?: string;
+
   private constructor(
     readonly dst: string,
     /** the temp folder to write into */
     readonly tmp: string,
     private readonly lock: string,
-    private readonly replace: boolean,
   ) {}
 
-  /** Check `dst`, lock it, clear stale temps, and create the temp folder. */
+  /** whether an earlier output is replaced (--force) */
+  private replace = false;
+
+  /**
+   * Check `dst`, lock it, clear stale temps, and create the temp folder. The signal handlers are
+   * installed before the lock is taken, so an interruption at any point leaves nothing behind.
+   */
   static async begin(dst: string, opts: OutputOptions): Promise<Output> {
     dst = resolve(dst);
     await checkNotSource(dst, opts.sources);
-    const exists = await checkDestination(dst, !!opts.force);
+    await checkDestination(dst, !!opts.force); // fail fast, before locking
     await mkdir(dirname(dst), { recursive: true });
     const lock = join(dirname(dst), `.${basename(dst)}.moekit-lock`);
-    await takeLock(lock, dst, !!opts.force);
+    const tmp = join(dirname(dst), `.${basename(dst)}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`);
+    const o = new Output(dst, tmp, lock);
+    track(o);
     try {
+      await takeLock(o, !!opts.force);
+      // again under the lock: another run may have finished this destination meanwhile
+      o.replace = await checkDestination(dst, !!opts.force);
       await removeStaleTemps(dst);
-      const tmp = join(dirname(dst), `.${basename(dst)}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`);
       await mkdir(tmp);
       await writeFile(join(tmp, MARK), '{"format":"moekit-output","version":1}\n');
-      const o = new Output(dst, tmp, lock, exists);
-      track(o);
       return o;
     } catch (e) {
-      await unlink(lock).catch(() => undefined);
+      await o.abort();
       throw e;
     }
+  }
+
+  get lockPath(): string {
+    return this.lock;
   }
 
   /** Move the finished temp folder into place (replacing the old destination only now). */
@@ -179,19 +197,24 @@ class Output {
   }
 
   private async moveIntoPlace(): Promise<void> {
-    if (this.replace) {
-      const old = join(dirname(this.dst), `.${basename(this.dst)}${TMP_MARK}${process.pid}-old-${randomBytes(4).toString('hex')}`);
-      await rename(this.dst, old);
-      try {
-        await rename(this.tmp, this.dst);
-      } catch (e) {
-        await rename(old, this.dst).catch(() => undefined);
-        throw e;
-      }
-      await rm(old, { recursive: true, force: true });
-    } else {
+    if (!this.replace) {
       await rename(this.tmp, this.dst);
+      return;
     }
+    const old = join(dirname(this.dst), `.${basename(this.dst)}${TMP_MARK}${process.pid}-old-${randomBytes(4).toString('hex')}`);
+    await rename(this.dst, old);
+    this.old = old;
+    try {
+      await rename(this.tmp, this.dst);
+    } catch (e) {
+      await rename(old, this.dst).catch(() => undefined);
+      this.old = undefined;
+      throw e;
+    }
+    this.old = undefined;
+    this.trash = old;
+    await rm(old, { recursive: true, force: true });
+    this.trash = undefined;
   }
 
   /** Give up: remove the temp folder. */
@@ -201,19 +224,37 @@ class Output {
     this.finish();
   }
 
-  /** Synchronous cleanup for signal handlers. */
+  /** Synchronous cleanup for signal handlers: the old destination comes back if it was moved aside. */
   removeNow(): void {
     if (this.done) return;
-    rmSync(this.tmp, { recursive: true, force: true });
+    // writes still in flight in the thread pool may add files while the folder goes: retry
+    const gone = (p: string) => {
+      try {
+        rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+      } catch {
+        /* best effort: the next run writing this destination removes what is left */
+      }
+    };
+    if (this.old) {
+      try {
+        renameSync(this.old, this.dst);
+      } catch {
+        gone(this.old);
+      }
+    }
+    if (this.trash) gone(this.trash);
+    gone(this.tmp);
     this.finish();
   }
 
   private finish(): void {
     this.done = true;
-    try {
-      unlinkSync(this.lock);
-    } catch {
-      /* already gone */
+    if (this.locked) {
+      try {
+        unlinkSync(this.lock);
+      } catch {
+        /* already gone */
+      }
     }
     untrack(this);
   }
@@ -224,10 +265,12 @@ class Output {
  * host, a pid that no longer runs; from another host (a shared file system) moekit cannot tell, so
  * only `force` takes it over.
  */
-async function takeLock(lock: string, dst: string, force: boolean): Promise<void> {
+async function takeLock(o: Output, force: boolean): Promise<void> {
+  const { lockPath: lock, dst } = o;
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fh = await open(lock, 'wx');
+      o.locked = true; // before any other await: a signal from here on removes the lock
       await fh.writeFile(`${process.pid} ${hostname()}\n`);
       await fh.close();
       return;
