@@ -12,7 +12,8 @@ import pLimit from 'p-limit';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type Chunk, sharedPool } from '../store/pool.js';
 import { byteSize } from '../store/dtypes.js';
-import { writeFiles, writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js';
+import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js';
+import { writerFor } from '../store/writers.js';
 import { View, allocAligned, copyView } from './ir.js';
 import { applyTransforms } from './transforms.js';
 import type { HashPool } from './hash-pool.js';
@@ -186,7 +187,7 @@ export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: E
   const asm = new Assembler(tensors, Math.max(1, opts.jobs ?? 4));
   const sha = new Map<string, Promise<string>>();
   let last = 0;
-  const res = await writeFiles(
+  const res = await writerFor(cp.format ?? 'safetensors').write(
     dir,
     cp.files.map((f) => ({ name: f.name, entries: f.tensors.map((t) => entryOf(t, asm, opts, sha)) })),
     cp.index,

@@ -10,7 +10,7 @@
  */
 import type { TensorStore, TensorInfo } from '../store/types.js';
 import { type Dtype, type FloatDtype, FLOAT_DTYPES, byteSize } from '../store/dtypes.js';
-import { shardFileName, planShards } from '../store/safetensors/writer.js';
+import { writerFor } from '../store/writers.js';
 import { MoekitError } from '../errors.js';
 import { View, layerDims, EXPERT_FIELDS, LAYER_FIELDS, type Dims, type ExpertField, type LayerIR, type ModelIR, type LayerField } from './ir.js';
 import { canonicalShape, declaredShape, fieldsOf, ruleName, slabShape, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions } from './layout.js';
@@ -63,6 +63,8 @@ export type SideFile = { name: string; json: unknown } | { name: string; copyFro
 export interface CheckpointPlan {
   /** folder relative to the output root ('' = the root) */
   dir: string;
+  /** container format of the weight files (a key of src/store/writers.ts; default safetensors) */
+  format?: string;
   files: FilePlan[];
   /** name of the index file, when there are several weight files */
   index?: string;
@@ -327,11 +329,12 @@ export function passthroughTensors(store: TensorStore): TensorPlan[] {
     .sort((a, b) => naturalCompare(a.name, b.name));
 }
 
-/** Cut tensors (in order) into weight files of at most `maxShardSize` bytes, HF names. */
-export function splitFiles(tensors: TensorPlan[], maxShardSize?: number, stem = 'model'): { files: FilePlan[]; index?: string } {
-  const groups = planShards(tensors, maxShardSize);
-  const files = groups.map((g, i) => ({ name: shardFileName(stem, i, groups.length), tensors: g, bytes: g.reduce((a, t) => a + t.nbytes, 0) }));
-  return { files, index: files.length > 1 ? `${stem}.safetensors.index.json` : undefined };
+/** Cut tensors (in order) into weight files of at most `maxShardSize` bytes, named as the format's writer names them. */
+export function splitFiles(tensors: TensorPlan[], maxShardSize?: number, format = 'safetensors', stem = 'model'): { files: FilePlan[]; index?: string } {
+  const w = writerFor(format);
+  const groups = w.split(tensors, maxShardSize);
+  const files = groups.map((g, i) => ({ name: w.fileName(stem, i, groups.length), tensors: g, bytes: g.reduce((a, t) => a + t.nbytes, 0) }));
+  return { files, index: w.indexName(stem, files.length) };
 }
 
 /** Compare names with digit runs as numbers (layers.2 before layers.10). */

@@ -5,6 +5,7 @@
  */
 import type { Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { MoekitError } from '../errors.js';
 import type { TensorStore } from './types.js';
 import { SafetensorsStore } from './safetensors/reader.js';
@@ -65,6 +66,17 @@ const FOLDER_HINTS: [RegExp, string][] = [
   [/^mp_rank_\d+/, 'a legacy Megatron per-rank checkpoint'],
 ];
 
+/** A folder (or a subfolder of it) in a container moekit recognises but cannot read yet: say which. */
+async function refuseKnownFolder(path: string, names: string[]): Promise<void> {
+  for (const [re, what] of FOLDER_HINTS) if (names.some((n) => re.test(n))) refuse(path, what);
+  for (const n of names) {
+    const sub = join(path, n);
+    if (!(await stat(sub).catch(() => undefined))?.isDirectory()) continue;
+    const inner = await readdir(sub).catch(() => [] as string[]);
+    for (const [re, what] of FOLDER_HINTS) if (inner.some((x) => re.test(x))) refuse(path, `a folder holding ${what} (${n}/)`);
+  }
+}
+
 /** The format of a single file, by its first bytes. */
 async function sniff(path: string): Promise<Container | undefined> {
   const h = await head(path);
@@ -88,10 +100,8 @@ export async function openStore(path: string): Promise<TensorStore> {
   }
   if (st.isDirectory()) {
     const names = await readdir(path);
-    const st1 = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n));
-    if (st1.length === 0) {
-      for (const [re, what] of FOLDER_HINTS) if (names.some((n) => re.test(n))) refuse(path, what);
-    }
+    const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
+    if (weights.length === 0) await refuseKnownFolder(path, names);
     return SafetensorsStore.open(path);
   }
   const c = await sniff(path);
