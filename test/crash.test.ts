@@ -53,7 +53,9 @@ beforeAll(async () => {
   }
 }, 120_000);
 
-let seed = 20261201;
+/** interruptions per command (MOEKIT_CRASH_POINTS for a longer run) */
+const POINTS = Number(process.env.MOEKIT_CRASH_POINTS ?? 18);
+let seed = Number(process.env.MOEKIT_CRASH_SEED ?? 20261201);
 const rand = () => {
   seed = (seed * 1103515245 + 12345) % 2 ** 31;
   return seed / 2 ** 31;
@@ -70,8 +72,8 @@ async function killAt(args: string[], ms: number, sig: NodeJS.Signals): Promise<
 
 describe('kill -9 and SIGINT at random moments', () => {
   for (const name of Object.keys(COMMANDS)) {
-    it(`${name}: 18 interruptions, destination absent or complete, rerun succeeds`, async () => {
-      for (let k = 0; k < 18; k++) {
+    it(`${name}: ${POINTS} interruptions, destination absent or complete, rerun succeeds`, async () => {
+      for (let k = 0; k < POINTS; k++) {
         const parent = join(tmp.dir, `${name}-${k}`);
         mkdirSync(parent);
         const dst = join(parent, 'dst');

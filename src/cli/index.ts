@@ -1,18 +1,20 @@
 /** moekit command line: each command lives in src/commands/ and registers itself here. */
 import { Command, CommanderError } from 'commander';
 import { EXIT_CODES, MoekitError, oneLine } from '../errors.js';
+import { interrupted } from '../output/transaction.js';
 import { registerInspect } from './inspect.js';
 import { registerConvert } from './convert.js';
 import { registerVerify } from './verify.js';
 import { registerReshard, registerShard } from './shard.js';
 import { registerMerge } from './merge.js';
+import { registerUpcycle } from './upcycle.js';
 
 function buildProgram(): Command {
   const program = new Command();
   program
     .name('moekit')
     .description(
-      'Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts, shard for expert parallelism, and verify numerically on a WebGPU kernel.',
+      'Streaming, exact tools for Mixture-of-Experts checkpoints: inspect, convert between expert layouts, shard for expert parallelism, upcycle dense models, and verify numerically on a WebGPU kernel.',
     )
     .addHelpText(
       'after',
@@ -23,6 +25,7 @@ function buildProgram(): Command {
         '  moekit convert /models/Mixtral-8x7B --to te -o /ckpt/te  # HF → Transformer Engine GroupedLinear',
         '  moekit verify /models/Mixtral-8x7B /ckpt/te               # same function? layer by layer, on WebGPU',
         '  moekit shard /ckpt/te --ep 8 -o /ckpt/te-ep8              # one folder per expert-parallel rank',
+        '  moekit upcycle /models/Llama-3-8B --experts 8 --top-k 2 -o /ckpt/llama-moe   # dense → MoE, same function',
         '',
         "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
@@ -36,6 +39,7 @@ function buildProgram(): Command {
   registerShard(program);
   registerMerge(program);
   registerReshard(program);
+  registerUpcycle(program);
   return program;
 }
 
@@ -55,6 +59,8 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
+    const sig = interrupted();
+    if (sig) return sig === 'SIGINT' ? 130 : sig === 'SIGTERM' ? 143 : 129; // the signal handler is finishing up
     const code = exitCodeOf(e);
     if (e instanceof CommanderError) return code;
     const err = e as NodeJS.ErrnoException;

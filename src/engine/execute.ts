@@ -16,6 +16,8 @@ import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js
 import { writerFor } from '../store/writers.js';
 import { View, allocAligned, copyView } from './ir.js';
 import { applyTransforms } from './transforms.js';
+import { interrupted } from '../output/transaction.js';
+import { MoekitError } from '../errors.js';
 import type { HashPool } from './hash-pool.js';
 import type { CheckpointPlan, SlabPlan, TensorPlan } from './plan.js';
 
@@ -164,7 +166,7 @@ function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<s
     source: async function* () {
       const h = opts.hash?.stream();
       for await (const c of bytes()) {
-        const why = opts.stop?.();
+        const why = opts.stop?.() ?? (interrupted() && new MoekitError('interrupted', 'interrupted'));
         if (why) {
           c.release?.();
           throw why;

@@ -13,7 +13,18 @@ import { type Dtype, type FloatDtype, FLOAT_DTYPES, byteSize } from '../store/dt
 import { writerFor } from '../store/writers.js';
 import { MoekitError } from '../errors.js';
 import { View, layerDims, EXPERT_FIELDS, LAYER_FIELDS, type Dims, type ExpertField, type LayerIR, type ModelIR, type LayerField } from './ir.js';
-import { canonicalShape, declaredShape, fieldsOf, ruleName, slabShape, type Field, type GateUpOrder, type LayoutSpec, type SpecOptions } from './layout.js';
+import {
+  canonicalShape,
+  declaredShape,
+  fieldsOf,
+  ruleName,
+  slabShape,
+  type Field,
+  type GateUpOrder,
+  type LayoutSpec,
+  type SpecOptions,
+  type TensorRule,
+} from './layout.js';
 import { castTransform, type Transform } from './transforms.js';
 import type { LayerReport } from './read.js';
 import { LAYOUTS } from '../../converters/index.js';
@@ -81,6 +92,8 @@ export interface Plan {
 export interface PlanOptions {
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
+  /** transforms applied to every tensor that holds exactly this IR field, before any cast (upcycling's scales) */
+  fieldTransforms?: Partial<Record<Field, (dtype: FloatDtype) => Transform>>;
 }
 
 export interface TensorsPlan {
@@ -187,8 +200,8 @@ function actionOf(name: string, slabs: SlabPlan[]): TensorAction {
 }
 
 /** A TensorPlan from its slabs, with a cast when `dtype` asks for one. */
-function tensorPlan(name: string, shape: number[], dtype: Dtype, slabs: SlabPlan[], cast?: FloatDtype): TensorPlan {
-  const transforms: Transform[] = [];
+function tensorPlan(name: string, shape: number[], dtype: Dtype, slabs: SlabPlan[], cast?: FloatDtype, pre: Transform[] = []): TensorPlan {
+  const transforms: Transform[] = [...pre];
   let out = dtype;
   if (cast && cast !== dtype && (FLOAT_DTYPES as readonly string[]).includes(dtype)) {
     transforms.push(castTransform(dtype as FloatDtype, cast));
@@ -218,7 +231,7 @@ export function planTensors(ir: ModelIR, target: LayoutSpec, opts: PlanOptions =
   const tensors: TensorPlan[] = [];
   const layers: LayerReport[] = [];
   for (const l of ir.layers) {
-    const { plans, report } = planLayer(l, target, o, root, opts.dtype);
+    const { plans, report } = planLayer(l, target, o, root, opts);
     tensors.push(...plans);
     layers.push(report);
   }
@@ -252,62 +265,74 @@ function checkCoverage(l: LayerIR, d: Dims, target: LayoutSpec, o: SpecOptions, 
   );
 }
 
+interface LayerCtx {
+  l: LayerIR;
+  d: Dims;
+  o: SpecOptions;
+  target: LayoutSpec;
+  root: string;
+  present: Set<Field>;
+  opts: PlanOptions;
+}
+
+/** The output tensors of one rule of the target spec for one layer (none when the layer lacks its fields). */
+function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
+  const { l, d, o, target, root, present, opts } = c;
+  const parts = rule.parts(d, o);
+  const fields = Object.keys(parts) as Field[];
+  const have = fields.filter((f) => present.has(f));
+  if (have.length === 0) return [];
+  if (have.length !== fields.length) {
+    throw new MoekitError(
+      'unsupported',
+      `cannot convert to '${target.id}': its tensor ${rule.name.replace('{e}', '<e>')} holds ${fields.map((f) => FIELD_WORDS[f]).join(' and ')} together, but layer ${l.layer} has only the ${have.map((f) => FIELD_WORDS[f]).join(', ')}`,
+    );
+  }
+  const slab = slabShape(rule, d, o);
+  const srcOf = (f: Field, e?: number): View => (e === undefined ? l[f as LayerField]! : l.experts[e]![f as ExpertField]!);
+  const dtypeOf = (e?: number): Dtype => {
+    const dts = new Set(fields.map((f) => srcOf(f, e).dtype));
+    if (dts.size > 1) {
+      throw new MoekitError(
+        'unsupported',
+        `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`,
+      );
+    }
+    return [...dts][0]!;
+  };
+  const slabFor = (dt: Dtype, e?: number): SlabPlan =>
+    slabOf(
+      slab,
+      dt,
+      fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })),
+    );
+  const fx = fields.length === 1 ? opts.fieldTransforms?.[fields[0]!] : undefined;
+  const plan = (name: string, shape: number[], dt: Dtype, slabs: SlabPlan[]) =>
+    tensorPlan(name, shape, dt, slabs, opts.dtype, fx && (FLOAT_DTYPES as readonly string[]).includes(dt) ? [fx(dt as FloatDtype)] : []);
+  if (rule.scope === 'layer') {
+    const dt = dtypeOf();
+    return [plan(ruleName(target, rule, root, l.layer), slab, dt, [slabFor(dt)])];
+  }
+  if (rule.scope === 'expert') {
+    return Array.from({ length: d.E }, (_, e) => plan(ruleName(target, rule, root, l.layer, e), slab, dtypeOf(e), [slabFor(dtypeOf(e), e)]));
+  }
+  const dt = dtypeOf(0);
+  return [
+    plan(
+      ruleName(target, rule, root, l.layer),
+      declaredShape(rule, d, o),
+      dt,
+      l.experts.map((_, e) => slabFor(dt, e)),
+    ),
+  ];
+}
+
 /** The output tensors of one MoE layer in layout `target`. */
-function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string, cast?: FloatDtype): { plans: TensorPlan[]; report: LayerReport } {
+function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string, opts: PlanOptions): { plans: TensorPlan[]; report: LayerReport } {
   const d = checkedDims(l);
   const present = layerPresent(l);
   checkCoverage(l, d, target, o, present);
-  const plans: TensorPlan[] = [];
-  for (const rule of target.rules) {
-    const parts = rule.parts(d, o);
-    const fields = Object.keys(parts) as Field[];
-    if (fields.length === 0) continue;
-    const have = fields.filter((f) => present.has(f));
-    if (have.length === 0) continue;
-    if (have.length !== fields.length) {
-      throw new MoekitError(
-        'unsupported',
-        `cannot convert to '${target.id}': its tensor ${rule.name.replace('{e}', '<e>')} holds ${fields.map((f) => FIELD_WORDS[f]).join(' and ')} together, but layer ${l.layer} has only the ${have.map((f) => FIELD_WORDS[f]).join(', ')}`,
-      );
-    }
-    const slab = slabShape(rule, d, o);
-    const srcOf = (f: Field, e?: number): View => (e === undefined ? l[f as LayerField]! : l.experts[e]![f as ExpertField]!);
-    const dtypeOf = (e?: number): Dtype => {
-      const dts = new Set(fields.map((f) => srcOf(f, e).dtype));
-      if (dts.size > 1)
-        throw new MoekitError(
-          'unsupported',
-          `cannot fuse ${fields.join('+')} of layer ${l.layer} into ${rule.name}: their dtypes differ (${[...dts].join(', ')}); convert with --dtype`,
-        );
-      return [...dts][0]!;
-    };
-    const slabFor = (dt: Dtype, e?: number): SlabPlan =>
-      slabOf(
-        slab,
-        dt,
-        fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })),
-      );
-    if (rule.scope === 'layer') {
-      const dt = dtypeOf();
-      plans.push(tensorPlan(ruleName(target, rule, root, l.layer), slab, dt, [slabFor(dt)], cast));
-    } else if (rule.scope === 'expert') {
-      for (let e = 0; e < d.E; e++) {
-        const dt = dtypeOf(e);
-        plans.push(tensorPlan(ruleName(target, rule, root, l.layer, e), slab, dt, [slabFor(dt, e)], cast));
-      }
-    } else {
-      const dt = dtypeOf(0);
-      plans.push(
-        tensorPlan(
-          ruleName(target, rule, root, l.layer),
-          declaredShape(rule, d, o),
-          dt,
-          l.experts.map((_, e) => slabFor(dt, e)),
-          cast,
-        ),
-      );
-    }
-  }
+  const plans = target.rules.flatMap((rule) => planRule({ l, d, o, target, root, present, opts }, rule));
   const ident = l.globalIds.every((g, i) => g === i) && l.globalIds.length === d.Er;
   const report: LayerReport = {
     layer: l.layer,

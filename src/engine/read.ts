@@ -44,8 +44,27 @@ export interface MoekitJson {
   activation: Activation | null;
   layers: LayerReport[];
   source: { layout: string };
+  /** how an upcycled checkpoint was made (moekit upcycle) */
+  upcycle?: UpcycleRecord;
   /** digestOf the other fields (absent in files written before moekit recorded it) */
   digest?: string;
+}
+
+/** moekit.json's record of an upcycling: enough to tell how each expert was made and whether the model is equivalent. */
+export interface UpcycleRecord {
+  scheme: 'exact';
+  granularity: number;
+  sharedSlices: number;
+  copies: number;
+  /** whether the MoE model computes the dense model's function (false with --experts-from) */
+  equivalent: boolean;
+  router: 'random' | 'uniform';
+  routerStd: number;
+  seed: number;
+  /** factor on every routed expert's down projection, and on the shared expert's */
+  downScale: number;
+  sharedDownScale: number;
+  sources: string[];
 }
 
 export interface LayerReport {
@@ -94,13 +113,14 @@ function checkRoot(k: Checker, v: unknown): string {
   return r;
 }
 
-/** The HF root the non-expert tensors use ('model.' in model.layers.0.self_attn...), when they show one. */
-function passthroughRoot(passthrough: ModelIR['passthrough']): string | undefined {
+/** The HF roots the non-expert layer tensors use ('model.' in model.layers.0.self_attn...). */
+function passthroughRoots(passthrough: ModelIR['passthrough']): Set<string> {
+  const roots = new Set<string>();
   for (const { info } of passthrough) {
     const m = /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec(info.name);
-    if (m) return m[1];
+    if (m) roots.add(m[1]!);
   }
-  return undefined;
+  return roots;
 }
 
 function checkLayerReport(k: Checker, v: unknown, i: number): LayerReport {
@@ -159,6 +179,7 @@ function checkMoekitJson(v: Record<string, unknown>, where: string): MoekitJson 
     layers: k.arr(v.layers, 'layers', LIMITS.layers).map((l, i) => checkLayerReport(k, l, i)),
     source: { layout: k.str(k.obj(v.source, 'source').layout, 'source.layout') },
   };
+  if (v.upcycle !== undefined) checked.upcycle = k.obj(v.upcycle, 'upcycle') as unknown as UpcycleRecord;
   return v.digest === undefined ? checked : { ...checked, digest: v.digest as string };
 }
 
@@ -446,7 +467,7 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
 }
 
 /** The moekit.json of a converted checkpoint. */
-export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gateUp' | 'target'>, sourceLayout: string): MoekitJson {
+export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gateUp' | 'target'>, sourceLayout: string, upcycle?: UpcycleRecord): MoekitJson {
   const l0 = plan.layers[0];
   const mk: MoekitJson = {
     format: 'moekit',
@@ -467,6 +488,7 @@ export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gate
     activation: ir.activation,
     layers: plan.layers,
     source: { layout: sourceLayout },
+    ...(upcycle ? { upcycle } : {}),
   };
   return { ...mk, digest: digestOf(mk) };
 }
@@ -494,12 +516,12 @@ export function digestOf(v: object): string {
 
 /** moekit.json's HF root for a non-HF layout, which must be the one the untouched layer tensors carry. */
 function checkedHfRoot(meta: ModelMeta, passthrough: ModelIR['passthrough']): string {
-  const seen = passthroughRoot(passthrough);
+  const seen = passthroughRoots(passthrough);
   const said = meta.moekit?.hfRoot;
-  if (said !== undefined && seen !== undefined && said !== seen) {
-    throw new MoekitError('bad-input', `moekit.json says the HF name root is '${said}', but the other layer tensors are under '${seen}'`);
+  if (said !== undefined && seen.size > 0 && !seen.has(said)) {
+    throw new MoekitError('bad-input', `moekit.json says the HF name root is '${said}', but the other layer tensors are under '${[...seen][0]}'`);
   }
-  return said ?? seen ?? 'model.';
+  return said ?? [...seen][0] ?? 'model.';
 }
 
 /** A dense MLP block of one layer: its weights as views. */

@@ -174,7 +174,9 @@ async function checkLayer(
     sixteen ||= blockIs16Bit(lb.weights);
     // Both sides are computed the same way; `a` is the reference of the relative error.
     want = ra.out;
-    got = (await forward(lb, x, T)).out;
+    const rb = await forward(lb, x, T);
+    got = rb.out;
+    if (la.kind === 'dense') ra.expertCounts = rb.expertCounts; // a dense model against its upcycled MoE: report b's experts
   } else {
     const info = ref!.info(`layers.${l}.output`);
     want = toFloat32(await ref!.read(info), info.dtype as 'F32').subarray(0, T * la.weights.hidden);

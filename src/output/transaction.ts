@@ -27,10 +27,26 @@ let handlersInstalled = false;
 
 const SIGNALS = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
 
+let interruptedBy: NodeJS.Signals | undefined;
+
+/** The signal that is stopping this process, if any (the CLI then reports nothing else). */
+export const interrupted = (): NodeJS.Signals | undefined => interruptedBy;
+
+/**
+ * Remove every output in flight, then once more after file operations already handed to the
+ * thread pool have landed (an mkdir or open in flight could otherwise recreate what was removed),
+ * and exit 128 + signal.
+ */
 function onSignal(sig: NodeJS.Signals): void {
-  for (const o of active) o.removeNow();
-  process.stderr.write(`moekit: interrupted (${sig}); partial output removed\n`);
-  process.exit(SIGNALS[sig as keyof typeof SIGNALS] ?? 130);
+  if (interruptedBy) return;
+  interruptedBy = sig;
+  const outs = [...active];
+  for (const o of outs) o.removeNow();
+  setTimeout(() => {
+    for (const o of outs) o.sweep();
+    process.stderr.write(`moekit: interrupted (${sig}); partial output removed\n`);
+    process.exit(SIGNALS[sig as keyof typeof SIGNALS] ?? 130);
+  }, 150);
 }
 
 function track(o: Output): void {
@@ -197,6 +213,8 @@ class Output {
   }
 
   private async moveIntoPlace(): Promise<void> {
+    // interrupted meanwhile: what is in the temp folder may be partial, and must never be committed
+    if (this.done || interruptedBy) throw new MoekitError('interrupted', `interrupted before ${this.dst} was complete`);
     if (!this.replace) {
       await rename(this.tmp, this.dst);
       return;
@@ -245,6 +263,17 @@ class Output {
     if (this.trash) gone(this.trash);
     gone(this.tmp);
     this.finish();
+  }
+
+  /** Remove the temp folder (and a half-deleted old destination) again, whatever state it is in. */
+  sweep(): void {
+    for (const p of [this.tmp, this.trash]) if (p) rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+    if (!this.locked) return;
+    try {
+      unlinkSync(this.lock);
+    } catch {
+      /* gone */
+    }
   }
 
   private finish(): void {

@@ -22,8 +22,18 @@ import { peakRssMB, sideFilesOf, withOutput } from '../../output/transaction.js'
 import { openStore } from '../../store/registry.js';
 import { writeJsonAtomic } from '../../store/safetensors/writer.js';
 import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
-import { detectLayout, digestOf, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta } from '../../engine/read.js';
-import { describePlan, planBytes, planTensors, splitFiles, type CheckpointPlan, type Plan, type SideFile, type TensorsPlan } from '../../engine/plan.js';
+import { detectLayout, digestOf, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../../engine/read.js';
+import {
+  describePlan,
+  planBytes,
+  planTensors,
+  splitFiles,
+  type CheckpointPlan,
+  type Plan,
+  type PlanOptions,
+  type SideFile,
+  type TensorsPlan,
+} from '../../engine/plan.js';
 import { executeCheckpoint } from '../../engine/execute.js';
 import { HashPool } from '../../engine/hash-pool.js';
 import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
@@ -83,8 +93,12 @@ interface RankJob {
   write: TensorsPlan;
 }
 
-interface CutInput {
+export interface CutInput {
   ir: ModelIR;
+  /** per-field transforms for every rank (upcycling's scales) */
+  fieldTransforms?: PlanOptions['fieldTransforms'];
+  /** moekit.json's upcycle record */
+  upcycle?: MoekitJson['upcycle'];
   target: LayoutSpec;
   gateUp?: GateUpOrder;
   source: ShardManifest['source'];
@@ -120,7 +134,7 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
       if (etp > 1) rir = sliceIntermediate(rir, t, etp);
       const holdsDense = dense === 'replicate' || index === 0;
       if (!holdsDense) rir = { ...rir, passthrough: [] };
-      const write = planTensors(rir, input.target, { gateUp: input.gateUp });
+      const write = planTensors(rir, input.target, { gateUp: input.gateUp, fieldTransforms: input.fieldTransforms });
       const tensors: Record<string, TensorRecord> = Object.create(null);
       for (const e of write.tensors) tensors[e.name] = { dtype: e.dtype, shape: e.shape };
       const downBias = ir.layers.some((l) => l.experts[0]?.down_bias !== undefined) && t === 0;
@@ -162,7 +176,7 @@ async function rankPlan(input: CutInput, job: RankJob, opts: ShardOptions): Prom
   const { files, index } = splitFiles(job.write.tensors, opts.maxShardSize);
   const sideFiles: SideFile[] = [
     ...(input.source.config ? [{ name: 'config.json', json: input.source.config }] : []),
-    { name: 'moekit.json', json: moekitJson(job.ir, job.write, input.source.layout) },
+    { name: 'moekit.json', json: moekitJson(job.ir, job.write, input.source.layout, input.upcycle) },
     { name: RANK_MANIFEST, json: () => ({ format: 'moekit-shard-rank', version: 1, ...job.plan }) },
     ...(input.sideFrom ? await sideFilesOf(input.sideFrom) : []),
   ];
@@ -196,7 +210,7 @@ async function writeRanks(plan: Plan, jobs: RankJob[], root: string, opts: Shard
 }
 
 /** Plan and write the ranks (all, or `opts.rank`) of `input` into `dst`. */
-async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number, srcLabel: string): Promise<ShardSummary> {
+export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: number, srcLabel: string): Promise<ShardSummary> {
   const { jobs, manifest } = planRanks(input, opts);
   const pick = opts.rank === undefined ? jobs : jobs.filter((j) => j.plan.index === opts.rank);
   if (opts.rank !== undefined && pick.length === 0) {
