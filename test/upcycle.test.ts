@@ -5,7 +5,7 @@
  * when the construction is wrong (scale, untied router row, misplaced slice).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStore } from '../src/store/registry.js';
 import { bufferSource, writeCheckpoint } from '../src/store/safetensors/writer.js';
@@ -82,6 +82,37 @@ describe('upcycled models compute the dense function', () => {
       const r = await verify(join(FIXTURES, 'qwen3_dense'), dst, { cpu: true });
       expect(r.pass, `S ${S}`).toBe(true);
     }
+  });
+
+  it('every routing rule: top-k → softmax (Granite-MoE) and sigmoid + renormalise (GLM4-MoE, with and without shared experts)', async () => {
+    for (const [family, S, E, K, G] of [
+      ['granitemoe', 0, 8, 4, 2],
+      ['glm4_moe', 0, 8, 2, 2],
+      ['glm4_moe', 1, 6, 3, 4],
+    ] as const) {
+      const dst = out(family);
+      const s = await upcycle(join(FIXTURES, 'llama_dense'), dst, { experts: E, topK: K, granularity: G, sharedExperts: S, family, ...fast });
+      expect(s.warnings).toEqual([]);
+      const cfg = readFileSync(join(dst, 'config.json'), 'utf8');
+      if (family === 'glm4_moe') expect(cfg).toMatch(/"routed_scaling_factor": 1\.0,/); // a float, as transformers' strict config wants
+      const r = await verify(join(FIXTURES, 'llama_dense'), dst, { cpu: true });
+      expect(r.pass, `${family} S ${S}`).toBe(true);
+      for (const l of r.layers) expect(l.maxRel).toBeLessThan(1e-5);
+    }
+  });
+
+  it("--scheme megatron (Megatron-LM's act_scale^(1/3) on fc1 and fc2) is exact at G 1 and only approximate for SwiGLU at G 2, and says so", async () => {
+    const g1 = out('mg1');
+    await upcycle(join(FIXTURES, 'llama_dense'), g1, { experts: 4, topK: 2, scheme: 'megatron', ...fast });
+    expect((await verify(join(FIXTURES, 'llama_dense'), g1, { cpu: true })).pass).toBe(true);
+    const g2 = out('mg2');
+    const s = await upcycle(join(FIXTURES, 'llama_dense'), g2, { experts: 8, topK: 2, granularity: 2, scheme: 'megatron', ...fast });
+    expect(s.equivalent).toBe(false);
+    expect(s.warnings.join()).toMatch(/scales fc1 and fc2 by 1\.25992.*only approximates/);
+    const r = await verify(join(FIXTURES, 'llama_dense'), g2, { cpu: true });
+    expect(r.pass).toBe(false);
+    const mk = JSON.parse(readFileSync(join(g2, 'moekit.json'), 'utf8')) as { upcycle: { scheme: string; equivalent: boolean } };
+    expect(mk.upcycle).toMatchObject({ scheme: 'megatron', equivalent: false });
   });
 
   it('on WebGPU too, in the TE layout and sharded EP 2', async () => {
@@ -167,6 +198,10 @@ describe('refusals name the values that work', () => {
   };
   it('an MoE source, impossible granularity / experts / top-k, shared experts without a place, unknown family', () => {
     refused([join(FIXTURES, 'mixtral'), '--experts', '8', '--top-k', '2'], 4, /already an MoE checkpoint/);
+    const odd = out('odd');
+    cpSync(join(FIXTURES, 'llama_dense'), odd, { recursive: true });
+    writeFileSync(join(odd, 'config.json'), readFileSync(join(odd, 'config.json'), 'utf8').replace('"llama"', '"mystery"'));
+    refused([odd, '--experts', '8', '--top-k', '2'], 4, /model_type 'mystery' is not a dense family moekit knows/);
     refused(
       [join(FIXTURES, 'llama_dense'), '--experts', '8', '--top-k', '2', '--granularity', '3'],
       2,

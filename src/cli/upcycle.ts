@@ -15,6 +15,7 @@ interface UpcycleFlags extends WriteFlags {
   sharedExperts: number;
   family?: string;
   router: 'random' | 'uniform';
+  scheme: 'exact' | 'megatron';
   routerStd?: number;
   seed: number;
   expertsFrom?: string[];
@@ -37,7 +38,12 @@ export function registerUpcycle(program: Command): void {
       1,
     )
     .option('--shared-experts <S>', 'slices that become the always-on shared expert (qwen2_moe)', numberArg('--shared-experts', 0), 0)
-    .option('--family <family>', 'target architecture: mixtral, qwen3_moe, qwen2_moe (default: the one matching the source attention)')
+    .option('--family <family>', 'target architecture: mixtral, qwen3_moe, qwen2_moe, granitemoe, glm4_moe (default: the one matching the source attention)')
+    .addOption(
+      new Option('--scheme <scheme>', "exact (default), or megatron: Megatron-LM's act_scale^(1/3) on fc1 and fc2 (approximate for SwiGLU)")
+        .choices(['exact', 'megatron'])
+        .default('exact'),
+    )
     .addOption(new Option('--router <init>', 'router rows: seeded N(0, σ²) per copy, or all equal').choices(['random', 'uniform']).default('random'))
     .option('--router-std <σ>', 'standard deviation of random router rows (default 0.02)', numberArg('--router-std', 0, false))
     .option('--seed <n>', 'seed of the router rows', numberArg('--seed', 0), 0)

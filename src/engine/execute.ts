@@ -7,7 +7,7 @@
  * from the bytes as they pass to the writer.
  */
 import { join } from 'node:path';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import pLimit from 'p-limit';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type Chunk, sharedPool } from '../store/pool.js';
@@ -208,7 +208,8 @@ export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: E
   const files = [...res.files];
   await mkdir(dir, { recursive: true });
   for (const s of cp.sideFiles) {
-    if ('json' in s) await writeJsonAtomic(join(dir, s.name), typeof s.json === 'function' ? (s.json as () => unknown)() : s.json);
+    if ('text' in s) await writeFile(join(dir, s.name), s.text);
+    else if ('json' in s) await writeJsonAtomic(join(dir, s.name), typeof s.json === 'function' ? (s.json as () => unknown)() : s.json);
     else await copyFile(s.copyFrom, join(dir, s.name));
     files.push(s.name);
   }

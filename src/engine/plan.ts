@@ -68,7 +68,7 @@ export interface FilePlan {
 
 /** A side file of an output checkpoint: JSON written by moekit, or a file copied from the source. */
 /** `json` may be a function, called after the tensors are written (files that hold their checksums). */
-export type SideFile = { name: string; json: unknown } | { name: string; copyFrom: string };
+export type SideFile = { name: string; json: unknown } | { name: string; text: string } | { name: string; copyFrom: string };
 
 /** One checkpoint folder to write (convert/merge: the output itself; shard: one rank). */
 export interface CheckpointPlan {

@@ -52,7 +52,7 @@ export interface MoekitJson {
 
 /** moekit.json's record of an upcycling: enough to tell how each expert was made and whether the model is equivalent. */
 export interface UpcycleRecord {
-  scheme: 'exact';
+  scheme: 'exact' | 'megatron';
   granularity: number;
   sharedSlices: number;
   copies: number;

@@ -131,7 +131,7 @@ function activationFromConfig(c: Record<string, unknown>): Activation {
 }
 
 /** Model types of dense (non-MoE) families moekit recognises (upcycling sources). */
-const DENSE_FAMILIES: readonly string[] = ['llama', 'qwen2', 'qwen3', 'mistral', 'gemma', 'gemma2', 'phi3', 'olmo', 'olmo2'];
+export const DENSE_FAMILIES: readonly string[] = ['llama', 'qwen2', 'qwen3', 'mistral', 'gemma', 'gemma2', 'phi3', 'olmo', 'olmo2'];
 
 /** What every family reads the same way from config.json. */
 interface Base {

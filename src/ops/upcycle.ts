@@ -17,7 +17,7 @@ import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
-import { familyFacts, makeRouting, type FamilyFacts } from '../families/index.js';
+import { DENSE_FAMILIES, familyFacts, makeRouting, type FamilyFacts, type Routing } from '../families/index.js';
 import { View, type ExpertIR, type LayerIR, type ModelIR } from '../engine/ir.js';
 import { detectLayout, loadMeta, moekitJson, readDenseMlps, resolveTarget, type DenseMlp, type UpcycleRecord } from '../engine/read.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan, type PlanOptions } from '../engine/plan.js';
@@ -37,6 +37,8 @@ export interface UpcycleOptions {
   family?: string;
   router?: 'random' | 'uniform';
   routerStd?: number;
+  /** 'exact' (default) or Megatron-LM's approximate act_scale^(1/3) on fc1 and fc2 */
+  scheme?: 'exact' | 'megatron';
   seed?: number;
   /** further dense checkpoints whose MLPs fill successive copies (not equivalence-preserving) */
   expertsFrom?: string[];
@@ -78,10 +80,25 @@ export interface UpcycleSummary {
 }
 
 /** Target families: their architecture, the attention-compatible source families, and what their MoE block holds. */
-const TARGETS: Record<string, { architecture: string; from: readonly string[]; shared: boolean }> = {
-  mixtral: { architecture: 'MixtralForCausalLM', from: ['llama', 'mistral'], shared: false },
-  qwen3_moe: { architecture: 'Qwen3MoeForCausalLM', from: ['qwen3'], shared: false },
-  qwen2_moe: { architecture: 'Qwen2MoeForCausalLM', from: ['qwen2'], shared: true },
+const TARGETS: Record<string, { architecture: string; from: readonly string[]; shared: 'none' | 'optional' | 'required' }> = {
+  // softmax → top-k → renormalise
+  mixtral: { architecture: 'MixtralForCausalLM', from: ['llama', 'mistral'], shared: 'none' },
+  qwen3_moe: { architecture: 'Qwen3MoeForCausalLM', from: ['qwen3'], shared: 'none' },
+  // the same, plus a shared expert behind a sigmoid gate
+  qwen2_moe: { architecture: 'Qwen2MoeForCausalLM', from: ['qwen2'], shared: 'required' },
+  // top-k → softmax over the selected logits (attention_multiplier = head_dim^-0.5 makes Granite's attention Llama's)
+  granitemoe: { architecture: 'GraniteMoeForCausalLM', from: ['llama'], shared: 'none' },
+  // sigmoid scores + correction bias (zero), renormalised, × routed_scaling_factor (1); DeepSeek-style shared experts
+  glm4_moe: { architecture: 'Glm4MoeForCausalLM', from: ['llama'], shared: 'optional' },
+};
+
+/** The routing each target family computes (families/index.ts has the same rules for reading). */
+const TARGET_ROUTING: Record<string, (K: number) => Routing> = {
+  mixtral: (K) => makeRouting({ scoreFunc: 'softmax', topK: K, normTopkProb: true }),
+  qwen3_moe: (K) => makeRouting({ scoreFunc: 'softmax', topK: K, normTopkProb: true }),
+  qwen2_moe: (K) => makeRouting({ scoreFunc: 'softmax', topK: K, normTopkProb: true }),
+  granitemoe: (K) => makeRouting({ scoreFunc: 'topk_softmax', topK: K }),
+  glm4_moe: (K) => makeRouting({ scoreFunc: 'sigmoid', topK: K, normTopkProb: true, correctionBias: true }),
 };
 
 const defaultFamily = (src: string): string => Object.entries(TARGETS).find(([, t]) => t.from.includes(src))?.[0] ?? 'mixtral';
@@ -116,8 +133,10 @@ function shapeOf(opts: UpcycleOptions, I: number, target: string): Shape {
   if (I % G !== 0)
     throw new MoekitError('usage', `--granularity ${G} does not divide the dense intermediate size ${I} (values that work: ${divisors(I).join(', ')})`);
   if (S >= G) throw new MoekitError('usage', `--shared-experts ${S} leaves no routed slice of the ${G} (use at most ${G - 1}, or raise --granularity)`);
-  if (S > 0 && !TARGETS[target]!.shared) throw new MoekitError('usage', `--shared-experts: family '${target}' has no shared expert (use --family qwen2_moe)`);
-  if (S === 0 && TARGETS[target]!.shared)
+  if (S > 0 && TARGETS[target]!.shared === 'none')
+    throw new MoekitError('usage', `--shared-experts: family '${target}' has no shared expert (use --family qwen2_moe or glm4_moe)`);
+  if (S > 0 && opts.scheme === 'megatron') throw new MoekitError('usage', '--scheme megatron has no shared experts');
+  if (S === 0 && TARGETS[target]!.shared === 'required')
     throw new MoekitError('usage', `family '${target}' always has a shared expert: pass --shared-experts (1..${G - 1}) with --granularity ≥ 2`);
   const R = G - S;
   if (E % R !== 0)
@@ -156,12 +175,55 @@ function upcycledLayer(layer: number, mlps: DenseMlp[], sh: Shape, router: View,
   return l;
 }
 
+/** Fields transformers declares as float (strict config dataclasses refuse `1` where `1.0` is meant). */
+const FLOAT_FIELDS = [
+  'routed_scaling_factor',
+  'partial_rotary_factor',
+  'attention_multiplier',
+  'embedding_multiplier',
+  'residual_multiplier',
+  'logits_scaling',
+];
+
+/** config.json text with the float fields written as floats. */
+function configText(c: Record<string, unknown>): string {
+  let t = `${JSON.stringify(c, null, 2)}\n`;
+  for (const k of FLOAT_FIELDS) t = t.replace(new RegExp(`("${k}": )(-?\\d+)(,?\\n)`), '$1$2.0$3');
+  return t;
+}
+
 /** config.json of the upcycled model: the dense config with the target architecture's MoE fields. */
 function targetConfig(src: Record<string, unknown>, target: string, sh: Shape, dtype?: FloatDtype): Record<string, unknown> {
   const c: Record<string, unknown> = { ...src, model_type: target, architectures: [TARGETS[target]!.architecture] };
   const w = sh.I / sh.G;
   if (target === 'mixtral') Object.assign(c, { num_local_experts: sh.E, num_experts_per_tok: sh.K, intermediate_size: w, output_router_logits: false });
-  else {
+  else if (target === 'granitemoe') {
+    const headDim = Number(src.head_dim ?? Number(src.hidden_size) / Number(src.num_attention_heads));
+    Object.assign(c, {
+      num_local_experts: sh.E,
+      num_experts_per_tok: sh.K,
+      intermediate_size: w,
+      attention_multiplier: headDim ** -0.5,
+      embedding_multiplier: 1.0,
+      residual_multiplier: 1.0,
+      logits_scaling: 1.0,
+      output_router_logits: false,
+    });
+  } else if (target === 'glm4_moe') {
+    Object.assign(c, {
+      n_routed_experts: sh.E,
+      num_experts_per_tok: sh.K,
+      moe_intermediate_size: w,
+      n_shared_experts: sh.S,
+      n_group: 1,
+      topk_group: 1,
+      routed_scaling_factor: 1.0,
+      norm_topk_prob: true,
+      first_k_dense_replace: 0,
+      partial_rotary_factor: 1.0,
+      use_qk_norm: false,
+    });
+  } else {
     Object.assign(c, {
       num_experts: sh.E,
       num_experts_per_tok: sh.K,
@@ -193,86 +255,123 @@ interface Built {
 }
 
 /** Read the dense source(s) and build the upcycled model's IR (views over the dense tensors). */
-async function build(stores: TensorStore[], src: string, opts: UpcycleOptions): Promise<Built> {
-  const main = stores[0]!;
+/** The source's family, the target family and its warnings; refuses an MoE source or an unknown target. */
+async function targetOf(
+  main: TensorStore,
+  src: string,
+  opts: UpcycleOptions,
+): Promise<{ config: Record<string, unknown>; facts: FamilyFacts; target: string; warnings: string[] }> {
   const config = await main.config();
   if (!config) throw new MoekitError('bad-input', `${src}: no config.json next to the checkpoint (upcycle needs the dense model's config)`);
   const facts = familyFacts(config);
-  const meta = await loadMeta(main);
-  if (detectLayout(main.names(), meta))
-    throw new MoekitError('unsupported', `${src} is already an MoE checkpoint (layout ${detectLayout(main.names(), meta)!.id}); upcycle takes a dense model`);
+  const moe = detectLayout(main.names(), await loadMeta(main));
+  if (moe) throw new MoekitError('unsupported', `${src} is already an MoE checkpoint (layout ${moe.id}); upcycle takes a dense model`);
+  if (!facts.known)
+    throw new MoekitError('unsupported', `${src}: model_type '${facts.modelType}' is not a dense family moekit knows (${DENSE_FAMILIES.join(', ')})`);
   const target = opts.family ?? defaultFamily(facts.modelType);
-  if (!Object.hasOwn(TARGETS, target))
+  if (!Object.hasOwn(TARGETS, target)) {
     throw new MoekitError(
       'unsupported',
       `--family ${target}: upcycle writes ${Object.keys(TARGETS).join(', ')} (DeepSeek-style MLA attention cannot hold a dense model's attention)`,
     );
+  }
   const warnings: string[] = [];
   if (!TARGETS[target]!.from.includes(facts.modelType)) {
     warnings.push(
       `${facts.modelType} attention is not ${target}'s: the MoE blocks are exact, but transformers may not load the whole model as ${TARGETS[target]!.architecture}`,
     );
   }
+  return { config, facts, target, warnings };
+}
+
+/** The dense MLPs of every source, by layer; all of one I and H. */
+function denseMlps(stores: TensorStore[], src: string, opts: UpcycleOptions): { dense: Map<number, DenseMlp>[]; layers: number[]; first: DenseMlp } {
   const dense = stores.map((s) => readDenseMlps(s, new Set()));
   const layers = [...dense[0]!.keys()];
   if (layers.length === 0) throw new MoekitError('unsupported', `${src}: no dense MLP blocks (mlp.gate_proj/up_proj/down_proj) to upcycle`);
   const first = dense[0]!.get(layers[0]!)!;
-  const I = first.up.shape[0]!;
-  const H = first.up.shape[1]!;
+  const [I, H] = first.up.shape as [number, number];
   for (const [k, d] of dense.entries()) {
     for (const n of layers) {
       const m = d.get(n);
-      if (!m || m.up.shape[0] !== I || m.up.shape[1] !== H)
+      if (!m || m.up.shape[0] !== I || m.up.shape[1] !== H) {
         throw new MoekitError('unsupported', `${k === 0 ? src : opts.expertsFrom![k - 1]}: layer ${n} has no dense MLP of I ${I}, H ${H} like the others`);
+      }
     }
   }
+  return { dense, layers, first };
+}
+
+/** The scales that make the model exact (or Megatron's), as per-field transforms, and the record of them. */
+function scalesOf(sh: Shape, target: string, gated: boolean, facts: FamilyFacts, opts: UpcycleOptions, warnings: string[]) {
+  const sharedDownScale = target === 'qwen2_moe' && sh.S > 0 ? 2 : 1;
+  const megatron = opts.scheme === 'megatron';
+  // Megatron-LM upcycling_utils.py: act_scale = G (its top-k softmax weights sum to 1), spread as
+  // act_scale^(1/3) over fc1 and fc2 of GLU / squared-ReLU experts (^(1/2) otherwise): exact only
+  // for homogeneous activations, so approximate for SwiGLU.
+  const mscale = sh.G ** (gated || facts.activation.kind === 'relu2' ? 1 / 3 : 1 / 2);
+  if (megatron && sh.G > 1)
+    warnings.push(
+      `--scheme megatron scales fc1 and fc2 by ${mscale.toPrecision(6)}: the MoE model only approximates the dense one (${facts.activation.kind} is not homogeneous)`,
+    );
+  const scaleBy = (f: number) => (d: FloatDtype) => scaleTransform(d, f);
+  let fieldTransforms: PlanOptions['fieldTransforms'] = {
+    ...(sh.R !== 1 ? { down: scaleBy(sh.R) } : {}),
+    ...(sharedDownScale !== 1 ? { shared_down: scaleBy(sharedDownScale) } : {}),
+  };
+  if (megatron) fieldTransforms = mscale === 1 ? {} : { gate: scaleBy(mscale), up: scaleBy(mscale), down: scaleBy(mscale) };
+  return { fieldTransforms, downScale: megatron ? mscale : sh.R, sharedDownScale, exact: !megatron || sh.G === 1 };
+}
+
+/** Read the dense source(s) and build the upcycled model's IR (views over the dense tensors). */
+async function build(stores: TensorStore[], src: string, opts: UpcycleOptions): Promise<Built> {
+  const main = stores[0]!;
+  const { config, facts, target, warnings } = await targetOf(main, src, opts);
+  const { dense, layers, first } = denseMlps(stores, src, opts);
+  const [I, H] = first.up.shape as [number, number];
   const sh = shapeOf(opts, I, target);
   const dt = first.up.dtype as FloatDtype;
   const seed = opts.seed ?? 0;
-  const std = opts.routerStd ?? 0.02;
+  const std = opts.router === 'uniform' ? 0 : (opts.routerStd ?? 0.02);
   const consumed = new Set<string>();
   for (const d of dense) for (const m of d.values()) for (const v of [m.gate, m.up, m.down]) if (v) consumed.add(v.label);
   const irLayers = layers.map((n, li) => {
-    const router = routerView(sh, H, dt, opts.router === 'uniform' ? 0 : std, seed + li);
     const sharedGate = target === 'qwen2_moe' && sh.S > 0 ? View.ofBuffer(Buffer.alloc(H * (dt === 'F32' ? 4 : 2)), dt, [1, H]) : undefined;
-    return upcycledLayer(
+    const l = upcycledLayer(
       n,
       dense.map((d) => d.get(n)!),
       sh,
-      router,
+      routerView(sh, H, dt, std, seed + li),
       sharedGate,
     );
+    if (target === 'glm4_moe') l.score_bias = View.ofBuffer(Buffer.alloc(sh.E * 4), 'F32', [sh.E]); // selection bias 0: plain sigmoid top-k
+    return l;
   });
   const ir: ModelIR = {
     family: target,
     modelType: target,
-    routing: makeRouting({ scoreFunc: 'softmax', topK: sh.K, normTopkProb: true }),
+    routing: TARGET_ROUTING[target]!(sh.K),
     activation: facts.activation,
     hfRoot: /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec([...consumed][0] ?? '')?.[1] ?? 'model.',
     layers: irLayers,
     passthrough: [...main.tensors.values()].filter((t) => !consumed.has(t.name)).map((info) => ({ store: main, info })),
   };
-  const equivalent = stores.length === 1;
-  if (!equivalent) warnings.push(`--experts-from: copies hold different MLPs, so the MoE model does not compute the dense model's function`);
-  const sharedDownScale = target === 'qwen2_moe' && sh.S > 0 ? 2 : 1;
+  if (stores.length > 1) warnings.push(`--experts-from: copies hold different MLPs, so the MoE model does not compute the dense model's function`);
+  const sc = scalesOf(sh, target, !!first.gate, facts, opts, warnings);
   const record: UpcycleRecord = {
-    scheme: 'exact',
+    scheme: opts.scheme === 'megatron' ? 'megatron' : 'exact',
     granularity: sh.G,
     sharedSlices: sh.S,
     copies: sh.C,
-    equivalent,
+    equivalent: stores.length === 1 && sc.exact,
     router: opts.router ?? 'random',
-    routerStd: opts.router === 'uniform' ? 0 : std,
+    routerStd: std,
     seed,
-    downScale: sh.R,
-    sharedDownScale,
+    downScale: sc.downScale,
+    sharedDownScale: sc.sharedDownScale,
     sources: [src, ...(opts.expertsFrom ?? [])],
   };
-  const fieldTransforms: PlanOptions['fieldTransforms'] = {
-    ...(sh.R !== 1 ? { down: (d: FloatDtype) => scaleTransform(d, sh.R) } : {}),
-    ...(sharedDownScale !== 1 ? { shared_down: (d: FloatDtype) => scaleTransform(d, sharedDownScale) } : {}),
-  };
-  return { ir, facts, sh, config: targetConfig(config, target, sh, opts.dtype), record, fieldTransforms, warnings, target };
+  return { ir, facts, sh, config: targetConfig(config, target, sh, opts.dtype), record, fieldTransforms: sc.fieldTransforms, warnings, target };
 }
 
 /** The router [E, H]: one seeded N(0, σ²) row per copy, repeated for the copy's R tied experts. */
@@ -311,7 +410,7 @@ export async function upcycle(src: string, dst: string, opts: UpcycleOptions): P
     if (opts.ep) return await upcycleSharded(b, target, stores[0]!, dst, opts, { base, t0, sources });
     const tp = planTensors(b.ir, target, { dtype: opts.dtype, fieldTransforms: b.fieldTransforms });
     const sideFiles = [
-      { name: 'config.json', json: b.config },
+      { name: 'config.json', text: configText(b.config) },
       { name: 'moekit.json', json: moekitJson(b.ir, tp, 'dense', b.record) },
       ...(await sideFilesOf(stores[0]!.dir)),
     ];
@@ -368,6 +467,7 @@ async function upcycleSharded(
         config: b.config,
         ...(main.metadata ? { metadata: main.metadata } : {}),
       },
+      configText: configText(b.config),
     },
     dst,
     {

@@ -97,6 +97,8 @@ export interface CutInput {
   ir: ModelIR;
   /** per-field transforms for every rank (upcycling's scales) */
   fieldTransforms?: PlanOptions['fieldTransforms'];
+  /** config.json text for every rank, when it must be written as is (floats kept as floats) */
+  configText?: string;
   /** moekit.json's upcycle record */
   upcycle?: MoekitJson['upcycle'];
   target: LayoutSpec;
@@ -175,7 +177,7 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
 async function rankPlan(input: CutInput, job: RankJob, opts: ShardOptions): Promise<CheckpointPlan> {
   const { files, index } = splitFiles(job.write.tensors, opts.maxShardSize);
   const sideFiles: SideFile[] = [
-    ...(input.source.config ? [{ name: 'config.json', json: input.source.config }] : []),
+    ...(input.configText ? [{ name: 'config.json', text: input.configText }] : input.source.config ? [{ name: 'config.json', json: input.source.config }] : []),
     { name: 'moekit.json', json: moekitJson(job.ir, job.write, input.source.layout, input.upcycle) },
     { name: RANK_MANIFEST, json: () => ({ format: 'moekit-shard-rank', version: 1, ...job.plan }) },
     ...(input.sideFrom ? await sideFilesOf(input.sideFrom) : []),
