@@ -13,20 +13,13 @@ import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
 import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
 import { describePlan, passthroughTensors, planBytes, planTensors, splitFiles, type Plan, type SideFile, type TensorPlan } from '../engine/plan.js';
 import { executeCheckpoint } from '../engine/execute.js';
+import type { WriteOptions } from './options.js';
 
-export interface ConvertOptions {
+export interface ConvertOptions extends WriteOptions {
   /** target layout name: 'hf' or a non-HF spec id */
   to: string;
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
-  maxShardSize?: number;
-  jobs?: number;
-  force?: boolean;
-  /** fsync written files before the rename (default true; tests turn it off) */
-  fsync?: boolean;
-  /** plan only: return the summary and the plan, write nothing */
-  dryRun?: boolean;
-  onProgress?: (bytes: number, totalBytes: number) => void;
 }
 
 export interface ConvertSummary {

@@ -25,10 +25,11 @@ import { scaleTransform } from '../engine/transforms.js';
 import { executeCheckpoint } from '../engine/execute.js';
 import { sideFilesOf, withOutput } from '../output/transaction.js';
 import { cut, type ShardSummary } from './shard/shard.js';
-import { gaussian } from './upcycle-router.js';
+import { gaussian } from './random.js';
+import type { WriteOptions } from './options.js';
 import { castFloat } from '../engine/cast.js';
 
-export interface UpcycleOptions {
+export interface UpcycleOptions extends WriteOptions {
   experts: number;
   topK: number;
   granularity?: number;
@@ -48,12 +49,6 @@ export interface UpcycleOptions {
   ep?: number;
   etp?: number;
   dtype?: FloatDtype;
-  maxShardSize?: number;
-  jobs?: number;
-  force?: boolean;
-  fsync?: boolean;
-  dryRun?: boolean;
-  onProgress?: (bytes: number, totalBytes: number) => void;
 }
 
 export interface UpcycleSummary {
@@ -376,7 +371,7 @@ async function build(stores: TensorStore[], src: string, opts: UpcycleOptions): 
 
 /** The router [E, H]: one seeded N(0, σ²) row per copy, repeated for the copy's R tied experts. */
 function routerView(sh: Shape, H: number, dtype: FloatDtype, std: number, seed: number): View {
-  const rows = gaussian(sh.C * H, seed, std);
+  const rows = gaussian(sh.C * H, seed * 0x9e3779b1, std);
   const f32 = new Float32Array(sh.E * H);
   for (let e = 0; e < sh.E; e++) f32.set(rows.subarray(Math.floor(e / sh.R) * H, (Math.floor(e / sh.R) + 1) * H), e * H);
   return View.ofBuffer(castFloat(new Uint8Array(f32.buffer), 'F32', dtype), dtype, [sh.E, H]);

@@ -5,6 +5,7 @@
  * can be turned into MoeBlockWeights can be verified.
  */
 import { MoekitError } from '../errors.js';
+import { gaussian } from './random.js';
 import type { TensorStore } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
@@ -65,17 +66,9 @@ export function parseLayers(s: string): number[] {
   return [...out].sort((x, y) => x - y);
 }
 
-/** Seeded N(0, 1) tokens (mulberry32 + Box-Muller), so `verify a b` feeds both sides the same input. */
+/** Seeded N(0, 1) tokens, so `verify a b` feeds both sides the same input. */
 export function randomTokens(T: number, H: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const u = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
-  return Float32Array.from({ length: T * H }, () => Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u()));
+  return gaussian(T * H, seed);
 }
 
 async function configOf(ck: TensorStore, path: string): Promise<Record<string, unknown>> {

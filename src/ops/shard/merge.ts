@@ -13,16 +13,10 @@ import { executeCheckpoint } from '../../engine/execute.js';
 import { layoutById } from '../../../converters/index.js';
 import { openSharded } from './sharded.js';
 import { gateUpFor, withChecksums } from './shard.js';
+import type { WriteOptions } from '../options.js';
 
-export interface MergeOptions {
+export interface MergeOptions extends WriteOptions {
   to?: string;
-  maxShardSize?: number;
-  jobs?: number;
-  force?: boolean;
-  fsync?: boolean;
-  /** plan only: return the summary and the plan, write nothing */
-  dryRun?: boolean;
-  onProgress?: (bytes: number, totalBytes: number) => void;
 }
 
 export interface MergeSummary {

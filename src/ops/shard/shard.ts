@@ -41,8 +41,9 @@ import { layoutById } from '../../../converters/index.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
 import { MANIFEST, RANK_MANIFEST, planOf, readManifest, type RankPlan, type ShardManifest, type TensorRecord } from './manifest.js';
 import { openSharded, verifyChecksums } from './sharded.js';
+import type { WriteOptions } from '../options.js';
 
-export interface ShardOptions {
+export interface ShardOptions extends WriteOptions {
   ep: number;
   etp?: number;
   /** target layout ('hf' or a spec id); default: the source's layout */
@@ -51,13 +52,6 @@ export interface ShardOptions {
   dense?: 'replicate' | 'rank0';
   /** write only this flat rank index (ep · etp + t) */
   rank?: number;
-  maxShardSize?: number;
-  jobs?: number;
-  force?: boolean;
-  fsync?: boolean;
-  /** plan only: return the summary and the plan, write nothing */
-  dryRun?: boolean;
-  onProgress?: (bytes: number, totalBytes: number) => void;
   /** internal (reshard): awaited before the result is renamed into place */
   commit?: () => Promise<void>;
   /** internal (reshard): a truthy value aborts the write */

@@ -1,6 +1,6 @@
-/** Seeded N(0, σ²) values (mulberry32 + Box-Muller) for upcycled router rows: the same seed gives the same router. */
-export function gaussian(n: number, seed: number, std: number): Float32Array {
-  let s = (seed * 0x9e3779b1) >>> 0;
+/** Seeded N(0, σ²) values (mulberry32 + Box-Muller) from a 32-bit state: the same state gives the same values. */
+export function gaussian(n: number, state: number, std = 1): Float32Array {
+  let s = state >>> 0;
   const u = () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
