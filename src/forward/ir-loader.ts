@@ -5,7 +5,7 @@
  * specs. The independent judge of what this builds is transformers' own block outputs
  * (reference.safetensors), which the tests compare against.
  */
-import type { TensorStore } from '../store/types.js';
+import type { TensorInfo, TensorStore } from '../store/types.js';
 import { MoekitError } from '../errors.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import type { FloatDtype } from '../store/dtypes.js';
@@ -30,6 +30,8 @@ export interface LayerSource {
   layout: string;
   layers: number[];
   load: (layer: number, opts?: LoadOptions) => Promise<LoadedLayer>;
+  /** the tensors no forward reads (attention, norms, embeddings, lm_head, ...): checked byte for byte */
+  others: { store: TensorStore; info: TensorInfo }[];
 }
 
 const FLOATS: readonly string[] = ['F32', 'BF16', 'F16'];
@@ -93,8 +95,12 @@ export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStor
   if (moe.size > 0 && facts.routing.scoreFunc === 'sparsemixer')
     throw new MoekitError('unsupported', `${facts.family}: sparsemixer routing is not supported by verify yet`);
   const dense = readDenseMlps(denseStore, new Set(moe.keys()));
+  const inBlocks = new Set<string>();
+  for (const d of dense.values()) for (const v of [d.gate, d.up, d.down]) if (v) inBlocks.add(v.label);
+  const rest = ir ? ir.passthrough : [...denseStore.tensors.values()].map((info) => ({ store: denseStore, info }));
   return {
     layout,
+    others: rest.filter((t) => !inBlocks.has(t.info.name)),
     layers: [...new Set([...moe.keys(), ...dense.keys()])].sort((a, b) => a - b),
     load: async (layer, opts) => {
       const lazy = opts?.lazy ?? false;

@@ -6,6 +6,7 @@
  */
 import { MoekitError } from '../errors.js';
 import { gaussian } from './random.js';
+import { coverage, coverageFails, type Coverage } from './coverage.js';
 import type { TensorStore } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
@@ -49,6 +50,13 @@ export interface VerifyReport {
   atol: number;
   rtol: number;
   layers: LayerResult[];
+  /** MLP layers of `a` not checked (no reference output for them, or left out by --layers) */
+  unchecked: number[];
+  /** why they were not */
+  uncheckedWhy?: string;
+  /** every other tensor: byte-identical, differing, one-sided, NaN / Inf, checksums */
+  coverage: Coverage;
+  /** no difference found (exit 0 when also nothing is unchecked, 3 when something is) */
   pass: boolean;
 }
 
@@ -96,7 +104,8 @@ async function openSide(path: string): Promise<VerifySide> {
   try {
     const config = await configOf(ck, path);
     const src = await layerSource(ck, config);
-    return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), close: () => ck.close() };
+    const coverage = { others: src.others, all: [...ck.tensors.values()].map((info) => ({ store: ck, info })) };
+    return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), coverage, close: () => ck.close() };
   } catch (e) {
     await ck.close();
     throw e;
@@ -104,8 +113,15 @@ async function openSide(path: string): Promise<VerifySide> {
 }
 
 /** The layers both sides (or the side and the reference) have, narrowed by --layers. */
-function pickLayers(a: VerifySide, b: VerifySide | undefined, ref: TensorStore | undefined, names: { a: string; b?: string }, only?: number[]): number[] {
-  let layers = a.layers();
+function pickLayers(
+  a: VerifySide,
+  b: VerifySide | undefined,
+  ref: TensorStore | undefined,
+  names: { a: string; b?: string },
+  only?: number[],
+): { layers: number[]; unchecked: number[] } {
+  const all = a.layers();
+  let layers = all;
   if (b) {
     const lb = new Set(b.layers());
     const missing = layers.filter((l) => !lb.has(l));
@@ -123,7 +139,8 @@ function pickLayers(a: VerifySide, b: VerifySide | undefined, ref: TensorStore |
   }
   if (layers.length === 0)
     throw new MoekitError('unsupported', `${names.a}: no MLP layers to verify${ref ? ' (the reference has no layers.N.output matching them)' : ''}`);
-  return layers;
+  const checked = new Set(layers);
+  return { layers, unchecked: all.filter((l) => !checked.has(l)) };
 }
 
 /** Input tokens: the reference's `input` when given (its first --tokens rows), else seeded random tokens. */
@@ -200,7 +217,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
   try {
     b = bPath ? await openSide(bPath) : undefined;
     ref = opts.reference ? await openStore(opts.reference) : undefined;
-    const layers = pickLayers(a, b, ref, { a: aPath, b: bPath }, opts.layers);
+    const { layers, unchecked } = pickLayers(a, b, ref, { a: aPath, b: bPath }, opts.layers);
     const H = Number(a.config.hidden_size ?? (a.config.text_config as Record<string, unknown> | undefined)?.hidden_size);
     const { x, T } = await inputTokens(ref, opts, H);
     const results: LayerResult[] = [];
@@ -211,6 +228,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       any16 ||= c.sixteen;
       results.push(c.result);
     }
+    const cov = await coverage(a.coverage, b?.coverage, progress);
     return {
       a: aPath,
       b: bPath,
@@ -221,7 +239,10 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       atol: opts.atol ?? 0,
       rtol: opts.rtol ?? (any16 ? 2e-2 : 1e-4),
       layers: results,
-      pass: results.every((r) => r.pass),
+      unchecked,
+      ...(unchecked.length ? { uncheckedWhy: opts.layers ? 'left out by --layers' : 'no reference output' } : {}),
+      coverage: cov,
+      pass: results.every((r) => r.pass) && !coverageFails(cov),
     };
   } finally {
     await a.close();
@@ -245,7 +266,22 @@ export function formatReport(r: VerifyReport): string {
       `${String(l.layer).padStart(5)}  ${l.kind.padEnd(5)}  ${e(l.maxAbs).padStart(11)}  ${e(l.maxRel).padStart(11)}  ${hit.padStart(11)}  ${l.pass ? 'pass' : 'FAIL'}`,
     );
   }
+  const c = r.coverage;
+  for (const d of c.differ) lines.push(`DIFFERS  a:${d.name} ${d.a}  ↔  b:${d.name} ${d.b}`);
+  for (const o of c.onlyIn) lines.push(`MISSING  ${o.name}: only in ${o.side === 'a' ? r.a : r.b}`);
+  for (const x of c.nonFinite) lines.push(`NaN/Inf  ${x.name} (${x.side === 'a' ? r.a : r.b}): ${x.count} element(s)`);
+  if (c.checksums) lines.push(`CHECKSUM ${c.checksums}`);
+  if (r.unchecked.length) lines.push(`not checked: layer(s) ${r.unchecked.join(', ')} (${r.uncheckedWhy})`);
+  const moe = r.layers.filter((l) => l.pass && l.kind === 'moe').length;
+  const dense = r.layers.filter((l) => l.pass && l.kind === 'dense').length;
   const bad = r.layers.filter((l) => !l.pass).length;
-  lines.push('', bad === 0 ? `all ${r.layers.length} layers pass` : `${bad} of ${r.layers.length} layers FAIL`);
+  const proven = `${moe} MoE block(s)${dense ? ` and ${dense} dense block(s)` : ''} forward-equal, ${c.identical} tensor(s) byte-identical${c.notCompared ? `, ${c.notCompared} outside the blocks scanned only (no other side)` : ''}, ${r.unchecked.length} layer(s) unchecked`;
+  const problems = bad + c.differ.length + c.onlyIn.length + c.nonFinite.length + (c.checksums ? 1 : 0);
+  lines.push(
+    '',
+    problems === 0
+      ? proven
+      : `FAIL: ${bad} layer(s), ${c.differ.length} differing, ${c.onlyIn.length} one-sided, ${c.nonFinite.length} NaN/Inf tensor(s)${c.checksums ? ', a checksum mismatch' : ''}; ${proven}`,
+  );
   return lines.join('\n');
 }

@@ -6,12 +6,15 @@
 import { MoekitError } from '../../errors.js';
 import { familyFacts } from '../../families/index.js';
 import { layerSourceOf, type LoadedLayer, type LoadOptions } from '../../forward/ir-loader.js';
-import { openSharded } from './sharded.js';
+import { openSharded, verifyChecksums } from './sharded.js';
+import type { CoverageSide } from '../coverage.js';
 
 export interface VerifySide {
   config: Record<string, unknown>;
   layers(): number[];
   load(layer: number, opts?: LoadOptions): Promise<LoadedLayer>;
+  /** what verify checks outside the forward */
+  coverage: CoverageSide;
   close(): Promise<void>;
 }
 
@@ -26,5 +29,10 @@ export async function openShardedForVerify(path: string): Promise<VerifySide> {
   const base = familyFacts(config);
   const facts = { ...base, routing: sh.ir.routing ?? base.routing, activation: sh.ir.activation ?? base.activation };
   const src = layerSourceOf(sh.ir, sh.manifest.layout, rank0, facts, path);
-  return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), close: () => sh.close() };
+  const coverage: CoverageSide = {
+    others: src.others,
+    all: sh.ranks.flatMap((r) => [...r.ck.tensors.values()].map((info) => ({ store: r.ck, info }))),
+    checksums: () => verifyChecksums(sh),
+  };
+  return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), coverage, close: () => sh.close() };
 }

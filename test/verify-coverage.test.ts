@@ -1,0 +1,100 @@
+/**
+ * verify accounts for every tensor: outside the MLP blocks a changed byte, a NaN, a missing tensor
+ * or a corrupted rank file fails and is named; layers without a reference output are reported as
+ * not checked (exit 3).
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { copyFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openStore } from '../src/store/registry.js';
+import { bufferSource, writeCheckpoint } from '../src/store/safetensors/writer.js';
+import { FIXTURES, runCli, tempDir } from './helpers.js';
+
+const tmp = tempDir('moekit-cov-');
+afterAll(() => tmp.cleanup());
+let n = 0;
+const out = (name: string) => join(tmp.dir, `${n++}-${name}`);
+
+/** A converted copy of a fixture with `edit` applied to its tensors (drop one by returning undefined). */
+async function edited(fixture: string, to: string, edit: (name: string, data: Buffer) => Buffer | undefined): Promise<string> {
+  const conv = out('conv');
+  expect(runCli(['convert', join(FIXTURES, fixture), '--to', to, '--no-fsync', '-o', conv]).code).toBe(0);
+  const ck = await openStore(conv);
+  const entries = [];
+  for (const t of ck.tensors.values()) {
+    const d = edit(t.name, Buffer.from(await ck.read(t)));
+    if (d) entries.push({ name: t.name, dtype: t.dtype, shape: t.shape, source: bufferSource(d) });
+  }
+  await ck.close();
+  const dst = out('edited');
+  await writeCheckpoint(dst, entries, { fsync: false });
+  for (const f of ['config.json', 'moekit.json']) copyFileSync(join(conv, f), join(dst, f));
+  return dst;
+}
+
+const verify = (...args: string[]) => runCli(['verify', ...args, '--cpu']);
+
+describe('verify proves the whole checkpoint', () => {
+  const src = join(FIXTURES, 'deepseek_v3');
+  it('a faithful conversion: every tensor outside the blocks byte-identical, exit 0', async () => {
+    const ok = await edited('deepseek_v3', 'te', (_n, d) => d);
+    const r = verify(src, ok);
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/2 MoE block\(s\) and 1 dense block\(s\) forward-equal, 30 tensor\(s\) byte-identical, 0 layer\(s\) unchecked/);
+  });
+  it('one attention tensor altered: exit 1, the tensor named with both sides', async () => {
+    const bad = await edited('deepseek_v3', 'te', (name, d) =>
+      name === 'model.layers.1.self_attn.o_proj.weight' ? Buffer.concat([d.subarray(0, 4), Buffer.from([0, 0, 128, 63]), d.subarray(8)]) : d,
+    );
+    const r = verify(src, bad);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(
+      /DIFFERS {2}a:model\.layers\.1\.self_attn\.o_proj\.weight F32\[\d+,\d+\] sha256 \w+… {2}↔ {2}b:model\.layers\.1\.self_attn\.o_proj\.weight/,
+    );
+    expect(r.stdout).toMatch(/^FAIL: 0 layer\(s\), 1 differing/m);
+  });
+  it('one NaN in an embedding: exit 1, named', async () => {
+    const bad = await edited('deepseek_v3', 'te', (name, d) => {
+      if (name !== 'model.embed_tokens.weight') return d;
+      const c = Buffer.from(d);
+      c.writeFloatLE(Number.NaN, 40);
+      return c;
+    });
+    const r = verify(src, bad);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/NaN\/Inf {2}model\.embed_tokens\.weight \(.*\): 1 element\(s\)/);
+    expect(r.stdout).toMatch(/DIFFERS {2}a:model\.embed_tokens\.weight/);
+  });
+  it('one tensor missing: exit 1, named as one-sided', async () => {
+    const bad = await edited('deepseek_v3', 'te', (name, d) => (name === 'model.norm.weight' ? undefined : d));
+    const r = verify(src, bad);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/MISSING {2}model\.norm\.weight: only in .*deepseek_v3/);
+  });
+  it('one flipped byte in a rank file of a sharded checkpoint: exit 1, the rank and tensor named', () => {
+    const sh = out('sh');
+    expect(runCli(['shard', src, '--ep', '2', '--no-fsync', '-o', sh]).code).toBe(0);
+    const rank = join(sh, 'ep1-of-2');
+    const f = join(rank, readdirSync(rank).find((x) => x.endsWith('.safetensors'))!);
+    const buf = readFileSync(f);
+    buf[buf.length - 3]! ^= 0x01;
+    writeFileSync(f, buf);
+    const r = verify(sh, '--reference', join(src, 'reference.safetensors'));
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(/CHECKSUM checksum mismatch in rank ep1-of-2: tensor '[^']+'/);
+  });
+  it('a layer without a reference output is reported as not checked: exit 3', async () => {
+    const ref = out('ref.safetensors');
+    const ck = await openStore(join(src, 'reference.safetensors'));
+    const entries = [];
+    for (const t of ck.tensors.values())
+      if (t.name !== 'layers.2.output') entries.push({ name: t.name, dtype: t.dtype, shape: t.shape, source: bufferSource(Buffer.from(await ck.read(t))) });
+    await ck.close();
+    const dir = out('refdir');
+    await writeCheckpoint(dir, entries, { fsync: false });
+    const r = verify(src, '--reference', join(dir, 'model.safetensors'));
+    expect(r.code, r.stdout).toBe(3);
+    expect(r.stdout).toMatch(/not checked: layer\(s\) 2 \(no reference output\)/);
+    void ref;
+  });
+});
