@@ -98,3 +98,17 @@ describe('verify proves the whole checkpoint', () => {
     void ref;
   });
 });
+
+describe('no GPU, no failure', () => {
+  const noVulkan = { VK_DRIVER_FILES: '/nonexistent/icd.json', VK_ICD_FILENAMES: '/nonexistent/icd.json' };
+  it('without a Vulkan driver verify runs the CPU forward and says so; --gpu makes it an error (exit 8)', () => {
+    const args = ['verify', join(FIXTURES, 'mixtral'), '--reference', join(FIXTURES, 'mixtral', 'reference.safetensors')];
+    const r = runCli(args, { env: noVulkan });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/verify: no WebGPU adapter, running the CPU forward instead/);
+    expect(r.stdout).toMatch(/backend: CPU reference \(TypeScript\): no WebGPU adapter/);
+    const g = runCli([...args, '--gpu'], { env: noVulkan });
+    expect(g.code).toBe(8);
+    expect(g.stderr).toMatch(/moekit: error: no WebGPU adapter found/);
+  });
+});

@@ -31,6 +31,7 @@ export function registerVerify(program: Command): void {
     .option('--rtol <y>', 'max |a−b| / max |ref| allowed (default 1e-4, or 2e-2 when either side has 16-bit weights)', num('--rtol', 0))
     .option('--json', 'print the report as JSON')
     .option('--cpu', 'run the TypeScript reference forward instead of WebGPU')
+    .option('--gpu', 'require WebGPU: a missing adapter is an error (default: fall back to the CPU forward, with a notice)')
     .description('numerically verify MoE/MLP layers on a WebGPU kernel against reference outputs or another checkpoint')
     .addHelpText(
       'after',
@@ -45,7 +46,17 @@ export function registerVerify(program: Command): void {
       async (
         a: string,
         b: string | undefined,
-        o: { reference?: string; tokens?: number; seed?: number; layers?: number[]; atol?: number; rtol?: number; json?: boolean; cpu?: boolean },
+        o: {
+          reference?: string;
+          tokens?: number;
+          seed?: number;
+          layers?: number[];
+          atol?: number;
+          rtol?: number;
+          json?: boolean;
+          cpu?: boolean;
+          gpu?: boolean;
+        },
       ) => {
         const report = await verify(a, b, {
           ...o,

@@ -24,6 +24,8 @@ export interface VerifyOptions {
   atol?: number;
   rtol?: number;
   cpu?: boolean;
+  /** a missing WebGPU adapter is an error instead of a fall back to the CPU forward */
+  gpu?: boolean;
   /** test hook: pretend GPU bindings are at most this large */
   maxBinding?: number;
   onProgress?: (msg: string) => void;
@@ -46,6 +48,8 @@ export interface VerifyReport {
   reference?: string;
   backend: 'webgpu' | 'cpu';
   adapter?: string;
+  /** why the CPU forward ran although the GPU was asked for (no adapter) */
+  fallback?: string;
   tokens: number;
   atol: number;
   rtol: number;
@@ -88,11 +92,21 @@ async function configOf(ck: TensorStore, path: string): Promise<Record<string, u
 type Forward = (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
 
 /** The forward to run: the CPU reference, or WebGPU (and its adapter's name). */
-async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string }> {
-  if (opts.cpu) return { forward: async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T) };
+async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string; fallback?: string }> {
+  const cpu: Forward = async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T);
+  if (opts.cpu) return { forward: cpu };
   const { getGpu } = await import('../gpu/device.js');
+  let adapter: string;
+  try {
+    adapter = (await getGpu()).adapterName;
+  } catch (e) {
+    // no GPU, no failure: the CPU forward checks the same thing (--gpu makes a missing adapter an error)
+    if (opts.gpu || !(e instanceof MoekitError) || e.code !== 'gpu') throw e;
+    const fallback = `no WebGPU adapter, running the CPU forward instead (${e.message.split(';')[0]})`;
+    progress(fallback);
+    return { forward: cpu, fallback };
+  }
   const { forwardGpu } = await import('../gpu/moe.js');
-  const adapter = (await getGpu()).adapterName;
   progress(`WebGPU adapter: ${adapter}`);
   return { forward: (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding }), adapter };
 }
@@ -210,7 +224,7 @@ async function checkLayer(
 export async function verify(aPath: string, bPath: string | undefined, opts: VerifyOptions = {}): Promise<VerifyReport> {
   if (!bPath && !opts.reference) throw new MoekitError('usage', 'verify needs a second checkpoint <b> or --reference <file>');
   const progress = opts.onProgress ?? (() => {});
-  const { forward, adapter } = await makeForward(opts, progress);
+  const { forward, adapter, fallback } = await makeForward(opts, progress);
   const a = await openSide(aPath);
   let b: VerifySide | undefined;
   let ref: TensorStore | undefined;
@@ -233,8 +247,9 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       a: aPath,
       b: bPath,
       reference: opts.reference,
-      backend: opts.cpu ? 'cpu' : 'webgpu',
+      backend: opts.cpu || fallback ? 'cpu' : 'webgpu',
       adapter,
+      ...(fallback ? { fallback } : {}),
       tokens: T,
       atol: opts.atol ?? 0,
       rtol: opts.rtol ?? (any16 ? 2e-2 : 1e-4),
@@ -256,7 +271,7 @@ const e = (v: number) => (Number.isFinite(v) ? v.toExponential(2) : String(v));
 export function formatReport(r: VerifyReport): string {
   const lines = [
     `verify ${r.a} against ${r.b ?? r.reference}`,
-    `backend: ${r.backend === 'cpu' ? 'CPU reference (TypeScript)' : `WebGPU, adapter ${r.adapter}`}; ${r.tokens} tokens; rtol ${r.rtol}, atol ${r.atol}`,
+    `backend: ${r.backend === 'cpu' ? `CPU reference (TypeScript)${r.fallback ? ': no WebGPU adapter' : ''}` : `WebGPU, adapter ${r.adapter}`}; ${r.tokens} tokens; rtol ${r.rtol}, atol ${r.atol}`,
     '',
     'layer  kind   max abs err  max rel err  experts hit  result',
   ];
