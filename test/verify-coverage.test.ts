@@ -112,3 +112,41 @@ describe('no GPU, no failure', () => {
     expect(g.stderr).toMatch(/moekit: error: no WebGPU adapter found/);
   });
 });
+
+describe('precision-aware comparison (f32 against its bf16 conversion)', () => {
+  const twin = (fixture: string) => {
+    const d = out(`${fixture}-bf16`);
+    expect(runCli(['convert', join(FIXTURES, fixture), '--to', 'hf', '--dtype', 'bf16', '--no-fsync', '-o', d]).code).toBe(0);
+    return d;
+  };
+  it('bf16 ↔ f32 passes on every bundled MoE fixture at every seed 0–9; near-ties are reported, not failed', () => {
+    let reported = 0;
+    for (const f of ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'granitemoe', 'llama4_text']) {
+      const bf = twin(f);
+      for (let seed = 0; seed < 10; seed++) {
+        const r = runCli(['verify', bf, join(FIXTURES, f), '--cpu', '--seed', String(seed), '--json']);
+        expect(r.code, `${f} seed ${seed}: ${r.stdout.slice(0, 400)}`).toBe(0);
+        const rep = JSON.parse(r.stdout) as { layers: { flips?: { tokens: number[] } }[] };
+        reported += rep.layers.reduce((a, l) => a + (l.flips?.tokens.length ?? 0), 0);
+      }
+    }
+    expect(reported).toBeGreaterThan(0); // the near-ties exist, and are told apart from errors
+  }, 120_000);
+  it('a broken bf16 conversion (gate and up swapped in one expert) fails at every seed', async () => {
+    const bf = twin('mixtral');
+    const ck = await openStore(bf);
+    const p = 'model.layers.1.block_sparse_moe.experts.3.';
+    const [w1, w3] = [Buffer.from(await ck.read(`${p}w1.weight`)), Buffer.from(await ck.read(`${p}w3.weight`))];
+    const entries = [];
+    for (const t of ck.tensors.values()) {
+      const d = t.name === `${p}w1.weight` ? w3 : t.name === `${p}w3.weight` ? w1 : Buffer.from(await ck.read(t));
+      entries.push({ name: t.name, dtype: t.dtype, shape: t.shape, source: bufferSource(d) });
+    }
+    await ck.close();
+    const bad = out('bad-bf16');
+    await writeCheckpoint(bad, entries, { fsync: false });
+    copyFileSync(join(bf, 'config.json'), join(bad, 'config.json'));
+    for (let seed = 0; seed < 10; seed++)
+      expect(runCli(['verify', bad, join(FIXTURES, 'mixtral'), '--cpu', '--seed', String(seed)]).code, `seed ${seed}`).toBe(1);
+  }, 60_000);
+});

@@ -53,33 +53,68 @@ function runExpert(e: DecodedExpert, spec: BlockSpec, x: Float32Array, H: number
   }
 }
 
-export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number): ForwardResult {
+/** Expert selection of every token: ids [T·K] and weights [T·K] (what the router chose). */
+export interface Routed {
+  K: number;
+  ids: Uint32Array;
+  weights: Float32Array;
+  /** per token: the gap between the last selected and the best unselected selection score */
+  margin: Float64Array;
+}
+
+/** Route T tokens with the block's router (on the CPU, in f64 accumulation, f32 logits as the kernels). */
+export function routeAll(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number): Routed | undefined {
+  if (!w.router || w.experts.length === 0) return undefined;
+  const H = w.hidden;
+  const E = w.experts.length;
+  const K = spec.routing.topK;
+  const router = weightF32(w.router.weight);
+  const rbias = w.router.bias && weightF32(w.router.bias);
+  const corr = w.router.correctionBias && weightF32(w.router.correctionBias);
+  const r: Routed = { K, ids: new Uint32Array(T * K), weights: new Float32Array(T * K), margin: new Float64Array(T) };
+  for (let t = 0; t < T; t++) {
+    const xt = x.subarray(t * H, (t + 1) * H);
+    const logits = new Float64Array(E);
+    for (let e = 0; e < E; e++) {
+      let s = rbias ? rbias[e]! : 0;
+      for (let k = 0; k < H; k++) s += xt[k]! * router[e * H + k]!;
+      logits[e] = Math.fround(s);
+    }
+    const { ids, weights } = routeToken(logits, spec.routing, corr);
+    const score = (e: number) => logits[e]! + (corr ? corr[e]! : 0);
+    const chosen = new Set(ids);
+    const worstIn = Math.min(...ids.map(score));
+    let bestOut = -Infinity;
+    for (let e = 0; e < E; e++) if (!chosen.has(e)) bestOut = Math.max(bestOut, score(e));
+    r.margin[t] = worstIn - bestOut;
+    ids.forEach((id, j) => {
+      r.ids[t * K + j] = id;
+      r.weights[t * K + j] = Math.fround(weights[j]!);
+    });
+  }
+  return r;
+}
+
+/** Run one block for T tokens; `forced` replaces the block's own routing (the same experts and weights on both sides of a comparison). */
+export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, forced?: Routed): ForwardResult {
   const H = w.hidden;
   const experts = w.experts.map(decode);
   const shared = w.shared.map(decode);
-  const router = w.router && weightF32(w.router.weight);
-  const rbias = w.router?.bias && weightF32(w.router.bias);
-  const corr = w.router?.correctionBias && weightF32(w.router.correctionBias);
   const sgate = w.sharedGate && weightF32(w.sharedGate);
   const E = experts.length;
   const out = new Float32Array(T * H);
   const expertCounts = new Array<number>(E).fill(0);
   const acc = new Float64Array(H);
   const inputScaled = spec.routing.scoreFunc === 'topk_sigmoid_input';
+  const routed = forced ?? routeAll(w, spec, x, T);
   for (let t = 0; t < T; t++) {
     const xt = x.subarray(t * H, (t + 1) * H);
     acc.fill(0);
-    if (router && E > 0) {
-      const logits = new Float64Array(E);
-      for (let e = 0; e < E; e++) {
-        let s = rbias ? rbias[e]! : 0;
-        for (let k = 0; k < H; k++) s += xt[k]! * router[e * H + k]!;
-        logits[e] = Math.fround(s);
-      }
-      const { ids, weights } = routeToken(logits, spec.routing, corr);
-      ids.forEach((id, j) => {
+    if (routed && E > 0) {
+      for (let j = 0; j < routed.K; j++) {
+        const id = routed.ids[t * routed.K + j]!;
+        const wj = routed.weights[t * routed.K + j]!;
         expertCounts[id]!++;
-        const wj = Math.fround(weights[j]!);
         if (inputScaled)
           runExpert(
             experts[id]!,
@@ -90,7 +125,7 @@ export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array,
             acc,
           );
         else runExpert(experts[id]!, spec, xt, H, wj, acc);
-      });
+      }
     }
     if (shared.length > 0) {
       const sh = new Float64Array(H);

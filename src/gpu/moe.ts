@@ -13,7 +13,7 @@
  * Tokens are batched when activations would exceed one binding (tokens are independent).
  */
 import { MoekitError } from '../errors.js';
-import type { ForwardResult } from '../forward/cpu.js';
+import type { ForwardResult, Routed } from '../forward/cpu.js';
 import type { BlockSpec } from '../forward/routing.js';
 import {
   bytesOf,
@@ -43,6 +43,8 @@ export interface GpuForwardOptions {
   kernels?: 'gpu' | 'cpu';
   /** wait for each piece's upload before dispatching its kernel (benchmarks: kernel time alone) */
   syncUploads?: boolean;
+  /** use this expert selection instead of the block's router (verify across precisions) */
+  forced?: Routed;
 }
 
 export interface GpuForwardResult extends ForwardResult {
@@ -424,7 +426,15 @@ function prepareRun(ctx: Ctx, w: MoeBlockWeights, spec: BlockSpec, opts: GpuForw
 /** Router logits, top-k selection and token gather for one batch (or all-ones weights for a dense block). */
 function dispatchRouting(r: Run, b: Batch): void {
   const { ctx, w, E, K, KS, H, tb } = { ...r, tb: b.tb };
-  if (E > 0) {
+  const forced = r.opts.forced;
+  if (E > 0 && forced) {
+    // the given selection: ids and weights per token, 1 for the shared slots
+    const ids = ctx.storage(forced.ids.subarray(b.t0 * K, (b.t0 + tb) * K), 'ids', ctx.batch);
+    const rw = new Float32Array(tb * KS).fill(1);
+    for (let t = 0; t < tb; t++) rw.set(forced.weights.subarray((b.t0 + t) * K, (b.t0 + t + 1) * K), t * KS);
+    ctx.write(b.rw, 0, rw);
+    ctx.dispatch('gather', {}, [ctx.uniform([tb, E, K, KS]), ids, b.meta], [ceil(E, 64), 1, 1]);
+  } else if (E > 0) {
     const ids = ctx.storage(tb * K * 4 || 4, 'ids', ctx.batch);
     const logits = ctx.storage(tb * E * 4, 'logits', ctx.batch);
     const lp = ctx.uniform([tb, E, H, w.router?.bias ? 1 : 0]);

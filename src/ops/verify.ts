@@ -11,7 +11,7 @@ import type { TensorStore } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
 import { layerSource, type LoadedLayer } from '../forward/ir-loader.js';
-import { compare, forwardCpu, type ForwardResult } from '../forward/cpu.js';
+import { compare, forwardCpu, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
@@ -40,6 +40,12 @@ export interface LayerResult {
   expertsHit: number;
   experts: number;
   pass: boolean;
+  /**
+   * sides of different precision: compared under the higher-precision side's expert selection;
+   * these tokens would select other experts in the lower-precision side (near-ties), with the
+   * smallest selection-score margin among them
+   */
+  flips?: { tokens: number[]; minMargin: number | null };
 }
 
 export interface VerifyReport {
@@ -89,11 +95,11 @@ async function configOf(ck: TensorStore, path: string): Promise<Record<string, u
   return c;
 }
 
-type Forward = (l: LoadedLayer, x: Float32Array, T: number) => Promise<ForwardResult>;
+type Forward = (l: LoadedLayer, x: Float32Array, T: number, forced?: Routed) => Promise<ForwardResult>;
 
 /** The forward to run: the CPU reference, or WebGPU (and its adapter's name). */
 async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string; fallback?: string }> {
-  const cpu: Forward = async (l, x, T) => forwardCpu(await materialize(l.weights), l.facts, x, T);
+  const cpu: Forward = async (l, x, T, forced) => forwardCpu(await materialize(l.weights), l.facts, x, T, forced);
   if (opts.cpu) return { forward: cpu };
   const { getGpu } = await import('../gpu/device.js');
   let adapter: string;
@@ -108,7 +114,7 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   }
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
-  return { forward: (l, x, T) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding }), adapter };
+  return { forward: (l, x, T, forced) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding, forced }), adapter };
 }
 
 /** A side is a checkpoint in any layout, or a sharded checkpoint (moekit shard) whose forward gathers the experts from its ranks. */
@@ -176,6 +182,20 @@ interface Checked {
   sixteen: boolean;
 }
 
+/** Tokens whose expert set differs between two routings, with the higher-precision side's margin. */
+function flipsOf(high: Routed, low: Routed): NonNullable<LayerResult['flips']> {
+  const tokens: number[] = [];
+  let minMargin = Infinity;
+  for (let t = 0; t < high.margin.length; t++) {
+    const a = new Set(high.ids.subarray(t * high.K, (t + 1) * high.K));
+    if (low.ids.subarray(t * low.K, (t + 1) * low.K).some((id) => !a.has(id))) {
+      tokens.push(t);
+      minMargin = Math.min(minMargin, high.margin[t]!);
+    }
+  }
+  return { tokens, minMargin: tokens.length ? minMargin : null };
+}
+
 /** Run layer `l` of `a` and compare it with `b` (fed the same tokens) or the reference output. */
 async function checkLayer(
   l: number,
@@ -187,20 +207,35 @@ async function checkLayer(
   const { forward, x, T, opts } = run;
   // The GPU forward streams expert matrices from disk; the CPU one loads them.
   const la = await a.load(l, { lazy: !opts.cpu });
-  const ra = await forward(la, x, T);
+  let ra = await forward(la, x, T);
   let want: Float32Array;
   let got = ra.out;
   let sixteen = blockIs16Bit(la.weights);
+  let flips: LayerResult['flips'];
   if (b) {
     const lb = await b.load(l, { lazy: !opts.cpu });
     if (lb.weights.hidden !== la.weights.hidden)
       throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
-    sixteen ||= blockIs16Bit(lb.weights);
-    // Both sides are computed the same way; `a` is the reference of the relative error.
-    want = ra.out;
-    const rb = await forward(lb, x, T);
-    got = rb.out;
-    if (la.kind === 'dense') ra.expertCounts = rb.expertCounts; // a dense model against its upcycled MoE: report b's experts
+    const sixteenB = blockIs16Bit(lb.weights);
+    const mixed = sixteen !== sixteenB && la.kind === 'moe' && lb.kind === 'moe';
+    sixteen ||= sixteenB;
+    if (mixed) {
+      // different precisions: both sides run the higher-precision side's selection, and the tokens
+      // the lower one would route elsewhere (near-ties) are reported, not counted as a difference
+      const [high, low] = sixteenB ? [la, lb] : [lb, la];
+      const hr = routeAll(await materialize(high.weights, false), high.facts, x, T)!;
+      const lr = routeAll(await materialize(low.weights, false), low.facts, x, T)!;
+      flips = flipsOf(hr, lr);
+      ra = await forward(la, x, T, hr);
+      want = ra.out;
+      got = (await forward(lb, x, T, hr)).out;
+    } else {
+      // Both sides are computed the same way; `a` is the reference of the relative error.
+      want = ra.out;
+      const rb = await forward(lb, x, T);
+      got = rb.out;
+      if (la.kind === 'dense') ra.expertCounts = rb.expertCounts; // a dense model against its upcycled MoE: report b's experts
+    }
   } else {
     const info = ref!.info(`layers.${l}.output`);
     want = toFloat32(await ref!.read(info), info.dtype as 'F32').subarray(0, T * la.weights.hidden);
@@ -217,6 +252,7 @@ async function checkLayer(
       expertsHit: ra.expertCounts.filter((n) => n > 0).length,
       experts: ra.expertCounts.length,
       pass: Number.isFinite(c.maxAbs) && c.maxAbs <= (opts.atol ?? 0) + rtol * c.refMax,
+      ...(flips ? { flips } : {}),
     },
   };
 }
@@ -279,6 +315,12 @@ export function formatReport(r: VerifyReport): string {
     const hit = l.experts > 0 ? `${l.expertsHit}/${l.experts}` : '-';
     lines.push(
       `${String(l.layer).padStart(5)}  ${l.kind.padEnd(5)}  ${e(l.maxAbs).padStart(11)}  ${e(l.maxRel).padStart(11)}  ${hit.padStart(11)}  ${l.pass ? 'pass' : 'FAIL'}`,
+    );
+  }
+  for (const l of r.layers) {
+    if (!l.flips?.tokens.length) continue;
+    lines.push(
+      `layer ${l.layer}: compared under the higher-precision side's expert selection; ${l.flips.tokens.length} token(s) would select other experts at the lower precision (near-ties, smallest margin ${e(l.flips.minMargin!)})`,
     );
   }
   const c = r.coverage;
