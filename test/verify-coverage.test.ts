@@ -150,3 +150,16 @@ describe('precision-aware comparison (f32 against its bf16 conversion)', () => {
       expect(runCli(['verify', bad, join(FIXTURES, 'mixtral'), '--cpu', '--seed', String(seed)]).code, `seed ${seed}`).toBe(1);
   }, 60_000);
 });
+
+describe('Granite-MoE and Llama4 after conversion to every layout', () => {
+  for (const f of ['granitemoe', 'llama4_text']) {
+    it(`${f}: every layout verifies against transformers' block outputs`, () => {
+      for (const to of ['te', 'nemo', 'megatron', 'megatron-grouped', 'flashfusemoe', 'hf-fused']) {
+        const dst = out(`${f}-${to}`);
+        expect(runCli(['convert', join(FIXTURES, f), '--to', to, '--no-fsync', '-o', dst]).code, to).toBe(0);
+        const r = runCli(['verify', dst, '--reference', join(FIXTURES, f, 'reference.safetensors'), '--cpu']);
+        expect(r.code, `${f} → ${to}: ${r.stdout}`).toBe(0);
+      }
+    }, 60_000);
+  }
+});
