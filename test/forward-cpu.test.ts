@@ -8,7 +8,7 @@ import { topk, routeToken } from '../src/forward/routing.js';
 import { familyFacts } from '../src/families/index.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
-const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense', 'granitemoe', 'llama4_text'];
+const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense', 'granitemoe', 'llama4_text', 'phimoe'];
 
 async function refOf(name: string) {
   const ref = await openStore(join(FIX, name, 'reference.safetensors'));

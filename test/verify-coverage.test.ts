@@ -151,8 +151,8 @@ describe('precision-aware comparison (f32 against its bf16 conversion)', () => {
   }, 60_000);
 });
 
-describe('Granite-MoE and Llama4 after conversion to every layout', () => {
-  for (const f of ['granitemoe', 'llama4_text']) {
+describe('Granite-MoE, Llama4 and PhiMoE after conversion to every layout', () => {
+  for (const f of ['granitemoe', 'llama4_text', 'phimoe']) {
     it(`${f}: every layout verifies against transformers' block outputs`, () => {
       for (const to of ['te', 'nemo', 'megatron', 'megatron-grouped', 'flashfusemoe', 'hf-fused']) {
         const dst = out(`${f}-${to}`);

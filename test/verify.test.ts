@@ -75,6 +75,7 @@ describe('verify passes on every fixture with a reference (WebGPU)', () => {
     ['deepseek_v3_bf16', 'deepseek_v3'],
     ['granitemoe', 'granitemoe'],
     ['llama4_text', 'llama4_text'],
+    ['phimoe', 'phimoe'],
   ] as const) {
     it(`${name} against ${refName}/reference.safetensors`, async () => {
       const r = await verify(join(FIX, name), undefined, { reference: join(FIX, refName, 'reference.safetensors') });

@@ -103,6 +103,7 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
     routedScalingFactor: k.num(r.routedScalingFactor, 'routing.routedScalingFactor'),
     correctionBias: k.bool(r.correctionBias, 'routing.correctionBias'),
     routerBias: k.bool(r.routerBias, 'routing.routerBias'),
+    ...(r.jitterEps === undefined ? {} : { jitterEps: k.num(r.jitterEps, 'routing.jitterEps') }),
   };
 }
 

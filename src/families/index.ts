@@ -16,7 +16,7 @@ export type ScoreFunc =
   | 'topk_softmax'
   /** top-k of the logits, sigmoid of each selected logit, scaling the expert's input (Llama4) */
   | 'topk_sigmoid_input'
-  /** PhiMoE sparsemixer: not supported by the forward yet */
+  /** PhiMoE sparsemixer: top-2, each weight a softmax over the experts within a relative gap (modeling_phimoe.py) */
   | 'sparsemixer';
 
 export type ActivationKind = 'swiglu' | 'geglu_tanh' | 'geglu' | 'relu2' | 'swiglu_oai' | 'swiglu_clamped';
@@ -40,6 +40,8 @@ export interface Routing {
   correctionBias: boolean;
   /** router linear has a bias (GPT-OSS) */
   routerBias: boolean;
+  /** PhiMoE sparsemixer: the relative logit gap (router_jitter_noise) inside which experts share the softmax */
+  jitterEps?: number;
 }
 
 /** Routing facts with defaults (plain softmax top-k, no groups, no renorm, no biases) overridden by `r`. */
@@ -162,13 +164,13 @@ const FAMILIES: Record<string, FamilyRule> = {
     routing: routing({ scoreFunc: 'softmax', normTopkProb: true }),
     isMoeLayer: all,
   }),
-  // modeling_phimoe.py: sparsemixer routing (top-2 with jitter masks).
+  // modeling_phimoe.py: sparsemixer routing (top-2, each weight a softmax within a relative logit gap of 2·router_jitter_noise).
   phimoe: (c, base, routing) => ({
     ...base,
     family: 'phimoe',
     moeIntermediateSize: intermediateOf(c),
     shared: null,
-    routing: routing({ scoreFunc: 'sparsemixer' }),
+    routing: routing({ scoreFunc: 'sparsemixer', jitterEps: num(c, 'router_jitter_noise') ?? 0.01 }),
     isMoeLayer: all,
   }),
   // modeling_minimax_m2.py: sigmoid, selection on score + e_score_correction_bias, always renormalised.

@@ -92,8 +92,6 @@ async function denseBlock(d: DenseMlp, hidden: number, lazy: boolean): Promise<M
  */
 export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStore: TensorStore, facts: FamilyFacts, where: string): LayerSource {
   const moe = new Map((ir?.layers ?? []).map((l) => [l.layer, l]));
-  if (moe.size > 0 && facts.routing.scoreFunc === 'sparsemixer')
-    throw new MoekitError('unsupported', `${facts.family}: sparsemixer routing is not supported by verify yet`);
   const dense = readDenseMlps(denseStore, new Set(moe.keys()));
   const inBlocks = new Set<string>();
   for (const d of dense.values()) for (const v of [d.gate, d.up, d.down]) if (v) inBlocks.add(v.label);

@@ -35,10 +35,33 @@ export function topk(v: ArrayLike<number>, k: number, allowed?: (i: number) => b
 
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
+/**
+ * PhiMoE's sparsemixer at inference (transformers modeling_phimoe.py `sparsemixer`, eval branch):
+ * expert 1 is the argmax; its weight is the softmax at it over only the experts whose relative gap
+ * (max − s) / max(|s|, max) is within 2·jitter_eps; expert 2 is the argmax of the others, weighted
+ * the same way among them. Always two experts; the weights are not renormalised.
+ */
+function sparsemixer(s: Float64Array, eps: number): { ids: number[]; weights: number[] } {
+  const E = s.length;
+  const pick = (masked: Float64Array) => {
+    const i = topk(masked, 1)[0]!;
+    const m = masked[i]!;
+    let den = 0;
+    for (let e = 0; e < E; e++) if (masked[e]! !== -Infinity && (m - s[e]!) / Math.max(Math.abs(s[e]!), m) <= 2 * eps) den += Math.exp(masked[e]! - m);
+    return { i, w: 1 / den };
+  };
+  const first = pick(s);
+  const rest = Float64Array.from(s);
+  rest[first.i] = -Infinity;
+  const second = pick(rest);
+  return { ids: [first.i, second.i], weights: [first.w, second.w] };
+}
+
 /** Route one token: experts and their weights (slot order), and whether weights scale the input. */
 export function routeToken(logits: Float64Array, r: Routing, correction?: Float32Array): { ids: number[]; weights: number[] } {
   const E = logits.length;
   const k = r.topK;
+  if (r.scoreFunc === 'sparsemixer') return sparsemixer(logits, r.jitterEps ?? 0.01);
   if (r.scoreFunc === 'topk_softmax' || r.scoreFunc === 'topk_sigmoid_input') {
     const ids = topk(logits, k);
     if (r.scoreFunc === 'topk_sigmoid_input') return { ids, weights: ids.map((i) => sigmoid(logits[i]!) * r.routedScalingFactor) };

@@ -243,7 +243,7 @@ function groupBiases(experts: ExpertWeights[], I: number, H: number): { bias?: F
   return { bias, downBias };
 }
 
-function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
+function checkShapes(w: MoeBlockWeights, spec: BlockSpec, forced?: Routed): void {
   const H = w.hidden;
   const bad = (msg: string): never => {
     throw new MoekitError('gpu', `WebGPU forward: ${msg}; run with --cpu`);
@@ -258,7 +258,7 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec): void {
   if (E > MAX_E) bad(`${E} experts (the router kernel handles at most ${MAX_E})`);
   const r = spec.routing;
   if (E > 0) {
-    if (!(r.scoreFunc in MODE)) bad(`routing '${r.scoreFunc}' is not supported`);
+    if (!(r.scoreFunc in MODE) && !forced) bad(`routing '${r.scoreFunc}' is not supported without a given selection (verify routes it on the CPU)`);
     if (r.topK < 1 || r.topK > E) bad(`top-k ${r.topK} with ${E} experts`);
     if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup))
       bad(`n_group ${r.nGroup} / topk_group ${r.topkGroup} with ${E} experts`);
@@ -542,7 +542,7 @@ function tokensPerBatch(r: Run, B: number, T: number): number {
 
 /** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
 export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
-  checkShapes(block, spec);
+  checkShapes(block, spec, opts.forced);
   // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
   const w = await materialize(block, false);
   const gpu = await getGpu();
