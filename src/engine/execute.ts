@@ -9,7 +9,6 @@
 import { join } from 'node:path';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import pLimit from 'p-limit';
-import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type Chunk, sharedPool } from '../store/pool.js';
 import { byteSize } from '../store/dtypes.js';
 import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js';
@@ -54,37 +53,6 @@ class SlabPool {
     let l = this.free.get(b.byteLength);
     if (!l) this.free.set(b.byteLength, (l = []));
     if (l.length < 8) l.push(b);
-  }
-}
-
-/** A byte range of a source tensor in pooled chunks, with `readahead` reads in flight (reads overlap writes). */
-async function* rangeChunks(store: TensorStore, info: TensorInfo, start: number, end: number, readahead = 3): AsyncGenerator<Chunk> {
-  const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
-  let pos = start;
-  const issue = () => {
-    const e = Math.min(end, pos + sharedPool.chunkSize);
-    const buf = sharedPool.acquire();
-    const p = store.read(info, pos, e, buf);
-    p.catch(() => undefined); // awaited below
-    pending.push({ buf, p });
-    pos = e;
-  };
-  try {
-    while (pos < end && pending.length < readahead) issue();
-    while (pending.length) {
-      const { buf, p } = pending[0]!;
-      const data = await p;
-      pending.shift();
-      if (pos < end) issue();
-      yield { data, release: () => sharedPool.release(buf) };
-    }
-  } finally {
-    // an abandoned stream: let in-flight reads finish, then recycle their buffers
-    for (const { buf, p } of pending.splice(0))
-      void p.then(
-        () => sharedPool.release(buf),
-        () => sharedPool.release(buf),
-      );
   }
 }
 
@@ -152,7 +120,7 @@ function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<s
   async function* bytes(): AsyncGenerator<Chunk> {
     for (const s of t.slabs) {
       if (s.kind === 'range') {
-        for await (const c of rangeChunks(s.store, s.info, s.start, s.end)) yield transformed(t, c);
+        for await (const c of s.store.chunks(s.info, sharedPool, 3, s.start, s.end)) yield transformed(t, c);
       } else {
         const buf = await asm.get(s);
         yield transformed(t, { data: buf, release: () => asm.pool.release(buf) });

@@ -38,8 +38,8 @@ export interface TensorStore {
   info(name: string): TensorInfo;
   /** bytes [start, end) of one tensor (default: all of it), into `into` or a new buffer */
   read(t: TensorInfo | string, start?: number, end?: number, into?: Buffer): Promise<Buffer>;
-  /** one tensor's bytes in pooled chunks; release each once consumed */
-  chunks(t: TensorInfo | string, pool?: BufferPool, readahead?: number): AsyncGenerator<Chunk>;
+  /** one tensor's bytes [start, end) (default: all) in pooled chunks, `readahead` reads in flight; release each once consumed */
+  chunks(t: TensorInfo | string, pool?: BufferPool, readahead?: number, start?: number, end?: number): AsyncGenerator<Chunk>;
   /** config.json next to the checkpoint, or undefined */
   config(): Promise<Record<string, unknown> | undefined>;
   close(): Promise<void>;

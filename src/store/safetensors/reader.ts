@@ -233,24 +233,26 @@ export class SafetensorsStore implements TensorStore {
    * Stream one tensor's bytes in pooled chunks; each chunk must be released once consumed.
    * Keeps `readahead` positioned reads in flight so disk/page-cache reads overlap the consumer.
    */
-  async *chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2): AsyncGenerator<Chunk> {
+  async *chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
     const info = typeof t === 'string' ? this.info(t) : t;
+    const stop = end ?? info.nbytes;
     const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
-    let pos = 0;
+    let pos = start;
     const issue = () => {
-      const end = Math.min(info.nbytes, pos + pool.chunkSize);
+      const e = Math.min(stop, pos + pool.chunkSize);
       const buf = pool.acquire();
-      const p = this.read(info, pos, end, buf);
+      const p = this.read(info, pos, e, buf);
       p.catch(() => undefined); // awaited below; avoid unhandled rejection while queued
       pending.push({ buf, p });
-      pos = end;
+      pos = e;
     };
     try {
-      while (pos < info.nbytes && pending.length < readahead) issue();
+      while (pos < stop && pending.length < readahead) issue();
       while (pending.length > 0) {
-        const { buf, p } = pending.shift()!;
+        const { buf, p } = pending[0]!;
         const data = await p;
-        if (pos < info.nbytes) issue();
+        pending.shift();
+        if (pos < stop) issue();
         yield { data, release: () => pool.release(buf) };
       }
     } finally {
