@@ -34,24 +34,40 @@ export interface Coverage {
   checksums: string | null;
 }
 
-/** NaN / Inf in a float tensor, counted chunk by chunk (bit patterns: all-ones exponent). */
-async function nonFiniteCount(store: TensorStore, info: TensorInfo): Promise<number> {
-  const kind = info.dtype === 'F32' ? 4 : info.dtype === 'BF16' ? 'bf16' : info.dtype === 'F16' ? 'f16' : undefined;
-  if (!kind) return 0;
+/** NaN / Inf in one chunk of a float tensor (bit patterns: all-ones exponent). */
+function nonFiniteIn(dtype: string, d: Uint8Array): number {
   let n = 0;
-  for await (const c of store.chunks(info)) {
-    const d = c.data;
-    if (kind === 4) {
-      const u = new Uint32Array(d.buffer, d.byteOffset, d.byteLength / 4);
-      for (let i = 0; i < u.length; i++) if ((u[i]! & 0x7f800000) === 0x7f800000) n++;
-    } else {
-      const u = new Uint16Array(d.buffer, d.byteOffset, d.byteLength / 2);
-      const m = kind === 'bf16' ? 0x7f80 : 0x7c00;
-      for (let i = 0; i < u.length; i++) if ((u[i]! & m) === m) n++;
-    }
-    c.release?.();
+  if (dtype === 'F32') {
+    const u = new Uint32Array(d.buffer, d.byteOffset, d.byteLength / 4);
+    for (let i = 0; i < u.length; i++) if ((u[i]! & 0x7f800000) === 0x7f800000) n++;
+  } else if (dtype === 'BF16' || dtype === 'F16') {
+    const u = new Uint16Array(d.buffer, d.byteOffset, d.byteLength / 2);
+    const m = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+    for (let i = 0; i < u.length; i++) if ((u[i]! & m) === m) n++;
   }
   return n;
+}
+
+/**
+ * One read of every tensor of a side: NaN / Inf counted, and the sha256 of the tensors in `hash`
+ * computed from the same chunks (worker threads), so nothing is read twice.
+ */
+async function scanSide(s: CoverageSide, side: 'a' | 'b', hash: Set<TensorInfo>, pool: HashPool, cov: Coverage): Promise<Map<TensorInfo, string>> {
+  const sha = new Map<TensorInfo, string>();
+  for (const { store, info } of s.all) {
+    const h = hash.has(info) ? pool.stream() : undefined;
+    const float = FLOATS.includes(info.dtype);
+    if (!h && !float) continue;
+    let count = 0;
+    for await (const c of store.chunks(info)) {
+      if (float) count += nonFiniteIn(info.dtype, c.data);
+      if (h) await h.update(c.data);
+      c.release?.();
+    }
+    if (count > 0) cov.nonFinite.push({ side, name: info.name, count });
+    if (h) sha.set(info, await h.digest());
+  }
+  return sha;
 }
 
 const FLOATS: readonly string[] = ['F32', 'F16', 'BF16'];
@@ -73,67 +89,67 @@ async function equalAfterCast(x: Side, y: Side): Promise<boolean> {
   return true;
 }
 
-const desc = (t: TensorInfo, sha: string) => `${t.dtype}[${t.shape}] sha256 ${sha.slice(0, 12)}…`;
+const desc = (t: TensorInfo, sha: string | undefined) => `${t.dtype}[${t.shape}]${sha ? ` sha256 ${sha.slice(0, 12)}…` : ''}`;
 
 /** Account for every tensor of `a` (and `b`) that the forward does not check. */
 export async function coverage(a: CoverageSide, b: CoverageSide | undefined, progress: (m: string) => void): Promise<Coverage> {
   const cov: Coverage = { identical: 0, differ: [], onlyIn: [], nonFinite: [], notCompared: 0, checksums: null };
-  for (const [side, s] of [
-    ['a', a],
-    ['b', b],
-  ] as const) {
-    if (!s) continue;
-    progress(`scanning ${s.all.length} tensors of ${side} for NaN / Inf`);
-    for (const { store, info } of s.all) {
-      const count = await nonFiniteCount(store, info);
-      if (count > 0) cov.nonFinite.push({ side, name: info.name, count });
-    }
-    if (s.checksums) {
-      progress(`checking every rank's sha256 of ${side}`);
-      try {
-        await s.checksums();
-      } catch (e) {
-        if (!(e instanceof MoekitError) || e.code !== 'checksum') throw e;
-        cov.checksums = e.message;
+  // the tensors outside the blocks with the same name, dtype and shape on both sides are compared by sha256
+  const bs = new Map((b?.others ?? []).map((t) => [t.info.name, t]));
+  const pairs = a.others.flatMap((x) => {
+    const y = bs.get(x.info.name);
+    return y ? [{ x, y }] : [];
+  });
+  const sameShape = (p: (typeof pairs)[number]) => JSON.stringify(p.x.info.shape) === JSON.stringify(p.y.info.shape);
+  const byHash = pairs.filter((p) => p.x.info.dtype === p.y.info.dtype && sameShape(p));
+  const pool = new HashPool();
+  const sha = new Map<TensorInfo, string>();
+  try {
+    for (const [side, s, mine] of [
+      ['a', a, new Set(byHash.map((p) => p.x.info))],
+      ['b', b, new Set(byHash.map((p) => p.y.info))],
+    ] as const) {
+      if (!s) continue;
+      progress(`scanning ${s.all.length} tensors of ${side} for NaN / Inf${b ? ' (and hashing those outside the blocks)' : ''}`);
+      for (const [k, v] of await scanSide(s, side, mine, pool, cov)) sha.set(k, v);
+      if (s.checksums) {
+        progress(`checking every rank's sha256 of ${side}`);
+        try {
+          await s.checksums();
+        } catch (e) {
+          if (!(e instanceof MoekitError) || e.code !== 'checksum') throw e;
+          cov.checksums = e.message;
+        }
       }
     }
+  } finally {
+    await pool.close();
   }
   if (!b) {
     cov.notCompared = a.others.length;
     return cov;
   }
-  const bs = new Map(b.others.map((t) => [t.info.name, t]));
   const as = new Set(a.others.map((t) => t.info.name));
   for (const t of b.others) if (!as.has(t.info.name)) cov.onlyIn.push({ side: 'b', name: t.info.name });
-  progress(`comparing ${a.others.length} tensors outside the MLP blocks byte for byte`);
-  const pool = new HashPool();
-  try {
-    await Promise.all(
-      a.others.map(async (x) => {
-        const y = bs.get(x.info.name);
-        if (!y) {
-          cov.onlyIn.push({ side: 'a', name: x.info.name });
-          return;
-        }
-        const sameShape = JSON.stringify(x.info.shape) === JSON.stringify(y.info.shape);
-        if (sameShape && x.info.dtype !== y.info.dtype && FLOATS.includes(x.info.dtype) && FLOATS.includes(y.info.dtype)) {
-          // a --dtype conversion: the narrower side must be the wider one rounded to nearest even, bit for bit
-          if (await equalAfterCast(x, y)) cov.identical++;
-          else
-            cov.differ.push({
-              name: x.info.name,
-              a: `${x.info.dtype}[${x.info.shape}]`,
-              b: `${y.info.dtype}[${y.info.shape}], not its value rounded to ${y.info.dtype}`,
-            });
-          return;
-        }
-        const [hx, hy] = await Promise.all([pool.tensor(x.store, x.info), pool.tensor(y.store, y.info)]);
-        if (hx === hy && x.info.dtype === y.info.dtype && sameShape) cov.identical++;
-        else cov.differ.push({ name: x.info.name, a: desc(x.info, hx), b: desc(y.info, hy) });
-      }),
-    );
-  } finally {
-    await pool.close();
+  for (const t of a.others) if (!bs.has(t.info.name)) cov.onlyIn.push({ side: 'a', name: t.info.name });
+  progress(`comparing ${pairs.length} tensors outside the MLP blocks`);
+  for (const p of pairs) {
+    const { x, y } = p;
+    if (sameShape(p) && x.info.dtype !== y.info.dtype && FLOATS.includes(x.info.dtype) && FLOATS.includes(y.info.dtype)) {
+      // a --dtype conversion: the narrower side must be the wider one rounded to nearest even, bit for bit
+      if (await equalAfterCast(x, y)) cov.identical++;
+      else
+        cov.differ.push({
+          name: x.info.name,
+          a: `${x.info.dtype}[${x.info.shape}]`,
+          b: `${y.info.dtype}[${y.info.shape}], not its value rounded to ${y.info.dtype}`,
+        });
+      continue;
+    }
+    const hx = sha.get(x.info);
+    const hy = sha.get(y.info);
+    if (hx !== undefined && hx === hy) cov.identical++;
+    else cov.differ.push({ name: x.info.name, a: desc(x.info, hx), b: desc(y.info, hy) });
   }
   cov.differ.sort((p, q) => (p.name < q.name ? -1 : 1));
   cov.onlyIn.sort((p, q) => (p.name < q.name ? -1 : 1));
