@@ -5,7 +5,7 @@ import type { FloatDtype } from '../store/dtypes.js';
 import { peakRssMB } from '../output/transaction.js';
 import { LAYOUTS, TARGET_NAMES } from '../../converters/index.js';
 import type { GateUpOrder } from '../engine/layout.js';
-import { formatPlanSummary } from './plan-output.js';
+import { printResult } from './plan-output.js';
 import { dtypeArg, writeFlags, type WriteFlags } from './options.js';
 import { human, progress } from './progress.js';
 
@@ -70,12 +70,13 @@ export function registerConvert(program: Command): void {
         onProgress: (b, t) => bar.update(b, t),
       });
       bar.done();
-      if (o.json) process.stdout.write(JSON.stringify({ ...s, peakRssMB: peakRssMB() }, null, 2) + '\n');
-      else if (s.dryRun) process.stdout.write(`${s.sourceLayout} → ${s.layout} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`);
-      else {
-        process.stdout.write(
-          `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}\n`,
-        );
-      }
+      printResult(
+        s,
+        o.json,
+        `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
+        () =>
+          `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+        { peakRssMB: peakRssMB() },
+      );
     });
 }

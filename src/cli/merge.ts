@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { merge } from '../ops/shard/merge.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { formatPlanSummary } from './plan-output.js';
+import { printResult } from './plan-output.js';
 import { writeFlags, type WriteFlags } from './options.js';
 import { human, progress } from './progress.js';
 
@@ -28,9 +28,11 @@ export function registerMerge(program: Command): void {
         onProgress: (b, t) => bar.update(b, t),
       });
       bar.done();
-      if (o.json) process.stdout.write(JSON.stringify(s, null, 2) + '\n');
-      else if (s.dryRun) process.stdout.write(`merge ${s.ranks} ranks → ${s.layout} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`);
-      else
-        process.stdout.write(`merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`);
+      printResult(
+        s,
+        o.json,
+        `merge ${s.ranks} ranks → ${s.layout} into ${s.destination}`,
+        () => `merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+      );
     });
 }

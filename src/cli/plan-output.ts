@@ -9,7 +9,7 @@ interface DescribedPlan {
   }[];
 }
 
-export function formatPlanSummary(plan: unknown): string {
+function formatPlanSummary(plan: unknown): string {
   const p = plan as DescribedPlan;
   const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
   const lines: string[] = [];
@@ -32,4 +32,11 @@ export function formatPlanSummary(plan: unknown): string {
   }
   lines.push(`total: ${tensors} tensors, ${mb(bytes)}; expected peak memory about ${p.expectedPeakMB} MB; nothing written (--dry-run)`);
   return lines.join('\n');
+}
+
+/** A writing command's result on stdout: its JSON summary, the plan of a --dry-run (after `head`), or its one-line report. */
+export function printResult(s: { dryRun?: true; plan?: unknown }, json: boolean | undefined, head: string, line: () => string, extraJson: object = {}): void {
+  if (json) process.stdout.write(`${JSON.stringify({ ...s, ...extraJson }, null, 2)}\n`);
+  else if (s.dryRun) process.stdout.write(`${head}\n${formatPlanSummary(s.plan)}\n`);
+  else process.stdout.write(`${line()}\n`);
 }

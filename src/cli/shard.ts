@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { shard, reshard, type ShardSummary } from '../ops/shard/shard.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { formatPlanSummary } from './plan-output.js';
+import { printResult } from './plan-output.js';
 import { numberArg, writeFlags, type WriteFlags } from './options.js';
 import { human, progress } from './progress.js';
 
@@ -16,16 +16,14 @@ interface CutFlags extends WriteFlags {
 }
 
 function report(s: ShardSummary, json?: boolean): void {
-  if (json) process.stdout.write(JSON.stringify(s, null, 2) + '\n');
-  else if (s.dryRun)
-    process.stdout.write(
-      `${s.sourceLayout} → ${s.layout}, EP ${s.ep}${s.etp > 1 ? ` × ETP ${s.etp}` : ''} into ${s.destination}\n${formatPlanSummary(s.plan)}\n`,
-    );
-  else {
-    process.stdout.write(
-      `${s.sourceLayout} → ${s.layout}, EP ${s.ep}${s.etp > 1 ? ` × ETP ${s.etp}` : ''} (${s.placement}, dense ${s.dense}): wrote ${s.ranks.length} rank(s) [${s.ranks.join(', ')}], ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`,
-    );
-  }
+  const ep = `EP ${s.ep}${s.etp > 1 ? ` × ETP ${s.etp}` : ''}`;
+  printResult(
+    s,
+    json,
+    `${s.sourceLayout} → ${s.layout}, ${ep} into ${s.destination}`,
+    () =>
+      `${s.sourceLayout} → ${s.layout}, ${ep} (${s.placement}, dense ${s.dense}): wrote ${s.ranks.length} rank(s) [${s.ranks.join(', ')}], ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+  );
 }
 
 /** The flags shared by shard and reshard. */

@@ -4,7 +4,7 @@ import { upcycle } from '../ops/upcycle.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { peakRssMB } from '../output/transaction.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { formatPlanSummary } from './plan-output.js';
+import { printResult } from './plan-output.js';
 import { dtypeArg, numberArg, writeFlags, type WriteFlags } from './options.js';
 import { human, progress } from './progress.js';
 
@@ -76,12 +76,13 @@ export function registerUpcycle(program: Command): void {
       const s = await upcycle(src, o.output, { ...o, onProgress: (b, t) => bar.update(b, t) });
       bar.done();
       for (const w of s.warnings) process.stderr.write(`warning: ${w}\n`);
-      if (o.json) process.stdout.write(`${JSON.stringify({ ...s, peakRssMB: peakRssMB() }, null, 2)}\n`);
-      else if (s.dryRun) process.stdout.write(`upcycle → ${s.family} (${s.layout}) into ${s.destination}\n${formatPlanSummary(s.plan)}\n`);
-      else {
-        process.stdout.write(
-          `dense → ${s.family} (${s.layout}): ${s.moeLayers} MoE layers × ${s.experts} experts (top-${s.topK}, G ${s.granularity}, ${s.copies} copies${s.sharedSlices ? `, ${s.sharedSlices} shared slices` : ''}), ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}\n`,
-        );
-      }
+      printResult(
+        s,
+        o.json,
+        `upcycle → ${s.family} (${s.layout}) into ${s.destination}`,
+        () =>
+          `dense → ${s.family} (${s.layout}): ${s.moeLayers} MoE layers × ${s.experts} experts (top-${s.topK}, G ${s.granularity}, ${s.copies} copies${s.sharedSlices ? `, ${s.sharedSlices} shared slices` : ''}), ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+        { peakRssMB: peakRssMB() },
+      );
     });
 }

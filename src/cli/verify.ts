@@ -1,22 +1,6 @@
 import type { Command } from 'commander';
-import { MoekitError } from '../errors.js';
+import { numberArg } from './options.js';
 import { formatReport, parseLayers, verify } from '../ops/verify.js';
-
-const num =
-  (what: string, min = -Infinity) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || n < min)
-      throw new MoekitError('usage', `${what}: '${v}' is not a valid number${min > -Infinity ? ` ≥ ${min}` : ''}`);
-    return n;
-  };
-const int =
-  (what: string, min: number) =>
-  (v: string): number => {
-    const n = num(what, min)(v);
-    if (!Number.isInteger(n)) throw new MoekitError('usage', `${what}: '${v}' is not an integer`);
-    return n;
-  };
 
 export function registerVerify(program: Command): void {
   program
@@ -24,11 +8,11 @@ export function registerVerify(program: Command): void {
     .argument('<a>', 'checkpoint to verify (folder, .safetensors or index.json)')
     .argument('[b]', 'second checkpoint: both are fed the same tokens and compared layer by layer')
     .option('--reference <file>', 'safetensors with `input` [T,H] and `layers.N.output` (e.g. fixtures/hf/mixtral/reference.safetensors)')
-    .option('--tokens <n>', 'random tokens to feed (default 32), or the first n rows of the reference input', int('--tokens', 1))
-    .option('--seed <s>', 'seed of the random tokens (default 0)', int('--seed', 0))
+    .option('--tokens <n>', 'random tokens to feed (default 32), or the first n rows of the reference input', numberArg('--tokens', 1))
+    .option('--seed <s>', 'seed of the random tokens (default 0)', numberArg('--seed', 0))
     .option('--layers <list>', 'only these layers, e.g. 1,3-5', parseLayers)
-    .option('--atol <x>', 'absolute tolerance added to rtol·max|ref| (default 0)', num('--atol', 0))
-    .option('--rtol <y>', 'max |a−b| / max |ref| allowed (default 1e-4, or 2e-2 when either side has 16-bit weights)', num('--rtol', 0))
+    .option('--atol <x>', 'absolute tolerance added to rtol·max|ref| (default 0)', numberArg('--atol', 0, false))
+    .option('--rtol <y>', 'max |a−b| / max |ref| allowed (default 1e-4, or 2e-2 when either side has 16-bit weights)', numberArg('--rtol', 0, false))
     .option('--json', 'print the report as JSON')
     .option('--cpu', 'run the TypeScript reference forward instead of WebGPU')
     .option('--gpu', 'require WebGPU: a missing adapter is an error (default: fall back to the CPU forward, with a notice)')

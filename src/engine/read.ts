@@ -114,12 +114,17 @@ function checkRoot(k: Checker, v: unknown): string {
   return r;
 }
 
+/** The name root of a per-layer tensor ('model.' in model.layers.0.self_attn.q_proj.weight), if it is one. */
+export function layerRootOf(name: string): string | undefined {
+  return /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec(name)?.[1];
+}
+
 /** The HF roots the non-expert layer tensors use ('model.' in model.layers.0.self_attn...). */
 function passthroughRoots(passthrough: ModelIR['passthrough']): Set<string> {
   const roots = new Set<string>();
   for (const { info } of passthrough) {
-    const m = /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec(info.name);
-    if (m) roots.add(m[1]!);
+    const r = layerRootOf(info.name);
+    if (r !== undefined) roots.add(r);
   }
   return roots;
 }

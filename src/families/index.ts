@@ -321,3 +321,11 @@ function checkRouting(f: FamilyFacts): void {
   if (r.nGroup > E || E % r.nGroup !== 0) k.fail('n_group', `(${r.nGroup}) must divide the ${E} experts`);
   if (r.topkGroup > r.nGroup || r.topkGroup < 1) k.fail('topk_group', `(${r.topkGroup}) must be between 1 and n_group (${r.nGroup})`);
 }
+
+const TORCH_DTYPE = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' } as const;
+
+/** Record a --dtype cast in an HF config.json (in place): `dtype` where the config has it, else `torch_dtype`. */
+export function stampDtype(cfg: Record<string, unknown>, dtype: keyof typeof TORCH_DTYPE): void {
+  if ('torch_dtype' in cfg || !('dtype' in cfg)) cfg.torch_dtype = TORCH_DTYPE[dtype];
+  if ('dtype' in cfg) cfg.dtype = TORCH_DTYPE[dtype];
+}

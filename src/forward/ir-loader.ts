@@ -90,7 +90,10 @@ async function denseBlock(d: DenseMlp, hidden: number, lazy: boolean): Promise<M
  * The layers the forward can run and a loader for each: MoE layers from `ir`, dense MLP layers
  * read from `denseStore` (rank 0 of a sharded checkpoint: non-expert tensors keep their names).
  */
-export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStore: TensorStore, facts: FamilyFacts, where: string): LayerSource {
+export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStore: TensorStore, config: Record<string, unknown>, where: string): LayerSource {
+  const base = familyFacts(config);
+  // the IR's routing facts (moekit.json's) win over config.json's: they describe what was converted
+  const facts: FamilyFacts = { ...base, routing: ir?.routing ?? base.routing, activation: ir?.activation ?? base.activation };
   const moe = new Map((ir?.layers ?? []).map((l) => [l.layer, l]));
   const dense = readDenseMlps(denseStore, new Set(moe.keys()));
   const inBlocks = new Set<string>();
@@ -127,8 +130,5 @@ export async function layerSource(store: TensorStore, config: Record<string, unk
   const q = spec && quantizedTensors(store);
   if (q) throw new MoekitError('unsupported', `${store.dir} is quantized (${q}); verify runs on F32/BF16/F16 weights: dequantize it first`);
   const ir = spec ? readIR(store, spec, meta) : undefined;
-  const base = familyFacts(config);
-  // moekit.json's routing facts win over config.json's (they describe what was converted).
-  const facts: FamilyFacts = { ...base, routing: meta.routing ?? base.routing, activation: meta.activation ?? base.activation };
-  return layerSourceOf(ir, spec?.id ?? 'dense', store, facts, store.dir);
+  return layerSourceOf(ir, spec?.id ?? 'dense', store, config, store.dir);
 }

@@ -8,6 +8,7 @@ import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
+import { stampDtype } from '../families/index.js';
 import { sideFilesOf, withOutput } from '../output/transaction.js';
 import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
 import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
@@ -41,8 +42,6 @@ export interface ConvertSummary {
   plan?: unknown;
 }
 
-const TORCH_DTYPE: Record<FloatDtype, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
-
 interface Planned {
   plan: Plan;
   source: LayoutSpec;
@@ -57,10 +56,7 @@ interface Planned {
 function outputConfig(meta: ModelMeta, target: LayoutSpec, dtype?: FloatDtype): Record<string, unknown> | undefined {
   if (!meta.config) return undefined;
   const cfg = { ...meta.config };
-  if (target.families && dtype) {
-    if ('torch_dtype' in cfg || !('dtype' in cfg)) cfg.torch_dtype = TORCH_DTYPE[dtype];
-    if ('dtype' in cfg) cfg.dtype = TORCH_DTYPE[dtype];
-  }
+  if (target.families && dtype) stampDtype(cfg, dtype);
   return cfg;
 }
 

@@ -17,9 +17,9 @@ import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
-import { DENSE_FAMILIES, familyFacts, makeRouting, type FamilyFacts, type Routing } from '../families/index.js';
+import { DENSE_FAMILIES, familyFacts, makeRouting, stampDtype, type FamilyFacts, type Routing } from '../families/index.js';
 import { View, type ExpertIR, type LayerIR, type ModelIR } from '../engine/ir.js';
-import { detectLayout, loadMeta, moekitJson, readDenseMlps, resolveTarget, type DenseMlp, type UpcycleRecord } from '../engine/read.js';
+import { detectLayout, layerRootOf, loadMeta, moekitJson, readDenseMlps, resolveTarget, type DenseMlp, type UpcycleRecord } from '../engine/read.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan, type PlanOptions } from '../engine/plan.js';
 import { scaleTransform } from '../engine/transforms.js';
 import { executeCheckpoint } from '../engine/execute.js';
@@ -230,11 +230,7 @@ function targetConfig(src: Record<string, unknown>, target: string, sh: Shape, d
     });
     if (target === 'qwen2_moe') c.shared_expert_intermediate_size = sh.S * w;
   }
-  if (dtype) {
-    const t = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[dtype];
-    if ('dtype' in c) c.dtype = t;
-    if ('torch_dtype' in c || !('dtype' in c)) c.torch_dtype = t;
-  }
+  if (dtype) stampDtype(c, dtype);
   return c;
 }
 
@@ -347,7 +343,7 @@ async function build(stores: TensorStore[], src: string, opts: UpcycleOptions): 
     modelType: target,
     routing: TARGET_ROUTING[target]!(sh.K),
     activation: facts.activation,
-    hfRoot: /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec([...consumed][0] ?? '')?.[1] ?? 'model.',
+    hfRoot: layerRootOf([...consumed][0] ?? '') ?? 'model.',
     layers: irLayers,
     passthrough: [...main.tensors.values()].filter((t) => !consumed.has(t.name)).map((info) => ({ store: main, info })),
   };

@@ -21,6 +21,18 @@ export interface OutputOptions {
   sources: readonly string[];
 }
 
+/**
+ * Remove a folder from a signal handler: writes still in flight in the thread pool may add files
+ * while it goes (retried); whatever is left the next run writing this destination removes.
+ */
+function removeQuietly(p: string): void {
+  try {
+    rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+  } catch {
+    /* best effort */
+  }
+}
+
 /** Outputs in flight, removed by the signal handler. */
 const active = new Set<Output>();
 let handlersInstalled = false;
@@ -245,46 +257,35 @@ class Output {
   /** Synchronous cleanup for signal handlers: the old destination comes back if it was moved aside. */
   removeNow(): void {
     if (this.done) return;
-    // writes still in flight in the thread pool may add files while the folder goes: retry
-    const gone = (p: string) => {
-      try {
-        rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
-      } catch {
-        /* best effort: the next run writing this destination removes what is left */
-      }
-    };
     if (this.old) {
       try {
         renameSync(this.old, this.dst);
       } catch {
-        gone(this.old);
+        removeQuietly(this.old);
       }
     }
-    if (this.trash) gone(this.trash);
-    gone(this.tmp);
+    this.sweep();
     this.finish();
   }
 
-  /** Remove the temp folder (and a half-deleted old destination) again, whatever state it is in. */
+  /** Remove the temp folder (and a half-deleted old destination) and the lock, whatever state they are in. */
   sweep(): void {
-    for (const p of [this.tmp, this.trash]) if (p) rmSync(p, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+    for (const p of [this.tmp, this.trash]) if (p) removeQuietly(p);
+    this.unlock();
+  }
+
+  private unlock(): void {
     if (!this.locked) return;
     try {
       unlinkSync(this.lock);
     } catch {
-      /* gone */
+      /* already gone */
     }
   }
 
   private finish(): void {
     this.done = true;
-    if (this.locked) {
-      try {
-        unlinkSync(this.lock);
-      } catch {
-        /* already gone */
-      }
-    }
+    this.unlock();
     untrack(this);
   }
 }

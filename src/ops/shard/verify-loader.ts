@@ -4,7 +4,6 @@
  * holds the non-expert tensors under their own names.
  */
 import { MoekitError } from '../../errors.js';
-import { familyFacts } from '../../families/index.js';
 import { layerSourceOf, type LoadedLayer, type LoadOptions } from '../../forward/ir-loader.js';
 import { openSharded, verifyChecksums } from './sharded.js';
 import type { CoverageSide } from '../coverage.js';
@@ -26,9 +25,7 @@ export async function openShardedForVerify(path: string): Promise<VerifySide> {
     throw new MoekitError('bad-input', `${path}: the shard manifest has no source config.json (verify needs the model's routing facts)`);
   }
   const rank0 = sh.ranks.find((r) => r.plan.index === 0)!.ck;
-  const base = familyFacts(config);
-  const facts = { ...base, routing: sh.ir.routing ?? base.routing, activation: sh.ir.activation ?? base.activation };
-  const src = layerSourceOf(sh.ir, sh.manifest.layout, rank0, facts, path);
+  const src = layerSourceOf(sh.ir, sh.manifest.layout, rank0, config, path);
   const coverage: CoverageSide = {
     others: src.others,
     all: sh.ranks.flatMap((r) => [...r.ck.tensors.values()].map((info) => ({ store: r.ck, info }))),
