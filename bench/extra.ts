@@ -20,5 +20,8 @@ export async function runExtraBenches(ctx: BenchContext): Promise<void> {
     // One Mixtral-8x7B-shaped bf16 layer (H 4096, I 14336, E 8, 64 tokens) on this machine's adapter.
     const { runVerifyBench, formatVerifyBench } = await import('./verify-bench.js');
     console.log('\n' + formatVerifyBench(await runVerifyBench({ dir: ctx.work })));
+    // The CPU forward verify falls back to, beside torch's CPU eager f32 when torch is installed
+    // (MOEKIT_PYTHON picks the interpreter), on the shape issue 10 measured (H 2048, I 5632).
+    console.log('\n' + formatVerifyBench(await runVerifyBench({ dir: ctx.work, cpu: true, hidden: 2048, inter: 5632 })));
   }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch eager f32 baseline for bench/verify-bench.ts.
 
-Usage: torch_moe.py <checkpoint dir> <io.safetensors> [--reps N]
+Usage: torch_moe.py <checkpoint dir> <io.safetensors> [--reps N] [--device cpu|cuda]
 
 Loads layer 0 of the Mixtral-layout checkpoint written by verify-bench (bf16 -> f32 on the
 device), runs the MoE block the way transformers' MixtralSparseMoeBlock does in eager mode
@@ -36,7 +36,7 @@ def read_safetensors(path):
 def main():
     ckdir, io_path = sys.argv[1], sys.argv[2]
     reps = int(sys.argv[sys.argv.index("--reps") + 1]) if "--reps" in sys.argv else 10
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else ("cuda" if torch.cuda.is_available() else "cpu")
     with open(f"{ckdir}/config.json") as f:
         cfg = json.load(f)
     E, K = cfg["num_local_experts"], cfg["num_experts_per_tok"]
@@ -81,7 +81,7 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     rel = ((y - ref).abs().max() / ref.abs().max()).item()
-    name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else f"cpu ({torch.get_num_threads()} threads, torch {torch.__version__})"
     print(json.dumps({"device": name, "ms": times[len(times) // 2], "max_rel_vs_webgpu": rel}))
 
 

@@ -26,6 +26,8 @@ import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
 import type { Chunk } from '../src/store/pool.js';
 import { layerSource } from '../src/forward/ir-loader.js';
 import { forwardGpu } from '../src/gpu/moe.js';
+import { forwardFast } from '../src/forward/cpu-fast.js';
+import { wasmPool } from '../src/forward/wasm-pool.js';
 import { randomTokens } from '../src/ops/verify.js';
 import type { MoeBlockWeights } from '../src/forward/weights.js';
 
@@ -39,6 +41,8 @@ export interface VerifyBenchOptions {
   dir?: string;
   /** run bench/torch_moe.py when python3 + torch are available (default true) */
   torch?: boolean;
+  /** time the CPU forward verify falls back to (WebAssembly SIMD, worker threads) instead of WebGPU, and torch on the CPU */
+  cpu?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -65,6 +69,10 @@ export interface VerifyBenchResult {
   torch?: TorchResult;
   /** WebGPU kernel throughput / torch throughput */
   webgpuVsTorch?: number;
+  /** CPU mode: forward throughput (weights read from the page cache included) */
+  cpuGflops?: number;
+  /** CPU mode: CPU forward throughput / torch CPU throughput */
+  cpuVsTorch?: number;
 }
 
 const envNum = (k: string, d: number) => (process.env[k] ? Number(process.env[k]) : d);
@@ -132,9 +140,18 @@ function packageRoot(): string {
   return process.cwd();
 }
 
+/** The Python to run torch with: MOEKIT_PYTHON, else python3 on PATH. */
+const python = () => process.env.MOEKIT_PYTHON || 'python3';
+
 function hasTorch(): boolean {
-  const r = spawnSync('python3', ['-c', 'import torch'], { stdio: 'ignore' });
+  const r = spawnSync(python(), ['-c', 'import torch'], { stdio: 'ignore' });
   return r.status === 0;
+}
+
+/** The CPU forward in forwardGpu's shape (the adapter named by its threads). */
+async function cpuForward(w: MoeBlockWeights, spec: Parameters<typeof forwardFast>[1], x: Float32Array, T: number, _o?: unknown) {
+  const r = await forwardFast(w, spec, x, T);
+  return { ...r, adapterName: `CPU forward (WebAssembly SIMD, ${wasmPool().threads} threads)`, kernelMs: undefined };
 }
 
 /** Tiny block with the same kernel variants (bf16, SwiGLU, softmax) so pipeline compilation is not timed. */
@@ -146,6 +163,33 @@ function warmupBlock(): MoeBlockWeights {
     experts: Array.from({ length: 4 }, () => ({ gate: w([32, 64]), up: w([32, 64]), down: w([64, 32]) })),
     shared: [],
   };
+}
+
+/** Run the same block in PyTorch eager f32 on the same input (bench/torch_moe.py also checks it agrees with ours). */
+async function addTorch(res: VerifyBenchResult, dir: string, x: Float32Array, out: Float32Array, cpu: boolean, log: (m: string) => void): Promise<void> {
+  const { hidden: H, tokens: T } = res.shape;
+  const gflop = res.gflop;
+  // Same input through PyTorch eager f32; the script also checks it agrees with our output.
+  const io = [
+    { name: 'input', dtype: 'F32' as const, shape: [T, H], source: bufferSource(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)) },
+    { name: 'output', dtype: 'F32' as const, shape: [T, H], source: bufferSource(new Uint8Array(out.buffer)) },
+  ];
+  await writeCheckpoint(join(dir, 'io'), io, { fsync: false, stem: 'io' });
+  log('verify bench: running bench/torch_moe.py …');
+  const args = [join(packageRoot(), 'bench', 'torch_moe.py'), dir, join(dir, 'io', 'io.safetensors'), ...(cpu ? ['--device', 'cpu'] : [])];
+  const p = spawnSync(python(), args, {
+    encoding: 'utf8',
+    maxBuffer: 1 << 24,
+  });
+  const line = p.stdout.trim().split('\n').pop() ?? '';
+  if (p.status === 0 && line.startsWith('{')) {
+    const j = JSON.parse(line) as { device: string; ms: number; max_rel_vs_webgpu: number };
+    res.torch = { device: j.device, ms: j.ms, gflops: gflop / (j.ms / 1e3), maxRelVsWebgpu: j.max_rel_vs_webgpu };
+    if (res.kernelGflops) res.webgpuVsTorch = res.kernelGflops / res.torch.gflops;
+    if (res.cpuGflops) res.cpuVsTorch = res.cpuGflops / res.torch.gflops;
+  } else {
+    log(`verify bench: torch_moe.py failed: ${(p.stderr || line).trim().split('\n').slice(-3).join(' | ')}`);
+  }
 }
 
 export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<VerifyBenchResult> {
@@ -183,15 +227,23 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       },
       activation: { kind: 'swiglu' as const },
     };
-    await forwardGpu(warmupBlock(), spec, new Float32Array(8 * 64), 8);
+    const forward = opts.cpu ? cpuForward : forwardGpu;
+    await forward(warmupBlock(), spec, new Float32Array(8 * 64), 8);
 
     const x = randomTokens(T, H, 42);
     const src = await layerSource(ck, config);
     const t0 = performance.now();
     const layer = await src.load(0, { lazy: true });
     const t1 = performance.now();
-    const r = await forwardGpu(layer.weights, layer.facts, x, T, { timing: true });
+    const r = await forward(layer.weights, layer.facts, x, T, { timing: true });
     const t2 = performance.now();
+    // CPU mode: also the best of 3 warm runs (as torch's time is: its weights are resident, ours re-read from the page cache)
+    let warmMs = Infinity;
+    for (let rep = 0; opts.cpu && rep < 3; rep++) {
+      const s = performance.now();
+      await forward(layer.weights, layer.facts, x, T);
+      warmMs = Math.min(warmMs, performance.now() - s);
+    }
     await ck.close();
 
     const gflop = (T * K * 6 * H * I + 2 * T * E * H) / 1e9;
@@ -207,29 +259,10 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       kernelMs: r.kernelMs,
       kernelGflops: r.kernelMs ? gflop / (r.kernelMs / 1e3) : undefined,
       ratio: (t2 - t0) / readMs,
+      cpuGflops: opts.cpu ? gflop / (warmMs / 1e3) : undefined,
     };
 
-    if (opts.torch !== false && hasTorch()) {
-      // Same input through PyTorch eager f32; the script also checks it agrees with our output.
-      const io = [
-        { name: 'input', dtype: 'F32' as const, shape: [T, H], source: bufferSource(new Uint8Array(x.buffer, x.byteOffset, x.byteLength)) },
-        { name: 'output', dtype: 'F32' as const, shape: [T, H], source: bufferSource(new Uint8Array(r.out.buffer)) },
-      ];
-      await writeCheckpoint(join(dir, 'io'), io, { fsync: false, stem: 'io' });
-      log('verify bench: running bench/torch_moe.py …');
-      const p = spawnSync('python3', [join(packageRoot(), 'bench', 'torch_moe.py'), dir, join(dir, 'io', 'io.safetensors')], {
-        encoding: 'utf8',
-        maxBuffer: 1 << 24,
-      });
-      const line = p.stdout.trim().split('\n').pop() ?? '';
-      if (p.status === 0 && line.startsWith('{')) {
-        const j = JSON.parse(line) as { device: string; ms: number; max_rel_vs_webgpu: number };
-        res.torch = { device: j.device, ms: j.ms, gflops: gflop / (j.ms / 1e3), maxRelVsWebgpu: j.max_rel_vs_webgpu };
-        if (res.kernelGflops) res.webgpuVsTorch = res.kernelGflops / res.torch.gflops;
-      } else {
-        log(`verify bench: torch_moe.py failed: ${(p.stderr || line).trim().split('\n').slice(-3).join(' | ')}`);
-      }
-    }
+    if (opts.torch !== false && hasTorch()) await addTorch(res, dir, x, r.out, !!opts.cpu, log);
     return res;
   } finally {
     await rm(dir, { recursive: true, force: true });
@@ -247,11 +280,14 @@ export function formatVerifyBench(r: VerifyBenchResult): string {
     `kernels (GPU time)     ${f(r.kernelMs)} ms   ${f(r.kernelGflops)} GFLOP/s`,
     `verify / read          ${f(r.ratio, 2)}`,
   ];
+  if (r.cpuGflops !== undefined)
+    lines.splice(4, 1, `CPU forward            ${f(r.cpuGflops)} GFLOP/s (best of 3 warm runs; weights streamed from the page cache included)`);
   if (r.torch) {
+    if (r.cpuVsTorch !== undefined) lines.push(`CPU forward / torch    ${f(r.cpuVsTorch, 2)} (throughput, same machine)`);
     lines.push(
-      `torch eager f32        ${f(r.torch.ms)} ms   ${f(r.torch.gflops)} GFLOP/s on ${r.torch.device}; max rel vs WebGPU ${r.torch.maxRelVsWebgpu.toExponential(2)}`,
+      `torch eager f32        ${f(r.torch.ms)} ms   ${f(r.torch.gflops)} GFLOP/s on ${r.torch.device}; max rel vs moekit ${r.torch.maxRelVsWebgpu.toExponential(2)}`,
     );
-    lines.push(`WebGPU / torch         ${f(r.webgpuVsTorch, 2)} (throughput)`);
+    if (r.webgpuVsTorch !== undefined) lines.push(`WebGPU / torch         ${f(r.webgpuVsTorch, 2)} (throughput)`);
   }
   return lines.join('\n');
 }
@@ -268,6 +304,7 @@ function argsToOptions(argv: string[]): VerifyBenchOptions & { json: boolean } {
     else if (a === '--topk') o.topK = v();
     else if (a === '--tokens') o.tokens = v();
     else if (a === '--no-torch') o.torch = false;
+    else if (a === '--cpu') o.cpu = true;
     else throw new Error(`verify-bench: unknown argument ${a}`);
   }
   return o;

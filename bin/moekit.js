@@ -11,5 +11,14 @@ if (!existsSync(fileURLToPath(cli))) {
   process.stderr.write('moekit: not built yet; run `npm run build` (npm ci does it for you)\n');
   process.exit(2);
 }
-const { main } = await import(cli.href);
-process.exitCode = await main(process.argv);
+if (!process.env.MOEKIT_CHILD) {
+  // a command that may open WebGPU runs as a child whose stderr loses Dawn's own warnings (see quiet-dawn.ts)
+  const { mayUseGpu, runFiltered } = await import(new URL('../dist/src/cli/quiet-dawn.js', import.meta.url).href);
+  if (mayUseGpu(process.argv)) {
+    process.exitCode = await runFiltered(fileURLToPath(import.meta.url), process.argv);
+  }
+}
+if (process.exitCode === undefined) {
+  const { main } = await import(cli.href);
+  process.exitCode = await main(process.argv);
+}

@@ -106,10 +106,34 @@ describe('no GPU, no failure', () => {
     const r = runCli(args, { env: noVulkan });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/verify: no WebGPU adapter, running the CPU forward instead/);
-    expect(r.stdout).toMatch(/backend: CPU reference \(TypeScript\): no WebGPU adapter/);
+    expect(r.stdout).toMatch(/backend: CPU \(WebAssembly SIMD, \d+ threads\): no WebGPU adapter/);
+    expect(r.stderr).not.toMatch(/Warning|vkCreateInstance|\.cpp:\d+/); // the driver loader's and Dawn's own noise is filtered
     const g = runCli([...args, '--gpu'], { env: noVulkan });
     expect(g.code).toBe(8);
     expect(g.stderr).toMatch(/moekit: error: no WebGPU adapter found/);
+    expect(g.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  it("with an adapter, Dawn's dynamic-buffer-limit warnings are not shown", () => {
+    const r = runCli(['verify', join(FIXTURES, 'mixtral'), '--reference', join(FIXTURES, 'mixtral', 'reference.safetensors')]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/backend: WebGPU/);
+    expect(r.stderr).toMatch(/verify: WebGPU adapter/);
+    expect(r.stderr).not.toMatch(/Warning|artificially reduced/);
+  });
+
+  it('the stderr filter drops exactly the native warnings and passes redraws through at once', async () => {
+    const { dawnFilter } = await import('../src/cli/quiet-dawn.js');
+    const got: string[] = [];
+    const f = dawnFilter((s) => got.push(s));
+    f.push('Warning: maxDynamicUniformBuffersPerPipelineLayout artificially reduced from 1000000 to 16 to fit dynamic offset allocation limit.\nverify: lay');
+    f.push('er 0 (1/2)\nWarning: vkCreateInstance failed\n    at CheckVkSuccessImpl (/x/dawn/VulkanError.cpp:106)\n\n\r[###.....]  15%');
+    expect(got.join('')).toBe('verify: layer 0 (1/2)\n\r[###.....]  15%');
+    f.push('\nmoekit: error: Warning: is only dropped at the start of a line\n    at not.a.location\nWarn');
+    f.end();
+    expect(got.join('')).toBe(
+      'verify: layer 0 (1/2)\n\r[###.....]  15%\nmoekit: error: Warning: is only dropped at the start of a line\n    at not.a.location\nWarn',
+    );
   });
 });
 

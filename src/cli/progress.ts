@@ -14,7 +14,9 @@ export interface Progress {
 }
 
 export function progress(json?: boolean, stream: NodeJS.WriteStream = process.stderr): Progress {
-  if (!stream.isTTY || json) return { update: () => {}, done: () => {} };
+  // MOEKIT_STDERR_TTY: stderr is a pipe to the parent moekit that filters it (quiet-dawn.ts) and is a TTY there
+  const tty = stream.isTTY || (stream === process.stderr && process.env.MOEKIT_STDERR_TTY === '1');
+  if (!tty || json) return { update: () => {}, done: () => {} };
   const t0 = Date.now();
   let last = 0;
   let drawn = false;

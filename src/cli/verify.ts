@@ -14,7 +14,7 @@ export function registerVerify(program: Command): void {
     .option('--atol <x>', 'absolute tolerance added to rtol·max|ref| (default 0)', numberArg('--atol', 0, false))
     .option('--rtol <y>', 'max |a−b| / max |ref| allowed (default 1e-4, or 2e-2 when either side has 16-bit weights)', numberArg('--rtol', 0, false))
     .option('--json', 'print the report as JSON')
-    .option('--cpu', 'run the TypeScript reference forward instead of WebGPU')
+    .option('--cpu', 'run the CPU forward (WebAssembly SIMD on every core; MOEKIT_CPU_THREADS caps it) instead of WebGPU')
     .option('--gpu', 'require WebGPU: a missing adapter is an error (default: fall back to the CPU forward, with a notice)')
     .description('numerically verify MoE/MLP layers on a WebGPU kernel against reference outputs or another checkpoint')
     .addHelpText(

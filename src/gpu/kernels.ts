@@ -22,14 +22,15 @@ const KERNEL_BINDINGS = {
 } as const;
 export type KernelName = keyof typeof KERNEL_BINDINGS;
 
-function kernelsDir(): string {
+/** <package root>/kernels (also holds the CPU forward's WebAssembly kernel). */
+export function kernelsDir(code: 'gpu' | 'internal' = 'gpu'): string {
   // src/gpu/*.ts under vitest, dist/src/gpu/*.js when built: walk up to the package root.
   let d = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
     if (existsSync(join(d, 'kernels', 'common.wgsl')) && existsSync(join(d, 'package.json'))) return join(d, 'kernels');
     d = dirname(d);
   }
-  throw new MoekitError('gpu', 'cannot find the kernels/ folder of the moekit package (broken install?)');
+  throw new MoekitError(code, 'cannot find the kernels/ folder of the moekit package (broken install?)');
 }
 
 const sources = new Map<string, string>();

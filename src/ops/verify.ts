@@ -11,7 +11,9 @@ import type { TensorStore } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
 import { layerSource, type LoadedLayer } from '../forward/ir-loader.js';
-import { compare, forwardCpu, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
+import { forwardFast } from '../forward/cpu-fast.js';
+import { wasmPool } from '../forward/wasm-pool.js';
+import { compare, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
@@ -56,6 +58,8 @@ export interface VerifyReport {
   adapter?: string;
   /** why the CPU forward ran although the GPU was asked for (no adapter) */
   fallback?: string;
+  /** worker threads of the CPU forward (backend 'cpu') */
+  cpuThreads?: number;
   tokens: number;
   atol: number;
   rtol: number;
@@ -99,7 +103,7 @@ type Forward = (l: LoadedLayer, x: Float32Array, T: number, forced?: Routed) => 
 
 /** The forward to run: the CPU reference, or WebGPU (and its adapter's name). */
 async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string; fallback?: string }> {
-  const cpu: Forward = async (l, x, T, forced) => forwardCpu(await materialize(l.weights), l.facts, x, T, forced);
+  const cpu: Forward = (l, x, T, forced) => forwardFast(l.weights, l.facts, x, T, forced);
   if (opts.cpu) return { forward: cpu };
   const { getGpu } = await import('../gpu/device.js');
   let adapter: string;
@@ -211,15 +215,15 @@ async function checkLayer(
   run: { forward: Forward; x: Float32Array; T: number; opts: VerifyOptions },
 ): Promise<Checked> {
   const { forward, x, T, opts } = run;
-  // The GPU forward streams expert matrices from disk; the CPU one loads them.
-  const la = await a.load(l, { lazy: !opts.cpu });
+  // Both forwards stream expert matrices from disk.
+  const la = await a.load(l, { lazy: true });
   let ra = await forward(la, x, T);
   let want: Float32Array;
   let got = ra.out;
   let sixteen = blockIs16Bit(la.weights);
   let flips: LayerResult['flips'];
   if (b) {
-    const lb = await b.load(l, { lazy: !opts.cpu });
+    const lb = await b.load(l, { lazy: true });
     if (lb.weights.hidden !== la.weights.hidden)
       throw new MoekitError('unsupported', `layer ${l}: hidden sizes differ (${la.weights.hidden} vs ${lb.weights.hidden})`);
     const sixteenB = blockIs16Bit(lb.weights);
@@ -290,6 +294,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       b: bPath,
       reference: opts.reference,
       backend: opts.cpu || fallback ? 'cpu' : 'webgpu',
+      cpuThreads: opts.cpu || fallback ? wasmPool().threads : undefined,
       adapter,
       ...(fallback ? { fallback } : {}),
       tokens: T,
@@ -313,7 +318,7 @@ const e = (v: number) => (Number.isFinite(v) ? v.toExponential(2) : String(v));
 export function formatReport(r: VerifyReport): string {
   const lines = [
     `verify ${r.a} against ${r.b ?? r.reference}`,
-    `backend: ${r.backend === 'cpu' ? `CPU reference (TypeScript)${r.fallback ? ': no WebGPU adapter' : ''}` : `WebGPU, adapter ${r.adapter}`}; ${r.tokens} tokens; rtol ${r.rtol}, atol ${r.atol}`,
+    `backend: ${r.backend === 'cpu' ? `CPU (WebAssembly SIMD, ${r.cpuThreads} threads)${r.fallback ? ': no WebGPU adapter' : ''}` : `WebGPU, adapter ${r.adapter}`}; ${r.tokens} tokens; rtol ${r.rtol}, atol ${r.atol}`,
     '',
     'layer  kind   max abs err  max rel err  experts hit  result',
   ];
