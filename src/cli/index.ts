@@ -8,6 +8,7 @@ import { registerVerify } from './verify.js';
 import { registerReshard, registerShard } from './shard.js';
 import { registerMerge } from './merge.js';
 import { registerUpcycle } from './upcycle.js';
+import { registerDequant } from './dequant.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -40,6 +41,7 @@ function buildProgram(): Command {
   registerMerge(program);
   registerReshard(program);
   registerUpcycle(program);
+  registerDequant(program);
   return program;
 }
 

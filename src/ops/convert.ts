@@ -5,6 +5,7 @@
  */
 import { resolve } from 'node:path';
 import { openStore } from '../store/registry.js';
+import { DequantStore } from '../store/dequant.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
@@ -52,13 +53,16 @@ interface Planned {
   moeLayers: number;
 }
 
-/** config.json of the output: HF targets record a --dtype cast. */
+/** config.json of the output: HF targets record a --dtype cast (or the dtype a dequantized store decodes to). */
 function outputConfig(meta: ModelMeta, target: LayoutSpec, dtype?: FloatDtype): Record<string, unknown> | undefined {
   if (!meta.config) return undefined;
   const cfg = { ...meta.config };
   if (target.families && dtype) stampDtype(cfg, dtype);
   return cfg;
 }
+
+/** The dtype the output's config records: --dtype, else what a dequantizing store decodes to. */
+const stampOf = (store: TensorStore, opts: ConvertOptions): FloatDtype | undefined => opts.dtype ?? (store instanceof DequantStore ? store.dtype : undefined);
 
 async function planConvert(store: TensorStore, src: string, opts: ConvertOptions): Promise<Planned> {
   const meta = await loadMeta(store);
@@ -83,7 +87,7 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     if (q) {
       throw new MoekitError(
         'unsupported',
-        `${src} is quantized (${q}); moekit keeps quantized experts only in their own layout (--to ${source.families ? 'hf' : source.id}, a byte copy); dequantize it to convert to '${target.id}'`,
+        `${src} is quantized (${q}); convert keeps quantized experts only in their own layout (--to ${source.families ? 'hf' : source.id}, a byte copy); to re-lay them out, dequantize on the way: moekit dequant ${src} --to ${opts.to} -o <dst>`,
       );
     }
     const ir = readIR(store, source, meta);
@@ -93,7 +97,7 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     gateUp = tp.gateUp;
     moeLayers = ir.layers.length;
   }
-  const cfg = outputConfig(meta, target, opts.dtype);
+  const cfg = outputConfig(meta, target, stampOf(store, opts));
   const sideFiles: SideFile[] = [
     ...(cfg ? [{ name: 'config.json', json: cfg }] : []),
     ...(mk ? [{ name: 'moekit.json', json: mk }] : []),
@@ -109,9 +113,13 @@ const plannedFiles = (p: Plan): string[] =>
   p.outputs.flatMap((o) => [...o.files.map((f) => f.name), ...(o.index ? [o.index] : []), ...o.sideFiles.map((s) => s.name)]).sort();
 
 export async function convert(src: string, dst: string, opts: ConvertOptions): Promise<ConvertSummary> {
+  return convertStore(await openStore(src), src, dst, opts);
+}
+
+/** convert from an open store (closed when done): a DequantStore makes this `moekit dequant`. */
+export async function convertStore(store: TensorStore, src: string, dst: string, opts: ConvertOptions): Promise<ConvertSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
-  const store = await openStore(src);
   try {
     const p = await planConvert(store, src, opts);
     const total = planBytes(p.plan);

@@ -1,3 +1,4 @@
+import type { TensorInfo } from './types.js';
 /**
  * A small pool of large I/O buffers. Fresh memory is ~10x slower on first touch than warm memory
  * (platform notes), so streaming copies recycle a few chunk buffers instead of allocating per chunk.
@@ -24,4 +25,48 @@ export const sharedPool = new BufferPool(DEFAULT_CHUNK);
 export interface Chunk {
   data: Uint8Array;
   release?: () => void;
+}
+
+/** What pooledChunks needs of a store: positioned reads of one tensor. */
+interface RangeReader {
+  read(t: TensorInfo, start?: number, end?: number, into?: Buffer): Promise<Buffer>;
+}
+
+/** A tensor's bytes [start, end) as pooled chunks, `readahead` reads in flight (the stores' `chunks`). */
+export async function* pooledChunks(
+  store: RangeReader,
+  info: TensorInfo,
+  pool: BufferPool = sharedPool,
+  readahead = 2,
+  start = 0,
+  end?: number,
+): AsyncGenerator<Chunk> {
+  const stop = end ?? info.nbytes;
+  const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
+  let pos = start;
+  const issue = () => {
+    const e = Math.min(stop, pos + pool.chunkSize);
+    const buf = pool.acquire();
+    const p = store.read(info, pos, e, buf);
+    p.catch(() => undefined); // awaited below; avoid unhandled rejection while queued
+    pending.push({ buf, p });
+    pos = e;
+  };
+  try {
+    while (pos < stop && pending.length < readahead) issue();
+    while (pending.length > 0) {
+      const { buf, p } = pending[0]!;
+      const data = await p;
+      pending.shift();
+      if (pos < stop) issue();
+      yield { data, release: () => pool.release(buf) };
+    }
+  } finally {
+    // consumer stopped early or a read failed: let in-flight reads finish, then recycle their buffers
+    for (const { buf, p } of pending.splice(0))
+      await p.then(
+        () => pool.release(buf),
+        () => pool.release(buf),
+      );
+  }
 }

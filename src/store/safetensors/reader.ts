@@ -10,7 +10,7 @@ import { MoekitError } from '../../errors.js';
 import { readJsonIfExists, readSmallFile } from '../json.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
-import { type Chunk, sharedPool, type BufferPool } from '../pool.js';
+import { type Chunk, pooledChunks, sharedPool, type BufferPool } from '../pool.js';
 
 export class SafetensorsFile {
   private constructor(
@@ -233,36 +233,8 @@ export class SafetensorsStore implements TensorStore {
    * Stream one tensor's bytes in pooled chunks; each chunk must be released once consumed.
    * Keeps `readahead` positioned reads in flight so disk/page-cache reads overlap the consumer.
    */
-  async *chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    const info = typeof t === 'string' ? this.info(t) : t;
-    const stop = end ?? info.nbytes;
-    const pending: { buf: Buffer; p: Promise<Buffer> }[] = [];
-    let pos = start;
-    const issue = () => {
-      const e = Math.min(stop, pos + pool.chunkSize);
-      const buf = pool.acquire();
-      const p = this.read(info, pos, e, buf);
-      p.catch(() => undefined); // awaited below; avoid unhandled rejection while queued
-      pending.push({ buf, p });
-      pos = e;
-    };
-    try {
-      while (pos < stop && pending.length < readahead) issue();
-      while (pending.length > 0) {
-        const { buf, p } = pending[0]!;
-        const data = await p;
-        pending.shift();
-        if (pos < stop) issue();
-        yield { data, release: () => pool.release(buf) };
-      }
-    } finally {
-      // consumer stopped early or a read failed: let in-flight reads finish, then recycle their buffers
-      for (const { buf, p } of pending.splice(0))
-        await p.then(
-          () => pool.release(buf),
-          () => pool.release(buf),
-        );
-    }
+  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
+    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
   }
 
   /** config.json next to the checkpoint, or undefined. */

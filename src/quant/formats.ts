@@ -1,0 +1,77 @@
+/**
+ * Element formats of quantized MoE checkpoints, decoded to f32 (and FP8-E4M3 encoded):
+ *   - FP8 E4M3 ("fn": bias 7, no infinities, S.1111.111 is NaN, max 448) and E5M2 (IEEE-like,
+ *     bias 15), as torch.float8_e4m3fn / float8_e5m2 define them;
+ *   - E8M0 scales (OCP MX spec; transformers' MXFP4 and uint8 block-FP8 scales): 2^(s − 127),
+ *     255 is NaN;
+ *   - E2M1 (FP4: {0, 0.5, 1, 1.5, 2, 3, 4, 6}, sign in bit 3), packed two per byte, the earlier
+ *     element in the low nibble (transformers' integrations/mxfp4.py, ModelOpt NVFP4);
+ *   - int4 packed eight per int32 along the input dim, least-significant nibble first, stored as
+ *     q + 8 (compressed-tensors `pack-quantized`, pack_to_int32 / unpack_from_int32).
+ */
+
+function e4m3(b: number): number {
+  const s = b & 0x80 ? -1 : 1;
+  const e = (b >> 3) & 0xf;
+  const m = b & 7;
+  if (e === 0xf && m === 7) return Number.NaN;
+  return e === 0 ? s * (m / 8) * 2 ** -6 : s * (1 + m / 8) * 2 ** (e - 7);
+}
+
+function e5m2(b: number): number {
+  const s = b & 0x80 ? -1 : 1;
+  const e = (b >> 2) & 0x1f;
+  const m = b & 3;
+  if (e === 0x1f) return m === 0 ? s * Number.POSITIVE_INFINITY : Number.NaN;
+  return e === 0 ? s * (m / 4) * 2 ** -14 : s * (1 + m / 4) * 2 ** (e - 15);
+}
+
+const table = (f: (b: number) => number) => Float32Array.from({ length: 256 }, (_, b) => f(b));
+
+/** byte → value */
+export const E4M3 = table(e4m3);
+export const E5M2 = table(e5m2);
+export const E8M0 = table((s) => (s === 255 ? Number.NaN : 2 ** (s - 127)));
+/** nibble → value */
+export const E2M1 = Float32Array.from({ length: 16 }, (_, n) => (n & 8 ? -1 : 1) * [0, 0.5, 1, 1.5, 2, 3, 4, 6][n & 7]!);
+
+export const E4M3_MAX = 448;
+
+/** Positive E4M3 values in order (codes 0..126), for round-to-nearest-even encoding. */
+const E4M3_POS = E4M3.subarray(0, 127);
+
+/** f32 → FP8 E4M3 byte: round to nearest, ties to even code, saturating to ±448; NaN → 0x7f. */
+export function toE4M3(x: number): number {
+  if (Number.isNaN(x)) return 0x7f;
+  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
+  const a = Math.abs(x);
+  if (a >= E4M3_MAX) return sign | 126;
+  // binary search for the largest code with value ≤ a
+  let lo = 0;
+  let hi = 126;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (E4M3_POS[mid]! <= a) lo = mid;
+    else hi = mid - 1;
+  }
+  if (E4M3_POS[lo] === a || lo === 126) return sign | lo;
+  const below = E4M3_POS[lo]!;
+  const above = E4M3_POS[lo + 1]!;
+  const d0 = a - below;
+  const d1 = above - a;
+  const code = d0 < d1 ? lo : d1 < d0 ? lo + 1 : lo % 2 === 0 ? lo : lo + 1;
+  return sign | code;
+}
+
+/** Two E2M1 values per byte (low nibble first) → f32, `n` values from `src` starting at byte 0. */
+export function unpackE2M1(src: Uint8Array, n: number, out: Float32Array, at = 0): void {
+  for (let i = 0; i < n; i++) {
+    const b = src[i >> 1]!;
+    out[at + i] = E2M1[i & 1 ? b >> 4 : b & 15]!;
+  }
+}
+
+/** Eight int4 per int32 (LSB first, stored q + 8) → q as numbers, `n` values. */
+export function unpackInt4(words: Int32Array | Uint32Array, n: number, out: Float32Array, at = 0): void {
+  for (let i = 0; i < n; i++) out[at + i] = ((words[i >> 3]! >>> ((i & 7) * 4)) & 15) - 8;
+}

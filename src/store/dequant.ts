@@ -1,0 +1,97 @@
+/**
+ * A quantized checkpoint seen as a plain float one: every quantized weight group of the scheme
+ * (src/quant/scheme.ts) appears as one tensor of the dequantized name, shape and `dtype`, decoded
+ * unit by unit (rows, or an expert's slab) on each read; the scale / packed tensors it is made of,
+ * and static activation scales, are hidden; everything else passes through untouched. config()
+ * drops `quantization_config`. The whole engine (convert, verify, shard) reads it like any store.
+ */
+import { castFloat } from '../engine/cast.js';
+import { MoekitError } from '../errors.js';
+import type { QGroup, QuantScheme } from '../quant/scheme.js';
+import type { FloatDtype } from './dtypes.js';
+import { DTYPE_SIZES } from './dtypes.js';
+import { type BufferPool, type Chunk, pooledChunks, sharedPool } from './pool.js';
+import type { TensorInfo, TensorStore } from './types.js';
+
+export class DequantStore implements TensorStore {
+  readonly tensors = new Map<string, TensorInfo>();
+  private readonly virtual = new Map<string, QGroup>();
+
+  constructor(
+    readonly inner: TensorStore,
+    readonly scheme: QuantScheme,
+    readonly dtype: FloatDtype,
+  ) {
+    const size = DTYPE_SIZES[dtype];
+    for (const t of inner.tensors.values()) {
+      const g = scheme.groups.get(t.name) ?? [...scheme.groups.values()].find((x) => x.parts[0] === t.name);
+      if (g && !this.tensors.has(g.name)) {
+        // the group takes the place of its first stored part, so tensor order follows the source
+        const n = g.shape.reduce((a, b) => a * b, 1);
+        this.tensors.set(g.name, { name: g.name, dtype, shape: g.shape, nbytes: n * size });
+        this.virtual.set(g.name, g);
+      } else if (!scheme.hidden.has(t.name)) this.tensors.set(t.name, t);
+    }
+  }
+
+  get format(): string {
+    return this.inner.format;
+  }
+  get dir(): string {
+    return this.inner.dir;
+  }
+  get files(): readonly string[] {
+    return this.inner.files;
+  }
+  get metadata(): Record<string, string> | undefined {
+    return this.inner.metadata;
+  }
+  get totalBytes(): number {
+    let n = 0;
+    for (const t of this.tensors.values()) n += t.nbytes;
+    return n;
+  }
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t) throw new MoekitError('bad-input', `no tensor '${name}' in the dequantized view of ${this.dir}`);
+    return t;
+  }
+
+  async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
+    const info = typeof t === 'string' ? this.info(t) : t;
+    const g = this.virtual.get(info.name);
+    if (!g) return this.inner.read(info, start, end, into);
+    const stop = end ?? info.nbytes;
+    const size = DTYPE_SIZES[this.dtype];
+    const unitBytes = g.unit * size;
+    const u0 = Math.floor(start / unitBytes);
+    const u1 = Math.ceil(stop / unitBytes);
+    const f = await g.decode(u0, u1);
+    const bytes = castFloat(new Uint8Array(f.buffer, f.byteOffset, f.byteLength), 'F32', this.dtype);
+    const part = bytes.subarray(start - u0 * unitBytes, stop - u0 * unitBytes);
+    if (!into) return part;
+    part.copy(into);
+    return into.subarray(0, part.byteLength);
+  }
+
+  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
+    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
+  }
+
+  async config(): Promise<Record<string, unknown> | undefined> {
+    const c = await this.inner.config();
+    if (!c) return c;
+    const { quantization_config: _q, ...rest } = c;
+    return rest;
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
