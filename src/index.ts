@@ -11,6 +11,9 @@ export { convert, type ConvertOptions, type ConvertSummary } from './ops/convert
 export { shard, reshard, type ShardOptions, type ShardSummary } from './ops/shard/shard.js';
 export { merge, type MergeOptions, type MergeSummary } from './ops/shard/merge.js';
 export { verify, formatReport, type VerifyOptions, type VerifyReport, type LayerResult } from './ops/verify.js';
+export { dequant, dequantized, type DequantOptions, type DequantSummary } from './ops/dequant.js';
+export { quant, type QuantOptions, type QuantSummary } from './ops/quant.js';
+export { plan, planShape, planTable, type PlanReport, type PlanRow, type PlanShape } from './ops/plan.js';
 export { openStore, CONTAINERS, type Container } from './store/registry.js';
 export type { TensorStore, TensorInfo } from './store/types.js';
 export { MoekitError, EXIT_CODES, type ErrorCode } from './errors.js';

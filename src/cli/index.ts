@@ -9,6 +9,8 @@ import { registerReshard, registerShard } from './shard.js';
 import { registerMerge } from './merge.js';
 import { registerUpcycle } from './upcycle.js';
 import { registerDequant } from './dequant.js';
+import { registerQuant } from './quant.js';
+import { registerPlan } from './plan.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -42,6 +44,8 @@ function buildProgram(): Command {
   registerReshard(program);
   registerUpcycle(program);
   registerDequant(program);
+  registerQuant(program);
+  registerPlan(program);
   return program;
 }
 

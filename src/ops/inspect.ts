@@ -5,6 +5,7 @@
 import type { TensorStore, TensorInfo } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
+import { detectScheme } from '../quant/scheme.js';
 import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type ModelMeta } from '../engine/read.js';
 import { layerDims, type ModelIR } from '../engine/ir.js';
 
@@ -54,6 +55,30 @@ function detectQuantization(config: Record<string, unknown> | undefined, tensors
   if (hasBlocks) return { method: 'mxfp4', details: { note: 'no quantization_config in config.json' } };
   if (hasPacked) return { method: 'pack-quantized', details: { note: 'no quantization_config in config.json' } };
   return null;
+}
+
+/** quantization_config plus what the tensors say: the scheme and its weight groups (src/quant/scheme.ts). */
+async function quantizationOf(
+  ck: TensorStore,
+  config: Record<string, unknown> | undefined,
+  tensors: TensorInfo[],
+  warnings: string[],
+): Promise<InspectReport['quantization']> {
+  const q = detectQuantization(config, tensors);
+  if (!q) return q;
+  try {
+    const scheme = await detectScheme(ck, config);
+    if (scheme) {
+      const by = new Map<string, number>();
+      for (const g of scheme.groups.values()) by.set(g.detail, (by.get(g.detail) ?? 0) + 1);
+      q.details.scheme = scheme.method;
+      q.details.weights = Object.fromEntries(by);
+      if (scheme.dropped.length) q.details.activationScales = scheme.dropped.length;
+    }
+  } catch (e) {
+    warnings.push(`quantized tensors do not read: ${(e as Error).message}`);
+  }
+  return q;
 }
 
 interface ExpertLayout {
@@ -188,7 +213,7 @@ export async function inspectCheckpoint(ck: TensorStore, path: string): Promise<
     routing: moeLayers.length && facts ? facts.routing : null,
     activation: facts ? facts.activation.kind : null,
     dtypes,
-    quantization: detectQuantization(config, tensors),
+    quantization: await quantizationOf(ck, config, tensors, warnings),
     totalBytes: ck.totalBytes,
     numTensors: tensors.length,
     numFiles: ck.files.length,

@@ -16,6 +16,8 @@ import { wasmPool } from '../forward/wasm-pool.js';
 import { compare, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
+import { dequantized } from './dequant.js';
+import { DequantStore } from '../store/dequant.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
 
 export interface VerifyOptions {
@@ -127,15 +129,20 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   };
 }
 
-/** A side is a checkpoint in any layout, or a sharded checkpoint (moekit shard) whose forward gathers the experts from its ranks. */
+/**
+ * A side is a checkpoint in any layout, or a sharded checkpoint (moekit shard) whose forward gathers
+ * the experts from its ranks. A quantized checkpoint is read dequantized to f32 (src/store/dequant.ts).
+ */
 async function openSide(path: string): Promise<VerifySide> {
   if (await isSharded(path)) return openShardedForVerify(path);
-  const ck = await openStore(path);
+  const ck = await dequantized(await openStore(path), 'F32');
   try {
     const config = await configOf(ck, path);
     const src = await layerSource(ck, config);
-    const coverage = { others: src.others, all: [...ck.tensors.values()].map((info) => ({ store: ck, info })) };
-    return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), coverage, close: () => ck.close() };
+    const q = ck instanceof DequantStore ? ck.scheme : undefined;
+    const lossy = q?.method === 'fp8-block' ? new Set(q.groups.keys()) : undefined;
+    const coverage = { others: src.others, all: [...ck.tensors.values()].map((info) => ({ store: ck, info })), lossy };
+    return { config, layers: () => src.layers, load: (l, o) => src.load(l, o), coverage, close: () => ck.close(), quantized: q?.method };
   } catch (e) {
     await ck.close();
     throw e;
@@ -206,6 +213,16 @@ function flipsOf(high: Routed, low: Routed): NonNullable<LayerResult['flips']> {
   return { tokens, minMargin: tokens.length ? minMargin : null };
 }
 
+/**
+ * Default rtol: 1e-4 for f32, 2e-2 when a side has 16-bit weights, 0.1 when exactly one side is held
+ * in a lossy quantized format (block FP8, NVFP4, int4; MXFP4 → bf16 is exact) and the other is not.
+ */
+function defaultRtol(a: VerifySide, b: VerifySide | undefined, sixteen: boolean): number {
+  const lossy = (m?: string) => m !== undefined && m !== 'mxfp4';
+  if (b && a.quantized !== b.quantized && (lossy(a.quantized) || lossy(b.quantized))) return 0.1;
+  return sixteen ? 2e-2 : 1e-4;
+}
+
 /** Run layer `l` of `a` and compare it with `b` (fed the same tokens) or the reference output. */
 async function checkLayer(
   l: number,
@@ -250,7 +267,7 @@ async function checkLayer(
     const info = ref!.info(`layers.${l}.output`);
     want = toFloat32(await ref!.read(info), info.dtype as 'F32').subarray(0, T * la.weights.hidden);
   }
-  const rtol = opts.rtol ?? (sixteen ? 2e-2 : 1e-4);
+  const rtol = opts.rtol ?? defaultRtol(a, b, sixteen);
   const c = compare(got, want);
   return {
     sixteen,
@@ -299,7 +316,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       ...(fallback ? { fallback } : {}),
       tokens: T,
       atol: opts.atol ?? 0,
-      rtol: opts.rtol ?? (any16 ? 2e-2 : 1e-4),
+      rtol: opts.rtol ?? defaultRtol(a, b, any16),
       layers: results,
       unchecked,
       ...(unchecked.length ? { uncheckedWhy: opts.layers ? 'left out by --layers' : 'no reference output' } : {}),
@@ -343,7 +360,7 @@ export function formatReport(r: VerifyReport): string {
   const moe = r.layers.filter((l) => l.pass && l.kind === 'moe').length;
   const dense = r.layers.filter((l) => l.pass && l.kind === 'dense').length;
   const bad = r.layers.filter((l) => !l.pass).length;
-  const proven = `${moe} MoE block(s)${dense ? ` and ${dense} dense block(s)` : ''} forward-equal, ${c.identical} tensor(s) byte-identical${c.notCompared ? `, ${c.notCompared} outside the blocks scanned only (no other side)` : ''}, ${r.unchecked.length} layer(s) unchecked`;
+  const proven = `${moe} MoE block(s)${dense ? ` and ${dense} dense block(s)` : ''} forward-equal, ${c.identical} tensor(s) byte-identical${c.withinFp8 ? `, ${c.withinFp8} within FP8 precision` : ''}${c.notCompared ? `, ${c.notCompared} outside the blocks scanned only (no other side)` : ''}, ${r.unchecked.length} layer(s) unchecked`;
   const problems = bad + c.differ.length + c.onlyIn.length + c.nonFinite.length + (c.checksums ? 1 : 0);
   lines.push(
     '',

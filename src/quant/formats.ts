@@ -33,7 +33,7 @@ export const E4M3 = table(e4m3);
 export const E5M2 = table(e5m2);
 export const E8M0 = table((s) => (s === 255 ? Number.NaN : 2 ** (s - 127)));
 /** nibble → value */
-export const E2M1 = Float32Array.from({ length: 16 }, (_, n) => (n & 8 ? -1 : 1) * [0, 0.5, 1, 1.5, 2, 3, 4, 6][n & 7]!);
+const E2M1 = Float32Array.from({ length: 16 }, (_, n) => (n & 8 ? -1 : 1) * [0, 0.5, 1, 1.5, 2, 3, 4, 6][n & 7]!);
 
 export const E4M3_MAX = 448;
 

@@ -6,22 +6,21 @@
  * drops `quantization_config`. The whole engine (convert, verify, shard) reads it like any store.
  */
 import { castFloat } from '../engine/cast.js';
-import { MoekitError } from '../errors.js';
 import type { QGroup, QuantScheme } from '../quant/scheme.js';
 import type { FloatDtype } from './dtypes.js';
 import { DTYPE_SIZES } from './dtypes.js';
-import { type BufferPool, type Chunk, pooledChunks, sharedPool } from './pool.js';
+import { DerivedStore } from './derived.js';
 import type { TensorInfo, TensorStore } from './types.js';
 
-export class DequantStore implements TensorStore {
-  readonly tensors = new Map<string, TensorInfo>();
+export class DequantStore extends DerivedStore {
   private readonly virtual = new Map<string, QGroup>();
 
   constructor(
-    readonly inner: TensorStore,
+    inner: TensorStore,
     readonly scheme: QuantScheme,
     readonly dtype: FloatDtype,
   ) {
+    super(inner, 'dequantized');
     const size = DTYPE_SIZES[dtype];
     for (const t of inner.tensors.values()) {
       const g = scheme.groups.get(t.name) ?? [...scheme.groups.values()].find((x) => x.parts[0] === t.name);
@@ -32,35 +31,6 @@ export class DequantStore implements TensorStore {
         this.virtual.set(g.name, g);
       } else if (!scheme.hidden.has(t.name)) this.tensors.set(t.name, t);
     }
-  }
-
-  get format(): string {
-    return this.inner.format;
-  }
-  get dir(): string {
-    return this.inner.dir;
-  }
-  get files(): readonly string[] {
-    return this.inner.files;
-  }
-  get metadata(): Record<string, string> | undefined {
-    return this.inner.metadata;
-  }
-  get totalBytes(): number {
-    let n = 0;
-    for (const t of this.tensors.values()) n += t.nbytes;
-    return n;
-  }
-  names(): string[] {
-    return [...this.tensors.keys()];
-  }
-  has(name: string): boolean {
-    return this.tensors.has(name);
-  }
-  info(name: string): TensorInfo {
-    const t = this.tensors.get(name);
-    if (!t) throw new MoekitError('bad-input', `no tensor '${name}' in the dequantized view of ${this.dir}`);
-    return t;
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
@@ -80,18 +50,10 @@ export class DequantStore implements TensorStore {
     return into.subarray(0, part.byteLength);
   }
 
-  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
-  }
-
-  async config(): Promise<Record<string, unknown> | undefined> {
+  override async config(): Promise<Record<string, unknown> | undefined> {
     const c = await this.inner.config();
     if (!c) return c;
     const { quantization_config: _q, ...rest } = c;
     return rest;
-  }
-
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }

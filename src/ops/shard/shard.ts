@@ -302,7 +302,10 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
       // The SGLang rule (moe_tp_size = tp / ep) for 128×128 block scales: each I slice must be whole blocks.
       const inter = configInter(meta.config);
       if (/FP8|block-scaled/.test(q) && inter && (opts.etp ?? 1) > 1) validateEtp(inter, opts.etp!, FP8_BLOCK);
-      throw new MoekitError('unsupported', `${src} is quantized (${q}); moekit shards float checkpoints only: dequantize it first (e.g. to bf16), then shard`);
+      throw new MoekitError(
+        'unsupported',
+        `${src} is quantized (${q}); moekit shards float checkpoints only: moekit dequant ${src} -o <float copy>, then shard that`,
+      );
     }
     const target = opts.to ? resolveTarget(opts.to, meta, source) : source;
     const srcGateUp = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');

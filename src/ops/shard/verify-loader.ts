@@ -3,6 +3,7 @@
  * (the merged IR's views over the rank files) and reads dense MLP layers from rank 0, which always
  * holds the non-expert tensors under their own names.
  */
+import type { QuantMethod } from '../../quant/scheme.js';
 import { MoekitError } from '../../errors.js';
 import { layerSourceOf, type LoadedLayer, type LoadOptions } from '../../forward/ir-loader.js';
 import { openSharded, verifyChecksums } from './sharded.js';
@@ -15,6 +16,8 @@ export interface VerifySide {
   /** what verify checks outside the forward */
   coverage: CoverageSide;
   close(): Promise<void>;
+  /** the side's quantization scheme, when it is read dequantized */
+  quantized?: QuantMethod;
 }
 
 export async function openShardedForVerify(path: string): Promise<VerifySide> {

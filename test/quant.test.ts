@@ -1,0 +1,289 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openStore } from '../src/store/registry.js';
+import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/store/safetensors/writer.js';
+import { f32BitsToBf16, f32ToBits, toFloat32 } from '../src/engine/cast.js';
+import { detectScheme } from '../src/quant/scheme.js';
+import { DequantStore } from '../src/store/dequant.js';
+import { E4M3, toE4M3 } from '../src/quant/formats.js';
+import type { Dtype } from '../src/store/dtypes.js';
+import { FIXTURES, runCli, tempDir } from './helpers.js';
+
+const t = tempDir('moekit-quant-');
+const out = (n: string) => join(t.dir, n);
+
+interface Raw {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  data: Uint8Array;
+}
+
+/** Every tensor of a checkpoint, in memory (tiny fixtures only). */
+async function readAll(dir: string): Promise<Raw[]> {
+  const s = await openStore(dir);
+  const all = await Promise.all(
+    [...s.tensors.values()].map(async (i) => ({ name: i.name, dtype: i.dtype, shape: i.shape, data: new Uint8Array(await s.read(i)) })),
+  );
+  await s.close();
+  return all;
+}
+
+/** Write tensors (and a config) as a checkpoint folder. */
+async function writeAll(dir: string, tensors: Raw[], config?: Record<string, unknown>): Promise<void> {
+  mkdirSync(dir, { recursive: true });
+  const entries: WriteEntry[] = tensors.map((x) => ({ name: x.name, dtype: x.dtype, shape: x.shape, source: bufferSource(x.data) }));
+  await writeCheckpoint(dir, entries, { fsync: false });
+  if (config) writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+}
+
+const cfgOf = (dir: string) => JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+const bf16 = (v: number[]) => new Uint8Array(Uint16Array.from(v, (x) => f32BitsToBf16(f32ToBits(x))).buffer);
+
+describe('element formats', () => {
+  it('E4M3 decodes as torch.float8_e4m3fn and encodes round-to-nearest-even, saturating', () => {
+    expect([E4M3[0x38], E4M3[0x7e], E4M3[0x01], E4M3[0x08], E4M3[0xb8]]).toEqual([1, 448, 2 ** -9, 2 ** -6, -1]);
+    expect(Number.isNaN(E4M3[0x7f]!)).toBe(true);
+    for (let b = 0; b < 0x7f; b++) expect(toE4M3(E4M3[b]!)).toBe(b); // every finite code round-trips
+    expect(toE4M3(1.0625)).toBe(0x38); // halfway between 1 (even code 0x38) and 1.125: to even
+    expect(toE4M3(1.1875)).toBe(0x3a); // halfway between 1.125 (0x39) and 1.25 (0x3a): to even
+    expect(toE4M3(1000)).toBe(0x7e);
+    expect(toE4M3(-1000)).toBe(0xfe);
+  });
+});
+
+describe('hand-built int4 (compressed-tensors) and NVFP4 vectors dequantize exactly', () => {
+  it('int4 pack-quantized: nibbles LSB first, stored q + 8, group scales, cropped to weight_shape', async () => {
+    // row 0: q = -8..7 (words 0x76543210, 0xfedcba98); row 1: q = 7, -8, 0 ... ; in = 14 (cropped from 16)
+    const words = new Int32Array([0x76543210, 0xfedcba98 | 0, 0x0000008f, 0x00000000]);
+    const dir = out('int4-hand');
+    await writeAll(dir, [
+      { name: 'x.weight_packed', dtype: 'I32', shape: [2, 2], data: new Uint8Array(words.buffer) },
+      { name: 'x.weight_scale', dtype: 'BF16', shape: [2, 2], data: bf16([0.5, 2, 1, 4]) },
+      { name: 'x.weight_shape', dtype: 'I64', shape: [2], data: new Uint8Array(new BigInt64Array([2n, 14n]).buffer) },
+    ]);
+    const s = await openStore(dir);
+    const dq = new DequantStore(s, (await detectScheme(s))!, 'F32');
+    expect(dq.info('x.weight').shape).toEqual([2, 14]);
+    const got = [...toFloat32(await dq.read('x.weight'), 'F32')];
+    const row0 = [-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5].map((q, j) => q * (j < 7 ? 0.5 : 2));
+    const row1 = [7, 0, -8, -8, -8, -8, -8, -8, -8, -8, -8, -8, -8, -8].map((q, j) => q * (j < 7 ? 1 : 4));
+    expect(got).toEqual([...row0, ...row1]);
+    await s.close();
+  });
+
+  it('NVFP4: E2M1 pairs low nibble first × E4M3 scale per 16 × global scale; input_scale dropped', async () => {
+    const w = new Uint8Array(16); // one row of 32 values
+    w[0] = 0x21; // 0.5, 1
+    w[1] = 0xf9; // -0.5, -6
+    w[8] = 0x7c; // (second group) 2·… : low 0xc = -2, high 7 = 6
+    const dir = out('nvfp4-hand');
+    await writeAll(dir, [
+      { name: 'y.weight', dtype: 'U8', shape: [1, 16], data: w },
+      { name: 'y.weight_scale', dtype: 'F8_E4M3', shape: [1, 2], data: new Uint8Array([0x38, 0x40]) },
+      { name: 'y.weight_scale_2', dtype: 'F32', shape: [], data: new Uint8Array(new Float32Array([0.25]).buffer) },
+      { name: 'y.input_scale', dtype: 'F32', shape: [], data: new Uint8Array(new Float32Array([3]).buffer) },
+    ]);
+    const s = await openStore(dir);
+    const dq = new DequantStore(s, (await detectScheme(s))!, 'F32');
+    expect(dq.names()).toEqual(['y.weight']);
+    const got = toFloat32(await dq.read('y.weight'), 'F32');
+    const want = new Array<number>(32).fill(0);
+    [want[0], want[1], want[2], want[3]] = [0.5 * 0.25, 1 * 0.25, -0.5 * 0.25, -6 * 0.25];
+    [want[16], want[17]] = [-2 * 2 * 0.25, 6 * 2 * 0.25];
+    expect([...got].map((v) => v + 0)).toEqual(want);
+    await s.close();
+  });
+});
+
+describe('moekit dequant', () => {
+  for (const f of ['deepseek_v3_fp8', 'gpt_oss_mxfp4']) {
+    it(`${f}: f32 output verifies against the reference; scales gone; other tensors byte-identical; config plain`, async () => {
+      const dst = out(`${f}-f32`);
+      const r = runCli(['dequant', join(FIXTURES, f), '--dtype', 'f32', '-o', dst, '--no-fsync', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const v = runCli(['verify', dst, '--reference', join(FIXTURES, f, 'reference.safetensors'), '--cpu']);
+      expect(v.code, v.stdout).toBe(0);
+      const cfg = cfgOf(dst);
+      expect(cfg.quantization_config).toBeUndefined();
+      expect(cfg.torch_dtype ?? cfg.dtype).toBe('float32');
+      const src = await readAll(join(FIXTURES, f));
+      const got = new Map((await readAll(dst)).map((x) => [x.name, x]));
+      expect([...got.keys()].some((n) => /_scale_inv$|_blocks$|_scales$/.test(n))).toBe(false);
+      let same = 0;
+      for (const x of src) {
+        if (x.dtype === 'U8' || x.dtype.startsWith('F8') || /_scale_inv$/.test(x.name)) continue;
+        expect(Buffer.from(got.get(x.name)!.data).equals(Buffer.from(x.data)), x.name).toBe(true);
+        same++;
+      }
+      expect(same).toBeGreaterThan(10);
+    });
+
+    it(`${f}: verify reads the quantized checkpoint itself (against the reference, and against its dequantized copy)`, () => {
+      const v = runCli(['verify', join(FIXTURES, f), '--reference', join(FIXTURES, f, 'reference.safetensors'), '--cpu']);
+      expect(v.code, v.stdout).toBe(0);
+      const dst = out(`${f}-f32`);
+      if (!existsSync(dst)) return;
+      const w = runCli(['verify', join(FIXTURES, f), dst, '--cpu']);
+      expect(w.code, w.stdout).toBe(0);
+      expect(w.stdout).toMatch(/tensor\(s\) byte-identical/);
+    });
+  }
+
+  it('gpt_oss_mxfp4 → bf16 is exact and converts to another layout on the way (--to te)', () => {
+    const dst = out('mx-te');
+    expect(runCli(['dequant', join(FIXTURES, 'gpt_oss_mxfp4'), '--to', 'te', '-o', dst, '--no-fsync']).code).toBe(0);
+    const v = runCli(['verify', dst, '--reference', join(FIXTURES, 'gpt_oss_mxfp4', 'reference.safetensors'), '--cpu']);
+    expect(v.code, v.stdout).toBe(0);
+  });
+
+  it('refuses a plain checkpoint, a missing scale, a misshapen scale, a block size that does not match, a NaN scale (exit 2, nothing written)', async () => {
+    const src = await readAll(join(FIXTURES, 'deepseek_v3_fp8'));
+    const cfg = cfgOf(join(FIXTURES, 'deepseek_v3_fp8'));
+    const scale = 'model.layers.1.mlp.experts.0.up_proj.weight_scale_inv';
+    const cases: [string, Raw[], Record<string, unknown>, RegExp][] = [
+      ['missing', src.filter((x) => x.name !== scale), cfg, /up_proj\.weight is F8_E4M3 but has no .*_scale_inv beside it \(missing scale tensor\)/],
+      ['shape', src.map((x) => (x.name === scale ? { ...x, shape: [4, 1] } : x)), cfg, /up_proj\.weight_scale_inv has shape \[4, 1\], expected \[2, 2\]/],
+      [
+        'block',
+        src,
+        { ...cfg, quantization_config: { ...(cfg.quantization_config as object), weight_block_size: [64, 64] } },
+        /weight_scale_inv has shape \[2, 3\], expected \[4, 6\] .* in blocks of 64×64/,
+      ],
+      [
+        'nan',
+        src.map((x) => (x.name === scale ? { ...x, data: new Uint8Array(new Float32Array([1, Number.NaN, 1, 1]).buffer) } : x)),
+        cfg,
+        /up_proj\.weight_scale_inv holds NaN \(element 1\)/,
+      ],
+    ];
+    for (const [name, tensors, c, re] of cases) {
+      const dir = out(`bad-${name}`);
+      await writeAll(dir, tensors, c);
+      const r = runCli(['dequant', dir, '-o', out(`bad-${name}-out`), '--no-fsync']);
+      expect(r.code, `${name}: ${r.stderr}`).toBe(2);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(re);
+      expect(existsSync(out(`bad-${name}-out`))).toBe(false);
+    }
+    const plain = runCli(['dequant', join(FIXTURES, 'mixtral'), '-o', out('plain'), '--no-fsync']);
+    expect(plain.code).toBe(2);
+    expect(plain.stderr).toMatch(/holds no quantized weights/);
+  });
+});
+
+describe('moekit quant --format fp8-block', () => {
+  it('quant → dequant is within E4M3 precision per block; verify of the FP8 model against the source passes at rtol 0.1', async () => {
+    const q = out('ds-fp8');
+    expect(runCli(['quant', join(FIXTURES, 'deepseek_v3'), '--format', 'fp8-block', '--block', '16', '-o', q, '--no-fsync']).code).toBe(0);
+    const cfg = cfgOf(q);
+    expect(cfg.quantization_config).toMatchObject({ quant_method: 'fp8', weight_block_size: [16, 16] });
+    expect((cfg.quantization_config as { modules_to_not_convert: string[] }).modules_to_not_convert).toContain('model.layers.1.mlp.gate');
+    const qs = await openStore(q);
+    expect(qs.info('model.layers.1.mlp.experts.0.gate_proj.weight').dtype).toBe('F8_E4M3');
+    expect(qs.info('model.layers.1.mlp.gate.weight').dtype).toBe('F32'); // routers stay in float
+    expect(qs.info('model.embed_tokens.weight').dtype).toBe('F32');
+    await qs.close();
+    // per block: |w − dequant(quant(w))| ≤ half an E4M3 ulp of w (or of the block's subnormal step)
+    const dq = out('ds-fp8-dq');
+    expect(runCli(['dequant', q, '--dtype', 'f32', '-o', dq, '--no-fsync']).code).toBe(0);
+    const a = await openStore(join(FIXTURES, 'deepseek_v3'));
+    const b = await openStore(dq);
+    const name = 'model.layers.1.mlp.experts.3.down_proj.weight';
+    const [w, d] = [toFloat32(await a.read(name), 'F32'), toFloat32(await b.read(name), 'F32')];
+    const [rows, cols] = a.info(name).shape as [number, number];
+    for (let i = 0; i < rows; i++)
+      for (let j = 0; j < cols; j++) {
+        let amax = 0;
+        for (let r = i - (i % 16); r < Math.min(rows, i - (i % 16) + 16); r++)
+          for (let c = j - (j % 16); c < Math.min(cols, j - (j % 16) + 16); c++) amax = Math.max(amax, Math.abs(w[r * cols + c]!));
+        const err = Math.abs(w[i * cols + j]! - d[i * cols + j]!);
+        expect(err).toBeLessThanOrEqual(1.0001 * Math.max(2 ** -4 * Math.abs(w[i * cols + j]!), (2 ** -10 * amax) / 448));
+      }
+    await a.close();
+    await b.close();
+    const v = runCli(['verify', q, join(FIXTURES, 'deepseek_v3'), '--cpu']);
+    expect(v.code, v.stdout).toBe(0);
+    expect(v.stdout).toMatch(/within FP8 precision/);
+  });
+
+  it('a wrong scale orientation fails verify (transposed square scale grids) or is refused (non-square)', async () => {
+    const q = out('ds-fp8');
+    const tensors = await readAll(q);
+    const transposed = tensors.map((x) => {
+      if (!x.name.endsWith('_scale_inv') || x.shape[0] !== x.shape[1] || x.shape[0] === 1) return x;
+      const n = x.shape[0]!;
+      const f = new Float32Array(x.data.buffer.slice(x.data.byteOffset, x.data.byteOffset + x.data.byteLength));
+      const g = new Float32Array(n * n);
+      for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) g[j * n + i] = f[i * n + j]!;
+      return { ...x, data: new Uint8Array(g.buffer) };
+    });
+    const bad = out('ds-fp8-transposed');
+    await writeAll(bad, transposed, cfgOf(q));
+    const v = runCli(['verify', bad, join(FIXTURES, 'deepseek_v3'), '--cpu']);
+    expect(v.code, v.stdout).toBe(1);
+    const ns = tensors.find((x) => x.name.endsWith('_scale_inv') && x.shape[0] !== x.shape[1])!;
+    const bad2 = out('ds-fp8-ns');
+    await writeAll(
+      bad2,
+      tensors.map((x) => (x === ns ? { ...x, shape: [x.shape[1]!, x.shape[0]!] } : x)),
+      cfgOf(q),
+    );
+    const w = runCli(['verify', bad2, join(FIXTURES, 'deepseek_v3'), '--cpu']);
+    expect(w.code).toBe(2);
+    expect(w.stderr).toMatch(/_scale_inv has shape .* expected/);
+  });
+
+  it('refuses an already quantized source', () => {
+    const r = runCli(['quant', join(FIXTURES, 'deepseek_v3_fp8'), '--format', 'fp8-block', '-o', out('re-q'), '--no-fsync']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/already quantized; dequantize it first/);
+  });
+});
+
+describe('moekit plan: TP × EP sizes that can serve a checkpoint', () => {
+  const fp8 = { quant_method: 'fp8', weight_block_size: [128, 128] };
+  it('Qwen3-235B-A22B-FP8-shaped: TP4 works, TP8 needs EP2 (SGLang: (1536 / 8) % 128 != 0)', async () => {
+    const { planShape, planTable } = await import('../src/ops/plan.js');
+    const s = planShape({ num_experts: 128, moe_intermediate_size: 1536, num_attention_heads: 64, num_key_value_heads: 4, quantization_config: fp8 });
+    const row = (tp: number, ep: number) => planTable(s, { tp, ep })[0]!;
+    expect(row(4, 1).ok).toBe(true);
+    expect(row(8, 1).errors).toEqual(['(moe_intermediate_size=1536 / moe_tp_size=8) % weight_block_size_n=128 == 0 fails']);
+    expect(row(8, 2).ok).toBe(true);
+    // the same shape in bf16 has no block rule
+    expect(planTable(planShape({ num_experts: 128, moe_intermediate_size: 1536, num_attention_heads: 64, num_key_value_heads: 4 }), { tp: 8 })[0]!.ok).toBe(
+      true,
+    );
+  });
+
+  it('Qwen3-Coder-480B-FP8-shaped: TP8 needs EP2 ((2560 / 8) % 128 = 64); DeepSeek-V3-shaped: TP8 passes the block rules (2048 / 8 = 256)', async () => {
+    const { planShape, planTable } = await import('../src/ops/plan.js');
+    const coder = planShape({ num_experts: 160, moe_intermediate_size: 2560, num_attention_heads: 96, num_key_value_heads: 8, quantization_config: fp8 });
+    expect(planTable(coder, { tp: 8, ep: 1 })[0]!.ok).toBe(false);
+    expect(planTable(coder, { tp: 8, ep: 2 })[0]!.ok).toBe(true);
+    const ds = planShape({
+      n_routed_experts: 256,
+      moe_intermediate_size: 2048,
+      n_shared_experts: 1,
+      intermediate_size: 18432,
+      first_k_dense_replace: 3,
+      num_attention_heads: 128,
+      num_key_value_heads: 128,
+      quantization_config: fp8,
+    });
+    expect(planTable(ds, { tp: 8, ep: 1 })[0]!.ok).toBe(true);
+    expect(planTable(ds, { tp: 32, ep: 1 })[0]!.errors[0]).toMatch(/\(moe_intermediate_size=2048 \/ moe_tp_size=32\) % weight_block_size_n=128 == 0 fails/);
+    expect(planTable(ds, { tp: 8, ep: 3 })[0]!.errors).toEqual(['ep_size=3 must divide tp_size=8']);
+    expect(planTable(ds, { tp: 4, ep: 4 })[0]!.ok).toBe(true);
+  });
+
+  it('the CLI prints the table and exits 1 for a combination that does not fit', () => {
+    const all = runCli(['plan', join(FIXTURES, 'deepseek_v3_fp8')]);
+    expect(all.code).toBe(0);
+    expect(all.stdout).toMatch(/valid: TP1 × EP1\n/);
+    const two = runCli(['plan', join(FIXTURES, 'deepseek_v3_fp8'), '--tp', '2', '--json']);
+    expect(two.code).toBe(1);
+    expect(JSON.parse(two.stdout).rows[0].errors[0]).toBe('(moe_intermediate_size=192 / moe_tp_size=2) % weight_block_size_n=128 == 0 fails');
+  });
+});
