@@ -2,12 +2,11 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { convert } from '../ops/convert.js';
 import type { FloatDtype } from '../store/dtypes.js';
-import { peakRssMB } from '../output/transaction.js';
 import { LAYOUTS, TARGET_NAMES } from '../../converters/index.js';
 import type { GateUpOrder } from '../engine/layout.js';
-import { printResult } from './plan-output.js';
+import { runWrite } from './plan-output.js';
 import { dtypeArg, writeFlags, type WriteFlags } from './options.js';
-import { human, progress } from './progress.js';
+import { human } from './progress.js';
 
 interface ConvertFlags extends WriteFlags {
   to: string;
@@ -56,27 +55,13 @@ export function registerConvert(program: Command): void {
         '  moekit convert fixtures/hf/deepseek_v3 --to megatron --dtype bf16 --max-shard-size 2GB --jobs 8 -o /tmp/ds-mcore',
       ].join('\n'),
     )
-    .action(async (src: string, o: ConvertFlags) => {
-      const bar = progress(o.json || o.dryRun);
-      const s = await convert(src, o.output, {
-        to: o.to,
-        gateUp: o.gateUp,
-        dtype: o.dtype,
-        maxShardSize: o.maxShardSize,
-        jobs: o.jobs,
-        force: o.force,
-        fsync: o.fsync,
-        dryRun: o.dryRun,
-        onProgress: (b, t) => bar.update(b, t),
-      });
-      bar.done();
-      printResult(
-        s,
-        o.json,
-        `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
-        () =>
+    .action((src: string, o: ConvertFlags) =>
+      runWrite(
+        o,
+        (w) => convert(src, o.output, { ...w, to: o.to, gateUp: o.gateUp, dtype: o.dtype }),
+        (s) => `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
+        (s) =>
           `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
-        { peakRssMB: peakRssMB() },
-      );
-    });
+      ),
+    );
 }

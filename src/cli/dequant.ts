@@ -2,11 +2,10 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { dequant } from '../ops/dequant.js';
 import type { FloatDtype } from '../store/dtypes.js';
-import { peakRssMB } from '../output/transaction.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { printResult } from './plan-output.js';
+import { runWrite } from './plan-output.js';
 import { dtypeArg, writeFlags, type WriteFlags } from './options.js';
-import { human, progress } from './progress.js';
+import { human } from './progress.js';
 
 interface DequantFlags extends WriteFlags {
   to?: string;
@@ -43,26 +42,13 @@ export function registerDequant(program: Command): void {
         '  moekit dequant /models/gpt-oss-20b --dtype f32 --to te -o /ckpt/gpt-oss-te',
       ].join('\n'),
     )
-    .action(async (src: string, o: DequantFlags) => {
-      const bar = progress(o.json || o.dryRun);
-      const s = await dequant(src, o.output, {
-        to: o.to,
-        dtype: o.dtype,
-        maxShardSize: o.maxShardSize,
-        jobs: o.jobs,
-        force: o.force,
-        fsync: o.fsync,
-        dryRun: o.dryRun,
-        onProgress: (b, t) => bar.update(b, t),
-      });
-      bar.done();
-      printResult(
-        s,
-        o.json,
-        `dequantize (${s.method}) into ${s.destination}`,
-        () =>
+    .action((src: string, o: DequantFlags) =>
+      runWrite(
+        o,
+        (w) => dequant(src, o.output, { ...w, to: o.to, dtype: o.dtype }),
+        (s) => `dequantize (${s.method}) into ${s.destination}`,
+        (s) =>
           `${s.method} → ${s.dtype}, ${s.sourceLayout} → ${s.layout}: ${s.dequantized} weights dequantized, ${s.dropped} activation scales left out; ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
-        { peakRssMB: peakRssMB() },
-      );
-    });
+      ),
+    );
 }

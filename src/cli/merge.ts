@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { merge } from '../ops/shard/merge.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { printResult } from './plan-output.js';
+import { runWrite } from './plan-output.js';
 import { writeFlags, type WriteFlags } from './options.js';
-import { human, progress } from './progress.js';
+import { human } from './progress.js';
 
 export function registerMerge(program: Command): void {
   const cmd = program
@@ -16,23 +16,12 @@ export function registerMerge(program: Command): void {
       'after',
       '\nRefuses (one-line error, nothing written) a missing rank, an expert claimed by two ranks, and a tensor whose\nsha256 does not match the manifest.',
     )
-    .action(async (src: string, o: WriteFlags & { to?: string }) => {
-      const bar = progress(o.json || o.dryRun);
-      const s = await merge(src, o.output, {
-        to: o.to,
-        maxShardSize: o.maxShardSize,
-        jobs: o.jobs,
-        force: o.force,
-        fsync: o.fsync,
-        dryRun: o.dryRun,
-        onProgress: (b, t) => bar.update(b, t),
-      });
-      bar.done();
-      printResult(
-        s,
-        o.json,
-        `merge ${s.ranks} ranks → ${s.layout} into ${s.destination}`,
-        () => `merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
-      );
-    });
+    .action((src: string, o: WriteFlags & { to?: string }) =>
+      runWrite(
+        o,
+        (w) => merge(src, o.output, { ...w, to: o.to }),
+        (s) => `merge ${s.ranks} ranks → ${s.layout} into ${s.destination}`,
+        (s) => `merged ${s.ranks} ranks → ${s.layout}: ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+      ),
+    );
 }

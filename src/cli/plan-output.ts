@@ -1,4 +1,8 @@
 /** `--dry-run` text output: the plan described by engine/plan.ts `describePlan`, one line per output file. */
+import { peakRssMB } from '../output/transaction.js';
+import type { WriteFlags } from './options.js';
+import { progress } from './progress.js';
+
 interface DescribedPlan {
   expectedPeakMB: number;
   outputs: {
@@ -39,4 +43,37 @@ export function printResult(s: { dryRun?: true; plan?: unknown }, json: boolean 
   if (json) process.stdout.write(`${JSON.stringify({ ...s, ...extraJson }, null, 2)}\n`);
   else if (s.dryRun) process.stdout.write(`${head}\n${formatPlanSummary(s.plan)}\n`);
   else process.stdout.write(`${line()}\n`);
+}
+
+/** The options a writing command passes on from its flags, with the one progress display wired in. */
+export interface WriteRun {
+  maxShardSize: number;
+  jobs: number;
+  force?: boolean;
+  fsync: boolean;
+  dryRun?: boolean;
+  onProgress: (bytes: number, total: number) => void;
+}
+
+/**
+ * Run a writing command: progress on stderr while `run` works, then its summary (JSON, the dry-run
+ * plan, or `line`). Peak RSS goes into the JSON summary.
+ */
+export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
+  o: WriteFlags,
+  run: (w: WriteRun) => Promise<S>,
+  head: (s: S) => string,
+  line: (s: S) => string,
+): Promise<void> {
+  const bar = progress(o.json || o.dryRun);
+  const s = await run({
+    maxShardSize: o.maxShardSize,
+    jobs: o.jobs,
+    force: o.force,
+    fsync: o.fsync,
+    dryRun: o.dryRun,
+    onProgress: (b, t) => bar.update(b, t),
+  });
+  bar.done();
+  printResult(s, o.json, head(s), () => line(s), { peakRssMB: peakRssMB() });
 }

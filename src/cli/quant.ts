@@ -1,10 +1,9 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { quant } from '../ops/quant.js';
-import { peakRssMB } from '../output/transaction.js';
-import { printResult } from './plan-output.js';
+import { runWrite } from './plan-output.js';
 import { numberArg, writeFlags, type WriteFlags } from './options.js';
-import { human, progress } from './progress.js';
+import { human } from './progress.js';
 
 interface QuantFlags extends WriteFlags {
   format: 'fp8-block';
@@ -45,28 +44,13 @@ export function registerQuant(program: Command): void {
         "  moekit quant fixtures/hf/deepseek_v3 --format fp8-block --exclude '*.self_attn.*' -o /tmp/ds-fp8",
       ].join('\n'),
     )
-    .action(async (src: string, o: QuantFlags) => {
-      const bar = progress(o.json || o.dryRun);
-      const s = await quant(src, o.output, {
-        format: o.format,
-        block: o.block,
-        include: o.include,
-        exclude: o.exclude,
-        maxShardSize: o.maxShardSize,
-        jobs: o.jobs,
-        force: o.force,
-        fsync: o.fsync,
-        dryRun: o.dryRun,
-        onProgress: (b, t) => bar.update(b, t),
-      });
-      bar.done();
-      printResult(
-        s,
-        o.json,
-        `quantize (${s.format}) into ${s.destination}`,
-        () =>
+    .action((src: string, o: QuantFlags) =>
+      runWrite(
+        o,
+        (w) => quant(src, o.output, { ...w, format: o.format, block: o.block, include: o.include, exclude: o.exclude }),
+        (s) => `quantize (${s.format}) into ${s.destination}`,
+        (s) =>
           `${s.format}, blocks ${s.block}×${s.block}: ${s.quantized} weights quantized; ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
-        { peakRssMB: peakRssMB() },
-      );
-    });
+      ),
+    );
 }
