@@ -9,6 +9,7 @@ import { registerReshard, registerShard } from './shard.js';
 import { registerMerge } from './merge.js';
 import { registerUpcycle } from './upcycle.js';
 import { registerDequant } from './dequant.js';
+import { setQuiet } from './progress.js';
 import { registerQuant } from './quant.js';
 import { registerPlan } from './plan.js';
 
@@ -29,7 +30,11 @@ function buildProgram(): Command {
         '  moekit verify /models/Mixtral-8x7B /ckpt/te               # same function? layer by layer, on WebGPU',
         '  moekit shard /ckpt/te --ep 8 -o /ckpt/te-ep8              # one folder per expert-parallel rank',
         '  moekit upcycle /models/Llama-3-8B --experts 8 --top-k 2 -o /ckpt/llama-moe   # dense → MoE, same function',
+        '  moekit dequant /models/DeepSeek-V3 -o /models/DeepSeek-V3-bf16   # block FP8 / MXFP4 / int4 / NVFP4 → float',
+        '  moekit plan /models/Qwen3-235B-A22B-FP8                   # which TP × EP sizes can serve it',
         '',
+        'Long commands show progress on stderr: one redrawn line on a terminal, a plain line every 5 s',
+        '(MOEKIT_PROGRESS_SECONDS) when piped to a log; --quiet (-q, anywhere) silences it.',
         "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
     )
@@ -61,6 +66,10 @@ function exitCodeOf(e: unknown): number {
 /** Run the CLI; returns the exit code. Errors meant for the user print as one line. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  // --quiet / -q is global: taken out before the subcommand's own options are parsed
+  const q = argv.slice(2).filter((a) => a === '--quiet' || a === '-q').length > 0;
+  setQuiet(q);
+  if (q) argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--quiet' && a !== '-q')];
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { numberArg } from './options.js';
+import { info } from './progress.js';
 import { formatReport, parseLayers, verify } from '../ops/verify.js';
 
 export function registerVerify(program: Command): void {
@@ -44,7 +45,7 @@ export function registerVerify(program: Command): void {
       ) => {
         const report = await verify(a, b, {
           ...o,
-          onProgress: (m) => process.stderr.write(`verify: ${m}\n`),
+          onProgress: (m) => info(`verify: ${m}`),
         });
         process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
         // 1: a difference found; 3: nothing differs, but not everything could be checked
