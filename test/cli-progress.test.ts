@@ -30,3 +30,41 @@ describe('progress when stderr is a log, and --quiet', () => {
     }
   });
 });
+
+describe('CLI conventions', () => {
+  it('a layout name in the wrong case or misspelt gets "did you mean"; an unwritable -o fails at once (exit 5)', () => {
+    const t = tempDir();
+    try {
+      const r = runCli(['convert', join(FIXTURES, 'mixtral'), '--to', 'TE', '-o', join(t.dir, 'x')]);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toMatch(/unknown layout 'TE' \(did you mean 'te'\?\)/);
+      expect(runCli(['convert', join(FIXTURES, 'mixtral'), '--to', 'megatron-grouped2', '-o', join(t.dir, 'x')]).stderr).toMatch(
+        /did you mean 'megatron-grouped'/,
+      );
+      const p = runCli(['convert', join(FIXTURES, 'mixtral'), '--to', 'te', '-o', '/proc/moekit-x']);
+      expect(p.code).toBe(5);
+      expect(p.stderr.trim()).toMatch(/^moekit: error: cannot write into \/proc \(\w+\); choose an -o in a writable folder$/);
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('inspect of a sharded folder summarises its manifest and names missing rank folders', async () => {
+    const t = tempDir();
+    try {
+      const dst = join(t.dir, 'sh');
+      expect(runCli(['shard', join(FIXTURES, 'qwen3_moe'), '--ep', '2', '--etp', '2', '-o', dst, '--no-fsync']).code).toBe(0);
+      const r = runCli(['inspect', dst, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j).toMatchObject({ kind: 'sharded', ep: 2, etp: 2, placement: 'contiguous', missing: [] });
+      expect(j.ranks).toHaveLength(4);
+      const { rmSync } = await import('node:fs');
+      rmSync(join(dst, j.ranks[3].dir), { recursive: true });
+      const m = runCli(['inspect', dst]);
+      expect(m.stdout).toMatch(new RegExp(`missing +1 rank folder\\(s\\): ${j.ranks[3].dir}`));
+    } finally {
+      t.cleanup();
+    }
+  });
+});

@@ -297,8 +297,22 @@ export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec 
     return s;
   }
   const s = layoutById(name);
-  if (!s || s.families) throw new MoekitError('unsupported', `unknown layout '${name}' (known: ${TARGET_NAMES.join(', ')})`);
+  if (!s || s.families) {
+    const near = TARGET_NAMES.find((t) => t.toLowerCase() === name.toLowerCase()) ?? TARGET_NAMES.find((t) => editDistance(t, name.toLowerCase()) <= 2);
+    throw new MoekitError('unsupported', `unknown layout '${name}'${near ? ` (did you mean '${near}'?)` : ''}; known: ${TARGET_NAMES.join(', ')}`);
+  }
   return s;
+}
+
+/** Levenshtein distance (short names only: layout ids). */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
 }
 
 /** Quantized storage that moekit can pass through but not re-layout. */

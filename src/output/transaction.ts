@@ -189,7 +189,7 @@ class Output {
     dst = resolve(dst);
     await checkNotSource(dst, opts.sources);
     await checkDestination(dst, !!opts.force); // fail fast, before locking
-    await mkdir(dirname(dst), { recursive: true });
+    await writableParent(dst);
     const lock = join(dirname(dst), `.${basename(dst)}.moekit-lock`);
     const tmp = join(dirname(dst), `.${basename(dst)}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`);
     const o = new Output(dst, tmp, lock);
@@ -295,6 +295,18 @@ class Output {
  * host, a pid that no longer runs; from another host (a shared file system) moekit cannot tell, so
  * only `force` takes it over.
  */
+/** Create the destination's parent, or fail at once with one line (the lock's creation catches /proc, read-only, no permission). */
+async function writableParent(dst: string): Promise<void> {
+  try {
+    await mkdir(dirname(dst), { recursive: true });
+  } catch (e) {
+    throw unwritable(dst, e);
+  }
+}
+
+const unwritable = (dst: string, e: unknown) =>
+  new MoekitError('destination', `cannot write into ${dirname(dst)} (${(e as NodeJS.ErrnoException).code ?? 'error'}); choose an -o in a writable folder`);
+
 async function takeLock(o: Output, force: boolean): Promise<void> {
   const { lockPath: lock, dst } = o;
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -305,7 +317,7 @@ async function takeLock(o: Output, force: boolean): Promise<void> {
       await fh.close();
       return;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(dst, e);
       const [pidText, host] = (await readFile(lock, 'utf8').catch(() => '')).trim().split(/\s+/);
       const pid = Number(pidText);
       const here = !host || host === hostname();
