@@ -29,14 +29,14 @@ const plainEvery = () => Number(process.env.MOEKIT_PROGRESS_SECONDS) || 5;
 
 /**
  * On a TTY: one line redrawn in place within 80 columns. Piped: a plain line every few seconds
- * (and one at the end). Silent with --json, --dry-run's callers, or --quiet.
+ * (and one at the end; nothing for a job shorter than that). Silent with --json, --dry-run's callers, or --quiet.
  */
 export function progress(json?: boolean, stream: NodeJS.WriteStream = process.stderr): Progress {
   if (json || quiet) return { update: () => {}, done: () => {} };
   // MOEKIT_STDERR_TTY: stderr is a pipe to the parent moekit that filters it (quiet-dawn.ts) and is a TTY there
   const tty = stream.isTTY || (stream === process.stderr && process.env.MOEKIT_STDERR_TTY === '1');
   const t0 = Date.now();
-  let last = 0;
+  let last = tty ? 0 : t0; // piped: the first line after one interval
   let drawn = false;
   let finished = false;
   const text = (bytes: number, total: number, now: number) => {
@@ -51,6 +51,7 @@ export function progress(json?: boolean, stream: NodeJS.WriteStream = process.st
       const now = Date.now();
       const end = bytes >= total;
       if (finished || (now - last < (tty ? 100 : plainEvery() * 1000) && !end)) return;
+      if (!tty && end && !drawn) return; // piped: a job shorter than one interval prints no progress at all
       finished = end && !tty; // piped: the last line once
       last = now;
       const { f, line } = text(bytes, total, now);
