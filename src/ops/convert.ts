@@ -5,7 +5,6 @@
  */
 import { resolve } from 'node:path';
 import { openStore } from '../store/registry.js';
-import { DequantStore } from '../store/dequant.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
@@ -22,6 +21,8 @@ export interface ConvertOptions extends WriteOptions {
   to: string;
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
+  /** the dtype config.json records when the tensors are not cast (what a dequantizing store decodes to); default `dtype` */
+  recordDtype?: FloatDtype;
 }
 
 export interface ConvertSummary {
@@ -53,16 +54,13 @@ interface Planned {
   moeLayers: number;
 }
 
-/** config.json of the output: HF targets record a --dtype cast (or the dtype a dequantized store decodes to). */
+/** config.json of the output: HF targets record a --dtype cast (or `recordDtype`). */
 function outputConfig(meta: ModelMeta, target: LayoutSpec, dtype?: FloatDtype): Record<string, unknown> | undefined {
   if (!meta.config) return undefined;
   const cfg = { ...meta.config };
   if (target.families && dtype) stampDtype(cfg, dtype);
   return cfg;
 }
-
-/** The dtype the output's config records: --dtype, else what a dequantizing store decodes to. */
-const stampOf = (store: TensorStore, opts: ConvertOptions): FloatDtype | undefined => opts.dtype ?? (store instanceof DequantStore ? store.dtype : undefined);
 
 async function planConvert(store: TensorStore, src: string, opts: ConvertOptions): Promise<Planned> {
   const meta = await loadMeta(store);
@@ -97,7 +95,7 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     gateUp = tp.gateUp;
     moeLayers = ir.layers.length;
   }
-  const cfg = outputConfig(meta, target, stampOf(store, opts));
+  const cfg = outputConfig(meta, target, opts.dtype ?? opts.recordDtype);
   const sideFiles: SideFile[] = [
     ...(cfg ? [{ name: 'config.json', json: cfg }] : []),
     ...(mk ? [{ name: 'moekit.json', json: mk }] : []),

@@ -9,7 +9,7 @@ import { MoekitError } from '../errors.js';
 import { detectScheme, type QuantMethod } from '../quant/scheme.js';
 import { DequantStore } from '../store/dequant.js';
 import type { FloatDtype } from '../store/dtypes.js';
-import { openStore } from '../store/registry.js';
+import { openWrapped } from '../store/derived.js';
 import type { TensorStore } from '../store/types.js';
 import { convertStore, type ConvertSummary } from './convert.js';
 import type { WriteOptions } from './options.js';
@@ -36,21 +36,15 @@ export async function dequantized(store: TensorStore, dtype: FloatDtype): Promis
 }
 
 export async function dequant(src: string, dst: string, opts: DequantOptions = {}): Promise<DequantSummary> {
-  const inner = await openStore(src);
-  let store: DequantStore;
-  try {
-    const scheme = await detectScheme(inner, await inner.config());
-    if (!scheme)
-      throw new MoekitError(
-        'bad-input',
-        `${src} holds no quantized weights (no FP8 + *_scale_inv, *_blocks, *.weight_packed or NVFP4 tensors); nothing to dequantize`,
-      );
-    store = new DequantStore(inner, scheme, opts.dtype ?? 'BF16');
-  } catch (e) {
-    await inner.close();
-    throw e;
-  }
+  const store = await openWrapped(src, async (inner) => {
+    const d = await dequantized(inner, opts.dtype ?? 'BF16');
+    if (d instanceof DequantStore) return d;
+    throw new MoekitError(
+      'bad-input',
+      `${src} holds no quantized weights (no FP8 + *_scale_inv, *_blocks, *.weight_packed or NVFP4 tensors); nothing to dequantize`,
+    );
+  });
   const { scheme } = store;
-  const s = await convertStore(store, src, dst, { ...opts, to: opts.to ?? 'hf', dtype: undefined });
+  const s = await convertStore(store, src, dst, { ...opts, to: opts.to ?? 'hf', dtype: undefined, recordDtype: store.dtype });
   return { ...s, dtype: store.dtype, identity: false, method: scheme.method, dequantized: scheme.groups.size, dropped: scheme.dropped.length };
 }

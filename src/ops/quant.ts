@@ -6,7 +6,7 @@
 import { MoekitError } from '../errors.js';
 import { detectScheme } from '../quant/scheme.js';
 import { Fp8QuantStore, type QuantSelect } from '../store/quantize.js';
-import { openStore } from '../store/registry.js';
+import { openWrapped } from '../store/derived.js';
 import { convertStore, type ConvertSummary } from './convert.js';
 import type { WriteOptions } from './options.js';
 
@@ -27,16 +27,11 @@ export async function quant(src: string, dst: string, opts: QuantOptions): Promi
   if (opts.format !== 'fp8-block') throw new MoekitError('usage', `unknown --format '${opts.format}' (known: fp8-block)`);
   const block = opts.block ?? 128;
   if (!Number.isInteger(block) || block < 1) throw new MoekitError('usage', `--block must be a positive integer (got ${block})`);
-  const inner = await openStore(src);
-  let store: Fp8QuantStore;
-  try {
+  const store = await openWrapped(src, async (inner) => {
     if (await detectScheme(inner, await inner.config()))
       throw new MoekitError('bad-input', `${src} is already quantized; dequantize it first (moekit dequant ${src} -o <dst>)`);
-    store = new Fp8QuantStore(inner, block, opts);
-  } catch (e) {
-    await inner.close();
-    throw e;
-  }
+    return new Fp8QuantStore(inner, block, opts);
+  });
   const s = await convertStore(store, src, dst, { ...opts, to: 'hf', dtype: undefined });
   return { ...s, identity: false, format: opts.format, block, quantized: store.quantized };
 }

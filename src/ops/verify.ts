@@ -18,6 +18,7 @@ import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { dequantized } from './dequant.js';
 import { DequantStore } from '../store/dequant.js';
+import { openWrapped } from '../store/derived.js';
 import { openShardedForVerify, type VerifySide } from './shard/verify-loader.js';
 
 export interface VerifyOptions {
@@ -135,7 +136,7 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
  */
 async function openSide(path: string): Promise<VerifySide> {
   if (await isSharded(path)) return openShardedForVerify(path);
-  const ck = await dequantized(await openStore(path), 'F32');
+  const ck = await openWrapped(path, (inner) => dequantized(inner, 'F32'));
   try {
     const config = await configOf(ck, path);
     const src = await layerSource(ck, config);

@@ -17,7 +17,7 @@
  */
 import { MoekitError } from '../errors.js';
 import { toFloat32 } from '../engine/cast.js';
-import type { FloatDtype } from '../store/dtypes.js';
+import { dtypeSize, numel, type FloatDtype } from '../store/dtypes.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { E4M3, E5M2, E8M0, unpackE2M1, unpackInt4 } from './formats.js';
 
@@ -51,22 +51,17 @@ const bad = (m: string) => new MoekitError('bad-input', m);
 const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
-/** A scale tensor as f32 (U8 read as E8M0, F8 as E4M3); NaN scales are refused by name. */
-async function scalesOf(store: TensorStore, t: TensorInfo, start = 0, end?: number): Promise<Float32Array> {
-  const raw = await store.read(t, start, end);
+/** Elements [e0, e1) of a scale tensor as f32 (U8 read as E8M0, F8 as E4M3); NaN scales are refused by name. */
+async function scalesOf(store: TensorStore, t: TensorInfo, e0 = 0, e1 = numel(t.shape)): Promise<Float32Array> {
+  const size = dtypeSize(t.dtype);
+  const raw = await store.read(t, e0 * size, e1 * size);
   let s: Float32Array;
   if (t.dtype === 'U8') s = Float32Array.from(raw, (b) => E8M0[b]!);
   else if (t.dtype === 'F8_E4M3') s = Float32Array.from(raw, (b) => E4M3[b]!);
   else if (t.dtype === 'F32' || t.dtype === 'BF16' || t.dtype === 'F16') s = toFloat32(raw, t.dtype as FloatDtype);
   else throw bad(`scale tensor ${t.name} has dtype ${t.dtype}; expected F32, BF16, F16, F8_E4M3 or U8 (E8M0)`);
   const nan = s.findIndex((v) => Number.isNaN(v));
-  const size =
-    t.nbytes /
-    Math.max(
-      1,
-      t.shape.reduce((a, b) => a * b, 1),
-    );
-  if (nan >= 0) throw bad(`scale tensor ${t.name} holds NaN (element ${start / size + nan}); the checkpoint is corrupt`);
+  if (nan >= 0) throw bad(`scale tensor ${t.name} holds NaN (element ${e0 + nan}); the checkpoint is corrupt`);
   return s;
 }
 
@@ -90,8 +85,7 @@ function fp8Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, block: [num
       const q = await store.read(w, r0 * inn, r1 * inn);
       const b0 = Math.floor(r0 / block[0]);
       const b1 = Math.floor((r1 - 1) / block[0]) + 1;
-      const ss = sc.nbytes / (want[0]! * want[1]!);
-      const s = await scalesOf(store, sc, b0 * want[1]! * ss, b1 * want[1]! * ss);
+      const s = await scalesOf(store, sc, b0 * want[1]!, b1 * want[1]!);
       const f = new Float32Array((r1 - r0) * inn);
       for (let r = r0; r < r1; r++) {
         const srow = (Math.floor(r / block[0]) - b0) * want[1]!;
@@ -143,8 +137,9 @@ function nvfp4Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, sc2: Tens
   const inn = half * 2;
   if (sc.dtype !== 'F8_E4M3' || sc.shape.length !== 2 || sc.shape[0] !== out || sc.shape[1] !== ceilDiv(inn, 16))
     throw bad(`${sc.name} is ${sc.dtype} ${shapeStr(sc.shape)}, expected F8_E4M3 [${out}, ${ceilDiv(inn, 16)}] (one scale per 16 values of ${w.name})`);
-  if (sc2.shape.reduce((a, b) => a * b, 1) !== 1) throw bad(`${sc2.name} has shape ${shapeStr(sc2.shape)}; the NVFP4 global scale is one value`);
+  if (numel(sc2.shape) !== 1) throw bad(`${sc2.name} has shape ${shapeStr(sc2.shape)}; the NVFP4 global scale is one value`);
   const G = ceilDiv(inn, 16);
+  let global: Promise<number> | undefined; // the one global scale, read once
   return {
     method: 'nvfp4',
     name: w.name,
@@ -153,7 +148,7 @@ function nvfp4Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, sc2: Tens
     unit: inn,
     detail: 'E2M1 + E4M3 per 16 + F32 global',
     async decode(r0, r1) {
-      const g = (await scalesOf(store, sc2))[0]!;
+      const g = await (global ??= scalesOf(store, sc2).then((v) => v[0]!));
       const q = await store.read(w, r0 * half, r1 * half);
       const s = await scalesOf(store, sc, r0 * G, r1 * G);
       const f = new Float32Array((r1 - r0) * inn);
@@ -189,7 +184,7 @@ async function int4Group(store: TensorStore, base: string, packed: TensorInfo, s
     async decode(r0, r1) {
       const p = await store.read(packed, r0 * words * 4, r1 * words * 4);
       const w32 = new Int32Array(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength));
-      const s = await scalesOf(store, sc, r0 * G * (sc.nbytes / (out * G)), r1 * G * (sc.nbytes / (out * G)));
+      const s = await scalesOf(store, sc, r0 * G, r1 * G);
       const f = new Float32Array((r1 - r0) * inn);
       for (let r = 0; r < r1 - r0; r++) {
         unpackInt4(w32.subarray(r * words, (r + 1) * words), inn, f, r * inn);

@@ -8,7 +8,7 @@
 import { castFloat } from '../engine/cast.js';
 import type { QGroup, QuantScheme } from '../quant/scheme.js';
 import type { FloatDtype } from './dtypes.js';
-import { DTYPE_SIZES } from './dtypes.js';
+import { DTYPE_SIZES, numel } from './dtypes.js';
 import { DerivedStore } from './derived.js';
 import type { TensorInfo, TensorStore } from './types.js';
 
@@ -22,12 +22,12 @@ export class DequantStore extends DerivedStore {
   ) {
     super(inner, 'dequantized');
     const size = DTYPE_SIZES[dtype];
+    // each group takes the place of its first stored part, so tensor order follows the source
+    const byFirst = new Map([...scheme.groups.values()].map((g) => [g.parts[0]!, g]));
     for (const t of inner.tensors.values()) {
-      const g = scheme.groups.get(t.name) ?? [...scheme.groups.values()].find((x) => x.parts[0] === t.name);
-      if (g && !this.tensors.has(g.name)) {
-        // the group takes the place of its first stored part, so tensor order follows the source
-        const n = g.shape.reduce((a, b) => a * b, 1);
-        this.tensors.set(g.name, { name: g.name, dtype, shape: g.shape, nbytes: n * size });
+      const g = byFirst.get(t.name);
+      if (g) {
+        this.tensors.set(g.name, { name: g.name, dtype, shape: g.shape, nbytes: numel(g.shape) * size });
         this.virtual.set(g.name, g);
       } else if (!scheme.hidden.has(t.name)) this.tensors.set(t.name, t);
     }

@@ -4,6 +4,7 @@
  */
 import { MoekitError } from '../errors.js';
 import { type BufferPool, type Chunk, pooledChunks, sharedPool } from './pool.js';
+import { openStore } from './registry.js';
 import type { TensorInfo, TensorStore } from './types.js';
 
 export abstract class DerivedStore implements TensorStore {
@@ -52,5 +53,16 @@ export abstract class DerivedStore implements TensorStore {
   }
   close(): Promise<void> {
     return this.inner.close();
+  }
+}
+
+/** Open `src` and wrap its store, closing the store again when the wrapping throws (a bad scale, nothing to do). */
+export async function openWrapped<S>(src: string, wrap: (inner: TensorStore) => Promise<S> | S): Promise<S> {
+  const inner = await openStore(src);
+  try {
+    return await wrap(inner);
+  } catch (e) {
+    await inner.close();
+    throw e;
   }
 }
