@@ -235,6 +235,29 @@ describe('moekit quant --format fp8-block', () => {
     expect(w.stderr).toMatch(/_scale_inv has shape .* expected/);
   });
 
+  it('a weight is read from the source once: its scale tensor reuses the scales its read computed', async () => {
+    const { Fp8QuantStore } = await import('../src/store/quantize.js');
+    const inner = await openStore(join(FIXTURES, 'deepseek_v3'));
+    const reads = new Map<string, number>();
+    const read = inner.read.bind(inner);
+    inner.read = (t, ...rest) => {
+      const n = typeof t === 'string' ? t : t.name;
+      reads.set(n, (reads.get(n) ?? 0) + 1);
+      return read(t, ...rest);
+    };
+    const q = new Fp8QuantStore(inner, 16);
+    const name = 'model.layers.1.mlp.experts.0.down_proj.weight';
+    const w = await q.read(name);
+    const s = await q.read(`${name}_scale_inv`);
+    expect(reads.get(name)).toBe(1);
+    // and the scales equal a fresh computation from the weight alone
+    const fresh = new Fp8QuantStore(await openStore(join(FIXTURES, 'deepseek_v3')), 16);
+    expect(Buffer.compare(await fresh.read(`${name}_scale_inv`), s)).toBe(0);
+    expect(Buffer.compare(await fresh.read(name), w)).toBe(0);
+    await q.close();
+    await fresh.close();
+  });
+
   it('refuses an already quantized source', () => {
     const r = runCli(['quant', join(FIXTURES, 'deepseek_v3_fp8'), '--format', 'fp8-block', '-o', out('re-q'), '--no-fsync']);
     expect(r.code).toBe(2);

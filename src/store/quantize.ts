@@ -12,7 +12,7 @@ import { toFloat32 } from '../engine/cast.js';
 import { MoekitError } from '../errors.js';
 import { E4M3_MAX, toE4M3 } from '../quant/formats.js';
 import type { FloatDtype } from './dtypes.js';
-import { FLOAT_DTYPES } from './dtypes.js';
+import { dtypeSize, FLOAT_DTYPES } from './dtypes.js';
 import { DerivedStore } from './derived.js';
 import type { TensorInfo, TensorStore } from './types.js';
 
@@ -34,11 +34,12 @@ export interface QuantSelect {
   exclude?: string[];
 }
 
-/** Whether a tensor is quantized: a 2-D float weight the selection takes. */
-function selected(t: TensorInfo, sel: QuantSelect): boolean {
-  if (t.shape.length !== 2 || !FLOAT_DTYPES.includes(t.dtype as FloatDtype)) return false;
-  if (sel.exclude?.some((g) => globRegex(g).test(t.name))) return false;
-  return sel.include?.length ? sel.include.some((g) => globRegex(g).test(t.name)) : DEFAULT_INCLUDE.test(t.name);
+/** Whether a tensor is quantized: a 2-D float weight the selection takes (globs compiled once). */
+function selector(sel: QuantSelect): (t: TensorInfo) => boolean {
+  const include = sel.include?.length ? sel.include.map(globRegex) : [DEFAULT_INCLUDE];
+  const exclude = (sel.exclude ?? []).map(globRegex);
+  return (t) =>
+    t.shape.length === 2 && FLOAT_DTYPES.includes(t.dtype as FloatDtype) && !exclude.some((r) => r.test(t.name)) && include.some((r) => r.test(t.name));
 }
 
 interface Target {
@@ -52,6 +53,8 @@ export class Fp8QuantStore extends DerivedStore {
   private readonly weights = new Map<string, Target>();
   private readonly scales = new Map<string, string>();
   private readonly skipped: string[] = [];
+  /** scale_inv of the block rows a weight read computed, kept until that weight's scale tensor is read */
+  private readonly scaleRows = new Map<string, { s: Float32Array; have: Uint8Array }>();
 
   constructor(
     inner: TensorStore,
@@ -59,8 +62,9 @@ export class Fp8QuantStore extends DerivedStore {
     sel: QuantSelect = {},
   ) {
     super(inner, 'FP8');
+    const selected = selector(sel);
     for (const t of inner.tensors.values()) {
-      if (!selected(t, sel)) {
+      if (!selected(t)) {
         this.tensors.set(t.name, t);
         if (t.shape.length === 2 && t.name.endsWith('.weight')) this.skipped.push(t.name.slice(0, -'.weight'.length));
         continue;
@@ -87,7 +91,7 @@ export class Fp8QuantStore extends DerivedStore {
     const B = this.block;
     const r0 = b0 * B;
     const r1 = Math.min(w.out, b1 * B);
-    const es = w.src.nbytes / (w.out * w.inn);
+    const es = dtypeSize(w.src.dtype);
     const f = toFloat32(await this.inner.read(w.src, r0 * w.inn * es, r1 * w.inn * es), w.src.dtype as FloatDtype);
     const nb = Math.ceil(w.inn / B);
     const s = new Float32Array((b1 - b0) * nb);
@@ -116,26 +120,36 @@ export class Fp8QuantStore extends DerivedStore {
     const out = into ? into.subarray(0, stop - start) : Buffer.alloc(stop - start);
     const B = this.block;
     if (w) {
-      const rows = [Math.floor(start / w.inn), Math.ceil(stop / w.inn)];
-      const { f, s, r0 } = await this.blockRows(w, Math.floor(rows[0]! / B), Math.ceil(rows[1]! / B));
+      const b0 = Math.floor(Math.floor(start / w.inn) / B);
+      const { f, s, r0 } = await this.blockRows(w, b0, Math.ceil(Math.ceil(stop / w.inn) / B));
+      this.keepScales(w, b0, s);
       const nb = Math.ceil(w.inn / B);
       for (let i = start; i < stop; i++) {
         const r = Math.floor(i / w.inn);
         const j = i - r * w.inn;
-        const sc = s[(Math.floor(r / B) - Math.floor(r0 / B)) * nb + Math.floor(j / B)]!;
+        const sc = s[(Math.floor(r / B) - b0) * nb + Math.floor(j / B)]!;
         out[i - start] = toE4M3(Math.fround(f[i - r0 * w.inn]! / sc));
       }
       return out;
     }
     const tw = this.weights.get(sw!)!;
     const nb = Math.ceil(tw.inn / B);
-    const e0 = Math.floor(start / 4);
-    const e1 = Math.ceil(stop / 4);
-    const { s } = await this.blockRows(tw, Math.floor(e0 / nb), Math.ceil(e1 / nb));
-    const base = Math.floor(e0 / nb) * nb;
-    const bytes = Buffer.from(s.buffer, s.byteOffset, s.byteLength);
-    bytes.copy(out, 0, start - base * 4, stop - base * 4);
+    const b0 = Math.floor(Math.floor(start / 4) / nb);
+    const b1 = Math.ceil(Math.ceil(stop / 4) / nb);
+    const kept = this.scaleRows.get(tw.src.name);
+    const s = kept?.have.subarray(b0, b1).every((h) => h === 1) ? kept.s.subarray(b0 * nb, b1 * nb) : (await this.blockRows(tw, b0, b1)).s;
+    if (stop === info.nbytes) this.scaleRows.delete(tw.src.name);
+    Buffer.from(s.buffer, s.byteOffset, s.byteLength).copy(out, 0, start - b0 * nb * 4, stop - b0 * nb * 4);
     return out;
+  }
+
+  /** Keep the scales a weight read computed for block rows from b0, so its scale tensor need not read the weight again. */
+  private keepScales(w: Target, b0: number, s: Float32Array): void {
+    const rows = Math.ceil(w.out / this.block);
+    let k = this.scaleRows.get(w.src.name);
+    if (!k) this.scaleRows.set(w.src.name, (k = { s: new Float32Array(rows * Math.ceil(w.inn / this.block)), have: new Uint8Array(rows) }));
+    k.s.set(s, b0 * Math.ceil(w.inn / this.block));
+    k.have.fill(1, b0, b0 + s.length / Math.ceil(w.inn / this.block));
   }
 
   override async config(): Promise<Record<string, unknown> | undefined> {
