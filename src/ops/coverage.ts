@@ -8,7 +8,7 @@ import { MoekitError } from '../errors.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { HashPool } from '../engine/hash-pool.js';
 import { castFloat, toFloat32 } from '../engine/cast.js';
-import type { FloatDtype } from '../store/dtypes.js';
+import { numel, type FloatDtype } from '../store/dtypes.js';
 
 export interface CoverageSide {
   /** tensors no forward reads, compared byte for byte with the other side by name */
@@ -79,36 +79,43 @@ const width = (d: string) => (d === 'F32' ? 4 : 2);
 
 type Side = { store: TensorStore; info: TensorInfo };
 
+/** The two sides' bytes in matching element chunks (same shape, any float dtypes), so memory stays bounded. */
+async function* pairedChunks(x: Side, y: Side): AsyncGenerator<[Buffer, Buffer]> {
+  const n = numel(x.info.shape);
+  const [wx, wy] = [width(x.info.dtype), width(y.info.dtype)];
+  const step = 1 << 22;
+  for (let i = 0; i < n; i += step) {
+    const e = Math.min(n, i + step);
+    yield [await x.store.read(x.info, i * wx, e * wx), await y.store.read(y.info, i * wy, e * wy)];
+  }
+}
+
 /** Whether the narrower of two float tensors is the wider one cast to its dtype (round to nearest even), in element chunks. */
 async function equalAfterCast(x: Side, y: Side): Promise<boolean> {
   const [wide, narrow] = width(x.info.dtype) >= width(y.info.dtype) ? [x, y] : [y, x];
-  const n = wide.info.shape.reduce((a, b) => a * b, 1);
-  const step = 1 << 22;
-  for (let i = 0; i < n; i += step) {
-    const m = Math.min(step, n - i);
-    const w = await wide.store.read(wide.info, i * width(wide.info.dtype), (i + m) * width(wide.info.dtype));
-    const v = await narrow.store.read(narrow.info, i * width(narrow.info.dtype), (i + m) * width(narrow.info.dtype));
+  for await (const [w, v] of pairedChunks(wide, narrow))
     if (!castFloat(w, wide.info.dtype as FloatDtype, narrow.info.dtype as FloatDtype).equals(v)) return false;
-  }
   return true;
 }
 
 /**
  * Whether two float tensors agree within what block-FP8 E4M3 storage loses: per element
  * |x − y| ≤ 2⁻⁴·max(|x|, |y|) (half an ulp of 3 mantissa bits) + 2⁻¹⁰·amax/448 (half the smallest
- * subnormal step at the largest block scale), with 0.1% slack for the f32 products.
+ * subnormal step at the largest block scale), with 0.1% slack for the f32 products. Two streamed
+ * passes: amax, then the comparison.
  */
 async function withinFp8(x: Side, y: Side): Promise<boolean> {
-  const n = x.info.shape.reduce((a, b) => a * b, 1);
-  const f = async (s: Side) => toFloat32(await s.store.read(s.info), s.info.dtype as FloatDtype);
-  if (n > 1 << 26) return false; // > 256 MiB of f32: not a projection this check is for
-  const [a, b] = [await f(x), await f(y)];
+  const floats = (b: Buffer, s: Side) => toFloat32(b, s.info.dtype as FloatDtype);
   let amax = 0;
-  for (let i = 0; i < n; i++) amax = Math.max(amax, Math.abs(a[i]!), Math.abs(b[i]!));
+  for await (const [bx, by] of pairedChunks(x, y))
+    for (const v of [floats(bx, x), floats(by, y)]) for (let i = 0; i < v.length; i++) amax = Math.max(amax, Math.abs(v[i]!));
   const floor = (2 ** -10 * amax) / 448;
-  for (let i = 0; i < n; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= 1.001 * (2 ** -4 * Math.max(Math.abs(a[i]!), Math.abs(b[i]!)) + floor))) return false;
+  for await (const [bx, by] of pairedChunks(x, y)) {
+    const [a, b] = [floats(bx, x), floats(by, y)];
+    for (let i = 0; i < a.length; i++) {
+      const d = Math.abs(a[i]! - b[i]!);
+      if (!(d <= 1.001 * (2 ** -4 * Math.max(Math.abs(a[i]!), Math.abs(b[i]!)) + floor))) return false;
+    }
   }
   return true;
 }
@@ -173,7 +180,13 @@ export async function coverage(a: CoverageSide, b: CoverageSide | undefined, pro
     const hx = sha.get(x.info);
     const hy = sha.get(y.info);
     if (hx !== undefined && hx === hy) cov.identical++;
-    else if ((a.lossy?.has(x.info.name) || b.lossy?.has(y.info.name)) && sameShape(p) && FLOATS.includes(x.info.dtype) && (await withinFp8(x, y)))
+    else if (
+      (a.lossy?.has(x.info.name) || b.lossy?.has(y.info.name)) &&
+      sameShape(p) &&
+      FLOATS.includes(x.info.dtype) &&
+      FLOATS.includes(y.info.dtype) &&
+      (await withinFp8(x, y))
+    )
       cov.withinFp8++;
     else cov.differ.push({ name: x.info.name, a: desc(x.info, hx), b: desc(y.info, hy) });
   }
