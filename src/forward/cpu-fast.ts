@@ -8,12 +8,12 @@
  * outputs in f64. Blocks whose sizes are not multiples of 8 run on the oracle.
  */
 import { toFloat32 } from '../engine/cast.js';
-import { forwardCpu, routeAll, type ForwardResult, type Routed } from './cpu.js';
+import { forwardCpu, routeAll, sharedGate, type ForwardResult, type Routed } from './cpu.js';
 import { activate, type BlockSpec } from './routing.js';
 import { dtypeBytes, expertI, materialize, readRange, weightF32, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 import { wasmPool, type MatmulKind, type WasmPool } from './wasm-pool.js';
 
-/** bytes of one streamed chunk of an expert matrix (two are in flight) */
+/** bytes of one streamed chunk of an expert matrix (a ring of RING of them: one multiplied, the rest being read) */
 const CHUNK = 32 << 20;
 
 const align = (n: number) => Math.ceil(n / 64) * 64;
@@ -185,7 +185,7 @@ async function runExpert(
   return y;
 }
 
-/** Every matrix dimension a multiple of 8 (the kernel's step) and every dtype one it reads. */
+/** Every matrix dimension a multiple of 8 (the kernel's step); F32 and BF16 run as stored, F16 widened on the way in. */
 function fits(w: MoeBlockWeights): boolean {
   const all = [...w.experts, ...w.shared];
   return w.hidden % 8 === 0 && all.every((e) => expertI(e) % 8 === 0);
@@ -257,13 +257,8 @@ async function addShared(
     for (let i = 0; i < y.length; i++) sh[i]! += y[i]!;
   }
   const sgate = w.sharedGate && weightF32(w.sharedGate);
-  for (let t = 0; t < T; t++) {
-    let g = 1;
-    if (sgate) {
-      let d = 0;
-      for (let k = 0; k < H; k++) d += x[t * H + k]! * sgate[k]!;
-      g = 1 / (1 + Math.exp(-d));
-    }
+  rows.forEach((xt, t) => {
+    const g = sharedGate(sgate, xt);
     for (let k = 0; k < H; k++) acc[t * H + k]! += g * sh[t * H + k]!;
-  }
+  });
 }

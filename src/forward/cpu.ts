@@ -95,6 +95,14 @@ export function routeAll(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T
   return r;
 }
 
+/** The shared experts' weight for one token: sigmoid(x · shared_expert_gate) (Qwen2-MoE), or 1 without a gate. */
+export function sharedGate(sgate: Float32Array | undefined, xt: Float32Array): number {
+  if (!sgate) return 1;
+  let d = 0;
+  for (let k = 0; k < xt.length; k++) d += xt[k]! * sgate[k]!;
+  return 1 / (1 + Math.exp(-d));
+}
+
 /** Run one block for T tokens; `forced` replaces the block's own routing (the same experts and weights on both sides of a comparison). */
 export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, forced?: Routed): ForwardResult {
   const H = w.hidden;
@@ -130,12 +138,7 @@ export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array,
     if (shared.length > 0) {
       const sh = new Float64Array(H);
       for (const s of shared) runExpert(s, spec, xt, H, 1, sh);
-      let g = 1;
-      if (sgate) {
-        let d = 0;
-        for (let k = 0; k < H; k++) d += xt[k]! * sgate[k]!;
-        g = 1 / (1 + Math.exp(-d));
-      }
+      const g = sharedGate(sgate, xt);
       for (let n = 0; n < H; n++) acc[n]! += g * sh[n]!;
     }
     for (let n = 0; n < H; n++) out[t * H + n] = acc[n]!;

@@ -135,12 +135,14 @@ export class WasmPool {
 
 let pool: WasmPool | undefined;
 
+/** Worker threads of the CPU forward: MOEKIT_CPU_THREADS, else every core (at most 64). */
+export function cpuThreads(): number {
+  const env = Number(process.env.MOEKIT_CPU_THREADS);
+  return Math.min(64, Number.isInteger(env) && env > 0 ? env : availableParallelism());
+}
+
 /** The process's pool (created on first use). */
 export function wasmPool(): WasmPool {
-  if (!pool) {
-    const env = Number(process.env.MOEKIT_CPU_THREADS);
-    const n = Number.isInteger(env) && env > 0 ? env : availableParallelism();
-    pool = new WasmPool(Math.min(64, n));
-  }
+  pool ??= new WasmPool(cpuThreads());
   return pool;
 }

@@ -12,7 +12,7 @@ import { openStore } from '../store/registry.js';
 import { toFloat32 } from '../engine/cast.js';
 import { layerSource, type LoadedLayer } from '../forward/ir-loader.js';
 import { forwardFast } from '../forward/cpu-fast.js';
-import { wasmPool } from '../forward/wasm-pool.js';
+import { cpuThreads } from '../forward/wasm-pool.js';
 import { compare, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
@@ -312,7 +312,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
       b: bPath,
       reference: opts.reference,
       backend: opts.cpu || fallback ? 'cpu' : 'webgpu',
-      cpuThreads: opts.cpu || fallback ? wasmPool().threads : undefined,
+      cpuThreads: opts.cpu || fallback ? cpuThreads() : undefined,
       adapter,
       ...(fallback ? { fallback } : {}),
       tokens: T,
