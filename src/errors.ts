@@ -32,6 +32,14 @@ export const EXIT_CODES = {
 
 export type ErrorCode = keyof typeof EXIT_CODES;
 
+/** The signals moekit stops on cleanly (removing partial output), with their exit status: 128 + the signal's number. */
+export const STOP_SIGNALS = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
+
+/** Exit status of a run stopped by `sig`; `other` for a signal not in STOP_SIGNALS. */
+export function signalExitCode(sig: string, other = 130): number {
+  return (STOP_SIGNALS as Record<string, number>)[sig] ?? other;
+}
+
 /** Longest error line: values echoed from hostile input (a 10^6-element array) are cut. */
 const MAX_MESSAGE = 600;
 

@@ -1,6 +1,6 @@
 /** moekit command line: each command lives in src/commands/ and registers itself here. */
 import { Command, CommanderError } from 'commander';
-import { EXIT_CODES, MoekitError, oneLine } from '../errors.js';
+import { EXIT_CODES, MoekitError, oneLine, signalExitCode } from '../errors.js';
 import { interrupted } from '../output/transaction.js';
 import { registerInspect } from './inspect.js';
 import { registerConvert } from './convert.js';
@@ -75,7 +75,7 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
     const sig = interrupted();
-    if (sig) return sig === 'SIGINT' ? 130 : sig === 'SIGTERM' ? 143 : 129; // the signal handler is finishing up
+    if (sig) return signalExitCode(sig); // the signal handler is finishing up
     const code = exitCodeOf(e);
     if (e instanceof CommanderError) return code;
     const err = e as NodeJS.ErrnoException;

@@ -36,6 +36,7 @@ export function progress(json?: boolean, stream: NodeJS.WriteStream = process.st
   // MOEKIT_STDERR_TTY: stderr is a pipe to the parent moekit that filters it (quiet-dawn.ts) and is a TTY there
   const tty = stream.isTTY || (stream === process.stderr && process.env.MOEKIT_STDERR_TTY === '1');
   const t0 = Date.now();
+  const every = tty ? 100 : plainEvery() * 1000; // ms between lines
   let last = tty ? 0 : t0; // piped: the first line after one interval
   let drawn = false;
   let finished = false;
@@ -50,7 +51,7 @@ export function progress(json?: boolean, stream: NodeJS.WriteStream = process.st
     update(bytes, total) {
       const now = Date.now();
       const end = bytes >= total;
-      if (finished || (now - last < (tty ? 100 : plainEvery() * 1000) && !end)) return;
+      if (finished || (now - last < every && !end)) return;
       if (!tty && end && !drawn) return; // piped: a job shorter than one interval prints no progress at all
       finished = end && !tty; // piped: the last line once
       last = now;

@@ -9,6 +9,7 @@
  * runs as a child whose stderr passes through this filter, which drops exactly those lines.
  */
 import { spawn } from 'node:child_process';
+import { signalExitCode } from '../errors.js';
 
 /** Commands that may open a WebGPU adapter. */
 export function mayUseGpu(argv: string[]): boolean {
@@ -63,14 +64,12 @@ export function runFiltered(entry: string, argv: string[]): Promise<number> {
     const f = dawnFilter((s) => process.stderr.write(s));
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (c: string) => f.push(c));
-    // Ctrl-C reaches the child through the terminal's process group; other signals are passed on
-    const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
-    const handlers = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((s) => [s, forward(s)] as const);
-    for (const [s, h] of handlers) process.on(s, s === 'SIGINT' ? () => {} : h);
+    // Ctrl-C reaches the child through the terminal's process group (the parent only waits); other signals are passed on
+    process.on('SIGINT', () => {});
+    for (const sig of ['SIGTERM', 'SIGHUP'] as const) process.on(sig, () => child.kill(sig));
     child.on('close', (code, signal) => {
       f.end();
-      const num: Record<string, number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
-      resolve(code ?? (signal ? (num[signal] ?? 1) : 1));
+      resolve(code ?? (signal ? signalExitCode(signal, 1) : 1));
     });
   });
 }

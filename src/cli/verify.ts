@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { numberArg } from './options.js';
 import { info } from './progress.js';
-import { formatReport, parseLayers, verify } from '../ops/verify.js';
+import { formatReport, parseLayers, verify, type VerifyOptions } from '../ops/verify.js';
 
 export function registerVerify(program: Command): void {
   program
@@ -27,29 +27,13 @@ export function registerVerify(program: Command): void {
         'Examples:\n  moekit verify fixtures/hf/mixtral --reference fixtures/hf/mixtral/reference.safetensors\n' +
         '  moekit verify /models/src /models/converted --tokens 64 --layers 0-3 --json',
     )
-    .action(
-      async (
-        a: string,
-        b: string | undefined,
-        o: {
-          reference?: string;
-          tokens?: number;
-          seed?: number;
-          layers?: number[];
-          atol?: number;
-          rtol?: number;
-          json?: boolean;
-          cpu?: boolean;
-          gpu?: boolean;
-        },
-      ) => {
-        const report = await verify(a, b, {
-          ...o,
-          onProgress: (m) => info(`verify: ${m}`),
-        });
-        process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
-        // 1: a difference found; 3: nothing differs, but not everything could be checked
-        process.exitCode = !report.pass ? 1 : report.unchecked.length > 0 ? 3 : 0;
-      },
-    );
+    .action(async (a: string, b: string | undefined, o: Omit<VerifyOptions, 'maxBinding' | 'onProgress'> & { json?: boolean }) => {
+      const report = await verify(a, b, {
+        ...o,
+        onProgress: (m) => info(`verify: ${m}`),
+      });
+      process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
+      // 1: a difference found; 3: nothing differs, but not everything could be checked
+      process.exitCode = !report.pass ? 1 : report.unchecked.length > 0 ? 3 : 0;
+    });
 }

@@ -12,7 +12,7 @@ import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, unli
 import { hostname } from 'node:os';
 import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MoekitError } from '../errors.js';
+import { MoekitError, signalExitCode, STOP_SIGNALS } from '../errors.js';
 
 export interface OutputOptions {
   /** replace a non-empty destination */
@@ -37,8 +37,6 @@ function removeQuietly(p: string): void {
 const active = new Set<Output>();
 let handlersInstalled = false;
 
-const SIGNALS = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
-
 let interruptedBy: NodeJS.Signals | undefined;
 
 /** The signal that is stopping this process, if any (the CLI then reports nothing else). */
@@ -57,14 +55,14 @@ function onSignal(sig: NodeJS.Signals): void {
   setTimeout(() => {
     for (const o of outs) o.sweep();
     process.stderr.write(`moekit: interrupted (${sig}); partial output removed\n`);
-    process.exit(SIGNALS[sig as keyof typeof SIGNALS] ?? 130);
+    process.exit(signalExitCode(sig));
   }, 150);
 }
 
 function track(o: Output): void {
   active.add(o);
   if (!handlersInstalled) {
-    for (const sig of Object.keys(SIGNALS)) process.on(sig, onSignal);
+    for (const sig of Object.keys(STOP_SIGNALS)) process.on(sig, onSignal);
     handlersInstalled = true;
   }
 }
@@ -72,7 +70,7 @@ function track(o: Output): void {
 function untrack(o: Output): void {
   active.delete(o);
   if (active.size === 0 && handlersInstalled) {
-    for (const sig of Object.keys(SIGNALS)) process.off(sig, onSignal);
+    for (const sig of Object.keys(STOP_SIGNALS)) process.off(sig, onSignal);
     handlersInstalled = false;
   }
 }
