@@ -2,18 +2,18 @@
  * Base of the stores that present another store's tensors transformed (dequantized, quantized):
  * everything but `read` of the tensors they compute is the inner store's.
  */
-import { MoekitError } from '../errors.js';
 import { type BufferPool, type Chunk, pooledChunks, sharedPool } from './pool.js';
 import { openStore } from './registry.js';
+import { TensorMap } from './tensor-map.js';
 import type { TensorInfo, TensorStore } from './types.js';
 
-export abstract class DerivedStore implements TensorStore {
-  readonly tensors = new Map<string, TensorInfo>();
-
+export abstract class DerivedStore extends TensorMap implements TensorStore {
   constructor(
     readonly inner: TensorStore,
     private readonly what: string,
-  ) {}
+  ) {
+    super();
+  }
 
   abstract read(t: TensorInfo | string, start?: number, end?: number, into?: Buffer): Promise<Buffer>;
 
@@ -29,21 +29,8 @@ export abstract class DerivedStore implements TensorStore {
   get metadata(): Record<string, string> | undefined {
     return this.inner.metadata;
   }
-  get totalBytes(): number {
-    let n = 0;
-    for (const t of this.tensors.values()) n += t.nbytes;
-    return n;
-  }
-  names(): string[] {
-    return [...this.tensors.keys()];
-  }
-  has(name: string): boolean {
-    return this.tensors.has(name);
-  }
-  info(name: string): TensorInfo {
-    const t = this.tensors.get(name);
-    if (!t) throw new MoekitError('bad-input', `no tensor '${name}' in the ${this.what} view of ${this.dir}`);
-    return t;
+  protected override missing(name: string): string {
+    return `no tensor '${name}' in the ${this.what} view of ${this.dir}`;
   }
   chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
     return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);

@@ -9,6 +9,7 @@ import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { readJsonIfExists, readSmallFile } from '../json.js';
 import type { TensorInfo, TensorStore } from '../types.js';
+import { TensorMap } from '../tensor-map.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
 import { type Chunk, pooledChunks, sharedPool, type BufferPool } from '../pool.js';
 
@@ -78,9 +79,8 @@ function safeShardPath(dir: string, file: string, indexPath: string): string {
   return full;
 }
 
-export class SafetensorsStore implements TensorStore {
+export class SafetensorsStore extends TensorMap implements TensorStore {
   readonly format = 'safetensors';
-  readonly tensors = new Map<string, TensorInfo>();
   private handles = new Map<string, Promise<FileHandle>>();
 
   private constructor(
@@ -89,7 +89,9 @@ export class SafetensorsStore implements TensorStore {
     readonly stFiles: SafetensorsFile[],
     public metadata: Record<string, string> | undefined,
     readonly indexPath: string | undefined,
-  ) {}
+  ) {
+    super();
+  }
 
   /** Open a .safetensors file, a .index.json, or a folder containing either. */
   static async open(path: string): Promise<SafetensorsStore> {
@@ -179,26 +181,6 @@ export class SafetensorsStore implements TensorStore {
 
   get files(): string[] {
     return this.stFiles.map((f) => f.path);
-  }
-
-  get totalBytes(): number {
-    let n = 0;
-    for (const t of this.tensors.values()) n += t.nbytes;
-    return n;
-  }
-
-  names(): string[] {
-    return [...this.tensors.keys()];
-  }
-
-  has(name: string): boolean {
-    return this.tensors.has(name);
-  }
-
-  info(name: string): TensorInfo {
-    const t = this.tensors.get(name);
-    if (!t) throw new MoekitError('bad-input', `${this.dir}: no tensor named '${name}'`);
-    return t;
   }
 
   private handle(file: string): Promise<FileHandle> {
