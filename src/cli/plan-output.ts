@@ -56,14 +56,15 @@ export interface WriteRun {
 }
 
 /**
- * Run a writing command: progress on stderr while `run` works, then its summary (JSON, the dry-run
- * plan, or `line`). Peak RSS goes into the JSON summary.
+ * Run a writing command: progress on stderr while `run` works, then its warnings (stderr) and its
+ * summary (JSON, the dry-run plan, or `line`). Peak RSS goes into the JSON summary.
  */
 export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
   o: WriteFlags,
   run: (w: WriteRun) => Promise<S>,
   head: (s: S) => string,
   line: (s: S) => string,
+  warnings: (s: S) => string[] = () => [],
 ): Promise<void> {
   const bar = progress(o.json || o.dryRun);
   const s = await run({
@@ -75,5 +76,6 @@ export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
     onProgress: (b, t) => bar.update(b, t),
   });
   bar.done();
+  for (const w of warnings(s)) process.stderr.write(`warning: ${w}\n`);
   printResult(s, o.json, head(s), () => line(s), { peakRssMB: peakRssMB() });
 }

@@ -2,11 +2,10 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { upcycle } from '../ops/upcycle.js';
 import type { FloatDtype } from '../store/dtypes.js';
-import { peakRssMB } from '../output/transaction.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { printResult } from './plan-output.js';
+import { runWrite } from './plan-output.js';
 import { dtypeArg, numberArg, writeFlags, type WriteFlags } from './options.js';
-import { human, progress } from './progress.js';
+import { human } from './progress.js';
 
 interface UpcycleFlags extends WriteFlags {
   experts: number;
@@ -71,18 +70,14 @@ export function registerUpcycle(program: Command): void {
         '  moekit verify fixtures/hf/llama_dense /tmp/llama-moe',
       ].join('\n'),
     )
-    .action(async (src: string, o: UpcycleFlags) => {
-      const bar = progress(o.json || o.dryRun);
-      const s = await upcycle(src, o.output, { ...o, onProgress: (b, t) => bar.update(b, t) });
-      bar.done();
-      for (const w of s.warnings) process.stderr.write(`warning: ${w}\n`);
-      printResult(
-        s,
-        o.json,
-        `upcycle → ${s.family} (${s.layout}) into ${s.destination}`,
-        () =>
+    .action((src: string, o: UpcycleFlags) =>
+      runWrite(
+        o,
+        (w) => upcycle(src, o.output, { ...o, ...w }),
+        (s) => `upcycle → ${s.family} (${s.layout}) into ${s.destination}`,
+        (s) =>
           `dense → ${s.family} (${s.layout}): ${s.moeLayers} MoE layers × ${s.experts} experts (top-${s.topK}, G ${s.granularity}, ${s.copies} copies${s.sharedSlices ? `, ${s.sharedSlices} shared slices` : ''}), ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
-        { peakRssMB: peakRssMB() },
-      );
-    });
+        (s) => s.warnings,
+      ),
+    );
 }
