@@ -12,6 +12,7 @@ import { registerDequant } from './dequant.js';
 import { setQuiet } from './progress.js';
 import { registerQuant } from './quant.js';
 import { registerPlan } from './plan.js';
+import { setStrictPickles } from '../store/registry.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -35,6 +36,9 @@ function buildProgram(): Command {
         '',
         'Long commands show progress on stderr: one redrawn line on a terminal, a plain line every 5 s',
         '(MOEKIT_PROGRESS_SECONDS) when piped to a log; --quiet (-q, anywhere) silences it.',
+        'Checkpoints may be safetensors, torch.save (.bin/.pt/.pth, sharded with an index), DCP folders or',
+        "Megatron-Core torch_dist checkpoints. Pickles are read by moekit's own unpickler, which never runs",
+        'code; --strict (anywhere) refuses any pickle that names a class outside its allow list.',
         "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
     )
@@ -70,6 +74,10 @@ export async function main(argv: string[]): Promise<number> {
   const q = argv.slice(2).filter((a) => a === '--quiet' || a === '-q').length > 0;
   setQuiet(q);
   if (q) argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--quiet' && a !== '-q')];
+  // --strict is global too: pickles (torch.save, DCP) naming a global off the allow list are refused
+  const strict = argv.slice(2).includes('--strict');
+  setStrictPickles(strict);
+  if (strict) argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--strict')];
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

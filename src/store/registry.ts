@@ -1,6 +1,6 @@
 /**
- * Container registry: opens any path as a TensorStore, recognising the format by content (magic
- * bytes and file structure), never by extension. Adding a container: implement TensorStore and
+ * Container registry: opens any path as a TensorStore (safetensors, torch.save zips, DCP folders),
+ * recognising the format by content (magic bytes and file structure), never by extension alone. Adding a container: implement TensorStore and
  * add one entry to CONTAINERS (its `sniff` sees the first bytes of a file, or a folder's names).
  */
 import type { Stats } from 'node:fs';
@@ -9,6 +9,14 @@ import { join } from 'node:path';
 import { MoekitError } from '../errors.js';
 import type { TensorStore } from './types.js';
 import { SafetensorsStore } from './safetensors/reader.js';
+import { DcpStore } from './torch/dcp.js';
+import { TorchSaveStore } from './torch/torch-save.js';
+
+let strictPickles = false;
+/** `--strict`: pickles naming a global outside the allow list are refused instead of kept inert. */
+export function setStrictPickles(on: boolean): void {
+  strictPickles = on;
+}
 
 export interface Container {
   id: string;
@@ -50,6 +58,7 @@ export const CONTAINERS: readonly Container[] = [
     id: 'torch-zip',
     what: 'a torch.save zip archive (PyTorch .bin/.pt/.pth)',
     sniffFile: (h) => h.length >= 4 && h.readUInt32LE(0) === 0x04034b50,
+    open: (path) => TorchSaveStore.open(path, { strict: strictPickles }),
   },
   {
     id: 'torch-legacy',
@@ -60,11 +69,7 @@ export const CONTAINERS: readonly Container[] = [
 ];
 
 /** Folder contents that name a container moekit recognises but cannot read yet. */
-const FOLDER_HINTS: [RegExp, string][] = [
-  [/^\.metadata$|\.distcp$/, 'a torch.distributed.checkpoint (DCP / Megatron torch_dist) folder'],
-  [/^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$|\.pt$|\.pth$/, 'a torch.save checkpoint'],
-  [/^mp_rank_\d+/, 'a legacy Megatron per-rank checkpoint'],
-];
+const FOLDER_HINTS: [RegExp, string][] = [[/^mp_rank_\d+/, 'a legacy Megatron per-rank checkpoint']];
 
 /** A folder (or a subfolder of it) in a container moekit recognises but cannot read yet: say which. */
 async function refuseKnownFolder(path: string, names: string[]): Promise<void> {
@@ -86,9 +91,37 @@ async function sniff(path: string): Promise<Container | undefined> {
 const refuse = (path: string, what: string): never => {
   throw new MoekitError(
     'unsupported',
-    `${path} is ${what}; moekit reads safetensors checkpoints only so far (convert it with the framework's own tools, or save it with safetensors)`,
+    `${path} is ${what}; moekit does not read it yet (convert it with the framework's own tools, or save it with safetensors)`,
   );
 };
+
+const TORCH_FILE = /\.(bin|pt|pth)$/;
+
+/** The store of a folder, by what it holds: safetensors first (as transformers prefers), then torch.save, then DCP. */
+async function openFolder(path: string, names: string[]): Promise<TensorStore | undefined> {
+  const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
+  if (weights.length > 0) return SafetensorsStore.open(path);
+  const opts = { strict: strictPickles };
+  const idx = names.find((n) => n === 'pytorch_model.bin.index.json') ?? names.find((n) => /\.(bin|pt|pth)\.index\.json$/.test(n));
+  if (idx) return TorchSaveStore.openIndex(join(path, idx), opts);
+  const bins = names.filter((n) => TORCH_FILE.test(n));
+  if (bins.length === 1) return TorchSaveStore.open(join(path, bins[0]!), opts);
+  if (bins.length > 1)
+    throw new MoekitError(
+      'bad-input',
+      `${path}: ${bins.length} torch.save files (${bins.slice(0, 3).join(', ')}${bins.length > 3 ? ', …' : ''}) but no pytorch_model.bin.index.json; pass one file`,
+    );
+  if (names.includes('.metadata')) return DcpStore.open(path, path, opts);
+  // a model folder whose DCP checkpoint sits in one subfolder (config.json beside it)
+  const subs: string[] = [];
+  for (const n of names) {
+    const sub = join(path, n);
+    if ((await stat(sub).catch(() => undefined))?.isDirectory() && (await stat(join(sub, '.metadata')).catch(() => undefined))?.isFile()) subs.push(n);
+  }
+  if (subs.length === 1) return DcpStore.open(join(path, subs[0]!), path, opts);
+  if (subs.length > 1) throw new MoekitError('bad-input', `${path}: several DCP checkpoints (${subs.join(', ')}); pass one of them`);
+  return undefined;
+}
 
 /** Open a checkpoint: a folder, a weight file, or an index.json, in any container moekit reads. */
 export async function openStore(path: string): Promise<TensorStore> {
@@ -100,10 +133,12 @@ export async function openStore(path: string): Promise<TensorStore> {
   }
   if (st.isDirectory()) {
     const names = await readdir(path);
-    const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
-    if (weights.length === 0) await refuseKnownFolder(path, names);
+    const store = await openFolder(path, names);
+    if (store) return store;
+    await refuseKnownFolder(path, names);
     return SafetensorsStore.open(path);
   }
+  if (/\.(bin|pt|pth)\.index\.json$/.test(path)) return TorchSaveStore.openIndex(path, { strict: strictPickles });
   const c = await sniff(path);
   if (c?.open) return c.open(path);
   if (c) refuse(path, c.what);

@@ -66,7 +66,7 @@ export interface IndexJson {
 }
 
 /** Resolve a weight_map file name safely inside `dir`; refuses absolute paths and `..` escapes. */
-function safeShardPath(dir: string, file: string, indexPath: string): string {
+export function safeShardPath(dir: string, file: string, indexPath: string): string {
   if (typeof file !== 'string' || file.length === 0) throw new MoekitError('bad-input', `${indexPath}: weight_map has an empty or non-string file name`);
   if (isAbsolute(file) || /^[a-zA-Z]:[\\/]/.test(file) || file.includes('\0')) {
     throw new MoekitError('bad-input', `${indexPath}: weight_map points to absolute path '${file}'; shard files must be inside the checkpoint folder`);

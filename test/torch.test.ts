@@ -1,0 +1,190 @@
+// PyTorch containers: torch.save zips and DCP folders written by torch 2.11 / huggingface_hub
+// (fixtures/torch, copied from ../shared/fixtures/torch), checked against their HF twins, the
+// sha256 torch's own dcp_to_torch_save gave each tensor, and transformers' block outputs.
+import { createHash } from 'node:crypto';
+import { copyFileSync, cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { openStore } from '../src/store/registry.js';
+import { unpickle, torchPersistentLoad, PyObj, type PyDict, TorchTensor } from '../src/store/torch/pickle.js';
+import { FIXTURES, ROOT, runCli, tempDir } from './helpers.js';
+
+const TORCH = join(ROOT, 'fixtures', 'torch');
+const tmp = tempDir('moekit-torch-');
+afterAll(() => tmp.cleanup());
+
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+describe('torch.save zip (pytorch_model.bin)', () => {
+  it('every tensor equals the HF twin, dtype and shape included', async () => {
+    const a = await openStore(join(TORCH, 'hf_bin_mixtral'));
+    const b = await openStore(join(FIXTURES, 'mixtral'));
+    expect(a.format).toBe('torch');
+    expect(a.names().sort()).toEqual(b.names().sort());
+    for (const n of b.names()) {
+      expect([a.info(n).dtype, a.info(n).shape]).toEqual([b.info(n).dtype, b.info(n).shape]);
+      expect(Buffer.compare(await a.read(n), await b.read(n)), n).toBe(0);
+      // contiguous tensors point straight at their bytes (offsets as torch's format.json lists them)
+      expect(a.info(n).offset! % 64).toBe(0);
+    }
+    await a.close();
+    await b.close();
+  });
+
+  it('convert --to hf writes model.safetensors byte-identical to the twin; verify matches transformers', () => {
+    const out = join(tmp.dir, 'bin-hf');
+    const r = runCli(['convert', join(TORCH, 'hf_bin_mixtral'), '--to', 'hf', '-o', out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(sha(readFileSync(join(out, 'model.safetensors')))).toBe(sha(readFileSync(join(FIXTURES, 'mixtral', 'model.safetensors'))));
+    const v = runCli(['verify', join(TORCH, 'hf_bin_mixtral'), '--reference', join(TORCH, 'hf_bin_mixtral', 'reference.safetensors'), '--cpu']);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    expect(v.stdout).toMatch(/2 MoE block\(s\) forward-equal/);
+  });
+
+  it('a sharded .bin with pytorch_model.bin.index.json reads as one store; a lying index is refused', async () => {
+    // the same archive under two shard names, with an index that splits the tensors between them
+    const d = join(tmp.dir, 'sharded-bin');
+    mkdirSync(d);
+    const src = join(TORCH, 'hf_bin_mixtral', 'pytorch_model.bin');
+    const a = await openStore(src);
+    const names = a.names().sort();
+    await a.close();
+    // torch.save's archive prefix is the file name; moekit reads it from the entries, whatever the file is called
+    copyFileSync(src, join(d, 'pytorch_model-00001-of-00002.bin'));
+    copyFileSync(src, join(d, 'pytorch_model-00002-of-00002.bin'));
+    const half = Math.floor(names.length / 2);
+    const weight_map = Object.fromEntries(names.map((n, i) => [n, `pytorch_model-0000${i < half ? 1 : 2}-of-00002.bin`]));
+    writeFileSync(join(d, 'pytorch_model.bin.index.json'), JSON.stringify({ metadata: {}, weight_map }));
+    copyFileSync(join(TORCH, 'hf_bin_mixtral', 'config.json'), join(d, 'config.json'));
+    // both files hold every tensor: a tensor stored twice is an error, not a silent pick
+    const r = runCli(['inspect', d]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/stored twice/);
+    writeFileSync(join(d, 'pytorch_model.bin.index.json'), JSON.stringify({ weight_map: { ...weight_map, extra: '../../etc/passwd' } }));
+    expect(runCli(['inspect', d]).stderr).toMatch(/outside the checkpoint folder/);
+  });
+
+  it('the legacy (pre-1.6) pickle format is recognised and refused with a hint', () => {
+    const f = join(tmp.dir, 'legacy.pt');
+    // what torch.save(..., _use_new_zipfile_serialization=False) starts with: PROTO 2, LONG1 magic number
+    writeFileSync(f, Buffer.from([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e]));
+    const r = runCli(['inspect', f]);
+    expect(r.code).toBe(4);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/legacy \(pre-1\.6, non-zip\) torch\.save pickle/);
+  });
+});
+
+describe('DCP (torch.distributed.checkpoint)', () => {
+  const dcp = join(TORCH, 'dcp_qwen3_moe');
+  it('every tensor assembles to the sha256 torch gives it, whole and in odd-sized ranges', async () => {
+    const want = JSON.parse(readFileSync(join(dcp, 'format.json'), 'utf8'))['dcp:checkpoint'].assembled_by_dcp_to_torch_save;
+    const s = await openStore(dcp);
+    expect(s.format).toBe('dcp');
+    expect(s.names().length).toBe(25);
+    for (const n of s.names()) {
+      const full = await s.read(n);
+      expect(sha(full), n).toBe(want[n].sha256_contiguous_le);
+      const parts: Buffer[] = [];
+      for (let p = 0; p < full.length; p += 4 * 37 + 2) parts.push(await s.read(n, p, Math.min(full.length, p + 4 * 37 + 2)));
+      expect(Buffer.compare(Buffer.concat(parts), full), n).toBe(0);
+    }
+    await s.close();
+  });
+
+  it('the model folder (config.json beside checkpoint/) converts to the per-expert HF twin byte for byte and verifies', () => {
+    const out = join(tmp.dir, 'dcp-hf');
+    const r = runCli(['convert', dcp, '--to', 'hf', '-o', out, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).sourceLayout).toBe('hf-fused');
+    expect(sha(readFileSync(join(out, 'model.safetensors')))).toBe(sha(readFileSync(join(FIXTURES, 'qwen3_moe', 'model.safetensors'))));
+    const v = runCli(['verify', dcp, '--reference', join(dcp, 'reference.safetensors')]);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+  });
+
+  it('chunks that overlap, leave a gap or sit outside the tensor are refused in one line', () => {
+    const md = readFileSync(join(dcp, 'checkpoint', '.metadata'));
+    // size [96, 48] of model.embed_tokens.weight → [97, 48]: its one chunk no longer covers it
+    const i = md.indexOf(Buffer.from('K`K0\x86', 'latin1'));
+    expect(i).toBeGreaterThan(0);
+    const bad = Buffer.from(md);
+    bad[i + 1] = 97;
+    const d = join(tmp.dir, 'dcp-gap');
+    cpSync(join(dcp, 'checkpoint'), d, { recursive: true });
+    writeFileSync(join(d, '.metadata'), bad);
+    const r = runCli(['inspect', d]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/do not tile its shape \[97,48\]: a part no chunk holds/);
+  });
+});
+
+/** A hand-made pickle: protocol 2 opcodes as bytes. */
+const P = (...parts: (string | number[])[]): Buffer => Buffer.concat(parts.map((p) => (typeof p === 'string' ? Buffer.from(p, 'latin1') : Buffer.from(p))));
+const opts = { where: 'test.pkl' };
+
+describe('restricted unpickler', () => {
+  it('names os.system without ever calling it: an inert record, and an error under strict', () => {
+    // GLOBAL os.system, ('touch /tmp/pwned',), REDUCE, STOP
+    const p = P([0x80, 2], 'cos\nsystem\n', [0x8c, 16], 'touch /tmp/pwned', [0x85], 'R.');
+    const u = unpickle(p, opts);
+    expect(u.value).toBeInstanceOf(PyObj);
+    expect((u.value as PyObj).className).toBe('os.system');
+    expect([...u.foreign]).toEqual(['os.system']);
+    expect(() => unpickle(p, { ...opts, strict: true })).toThrow(/names os\.system, which is not on moekit's allow list/);
+  });
+
+  it('hostile shapes end in one-line errors: truncation, huge lengths, unknown opcodes, underflow, bad memo', () => {
+    const cases: [Buffer, RegExp][] = [
+      [P([0x80, 2, 0x58, 0xff, 0xff, 0xff, 0x7f], 'abc'), /truncated/],
+      [P([0x80, 4, 0x8d], [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), /larger than the whole pickle/],
+      [P([0x80, 2, 0xff]), /unknown opcode 0xff/],
+      [P([0x80, 2], 'R.'), /stack underflow/],
+      [P([0x80, 2, 0x68, 5, 0x2e]), /memo key 5 read before/],
+      [P([0x80, 2, 0x8b, 0xff, 0xff, 0xff, 0x0f]), /integer of/],
+      [P([0x80, 9]), /protocol 9/],
+      [P([0x80, 2, 0x5d]), /truncated/],
+      [P([0x80, 2, 0x82, 1, 0x2e]), /extension-registry/],
+    ];
+    for (const [b, re] of cases) expect(() => unpickle(b, opts), re.source).toThrow(re);
+  });
+
+  it('a list that contains itself and deep nesting stay bounded', () => {
+    // EMPTY_LIST, MEMOIZE-ish BINPUT 0, BINGET 0, APPEND, STOP: l = []; l.append(l)
+    const u = unpickle(P([0x80, 2, 0x5d, 0x71, 0, 0x68, 0, 0x61, 0x2e]), opts);
+    expect((u.value as unknown[])[0]).toBe(u.value);
+    // 100k nested MARKs then TUPLE... never closed: a truncation error, not a crash
+    expect(() => unpickle(Buffer.concat([Buffer.from([0x80, 2]), Buffer.alloc(100_000, 0x28)]), opts)).toThrow(/truncated/);
+  });
+
+  it('a tensor rebuild gives a lazy view: storage key, offset, size and stride from the pickle', () => {
+    // {'w': _rebuild_tensor_v2(('storage', torch.FloatStorage, '0', 'cpu', 6), 2, (2, 2), (1, 2), False, OrderedDict())}
+    const p = P(
+      [0x80, 2, 0x7d],
+      [0x8c, 1],
+      'w',
+      'ctorch._utils\n_rebuild_tensor_v2\n(',
+      '(',
+      [0x8c, 7],
+      'storage',
+      'ctorch\nFloatStorage\n',
+      [0x8c, 1],
+      '0',
+      [0x8c, 3],
+      'cpu',
+      [0x4b, 6],
+      't',
+      'Q',
+      [0x4b, 2],
+      [0x4b, 2, 0x4b, 2, 0x86],
+      [0x4b, 1, 0x4b, 2, 0x86],
+      [0x89],
+      'ccollections\nOrderedDict\n)R',
+      'tR',
+      's.',
+    );
+    const u = unpickle(p, { ...opts, persistentLoad: torchPersistentLoad('test.pkl'), strict: true });
+    const t = (u.value as PyDict).get('w') as TorchTensor;
+    expect(t).toBeInstanceOf(TorchTensor);
+    expect([t.storage.key, t.storage.dtype, t.offset, t.shape, t.stride]).toEqual(['0', 'F32', 2, [2, 2], [1, 2]]);
+  });
+});
