@@ -64,6 +64,37 @@ describe('torch.save zip (pytorch_model.bin)', () => {
     expect(runCli(['inspect', d]).stderr).toMatch(/outside the checkpoint folder/);
   });
 
+  it('huggingface_hub’s sharded .bin (3 shards + index) reads as one store, byte-identical to the twin', async () => {
+    const a = await openStore(join(TORCH, 'hf_bin_sharded_mixtral'));
+    const b = await openStore(join(FIXTURES, 'mixtral'));
+    expect(a.files.length).toBe(3);
+    expect(a.names().sort()).toEqual(b.names().sort());
+    for (const n of b.names()) expect(Buffer.compare(await a.read(n), await b.read(n)), n).toBe(0);
+    await a.close();
+    await b.close();
+    const out = join(tmp.dir, 'sharded-hf');
+    expect(runCli(['convert', join(TORCH, 'hf_bin_sharded_mixtral', 'pytorch_model.bin.index.json'), '--to', 'hf', '-o', out]).code).toBe(0);
+    expect(sha(readFileSync(join(out, 'model.safetensors')))).toBe(sha(readFileSync(join(FIXTURES, 'mixtral', 'model.safetensors'))));
+  });
+
+  it('views torch.save wrote (transposes, slices, stride 0, shared storages, 0-d, empty, bf16/f16, Parameter) read as their contiguous copies', async () => {
+    const a = await openStore(join(TORCH, 'views', 'views.pt'));
+    const b = await openStore(join(TORCH, 'views', 'expected.safetensors'));
+    expect(a.names().sort()).toEqual(b.names().sort());
+    for (const n of b.names()) {
+      expect([a.info(n).dtype, a.info(n).shape], n).toEqual([b.info(n).dtype, b.info(n).shape]);
+      const whole = await a.read(n);
+      expect(Buffer.compare(whole, await b.read(n)), n).toBe(0);
+      if (whole.length > 6) expect(Buffer.compare(await a.read(n, 2, whole.length - 4), whole.subarray(2, whole.length - 4)), `${n} range`).toBe(0);
+    }
+    // a view of a storage is read in place: no copy of the storage per view
+    expect(a.info('a').offset).toBe(a.info('a_rows').offset! - 2 * 8 * 4);
+    expect(a.info('a_t').offset).toBeUndefined();
+    await a.close();
+    await b.close();
+    expect(runCli(['inspect', join(TORCH, 'views', 'legacy.pt')]).stderr).toMatch(/legacy \(pre-1\.6, non-zip\) torch\.save pickle/);
+  });
+
   it('the legacy (pre-1.6) pickle format is recognised and refused with a hint', () => {
     const f = join(tmp.dir, 'legacy.pt');
     // what torch.save(..., _use_new_zipfile_serialization=False) starts with: PROTO 2, LONG1 magic number
@@ -186,5 +217,74 @@ describe('restricted unpickler', () => {
     const t = (u.value as PyDict).get('w') as TorchTensor;
     expect(t).toBeInstanceOf(TorchTensor);
     expect([t.storage.key, t.storage.dtype, t.offset, t.shape, t.stride]).toEqual(['0', 'F32', 2, [2, 2], [1, 2]]);
+  });
+});
+
+describe('Megatron-Core torch_dist (written by Megatron-Core 0.20)', () => {
+  const mc = join(TORCH, 'mcore_torch_dist_plain');
+  it('reads as an HF Mixtral: inspect, convert --to hf byte-identical to the twin, verify against Megatron’s own MoE outputs', () => {
+    const i = runCli(['inspect', mc, '--json']);
+    expect(i.code, i.stderr).toBe(0);
+    const j = JSON.parse(i.stdout);
+    expect([j.family, j.layout, j.numExperts, j.topK]).toEqual(['mixtral', 'hf-mixtral', 8, 2]);
+    const out = join(tmp.dir, 'mcore-hf');
+    expect(runCli(['convert', mc, '--to', 'hf', '-o', out]).code).toBe(0);
+    expect(sha(readFileSync(join(out, 'model.safetensors')))).toBe(sha(readFileSync(join(mc, 'model.safetensors'))));
+    const v = runCli(['verify', mc, '--reference', join(mc, 'reference.safetensors'), '--json']);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+  });
+
+  // EP=2 checkpoints from two processes and a shared-expert model; weights are keyed by the global
+  // parameter name, so each equals its EP=1 twin and Megatron's EP=1 block outputs
+  for (const [name, twin, layout] of [
+    ['mcore_torch_dist_plain_ep2', 'mcore_torch_dist_plain', 'hf-mixtral'],
+    ['mcore_torch_dist_shared', 'mcore_torch_dist_shared', 'hf-qwen2-moe'],
+    ['mcore_torch_dist_shared_ep2', 'mcore_torch_dist_shared', 'hf-qwen2-moe'],
+  ] as const)
+    it(`${name}: converts to the HF twin (${layout}) byte for byte and verifies against Megatron's MoE outputs`, () => {
+      const out = join(tmp.dir, `${name}-hf`);
+      const r = runCli(['convert', join(TORCH, name), '--to', 'hf', '-o', out, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).sourceLayout).toBe(layout);
+      expect(sha(readFileSync(join(out, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, twin, 'model.safetensors'))));
+      const v = runCli(['verify', join(TORCH, name), '--reference', join(TORCH, twin, 'reference.safetensors'), '--cpu']);
+      expect(v.code, v.stdout + v.stderr).toBe(0);
+      expect(v.stdout).toMatch(/2 MoE block\(s\) forward-equal/);
+    });
+
+  it('without a config.json the HF config is derived from the args inside the checkpoint', () => {
+    const d = join(tmp.dir, 'mcore-bare');
+    cpSync(join(mc, 'iter_0000001'), join(d, 'iter_0000001'), { recursive: true });
+    copyFileSync(join(mc, 'latest_checkpointed_iteration.txt'), join(d, 'latest_checkpointed_iteration.txt'));
+    const out = join(tmp.dir, 'mcore-bare-hf');
+    const r = runCli(['convert', d, '--to', 'hf', '-o', out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(sha(readFileSync(join(out, 'model.safetensors')))).toBe(sha(readFileSync(join(mc, 'model.safetensors'))));
+    const got = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    const twin = JSON.parse(readFileSync(join(mc, 'config.json'), 'utf8'));
+    for (const k of [
+      'architectures',
+      'model_type',
+      'hidden_size',
+      'intermediate_size',
+      'num_hidden_layers',
+      'num_attention_heads',
+      'num_key_value_heads',
+      'head_dim',
+      'vocab_size',
+      'num_local_experts',
+      'num_experts_per_tok',
+      'rms_norm_eps',
+      'tie_word_embeddings',
+      'max_position_embeddings',
+      'rope_parameters',
+    ])
+      expect(got[k], k).toEqual(twin[k]);
+    // the tracker file is Megatron's, not part of an HF folder
+    expect(runCli(['inspect', out]).code).toBe(0);
+    // the iteration folder itself opens too
+    expect(runCli(['inspect', join(d, 'iter_0000001')]).code).toBe(0);
+    writeFileSync(join(d, 'latest_checkpointed_iteration.txt'), '7');
+    expect(runCli(['inspect', d]).stderr).toMatch(/names iter_0000007, which is not there \(folders: iter_0000001\)/);
   });
 });

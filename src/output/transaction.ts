@@ -348,7 +348,7 @@ export async function withOutput<T>(dst: string, opts: OutputOptions, write: (tm
 
 /** Files of a checkpoint folder that are not weights or moekit's own: they travel to every output. */
 const NOT_SIDE =
-  /\.safetensors$|\.index\.json$|\.bin$|\.pt$|\.pth$|\.distcp$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|\.moekit-|^\./;
+  /\.safetensors$|\.index\.json$|\.bin$|\.pt$|\.pth$|\.distcp$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|^latest_checkpointed_iteration\.txt$|\.moekit-|^\./;
 
 /** The side files of `dir` (regular files only, top level) as {name, path}. */
 export async function sideFilesOf(dir: string): Promise<{ name: string; copyFrom: string }[]> {

@@ -10,6 +10,7 @@ import { MoekitError } from '../errors.js';
 import type { TensorStore } from './types.js';
 import { SafetensorsStore } from './safetensors/reader.js';
 import { DcpStore } from './torch/dcp.js';
+import { MegatronStore } from './torch/megatron.js';
 import { TorchSaveStore } from './torch/torch-save.js';
 
 let strictPickles = false;
@@ -99,6 +100,9 @@ const TORCH_FILE = /\.(bin|pt|pth)$/;
 
 /** The store of a folder, by what it holds: safetensors first (as transformers prefers), then torch.save, then DCP. */
 async function openFolder(path: string, names: string[]): Promise<TensorStore | undefined> {
+  // a Megatron checkpoint folder (its tracker file) or one iteration of it
+  if (names.includes('latest_checkpointed_iteration.txt') || (names.includes('metadata.json') && names.includes('.metadata')))
+    return MegatronStore.open(path, { strict: strictPickles });
   const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
   if (weights.length > 0) return SafetensorsStore.open(path);
   const opts = { strict: strictPickles };

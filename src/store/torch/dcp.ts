@@ -19,7 +19,7 @@ import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.j
 import { safeShardPath } from '../safetensors/reader.js';
 import { TensorMap } from '../tensor-map.js';
 import type { TensorInfo, TensorStore } from '../types.js';
-import { contiguousStrides, gather, type Piece, tilingProblem } from './gather.js';
+import { contiguousStrides, gather, type Piece, restrict, tilingProblem } from './gather.js';
 import { type Py, PyDict, PyGlobal, PyObj, PyTuple, TORCH_DTYPES, TorchTensor, unpickle } from './pickle.js';
 import { type ReadOptions, TorchSaveArchive } from './torch-save.js';
 import { readAt } from './zip.js';
@@ -38,7 +38,13 @@ export interface DcpChunk extends Item {
 }
 interface DcpTensorInfo extends TensorInfo {
   chunks: DcpChunk[];
+  /** chunks one element deep in dim 0, by their index there (stacked layers); the rest in `wide` */
+  byLead?: Map<number, DcpChunk[]>;
+  wide?: DcpChunk[];
 }
+
+const meets = (c: DcpChunk, at: readonly number[], shape: readonly number[]): boolean =>
+  c.at.every((a, k) => a < at[k]! + shape[k]! && at[k]! < a + c.shape[k]!) && numel(c.shape) > 0;
 
 const ints = (v: Py | undefined): number[] | undefined =>
   v instanceof PyTuple || Array.isArray(v)
@@ -217,6 +223,28 @@ export class DcpStore extends TensorMap implements TensorStore {
       return hi >= s && lo < e;
     });
     return Promise.all(want.map((c) => this.piece(info, c)));
+  }
+
+  /** The pieces of tensor `name` inside the box [at, at + shape), in the tensor's coordinates (a layer or expert of a stacked tensor). */
+  async boxPieces(name: string, at: readonly number[], shape: readonly number[]): Promise<Piece[]> {
+    const info = this.info(name) as DcpTensorInfo;
+    if (!info.byLead) {
+      info.byLead = new Map();
+      info.wide = [];
+      for (const c of info.chunks) {
+        if (c.shape.length > 0 && c.shape[0] === 1) {
+          const l = info.byLead.get(c.at[0]!) ?? [];
+          l.push(c);
+          info.byLead.set(c.at[0]!, l);
+        } else info.wide.push(c);
+      }
+    }
+    let cand = info.wide!;
+    if (at.length > 0 && shape[0] === 1) cand = [...(info.byLead.get(at[0]!) ?? []), ...cand];
+    else if (at.length > 0) cand = info.chunks;
+    const hit = cand.filter((c) => meets(c, at, shape));
+    const ps = await Promise.all(hit.map((c) => this.piece(info, c)));
+    return ps.map((p) => restrict(p, at, shape)).filter((p): p is Piece => p !== undefined);
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {

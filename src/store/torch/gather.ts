@@ -94,6 +94,22 @@ async function copyRows(p: Piece, rows: Row[], es: number, out: Buffer): Promise
   }
 }
 
+/** The part of `p` inside the box [at, at + shape) (same coordinates), or undefined when they do not meet. */
+export function restrict(p: Piece, at: readonly number[], shape: readonly number[]): Piece | undefined {
+  const a: number[] = [];
+  const sh: number[] = [];
+  let base = p.base;
+  for (let k = 0; k < p.at.length; k++) {
+    const lo = Math.max(p.at[k]!, at[k]!);
+    const hi = Math.min(p.at[k]! + p.shape[k]!, at[k]! + shape[k]!);
+    if (hi <= lo) return undefined;
+    a.push(lo);
+    sh.push(hi - lo);
+    base += (lo - p.at[k]!) * p.strides[k]!;
+  }
+  return { at: a, shape: sh, strides: p.strides, base, read: p.read };
+}
+
 /** Bytes [start, end) of the logical tensor `shape` made of `pieces`, into `out` (which must hold end − start bytes). */
 export async function gather(shape: number[], es: number, pieces: readonly Piece[], start: number, end: number, out: Buffer): Promise<Buffer> {
   const s = Math.floor(start / es);

@@ -1,0 +1,379 @@
+/**
+ * Megatron-Core `torch_dist` checkpoints seen as an HF model: a TensorStore whose tensors carry
+ * HF names (embeddings, norms, q/k/v, o_proj, router, experts, shared experts) and whose bytes are
+ * boxes of Megatron's stacked tensors (layers on axis 0, experts on axis 1), read straight from
+ * the DCP chunks. Nothing is materialised beyond the range asked for, so every moekit command
+ * (inspect, convert, shard, verify) reads a Megatron checkpoint as it reads an HF folder.
+ *
+ * Sources: Megatron-LM `megatron/core/transformer/transformer_layer.py` and `moe/experts.py`
+ * (sharded_state_dict: layer and expert axes, SwiGLU fc1 halves), `attention.py` (linear_qkv rows
+ * per query group: q_per_group·head_dim q rows, then head_dim k rows, then head_dim v rows),
+ * `megatron/training/checkpointing.py` (tracker file, `iter_%07d`, args in the common state);
+ * transformers `modeling_mixtral.py`, `modeling_qwen2_moe.py`, `modeling_qwen3_moe.py` (HF names);
+ * `../shared/fixtures/torch/mcore_torch_dist_plain` (keys.json: the mapping as checked against
+ * transformers). Assumption not confirmed on a checkpoint: TEGroupedMLP saves its experts under
+ * the same `mlp.experts.experts.linear_fc{1,2}.weight` keys as SequentialMLP.
+ */
+import { readdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { MoekitError } from '../../errors.js';
+import { type Dtype, dtypeSize, numel } from '../dtypes.js';
+import { readJsonIfExists, readSmallFile } from '../json.js';
+import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.js';
+import { TensorMap } from '../tensor-map.js';
+import type { TensorInfo, TensorStore } from '../types.js';
+import { DcpStore } from './dcp.js';
+import { gather, type Piece } from './gather.js';
+import { type Py, PyDict, PyObj } from './pickle.js';
+import type { ReadOptions } from './torch-save.js';
+
+/** rows [r0, r0 + rows) of dim `prefix.length` of a Megatron tensor, at fixed leading indices */
+interface Slab {
+  key: string;
+  prefix: number[];
+  r0: number;
+  rows: number;
+}
+interface HfTensor extends TensorInfo {
+  /** slabs stacked along dim 0 of the HF tensor; none: an all-zero tensor Megatron does not store (Qwen2's q/k/v bias without --add-qkv-bias) */
+  parts: { rowAt: number; slab: Slab }[];
+}
+
+/** The argparse Namespace of the run that wrote the checkpoint. */
+class Args {
+  constructor(
+    private readonly ns: PyObj,
+    private readonly where: string,
+  ) {}
+  get(name: string): Py | undefined {
+    return this.ns.field(name);
+  }
+  num(name: string, fallback?: number): number {
+    const v = this.get(name);
+    if (typeof v === 'number') return v;
+    if ((v === undefined || v === null) && fallback !== undefined) return fallback;
+    throw new MoekitError('bad-input', `${this.where}: the checkpoint's args have no number '${name}'`);
+  }
+  flag(name: string): boolean {
+    return this.get(name) === true;
+  }
+}
+
+/** HF names of one family's MoE block (transformers modeling_<family>.py). */
+interface FamilyNames {
+  moe: string;
+  experts: [gate: string, up: string, down: string];
+  shared?: string;
+  sharedGate?: string;
+  /** HF attention has q/k/v biases (zeros when Megatron has none) */
+  qkvBias?: boolean;
+  qkNorm?: boolean;
+  architecture: string;
+}
+const FAMILIES: Record<string, FamilyNames> = {
+  mixtral: { moe: 'block_sparse_moe', experts: ['w1', 'w3', 'w2'], architecture: 'MixtralForCausalLM' },
+  qwen2_moe: {
+    moe: 'mlp',
+    experts: ['gate_proj', 'up_proj', 'down_proj'],
+    shared: 'shared_expert',
+    sharedGate: 'shared_expert_gate',
+    qkvBias: true,
+    architecture: 'Qwen2MoeForCausalLM',
+  },
+  qwen3_moe: { moe: 'mlp', experts: ['gate_proj', 'up_proj', 'down_proj'], qkNorm: true, architecture: 'Qwen3MoeForCausalLM' },
+};
+
+const DTYPE_NAMES: Partial<Record<Dtype, string>> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
+
+export class MegatronStore extends TensorMap implements TensorStore {
+  readonly format = 'megatron-torch_dist';
+  readonly metadata: Record<string, string> = { format: 'pt' };
+  private constructor(
+    readonly dir: string,
+    readonly dcp: DcpStore,
+    readonly family: string,
+    private readonly hfConfig: Record<string, unknown>,
+  ) {
+    super();
+  }
+  get files(): readonly string[] {
+    return this.dcp.files;
+  }
+
+  /** Open a Megatron checkpoint folder (with latest_checkpointed_iteration.txt) or one `iter_N` folder of it. */
+  static async open(path: string, opts: ReadOptions = {}): Promise<MegatronStore> {
+    const { root, iterDir } = await findIteration(resolve(path));
+    const mj = await readJsonIfExists(join(iterDir, 'metadata.json'));
+    if (mj?.sharded_backend !== 'torch_dist')
+      throw new MoekitError(
+        'unsupported',
+        `${iterDir}: a Megatron checkpoint with sharded_backend '${String(mj?.sharded_backend ?? 'none')}'; moekit reads torch_dist (re-save with --ckpt-format torch_dist)`,
+      );
+    const dcp = await DcpStore.open(iterDir, root, opts);
+    try {
+      const args = await readArgs(dcp, iterDir);
+      const given = await readJsonIfExists(join(root, 'config.json'));
+      const family = pickFamily(args, dcp, given, iterDir);
+      const st = new MegatronStore(root, dcp, family, given ?? {});
+      st.build(args, iterDir);
+      if (!given) Object.assign(st.hfConfig, deriveConfig(args, family, st.info('model.embed_tokens.weight').dtype));
+      return st;
+    } catch (e) {
+      await dcp.close();
+      throw e;
+    }
+  }
+
+  /** the sharded key holding per-layer tensor `local` (first of its alternative names present), or undefined */
+  private layerKey(...local: string[]): string | undefined {
+    for (const n of local) if (this.dcp.has(`decoder.layers.${n}`)) return `decoder.layers.${n}`;
+    return undefined;
+  }
+
+  private add(name: string, key: string, parts: { rowAt: number; slab: Slab }[], rest: number[], rows: number): void {
+    const dtype = this.dcp.info(key).dtype;
+    const shape = [rows, ...rest];
+    const t: HfTensor = { name, dtype, shape, nbytes: numel(shape) * dtypeSize(dtype), parts };
+    this.tensors.set(name, t);
+  }
+
+  /** a whole slab (all rows) of `key` at leading indices `prefix` as HF tensor `name` */
+  private whole(name: string, key: string | undefined, prefix: number[]): void {
+    if (!key) return;
+    const g = this.dcp.info(key).shape;
+    const sh = g.slice(prefix.length);
+    if (sh.length === 0) throw new MoekitError('bad-input', `${key}: a scalar where a weight is expected`);
+    this.add(name, key, [{ rowAt: 0, slab: { key, prefix, r0: 0, rows: sh[0]! } }], sh.slice(1), sh[0]!);
+  }
+
+  private build(args: Args, where: string): void {
+    const f = FAMILIES[this.family]!;
+    const L = args.num('num_layers');
+    this.whole('model.embed_tokens.weight', need(this.dcp, 'embedding.word_embeddings.weight', where), []);
+    if (this.dcp.has('output_layer.weight')) this.whole('lm_head.weight', 'output_layer.weight', []);
+    this.whole('model.norm.weight', need(this.dcp, 'decoder.final_layernorm.weight', where), []);
+    for (let l = 0; l < L; l++) {
+      const p = `model.layers.${l}.`;
+      this.whole(`${p}input_layernorm.weight`, this.layerKey('self_attention.linear_qkv.layer_norm_weight', 'input_layernorm.weight'), [l]);
+      this.whole(`${p}post_attention_layernorm.weight`, this.layerKey('pre_mlp_layernorm.weight', 'mlp.linear_fc1.layer_norm_weight'), [l]);
+      this.attention(args, f, l, where);
+      this.whole(`${p}self_attn.o_proj.weight`, need(this.dcp, 'decoder.layers.self_attention.linear_proj.weight', where), [l]);
+      this.moe(f, l, where);
+    }
+  }
+
+  private attention(args: Args, f: FamilyNames, l: number, where: string): void {
+    const p = `model.layers.${l}.self_attn.`;
+    const heads = args.num('num_attention_heads');
+    const groups = args.flag('group_query_attention') ? args.num('num_query_groups') : heads;
+    const hd = args.num('kv_channels', args.num('hidden_size') / heads);
+    const qpg = heads / groups;
+    for (const kind of ['weight', 'bias'] as const) {
+      const key = this.layerKey(`self_attention.linear_qkv.${kind}`);
+      if (!key) continue;
+      const g = this.dcp.info(key).shape.slice(1);
+      if (g[0] !== groups * (qpg + 2) * hd)
+        throw new MoekitError('bad-input', `${where}: ${key} has ${g[0]} rows per layer, the args say ${groups} groups × (${qpg} + 2) × ${hd}`);
+      const split = (name: string, first: number, n: number): void => {
+        const parts = [];
+        for (let q = 0; q < groups; q++) parts.push({ rowAt: q * n * hd, slab: { key, prefix: [l], r0: q * (qpg + 2) * hd + first * hd, rows: n * hd } });
+        this.add(`${p}${name}.${kind}`, key, parts, g.slice(1), groups * n * hd);
+      };
+      split('q_proj', 0, qpg);
+      split('k_proj', qpg, 1);
+      split('v_proj', qpg + 1, 1);
+    }
+    if (f.qkvBias && !this.layerKey('self_attention.linear_qkv.bias')) {
+      const dtype = this.dcp.info(need(this.dcp, 'decoder.layers.self_attention.linear_qkv.weight', where)).dtype;
+      for (const [n, rows] of [
+        ['q_proj', heads * hd],
+        ['k_proj', groups * hd],
+        ['v_proj', groups * hd],
+      ] as const)
+        this.tensors.set(`${p}${n}.bias`, { name: `${p}${n}.bias`, dtype, shape: [rows], nbytes: rows * dtypeSize(dtype), parts: [] } as HfTensor);
+    }
+    if (f.qkNorm) {
+      this.whole(`${p}q_norm.weight`, this.layerKey('self_attention.q_layernorm.weight'), [l]);
+      this.whole(`${p}k_norm.weight`, this.layerKey('self_attention.k_layernorm.weight'), [l]);
+    }
+  }
+
+  private moe(f: FamilyNames, l: number, where: string): void {
+    const p = `model.layers.${l}.${f.moe}.`;
+    this.whole(`${p}gate.weight`, need(this.dcp, 'decoder.layers.mlp.router.weight', where), [l]);
+    const fc1 = need(this.dcp, 'decoder.layers.mlp.experts.experts.linear_fc1.weight', where);
+    const fc2 = need(this.dcp, 'decoder.layers.mlp.experts.experts.linear_fc2.weight', where);
+    const g1 = this.dcp.info(fc1).shape;
+    const E = g1[1]!;
+    const I = g1[2]! / 2;
+    for (let e = 0; e < E; e++) {
+      const q = `${p}experts.${e}.`;
+      this.add(`${q}${f.experts[0]}.weight`, fc1, [{ rowAt: 0, slab: { key: fc1, prefix: [l, e], r0: 0, rows: I } }], g1.slice(3), I);
+      this.add(`${q}${f.experts[1]}.weight`, fc1, [{ rowAt: 0, slab: { key: fc1, prefix: [l, e], r0: I, rows: I } }], g1.slice(3), I);
+      this.whole(`${q}${f.experts[2]}.weight`, fc2, [l, e]);
+    }
+    const s1 = this.layerKey('mlp.shared_experts.linear_fc1.weight');
+    if (!s1) return;
+    if (!f.shared)
+      throw new MoekitError(
+        'unsupported',
+        `${where}: the checkpoint has shared experts, which HF ${this.family} has no place for (pick a family that has: qwen2_moe)`,
+      );
+    const gs = this.dcp.info(s1).shape;
+    const Is = gs[1]! / 2;
+    const s = `model.layers.${l}.${f.moe}.${f.shared}.`;
+    this.add(`${s}${f.experts[0]}.weight`, s1, [{ rowAt: 0, slab: { key: s1, prefix: [l], r0: 0, rows: Is } }], gs.slice(2), Is);
+    this.add(`${s}${f.experts[1]}.weight`, s1, [{ rowAt: 0, slab: { key: s1, prefix: [l], r0: Is, rows: Is } }], gs.slice(2), Is);
+    this.whole(`${s}${f.experts[2]}.weight`, this.layerKey('mlp.shared_experts.linear_fc2.weight'), [l]);
+    if (f.sharedGate) this.whole(`model.layers.${l}.${f.moe}.${f.sharedGate}.weight`, this.layerKey('mlp.shared_experts.gate_weight'), [l]);
+  }
+
+  async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
+    const info = (typeof t === 'string' ? this.info(t) : t) as HfTensor;
+    const e = end ?? info.nbytes;
+    if (start < 0 || e > info.nbytes || e < start)
+      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
+    const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
+    if (info.parts.length === 0) return out.fill(0);
+    const pieces: Piece[] = [];
+    for (const { rowAt, slab } of info.parts) {
+      const g = this.dcp.info(slab.key).shape;
+      const k = slab.prefix.length;
+      const at = [...slab.prefix, slab.r0, ...g.slice(k + 1).map(() => 0)];
+      const shape = [...slab.prefix.map(() => 1), slab.rows, ...g.slice(k + 1)];
+      for (const p of await this.dcp.boxPieces(slab.key, at, shape))
+        pieces.push({
+          at: [rowAt + p.at[k]! - slab.r0, ...p.at.slice(k + 1)],
+          shape: p.shape.slice(k),
+          strides: p.strides.slice(k),
+          base: p.base,
+          read: p.read,
+        });
+    }
+    return gather(info.shape, dtypeSize(info.dtype), pieces, start, e, out);
+  }
+
+  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
+    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
+  }
+  async config(): Promise<Record<string, unknown>> {
+    return this.hfConfig;
+  }
+  close(): Promise<void> {
+    return this.dcp.close();
+  }
+}
+
+function need(dcp: DcpStore, key: string, where: string): string {
+  if (!dcp.has(key))
+    throw new MoekitError('bad-input', `${where}: no '${key}' in the checkpoint (not a GPT model moekit maps, or written by an unknown Megatron version)`);
+  return key;
+}
+
+/** The checkpoint root and the iteration folder to read (the tracker file's, or the one given). */
+async function findIteration(path: string): Promise<{ root: string; iterDir: string }> {
+  const tracker = await readSmallFile(join(path, 'latest_checkpointed_iteration.txt'), 64);
+  if (tracker === undefined) return { root: resolve(path, '..'), iterDir: path };
+  const t = tracker.trim();
+  let sub: string;
+  if (t === 'release') sub = 'release';
+  else if (/^\d{1,10}$/.test(t)) sub = `iter_${t.padStart(7, '0')}`;
+  else throw new MoekitError('bad-input', `${path}/latest_checkpointed_iteration.txt: '${t.slice(0, 20)}' is neither an iteration number nor 'release'`);
+  const names = await readdir(path);
+  if (!names.includes(sub))
+    throw new MoekitError(
+      'bad-input',
+      `${path}: latest_checkpointed_iteration.txt names ${sub}, which is not there (folders: ${names.filter((n) => n.startsWith('iter_')).join(', ') || 'none'})`,
+    );
+  return { root: path, iterDir: join(path, sub) };
+}
+
+/** args from the common state (Megatron-Core ≥ 0.13 keeps it as the bytes item common_state/…), or common.pt. */
+async function readArgs(dcp: DcpStore, where: string): Promise<Args> {
+  const key = [...dcp.objects.keys()].find((k) => k.startsWith('common_state/'));
+  let common: Py | undefined;
+  if (key) {
+    common = await dcp.object(key);
+    if (Array.isArray(common)) common = common[0];
+  } else {
+    throw new MoekitError('unsupported', `${where}: no common_state item (an older Megatron writes common.pt, which moekit does not read yet)`);
+  }
+  const ns = common instanceof PyDict ? common.get('args') : undefined;
+  if (!(ns instanceof PyObj)) throw new MoekitError('bad-input', `${where}: the common state holds no argparse args to read the model's shape from`);
+  return new Args(ns, where);
+}
+
+/** The HF family: the one config.json beside the checkpoint names, else what the args imply. */
+function pickFamily(args: Args, dcp: DcpStore, given: Record<string, unknown> | undefined, where: string): string {
+  const shared = dcp.has('decoder.layers.mlp.shared_experts.linear_fc1.weight');
+  if (given) {
+    const mt = String(given.model_type ?? '');
+    if (!FAMILIES[mt])
+      throw new MoekitError(
+        'unsupported',
+        `${where}: config.json beside it names model_type '${mt}'; moekit maps Megatron checkpoints to ${Object.keys(FAMILIES).join(', ')}`,
+      );
+    for (const [hf, mg] of [
+      ['hidden_size', 'hidden_size'],
+      ['num_hidden_layers', 'num_layers'],
+    ] as const)
+      if (given[hf] !== undefined && given[hf] !== args.num(mg))
+        throw new MoekitError('bad-input', `${where}: config.json says ${hf} ${String(given[hf])}, the checkpoint's args ${args.num(mg)}`);
+    return mt;
+  }
+  if (args.get('moe_router_score_function') !== undefined && args.get('moe_router_score_function') !== 'softmax')
+    throw new MoekitError(
+      'unsupported',
+      `${where}: a ${String(args.get('moe_router_score_function'))} router; moekit maps Megatron's softmax routers to HF families so far (give a config.json to name one)`,
+    );
+  const freq = args.get('moe_layer_freq');
+  if (freq !== undefined && freq !== null && freq !== 1)
+    throw new MoekitError(
+      'unsupported',
+      `${where}: MoE only in some layers (moe_layer_freq ${String(freq)}); moekit maps Megatron checkpoints whose every layer is MoE so far`,
+    );
+  if (shared) return 'qwen2_moe';
+  if (args.flag('qk_layernorm')) return 'qwen3_moe';
+  if (args.flag('moe_router_pre_softmax'))
+    throw new MoekitError(
+      'unsupported',
+      `${where}: softmax-before-top-k routing without shared experts or q/k norms matches no HF family moekit maps; put the HF config.json beside the checkpoint to name one`,
+    );
+  return 'mixtral';
+}
+
+/** config.json of the HF model the args describe (transformers' field names for the family). */
+function deriveConfig(args: Args, family: string, dtype: Dtype): Record<string, unknown> {
+  const heads = args.num('num_attention_heads');
+  const I = args.num('moe_ffn_hidden_size', args.num('ffn_hidden_size'));
+  const c: Record<string, unknown> = {
+    architectures: [FAMILIES[family]!.architecture],
+    model_type: family,
+    hidden_size: args.num('hidden_size'),
+    num_hidden_layers: args.num('num_layers'),
+    num_attention_heads: heads,
+    num_key_value_heads: args.flag('group_query_attention') ? args.num('num_query_groups') : heads,
+    head_dim: args.num('kv_channels', args.num('hidden_size') / heads),
+    vocab_size: args.num('padded_vocab_size', args.num('vocab_size', 0)),
+    max_position_embeddings: args.num('max_position_embeddings', args.num('seq_length', 4096)),
+    rms_norm_eps: args.num('norm_epsilon', 1e-5),
+    rope_parameters: { rope_theta: args.num('rotary_base', 10000), rope_type: 'default' },
+    tie_word_embeddings: !args.flag('untie_embeddings_and_output_weights'),
+    hidden_act: 'silu',
+    num_experts_per_tok: args.num('moe_router_topk'),
+    dtype: DTYPE_NAMES[dtype] ?? 'float32',
+  };
+  if (family === 'mixtral')
+    Object.assign(c, { intermediate_size: I, num_local_experts: args.num('num_experts'), router_jitter_noise: 0, sliding_window: null });
+  else
+    Object.assign(c, {
+      moe_intermediate_size: I,
+      intermediate_size: args.num('ffn_hidden_size'),
+      num_experts: args.num('num_experts'),
+      decoder_sparse_step: 1,
+      mlp_only_layers: [],
+      norm_topk_prob: !args.flag('moe_router_pre_softmax'),
+      ...(family === 'qwen2_moe' ? { shared_expert_intermediate_size: args.num('moe_shared_expert_intermediate_size') } : {}),
+    });
+  return c;
+}
