@@ -2,7 +2,7 @@
 // (fixtures/torch, copied from ../shared/fixtures/torch), checked against their HF twins, the
 // sha256 torch's own dcp_to_torch_save gave each tensor, and transformers' block outputs.
 import { createHash } from 'node:crypto';
-import { copyFileSync, cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openStore } from '../src/store/registry.js';
@@ -240,6 +240,11 @@ describe('Megatron-Core torch_dist (written by Megatron-Core 0.20)', () => {
     ['mcore_torch_dist_plain_ep2', 'mcore_torch_dist_plain', 'hf-mixtral'],
     ['mcore_torch_dist_shared', 'mcore_torch_dist_shared', 'hf-qwen2-moe'],
     ['mcore_torch_dist_shared_ep2', 'mcore_torch_dist_shared', 'hf-qwen2-moe'],
+    // the legacy per-rank format: mp_rank_00/ or mp_rank_00_000/ + mp_rank_00_001/ (EP ranks), experts renumbered to global ids
+    ['mcore_legacy_plain', 'mcore_torch_dist_plain', 'hf-mixtral'],
+    ['mcore_legacy_plain_ep2', 'mcore_torch_dist_plain', 'hf-mixtral'],
+    ['mcore_legacy_shared', 'mcore_torch_dist_shared', 'hf-qwen2-moe'],
+    ['mcore_legacy_shared_ep2', 'mcore_torch_dist_shared', 'hf-qwen2-moe'],
   ] as const)
     it(`${name}: converts to the HF twin (${layout}) byte for byte and verifies against Megatron's MoE outputs`, () => {
       const out = join(tmp.dir, `${name}-hf`);
@@ -251,6 +256,17 @@ describe('Megatron-Core torch_dist (written by Megatron-Core 0.20)', () => {
       expect(v.code, v.stdout + v.stderr).toBe(0);
       expect(v.stdout).toMatch(/2 MoE block\(s\) forward-equal/);
     });
+
+  it('legacy EP=2 with a rank folder missing, or a folder the args do not name, is refused in one line', () => {
+    const d = join(tmp.dir, 'legacy-missing');
+    cpSync(join(TORCH, 'mcore_legacy_plain_ep2'), d, { recursive: true });
+    renameSync(join(d, 'iter_0000001', 'mp_rank_00_001'), join(d, 'iter_0000001', 'mp_rank_00_001_002'));
+    expect(runCli(['inspect', d]).stderr).toMatch(/mp_rank_00_001_002 does not fit the args \(TP 1, PP 1, EP 2/);
+    rmSync(join(d, 'iter_0000001', 'mp_rank_00_001_002'), { recursive: true });
+    const r = runCli(['convert', d, '--to', 'hf', '-o', join(tmp.dir, 'never')]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/1 rank folders, the args say TP 1 × PP 1 × EP 2 = 2/);
+  });
 
   it('without a config.json the HF config is derived from the args inside the checkpoint', () => {
     const d = join(tmp.dir, 'mcore-bare');

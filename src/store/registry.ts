@@ -69,20 +69,6 @@ export const CONTAINERS: readonly Container[] = [
   },
 ];
 
-/** Folder contents that name a container moekit recognises but cannot read yet. */
-const FOLDER_HINTS: [RegExp, string][] = [[/^mp_rank_\d+/, 'a legacy Megatron per-rank checkpoint']];
-
-/** A folder (or a subfolder of it) in a container moekit recognises but cannot read yet: say which. */
-async function refuseKnownFolder(path: string, names: string[]): Promise<void> {
-  for (const [re, what] of FOLDER_HINTS) if (names.some((n) => re.test(n))) refuse(path, what);
-  for (const n of names) {
-    const sub = join(path, n);
-    if (!(await stat(sub).catch(() => undefined))?.isDirectory()) continue;
-    const inner = await readdir(sub).catch(() => [] as string[]);
-    for (const [re, what] of FOLDER_HINTS) if (inner.some((x) => re.test(x))) refuse(path, `a folder holding ${what} (${n}/)`);
-  }
-}
-
 /** The format of a single file, by its first bytes. */
 async function sniff(path: string): Promise<Container | undefined> {
   const h = await head(path);
@@ -101,7 +87,11 @@ const TORCH_FILE = /\.(bin|pt|pth)$/;
 /** The store of a folder, by what it holds: safetensors first (as transformers prefers), then torch.save, then DCP. */
 async function openFolder(path: string, names: string[]): Promise<TensorStore | undefined> {
   // a Megatron checkpoint folder (its tracker file) or one iteration of it
-  if (names.includes('latest_checkpointed_iteration.txt') || (names.includes('metadata.json') && names.includes('.metadata')))
+  if (
+    names.includes('latest_checkpointed_iteration.txt') ||
+    (names.includes('metadata.json') && names.includes('.metadata')) ||
+    names.some((n) => /^mp_rank_\d+/.test(n))
+  )
     return MegatronStore.open(path, { strict: strictPickles });
   const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
   if (weights.length > 0) return SafetensorsStore.open(path);
@@ -139,7 +129,6 @@ export async function openStore(path: string): Promise<TensorStore> {
     const names = await readdir(path);
     const store = await openFolder(path, names);
     if (store) return store;
-    await refuseKnownFolder(path, names);
     return SafetensorsStore.open(path);
   }
   if (/\.(bin|pt|pth)\.index\.json$/.test(path)) return TorchSaveStore.openIndex(path, { strict: strictPickles });

@@ -23,9 +23,25 @@ import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.j
 import { TensorMap } from '../tensor-map.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { DcpStore } from './dcp.js';
+import { openLegacy } from './megatron-legacy.js';
 import { gather, type Piece } from './gather.js';
 import { type Py, PyDict, PyObj } from './pickle.js';
 import type { ReadOptions } from './torch-save.js';
+
+/**
+ * Megatron's tensors in torch_dist form, whatever the container: per-layer tensors stacked on a
+ * leading layer axis (`decoder.layers.<name>` [L, …]), experts on the next one
+ * (`decoder.layers.mlp.experts.experts.<name>` [L, E, …]). A DCP store is one as it stands; the
+ * legacy per-rank files are presented as one (megatron-legacy.ts).
+ */
+export interface StackedSource {
+  readonly files: readonly string[];
+  has(key: string): boolean;
+  info(key: string): TensorInfo;
+  /** the pieces of `key` inside the box [at, at + shape), in the tensor's coordinates */
+  boxPieces(key: string, at: readonly number[], shape: readonly number[]): Promise<Piece[]>;
+  close(): Promise<void>;
+}
 
 /** rows [r0, r0 + rows) of dim `prefix.length` of a Megatron tensor, at fixed leading indices */
 interface Slab {
@@ -42,11 +58,11 @@ interface HfTensor extends TensorInfo {
 /** The argparse Namespace of the run that wrote the checkpoint. */
 class Args {
   constructor(
-    private readonly ns: PyObj,
+    private readonly ns: PyObj | PyDict,
     private readonly where: string,
   ) {}
   get(name: string): Py | undefined {
-    return this.ns.field(name);
+    return this.ns instanceof PyObj ? this.ns.field(name) : this.ns.get(name);
   }
   num(name: string, fallback?: number): number {
     const v = this.get(name);
@@ -86,15 +102,17 @@ const FAMILIES: Record<string, FamilyNames> = {
 const DTYPE_NAMES: Partial<Record<Dtype, string>> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
 
 export class MegatronStore extends TensorMap implements TensorStore {
-  readonly format = 'megatron-torch_dist';
+  readonly format: string;
   readonly metadata: Record<string, string> = { format: 'pt' };
   private constructor(
     readonly dir: string,
-    readonly dcp: DcpStore,
+    readonly dcp: StackedSource,
     readonly family: string,
     private readonly hfConfig: Record<string, unknown>,
+    legacy: boolean,
   ) {
     super();
+    this.format = legacy ? 'megatron-legacy' : 'megatron-torch_dist';
   }
   get files(): readonly string[] {
     return this.dcp.files;
@@ -103,23 +121,36 @@ export class MegatronStore extends TensorMap implements TensorStore {
   /** Open a Megatron checkpoint folder (with latest_checkpointed_iteration.txt) or one `iter_N` folder of it. */
   static async open(path: string, opts: ReadOptions = {}): Promise<MegatronStore> {
     const { root, iterDir } = await findIteration(resolve(path));
-    const mj = await readJsonIfExists(join(iterDir, 'metadata.json'));
-    if (mj?.sharded_backend !== 'torch_dist')
-      throw new MoekitError(
-        'unsupported',
-        `${iterDir}: a Megatron checkpoint with sharded_backend '${String(mj?.sharded_backend ?? 'none')}'; moekit reads torch_dist (re-save with --ckpt-format torch_dist)`,
-      );
-    const dcp = await DcpStore.open(iterDir, root, opts);
+    const names = await readdir(iterDir);
+    let src: StackedSource;
+    let args: Args;
+    if (names.some((n) => /^mp_rank_\d+/.test(n))) {
+      const leg = await openLegacy(iterDir, opts);
+      src = leg.source;
+      args = new Args(leg.args, iterDir);
+    } else {
+      const mj = await readJsonIfExists(join(iterDir, 'metadata.json'));
+      if (mj?.sharded_backend !== 'torch_dist')
+        throw new MoekitError(
+          'unsupported',
+          `${iterDir}: a Megatron checkpoint with sharded_backend '${String(mj?.sharded_backend ?? 'none')}'; moekit reads torch_dist and the legacy torch format (re-save with --ckpt-format torch_dist)`,
+        );
+      const dcp = await DcpStore.open(iterDir, root, opts);
+      src = dcp;
+      args = await readArgs(dcp, iterDir).catch(async (e) => {
+        await dcp.close();
+        throw e;
+      });
+    }
     try {
-      const args = await readArgs(dcp, iterDir);
       const given = await readJsonIfExists(join(root, 'config.json'));
-      const family = pickFamily(args, dcp, given, iterDir);
-      const st = new MegatronStore(root, dcp, family, given ?? {});
+      const family = pickFamily(args, src, given, iterDir);
+      const st = new MegatronStore(root, src, family, given ?? {}, !(src instanceof DcpStore));
       st.build(args, iterDir);
       if (!given) Object.assign(st.hfConfig, deriveConfig(args, family, st.info('model.embed_tokens.weight').dtype));
       return st;
     } catch (e) {
-      await dcp.close();
+      await src.close();
       throw e;
     }
   }
@@ -264,7 +295,7 @@ export class MegatronStore extends TensorMap implements TensorStore {
   }
 }
 
-function need(dcp: DcpStore, key: string, where: string): string {
+function need(dcp: StackedSource, key: string, where: string): string {
   if (!dcp.has(key))
     throw new MoekitError('bad-input', `${where}: no '${key}' in the checkpoint (not a GPT model moekit maps, or written by an unknown Megatron version)`);
   return key;
@@ -304,7 +335,7 @@ async function readArgs(dcp: DcpStore, where: string): Promise<Args> {
 }
 
 /** The HF family: the one config.json beside the checkpoint names, else what the args imply. */
-function pickFamily(args: Args, dcp: DcpStore, given: Record<string, unknown> | undefined, where: string): string {
+function pickFamily(args: Args, dcp: StackedSource, given: Record<string, unknown> | undefined, where: string): string {
   const shared = dcp.has('decoder.layers.mlp.shared_experts.linear_fc1.weight');
   if (given) {
     const mt = String(given.model_type ?? '');

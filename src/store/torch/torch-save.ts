@@ -149,6 +149,8 @@ export class TorchSaveStore extends TensorMap implements TensorStore {
   /** tensors the file stores in a form moekit does not read */
   readonly opaque: string[] = [];
   readonly foreign = new Set<string>();
+  /** each file's whole unpickled object (a training checkpoint's args, iteration, …) */
+  readonly roots = new Map<string, Py>();
 
   private constructor(
     readonly dir: string,
@@ -214,6 +216,7 @@ export class TorchSaveStore extends TensorMap implements TensorStore {
     }
     const ar = await TorchSaveArchive.open(fh, file, 0, st.size, opts);
     for (const f of ar.foreign) this.foreign.add(f);
+    this.roots.set(file, ar.value);
     const { tensors, opaque } = namedTensors(ar.value, file);
     this.opaque.push(...opaque);
     for (const [name, t] of tensors) {
@@ -228,24 +231,29 @@ export class TorchSaveStore extends TensorMap implements TensorStore {
     }
   }
 
+  /** a tensor as one strided piece of its storage, placed at the origin */
+  piece(name: string): Piece {
+    const info = this.info(name) as TorchTensorInfo;
+    const fh = this.handles.get(info.archiveFile)!;
+    const L = info.located;
+    const es = dtypeSize(L.dtype);
+    return {
+      at: L.shape.map(() => 0),
+      shape: L.shape,
+      strides: L.strides,
+      base: L.offset,
+      read: (a, b, into) => readAt(fh, L.fileOffset + a * es, (b - a) * es, info.archiveFile, into),
+    };
+  }
+
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
     const info = (typeof t === 'string' ? this.info(t) : t) as TorchTensorInfo;
     const e = end ?? info.nbytes;
     if (start < 0 || e > info.nbytes || e < start)
       throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
     const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
-    const fh = this.handles.get(info.archiveFile)!;
-    const L = info.located;
-    const es = dtypeSize(L.dtype);
-    if (info.offset !== undefined) return readAt(fh, info.offset + start, e - start, info.archiveFile, out);
-    const piece: Piece = {
-      at: L.shape.map(() => 0),
-      shape: L.shape,
-      strides: L.strides,
-      base: L.offset,
-      read: (a, b) => readAt(fh, L.fileOffset + a * es, (b - a) * es, info.archiveFile),
-    };
-    return gather(L.shape, es, [piece], start, e, out);
+    if (info.offset !== undefined) return readAt(this.handles.get(info.archiveFile)!, info.offset + start, e - start, info.archiveFile, out);
+    return gather(info.shape, dtypeSize(info.dtype), [this.piece(info.name)], start, e, out);
   }
 
   chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
