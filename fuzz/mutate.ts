@@ -165,3 +165,20 @@ export function mutateHeader(r: Rng, buf: Buffer): Buffer {
   head.writeBigUInt64LE(BigInt(json.length));
   return Buffer.concat([head, json, buf.subarray(8 + len)]);
 }
+
+/** A zip (torch.save, a DCP item) damaged where its parsers look: data.pkl near the start, the central directory and end records at the end. */
+export function mutateZip(r: Rng, buf: Buffer): Buffer {
+  const b = Buffer.from(buf);
+  const op = r();
+  if (op < 0.7) {
+    const tail = op >= 0.4;
+    const n = 1 + int(r, 6);
+    for (let i = 0; i < n; i++) {
+      const span = Math.min(b.length, tail ? 2048 : 8192);
+      const at = tail ? b.length - 1 - int(r, span) : int(r, span);
+      b[at] = r() < 0.5 ? int(r, 256) : pick(r, [0x00, 0xff, 0x80, 0x7f, 0x28, 0x2e, 0x52, 0x63, 0x93]);
+    }
+    return b;
+  }
+  return mutateBytes(r, buf);
+}

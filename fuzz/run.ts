@@ -1,6 +1,7 @@
 /**
  * `npm run fuzz [-- --cases N --seed S --case K --timeout MS --mem MB]`: seeded, replayable fuzzing
- * of every input kind moekit reads (safetensors headers and bodies, index.json, config.json,
+ * of every input kind moekit reads (safetensors headers and bodies, torch.save zips, DCP / Megatron
+ * metadata and items, index.json, config.json,
  * moekit.json, shard and rank manifests), each case run through inspect / convert / verify /
  * merge / reshard in a worker thread with a per-case timeout and a memory cap.
  *
@@ -16,7 +17,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { convert } from '../src/ops/convert.js';
 import { shard } from '../src/ops/shard/shard.js';
-import { mutateBytes, mutateHeader, mutateJson, pick, rng, type Rng } from './mutate.js';
+import { mutateBytes, mutateHeader, mutateJson, mutateZip, pick, rng, type Rng } from './mutate.js';
 import type { Op, Outcome } from './worker.js';
 
 interface Args {
@@ -44,6 +45,16 @@ function args(argv: string[]): Args {
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const FIX = join(ROOT, 'fixtures', 'hf');
+const TORCH = join(ROOT, 'fixtures', 'torch');
+
+/** PyTorch containers: fixture folder, the file to damage in it, and how */
+const TORCH_KINDS: Record<string, { from: string; file: string; mutate: (r: Rng, b: Buffer) => Buffer; ref: string; back?: string }> = {
+  'torch-zip': { from: 'hf_bin_mixtral', file: 'pytorch_model.bin', mutate: mutateZip, ref: 'hf_bin_mixtral' },
+  'dcp-metadata': { from: 'dcp_qwen3_moe', file: 'checkpoint/.metadata', mutate: mutateBytes, ref: 'dcp_qwen3_moe', back: 'hf-fused' },
+  'dcp-item': { from: 'dcp_qwen3_moe', file: 'checkpoint/__0_0.distcp', mutate: mutateZip, ref: 'dcp_qwen3_moe', back: 'hf-fused' },
+  'mcore-metadata': { from: 'mcore_torch_dist_plain_ep2', file: 'iter_0000001/.metadata', mutate: mutateBytes, ref: 'mcore_torch_dist_plain' },
+  'mcore-legacy': { from: 'mcore_legacy_plain_ep2', file: 'iter_0000001/mp_rank_00_001/model_optim_rng.pt', mutate: mutateZip, ref: 'mcore_torch_dist_plain' },
+};
 const fast = { fsync: false, jobs: 2 };
 
 /** The unmutated inputs every case starts from. */
@@ -69,7 +80,34 @@ const editJsonFile = (r: Rng, path: string, dropDigest: boolean) => {
 
 /** Build case `k`: copy a base, mutate one input, and name the operations to run on it. */
 function makeCase(r: Rng, b: Record<string, string>, dir: string): Case {
-  const kind = pick(r, ['st-header', 'st-bytes', 'index', 'index-shard', 'config', 'moekit', 'manifest', 'rank-manifest', 'rank-moekit', 'rank-bytes']);
+  const kind = pick(r, [
+    'st-header',
+    'st-bytes',
+    'index',
+    'index-shard',
+    'config',
+    'moekit',
+    'manifest',
+    'rank-manifest',
+    'rank-moekit',
+    'rank-bytes',
+    ...Object.keys(TORCH_KINDS),
+  ]);
+  const tk = TORCH_KINDS[kind];
+  if (tk) {
+    const src = join(dir, 'in');
+    cpSync(join(TORCH, tk.from), src, { recursive: true });
+    const f = join(src, tk.file);
+    writeFileSync(f, tk.mutate(r, readFileSync(f)));
+    return {
+      kind,
+      ops: [
+        { op: 'inspect', path: src },
+        { op: 'convert', path: src, to: pick(r, ['te', 'nemo', 'megatron-grouped']), back: tk.back ?? 'hf' },
+        { op: 'verify', path: src, reference: join(TORCH, tk.ref, 'reference.safetensors') },
+      ],
+    };
+  }
   const from = kind.startsWith('st') || kind === 'config' ? b.hf! : kind.startsWith('index') ? b.index! : kind === 'moekit' ? b.te! : b.sharded!;
   const src = join(dir, 'in');
   cpSync(from, src, { recursive: true });

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { ROOT } from './helpers.js';
 
 describe('fuzz (short run)', () => {
-  it('400 seeded cases over every input kind: every failure is one line with a documented code', () => {
+  it('400 seeded cases over every input kind (safetensors, JSON, manifests, torch.save zips, DCP and Megatron checkpoints): every failure is one line with a documented code', () => {
     const r = spawnSync(process.execPath, [join(ROOT, 'dist', 'fuzz', 'run.js'), '--cases', '400', '--seed', '11'], { encoding: 'utf8', timeout: 180_000 });
     expect(r.stdout, r.stderr).toMatch(/fuzz: 400 cases/);
     expect(r.stdout).toMatch(/ok +\d+/);

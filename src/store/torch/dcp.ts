@@ -156,6 +156,7 @@ export class DcpStore extends TensorMap implements TensorStore {
       const sz = ints(field(c, 'sizes'));
       if (!at || !sz) fail(`'${name}' has a chunk without offsets/sizes`);
       const it = items.get(`${name}@${at!.join(',')}`) ?? fail(`'${name}' has a chunk at [${at}] that storage_data does not place in any file`);
+      if (numel(sz!) * dtypeSize(dtype as Dtype) > it.length) fail(`'${name}' has a chunk at [${at}] of ${numel(sz!)} elements stored in ${it.length} bytes`);
       chunks.push({ ...it, at: at!, shape: sz! });
     }
     const why = tilingProblem(shape as number[], chunks);

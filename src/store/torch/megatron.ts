@@ -162,7 +162,16 @@ export class MegatronStore extends TensorMap implements TensorStore {
   }
 
   private add(name: string, key: string, parts: { rowAt: number; slab: Slab }[], rest: number[], rows: number): void {
-    const dtype = this.dcp.info(key).dtype;
+    const { dtype, shape: g } = this.dcp.info(key);
+    // every slab inside its tensor and the slabs exactly filling the rows: no byte of the HF tensor left unread
+    let filled = 0;
+    for (const { slab } of parts) {
+      const k = slab.prefix.length;
+      if (slab.prefix.some((i, d) => i >= g[d]!) || slab.r0 + slab.rows > g[k]! || g.slice(k + 1).join() !== rest.join())
+        throw new MoekitError('bad-input', `${key} [${g}] does not hold ${name} as the args describe it (layers, experts or sizes disagree)`);
+      filled += slab.rows;
+    }
+    if (filled !== rows) throw new MoekitError('internal', `${name}: slabs fill ${filled} of ${rows} rows`);
     const shape = [rows, ...rest];
     const t: HfTensor = { name, dtype, shape, nbytes: numel(shape) * dtypeSize(dtype), parts };
     this.tensors.set(name, t);
