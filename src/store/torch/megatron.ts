@@ -25,6 +25,7 @@ import type { TensorInfo, TensorStore } from '../types.js';
 import { DcpStore } from './dcp.js';
 import { openLegacy } from './megatron-legacy.js';
 import { gather, type Piece } from './gather.js';
+import { FAMILIES, hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from './megatron-map.js';
 import { type Py, PyDict, PyObj } from './pickle.js';
 import type { ReadOptions } from './torch-save.js';
 
@@ -43,16 +44,9 @@ export interface StackedSource {
   close(): Promise<void>;
 }
 
-/** rows [r0, r0 + rows) of dim `prefix.length` of a Megatron tensor, at fixed leading indices */
-interface Slab {
-  key: string;
-  prefix: number[];
-  r0: number;
-  rows: number;
-}
 interface HfTensor extends TensorInfo {
-  /** slabs stacked along dim 0 of the HF tensor; none: an all-zero tensor Megatron does not store (Qwen2's q/k/v bias without --add-qkv-bias) */
-  parts: { rowAt: number; slab: Slab }[];
+  /** row ranges of Megatron tensors stacked along dim 0; none: all zeros (megatron-map.ts) */
+  parts: Part[];
 }
 
 /** The argparse Namespace of the run that wrote the checkpoint. */
@@ -74,30 +68,6 @@ class Args {
     return this.get(name) === true;
   }
 }
-
-/** HF names of one family's MoE block (transformers modeling_<family>.py). */
-interface FamilyNames {
-  moe: string;
-  experts: [gate: string, up: string, down: string];
-  shared?: string;
-  sharedGate?: string;
-  /** HF attention has q/k/v biases (zeros when Megatron has none) */
-  qkvBias?: boolean;
-  qkNorm?: boolean;
-  architecture: string;
-}
-const FAMILIES: Record<string, FamilyNames> = {
-  mixtral: { moe: 'block_sparse_moe', experts: ['w1', 'w3', 'w2'], architecture: 'MixtralForCausalLM' },
-  qwen2_moe: {
-    moe: 'mlp',
-    experts: ['gate_proj', 'up_proj', 'down_proj'],
-    shared: 'shared_expert',
-    sharedGate: 'shared_expert_gate',
-    qkvBias: true,
-    architecture: 'Qwen2MoeForCausalLM',
-  },
-  qwen3_moe: { moe: 'mlp', experts: ['gate_proj', 'up_proj', 'down_proj'], qkNorm: true, architecture: 'Qwen3MoeForCausalLM' },
-};
 
 const DTYPE_NAMES: Partial<Record<Dtype, string>> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
 
@@ -155,117 +125,71 @@ export class MegatronStore extends TensorMap implements TensorStore {
     }
   }
 
-  /** the sharded key holding per-layer tensor `local` (first of its alternative names present), or undefined */
-  private layerKey(...local: string[]): string | undefined {
-    for (const n of local) if (this.dcp.has(`decoder.layers.${n}`)) return `decoder.layers.${n}`;
-    return undefined;
+  /** the model's sizes: the args for what they alone say, the stored tensors for the rest */
+  private dims(args: Args, where: string): MegatronDims {
+    const f = FAMILIES[this.family]!;
+    const shape = (k: KeyName) => (this.has_(k) ? this.dcp.info(this.key(k)).shape : undefined);
+    const fc1 = shape('fc1') ?? fail(where, KEYS.fc1[0]);
+    const heads = args.num('num_attention_heads');
+    const d: MegatronDims = {
+      family: this.family,
+      L: args.num('num_layers'),
+      E: fc1[1]!,
+      I: fc1[2]! / 2,
+      H: args.num('hidden_size'),
+      V: (shape('embedding') ?? fail(where, KEYS.embedding[0]))[0]!,
+      heads,
+      groups: args.flag('group_query_attention') ? args.num('num_query_groups') : heads,
+      hd: args.num('kv_channels', args.num('hidden_size') / heads),
+      Is: shape('sharedFc1') ? shape('sharedFc1')![1]! / 2 : undefined,
+      sharedGate: this.has_('sharedGate'),
+      output: this.has_('output'),
+      qkvBias: this.has_('qkvBias'),
+      qkNorm: this.has_('qNorm'),
+    };
+    const lacks = (what: string) => new MoekitError('unsupported', `${where}: ${what}`);
+    if (d.Is !== undefined && !f.shared)
+      throw lacks(`the checkpoint has shared experts, which HF ${this.family} has no place for (pick a family that has: qwen2_moe)`);
+    if (d.Is === undefined && f.shared) throw lacks(`HF ${this.family} has a shared expert, the checkpoint none`);
+    if (d.qkNorm !== Boolean(f.qkNorm))
+      throw lacks(`the checkpoint ${d.qkNorm ? 'has' : 'lacks'} q/k layernorms, HF ${this.family} ${f.qkNorm ? 'needs' : 'has no place for'} them`);
+    return d;
   }
 
-  private add(name: string, key: string, parts: { rowAt: number; slab: Slab }[], rest: number[], rows: number): void {
-    const { dtype, shape: g } = this.dcp.info(key);
-    // every slab inside its tensor and the slabs exactly filling the rows: no byte of the HF tensor left unread
-    let filled = 0;
-    for (const { slab } of parts) {
-      const k = slab.prefix.length;
-      if (slab.prefix.some((i, d) => i >= g[d]!) || slab.r0 + slab.rows > g[k]! || g.slice(k + 1).join() !== rest.join())
-        throw new MoekitError('bad-input', `${key} [${g}] does not hold ${name} as the args describe it (layers, experts or sizes disagree)`);
-      filled += slab.rows;
-    }
-    if (filled !== rows) throw new MoekitError('internal', `${name}: slabs fill ${filled} of ${rows} rows`);
-    const shape = [rows, ...rest];
-    const t: HfTensor = { name, dtype, shape, nbytes: numel(shape) * dtypeSize(dtype), parts };
-    this.tensors.set(name, t);
+  private has_(k: KeyName): boolean {
+    return KEYS[k].some((n) => this.dcp.has(n));
   }
-
-  /** a whole slab (all rows) of `key` at leading indices `prefix` as HF tensor `name` */
-  private whole(name: string, key: string | undefined, prefix: number[]): void {
-    if (!key) return;
-    const g = this.dcp.info(key).shape;
-    const sh = g.slice(prefix.length);
-    if (sh.length === 0) throw new MoekitError('bad-input', `${key}: a scalar where a weight is expected`);
-    this.add(name, key, [{ rowAt: 0, slab: { key, prefix, r0: 0, rows: sh[0]! } }], sh.slice(1), sh[0]!);
+  /** the stored name of key `k` (the first of its names present) */
+  private key(k: KeyName): string {
+    return KEYS[k].find((n) => this.dcp.has(n)) ?? KEYS[k][0];
   }
 
   private build(args: Args, where: string): void {
-    const f = FAMILIES[this.family]!;
-    const L = args.num('num_layers');
-    this.whole('model.embed_tokens.weight', need(this.dcp, 'embedding.word_embeddings.weight', where), []);
-    if (this.dcp.has('output_layer.weight')) this.whole('lm_head.weight', 'output_layer.weight', []);
-    this.whole('model.norm.weight', need(this.dcp, 'decoder.final_layernorm.weight', where), []);
-    for (let l = 0; l < L; l++) {
-      const p = `model.layers.${l}.`;
-      this.whole(`${p}input_layernorm.weight`, this.layerKey('self_attention.linear_qkv.layer_norm_weight', 'input_layernorm.weight'), [l]);
-      this.whole(`${p}post_attention_layernorm.weight`, this.layerKey('pre_mlp_layernorm.weight', 'mlp.linear_fc1.layer_norm_weight'), [l]);
-      this.attention(args, f, l, where);
-      this.whole(`${p}self_attn.o_proj.weight`, need(this.dcp, 'decoder.layers.self_attention.linear_proj.weight', where), [l]);
-      this.moe(f, l, where);
+    const d = this.dims(args, where);
+    const qkvDtype = this.dcp.has(KEYS.qkv[0]) ? this.dcp.info(KEYS.qkv[0]).dtype : 'F32';
+    for (const e of hfEntries(d, (k) => this.key(k))) {
+      const shape = [e.rows, ...e.rest];
+      let dtype: Dtype = qkvDtype;
+      for (const part of e.parts) {
+        if (!this.dcp.has(part.key)) fail(where, part.key);
+        const g = this.dcp.info(part.key);
+        dtype = g.dtype;
+        const k = part.prefix.length;
+        // every slab inside its tensor: no byte of the HF tensor left unread
+        if (
+          g.shape.length !== k + 1 + e.rest.length ||
+          part.prefix.some((i, x) => i >= g.shape[x]!) ||
+          part.r0 + part.rows > g.shape[k]! ||
+          g.shape.slice(k + 1).join() !== e.rest.join()
+        )
+          throw new MoekitError(
+            'bad-input',
+            `${where}: ${part.key} [${g.shape}] does not hold ${e.name} as the args describe it (layers, experts or sizes disagree)`,
+          );
+      }
+      const t: HfTensor = { name: e.name, dtype, shape, nbytes: numel(shape) * dtypeSize(dtype), parts: e.parts };
+      this.tensors.set(e.name, t);
     }
-  }
-
-  private attention(args: Args, f: FamilyNames, l: number, where: string): void {
-    const p = `model.layers.${l}.self_attn.`;
-    const heads = args.num('num_attention_heads');
-    const groups = args.flag('group_query_attention') ? args.num('num_query_groups') : heads;
-    const hd = args.num('kv_channels', args.num('hidden_size') / heads);
-    const qpg = heads / groups;
-    for (const kind of ['weight', 'bias'] as const) {
-      const key = this.layerKey(`self_attention.linear_qkv.${kind}`);
-      if (!key) continue;
-      const g = this.dcp.info(key).shape.slice(1);
-      if (g[0] !== groups * (qpg + 2) * hd)
-        throw new MoekitError('bad-input', `${where}: ${key} has ${g[0]} rows per layer, the args say ${groups} groups × (${qpg} + 2) × ${hd}`);
-      const split = (name: string, first: number, n: number): void => {
-        const parts = [];
-        for (let q = 0; q < groups; q++) parts.push({ rowAt: q * n * hd, slab: { key, prefix: [l], r0: q * (qpg + 2) * hd + first * hd, rows: n * hd } });
-        this.add(`${p}${name}.${kind}`, key, parts, g.slice(1), groups * n * hd);
-      };
-      split('q_proj', 0, qpg);
-      split('k_proj', qpg, 1);
-      split('v_proj', qpg + 1, 1);
-    }
-    if (f.qkvBias && !this.layerKey('self_attention.linear_qkv.bias')) {
-      const dtype = this.dcp.info(need(this.dcp, 'decoder.layers.self_attention.linear_qkv.weight', where)).dtype;
-      for (const [n, rows] of [
-        ['q_proj', heads * hd],
-        ['k_proj', groups * hd],
-        ['v_proj', groups * hd],
-      ] as const)
-        this.tensors.set(`${p}${n}.bias`, { name: `${p}${n}.bias`, dtype, shape: [rows], nbytes: rows * dtypeSize(dtype), parts: [] } as HfTensor);
-    }
-    if (f.qkNorm) {
-      this.whole(`${p}q_norm.weight`, this.layerKey('self_attention.q_layernorm.weight'), [l]);
-      this.whole(`${p}k_norm.weight`, this.layerKey('self_attention.k_layernorm.weight'), [l]);
-    }
-  }
-
-  private moe(f: FamilyNames, l: number, where: string): void {
-    const p = `model.layers.${l}.${f.moe}.`;
-    this.whole(`${p}gate.weight`, need(this.dcp, 'decoder.layers.mlp.router.weight', where), [l]);
-    const fc1 = need(this.dcp, 'decoder.layers.mlp.experts.experts.linear_fc1.weight', where);
-    const fc2 = need(this.dcp, 'decoder.layers.mlp.experts.experts.linear_fc2.weight', where);
-    const g1 = this.dcp.info(fc1).shape;
-    const E = g1[1]!;
-    const I = g1[2]! / 2;
-    for (let e = 0; e < E; e++) {
-      const q = `${p}experts.${e}.`;
-      this.add(`${q}${f.experts[0]}.weight`, fc1, [{ rowAt: 0, slab: { key: fc1, prefix: [l, e], r0: 0, rows: I } }], g1.slice(3), I);
-      this.add(`${q}${f.experts[1]}.weight`, fc1, [{ rowAt: 0, slab: { key: fc1, prefix: [l, e], r0: I, rows: I } }], g1.slice(3), I);
-      this.whole(`${q}${f.experts[2]}.weight`, fc2, [l, e]);
-    }
-    const s1 = this.layerKey('mlp.shared_experts.linear_fc1.weight');
-    if (!s1) return;
-    if (!f.shared)
-      throw new MoekitError(
-        'unsupported',
-        `${where}: the checkpoint has shared experts, which HF ${this.family} has no place for (pick a family that has: qwen2_moe)`,
-      );
-    const gs = this.dcp.info(s1).shape;
-    const Is = gs[1]! / 2;
-    const s = `model.layers.${l}.${f.moe}.${f.shared}.`;
-    this.add(`${s}${f.experts[0]}.weight`, s1, [{ rowAt: 0, slab: { key: s1, prefix: [l], r0: 0, rows: Is } }], gs.slice(2), Is);
-    this.add(`${s}${f.experts[1]}.weight`, s1, [{ rowAt: 0, slab: { key: s1, prefix: [l], r0: Is, rows: Is } }], gs.slice(2), Is);
-    this.whole(`${s}${f.experts[2]}.weight`, this.layerKey('mlp.shared_experts.linear_fc2.weight'), [l]);
-    if (f.sharedGate) this.whole(`model.layers.${l}.${f.moe}.${f.sharedGate}.weight`, this.layerKey('mlp.shared_experts.gate_weight'), [l]);
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
@@ -276,7 +200,8 @@ export class MegatronStore extends TensorMap implements TensorStore {
     const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
     if (info.parts.length === 0) return out.fill(0);
     const pieces: Piece[] = [];
-    for (const { rowAt, slab } of info.parts) {
+    for (const slab of info.parts) {
+      const { rowAt } = slab;
       const g = this.dcp.info(slab.key).shape;
       const k = slab.prefix.length;
       const at = [...slab.prefix, slab.r0, ...g.slice(k + 1).map(() => 0)];
@@ -304,10 +229,8 @@ export class MegatronStore extends TensorMap implements TensorStore {
   }
 }
 
-function need(dcp: StackedSource, key: string, where: string): string {
-  if (!dcp.has(key))
-    throw new MoekitError('bad-input', `${where}: no '${key}' in the checkpoint (not a GPT model moekit maps, or written by an unknown Megatron version)`);
-  return key;
+function fail(where: string, key: string): never {
+  throw new MoekitError('bad-input', `${where}: no '${key}' in the checkpoint (not a GPT model moekit maps, or written by an unknown Megatron version)`);
 }
 
 /** The checkpoint root and the iteration folder to read (the tracker file's, or the one given). */
