@@ -304,3 +304,59 @@ describe('Megatron-Core torch_dist (written by Megatron-Core 0.20)', () => {
     expect(runCli(['inspect', d]).stderr).toMatch(/names iter_0000007, which is not there \(folders: iter_0000001\)/);
   });
 });
+
+describe('writing Megatron-Core torch_dist (convert --to megatron --format torch_dist)', () => {
+  // Megatron-Core 0.20 loads these outputs into the GPTModel the fixtures came from with parameters,
+  // MoE outputs and logits bit-identical (fixtures/check_mcore_load.py on the GPU machine; README)
+  for (const [twin, family] of [
+    ['mcore_torch_dist_plain', 'mixtral'],
+    ['mcore_torch_dist_shared', 'qwen2_moe'],
+  ] as const)
+    it(`${family}: the same keys, global shapes and dtypes Megatron wrote, and back to HF byte for byte`, async () => {
+      const out = join(tmp.dir, `write-${twin}`);
+      const r = runCli(['convert', join(TORCH, twin, 'model.safetensors'), '--to', 'megatron', '--format', 'torch_dist', '-o', out, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).family).toBe(family);
+      const { DcpStore } = await import('../src/store/torch/dcp.js');
+      const ours = await DcpStore.open(join(out, 'iter_0000001'));
+      const theirs = await DcpStore.open(join(TORCH, twin, 'iter_0000001'));
+      expect(ours.names().sort()).toEqual(theirs.names().sort());
+      for (const n of theirs.names()) {
+        expect([ours.info(n).dtype, ours.info(n).shape], n).toEqual([theirs.info(n).dtype, theirs.info(n).shape]);
+        expect(Buffer.compare(await ours.read(n), await theirs.read(n)), n).toBe(0);
+      }
+      // every object Megatron wrote but its RNG state (not part of a model), with the same contents
+      expect([...ours.objects.keys()].sort()).toEqual([...theirs.objects.keys()].filter((k) => !k.startsWith('rng_state')).sort());
+      const args = ((await ours.object('common_state/shard_0_1')) as PyDict[])[0]!.get('args') as PyObj;
+      const want = ((await theirs.object('common_state/shard_0_1')) as PyDict[])[0]!.get('args') as PyObj;
+      for (const k of [
+        'num_layers',
+        'hidden_size',
+        'num_attention_heads',
+        'num_query_groups',
+        'kv_channels',
+        'num_experts',
+        'moe_router_topk',
+        'moe_ffn_hidden_size',
+        'moe_shared_expert_intermediate_size',
+        'padded_vocab_size',
+      ])
+        expect(args.field(k), k).toEqual(want.field(k));
+      await ours.close();
+      await theirs.close();
+      const back = join(tmp.dir, `write-${twin}-hf`);
+      expect(runCli(['convert', out, '--to', 'hf', '-o', back]).code).toBe(0);
+      expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, twin, 'model.safetensors'))));
+    });
+
+  it('the pickles and zips moekit writes read back through the restricted unpickler under --strict', () => {
+    const out = join(tmp.dir, 'write-strict');
+    expect(runCli(['convert', join(FIXTURES, 'qwen3_moe'), '--to', 'megatron', '--format', 'torch_dist', '-o', out]).code).toBe(0);
+    const r = runCli(['inspect', '--strict', out, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).family).toBe('qwen3_moe');
+    expect(runCli(['convert', join(FIXTURES, 'qwen3_moe'), '--to', 'te', '--format', 'torch_dist', '-o', join(tmp.dir, 'never')]).stderr).toMatch(
+      /use it with --to megatron/,
+    );
+  });
+});

@@ -7,9 +7,12 @@ import type { GateUpOrder } from '../engine/layout.js';
 import { runWrite } from './plan-output.js';
 import { dtypeArg, writeFlags, type WriteFlags } from './options.js';
 import { human } from './progress.js';
+import { MoekitError } from '../errors.js';
+import { writeMegatron } from '../ops/megatron-write.js';
 
 interface ConvertFlags extends WriteFlags {
   to: string;
+  format: 'safetensors' | 'torch_dist';
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
 }
@@ -22,7 +25,12 @@ export function registerConvert(program: Command): void {
     .argument('<src>', 'checkpoint folder, .safetensors file, or model.safetensors.index.json')
     .requiredOption('--to <layout>', `target expert layout: ${TARGET_NAMES.join(', ')}`)
     .addOption(new Option('--gate-up <order>', 'order of gate and up in a fused gate/up tensor').choices(['concat', 'interleaved']))
-    .addOption(new Option('--dtype <dtype>', 'cast every float tensor to f32, bf16 or f16 (round to nearest even)').argParser(dtypeArg));
+    .addOption(new Option('--dtype <dtype>', 'cast every float tensor to f32, bf16 or f16 (round to nearest even)').argParser(dtypeArg))
+    .addOption(
+      new Option('--format <container>', 'container of the output: safetensors, or torch_dist (with --to megatron: a checkpoint Megatron-Core loads)')
+        .choices(['safetensors', 'torch_dist'])
+        .default('safetensors'),
+    );
   writeFlags(cmd)
     .description('convert the experts of a MoE checkpoint to another layout, streaming and bit-exact')
     .addHelpText(
@@ -45,6 +53,13 @@ export function registerConvert(program: Command): void {
         'it cannot do losslessly (e.g. GPT-OSS expert biases into megatron-grouped). Quantized checkpoints',
         '(FP8 block scales, MXFP4) are copied only to their own layout; dequantize to re-layout them.',
         '',
+        'With --to megatron --format torch_dist the whole model (embeddings, norms, fused QKV per query group,',
+        'router, experts, shared experts) is written as a Megatron-Core torch_dist checkpoint:',
+        'latest_checkpointed_iteration.txt + iter_0000001/ (.metadata, __0_0.distcp, metadata.json), with the',
+        'args in its common state; Megatron-Core loads it with dist_checkpointing.load into the matching',
+        'GPTModel (local or TE spec, SequentialMLP experts). Mixtral, Qwen2-MoE and Qwen3-MoE so far.',
+        'moekit reads it back (and Megatron legacy mp_rank_* folders) like any HF folder.',
+        '',
         'Add --dry-run to see the plan first: per output file, which tensors are copied, renamed, restacked,',
         'transposed or cast, their bytes, and the expected peak memory.',
         '',
@@ -55,13 +70,26 @@ export function registerConvert(program: Command): void {
         '  moekit convert fixtures/hf/deepseek_v3 --to megatron --dtype bf16 --max-shard-size 2GB --jobs 8 -o /tmp/ds-mcore',
       ].join('\n'),
     )
-    .action((src: string, o: ConvertFlags) =>
-      runWrite(
+    .action((src: string, o: ConvertFlags) => {
+      if (o.format === 'torch_dist') return convertTorchDist(src, o);
+      return runWrite(
         o,
         (w) => convert(src, o.output, { ...w, to: o.to, gateUp: o.gateUp, dtype: o.dtype }),
         (s) => `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
         (s) =>
           `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
-      ),
-    );
+      );
+    });
+}
+
+function convertTorchDist(src: string, o: ConvertFlags): Promise<void> {
+  if (o.to !== 'megatron') throw new MoekitError('usage', `--format torch_dist writes Megatron-Core checkpoints: use it with --to megatron (not --to ${o.to})`);
+  if (o.dtype || o.gateUp) throw new MoekitError('usage', '--format torch_dist copies the tensors as they are: convert with --dtype first, then to torch_dist');
+  return runWrite(
+    o,
+    (w) => writeMegatron(src, o.output, w),
+    (s) => `${s.family} → Megatron-Core torch_dist into ${s.destination}`,
+    (s) =>
+      `${s.family} → Megatron-Core torch_dist: ${s.tensors} stacked tensors in ${s.chunks} chunks, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+  );
 }

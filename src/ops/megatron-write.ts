@@ -1,0 +1,265 @@
+/**
+ * `moekit convert --to megatron --format torch_dist`: an HF MoE checkpoint (Mixtral, Qwen2-MoE,
+ * Qwen3-MoE) written as the Megatron-Core `torch_dist` checkpoint `dist_checkpointing.load` reads
+ * into a GPTModel: `latest_checkpointed_iteration.txt`, `iter_0000001/metadata.json`,
+ * `.metadata` and `__0_0.distcp`, with every tensor under its stacked Megatron key, the `args`
+ * the model was built with in `common_state`, and the (empty) `_extra_state` objects of every
+ * linear layer. Each Megatron chunk is a contiguous row range of one HF tensor (megatron-map.ts),
+ * so the job is a streaming byte copy: nothing is transposed or held whole.
+ *
+ * Sources: Megatron-LM `megatron/core/dist_checkpointing/serialization.py` (`load`,
+ * `load_common_state_dict`: the `common_state` ShardedObject, `[dict]`), `strategies/torch.py`,
+ * `mapping.py` (ShardedObject unique keys `<key>/shard_<offset>_<global shape>`),
+ * `megatron/training/checkpointing.py` (tracker file, iteration folder, common state fields);
+ * fixtures/torch/mcore_torch_dist_* (the items Megatron-Core 0.20 writes for these models).
+ */
+import { join, resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { MoekitError } from '../errors.js';
+import type { Dtype } from '../store/dtypes.js';
+import { openStore } from '../store/registry.js';
+import type { TensorStore } from '../store/types.js';
+import { type DcpObjectOut, type DcpTensorOut, torchDtype, writeDcp } from '../store/torch/dcp-writer.js';
+import { tilingProblem } from '../store/torch/gather.js';
+import { FAMILIES, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
+import { type PyOut, py } from '../store/torch/pickler.js';
+import { peakRssMB, withOutput } from '../output/transaction.js';
+import type { WriteOptions } from './options.js';
+
+export interface MegatronWriteSummary {
+  source: string;
+  destination: string;
+  family: string;
+  format: 'torch_dist';
+  tensors: number;
+  chunks: number;
+  bytes: number;
+  files: string[];
+  seconds: number;
+  peakRssMB: number;
+  dryRun?: true;
+  plan?: unknown;
+}
+
+const n = (c: Record<string, unknown>, k: string, fallback?: number): number => {
+  const v = c[k];
+  if (typeof v === 'number') return v;
+  if (fallback !== undefined) return fallback;
+  throw new MoekitError('bad-input', `config.json has no number '${k}'`);
+};
+
+/** The model's sizes from its HF config and tensors. */
+function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string): MegatronDims {
+  const H = n(c, 'hidden_size');
+  const heads = n(c, 'num_attention_heads');
+  const embed = store.has('model.embed_tokens.weight') ? store.info('model.embed_tokens.weight').shape : undefined;
+  if (!embed) throw new MoekitError('bad-input', `${store.dir}: no model.embed_tokens.weight; --format torch_dist writes whole HF models`);
+  const sparse = c.decoder_sparse_step ?? 1;
+  if (sparse !== 1 || (Array.isArray(c.mlp_only_layers) && c.mlp_only_layers.length > 0))
+    throw new MoekitError(
+      'unsupported',
+      `${store.dir}: dense MLP layers beside the MoE ones; --format torch_dist writes models whose every layer is MoE so far`,
+    );
+  const shared = family === 'qwen2_moe' ? n(c, 'shared_expert_intermediate_size') : undefined;
+  return {
+    family,
+    L: n(c, 'num_hidden_layers'),
+    E: n(c, 'num_local_experts', n(c, 'num_experts', 0)),
+    I: family === 'mixtral' ? n(c, 'intermediate_size') : n(c, 'moe_intermediate_size'),
+    H,
+    V: embed[0]!,
+    heads,
+    groups: n(c, 'num_key_value_heads', heads),
+    hd: n(c, 'head_dim', H / heads),
+    Is: shared,
+    sharedGate: store.has(`model.layers.0.mlp.${FAMILIES[family]!.sharedGate}.weight`),
+    output: store.has('lm_head.weight') && c.tie_word_embeddings !== true,
+    qkvBias: store.has('model.layers.0.self_attn.q_proj.bias'),
+    qkNorm: store.has('model.layers.0.self_attn.q_norm.weight'),
+  };
+}
+
+/** The argparse.Namespace Megatron-LM would have saved for this model (the fields its model builders read). */
+function argsOf(d: MegatronDims, c: Record<string, unknown>, dtype: Dtype, iteration: number): PyOut {
+  const rope = (c.rope_parameters as Record<string, unknown> | undefined)?.rope_theta ?? c.rope_theta ?? 10000;
+  const f = FAMILIES[d.family]!;
+  return py.newobj(
+    py.global('argparse', 'Namespace'),
+    py.obj({
+      num_layers: d.L,
+      hidden_size: d.H,
+      ffn_hidden_size: n(c, 'intermediate_size', d.I),
+      num_attention_heads: d.heads,
+      group_query_attention: d.groups !== d.heads,
+      num_query_groups: d.groups,
+      kv_channels: d.hd,
+      max_position_embeddings: n(c, 'max_position_embeddings', 4096),
+      seq_length: n(c, 'max_position_embeddings', 4096),
+      padded_vocab_size: d.V,
+      vocab_size: d.V,
+      position_embedding_type: 'rope',
+      rotary_base: py.float(Number(rope)),
+      rotary_percent: py.float(1),
+      normalization: 'RMSNorm',
+      norm_epsilon: py.float(n(c, 'rms_norm_eps', 1e-6)),
+      swiglu: true,
+      add_bias_linear: false,
+      add_qkv_bias: d.qkvBias,
+      untie_embeddings_and_output_weights: d.output,
+      qk_layernorm: d.qkNorm,
+      num_experts: d.E,
+      moe_router_topk: n(c, 'num_experts_per_tok'),
+      moe_ffn_hidden_size: d.I,
+      moe_shared_expert_intermediate_size: d.Is ?? null,
+      moe_shared_expert_gate: d.sharedGate,
+      moe_router_pre_softmax: f.moe === 'mlp' && c.norm_topk_prob === false,
+      moe_router_score_function: 'softmax',
+      moe_router_load_balancing_type: 'none',
+      moe_grouped_gemm: false,
+      moe_layer_freq: 1,
+      tensor_model_parallel_size: 1,
+      pipeline_model_parallel_size: 1,
+      expert_model_parallel_size: 1,
+      expert_tensor_parallel_size: 1,
+      params_dtype: torchDtype(dtype),
+      bf16: dtype === 'BF16',
+      fp16: dtype === 'F16',
+      ckpt_format: 'torch_dist',
+      iteration,
+    }),
+  );
+}
+
+/** The Megatron tensors (chunk lists over HF byte ranges) and objects of the model. */
+function megatronItems(
+  store: TensorStore,
+  d: MegatronDims,
+  args: PyOut,
+  iteration: number,
+): { tensors: DcpTensorOut[]; objects: DcpObjectOut[]; bytes: number } {
+  const byKey = new Map<string, DcpTensorOut>();
+  let bytes = 0;
+  const extents = new Map<string, number[]>();
+  for (const e of hfEntries(d, (k) => KEYS[k][0])) {
+    if (e.parts.length === 0) continue;
+    if (!store.has(e.name)) throw new MoekitError('bad-input', `${store.dir}: no tensor '${e.name}', which a ${d.family} model of these sizes has`);
+    const t = store.info(e.name);
+    const want = [e.rows, ...e.rest];
+    if (t.shape.join() !== want.join()) throw new MoekitError('bad-input', `${store.dir}: '${e.name}' is [${t.shape}], config.json implies [${want}]`);
+    const rowBytes = t.nbytes / e.rows;
+    for (const p of e.parts) {
+      let out = byKey.get(p.key);
+      if (!out) byKey.set(p.key, (out = { fqn: p.key, dtype: t.dtype, shape: [], chunks: [] }));
+      if (out.dtype !== t.dtype)
+        throw new MoekitError('unsupported', `${store.dir}: '${e.name}' is ${t.dtype}, other tensors Megatron stacks with it ${out.dtype}`);
+      const at = [...p.prefix, p.r0, ...e.rest.map(() => 0)];
+      const sizes = [...p.prefix.map(() => 1), p.rows, ...e.rest];
+      const ext = extents.get(p.key) ?? at.map(() => 0);
+      extents.set(
+        p.key,
+        at.map((a, i) => Math.max(ext[i]!, a + sizes[i]!)),
+      );
+      bytes += p.rows * rowBytes;
+      out.chunks.push({
+        offsets: at,
+        sizes,
+        data: async function* () {
+          for await (const c of store.chunks(t, undefined, 2, p.rowAt * rowBytes, (p.rowAt + p.rows) * rowBytes)) {
+            yield c.data; // written before the generator resumes, so the buffer can go back to its pool
+            c.release?.();
+          }
+        },
+      });
+    }
+  }
+  for (const t of byKey.values()) {
+    t.shape = extents.get(t.fqn)!;
+    const why = tilingProblem(
+      t.shape,
+      t.chunks.map((c) => ({ at: c.offsets, shape: c.sizes })),
+    );
+    if (why) throw new MoekitError('internal', `${t.fqn}: the chunks do not tile [${t.shape}]: ${why}`);
+  }
+  const objects: DcpObjectOut[] = [];
+  const extra = (key: string, shard: string) => objects.push({ fqn: `${key.replace(/\.weight$/, '')}._extra_state/shard_${shard}`, value: [null] });
+  for (let l = 0; l < d.L; l++) {
+    for (const k of [KEYS.proj[0], KEYS.qkv[0]]) extra(k, `${l}_${d.L}`);
+    for (let e = 0; e < d.E; e++) for (const k of [KEYS.fc1[0], KEYS.fc2[0]]) extra(k, `${l}.${e}_${d.L}.${d.E}`);
+    if (d.Is !== undefined) for (const k of [KEYS.sharedFc1[0], KEYS.sharedFc2[0]]) extra(k, `${l}_${d.L}`);
+  }
+  const common = py.obj({
+    args,
+    checkpoint_version: py.float(3),
+    iteration,
+    num_floating_point_operations_so_far: 0,
+    content_metadata: py.obj({ singleton_local_shards: false, chained_optim_avoid_prefix: true }),
+  });
+  objects.push({ fqn: 'common_state/shard_0_1', value: [common] });
+  return { tensors: [...byKey.values()], objects, bytes };
+}
+
+async function allZeroBiases(store: TensorStore, L: number): Promise<boolean> {
+  for (let l = 0; l < L; l++)
+    for (const p of ['q_proj', 'k_proj', 'v_proj']) {
+      const name = `model.layers.${l}.self_attn.${p}.bias`;
+      if (!store.has(name)) return false;
+      const b = await store.read(name);
+      for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+    }
+  return true;
+}
+
+export async function writeMegatron(src: string, dst: string, opts: WriteOptions & { iteration?: number }): Promise<MegatronWriteSummary> {
+  const t0 = Date.now();
+  dst = resolve(dst);
+  const iteration = opts.iteration ?? 1;
+  const store = await openStore(src);
+  try {
+    const config = await store.config();
+    const family = String(config?.model_type ?? '');
+    if (!config || !FAMILIES[family])
+      throw new MoekitError(
+        'unsupported',
+        `${src}: --format torch_dist writes ${Object.keys(FAMILIES).join(', ')} models (this is '${family || 'no config.json'}')`,
+      );
+    const d = dimsOf(store, config, family);
+    // Qwen2-MoE always has q/k/v biases; all-zero ones are a model Megatron builds without --add-qkv-bias
+    if (d.qkvBias && (await allZeroBiases(store, d.L))) d.qkvBias = false;
+    const dtype = store.info('model.embed_tokens.weight').dtype;
+    const { tensors, objects, bytes: total } = megatronItems(store, d, argsOf(d, config, dtype, iteration), iteration);
+    const iter = `iter_${String(iteration).padStart(7, '0')}`;
+    const files = ['latest_checkpointed_iteration.txt', 'config.json', `${iter}/metadata.json`, `${iter}/.metadata`, `${iter}/__0_0.distcp`];
+    const base = {
+      source: src,
+      destination: dst,
+      family,
+      format: 'torch_dist' as const,
+      tensors: tensors.length,
+      chunks: tensors.reduce((a, t) => a + t.chunks.length, 0),
+      bytes: total,
+      files,
+    };
+    if (opts.dryRun)
+      return {
+        ...base,
+        seconds: 0,
+        peakRssMB: peakRssMB(),
+        dryRun: true,
+        plan: tensors.map((t) => ({ key: t.fqn, shape: t.shape, dtype: t.dtype, chunks: t.chunks.length })),
+      };
+    let done = 0;
+    await withOutput(dst, { force: opts.force, sources: [store.dir, ...store.files] }, async (tmp) => {
+      await writeDcp(join(tmp, iter), tensors, objects, {
+        checkpointId: iter,
+        fsync: opts.fsync,
+        onBytes: (b) => opts.onProgress?.((done += b), total),
+      });
+      await writeFile(join(tmp, iter, 'metadata.json'), JSON.stringify({ sharded_backend: 'torch_dist', sharded_backend_version: 1 }));
+      await writeFile(join(tmp, 'latest_checkpointed_iteration.txt'), String(iteration));
+      await writeFile(join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+    });
+    return { ...base, seconds: (Date.now() - t0) / 1000, peakRssMB: peakRssMB() };
+  } finally {
+    await store.close();
+  }
+}
