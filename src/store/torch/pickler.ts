@@ -79,63 +79,75 @@ function str(o: Out, s: string): void {
   o.buf(b);
 }
 
-function write(o: Out, v: PyOut): void {
-  if (v === null) return o.byte(0x4e);
-  if (v === true) return o.byte(0x88);
-  if (v === false) return o.byte(0x89);
-  if (typeof v === 'number') {
-    if (!Number.isInteger(v)) return write(o, py.float(v));
-    return int(o, v);
-  }
-  if (typeof v === 'string') return str(o, v);
-  if (Array.isArray(v)) {
-    o.byte(0x5d); // EMPTY_LIST
-    if (v.length) {
-      o.byte(0x28);
-      for (const x of v) write(o, x);
-      o.byte(0x65); // APPENDS
-    }
-    return;
-  }
+function seq(o: Out, open: number, items: PyOut[], close: number): void {
+  o.byte(open);
+  if (items.length === 0) return;
+  o.byte(0x28); // MARK
+  for (const x of items) write(o, x);
+  o.byte(close);
+}
+
+function structured(o: Out, v: Exclude<PyOut, null | boolean | number | string | PyOut[]>): void {
   switch (v.t) {
     case 'tuple':
-      if (v.items.length === 0) return o.byte(0x29);
-      if (v.items.length > 3) o.byte(0x28);
-      for (const x of v.items) write(o, x);
-      return o.byte(v.items.length > 3 ? 0x74 : [0x85, 0x86, 0x87][v.items.length - 1]!);
-    case 'dict':
-      o.byte(0x7d);
-      if (v.entries.length) {
+      if (v.items.length === 0) o.byte(0x29);
+      else if (v.items.length > 3) {
         o.byte(0x28);
-        for (const [k, x] of v.entries) {
-          write(o, k);
-          write(o, x);
-        }
-        o.byte(0x75); // SETITEMS
+        for (const x of v.items) write(o, x);
+        o.byte(0x74);
+      } else {
+        for (const x of v.items) write(o, x);
+        o.byte([0x85, 0x86, 0x87][v.items.length - 1]!);
       }
-      return;
+      break;
+    case 'dict':
+      seq(
+        o,
+        0x7d,
+        v.entries.flatMap(([k, x]) => [k, x]),
+        0x75,
+      );
+      break;
     case 'float': {
       const b = Buffer.alloc(9);
       b[0] = 0x47; // BINFLOAT, big-endian
       b.writeDoubleBE(v.v, 1);
-      return o.buf(b);
+      o.buf(b);
+      break;
     }
     case 'global':
-      return o.buf(Buffer.from(`c${v.module}\n${v.name}\n`, 'utf8'));
+      o.buf(Buffer.from(`c${v.module}\n${v.name}\n`, 'utf8'));
+      break;
     case 'reduce':
       write(o, v.fn);
       write(o, py.tuple(...v.args));
-      return o.byte(0x52);
+      o.byte(0x52);
+      break;
     case 'obj':
       write(o, v.cls);
       o.byte(0x29, 0x81); // EMPTY_TUPLE, NEWOBJ
-      if (v.state === null) return; // no state: nothing to BUILD
-      write(o, v.state);
-      return o.byte(0x62); // BUILD
+      if (v.state !== null) {
+        write(o, v.state);
+        o.byte(0x62); // BUILD
+      }
+      break;
     case 'pid':
       write(o, v.id);
-      return o.byte(0x51); // BINPERSID
+      o.byte(0x51); // BINPERSID
+      break;
   }
+}
+
+function write(o: Out, v: PyOut): void {
+  if (v === null) o.byte(0x4e);
+  else if (v === true) o.byte(0x88);
+  else if (v === false) o.byte(0x89);
+  else if (typeof v === 'number') {
+    if (Number.isInteger(v)) int(o, v);
+    else structured(o, { t: 'float', v });
+  } else if (typeof v === 'string') str(o, v);
+  else if (Array.isArray(v)) seq(o, 0x5d, v, 0x65);
+  else structured(o, v);
 }
 
 /** The pickle of `v` (protocol 2 header; `protocol` only changes the header). */

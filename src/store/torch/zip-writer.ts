@@ -92,16 +92,16 @@ export class ZipWriter {
       c.writeUInt16LE(45, 6);
       c.writeUInt16LE(0x0808, 8);
       c.writeUInt32LE(e.crc, 16);
-      c.writeUInt32LE(e.size >= U32 ? U32 : e.size, 20);
-      c.writeUInt32LE(e.size >= U32 ? U32 : e.size, 24);
+      c.writeUInt32LE(Math.min(e.size, U32), 20);
+      c.writeUInt32LE(Math.min(e.size, U32), 24);
       c.writeUInt16LE(e.name.length, 28);
       c.writeUInt16LE(extra, 30);
-      c.writeUInt32LE(e.offset >= U32 ? U32 : e.offset, 42);
+      c.writeUInt32LE(Math.min(e.offset, U32), 42);
       e.name.copy(c, 46);
       if (extra) {
         c.writeUInt16LE(1, 46 + e.name.length);
         c.writeUInt16LE(8 * z64.length, 48 + e.name.length);
-        z64.forEach((v, i) => c.writeBigUInt64LE(v, 50 + e.name.length + 8 * i));
+        for (let i = 0; i < z64.length; i++) c.writeBigUInt64LE(z64[i]!, 50 + e.name.length + 8 * i);
       }
       await this.sink.write(c);
     }
