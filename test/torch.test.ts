@@ -349,6 +349,21 @@ describe('writing Megatron-Core torch_dist (convert --to megatron --format torch
       expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, twin, 'model.safetensors'))));
     });
 
+  it('--format dcp: the converted tensors as a DCP folder, equal to what torch.distributed.checkpoint.save wrote for the same model', async () => {
+    const out = join(tmp.dir, 'write-dcp');
+    const r = runCli(['convert', join(FIXTURES, 'qwen3_moe'), '--to', 'hf-fused', '--format', 'dcp', '-o', out]);
+    expect(r.code, r.stderr).toBe(0);
+    const ours = await openStore(out);
+    const theirs = await openStore(join(TORCH, 'dcp_qwen3_moe'));
+    expect([ours.format, ours.names().sort()]).toEqual(['dcp', theirs.names().sort()]);
+    for (const n of theirs.names()) expect(Buffer.compare(await ours.read(n), await theirs.read(n)), n).toBe(0);
+    await ours.close();
+    await theirs.close();
+    const back = join(tmp.dir, 'write-dcp-hf');
+    expect(runCli(['convert', out, '--to', 'hf', '-o', back]).code).toBe(0);
+    expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(FIXTURES, 'qwen3_moe', 'model.safetensors'))));
+  });
+
   it('the pickles and zips moekit writes read back through the restricted unpickler under --strict', () => {
     const out = join(tmp.dir, 'write-strict');
     expect(runCli(['convert', join(FIXTURES, 'qwen3_moe'), '--to', 'megatron', '--format', 'torch_dist', '-o', out]).code).toBe(0);

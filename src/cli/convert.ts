@@ -12,7 +12,7 @@ import { writeMegatron } from '../ops/megatron-write.js';
 
 interface ConvertFlags extends WriteFlags {
   to: string;
-  format: 'safetensors' | 'torch_dist';
+  format: 'safetensors' | 'torch_dist' | 'dcp';
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
 }
@@ -27,8 +27,11 @@ export function registerConvert(program: Command): void {
     .addOption(new Option('--gate-up <order>', 'order of gate and up in a fused gate/up tensor').choices(['concat', 'interleaved']))
     .addOption(new Option('--dtype <dtype>', 'cast every float tensor to f32, bf16 or f16 (round to nearest even)').argParser(dtypeArg))
     .addOption(
-      new Option('--format <container>', 'container of the output: safetensors, or torch_dist (with --to megatron: a checkpoint Megatron-Core loads)')
-        .choices(['safetensors', 'torch_dist'])
+      new Option(
+        '--format <container>',
+        'container of the output: safetensors; dcp (a torch.distributed.checkpoint folder of the converted tensors); torch_dist (with --to megatron: a checkpoint Megatron-Core loads)',
+      )
+        .choices(['safetensors', 'dcp', 'torch_dist'])
         .default('safetensors'),
     );
   writeFlags(cmd)
@@ -74,10 +77,10 @@ export function registerConvert(program: Command): void {
       if (o.format === 'torch_dist') return convertTorchDist(src, o);
       return runWrite(
         o,
-        (w) => convert(src, o.output, { ...w, to: o.to, gateUp: o.gateUp, dtype: o.dtype }),
+        (w) => convert(src, o.output, { ...w, to: o.to, gateUp: o.gateUp, dtype: o.dtype, format: o.format === 'dcp' ? 'dcp' : undefined }),
         (s) => `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
         (s) =>
-          `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => f.endsWith('.safetensors')).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+          `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => /\.(safetensors|distcp)$/.test(f)).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
       );
     });
 }

@@ -21,6 +21,8 @@ export interface ConvertOptions extends WriteOptions {
   to: string;
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
+  /** container of the weights: safetensors (default) or a DCP folder */
+  format?: 'safetensors' | 'dcp';
   /** the dtype config.json records when the tensors are not cast (what a dequantizing store decodes to); default `dtype` */
   recordDtype?: FloatDtype;
 }
@@ -101,8 +103,9 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     ...(mk ? [{ name: 'moekit.json', json: mk }] : []),
     ...(await sideFilesOf(store.dir)),
   ];
-  const { files, index } = splitFiles(tensors, opts.maxShardSize);
-  const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? 4) };
+  const format = opts.format ?? 'safetensors';
+  const { files, index } = splitFiles(tensors, opts.maxShardSize, format);
+  const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles, format }], jobs: Math.max(1, opts.jobs ?? 4) };
   return { plan, source, target, meta, identity, gateUp, moeLayers };
 }
 

@@ -32,6 +32,6 @@ export async function quant(src: string, dst: string, opts: QuantOptions): Promi
       throw new MoekitError('bad-input', `${src} is already quantized; dequantize it first (moekit dequant ${src} -o <dst>)`);
     return new Fp8QuantStore(inner, block, opts);
   });
-  const s = await convertStore(store, src, dst, { ...opts, to: 'hf', dtype: undefined });
+  const s = await convertStore(store, src, dst, { ...opts, to: 'hf', dtype: undefined, format: undefined });
   return { ...s, identity: false, format: opts.format, block, quantized: store.quantized };
 }
