@@ -349,6 +349,27 @@ describe('writing Megatron-Core torch_dist (convert --to megatron --format torch
       expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, twin, 'model.safetensors'))));
     });
 
+  for (const v of ['plain', 'shared'])
+    it(`shard --ep 2 --to megatron --format torch (${v}): each rank file holds exactly what Megatron's own EP=2 legacy files hold`, async () => {
+      const out = join(tmp.dir, `legacy-${v}`);
+      const r = runCli(['shard', join(TORCH, `mcore_torch_dist_${v}`, 'model.safetensors'), '--ep', '2', '--to', 'megatron', '--format', 'torch', '-o', out]);
+      expect(r.code, r.stderr).toBe(0);
+      for (const rank of ['mp_rank_00_000', 'mp_rank_00_001']) {
+        const ours = await openStore(join(out, 'iter_0000001', rank, 'model_optim_rng.pt'));
+        const theirs = await openStore(join(TORCH, `mcore_legacy_${v}_ep2`, 'iter_0000001', rank, 'model_optim_rng.pt'));
+        expect(ours.names().sort()).toEqual(theirs.names().sort());
+        for (const n of theirs.names()) {
+          expect([ours.info(n).dtype, ours.info(n).shape], n).toEqual([theirs.info(n).dtype, theirs.info(n).shape]);
+          expect(Buffer.compare(await ours.read(n), await theirs.read(n)), n).toBe(0);
+        }
+        await ours.close();
+        await theirs.close();
+      }
+      const back = join(tmp.dir, `legacy-${v}-hf`);
+      expect(runCli(['convert', out, '--to', 'hf', '-o', back]).code).toBe(0);
+      expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, `mcore_torch_dist_${v}`, 'model.safetensors'))));
+    });
+
   it('--format dcp: the converted tensors as a DCP folder, equal to what torch.distributed.checkpoint.save wrote for the same model', async () => {
     const out = join(tmp.dir, 'write-dcp');
     const r = runCli(['convert', join(FIXTURES, 'qwen3_moe'), '--to', 'hf-fused', '--format', 'dcp', '-o', out]);

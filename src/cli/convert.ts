@@ -9,10 +9,11 @@ import { dtypeArg, writeFlags, type WriteFlags } from './options.js';
 import { human } from './progress.js';
 import { MoekitError } from '../errors.js';
 import { writeMegatron } from '../ops/megatron-write.js';
+import { writeMegatronLegacy } from '../ops/megatron-legacy-write.js';
 
 interface ConvertFlags extends WriteFlags {
   to: string;
-  format: 'safetensors' | 'torch_dist' | 'dcp';
+  format: 'safetensors' | 'torch_dist' | 'torch' | 'dcp';
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
 }
@@ -29,9 +30,9 @@ export function registerConvert(program: Command): void {
     .addOption(
       new Option(
         '--format <container>',
-        'container of the output: safetensors; dcp (a torch.distributed.checkpoint folder of the converted tensors); torch_dist (with --to megatron: a checkpoint Megatron-Core loads)',
+        'container of the output: safetensors; dcp (a torch.distributed.checkpoint folder of the converted tensors); with --to megatron: torch_dist (Megatron-Core dist checkpoint) or torch (legacy mp_rank_00/model_optim_rng.pt; per EP rank with moekit shard)',
       )
-        .choices(['safetensors', 'dcp', 'torch_dist'])
+        .choices(['safetensors', 'dcp', 'torch_dist', 'torch'])
         .default('safetensors'),
     );
   writeFlags(cmd)
@@ -74,7 +75,7 @@ export function registerConvert(program: Command): void {
       ].join('\n'),
     )
     .action((src: string, o: ConvertFlags) => {
-      if (o.format === 'torch_dist') return convertTorchDist(src, o);
+      if (o.format === 'torch_dist' || o.format === 'torch') return convertMegatron(src, o, 1);
       return runWrite(
         o,
         (w) => convert(src, o.output, { ...w, to: o.to, gateUp: o.gateUp, dtype: o.dtype, format: o.format === 'dcp' ? 'dcp' : undefined }),
@@ -85,9 +86,25 @@ export function registerConvert(program: Command): void {
     });
 }
 
-function convertTorchDist(src: string, o: ConvertFlags): Promise<void> {
-  if (o.to !== 'megatron') throw new MoekitError('usage', `--format torch_dist writes Megatron-Core checkpoints: use it with --to megatron (not --to ${o.to})`);
-  if (o.dtype || o.gateUp) throw new MoekitError('usage', '--format torch_dist copies the tensors as they are: convert with --dtype first, then to torch_dist');
+/** --to megatron --format torch_dist | torch: the whole model as Megatron itself saves it (also `moekit shard --format torch`). */
+export function convertMegatron(src: string, o: WriteFlags & { to?: string; format: string; dtype?: unknown; gateUp?: unknown }, ep: number): Promise<void> {
+  if (o.to !== 'megatron')
+    throw new MoekitError('usage', `--format ${o.format} writes Megatron checkpoints: use it with --to megatron (not --to ${o.to ?? 'its own layout'})`);
+  if (o.dtype || o.gateUp)
+    throw new MoekitError('usage', `--format ${o.format} copies the tensors as they are: convert with --dtype first, then to ${o.format}`);
+  if (o.format === 'torch')
+    return runWrite(
+      o,
+      (w) => writeMegatronLegacy(src, o.output, { ...w, ep }),
+      (s) => `${s.family} → Megatron legacy torch format, EP ${s.ep} into ${s.destination}`,
+      (s) =>
+        `${s.family} → Megatron legacy torch format, EP ${s.ep}: ${s.ranks.join(', ')}, ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+    );
+  if (ep !== 1)
+    throw new MoekitError(
+      'usage',
+      'a torch_dist checkpoint holds every expert whatever the EP size (Megatron-Core reshards on load): write it with moekit convert',
+    );
   return runWrite(
     o,
     (w) => writeMegatron(src, o.output, w),

@@ -5,6 +5,8 @@ import { TARGET_NAMES } from '../../converters/index.js';
 import { printResult } from './plan-output.js';
 import { numberArg, writeFlags, type WriteFlags } from './options.js';
 import { human, progress } from './progress.js';
+import { convertMegatron } from './convert.js';
+import { MoekitError } from '../errors.js';
 
 interface CutFlags extends WriteFlags {
   ep: number;
@@ -13,6 +15,7 @@ interface CutFlags extends WriteFlags {
   placement?: 'contiguous' | 'round-robin';
   dense?: 'replicate' | 'rank0';
   rank?: number;
+  format?: 'safetensors' | 'torch';
 }
 
 function report(s: ShardSummary, json?: boolean): void {
@@ -63,6 +66,12 @@ const cutArgs = (o: CutFlags, onProgress: (b: number, t: number) => void) => ({
 
 export function registerShard(program: Command): void {
   cutFlags(program.command('shard').argument('<src>', 'checkpoint folder, .safetensors file, or model.safetensors.index.json'), true)
+    .addOption(
+      new Option(
+        '--format <container>',
+        'safetensors rank folders (default), or torch with --to megatron: Megatron legacy iter_0000001/mp_rank_00_<r>/model_optim_rng.pt',
+      ).choices(['safetensors', 'torch']),
+    )
     .description('cut a MoE checkpoint into expert-parallel (and expert-TP) rank checkpoints, streaming')
     .addHelpText(
       'after',
@@ -79,9 +88,15 @@ export function registerShard(program: Command): void {
         '  moekit shard fixtures/hf/qwen3_moe --ep 4 -o /tmp/q3-ep4',
         '  moekit shard /models/Mixtral-8x7B --ep 8 --etp 2 --to te -o /ckpt/mixtral-ep8',
         '  moekit shard /models/ds --ep 8 --rank $SLURM_ARRAY_TASK_ID -o /ckpt/ds-ep8   # one job per rank',
+        '  moekit shard /models/Mixtral-8x7B --ep 8 --to megatron --format torch -o /ckpt/mcore   # Megatron legacy per-rank files',
       ].join('\n'),
     )
     .action(async (src: string, o: CutFlags) => {
+      if (o.format === 'torch') {
+        if (o.etp > 1 || o.rank !== undefined || o.placement === 'round-robin')
+          throw new MoekitError('usage', '--format torch writes Megatron legacy rank files: contiguous experts, ETP 1, every rank in one run');
+        return convertMegatron(src, { ...o, format: 'torch' }, o.ep);
+      }
       const bar = progress(o.json || o.dryRun);
       const s = await shard(
         src,

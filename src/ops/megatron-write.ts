@@ -49,7 +49,7 @@ const n = (c: Record<string, unknown>, k: string, fallback?: number): number => 
 };
 
 /** The model's sizes from its HF config and tensors. */
-function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string): MegatronDims {
+export function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string): MegatronDims {
   const H = n(c, 'hidden_size');
   const heads = n(c, 'num_attention_heads');
   const embed = store.has('model.embed_tokens.weight') ? store.info('model.embed_tokens.weight').shape : undefined;
@@ -80,7 +80,7 @@ function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string):
 }
 
 /** The argparse.Namespace Megatron-LM would have saved for this model (the fields its model builders read). */
-function argsOf(d: MegatronDims, c: Record<string, unknown>, dtype: Dtype, iteration: number): PyOut {
+export function argsOf(d: MegatronDims, c: Record<string, unknown>, dtype: Dtype, iteration: number, extra: Record<string, PyOut> = {}): PyOut {
   const rope = (c.rope_parameters as Record<string, unknown> | undefined)?.rope_theta ?? c.rope_theta ?? 10000;
   const f = FAMILIES[d.family]!;
   return py.newobj(
@@ -126,6 +126,7 @@ function argsOf(d: MegatronDims, c: Record<string, unknown>, dtype: Dtype, itera
       fp16: dtype === 'F16',
       ckpt_format: 'torch_dist',
       iteration,
+      ...extra,
     }),
   );
 }
@@ -198,7 +199,7 @@ function megatronItems(
   return { tensors: [...byKey.values()], objects, bytes };
 }
 
-async function allZeroBiases(store: TensorStore, L: number): Promise<boolean> {
+export async function allZeroBiases(store: TensorStore, L: number): Promise<boolean> {
   for (let l = 0; l < L; l++)
     for (const p of ['q_proj', 'k_proj', 'v_proj']) {
       const name = `model.layers.${l}.self_attn.${p}.bias`;

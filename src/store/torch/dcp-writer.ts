@@ -49,7 +49,7 @@ const size = (dims: number[]): PyOut => py.reduce(py.global('torch', 'Size'), py
 const M = 'torch.distributed.checkpoint.metadata';
 
 /** A file written front to back, counting its bytes. */
-class FileSink implements Sink {
+export class FileSink implements Sink {
   pos = 0;
   constructor(private readonly fh: FileHandle) {}
   async write(b: Uint8Array): Promise<void> {
@@ -60,7 +60,7 @@ class FileSink implements Sink {
 }
 
 /** One torch.save archive into `sink`: the pickle, its storages, and the records torch writes around them. */
-async function writeTorchSave(sink: Sink, value: PyOut, storages: AsyncIterable<Uint8Array>[] = [], prefix = 'archive'): Promise<void> {
+export async function writeTorchSave(sink: Sink, value: PyOut, storages: AsyncIterable<Uint8Array>[] = [], prefix = 'archive'): Promise<void> {
   const z = new ZipWriter(sink);
   await z.add(`${prefix}/data.pkl`, pickle(value));
   await z.add(`${prefix}/.format_version`, Buffer.from('1'));
@@ -77,7 +77,7 @@ async function writeTorchSave(sink: Sink, value: PyOut, storages: AsyncIterable<
 }
 
 /** `torch._utils._rebuild_tensor_v2` of a contiguous tensor over storage key `key`. */
-function tensorRef(key: string, dtype: Dtype, shape: number[]): PyOut {
+export function tensorRef(key: string, dtype: Dtype, shape: number[]): PyOut {
   const t = TORCH_DTYPE[dtype];
   if (!t) throw new MoekitError('unsupported', `torch has no storage type moekit writes for ${dtype}`);
   const pid = py.pid(py.tuple('storage', py.global('torch', t[1]), key, 'cpu', numel(shape)));

@@ -17,6 +17,7 @@ export type PyOut =
   | PyOut[]
   | { t: 'tuple'; items: PyOut[] }
   | { t: 'dict'; entries: [PyOut, PyOut][] }
+  | { t: 'odict'; entries: [PyOut, PyOut][] }
   | { t: 'float'; v: number }
   | { t: 'global'; module: string; name: string }
   | { t: 'reduce'; fn: PyOut; args: PyOut[] }
@@ -27,6 +28,8 @@ export type PyOut =
 export const py = {
   tuple: (...items: PyOut[]): PyOut => ({ t: 'tuple', items }),
   dict: (entries: [PyOut, PyOut][]): PyOut => ({ t: 'dict', entries }),
+  /** collections.OrderedDict (what module.state_dict() pickles as) */
+  odict: (entries: [PyOut, PyOut][]): PyOut => ({ t: 'odict', entries }),
   /** a dict from a plain object's own keys, in order */
   obj: (o: Record<string, PyOut>): PyOut => ({ t: 'dict', entries: Object.entries(o) }),
   float: (v: number): PyOut => ({ t: 'float', v }),
@@ -108,6 +111,17 @@ function structured(o: Out, v: Exclude<PyOut, null | boolean | number | string |
         0x75,
       );
       break;
+    case 'odict': {
+      write(o, py.global('collections', 'OrderedDict'));
+      o.byte(0x29, 0x52); // EMPTY_TUPLE, REDUCE
+      const items = v.entries.flatMap(([k, x]) => [k, x]);
+      if (items.length) {
+        o.byte(0x28);
+        for (const x of items) write(o, x);
+        o.byte(0x75);
+      }
+      break;
+    }
     case 'float': {
       const b = Buffer.alloc(9);
       b[0] = 0x47; // BINFLOAT, big-endian
