@@ -220,6 +220,50 @@ describe('restricted unpickler', () => {
   });
 });
 
+describe('NeMo Automodel sharded safetensors (torch HuggingFaceStorageWriter from 2 ranks)', () => {
+  const nemo = join(TORCH, 'nemo_sharded_qwen3_moe');
+  it('experts split by EP and embeddings by rows assemble into the HF model: byte-identical to the twin, and verified', () => {
+    const r = runCli(['convert', nemo, '--to', 'hf', '-o', join(tmp.dir, 'nemo-hf'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).sourceLayout).toBe('hf-fused');
+    expect(sha(readFileSync(join(tmp.dir, 'nemo-hf', 'model.safetensors')))).toBe(sha(readFileSync(join(FIXTURES, 'qwen3_moe', 'model.safetensors'))));
+    const v = runCli(['verify', join(nemo, 'model'), '--reference', join(FIXTURES, 'qwen3_moe', 'reference.safetensors'), '--cpu']);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+  });
+  it('a rank file missing (half the experts gone, KempnerForge #202) is refused against config.json, not read as a smaller model', () => {
+    const d = join(tmp.dir, 'nemo-missing');
+    cpSync(nemo, d, { recursive: true });
+    rmSync(join(d, 'model', 'shard-00002-model-00001-of-00001.safetensors'));
+    expect(runCli(['inspect', d]).stdout).toMatch(/config\.json says 8 experts, tensors hold 4/);
+    for (const cmd of [
+      ['convert', d, '--to', 'hf', '-o', join(tmp.dir, 'never')],
+      ['verify', d, '--reference', join(FIXTURES, 'qwen3_moe', 'reference.safetensors'), '--cpu'],
+    ]) {
+      const r = runCli(cmd);
+      expect(r.code, cmd[0]).toBeGreaterThan(1);
+      expect(r.stderr.trim().split('\n').at(-1)).toMatch(/no router tensor|holds 4 experts, config\.json says 8/);
+    }
+    // the experts of a whole rank gone while the router stayed: the count against config.json catches it
+    const e = join(tmp.dir, 'dcp-fewer');
+    cpSync(join(TORCH, 'dcp_qwen3_moe'), e, { recursive: true });
+    const cfg = JSON.parse(readFileSync(join(e, 'config.json'), 'utf8'));
+    writeFileSync(join(e, 'config.json'), JSON.stringify({ ...cfg, num_experts: 16, num_local_experts: 16 }));
+    const r = runCli(['convert', e, '--to', 'hf', '-o', join(tmp.dir, 'never')]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/layer 0 holds 8 experts, config\.json says 16: a shard or rank file is missing/);
+    // a piece lying about where it sits (overlapping another) is refused by the tiling check
+    const f = join(d, 'model', 'shard-00001-model-00001-of-00001.safetensors');
+    cpSync(join(nemo, 'model', 'shard-00002-model-00001-of-00001.safetensors'), join(d, 'model', 'shard-00002-model-00001-of-00001.safetensors'));
+    const b = readFileSync(f);
+    const lie = b
+      .toString('latin1')
+      .replace('\\"model.embed_tokens.weight\\": {\\"saved_offsets\\": [0, 0]}', '\\"model.embed_tokens.weight\\": {\\"saved_offsets\\": [9, 0]}');
+    expect(lie).not.toBe(b.toString('latin1'));
+    writeFileSync(f, Buffer.from(lie, 'latin1'));
+    expect(runCli(['inspect', d]).stderr).toMatch(/the pieces of 'model\.embed_tokens\.weight' do not tile/);
+  });
+});
+
 describe('Megatron-Core torch_dist (written by Megatron-Core 0.20)', () => {
   const mc = join(TORCH, 'mcore_torch_dist_plain');
   it('reads as an HF Mixtral: inspect, convert --to hf byte-identical to the twin, verify against Megatron’s own MoE outputs', () => {

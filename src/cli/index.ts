@@ -12,7 +12,7 @@ import { registerDequant } from './dequant.js';
 import { setQuiet } from './progress.js';
 import { registerQuant } from './quant.js';
 import { registerPlan } from './plan.js';
-import { setStrictPickles } from '../store/registry.js';
+import { setMegatronHints, setStrictPickles } from '../store/registry.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -39,6 +39,8 @@ function buildProgram(): Command {
         'Checkpoints may be safetensors, torch.save (.bin/.pt/.pth, sharded with an index), DCP folders or',
         "Megatron-Core torch_dist checkpoints. Pickles are read by moekit's own unpickler, which never runs",
         'code; --strict (anywhere) refuses any pickle that names a class outside its allow list.',
+        'A Megatron checkpoint reads as the HF family its args imply, or that config.json beside it names;',
+        '--family <mixtral|qwen2_moe|qwen3_moe> and --hf-config <config.json> (anywhere) say it instead.',
         "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
     )
@@ -67,6 +69,26 @@ function exitCodeOf(e: unknown): number {
   return EXIT_CODES.internal;
 }
 
+/** `--hf-config <file>` and `--family <name>` (but upcycle's own --family) name how a Megatron checkpoint reads as HF. */
+function takeMegatronHints(argv: string[]): string[] {
+  const rest = argv.slice(0, 2);
+  const hints: { family?: string; hfConfig?: string } = {};
+  const upcycle = argv[2] === 'upcycle';
+  for (let i = 2; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf('=');
+    const flag = eq > 0 ? a.slice(0, eq) : a;
+    if (flag === '--hf-config' || (flag === '--family' && !upcycle)) {
+      const v = eq > 0 ? a.slice(eq + 1) : argv[++i];
+      if (v === undefined) throw new MoekitError('usage', `${flag} needs a value`);
+      if (flag === '--hf-config') hints.hfConfig = v;
+      else hints.family = v;
+    } else rest.push(a);
+  }
+  setMegatronHints(hints);
+  return rest;
+}
+
 /** Run the CLI; returns the exit code. Errors meant for the user print as one line. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
@@ -79,6 +101,7 @@ export async function main(argv: string[]): Promise<number> {
   setStrictPickles(strict);
   if (strict) argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--strict')];
   try {
+    argv = takeMegatronHints(argv);
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {

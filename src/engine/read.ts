@@ -385,6 +385,14 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
     out.push(readLayer(ck, n, l.matches, spec, o, meta));
   }
   if (out.length === 0) throw new MoekitError('unsupported', `no tensors of layout '${spec.id}' found`);
+  // a model folder (not a moekit rank, whose moekit.json names its subset) holds every expert config.json names
+  const want = meta.config && !meta.moekit ? familyFacts(meta.config).numExperts : 0;
+  for (const l of out)
+    if (want && l.experts.length !== want)
+      throw new MoekitError(
+        'bad-input',
+        `layer ${l.layer} holds ${l.experts.length} experts, config.json says ${want}: a shard or rank file is missing, or config.json belongs to another model`,
+      );
   return {
     family: meta.family,
     modelType: meta.modelType,

@@ -9,11 +9,17 @@ import { join } from 'node:path';
 import { MoekitError } from '../errors.js';
 import type { TensorStore } from './types.js';
 import { SafetensorsStore } from './safetensors/reader.js';
+import { DcpShardedStore } from './safetensors/dcp-sharded.js';
 import { DcpStore } from './torch/dcp.js';
-import { MegatronStore } from './torch/megatron.js';
+import { type MegatronHints, MegatronStore } from './torch/megatron.js';
 import { TorchSaveStore } from './torch/torch-save.js';
 
 let strictPickles = false;
+let megatronHints: MegatronHints = {};
+/** `--family` / `--hf-config`: the HF family and config a Megatron checkpoint is read as, when its args cannot tell. */
+export function setMegatronHints(h: MegatronHints): void {
+  megatronHints = h;
+}
 /** `--strict`: pickles naming a global outside the allow list are refused instead of kept inert. */
 export function setStrictPickles(on: boolean): void {
   strictPickles = on;
@@ -92,7 +98,11 @@ async function openFolder(path: string, names: string[]): Promise<TensorStore | 
     (names.includes('metadata.json') && names.includes('.metadata')) ||
     names.some((n) => /^mp_rank_\d+/.test(n))
   )
-    return MegatronStore.open(path, { strict: strictPickles });
+    return MegatronStore.open(path, { strict: strictPickles, ...megatronHints });
+  // torch's HuggingFaceStorageWriter (NeMo Automodel sharded safetensors): per-rank pieces, here or in model/
+  if (DcpShardedStore.holds(names) && !names.some((n) => n.endsWith('.safetensors.index.json'))) return DcpShardedStore.open(path);
+  if (names.includes('model') && !names.includes('model.safetensors') && DcpShardedStore.holds(await readdir(join(path, 'model')).catch(() => [])))
+    return DcpShardedStore.open(join(path, 'model'), path);
   const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
   if (weights.length > 0) return SafetensorsStore.open(path);
   const opts = { strict: strictPickles };

@@ -49,6 +49,19 @@ interface HfTensor extends TensorInfo {
   parts: Part[];
 }
 
+export interface MegatronHints {
+  /** the HF family to read the checkpoint as (default: config.json beside it, else what the args imply) */
+  family?: string;
+  /** an HF config.json to use instead of the one beside the checkpoint */
+  hfConfig?: string;
+}
+
+async function readHfConfig(path: string): Promise<Record<string, unknown>> {
+  const c = await readJsonIfExists(path);
+  if (!c) throw new MoekitError('not-found', `--hf-config ${path}: no such file`);
+  return c;
+}
+
 /** The argparse Namespace of the run that wrote the checkpoint. */
 class Args {
   constructor(
@@ -89,7 +102,7 @@ export class MegatronStore extends TensorMap implements TensorStore {
   }
 
   /** Open a Megatron checkpoint folder (with latest_checkpointed_iteration.txt) or one `iter_N` folder of it. */
-  static async open(path: string, opts: ReadOptions = {}): Promise<MegatronStore> {
+  static async open(path: string, opts: ReadOptions & MegatronHints = {}): Promise<MegatronStore> {
     const { root, iterDir } = await findIteration(resolve(path));
     const names = await readdir(iterDir);
     let src: StackedSource;
@@ -113,8 +126,10 @@ export class MegatronStore extends TensorMap implements TensorStore {
       });
     }
     try {
-      const given = await readJsonIfExists(join(root, 'config.json'));
-      const family = pickFamily(args, src, given, iterDir);
+      const given = opts.hfConfig ? await readHfConfig(opts.hfConfig) : await readJsonIfExists(join(root, 'config.json'));
+      if (opts.family && !FAMILIES[opts.family])
+        throw new MoekitError('usage', `--family ${opts.family}: Megatron checkpoints are read as ${Object.keys(FAMILIES).join(', ')}`);
+      const family = opts.family ?? pickFamily(args, src, given, iterDir);
       const st = new MegatronStore(root, src, family, given ?? {}, !(src instanceof DcpStore));
       st.build(args, iterDir);
       if (!given) Object.assign(st.hfConfig, deriveConfig(args, family, st.info('model.embed_tokens.weight').dtype));
