@@ -22,7 +22,7 @@ import { readAt } from '../torch/zip.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { SafetensorsFile } from './reader.js';
 
-export const SHARD_FILE = /^shard-\d+-model-\d+-of-\d+\.safetensors$/;
+const SHARD_FILE = /^shard-\d+-model-\d+-of-\d+\.safetensors$/;
 const INFO_KEY = 'DCP_SHARDING_INFO';
 
 interface Located {
