@@ -344,6 +344,10 @@ describe('Megatron-Core torch_dist (written by Megatron-Core 0.20)', () => {
     expect(runCli(['inspect', out]).code).toBe(0);
     // the iteration folder itself opens too
     expect(runCli(['inspect', join(d, 'iter_0000001')]).code).toBe(0);
+    // --hf-config / --family say how to read it when the args cannot (checked against them)
+    expect(JSON.parse(runCli(['inspect', d, '--json', '--hf-config', join(mc, 'config.json')]).stdout).family).toBe('mixtral');
+    expect(runCli(['inspect', d, '--family', 'qwen2_moe']).stderr).toMatch(/HF qwen2_moe has a shared expert, the checkpoint none/);
+    expect(runCli(['inspect', d, '--family', 'llama']).stderr).toMatch(/--family llama: Megatron checkpoints are read as mixtral, qwen2_moe, qwen3_moe/);
     writeFileSync(join(d, 'latest_checkpointed_iteration.txt'), '7');
     expect(runCli(['inspect', d]).stderr).toMatch(/names iter_0000007, which is not there \(folders: iter_0000001\)/);
   });
