@@ -11,6 +11,7 @@ import type { TensorStore } from './types.js';
 import { SafetensorsStore } from './safetensors/reader.js';
 import { DcpShardedStore } from './safetensors/dcp-sharded.js';
 import { DcpStore } from './torch/dcp.js';
+import { hubId, resolveHubId } from './hub.js';
 import { type MegatronHints, MegatronStore } from './torch/megatron.js';
 import { TorchSaveStore } from './torch/torch-save.js';
 
@@ -133,7 +134,10 @@ export async function openStore(path: string): Promise<TensorStore> {
   try {
     st = await stat(path);
   } catch {
-    throw new MoekitError('not-found', `${path}: no such file or folder`);
+    // not a path: a Hub id (org/name[@revision]) found in the local Hugging Face cache
+    if (!hubId(path)) throw new MoekitError('not-found', `${path}: no such file or folder`);
+    path = await resolveHubId(path);
+    st = await stat(path);
   }
   if (st.isDirectory()) {
     const names = await readdir(path);

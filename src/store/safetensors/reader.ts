@@ -8,6 +8,7 @@ import { open, realpath, stat, readdir, type FileHandle } from 'node:fs/promises
 import { isAbsolute, join, relative, resolve, sep, basename } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { readJsonIfExists, readSmallFile } from '../json.js';
+import { linkRoot } from '../hub.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { TensorMap } from '../tensor-map.js';
 import { checkHeaderLength, parseHeaderJson, type ParsedHeader } from './header.js';
@@ -136,7 +137,8 @@ export class SafetensorsStore extends TensorMap implements TensorStore {
     if (!idx || typeof idx !== 'object' || !idx.weight_map || typeof idx.weight_map !== 'object' || Array.isArray(idx.weight_map)) {
       throw new MoekitError('bad-input', `${indexPath}: no weight_map object in index`);
     }
-    const realDir = await realpath(dir);
+    // an HF cache snapshot's shards are links into its repo's blobs/: allowed there, nowhere else
+    const realDir = await linkRoot(await realpath(dir));
     const byFile = new Map<string, string[]>();
     for (const [name, file] of Object.entries(idx.weight_map)) {
       const full = safeShardPath(dir, file, indexPath);
