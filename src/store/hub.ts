@@ -24,7 +24,7 @@ export function hubId(s: string): { org: string; name: string; revision?: string
   return { org: m[1]!, name: m[2]!, revision: m[3] };
 }
 
-export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
   if (env.HUGGINGFACE_HUB_CACHE) return env.HUGGINGFACE_HUB_CACHE;
   if (env.HF_HOME) return join(env.HF_HOME, 'hub');
