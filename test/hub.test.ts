@@ -4,7 +4,10 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FIXTURES, runCli, tempDir } from './helpers.js';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { FIXTURES, ROOT, runCli, tempDir } from './helpers.js';
 
 const tmp = tempDir('moekit-hub-');
 afterAll(() => tmp.cleanup());
@@ -60,13 +63,102 @@ describe('Hugging Face Hub ids from the local cache', () => {
   });
 
   it('an id not in the cache, or a revision not downloaded, is one line saying how to download it', () => {
-    const r = runCli(['inspect', 'Qwen/Qwen3-30B-A3B'], { env });
+    const off = { ...env, HF_HUB_OFFLINE: '1' };
+    const r = runCli(['inspect', 'Qwen/Qwen3-30B-A3B'], { env: off });
     expect(r.code).toBe(2);
     expect(r.stderr.trim()).toMatch(
       /^moekit: error: Qwen\/Qwen3-30B-A3B: not found in the Hugging Face cache \(.*\); download it first: hf download Qwen\/Qwen3-30B-A3B/,
     );
-    expect(runCli(['inspect', 'mistralai/Mixtral-tiny@v2'], { env }).stderr).toMatch(/no revision 'v2' .* hf download mistralai\/Mixtral-tiny --revision v2/);
+    expect(runCli(['inspect', 'mistralai/Mixtral-tiny@v2'], { env: off }).stderr).toMatch(
+      /no revision 'v2' .* hf download mistralai\/Mixtral-tiny --revision v2/,
+    );
     // path tricks are not ids
-    expect(runCli(['inspect', '../etc'], { env }).stderr).toMatch(/\.\.\/etc: no such file or folder/);
+    expect(runCli(['inspect', '../etc'], { env: off }).stderr).toMatch(/\.\.\/etc: no such file or folder/);
   });
+});
+
+/** The CLI without blocking this process (the mock Hub below answers from it). */
+function runAsync(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((res) => {
+    const p = spawn(process.execPath, [join(ROOT, 'bin', 'moekit.js'), ...args], {
+      env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp', ...env },
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('close', (code) => res({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+/**
+ * A local server that serves folders the way the Hub does: the revision API (sha, siblings),
+ * /resolve/ answering weight files with a 302 to a CDN path, ranged GETs (206 + Content-Range),
+ * and a repo that needs a token.
+ */
+function mockHub(repos: Record<string, string>, token: string): Promise<{ url: string; close: () => void; ranges: string[] }> {
+  const ranges: string[] = [];
+  const sha = (id: string) => createHash('sha1').update(id).digest('hex');
+  const server = createServer((req, res) => {
+    const u = new URL(req.url ?? '/', 'http://x');
+    const deny = () => {
+      res.writeHead(401).end('{"error":"unauthorized"}');
+    };
+    let m = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(u.pathname);
+    if (m) {
+      const dir = repos[m[1]!];
+      if (!dir) return void res.writeHead(404).end('{}');
+      if (m[1]!.startsWith('private/') && req.headers.authorization !== `Bearer ${token}`) return deny();
+      return void res
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ id: m[1], sha: sha(m[1]!), siblings: readdirSync(dir).map((rfilename) => ({ rfilename })) }));
+    }
+    m = /^\/([^/]+\/[^/]+)\/resolve\/([0-9a-f]{40})\/(.+)$/.exec(u.pathname);
+    if (m) {
+      if (m[1]!.startsWith('private/') && req.headers.authorization !== `Bearer ${token}`) return deny();
+      // weight files live on the "CDN": a redirect, as the Hub sends LFS files
+      if (m[3]!.endsWith('.safetensors')) return void res.writeHead(302, { location: `/cdn/${m[1]}/${m[3]}` }).end();
+      return void res.writeHead(200).end(readFileSync(join(repos[m[1]!]!, m[3]!)));
+    }
+    m = /^\/cdn\/([^/]+\/[^/]+)\/(.+)$/.exec(u.pathname);
+    if (m) {
+      const body = readFileSync(join(repos[m[1]!]!, m[2]!));
+      const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (!r) return void res.writeHead(200).end(body);
+      ranges.push(req.headers.range!);
+      const a = Number(r[1]);
+      const b = Math.min(Number(r[2]), body.length - 1);
+      return void res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${body.length}` }).end(body.subarray(a, b + 1));
+    }
+    res.writeHead(404).end();
+  });
+  return new Promise((ok) =>
+    server.listen(0, '127.0.0.1', () => ok({ url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close(), ranges })),
+  );
+}
+
+describe('Hub ids not in the cache stream from the Hub (a local server that answers as the Hub does)', () => {
+  it('inspect reads headers only; convert streams every tensor through ranged reads; verify matches transformers; a private repo needs HF_TOKEN', async () => {
+    const sharded = join(tmp.dir, 'ds-remote');
+    expect(runCli(['convert', join(FIXTURES, 'deepseek_v3'), '--to', 'hf', '--max-shard-size', '60000', '-o', sharded]).code).toBe(0);
+    const hub = await mockHub({ 'org/mixtral': join(FIXTURES, 'mixtral'), 'org/ds': sharded, 'private/mixtral': join(FIXTURES, 'mixtral') }, 'sekrit');
+    try {
+      const env = { HF_ENDPOINT: hub.url, HF_HUB_CACHE: join(tmp.dir, 'empty-cache') };
+      const i = await runAsync(['inspect', 'org/mixtral', '--json'], env);
+      expect(i.code, i.stderr).toBe(0);
+      expect(JSON.parse(i.stdout).numExperts).toBe(8);
+      expect(hub.ranges.length).toBe(2); // the 8-byte length and the header: no tensor bytes
+      const out = join(tmp.dir, 'remote-te');
+      const c = await runAsync(['convert', 'org/ds', '--to', 'te', '-o', out], env);
+      expect(c.code, c.stderr).toBe(0);
+      const v = await runAsync(['verify', out, join(FIXTURES, 'deepseek_v3'), '--cpu'], {});
+      expect(v.code, v.stdout + v.stderr).toBe(0);
+      const p = await runAsync(['inspect', 'private/mixtral'], env);
+      expect(p.stderr).toMatch(/refused access \(401\); set HF_TOKEN/);
+      expect((await runAsync(['inspect', 'private/mixtral'], { ...env, HF_TOKEN: 'sekrit' })).code).toBe(0);
+      expect((await runAsync(['inspect', 'org/none'], env)).stderr).toMatch(/org\/none: not on the Hub \(404/);
+    } finally {
+      hub.close();
+    }
+  }, 60_000);
 });

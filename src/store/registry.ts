@@ -12,6 +12,7 @@ import { SafetensorsStore } from './safetensors/reader.js';
 import { DcpShardedStore } from './safetensors/dcp-sharded.js';
 import { DcpStore } from './torch/dcp.js';
 import { hubId, resolveHubId } from './hub.js';
+import { hubOffline, RemoteSafetensorsStore } from './remote.js';
 import { type MegatronHints, MegatronStore } from './torch/megatron.js';
 import { TorchSaveStore } from './torch/torch-save.js';
 
@@ -128,15 +129,30 @@ async function openFolder(path: string, names: string[]): Promise<TensorStore | 
   return undefined;
 }
 
+/** A Hub id not in the cache: stream it from the Hub, or say both why not and how to download it. */
+async function fromHub(id: string, revision: string | undefined, notCached: Error): Promise<TensorStore> {
+  if (hubOffline() || !(notCached instanceof MoekitError) || notCached.code !== 'not-found') throw notCached;
+  try {
+    return await RemoteSafetensorsStore.open(id, revision);
+  } catch (e) {
+    if (e instanceof MoekitError && e.code === 'io' && /cannot reach/.test(e.message))
+      throw new MoekitError('not-found', `${notCached.message.replace(/; download it first/, ', and the Hub cannot be reached; download it first')}`);
+    throw e;
+  }
+}
+
 /** Open a checkpoint: a folder, a weight file, or an index.json, in any container moekit reads. */
 export async function openStore(path: string): Promise<TensorStore> {
   let st: Stats;
   try {
     st = await stat(path);
   } catch {
-    // not a path: a Hub id (org/name[@revision]) found in the local Hugging Face cache
-    if (!hubId(path)) throw new MoekitError('not-found', `${path}: no such file or folder`);
-    path = await resolveHubId(path);
+    // not a path: a Hub id (org/name[@revision]), from the local Hugging Face cache or else streamed from the Hub
+    const id = hubId(path);
+    if (!id) throw new MoekitError('not-found', `${path}: no such file or folder`);
+    const cached = await resolveHubId(path).catch((e: unknown) => e as Error);
+    if (typeof cached !== 'string') return fromHub(`${id.org}/${id.name}`, id.revision, cached);
+    path = cached;
     st = await stat(path);
   }
   if (st.isDirectory()) {
