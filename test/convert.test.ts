@@ -4,13 +4,14 @@
  * fixture; refusals (unknown layout, mixed shapes, lossy, quantized, existing destination).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { convert } from '../src/ops/convert.js';
 import { inspectCheckpoint } from '../src/ops/inspect.js';
 import { openStore } from '../src/store/registry.js';
 import { TARGET_NAMES } from '../converters/index.js';
 import { FIXTURES, fixtureNames, dump, diff, tempDir, cli, synth, type Dumped } from './convert-helpers.js';
+import { runCli } from './helpers.js';
 
 const NON_HF = TARGET_NAMES.filter((t) => t !== 'hf');
 const tmp = tempDir();
@@ -548,5 +549,46 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
     expect(f.code, f.stderr).toBe(0);
     expect(readdirSync(m)).not.toContain('stale.txt');
     expect(readdirSync(m)).toContain('.moekit-output');
+  });
+});
+
+describe('output folders users can load', () => {
+  it('config.json byte-identical when unchanged; other-format weights skipped with a line each; a model card keeping the source card and license', () => {
+    const { dir, cleanup } = tempDir('moekit-card-');
+    try {
+      const src = join(dir, 'src');
+      cpSync(join(FIXTURES, 'mixtral'), src, { recursive: true });
+      writeFileSync(join(src, 'pytorch_model.bin'), 'stale');
+      mkdirSync(join(src, 'original'));
+      writeFileSync(join(src, 'README.md'), '---\nlicense: apache-2.0\ntags:\n- old\n---\n# Tiny Mixtral\nIts card.\n');
+      writeFileSync(join(src, 'tokenizer.json'), '{}');
+      const out = join(dir, 'te');
+      const r = runCli(['convert', src, '--to', 'te', '-o', out, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).skipped).toEqual(['original/', 'pytorch_model.bin']);
+      expect(r.stderr).toMatch(/skipped: pytorch_model\.bin \(weights in another format; not copied\)/);
+      expect(readdirSync(out).sort()).toEqual([
+        '.moekit-output',
+        'README.md',
+        'config.json',
+        'generation_config.json',
+        'model.safetensors',
+        'moekit.json',
+        'tokenizer.json',
+      ]);
+      expect(readFileSync(join(out, 'config.json'))).toEqual(readFileSync(join(src, 'config.json')));
+      const card = readFileSync(join(out, 'README.md'), 'utf8');
+      expect(card).toMatch(/^---\nlicense: apache-2\.0\ntags:\n- moekit\n- mixture-of-experts\n- mixtral\n- te\n---\n/);
+      expect(card).toContain(`moekit convert ${src} --to te -o <this folder>\n`);
+      expect(card).toMatch(/Load it with Megatron-Core with Transformer Engine/);
+      expect(card).toMatch(/## Original model card\n\n# Tiny Mixtral\nIts card\./);
+      // --dtype changes config.json (dtype recorded); --no-card keeps the source's README.md as it is
+      const bf = join(dir, 'bf16');
+      expect(runCli(['convert', src, '--to', 'hf', '--dtype', 'bf16', '--no-card', '-q', '-o', bf]).code).toBe(0);
+      expect(JSON.parse(readFileSync(join(bf, 'config.json'), 'utf8')).dtype).toBe('bfloat16');
+      expect(readFileSync(join(bf, 'README.md'), 'utf8')).toBe(readFileSync(join(src, 'README.md'), 'utf8'));
+    } finally {
+      cleanup();
+    }
   });
 });

@@ -13,6 +13,7 @@ import { writeMegatronLegacy } from '../ops/megatron-legacy-write.js';
 
 interface ConvertFlags extends WriteFlags {
   to: string;
+  card: boolean;
   format: 'safetensors' | 'torch_dist' | 'torch' | 'dcp';
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
@@ -34,7 +35,8 @@ export function registerConvert(program: Command): void {
       )
         .choices(['safetensors', 'dcp', 'torch_dist', 'torch'])
         .default('safetensors'),
-    );
+    )
+    .option('--no-card', "don't write README.md (a model card: base_model, tags, this command, who loads the layout; the source's card below it)");
   writeFlags(cmd)
     .description('convert the experts of a MoE checkpoint to another layout, streaming and bit-exact')
     .addHelpText(
@@ -78,13 +80,37 @@ export function registerConvert(program: Command): void {
       if (o.format === 'torch_dist' || o.format === 'torch') return convertMegatron(src, o, 1);
       return runWrite(
         o,
-        (w) => convert(src, o.output, { ...w, to: o.to, gateUp: o.gateUp, dtype: o.dtype, format: o.format === 'dcp' ? 'dcp' : undefined }),
+        (w) =>
+          convert(src, o.output, {
+            ...w,
+            to: o.to,
+            gateUp: o.gateUp,
+            dtype: o.dtype,
+            format: o.format === 'dcp' ? 'dcp' : undefined,
+            card: o.card ? { command: commandLine() } : undefined,
+          }),
         (s) => `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
         (s) =>
           `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => /\.(safetensors|distcp)$/.test(f)).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+        () => [],
+        (s) => s.skipped.map((n) => `skipped: ${n} (weights in another format; not copied)`),
       );
     });
 }
+
+/** flags that change how a run goes, not what it writes: left out of the card */
+const RUN_ONLY = new Set(['--force', '--no-fsync', '-q', '--quiet', '--json', '--strict']);
+
+/** This run's command line as a user would retype it (quoted where needed), the destination shown as `<this folder>`, without RUN_ONLY flags and --jobs */
+const commandLine = (): string => {
+  const here = '<this folder>';
+  const args = process.argv
+    .slice(2)
+    .map((a, i, all) => (all[i - 1] === '-o' || all[i - 1] === '--output' ? here : a.startsWith('--output=') ? `--output=${here}` : a))
+    .filter((a, i, all) => !RUN_ONLY.has(a) && a !== '--jobs' && all[i - 1] !== '--jobs' && !a.startsWith('--jobs='));
+  const quote = (a: string) => (a.endsWith(here) || /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`);
+  return ['moekit', ...args.map(quote)].join(' ');
+};
 
 /** --to megatron --format torch_dist | torch: the whole model as Megatron itself saves it (also `moekit shard --format torch`). */
 export function convertMegatron(src: string, o: WriteFlags & { to?: string; format: string; dtype?: unknown; gateUp?: unknown }, ep: number): Promise<void> {

@@ -13,6 +13,7 @@ import { setQuiet } from './progress.js';
 import { registerQuant } from './quant.js';
 import { registerPlan } from './plan.js';
 import { setMegatronHints, setStrictPickles } from '../store/registry.js';
+import { MOEKIT_VERSION } from '../output/card.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -44,7 +45,7 @@ function buildProgram(): Command {
         "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
     )
-    .version('0.1.0')
+    .version(MOEKIT_VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerInspect(program);

@@ -1,7 +1,7 @@
 /** `--dry-run` text output: the plan described by engine/plan.ts `describePlan`, one line per output file. */
 import { peakRssMB } from '../output/transaction.js';
 import type { WriteFlags } from './options.js';
-import { progress } from './progress.js';
+import { info, progress } from './progress.js';
 
 interface DescribedPlan {
   expectedPeakMB: number;
@@ -65,6 +65,7 @@ export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
   head: (s: S) => string,
   line: (s: S) => string,
   warnings: (s: S) => string[] = () => [],
+  notes: (s: S) => string[] = () => [],
 ): Promise<void> {
   const bar = progress(o.json || o.dryRun);
   const s = await run({
@@ -77,5 +78,6 @@ export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
   });
   bar.done();
   for (const w of warnings(s)) process.stderr.write(`warning: ${w}\n`);
+  for (const n of notes(s)) info(n);
   printResult(s, o.json, head(s), () => line(s), { peakRssMB: peakRssMB() });
 }

@@ -3,7 +3,9 @@
  * the target tensors (engine/plan.ts) and run the plan (engine/execute.ts) inside an output
  * transaction (output/transaction.ts): nothing partial is ever left at the destination.
  */
-import { resolve } from 'node:path';
+import { readJsonIfExists } from '../store/json.js';
+import { basename, join, resolve } from 'node:path';
+import { modelCard } from '../output/card.js';
 import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
@@ -23,6 +25,8 @@ export interface ConvertOptions extends WriteOptions {
   dtype?: FloatDtype;
   /** container of the weights: safetensors (default) or a DCP folder */
   format?: 'safetensors' | 'dcp';
+  /** write README.md, a model card naming this command (the CLI passes its command line); absent: no card */
+  card?: { command: string };
   /** the dtype config.json records when the tensors are not cast (what a dequantizing store decodes to); default `dtype` */
   recordDtype?: FloatDtype;
 }
@@ -41,12 +45,15 @@ export interface ConvertSummary {
   bytes: number;
   files: string[];
   seconds: number;
+  /** files of the source not copied: weights in another format (and original/) */
+  skipped: string[];
   /** with dryRun: nothing was written, and `plan` says what would be */
   dryRun?: true;
   plan?: unknown;
 }
 
 interface Planned {
+  skipped: string[];
   plan: Plan;
   source: LayoutSpec;
   target: LayoutSpec;
@@ -98,15 +105,25 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     moeLayers = ir.layers.length;
   }
   const cfg = outputConfig(meta, target, opts.dtype ?? opts.recordDtype);
+  // config.json unchanged (no cast recorded): the source's own bytes, not a re-serialisation
+  const cfgFile = join(store.dir, 'config.json');
+  const same = cfg && JSON.stringify(cfg) === JSON.stringify(await readJsonIfExists(cfgFile).catch(() => undefined));
+  const skipped: string[] = [];
+  const own = store.files.map((f) => basename(f));
   const sideFiles: SideFile[] = [
-    ...(cfg ? [{ name: 'config.json', json: cfg }] : []),
+    ...(cfg ? [same ? { name: 'config.json', copyFrom: cfgFile } : { name: 'config.json', json: cfg }] : []),
     ...(mk ? [{ name: 'moekit.json', json: mk }] : []),
-    ...(await sideFilesOf(store.dir)),
+    ...(await sideFilesOf(store.dir, skipped, opts.card ? ['README.md'] : [])),
   ];
+  if (opts.card)
+    sideFiles.push({
+      name: 'README.md',
+      text: await modelCard({ command: opts.card.command, source: src, family: meta.family, layout: target.id, hf: Boolean(target.families) }, store.dir),
+    });
   const format = opts.format ?? 'safetensors';
   const { files, index } = splitFiles(tensors, opts.maxShardSize, format);
   const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles, format }], jobs: Math.max(1, opts.jobs ?? 4) };
-  return { plan, source, target, meta, identity, gateUp, moeLayers };
+  return { plan, source, target, meta, identity, gateUp, moeLayers, skipped: skipped.filter((n) => !own.includes(n)) };
 }
 
 /** Names of every file a planned checkpoint folder gets. */
@@ -135,6 +152,7 @@ export async function convertStore(store: TensorStore, src: string, dst: string,
       identity: p.identity,
       moeLayers: p.moeLayers,
       tensors: p.plan.outputs[0]!.files.reduce((a, f) => a + f.tensors.length, 0),
+      skipped: p.skipped,
     };
     if (opts.dryRun) return { ...base, bytes: total, files: plannedFiles(p.plan), seconds: (Date.now() - t0) / 1000, dryRun: true, plan: describePlan(p.plan) };
     let done = 0;

@@ -348,10 +348,16 @@ export async function withOutput<T>(dst: string, opts: OutputOptions, write: (tm
 
 /** Files of a checkpoint folder that are not weights or moekit's own: they travel to every output. */
 const NOT_SIDE =
-  /\.safetensors$|\.index\.json$|\.bin$|\.pt$|\.pth$|\.distcp$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|^latest_checkpointed_iteration\.txt$|\.moekit-|^\./;
+  /\.safetensors$|\.index\.json$|^config\.json$|^moekit\.json$|^moekit-manifest\.json$|^rank-manifest\.json$|^latest_checkpointed_iteration\.txt$|\.moekit-|^\./;
+/** Weights in another container than the output's: not copied, each named on a `skipped:` line. */
+const OTHER_WEIGHTS = /\.(bin|pt|pth|gguf|distcp|msgpack|h5|onnx|ckpt)$/;
+const OTHER_WEIGHT_DIRS = new Set(['original']);
 
-/** The side files of `dir` (regular files only, top level) as {name, path}. */
-export async function sideFilesOf(dir: string): Promise<{ name: string; copyFrom: string }[]> {
+/**
+ * The side files of `dir` (regular files only, top level) as {name, path}; weights of other formats
+ * (and `original/`) are left out, their names added to `skipped`, and so is every name in `except`.
+ */
+export async function sideFilesOf(dir: string, skipped: string[] = [], except: readonly string[] = []): Promise<{ name: string; copyFrom: string }[]> {
   let names: string[];
   try {
     names = await readdir(dir);
@@ -360,9 +366,11 @@ export async function sideFilesOf(dir: string): Promise<{ name: string; copyFrom
   }
   const out: { name: string; copyFrom: string }[] = [];
   for (const name of names.sort()) {
-    if (NOT_SIDE.test(name)) continue;
+    if (NOT_SIDE.test(name) || except.includes(name)) continue;
     const p = join(dir, name);
-    if ((await stat(p).catch(() => undefined))?.isFile()) out.push({ name, copyFrom: p });
+    const st = await stat(p).catch(() => undefined);
+    if (OTHER_WEIGHTS.test(name) || (st?.isDirectory() && OTHER_WEIGHT_DIRS.has(name))) skipped.push(st?.isDirectory() ? `${name}/` : name);
+    else if (st?.isFile()) out.push({ name, copyFrom: p });
   }
   return out;
 }
