@@ -11,16 +11,16 @@
  * dict), `megatron/core/transformer/moe/experts.py` (SequentialMLP local experts);
  * fixtures/torch/mcore_legacy_* (the keys Megatron-Core 0.20 writes).
  */
-import { mkdir, open, writeFile } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { MoekitError } from '../errors.js';
 import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import { FileSink, tensorRef, writeTorchSave } from '../store/torch/dcp-writer.js';
-import { FAMILIES, hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from '../store/torch/megatron-map.js';
+import { hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
-import { allZeroBiases, argsOf, dimsOf } from './megatron-write.js';
+import { argsOf, megatronRoot, megatronSource } from './megatron-write.js';
 import type { WriteOptions } from './options.js';
 
 export interface LegacyWriteSummary {
@@ -103,16 +103,8 @@ export async function writeMegatronLegacy(src: string, dst: string, opts: WriteO
   const ep = opts.ep ?? 1;
   const store = await openStore(src);
   try {
-    const config = await store.config();
-    const family = String(config?.model_type ?? '');
-    if (!config || !FAMILIES[family])
-      throw new MoekitError(
-        'unsupported',
-        `${src}: --format torch writes ${Object.keys(FAMILIES).join(', ')} models (this is '${family || 'no config.json'}')`,
-      );
-    const d = dimsOf(store, config, family);
+    const { config, family, d } = await megatronSource(store, src, 'torch');
     if (d.E % ep !== 0) throw new MoekitError('usage', `--ep ${ep} does not divide the ${d.E} experts`);
-    if (d.qkvBias && (await allZeroBiases(store, d.L))) d.qkvBias = false;
     const ranks = legacyTensors(store, d, ep);
     const dtype = store.info('model.embed_tokens.weight').dtype;
     const args = argsOf(d, config, dtype, 1, { expert_model_parallel_size: ep, ckpt_format: 'torch', world_size: ep, data_parallel_size: ep });
@@ -150,8 +142,7 @@ export async function writeMegatronLegacy(src: string, dst: string, opts: WriteO
           await fh.close();
         }
       }
-      await writeFile(join(tmp, 'latest_checkpointed_iteration.txt'), '1');
-      await writeFile(join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+      await megatronRoot(tmp, 1, config);
     });
     return { ...base, bytes, seconds: (Date.now() - t0) / 1000, peakRssMB: peakRssMB() };
   } finally {

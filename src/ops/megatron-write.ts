@@ -49,7 +49,7 @@ const n = (c: Record<string, unknown>, k: string, fallback?: number): number => 
 };
 
 /** The model's sizes from its HF config and tensors. */
-export function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string): MegatronDims {
+function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string): MegatronDims {
   const H = n(c, 'hidden_size');
   const heads = n(c, 'num_attention_heads');
   const embed = store.has('model.embed_tokens.weight') ? store.info('model.embed_tokens.weight').shape : undefined;
@@ -199,7 +199,7 @@ function megatronItems(
   return { tensors: [...byKey.values()], objects, bytes };
 }
 
-export async function allZeroBiases(store: TensorStore, L: number): Promise<boolean> {
+async function allZeroBiases(store: TensorStore, L: number): Promise<boolean> {
   for (let l = 0; l < L; l++)
     for (const p of ['q_proj', 'k_proj', 'v_proj']) {
       const name = `model.layers.${l}.self_attn.${p}.bias`;
@@ -210,22 +210,38 @@ export async function allZeroBiases(store: TensorStore, L: number): Promise<bool
   return true;
 }
 
+/** An HF model Megatron can hold: its config, family and Megatron dims (what both Megatron writers start from). */
+export async function megatronSource(
+  store: TensorStore,
+  src: string,
+  format: string,
+): Promise<{ config: Record<string, unknown>; family: string; d: MegatronDims }> {
+  const config = await store.config();
+  const family = String(config?.model_type ?? '');
+  if (!config || !FAMILIES[family])
+    throw new MoekitError(
+      'unsupported',
+      `${src}: --format ${format} writes ${Object.keys(FAMILIES).join(', ')} models (this is '${family || 'no config.json'}')`,
+    );
+  const d = dimsOf(store, config, family);
+  // Qwen2-MoE always has q/k/v biases; all-zero ones are a model Megatron builds without --add-qkv-bias
+  if (d.qkvBias && (await allZeroBiases(store, d.L))) d.qkvBias = false;
+  return { config, family, d };
+}
+
+/** The files around Megatron's iteration folder: the tracker, and the HF config (so the way back needs no --hf-config). */
+export async function megatronRoot(tmp: string, iteration: number, config: Record<string, unknown>): Promise<void> {
+  await writeFile(join(tmp, 'latest_checkpointed_iteration.txt'), String(iteration));
+  await writeFile(join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+}
+
 export async function writeMegatron(src: string, dst: string, opts: WriteOptions & { iteration?: number }): Promise<MegatronWriteSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
   const iteration = opts.iteration ?? 1;
   const store = await openStore(src);
   try {
-    const config = await store.config();
-    const family = String(config?.model_type ?? '');
-    if (!config || !FAMILIES[family])
-      throw new MoekitError(
-        'unsupported',
-        `${src}: --format torch_dist writes ${Object.keys(FAMILIES).join(', ')} models (this is '${family || 'no config.json'}')`,
-      );
-    const d = dimsOf(store, config, family);
-    // Qwen2-MoE always has q/k/v biases; all-zero ones are a model Megatron builds without --add-qkv-bias
-    if (d.qkvBias && (await allZeroBiases(store, d.L))) d.qkvBias = false;
+    const { config, family, d } = await megatronSource(store, src, 'torch_dist');
     const dtype = store.info('model.embed_tokens.weight').dtype;
     const { tensors, objects, bytes: total } = megatronItems(store, d, argsOf(d, config, dtype, iteration), iteration);
     const iter = `iter_${String(iteration).padStart(7, '0')}`;
@@ -256,8 +272,7 @@ export async function writeMegatron(src: string, dst: string, opts: WriteOptions
         onBytes: (b) => opts.onProgress?.((done += b), total),
       });
       await writeFile(join(tmp, iter, 'metadata.json'), JSON.stringify({ sharded_backend: 'torch_dist', sharded_backend_version: 1 }));
-      await writeFile(join(tmp, 'latest_checkpointed_iteration.txt'), String(iteration));
-      await writeFile(join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+      await megatronRoot(tmp, iteration, config);
     });
     return { ...base, seconds: (Date.now() - t0) / 1000, peakRssMB: peakRssMB() };
   } finally {

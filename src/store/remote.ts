@@ -11,9 +11,8 @@
  * (`/{repo}/resolve/{rev}/{file}`, ranged GETs, 302 to the CDN); the safetensors format.
  */
 import { MoekitError } from '../errors.js';
-import { type BufferPool, type Chunk, pooledChunks, sharedPool } from './pool.js';
 import { checkHeaderLength, type ParsedHeader, parseHeaderJson } from './safetensors/header.js';
-import { TensorMap } from './tensor-map.js';
+import { BaseStore } from './base.js';
 import type { TensorInfo, TensorStore } from './types.js';
 
 const endpoint = (): string => (process.env.HF_ENDPOINT || 'https://huggingface.co').replace(/\/+$/, '');
@@ -25,7 +24,7 @@ interface RemoteFile {
   header: ParsedHeader;
 }
 
-export class RemoteSafetensorsStore extends TensorMap implements TensorStore {
+export class RemoteSafetensorsStore extends BaseStore implements TensorStore {
   readonly format = 'safetensors';
   metadata: Record<string, string> | undefined;
   private cfg: Record<string, unknown> | undefined;
@@ -93,24 +92,16 @@ export class RemoteSafetensorsStore extends TensorMap implements TensorStore {
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
-    const info = (typeof t === 'string' ? this.info(t) : t) as RemoteTensor;
-    const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start)
-      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
-    const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
+    const { info, end: e, out } = this.range<RemoteTensor>(t, start, end, into);
     if (e === start) return out;
     const { body } = await getRange(info.remote.url, info.at + start, info.at + e, `${this.id}: '${info.name}'`);
     body.copy(out);
     return out;
   }
 
-  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
-  }
   async config(): Promise<Record<string, unknown> | undefined> {
     return this.cfg;
   }
-  async close(): Promise<void> {}
 }
 
 interface RemoteTensor extends TensorInfo {

@@ -10,14 +10,14 @@
  * `_gen_file_name`), `hf_storage.py`, `_consolidate_hf_safetensors.py`; NeMo Automodel
  * docs/guides/checkpointing.md; fixtures/torch/nemo_sharded_qwen3_moe (written by torch 2.11).
  */
-import { type FileHandle, open, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { dtypeSize, numel } from '../dtypes.js';
 import { readJsonIfExists } from '../json.js';
-import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.js';
-import { TensorMap } from '../tensor-map.js';
-import { contiguousStrides, gather, type Piece, tilingProblem } from '../torch/gather.js';
+import { BaseStore } from '../base.js';
+import { contiguousStrides } from '../../engine/ir.js';
+import { gather, type Piece, tilingProblem } from '../torch/gather.js';
 import { readAt } from '../torch/zip.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { SafetensorsFile } from './reader.js';
@@ -35,10 +35,9 @@ interface ShardedInfo extends TensorInfo {
   pieces: Located[];
 }
 
-export class DcpShardedStore extends TensorMap implements TensorStore {
+export class DcpShardedStore extends BaseStore implements TensorStore {
   readonly format = 'safetensors-dcp-sharded';
   readonly metadata: Record<string, string> = { format: 'pt' };
-  private handles = new Map<string, Promise<FileHandle>>();
   private constructor(
     readonly dir: string,
     readonly files: string[],
@@ -103,18 +102,8 @@ export class DcpShardedStore extends TensorMap implements TensorStore {
     return st;
   }
 
-  private handle(file: string): Promise<FileHandle> {
-    let h = this.handles.get(file);
-    if (!h) this.handles.set(file, (h = open(file, 'r')));
-    return h;
-  }
-
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
-    const info = (typeof t === 'string' ? this.info(t) : t) as ShardedInfo;
-    const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start)
-      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
-    const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
+    const { info, end: e, out } = this.range<ShardedInfo>(t, start, end, into);
     const es = dtypeSize(info.dtype);
     const pieces: Piece[] = [];
     for (const p of info.pieces) {
@@ -130,16 +119,8 @@ export class DcpShardedStore extends TensorMap implements TensorStore {
     return gather(info.shape, es, pieces, start, e, out);
   }
 
-  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
-  }
   /** config.json beside the shards, else in the folder above (a run's model/ folder) */
   async config(): Promise<Record<string, unknown> | undefined> {
     return (await readJsonIfExists(join(this.dir, 'config.json'))) ?? (await readJsonIfExists(join(this.shardDir, '..', 'config.json')));
-  }
-  async close(): Promise<void> {
-    const hs = [...this.handles.values()];
-    this.handles.clear();
-    await Promise.all(hs.map(async (h) => (await h.catch(() => undefined))?.close().catch(() => undefined)));
   }
 }

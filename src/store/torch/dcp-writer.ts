@@ -15,7 +15,7 @@ import { type FileHandle, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { type Dtype, numel } from '../dtypes.js';
-import { contiguousStrides } from './gather.js';
+import { contiguousStrides } from '../../engine/ir.js';
 import { type PyOut, pickle, py } from './pickler.js';
 import { type Sink, ZipWriter } from './zip-writer.js';
 

@@ -10,16 +10,16 @@
  * length, transform_descriptors)`, `FileSystemReader`), `format_utils.py` (`dcp_to_torch_save`);
  * `../shared/fixtures/torch/README.md`.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { type Dtype, dtypeSize, isDtype, numel } from '../dtypes.js';
 import { readJsonIfExists } from '../json.js';
-import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.js';
 import { safeShardPath } from '../safetensors/reader.js';
-import { TensorMap } from '../tensor-map.js';
+import { BaseStore } from '../base.js';
 import type { TensorInfo, TensorStore } from '../types.js';
-import { contiguousStrides, gather, type Piece, restrict, tilingProblem } from './gather.js';
+import { contiguousStrides } from '../../engine/ir.js';
+import { gather, type Piece, restrict, tilingProblem } from './gather.js';
 import { type Py, PyDict, PyGlobal, PyObj, PyTuple, TORCH_DTYPES, TorchTensor, unpickle } from './pickle.js';
 import { type ReadOptions, TorchSaveArchive } from './torch-save.js';
 import { readAt } from './zip.js';
@@ -56,14 +56,13 @@ const ints = (v: Py | undefined): number[] | undefined =>
 const field = (o: Py | undefined, name: string): Py | undefined => (o instanceof PyObj ? o.field(name) : undefined);
 const cls = (o: Py | undefined): string => (o instanceof PyObj ? o.className.split('.').pop()! : typeof o);
 
-export class DcpStore extends TensorMap implements TensorStore {
+export class DcpStore extends BaseStore implements TensorStore {
   readonly format: string = 'dcp';
   /** what transformers' save_pretrained records in a safetensors header, so converted folders match its own output */
   readonly metadata: Record<string, string> = { format: 'pt' };
   readonly files: string[];
   /** bytes items (pickled objects), by key */
   readonly objects = new Map<string, Item>();
-  private handles = new Map<string, Promise<FileHandle>>();
   private located = new Map<DcpChunk, Promise<Piece>>();
 
   protected constructor(
@@ -164,17 +163,6 @@ export class DcpStore extends TensorMap implements TensorStore {
     return { name, dtype: dtype as Dtype, shape: shape as number[], nbytes: numel(shape as number[]) * dtypeSize(dtype as Dtype), chunks };
   }
 
-  private handle(file: string): Promise<FileHandle> {
-    let h = this.handles.get(file);
-    if (!h) {
-      h = open(file, 'r').catch((e: NodeJS.ErrnoException) => {
-        throw new MoekitError('io', `${file}: cannot open (${e.code ?? e.message})`);
-      });
-      this.handles.set(file, h);
-    }
-    return h;
-  }
-
   /** The unpickled object of a bytes item (Megatron's `common_state`, `_extra_state`). */
   async object(key: string): Promise<Py> {
     const it = this.objects.get(key);
@@ -249,27 +237,13 @@ export class DcpStore extends TensorMap implements TensorStore {
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
-    const info = (typeof t === 'string' ? this.info(t) : t) as DcpTensorInfo;
-    const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start)
-      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
-    const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
+    const { info, end: e, out } = this.range<DcpTensorInfo>(t, start, end, into);
     const es = dtypeSize(info.dtype);
     const pieces = await this.pieces(info, Math.floor(start / es), Math.ceil(e / es));
     return gather(info.shape, es, pieces, start, e, out);
   }
 
-  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
-  }
-
   async config(): Promise<Record<string, unknown> | undefined> {
     return (await readJsonIfExists(join(this.dir, 'config.json'))) ?? (await readJsonIfExists(join(this.dcpDir, 'config.json')));
-  }
-
-  async close(): Promise<void> {
-    const hs = [...this.handles.values()];
-    this.handles.clear();
-    await Promise.all(hs.map(async (h) => (await h.catch(() => undefined))?.close().catch(() => undefined)));
   }
 }

@@ -5,6 +5,7 @@
  * boxes placed in the row-major logical tensor; a read visits only the rows of the pieces that
  * fall in the requested range and reads each piece's source in bounded spans.
  */
+import { contiguousStrides } from '../../engine/ir.js';
 import { numel } from '../dtypes.js';
 
 export interface Piece {
@@ -28,16 +29,6 @@ interface Row {
 
 /** largest source span read at once, in bytes */
 const SPAN = 32 * 2 ** 20;
-
-export function contiguousStrides(shape: readonly number[]): number[] {
-  const st = new Array<number>(shape.length);
-  let acc = 1;
-  for (let k = shape.length - 1; k >= 0; k--) {
-    st[k] = acc;
-    acc *= shape[k]!;
-  }
-  return st;
-}
 
 /** The rows (runs along the last dim) of `p` whose logical elements fall in [s, e). */
 function rowsIn(p: Piece, L: number[], s: number, e: number, out: Row[]): void {

@@ -19,8 +19,7 @@ import { join, resolve } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { type Dtype, dtypeSize, numel } from '../dtypes.js';
 import { readJsonIfExists, readSmallFile } from '../json.js';
-import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.js';
-import { TensorMap } from '../tensor-map.js';
+import { BaseStore } from '../base.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { DcpStore } from './dcp.js';
 import { openLegacy } from './megatron-legacy.js';
@@ -84,7 +83,7 @@ class Args {
 
 const DTYPE_NAMES: Partial<Record<Dtype, string>> = { F32: 'float32', BF16: 'bfloat16', F16: 'float16' };
 
-export class MegatronStore extends TensorMap implements TensorStore {
+export class MegatronStore extends BaseStore implements TensorStore {
   readonly format: string;
   readonly metadata: Record<string, string> = { format: 'pt' };
   private constructor(
@@ -208,11 +207,7 @@ export class MegatronStore extends TensorMap implements TensorStore {
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
-    const info = (typeof t === 'string' ? this.info(t) : t) as HfTensor;
-    const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start)
-      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
-    const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
+    const { info, end: e, out } = this.range<HfTensor>(t, start, end, into);
     if (info.parts.length === 0) return out.fill(0);
     const pieces: Piece[] = [];
     for (const slab of info.parts) {
@@ -233,13 +228,10 @@ export class MegatronStore extends TensorMap implements TensorStore {
     return gather(info.shape, dtypeSize(info.dtype), pieces, start, e, out);
   }
 
-  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
-  }
   async config(): Promise<Record<string, unknown>> {
     return this.hfConfig;
   }
-  close(): Promise<void> {
+  override close(): Promise<void> {
     return this.dcp.close();
   }
 }

@@ -104,17 +104,12 @@ function structured(o: Out, v: Exclude<PyOut, null | boolean | number | string |
       }
       break;
     case 'dict':
-      seq(
-        o,
-        0x7d,
-        v.entries.flatMap(([k, x]) => [k, x]),
-        0x75,
-      );
+      seq(o, 0x7d, v.entries.flat(), 0x75);
       break;
     case 'odict': {
       write(o, py.global('collections', 'OrderedDict'));
       o.byte(0x29, 0x52); // EMPTY_TUPLE, REDUCE
-      const items = v.entries.flatMap(([k, x]) => [k, x]);
+      const items = v.entries.flat();
       if (items.length) {
         o.byte(0x28);
         for (const x of items) write(o, x);

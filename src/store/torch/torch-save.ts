@@ -9,14 +9,13 @@
  * `byteorder`); huggingface_hub `save_torch_state_dict` (sharded `.bin` + index);
  * `../shared/fixtures/torch/README.md`.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { type Dtype, dtypeSize, isDtype, numel } from '../dtypes.js';
 import { readJsonIfExists } from '../json.js';
 import { safeShardPath } from '../safetensors/reader.js';
-import { type BufferPool, type Chunk, pooledChunks, sharedPool } from '../pool.js';
-import { TensorMap } from '../tensor-map.js';
+import { BaseStore } from '../base.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { gather, type Piece } from './gather.js';
 import { type Py, PyDict, PyTuple, TorchOpaqueTensor, TorchTensor, torchPersistentLoad, unpickle } from './pickle.js';
@@ -141,11 +140,10 @@ interface TorchTensorInfo extends TensorInfo {
   archiveFile: string;
 }
 
-export class TorchSaveStore extends TensorMap implements TensorStore {
+export class TorchSaveStore extends BaseStore implements TensorStore {
   readonly format = 'torch';
   /** what transformers' save_pretrained records in a safetensors header, so converted folders match its own output */
   readonly metadata: Record<string, string> = { format: 'pt' };
-  private handles = new Map<string, FileHandle>();
   /** tensors the file stores in a form moekit does not read */
   readonly opaque: string[] = [];
   readonly foreign = new Set<string>();
@@ -196,13 +194,7 @@ export class TorchSaveStore extends TensorMap implements TensorStore {
   }
 
   private async add(file: string, opts: ReadOptions): Promise<void> {
-    let fh: FileHandle;
-    try {
-      fh = await open(file, 'r');
-    } catch (e) {
-      throw new MoekitError('io', `${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-    this.handles.set(file, fh);
+    const fh = await this.handle(file);
     const st = await fh.stat();
     if (!st.isFile()) throw new MoekitError('bad-input', `${file}: not a regular file`);
     const head = await readAt(fh, 0, Math.min(4, st.size), file);
@@ -234,7 +226,6 @@ export class TorchSaveStore extends TensorMap implements TensorStore {
   /** a tensor as one strided piece of its storage, placed at the origin */
   piece(name: string): Piece {
     const info = this.info(name) as TorchTensorInfo;
-    const fh = this.handles.get(info.archiveFile)!;
     const L = info.located;
     const es = dtypeSize(L.dtype);
     return {
@@ -242,31 +233,17 @@ export class TorchSaveStore extends TensorMap implements TensorStore {
       shape: L.shape,
       strides: L.strides,
       base: L.offset,
-      read: (a, b, into) => readAt(fh, L.fileOffset + a * es, (b - a) * es, info.archiveFile, into),
+      read: async (a, b, into) => readAt(await this.handle(info.archiveFile), L.fileOffset + a * es, (b - a) * es, info.archiveFile, into),
     };
   }
 
   async read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
-    const info = (typeof t === 'string' ? this.info(t) : t) as TorchTensorInfo;
-    const e = end ?? info.nbytes;
-    if (start < 0 || e > info.nbytes || e < start)
-      throw new MoekitError('bad-input', `${info.name}: byte range [${start}, ${e}) outside the tensor (${info.nbytes} bytes)`);
-    const out = into ? into.subarray(0, e - start) : Buffer.allocUnsafe(e - start);
-    if (info.offset !== undefined) return readAt(this.handles.get(info.archiveFile)!, info.offset + start, e - start, info.archiveFile, out);
+    const { info, end: e, out } = this.range<TorchTensorInfo>(t, start, end, into);
+    if (info.offset !== undefined) return readAt(await this.handle(info.archiveFile), info.offset + start, e - start, info.archiveFile, out);
     return gather(info.shape, dtypeSize(info.dtype), [this.piece(info.name)], start, e, out);
-  }
-
-  chunks(t: TensorInfo | string, pool: BufferPool = sharedPool, readahead = 2, start = 0, end?: number): AsyncGenerator<Chunk> {
-    return pooledChunks(this, typeof t === 'string' ? this.info(t) : t, pool, readahead, start, end);
   }
 
   config(): Promise<Record<string, unknown> | undefined> {
     return readJsonIfExists(join(this.dir, 'config.json'));
-  }
-
-  async close(): Promise<void> {
-    const hs = [...this.handles.values()];
-    this.handles.clear();
-    await Promise.all(hs.map((h) => h.close().catch(() => undefined)));
   }
 }
