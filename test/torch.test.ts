@@ -410,6 +410,10 @@ describe('writing Megatron-Core torch_dist (convert --to megatron --format torch
           expect([ours.info(n).dtype, ours.info(n).shape], n).toEqual([theirs.info(n).dtype, theirs.info(n).shape]);
           expect(Buffer.compare(await ours.read(n), await theirs.read(n)), n).toBe(0);
         }
+        // the whole state dict, the None _extra_state entries Megatron's load_state_dict expects included
+        const keysOf = (s: typeof ours) =>
+          (([...(s as TorchSaveStore).roots.values()][0] as PyDict).get('model') as PyDict).entries.map((e) => e[0] as string).sort();
+        expect(keysOf(ours)).toEqual(keysOf(theirs));
         await ours.close();
         await theirs.close();
       }

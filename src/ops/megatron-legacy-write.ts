@@ -92,7 +92,7 @@ function modelDict(tensors: LegacyTensor[], store: TensorStore): PyOut {
   const entries: [PyOut, PyOut][] = [];
   tensors.forEach((t, i) => {
     entries.push([t.name, tensorRef(String(i), store.info(t.pieces[0]!.hf).dtype, t.shape)]);
-    if (/linear_(qkv|proj|fc1|fc2)\.weight$/.test(t.name)) entries.push([t.name.replace(/\.weight$/, '._extra_state'), null]);
+    if (/linear_(qkv|proj|fc1|fc2)\.weight$|^output_layer\.weight$/.test(t.name)) entries.push([t.name.replace(/\.weight$/, '._extra_state'), null]);
   });
   return py.odict(entries);
 }
