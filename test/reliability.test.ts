@@ -264,3 +264,23 @@ describe('two writers, one destination', () => {
     expect(runCli(['verify', dst, '--cpu', '--reference', join(FIXTURES, 'deepseek_v3', 'reference.safetensors')]).code).toBe(0);
   });
 });
+
+describe('CLI conventions', () => {
+  it('a mistyped option is one usage line (exit 2) naming the nearest one, before any other complaint', () => {
+    for (const [args, re] of [
+      [['convert', join(FIXTURES, 'mixtral'), '--to', 'te', '--ouput', '/tmp/x'], /unknown option '--ouput' for moekit convert \(did you mean --output\?\)/],
+      [
+        ['shard', join(FIXTURES, 'mixtral'), '--ep', '2', '--fromat', 'torch', '-o', '/tmp/x'],
+        /unknown option '--fromat' for moekit shard \(did you mean --format\?\)/,
+      ],
+      [['inspect', join(FIXTURES, 'mixtral'), '--jsn'], /unknown option '--jsn' for moekit inspect \(did you mean --json\?\)/],
+    ] as const) {
+      const r = runCli([...args]);
+      expect(r.code).toBe(2);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(re);
+    }
+    // global options pass anywhere
+    expect(runCli(['inspect', '--strict', join(FIXTURES, 'mixtral'), '-q']).code).toBe(0);
+  });
+});

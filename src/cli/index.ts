@@ -14,6 +14,7 @@ import { registerQuant } from './quant.js';
 import { registerPlan } from './plan.js';
 import { setMegatronHints, setStrictPickles } from '../store/registry.js';
 import { MOEKIT_VERSION } from '../output/card.js';
+import { editDistance } from '../engine/read.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -90,6 +91,25 @@ function takeMegatronHints(argv: string[]): string[] {
   return rest;
 }
 
+/** options every command takes (taken out of argv before commander sees it) */
+const GLOBAL_OPTIONS = ['--quiet', '-q', '--strict', '--hf-config', '--family', '--help', '-h', '--version', '-V'];
+
+/** An option the command does not know, caught before commander (which reports a missing -o first): one line with the nearest name. */
+function checkOptions(program: Command, argv: string[]): void {
+  const cmd = program.commands.find((c) => c.name() === argv[2]);
+  if (!cmd) return;
+  const known = [...GLOBAL_OPTIONS, ...cmd.options.flatMap((o) => [o.long, o.short].filter((x): x is string => Boolean(x)))];
+  for (const a of argv.slice(3)) {
+    if (a === '--') return;
+    if (!a.startsWith('--')) continue;
+    const flag = a.split('=')[0]!;
+    if (known.includes(flag)) continue;
+    const near = known.filter((k) => k.startsWith('--')).sort((x, y) => editDistance(x, flag) - editDistance(y, flag))[0];
+    const hint = near && editDistance(near, flag) <= 3 ? ` (did you mean ${near}?)` : '';
+    throw new MoekitError('usage', `unknown option '${flag}' for moekit ${cmd.name()}${hint}; see moekit ${cmd.name()} --help`);
+  }
+}
+
 /** Run the CLI; returns the exit code. Errors meant for the user print as one line. */
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
@@ -103,6 +123,7 @@ export async function main(argv: string[]): Promise<number> {
   if (strict) argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--strict')];
   try {
     argv = takeMegatronHints(argv);
+    checkOptions(program, argv);
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {

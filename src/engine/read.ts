@@ -304,8 +304,8 @@ export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec 
   return s;
 }
 
-/** Levenshtein distance (short names only: layout ids). */
-function editDistance(a: string, b: string): number {
+/** Levenshtein distance (short names only: layout ids, option names). */
+export function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
   for (let i = 1; i <= a.length; i++) {
     const cur = [i];
