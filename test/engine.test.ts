@@ -10,6 +10,9 @@ import { openStore } from '../src/store/registry.js';
 import { applyTransforms, castTransform } from '../src/engine/transforms.js';
 import { writeSyntheticMixtral } from '../bench/lib.js';
 import { FIXTURES, ROOT, runCli, tempDir } from './helpers.js';
+import { fitJobs } from '../src/engine/execute.js';
+import type { TensorPlan } from '../src/engine/plan.js';
+import { tmpdir } from 'node:os';
 
 const tmp = tempDir('moekit-engine-');
 afterAll(() => tmp.cleanup());
@@ -227,4 +230,25 @@ describe('output transaction: SIGINT and SIGTERM leave nothing behind', () => {
       expect(readdirSync(parent)).toEqual([]);
     }, 60_000);
   }
+});
+
+describe('--max-memory', () => {
+  const slab = (mib: number) => ({ slabs: [{ kind: 'assemble', dtype: 'BF16', shape: [mib * 2 ** 19] }] }) as unknown as TensorPlan;
+  it('fewer slabs in flight as the cap tightens, a one-line refusal when even one job cannot fit', () => {
+    // 44 MiB slabs (a 1.1 GB bf16 Mixtral to nemo): peak ≈ 110 MiB + (2·jobs + 2.5) slabs
+    expect(fitJobs([slab(44)], 4)).toBe(4);
+    expect(fitJobs([slab(44)], 4, 600e6)).toBe(4);
+    expect(fitJobs([slab(44)], 4, 400e6)).toBe(1);
+    expect(() => fitJobs([slab(44)], 4, 256e6)).toThrow(
+      /--max-memory 245 MiB cannot hold this job: its largest assembled slab is 44\.0 MiB .* give at least 308 MiB/,
+    );
+    // a byte copy has no slabs: any cap above the process's own needs
+    expect(fitJobs([{ slabs: [{ kind: 'range' }] } as unknown as TensorPlan], 4, 256e6)).toBe(4);
+    expect(() => fitJobs([], 4, 50e6)).toThrow(/below what any run needs/);
+  });
+  it('the CLI takes sizes, refuses with exit 2, and reports the peak under the cap', () => {
+    const r = runCli(['convert', join(FIXTURES, 'mixtral'), '--to', 'nemo', '--max-memory', '1MB', '-o', join(tmpdir(), `moekit-mm-${process.pid}`)]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--max-memory 1 MiB is below what any run needs|cannot hold this job/);
+  });
 });

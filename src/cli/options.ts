@@ -38,6 +38,7 @@ export function dtypeArg(v: string): FloatDtype {
 export interface WriteFlags {
   output: string;
   maxShardSize: number;
+  maxMemory?: number;
   jobs: number;
   force?: boolean;
   fsync: boolean;
@@ -51,6 +52,12 @@ export function writeFlags(cmd: Command, what = 'the output'): Command {
     .requiredOption('-o, --output <dst>', `destination folder of ${what} (must not exist or be empty, unless --force; never the source or a folder holding it)`)
     .addOption(new Option('--max-shard-size <size>', 'split each checkpoint into weight files of at most this size').default(5e9, '5GB').argParser(parseSize))
     .addOption(new Option('--jobs <n>', 'expert slabs assembled concurrently').default(4).argParser(numberArg('--jobs', 1)))
+    .addOption(
+      new Option(
+        '--max-memory <size>',
+        'keep the slabs in flight under this (fewer at a time; refused when one slab alone cannot fit); --json reports peakRssMB',
+      ).argParser(parseSize),
+    )
     .option('--force', 'replace a non-empty destination (the old one is removed only once the new one is complete)')
     .option('--no-fsync', 'skip fsync of the written files before the final rename (faster; not crash-safe)')
     .option('--dry-run', 'print the plan (per output file: tensors, bytes, what is copied / renamed / transposed / cast) and write nothing')

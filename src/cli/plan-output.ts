@@ -48,6 +48,7 @@ export function printResult(s: { dryRun?: true; plan?: unknown }, json: boolean 
 /** The options a writing command passes on from its flags, with the one progress display wired in. */
 export interface WriteRun {
   maxShardSize: number;
+  maxMemory?: number;
   jobs: number;
   force?: boolean;
   fsync: boolean;
@@ -70,6 +71,7 @@ export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
   const bar = progress(o.json || o.dryRun);
   const s = await run({
     maxShardSize: o.maxShardSize,
+    maxMemory: o.maxMemory,
     jobs: o.jobs,
     force: o.force,
     fsync: o.fsync,

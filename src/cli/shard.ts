@@ -57,6 +57,7 @@ const cutArgs = (o: CutFlags, onProgress: (b: number, t: number) => void) => ({
   dense: o.dense,
   rank: o.rank,
   maxShardSize: o.maxShardSize,
+  maxMemory: o.maxMemory,
   jobs: o.jobs,
   force: o.force,
   fsync: o.fsync,

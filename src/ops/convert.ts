@@ -159,6 +159,7 @@ export async function convertStore(store: TensorStore, src: string, dst: string,
     const res = await withOutput(dst, { force: opts.force, sources: [store.dir, ...store.files] }, (tmp) =>
       executeCheckpoint(p.plan.outputs[0]!, tmp, {
         jobs: p.plan.jobs,
+        maxMemory: opts.maxMemory,
         fsync: opts.fsync,
         onProgress: (d) => {
           done += d;

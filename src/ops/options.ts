@@ -4,6 +4,8 @@ export interface WriteOptions {
   maxShardSize?: number;
   /** expert slabs assembled concurrently (default 4) */
   jobs?: number;
+  /** bytes the run may hold (--max-memory): the executor keeps fewer slabs in flight, or refuses */
+  maxMemory?: number;
   /** replace an earlier moekit output at the destination */
   force?: boolean;
   /** fsync written files before the rename (default true; tests turn it off) */

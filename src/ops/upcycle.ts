@@ -416,6 +416,7 @@ export async function upcycle(src: string, dst: string, opts: UpcycleOptions): P
     const res = await withOutput(dst, { force: opts.force, sources }, (tmp) =>
       executeCheckpoint(plan.outputs[0]!, tmp, {
         jobs: plan.jobs,
+        maxMemory: opts.maxMemory,
         fsync: opts.fsync,
         onProgress: (d) => {
           done += d;

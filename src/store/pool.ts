@@ -7,9 +7,16 @@ import type { TensorInfo } from './types.js';
 export class BufferPool {
   private free: Buffer[] = [];
   constructor(
-    readonly chunkSize: number,
-    private readonly maxFree = 8,
+    public chunkSize: number,
+    private maxFree = 8,
   ) {}
+  /** smaller chunks and fewer kept free (a --max-memory run); buffers of the old size are dropped as they come back */
+  shrink(chunkSize: number, maxFree: number): void {
+    if (chunkSize >= this.chunkSize && maxFree >= this.maxFree) return;
+    this.chunkSize = Math.min(chunkSize, this.chunkSize);
+    this.maxFree = Math.min(maxFree, this.maxFree);
+    this.free = [];
+  }
   acquire(): Buffer {
     return this.free.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize);
   }

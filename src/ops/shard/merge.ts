@@ -73,6 +73,7 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
       withOutput(dst, { force: opts.force, sources: [root] }, async (tmp) => {
         const res = await executeCheckpoint(plan.outputs[0]!, tmp, {
           jobs: plan.jobs,
+          maxMemory: opts.maxMemory,
           fsync: opts.fsync,
           stop,
           onProgress: (d) => {

@@ -191,6 +191,7 @@ async function writeRanks(plan: Plan, jobs: RankJob[], root: string, opts: Shard
       };
       const res = await executeCheckpoint(cp, join(root, cp.dir), {
         jobs: plan.jobs,
+        maxMemory: opts.maxMemory,
         fsync: opts.fsync,
         hash: pool,
         stop: opts.stop,
