@@ -68,3 +68,20 @@ describe('CLI conventions', () => {
     }
   });
 });
+
+describe('--verbose', () => {
+  it('a line per weight file written, anywhere on the line; nothing of it without the flag', () => {
+    const t = tempDir();
+    try {
+      const r = runCli(['convert', '-v', join(FIXTURES, 'deepseek_v3'), '--to', 'te', '--max-shard-size', '100KB', '-o', join(t.dir, 'v')]);
+      expect(r.code, r.stderr).toBe(0);
+      const lines = r.stderr.split('\n').filter((l) => l.startsWith('wrote '));
+      expect(lines.length).toBeGreaterThan(5);
+      expect(lines[0]).toMatch(/^wrote model-00001-of-000\d\d\.safetensors: \d+ tensors, [\d.]+ kB$/);
+      const q = runCli(['convert', join(FIXTURES, 'deepseek_v3'), '--to', 'te', '--max-shard-size', '100KB', '-o', join(t.dir, 'q')]);
+      expect(q.stderr).not.toMatch(/^wrote /m);
+    } finally {
+      t.cleanup();
+    }
+  });
+});

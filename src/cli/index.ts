@@ -9,7 +9,8 @@ import { registerReshard, registerShard } from './shard.js';
 import { registerMerge } from './merge.js';
 import { registerUpcycle } from './upcycle.js';
 import { registerDequant } from './dequant.js';
-import { setQuiet } from './progress.js';
+import { human, info, setQuiet } from './progress.js';
+import { runEvents } from '../output/events.js';
 import { registerQuant } from './quant.js';
 import { registerPlan } from './plan.js';
 import { setMegatronHints, setStrictPickles } from '../store/registry.js';
@@ -37,7 +38,8 @@ function buildProgram(): Command {
         '  moekit plan /models/Qwen3-235B-A22B-FP8                   # which TP × EP sizes can serve it',
         '',
         'Long commands show progress on stderr: one redrawn line on a terminal, a plain line every 5 s',
-        '(MOEKIT_PROGRESS_SECONDS) when piped to a log; --quiet (-q, anywhere) silences it.',
+        '(MOEKIT_PROGRESS_SECONDS) when piped to a log; --quiet (-q, anywhere) silences it, --verbose (-v)',
+        'adds a line per weight file written.',
         'Checkpoints may be safetensors, torch.save (.bin/.pt/.pth, sharded with an index), DCP folders or',
         "Megatron-Core torch_dist checkpoints. Pickles are read by moekit's own unpickler, which never runs",
         'code; --strict (anywhere) refuses any pickle that names a class outside its allow list.',
@@ -92,7 +94,7 @@ function takeMegatronHints(argv: string[]): string[] {
 }
 
 /** options every command takes (taken out of argv before commander sees it) */
-const GLOBAL_OPTIONS = ['--quiet', '-q', '--strict', '--hf-config', '--family', '--help', '-h', '--version', '-V'];
+const GLOBAL_OPTIONS = ['--quiet', '-q', '--verbose', '-v', '--strict', '--hf-config', '--family', '--help', '-h', '--version', '-V'];
 
 /** An option the command does not know, caught before commander (which reports a missing -o first): one line with the nearest name. */
 function checkOptions(program: Command, argv: string[]): void {
@@ -117,6 +119,11 @@ export async function main(argv: string[]): Promise<number> {
   const q = argv.slice(2).filter((a) => a === '--quiet' || a === '-q').length > 0;
   setQuiet(q);
   if (q) argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--quiet' && a !== '-q')];
+  // --verbose / -v: a line per weight file written (and the detail commands print anyway)
+  if (argv.slice(2).some((a) => a === '--verbose' || a === '-v')) {
+    argv = [...argv.slice(0, 2), ...argv.slice(2).filter((a) => a !== '--verbose' && a !== '-v')];
+    runEvents.on('file', (f) => info(`wrote ${f.name}: ${f.tensors} tensors, ${human(f.bytes)}`));
+  }
   // --strict is global too: pickles (torch.save, DCP) naming a global off the allow list are refused
   const strict = argv.slice(2).includes('--strict');
   setStrictPickles(strict);

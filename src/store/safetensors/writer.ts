@@ -8,6 +8,7 @@ import { mkdir, open, rename, unlink, writeFile, type FileHandle } from 'node:fs
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MoekitError } from '../../errors.js';
+import { runEvents } from '../../output/events.js';
 import { type Dtype, byteSize } from '../dtypes.js';
 import type { Chunk } from '../pool.js';
 
@@ -187,6 +188,7 @@ export async function writeFiles(dir: string, files: FileEntries[], index: strin
           opts.onProgress?.(bytes, count);
         }
         await queue.drain();
+        runEvents.emit('file', { name: fname, bytes: position, tensors: shard.length });
       } catch (e) {
         await queue.drain().catch(() => undefined);
         await fh.close();

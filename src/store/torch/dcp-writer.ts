@@ -14,6 +14,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { type FileHandle, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MoekitError } from '../../errors.js';
+import { runEvents } from '../../output/events.js';
 import { type Dtype, numel } from '../dtypes.js';
 import { contiguousStrides } from '../../engine/ir.js';
 import { type PyOut, pickle, py } from './pickler.js';
@@ -148,6 +149,7 @@ export async function writeDcp(
   } finally {
     await fh.close();
   }
+  runEvents.emit('file', { name: file, bytes: sink.pos, tensors: tensors.length });
   const meta = py.newobj(
     py.global(M, 'Metadata'),
     py.obj({
