@@ -14,7 +14,15 @@ export function registerMerge(program: Command): void {
     .description('glue the ranks of a sharded checkpoint back into one checkpoint, checking every sha256')
     .addHelpText(
       'after',
-      '\nRefuses (one-line error, nothing written) a missing rank, an expert claimed by two ranks, and a tensor whose\nsha256 does not match the manifest.',
+      [
+        '',
+        'Refuses (one-line error, nothing written) a missing rank, an expert claimed by two ranks, and a tensor whose',
+        'sha256 does not match the manifest.',
+        '',
+        'Examples:',
+        '  moekit merge /ckpt/mixtral-ep8 -o /models/mixtral-merged',
+        '  moekit merge /ckpt/mixtral-ep8 --to te --max-memory 2GB -o /ckpt/mixtral-te   # merge and re-lay out in one pass',
+      ].join('\n'),
     )
     .action((src: string, o: WriteFlags & { to?: string }) =>
       runWrite(

@@ -112,6 +112,17 @@ export function registerShard(program: Command): void {
 export function registerReshard(program: Command): void {
   cutFlags(program.command('reshard').argument('<sharded>', 'folder written by moekit shard'), false)
     .description('re-cut a sharded checkpoint for another EP/ETP size directly from its ranks (no merged copy)')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'Reads every rank of <sharded> (checking each sha256 against its manifest) and writes the new ranks, as shard does.',
+        '',
+        'Examples:',
+        '  moekit reshard /ckpt/mixtral-ep8 --ep 4 -o /ckpt/mixtral-ep4',
+        '  moekit reshard /ckpt/mixtral-ep8 --ep 8 --etp 2 --to te -o /ckpt/mixtral-ep8-etp2',
+      ].join('\n'),
+    )
     .action(async (src: string, o: CutFlags) => {
       const bar = progress(o.json || o.dryRun);
       const s = await reshard(

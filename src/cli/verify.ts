@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { peakRssMB } from '../output/transaction.js';
 import { numberArg } from './options.js';
 import { info } from './progress.js';
 import { formatReport, parseLayers, verify, type VerifyOptions } from '../ops/verify.js';
@@ -32,7 +33,7 @@ export function registerVerify(program: Command): void {
         ...o,
         onProgress: (m) => info(`verify: ${m}`),
       });
-      process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
+      process.stdout.write(o.json ? JSON.stringify({ ...report, peakRssMB: peakRssMB() }, null, 2) + '\n' : formatReport(report) + '\n');
       // 1: a difference found; 3: nothing differs, but not everything could be checked
       process.exitCode = !report.pass ? 1 : report.unchecked.length > 0 ? 3 : 0;
     });
