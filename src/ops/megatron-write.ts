@@ -235,7 +235,11 @@ export async function megatronRoot(tmp: string, iteration: number, config: Recor
   await writeFile(join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
 }
 
-export async function writeMegatron(src: string, dst: string, opts: WriteOptions & { iteration?: number }): Promise<MegatronWriteSummary> {
+export async function writeMegatron(
+  src: string,
+  dst: string,
+  opts: WriteOptions & { iteration?: number; extraArgs?: Record<string, PyOut> },
+): Promise<MegatronWriteSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
   const iteration = opts.iteration ?? 1;
@@ -243,7 +247,7 @@ export async function writeMegatron(src: string, dst: string, opts: WriteOptions
   try {
     const { config, family, d } = await megatronSource(store, src, 'torch_dist');
     const dtype = store.info('model.embed_tokens.weight').dtype;
-    const { tensors, objects, bytes: total } = megatronItems(store, d, argsOf(d, config, dtype, iteration), iteration);
+    const { tensors, objects, bytes: total } = megatronItems(store, d, argsOf(d, config, dtype, iteration, opts.extraArgs), iteration);
     const iter = `iter_${String(iteration).padStart(7, '0')}`;
     const files = ['latest_checkpointed_iteration.txt', 'config.json', `${iter}/metadata.json`, `${iter}/.metadata`, `${iter}/__0_0.distcp`];
     const base = {

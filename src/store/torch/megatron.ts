@@ -162,6 +162,12 @@ export class MegatronStore extends BaseStore implements TensorStore {
       qkNorm: this.has_('qNorm'),
     };
     const lacks = (what: string) => new MoekitError('unsupported', `${where}: ${what}`);
+    // Megatron-LM #7576: with --moe-mlp-glu-interleave-size, fc1 holds gate and up in alternating row blocks, not as halves
+    const glu = args.get('moe_mlp_glu_interleave_size');
+    if (glu !== undefined && glu !== null && glu !== 0)
+      throw lacks(
+        `linear_fc1 is gate/up block-interleaved (moe_mlp_glu_interleave_size ${String(glu)}); moekit reads [gate; up] halves and will not guess the blocks`,
+      );
     if (d.Is !== undefined && !f.shared)
       throw lacks(`the checkpoint has shared experts, which HF ${this.family} has no place for (pick a family that has: qwen2_moe)`);
     if (d.Is === undefined && f.shared) throw lacks(`HF ${this.family} has a shared expert, the checkpoint none`);
