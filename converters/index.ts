@@ -15,6 +15,8 @@ import { spec as megatron } from './megatron.js';
 import { spec as megatronGrouped } from './megatron-grouped.js';
 import { spec as flashfusemoe } from './flashfusemoe.js';
 import { spec as hfFused } from './hf-fused.js';
+import { spec as hfErnie } from './hf-ernie.js';
+import { spec as hfHunyuan } from './hf-hunyuan.js';
 
 export const LAYOUTS: readonly LayoutSpec[] = [
   hfMixtral,
@@ -23,6 +25,8 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfGptOss,
   hfLlama4,
   hfGranite,
+  hfErnie,
+  hfHunyuan,
   nemo,
   te,
   megatron,

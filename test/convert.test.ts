@@ -39,6 +39,8 @@ const REFUSE: Record<string, Record<string, RegExp>> = {
   deepseek_v3_bf16: { flashfusemoe: /no place for the score-correction bias/ },
   minimax_m2: { flashfusemoe: /no place for the score-correction bias/ },
   glm4_moe: { flashfusemoe: /no place for the score-correction bias/ },
+  dots1: { flashfusemoe: /no place for the score-correction bias/ },
+  ernie4_5_moe: { flashfusemoe: /no place for the score-correction bias/ },
 };
 const QUANTIZED = new Set(['deepseek_v3_fp8', 'gpt_oss_mxfp4']);
 const DENSE = new Set(['llama_dense', 'qwen3_dense']);

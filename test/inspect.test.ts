@@ -19,8 +19,8 @@ function expected(name: string) {
     family: type === 'llama4_text' ? 'llama4' : type, // one family, two model_types (text-only and multimodal)
     numLayers: layers,
     moeLayers: dense ? [] : Array.isArray(c.moe_layers) ? (c.moe_layers as number[]) : all.filter((i) => i >= firstDense),
-    numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts'),
-    topK: dense ? 0 : n(c, 'num_experts_per_tok'),
+    numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts', 'moe_num_experts'),
+    topK: dense ? 0 : n(c, 'num_experts_per_tok', 'moe_topk', 'moe_k'),
     hiddenSize: c.hidden_size,
     moeIntermediateSize: dense ? 0 : n(c, 'moe_intermediate_size', 'intermediate_size'),
   };

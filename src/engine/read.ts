@@ -104,6 +104,7 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
     correctionBias: k.bool(r.correctionBias, 'routing.correctionBias'),
     routerBias: k.bool(r.routerBias, 'routing.routerBias'),
     ...(r.jitterEps === undefined ? {} : { jitterEps: k.num(r.jitterEps, 'routing.jitterEps') }),
+    ...(r.groupScore === undefined ? {} : { groupScore: k.str(r.groupScore, 'routing.groupScore', ['top2sum', 'max']) as Routing['groupScore'] }),
   };
 }
 

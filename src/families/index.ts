@@ -34,6 +34,8 @@ export interface Routing {
   /** group-limited selection (DeepSeek-V3): n_group groups, keep topk_group of them */
   nGroup: number;
   topkGroup: number;
+  /** how a group is ranked: the sum of its top-2 choice scores (DeepSeek-V3, default) or its largest score (DeepSeek-V2 group_limited_greedy) */
+  groupScore?: 'top2sum' | 'max';
   normTopkProb: boolean;
   routedScalingFactor: number;
   /** score-correction bias used for selection only (e_score_correction_bias) */
@@ -109,6 +111,11 @@ const INT_FIELDS: Record<string, number> = {
   moe_layer_freq: LIMITS.layers,
   decoder_sparse_step: LIMITS.layers,
   interleave_moe_layer_step: LIMITS.layers,
+  moe_k: LIMITS.experts,
+  moe_num_experts: LIMITS.experts,
+  moe_num_shared_experts: LIMITS.experts,
+  moe_layer_start_index: LIMITS.layers,
+  moe_layer_interval: LIMITS.layers,
 };
 
 /** Refuse config.json values that are not sane integers or layer lists. */
@@ -186,9 +193,27 @@ const FAMILIES: Record<string, FamilyRule> = {
   qwen2_moe: (c, base, routing) => qwenLike(c, base, routing),
   qwen3_moe: (c, base, routing) => qwenLike(c, base, routing),
   olmoe: (c, base, routing) => qwenLike(c, base, routing),
-  // modeling_deepseek_v3.py / modeling_glm4_moe.py
+  // modeling_deepseek_v3.py / modeling_glm4_moe.py / modeling_dots1.py (DeepSeek-V3's router and layers)
   deepseek_v3: (c, base, routing) => deepseekLike(c, base, routing),
   glm4_moe: (c, base, routing) => deepseekLike(c, base, routing),
+  dots1: (c, base, routing) => deepseekLike(c, base, routing),
+  // modeling_deepseek_v2.py (DeepseekV2Moe): softmax scores; topk_method greedy = plain top-k, group_limited_greedy =
+  // groups ranked by their largest score, unselected groups masked to 0; never renormalised (the router does not read
+  // norm_topk_prob); × routed_scaling_factor
+  deepseek_v2: (c, base, routing) => {
+    const grouped = c.topk_method === 'group_limited_greedy';
+    return {
+      ...deepseekLike(c, base, routing),
+      routing: routing({
+        scoreFunc: 'softmax',
+        nGroup: grouped ? (num(c, 'n_group') ?? 1) : 1,
+        topkGroup: grouped ? (num(c, 'topk_group') ?? 1) : 1,
+        groupScore: 'max',
+        normTopkProb: false,
+        routedScalingFactor: num(c, 'routed_scaling_factor') ?? 1,
+      }),
+    };
+  },
   // modeling_gpt_oss.py: router with bias, top-k of logits, softmax over the k; SwiGLU-OAI (alpha 1.702, limit 7).
   gpt_oss: (c, base, routing) => ({
     ...base,
@@ -210,6 +235,33 @@ const FAMILIES: Record<string, FamilyRule> = {
   }),
   llama4: (c, base, routing) => llama4(c, base, routing),
   llama4_text: (c, base, routing) => llama4(c, base, routing),
+  // modeling_ernie4_5_moe.py (Ernie4_5_MoeTopKRouter): softmax scores, selection on score + e_score_correction_bias,
+  // weights the unbiased scores renormalised; MoE where (i+1) % moe_layer_interval == 0 and start ≤ i ≤ end (end −1: last)
+  ernie4_5_moe: (c, base, routing) => {
+    const moeI = num(c, 'moe_intermediate_size') ?? intermediateOf(c);
+    const nShared = num(c, 'moe_num_shared_experts') ?? 0;
+    const start = num(c, 'moe_layer_start_index') ?? 0;
+    const endRaw = num(c, 'moe_layer_end_index') ?? -1;
+    const end = endRaw < 0 ? base.numLayers - 1 : endRaw;
+    const every = num(c, 'moe_layer_interval') ?? 1;
+    return {
+      ...base,
+      family: 'ernie4_5_moe',
+      moeIntermediateSize: moeI,
+      shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
+      routing: routing({ scoreFunc: 'softmax', correctionBias: true, normTopkProb: true }),
+      isMoeLayer: (i) => (i + 1) % every === 0 && i >= start && i <= end,
+    };
+  },
+  // modeling_hunyuan_v1_moe.py (HunYuanMoEV1Gate): softmax, top-k, renormalised; a shared MLP (intermediate_size) on every token
+  hunyuan_v1_moe: (c, base, routing) => ({
+    ...base,
+    family: 'hunyuan_v1_moe',
+    moeIntermediateSize: intermediateOf(c),
+    shared: { count: 1, intermediateSize: intermediateOf(c), sigmoidGate: false },
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: true }),
+    isMoeLayer: all,
+  }),
 };
 
 /** Qwen2-MoE, Qwen3-MoE, OLMoE: softmax top-k; MoE every decoder_sparse_step layers except mlp_only_layers. */
@@ -294,13 +346,13 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
   const modelType = String(config.model_type ?? '');
   const c = modelType === 'llama4' && typeof config.text_config === 'object' && config.text_config ? (config.text_config as Record<string, unknown>) : config;
   checkConfig(c);
-  const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk') ?? 0;
+  const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk', 'moe_k') ?? 0;
   const base: Base = {
     modelType,
     numLayers: num(c, 'num_hidden_layers', 'n_layer', 'num_layers') ?? 0,
     hiddenSize: num(c, 'hidden_size', 'd_model') ?? 0,
     denseIntermediateSize: intermediateOf(c),
-    numExperts: num(c, 'n_routed_experts', 'num_local_experts', 'num_experts') ?? 0,
+    numExperts: num(c, 'n_routed_experts', 'num_local_experts', 'num_experts', 'moe_num_experts') ?? 0,
     topK,
     known: true,
     activation: activationFromConfig(c),

@@ -6,6 +6,8 @@
  *    group's top-2 biased scores, unselected groups masked to 0.0 (not -inf), weights = unbiased
  *    scores, renorm (+1e-20) if norm_topk_prob, × routed_scaling_factor: modeling_deepseek_v3.py
  *    (DeepseekV3MoE.route_tokens_to_experts)
+ *  - softmax scores, groups ranked by their largest score (group_limited_greedy), no renorm unless
+ *    norm_topk_prob: modeling_deepseek_v2.py (DeepseekV2Moe)
  *  - top-k of the logits, softmax over the k: modeling_gpt_oss.py (GptOssTopKRouter)
  *  - top-k of the logits, sigmoid of each, scaling the expert input: modeling_llama4.py
  */
@@ -85,9 +87,10 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
     const G = r.nGroup;
     const per = E / G;
     const gs: number[] = [];
+    const n = r.groupScore === 'max' ? 1 : Math.min(2, per);
     for (let g = 0; g < G; g++) {
-      const top2 = topk(choice.subarray(g * per, (g + 1) * per), Math.min(2, per));
-      gs.push(top2.reduce((a, i) => a + choice[g * per + i]!, 0));
+      const best = topk(choice.subarray(g * per, (g + 1) * per), n);
+      gs.push(best.reduce((a, i) => a + choice[g * per + i]!, 0));
     }
     const keep = new Set(topk(gs, r.topkGroup));
     for (let i = 0; i < E; i++) if (!keep.has(Math.floor(i / per))) choice[i] = 0; // masked_fill(~mask, 0.0)

@@ -121,9 +121,11 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   }
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
-  // routing rules the router kernel does not implement (PhiMoE's sparsemixer) are routed on the CPU
+  // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score) are routed on the CPU
   const route = async (l: LoadedLayer, x: Float32Array, T: number) =>
-    l.facts.routing.scoreFunc === 'sparsemixer' ? routeAll(await materialize(l.weights, false), l.facts, x, T) : undefined;
+    l.facts.routing.scoreFunc === 'sparsemixer' || l.facts.routing.groupScore === 'max'
+      ? routeAll(await materialize(l.weights, false), l.facts, x, T)
+      : undefined;
   return {
     forward: async (l, x, T, forced) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding, forced: forced ?? (await route(l, x, T)) }),
     adapter,

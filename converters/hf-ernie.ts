@@ -1,0 +1,30 @@
+/**
+ * ERNIE-4.5-MoE as transformers 5.17 saves it: per-expert mlp.experts.<e>.{gate,up,down}_proj,
+ * router mlp.gate.weight [E, H], the selection bias mlp.moe_statics.e_score_correction_bias
+ * [1, E] (in memory mlp.gate.moe_statics.…; the conversion mapping renames it on save and load),
+ * shared experts mlp.shared_experts.{gate,up,down}_proj (Is = moe_num_shared_experts ·
+ * moe_intermediate_size). Sources: transformers models/ernie4_5_moe/modeling_ernie4_5_moe.py
+ * (Ernie4_5_MoeStatics, Ernie4_5_MoeTopKRouter), conversion_mapping.py; fixtures/hf/ernie4_5_moe.
+ */
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { id } from '../src/engine/layout.js';
+
+export const spec: LayoutSpec = {
+  id: 'hf-ernie',
+  description: 'HF ERNIE-4.5-MoE: per-expert gate_proj/up_proj/down_proj, mlp.moe_statics.e_score_correction_bias [1,E]',
+  source: 'transformers modeling_ernie4_5_moe.py',
+  families: ['ernie4_5_moe'],
+  prefix: '{root}layers.{n}.mlp.',
+  root: 'hf',
+  rules: [
+    { name: 'gate.weight', scope: 'layer', parts: () => ({ router: id }) },
+    { name: 'moe_statics.e_score_correction_bias', scope: 'layer', slab: (d) => [1, d.Er], parts: () => ({ score_bias: (v) => v.reshape([v.numel]) }) },
+    { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
+    { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
+    { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
+    { name: 'shared_experts.gate_proj.weight', scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
+    { name: 'shared_experts.up_proj.weight', scope: 'layer', parts: () => ({ shared_up: id }) },
+    { name: 'shared_experts.down_proj.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
+  ],
+  cannotHold: 'expert biases, router bias, shared-expert gate',
+};
