@@ -8,6 +8,7 @@
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';
+import { PER_EXPERT_RULES } from './hf-per-expert.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-ernie',
@@ -19,12 +20,7 @@ export const spec: LayoutSpec = {
   rules: [
     { name: 'gate.weight', scope: 'layer', parts: () => ({ router: id }) },
     { name: 'moe_statics.e_score_correction_bias', scope: 'layer', slab: (d) => [1, d.Er], parts: () => ({ score_bias: (v) => v.reshape([v.numel]) }) },
-    { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
-    { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
-    { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
-    { name: 'shared_experts.gate_proj.weight', scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
-    { name: 'shared_experts.up_proj.weight', scope: 'layer', parts: () => ({ shared_up: id }) },
-    { name: 'shared_experts.down_proj.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
+    ...PER_EXPERT_RULES,
   ],
   cannotHold: 'expert biases, router bias, shared-expert gate',
 };
