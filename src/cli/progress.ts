@@ -45,7 +45,8 @@ export function progress(json?: boolean, stream: NodeJS.WriteStream = process.st
     const el = (now - t0) / 1000;
     const rate = el > 0 ? bytes / el : 0;
     const eta = f > 0 && f < 1 ? clock((el / f) * (1 - f)) : '0:00';
-    return { f, line: `${(f * 100).toFixed(0).padStart(3)}% ${human(bytes)}/${human(total)} ${human(rate)}/s ETA ${eta}` };
+    // floor, so 100% means done (99.6% rounded up would print a second "100%" line before the last)
+    return { f, line: `${String(Math.floor(f * 100)).padStart(3)}% ${human(bytes)}/${human(total)} ${human(rate)}/s ETA ${eta}` };
   };
   return {
     update(bytes, total) {
