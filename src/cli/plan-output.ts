@@ -56,6 +56,17 @@ export interface WriteRun {
   onProgress: (bytes: number, total: number) => void;
 }
 
+/** The shared writing flags as the library's options take them. */
+export const writeRun = (o: WriteFlags, onProgress: WriteRun['onProgress']): WriteRun => ({
+  maxShardSize: o.maxShardSize,
+  maxMemory: o.maxMemory,
+  jobs: o.jobs,
+  force: o.force,
+  fsync: o.fsync,
+  dryRun: o.dryRun,
+  onProgress,
+});
+
 /**
  * Run a writing command: progress on stderr while `run` works, then its warnings (stderr) and its
  * summary (JSON, the dry-run plan, or `line`). Peak RSS goes into the JSON summary.
@@ -69,15 +80,7 @@ export async function runWrite<S extends { dryRun?: true; plan?: unknown }>(
   notes: (s: S) => string[] = () => [],
 ): Promise<void> {
   const bar = progress(o.json || o.dryRun);
-  const s = await run({
-    maxShardSize: o.maxShardSize,
-    maxMemory: o.maxMemory,
-    jobs: o.jobs,
-    force: o.force,
-    fsync: o.fsync,
-    dryRun: o.dryRun,
-    onProgress: (b, t) => bar.update(b, t),
-  });
+  const s = await run(writeRun(o, (b, t) => bar.update(b, t)));
   bar.done();
   for (const w of warnings(s)) process.stderr.write(`warning: ${w}\n`);
   for (const n of notes(s)) info(n);

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { shard, reshard, type ShardSummary } from '../ops/shard/shard.js';
 import { TARGET_NAMES } from '../../converters/index.js';
-import { printResult } from './plan-output.js';
+import { printResult, writeRun } from './plan-output.js';
 import { numberArg, writeFlags, type WriteFlags } from './options.js';
 import { human, progress } from './progress.js';
 import { convertMegatron } from './convert.js';
@@ -56,13 +56,7 @@ const cutArgs = (o: CutFlags, onProgress: (b: number, t: number) => void) => ({
   placement: o.placement,
   dense: o.dense,
   rank: o.rank,
-  maxShardSize: o.maxShardSize,
-  maxMemory: o.maxMemory,
-  jobs: o.jobs,
-  force: o.force,
-  fsync: o.fsync,
-  dryRun: o.dryRun,
-  onProgress,
+  ...writeRun(o, onProgress),
 });
 
 export function registerShard(program: Command): void {
