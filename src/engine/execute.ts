@@ -166,7 +166,6 @@ const BASE_MEMORY = 110 * 2 ** 20;
  */
 export function fitJobs(tensors: TensorPlan[], jobs: number, maxMemory?: number): number {
   if (maxMemory === undefined) return jobs;
-  sharedPool.shrink(CAPPED_CHUNK, 2);
   let largest = 0;
   for (const t of tensors) for (const s of t.slabs) if (s.kind === 'assemble') largest = Math.max(largest, byteSize(s.dtype, s.shape));
   const MiB = (n: number) => Math.ceil(n / 2 ** 20);
@@ -190,6 +189,7 @@ export function fitJobs(tensors: TensorPlan[], jobs: number, maxMemory?: number)
 export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: ExecuteOptions = {}): Promise<ExecuteResult> {
   const tensors = cp.files.flatMap((f) => f.tensors);
   const asm = new Assembler(tensors, fitJobs(tensors, Math.max(1, opts.jobs ?? 4), opts.maxMemory));
+  if (opts.maxMemory !== undefined) sharedPool.shrink(CAPPED_CHUNK, 2);
   const sha = new Map<string, Promise<string>>();
   let last = 0;
   const res = await writerFor(cp.format ?? 'safetensors').write(
