@@ -14,13 +14,14 @@
 import { mkdir, open } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { MoekitError } from '../errors.js';
+import { chunkBytes } from '../store/pool.js';
 import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import { FileSink, tensorRef, writeTorchSave } from '../store/torch/dcp-writer.js';
 import { hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
-import { argsOf, megatronRoot, megatronSource } from './megatron-write.js';
+import { argsOf, hfRows, megatronRoot, megatronSource } from './megatron-write.js';
 import type { WriteOptions } from './options.js';
 
 export interface LegacyWriteSummary {
@@ -54,11 +55,7 @@ function legacyTensors(store: TensorStore, d: MegatronDims, ep: number): LegacyT
   const perRank = d.E / ep;
   for (const e of hfEntries(d, legacyKey)) {
     if (e.parts.length === 0) continue;
-    if (!store.has(e.name)) throw new MoekitError('bad-input', `${store.dir}: no tensor '${e.name}', which a ${d.family} model of these sizes has`);
-    const t = store.info(e.name);
-    if (t.shape.join() !== [e.rows, ...e.rest].join())
-      throw new MoekitError('bad-input', `${store.dir}: '${e.name}' is [${t.shape}], config.json implies [${[e.rows, ...e.rest]}]`);
-    const rowBytes = t.nbytes / e.rows;
+    const { rowBytes } = hfRows(store, e, d);
     for (const p of e.parts) {
       const { name, rank } = legacyName(p, perRank);
       const id = `${rank}|${name}`;
@@ -129,10 +126,9 @@ export async function writeMegatronLegacy(src: string, dst: string, opts: WriteO
           const storages = ranks[r]!.map((t) =>
             (async function* () {
               for (const p of t.pieces)
-                for await (const c of store.chunks(p.hf, undefined, 2, p.start, p.end)) {
-                  yield c.data;
-                  c.release?.();
-                  opts.onProgress?.((done += c.data.length), bytes);
+                for await (const b of chunkBytes(store.chunks(p.hf, undefined, 2, p.start, p.end))) {
+                  yield b;
+                  opts.onProgress?.((done += b.length), bytes);
                 }
             })(),
           );

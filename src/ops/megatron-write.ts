@@ -17,11 +17,12 @@ import { join, resolve } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { MoekitError } from '../errors.js';
 import type { Dtype } from '../store/dtypes.js';
+import { chunkBytes } from '../store/pool.js';
 import { openStore } from '../store/registry.js';
-import type { TensorStore } from '../store/types.js';
+import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type DcpObjectOut, type DcpTensorOut, torchDtype, writeDcp } from '../store/torch/dcp-writer.js';
 import { tilingProblem } from '../store/torch/gather.js';
-import { FAMILIES, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
+import { FAMILIES, type HfEntry, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
 import type { WriteOptions } from './options.js';
@@ -131,6 +132,15 @@ export function argsOf(d: MegatronDims, c: Record<string, unknown>, dtype: Dtype
   );
 }
 
+/** The HF tensor an entry of the mapping reads (checked present and of the shape the config implies), and its bytes per row. */
+export function hfRows(store: TensorStore, e: HfEntry, d: MegatronDims): { t: TensorInfo; rowBytes: number } {
+  if (!store.has(e.name)) throw new MoekitError('bad-input', `${store.dir}: no tensor '${e.name}', which a ${d.family} model of these sizes has`);
+  const t = store.info(e.name);
+  const want = [e.rows, ...e.rest];
+  if (t.shape.join() !== want.join()) throw new MoekitError('bad-input', `${store.dir}: '${e.name}' is [${t.shape}], config.json implies [${want}]`);
+  return { t, rowBytes: t.nbytes / e.rows };
+}
+
 /** The Megatron tensors (chunk lists over HF byte ranges) and objects of the model. */
 function megatronItems(
   store: TensorStore,
@@ -143,11 +153,7 @@ function megatronItems(
   const extents = new Map<string, number[]>();
   for (const e of hfEntries(d, (k) => KEYS[k][0])) {
     if (e.parts.length === 0) continue;
-    if (!store.has(e.name)) throw new MoekitError('bad-input', `${store.dir}: no tensor '${e.name}', which a ${d.family} model of these sizes has`);
-    const t = store.info(e.name);
-    const want = [e.rows, ...e.rest];
-    if (t.shape.join() !== want.join()) throw new MoekitError('bad-input', `${store.dir}: '${e.name}' is [${t.shape}], config.json implies [${want}]`);
-    const rowBytes = t.nbytes / e.rows;
+    const { t, rowBytes } = hfRows(store, e, d);
     for (const p of e.parts) {
       let out = byKey.get(p.key);
       if (!out) byKey.set(p.key, (out = { fqn: p.key, dtype: t.dtype, shape: [], chunks: [] }));
@@ -164,12 +170,7 @@ function megatronItems(
       out.chunks.push({
         offsets: at,
         sizes,
-        data: async function* () {
-          for await (const c of store.chunks(t, undefined, 2, p.rowAt * rowBytes, (p.rowAt + p.rows) * rowBytes)) {
-            yield c.data; // written before the generator resumes, so the buffer can go back to its pool
-            c.release?.();
-          }
-        },
+        data: () => chunkBytes(store.chunks(t, undefined, 2, p.rowAt * rowBytes, (p.rowAt + p.rows) * rowBytes)),
       });
     }
   }

@@ -34,6 +34,14 @@ export interface Chunk {
   release?: () => void;
 }
 
+/** The bytes of pooled chunks; each chunk goes back to its pool when the consumer asks for the next (it has written this one). */
+export async function* chunkBytes(chunks: AsyncIterable<Chunk>): AsyncGenerator<Uint8Array> {
+  for await (const c of chunks) {
+    yield c.data;
+    c.release?.();
+  }
+}
+
 /** What pooledChunks needs of a store: positioned reads of one tensor. */
 interface RangeReader {
   read(t: TensorInfo, start?: number, end?: number, into?: Buffer): Promise<Buffer>;

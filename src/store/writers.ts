@@ -5,6 +5,7 @@
  */
 import { MoekitError } from '../errors.js';
 import { planShards, shardFileName, writeFiles, type FileEntries, type WriteOptions, type WriteResult } from './safetensors/writer.js';
+import { chunkBytes } from './pool.js';
 import { writeDcp } from './torch/dcp-writer.js';
 
 /** A plain DCP folder of the planned tensors: one chunk per tensor, in `__0_0.distcp` (what `dcp.save` of the state dict writes on one rank). */
@@ -21,10 +22,7 @@ async function writeDcpFiles(dir: string, files: FileEntries[], _index: string |
         offsets: e.shape.map(() => 0),
         sizes: e.shape,
         data: async function* () {
-          for await (const c of e.source()) {
-            yield c.data;
-            c.release?.();
-          }
+          yield* chunkBytes(e.source());
           opts.onProgress?.(done, ++count);
         },
       },
