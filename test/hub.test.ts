@@ -41,6 +41,8 @@ describe('Hugging Face Hub ids from the local cache', () => {
     }
     const out = join(tmp.dir, 'from-hub');
     expect(runCli(['convert', 'mistralai/Mixtral-tiny', '--to', 'te', '-o', out], { env }).code).toBe(0);
+    // the card names the Hub repo it came from
+    expect(readFileSync(join(out, 'README.md'), 'utf8')).toMatch(/\nbase_model: mistralai\/Mixtral-tiny\n/);
     expect(runCli(['verify', out, '--reference', join(FIXTURES, 'mixtral', 'reference.safetensors'), '--cpu']).code).toBe(0);
     // HF_HOME/hub is the cache when HF_HUB_CACHE is not set
     expect(runCli(['inspect', 'mistralai/Mixtral-tiny'], { env: { HF_HOME: join(cache, '..'), HF_HUB_CACHE: '' } }).code).toBe(0);
@@ -151,6 +153,7 @@ describe('Hub ids not in the cache stream from the Hub (a local server that answ
       const out = join(tmp.dir, 'remote-te');
       const c = await runAsync(['convert', 'org/ds', '--to', 'te', '-o', out], env);
       expect(c.code, c.stderr).toBe(0);
+      expect(readFileSync(join(out, 'README.md'), 'utf8')).toMatch(/\nbase_model: org\/ds\n/);
       const v = await runAsync(['verify', out, join(FIXTURES, 'deepseek_v3'), '--cpu'], {});
       expect(v.code, v.stdout + v.stderr).toBe(0);
       const p = await runAsync(['inspect', 'private/mixtral'], env);

@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { hubRepoOf } from '../store/hub.js';
 
 export const MOEKIT_VERSION = '0.1.0';
 
@@ -31,10 +32,8 @@ export interface CardInfo {
 
 /** README.md for the output; `sourceDir`'s README.md (without its front matter) is kept below ours. */
 export async function modelCard(c: CardInfo, sourceDir: string): Promise<string> {
-  // base_model only where the source names a Hub repo: an id, or a snapshot in the HF cache
-  const cached = /models--([^/]+)--([^/]+)\/snapshots\//.exec(c.source);
-  const hubBase =
-    /^[\w.-]+\/[\w.-]+(@[\w./-]+)?$/.test(c.source) && !c.source.startsWith('.') ? c.source.split('@')[0]! : cached ? `${cached[1]}/${cached[2]}` : undefined;
+  // base_model only where the source is a Hub repo: a snapshot in the HF cache, or streamed from the Hub
+  const hubBase = hubRepoOf(sourceDir);
   const base = hubBase ?? c.source.replace(/\/+$/, '').split('/').pop()!;
   const loads = c.hf
     ? `transformers loads it as any ${c.family} checkpoint (\`from_pretrained\`).`

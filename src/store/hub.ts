@@ -12,7 +12,7 @@
  */
 import { readFile, realpath, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join, sep } from 'node:path';
+import { dirname, join } from 'node:path';
 import { MoekitError } from '../errors.js';
 
 const ID = /^([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@([\w.\-/]+))?$/;
@@ -56,13 +56,20 @@ export async function resolveHubId(id: string): Promise<string> {
   return snap;
 }
 
+/** an HF cache snapshot folder: `…/models--<org>--<name>/snapshots/<rev>` */
+const SNAPSHOT = /(?:^|[\\/])models--([^\\/]+)--([^\\/]+)[\\/]snapshots[\\/][^\\/]+$/;
+
 /**
  * The folder a checkpoint's files may link into: for an HF cache snapshot, its repo folder (the
  * snapshot's files are links into ../../blobs); for any other folder, the folder itself.
  */
 export async function linkRoot(realDir: string): Promise<string> {
-  const parts = realDir.split(sep);
-  const i = parts.length - 2;
-  if (i > 0 && parts[i] === 'snapshots' && /^models--[^/]+--[^/]+$/.test(parts[i - 1] ?? '')) return realpath(parts.slice(0, i).join(sep) || sep);
-  return realDir;
+  return SNAPSHOT.test(realDir) ? realpath(dirname(dirname(realDir))) : realDir;
+}
+
+/** The Hub repo (`org/name`) a store's folder holds: an HF cache snapshot, or `hf://org/name@rev` streamed from the Hub. */
+export function hubRepoOf(dir: string): string | undefined {
+  const m = SNAPSHOT.exec(dir);
+  if (m) return `${m[1]}/${m[2]}`;
+  return /^hf:\/\/([^@]+)@/.exec(dir)?.[1];
 }
