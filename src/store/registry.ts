@@ -14,7 +14,7 @@ import { DcpStore } from './torch/dcp.js';
 import { hubId, resolveHubId } from './hub.js';
 import { hubOffline, RemoteSafetensorsStore } from './remote.js';
 import { type MegatronHints, MegatronStore } from './torch/megatron.js';
-import { TorchSaveStore } from './torch/torch-save.js';
+import { isLegacyTorch, isTorchZip, TorchSaveStore } from './torch/torch-save.js';
 
 let strictPickles = false;
 let megatronHints: MegatronHints = {};
@@ -35,8 +35,8 @@ export interface Container {
   sniffFile(head: Buffer): boolean;
   /** the file of a folder to open, if the folder holds this format */
   sniffDir?(names: string[], dir: string): Promise<string | undefined>;
-  /** open it; undefined for formats recognised only to refuse them clearly */
-  open?(path: string): Promise<TensorStore>;
+  /** open it (or refuse it in one line, as the legacy torch.save reader does) */
+  open(path: string): Promise<TensorStore>;
 }
 
 const isSafetensorsHead = (h: Buffer): boolean => {
@@ -66,14 +66,15 @@ export const CONTAINERS: readonly Container[] = [
   {
     id: 'torch-zip',
     what: 'a torch.save zip archive (PyTorch .bin/.pt/.pth)',
-    sniffFile: (h) => h.length >= 4 && h.readUInt32LE(0) === 0x04034b50,
+    sniffFile: isTorchZip,
     open: (path) => TorchSaveStore.open(path, { strict: strictPickles }),
   },
   {
     id: 'torch-legacy',
     what: 'a legacy (pre-1.6, non-zip) torch.save pickle',
-    // pickle protocol 2 header, then the LONG1 magic number torch.save wrote first
-    sniffFile: (h) => h.length >= 3 && h[0] === 0x80 && h[1] === 0x02 && h[2] === 0x8a,
+    sniffFile: isLegacyTorch,
+    // the torch.save reader recognises it and refuses it, saying how to re-save it
+    open: (path) => TorchSaveStore.open(path, { strict: strictPickles }),
   },
 ];
 
@@ -83,14 +84,8 @@ async function sniff(path: string): Promise<Container | undefined> {
   return CONTAINERS.find((c) => c.sniffFile(h));
 }
 
-const refuse = (path: string, what: string): never => {
-  throw new MoekitError(
-    'unsupported',
-    `${path} is ${what}; moekit does not read it yet (convert it with the framework's own tools, or save it with safetensors)`,
-  );
-};
-
 const TORCH_FILE = /\.(bin|pt|pth)$/;
+const TORCH_INDEX = /\.(bin|pt|pth)\.index\.json$/;
 
 /** The store of a folder, by what it holds: safetensors first (as transformers prefers), then torch.save, then DCP. */
 async function openFolder(path: string, names: string[]): Promise<TensorStore | undefined> {
@@ -108,7 +103,7 @@ async function openFolder(path: string, names: string[]): Promise<TensorStore | 
   const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
   if (weights.length > 0) return SafetensorsStore.open(path);
   const opts = { strict: strictPickles };
-  const idx = names.find((n) => n === 'pytorch_model.bin.index.json') ?? names.find((n) => /\.(bin|pt|pth)\.index\.json$/.test(n));
+  const idx = names.find((n) => n === 'pytorch_model.bin.index.json') ?? names.find((n) => TORCH_INDEX.test(n));
   if (idx) return TorchSaveStore.openIndex(join(path, idx), opts);
   const bins = names.filter((n) => TORCH_FILE.test(n));
   if (bins.length === 1) return TorchSaveStore.open(join(path, bins[0]!), opts);
@@ -161,10 +156,9 @@ export async function openStore(path: string): Promise<TensorStore> {
     if (store) return store;
     return SafetensorsStore.open(path);
   }
-  if (/\.(bin|pt|pth)\.index\.json$/.test(path)) return TorchSaveStore.openIndex(path, { strict: strictPickles });
+  if (TORCH_INDEX.test(path)) return TorchSaveStore.openIndex(path, { strict: strictPickles });
   const c = await sniff(path);
-  if (c?.open) return c.open(path);
-  if (c) refuse(path, c.what);
+  if (c) return c.open(path);
   // no other container's signature: the safetensors parser says precisely what is wrong
   return SafetensorsStore.open(path);
 }

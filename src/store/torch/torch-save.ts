@@ -31,6 +31,11 @@ export interface ReadOptions {
   strict?: boolean;
 }
 
+/** A zip's first local header: what torch.save has written since torch 1.6. */
+export const isTorchZip = (h: Uint8Array): boolean => h.length >= 4 && h[0] === 0x50 && h[1] === 0x4b && h[2] === 0x03 && h[3] === 0x04;
+/** Pickle protocol 2, then the LONG1 magic number: what torch.save wrote first before 1.6. */
+export const isLegacyTorch = (h: Uint8Array): boolean => h.length >= 3 && h[0] === 0x80 && h[1] === 0x02 && h[2] === 0x8a;
+
 /** One torch.save zip (a whole file, or an item inside a DCP file) with its unpickled object. */
 export class TorchSaveArchive {
   private constructor(
@@ -198,8 +203,8 @@ export class TorchSaveStore extends BaseStore implements TensorStore {
     const st = await fh.stat();
     if (!st.isFile()) throw new MoekitError('bad-input', `${file}: not a regular file`);
     const head = await readAt(fh, 0, Math.min(4, st.size), file);
-    if (head.length < 4 || head.readUInt32LE(0) !== 0x04034b50) {
-      if (head[0] === 0x80 && head[1] === 0x02)
+    if (!isTorchZip(head)) {
+      if (isLegacyTorch(head))
         throw new MoekitError(
           'unsupported',
           `${file} is a legacy (pre-1.6, non-zip) torch.save pickle; re-save it with a current torch (torch.save(torch.load(f), f)) first`,
