@@ -1,6 +1,7 @@
 /**
  * Flags shared by several commands, each defined once, and the parsers the commands share.
  */
+import { DEFAULT_JOBS } from '../engine/execute.js';
 import { type Command, Option } from 'commander';
 import { MoekitError } from '../errors.js';
 import { parseFloatDtype, type FloatDtype } from '../store/dtypes.js';
@@ -51,7 +52,9 @@ export function writeFlags(cmd: Command, what = 'the output'): Command {
   return cmd
     .requiredOption('-o, --output <dst>', `destination folder of ${what} (must not exist or be empty, unless --force; never the source or a folder holding it)`)
     .addOption(new Option('--max-shard-size <size>', 'split each checkpoint into weight files of at most this size').default(5e9, '5GB').argParser(parseSize))
-    .addOption(new Option('--jobs <n>', 'expert slabs assembled concurrently').default(4).argParser(numberArg('--jobs', 1)))
+    .addOption(
+      new Option('--jobs <n>', 'expert slabs assembled at once (fewer when the memory budget asks)').default(DEFAULT_JOBS).argParser(numberArg('--jobs', 1)),
+    )
     .addOption(
       new Option(
         '--max-memory <size>',

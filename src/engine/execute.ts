@@ -15,13 +15,15 @@ import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js
 import { writerFor } from '../store/writers.js';
 import { View, allocAligned, copyView } from './ir.js';
 import { applyTransforms } from './transforms.js';
+import { arena } from './arena.js';
+import { bandSlab } from './band.js';
 import { interrupted } from '../output/transaction.js';
 import { MoekitError } from '../errors.js';
 import type { HashPool } from './hash-pool.js';
 import type { CheckpointPlan, SlabPlan, TensorPlan } from './plan.js';
 
 export interface ExecuteOptions {
-  /** slabs assembled concurrently (default 4) */
+  /** slabs assembled concurrently (default 2) */
   jobs?: number;
   /** bytes the run may hold (--max-memory): fewer slabs in flight, or a clear refusal when one cannot fit */
   maxMemory?: number;
@@ -45,13 +47,17 @@ export interface ExecuteResult {
   sha256: Map<string, string>;
 }
 
-/** A pool of slab buffers by size, so a long run recycles warm memory. */
+/** Slab buffers: from the arena (where the SIMD transposes work), else a heap pool by size, so a long run recycles warm memory. */
 class SlabPool {
   private free = new Map<number, Buffer[]>();
   acquire(n: number): Buffer {
-    return this.free.get(n)?.pop() ?? allocAligned(n);
+    return arena.alloc(n) ?? this.free.get(n)?.pop() ?? allocAligned(n);
   }
   release(b: Buffer): void {
+    if (arena.holds(b)) {
+      arena.release(b);
+      return;
+    }
     let l = this.free.get(b.byteLength);
     if (!l) this.free.set(b.byteLength, (l = []));
     if (l.length < 8) l.push(b);
@@ -155,46 +161,100 @@ function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<s
 
 /** Under --max-memory: read chunks of 4 MiB, at most 2 kept free. */
 const CAPPED_CHUNK = 4 * 2 ** 20;
-/** A capped run's peak RSS besides its slabs (measured: ~110 MiB for the process, its code and read chunks). */
+/** A run's peak RSS besides its slabs (measured: ~110 MiB for the process, its code and read chunks). */
 const BASE_MEMORY = 110 * 2 ** 20;
+/** A strided source is read in pieces of at most this (ir.ts PIECE_BYTES), one per job. */
+const PIECE_MEMORY = 16 * 2 ** 20;
+/** Slabs assembled at once unless --jobs says otherwise. */
+export const DEFAULT_JOBS = 2;
+/** What a run may hold when --max-memory is not given. */
+const DEFAULT_MEMORY = 512 * 2 ** 20;
+/** Bands are never made smaller than this. */
+const MIN_BAND = 4 * 2 ** 20;
 
 /**
- * Slabs assembled at once under a memory cap. Measured on a 1.1 GB bf16 Mixtral converted to nemo
- * (44 MiB slabs, jobs 1 / 2 / 4 → peak RSS 302 / 389 / 565 MiB): peak ≈ base + (2 · jobs + 2.5)
- * slabs (per job the slab assembling and its source read; then the one written, the next one
- * ready and the pooled spares), so jobs = ⌊((budget − base) / largest slab − 2.5) / 2⌋, at least 1.
+ * Peak RSS of a run with `jobs` slabs of `slab` bytes assembling at once. Measured on a 1.1 GB
+ * bf16 Mixtral converted to nemo (44 MiB slabs, jobs 1 / 2 / 4 → 248 / 352 / 466 MiB): per job
+ * the slab assembling and one source piece, then the slab being written, the next one ready and
+ * the arena's slack.
  */
-export function fitJobs(tensors: TensorPlan[], jobs: number, maxMemory?: number): number {
-  if (maxMemory === undefined) return jobs;
+const peakOf = (jobs: number, slab: number) => BASE_MEMORY + (jobs + 2.5) * slab + jobs * PIECE_MEMORY;
+
+export interface MemoryFit {
+  /** slabs assembled at once */
+  jobs: number;
+  /** assembled slabs larger than this are built in row bands (Infinity: none) */
+  band: number;
+}
+
+const MiB = (n: number) => Math.ceil(n / 2 ** 20);
+
+/**
+ * How a run stays inside its memory budget (`maxMemory`, else DEFAULT_MEMORY): fewer slabs in
+ * flight (not below 2, so reading and writing still overlap), then slabs built in row bands
+ * (bandSlab). An explicit budget that not even one job of the smallest band fits is refused; the
+ * default budget is a target, never a refusal.
+ */
+export function fitMemory(tensors: TensorPlan[], jobs: number, maxMemory?: number): MemoryFit {
+  const budget = maxMemory ?? DEFAULT_MEMORY;
   let largest = 0;
   for (const t of tensors) for (const s of t.slabs) if (s.kind === 'assemble') largest = Math.max(largest, byteSize(s.dtype, s.shape));
-  const MiB = (n: number) => Math.ceil(n / 2 ** 20);
-  if (largest === 0) {
-    if (maxMemory < BASE_MEMORY)
-      throw new MoekitError('usage', `--max-memory ${MiB(maxMemory)} MiB is below what any run needs (about ${MiB(BASE_MEMORY)} MiB)`);
-    return jobs;
+  if (maxMemory !== undefined && maxMemory < BASE_MEMORY)
+    throw new MoekitError('usage', `--max-memory ${MiB(maxMemory)} MiB is below what any run needs (about ${MiB(BASE_MEMORY)} MiB)`);
+  if (largest === 0) return { jobs, band: Infinity };
+  for (let j = jobs; j >= Math.min(jobs, 2); j--) if (peakOf(j, largest) <= budget) return { jobs: j, band: Infinity };
+  for (const j of new Set([Math.min(jobs, 2), 1])) {
+    const band = (budget - BASE_MEMORY - j * PIECE_MEMORY) / (j + 2.5);
+    if (band >= MIN_BAND) return { jobs: j, band };
   }
-  const fit = Math.floor(((maxMemory - BASE_MEMORY) / largest - 2.5) / 2);
-  if (fit < 1) {
-    const need = BASE_MEMORY + 4.5 * largest;
-    throw new MoekitError(
-      'usage',
-      `--max-memory ${MiB(maxMemory)} MiB cannot hold this job: its largest assembled slab is ${(largest / 2 ** 20).toFixed(1)} MiB and a run holds about 4.5 of them beside ${MiB(BASE_MEMORY)} MiB; give at least ${MiB(need)} MiB (or convert to a layout that copies the experts as they are)`,
-    );
+  if (maxMemory === undefined) return { jobs: 1, band: MIN_BAND };
+  throw new MoekitError(
+    'usage',
+    `--max-memory ${MiB(maxMemory)} MiB cannot hold this job: its largest assembled slab is ${(largest / 2 ** 20).toFixed(1)} MiB, built in bands of at least ${MiB(MIN_BAND)} MiB beside ${MiB(BASE_MEMORY)} MiB; give at least ${MiB(peakOf(1, MIN_BAND))} MiB`,
+  );
+}
+
+/** The tensors with every slab larger than `band` split into row bands. */
+function banded(tensors: TensorPlan[], band: number): Map<TensorPlan, TensorPlan> {
+  const out = new Map<TensorPlan, TensorPlan>();
+  for (const t of tensors) {
+    const big = t.slabs.some((s) => s.kind === 'assemble' && byteSize(s.dtype, s.shape) > band);
+    out.set(t, big ? { ...t, slabs: t.slabs.flatMap((s): SlabPlan[] => (s.kind === 'assemble' ? bandSlab(s, band) : [s])) } : t);
   }
-  return Math.min(jobs, fit);
+  return out;
+}
+
+/** The largest assembled slab after banding, refused under an explicit cap it breaks (a slab that could not be banded). */
+function checkBands(tensors: Iterable<TensorPlan>, fit: MemoryFit, maxMemory?: number): void {
+  if (maxMemory === undefined || fit.band === Infinity) return;
+  for (const t of tensors)
+    for (const s of t.slabs)
+      if (s.kind === 'assemble' && byteSize(s.dtype, s.shape) > fit.band)
+        throw new MoekitError(
+          'usage',
+          `--max-memory ${MiB(maxMemory)} MiB cannot hold this job: ${t.name} is assembled in slabs of ${(byteSize(s.dtype, s.shape) / 2 ** 20).toFixed(1)} MiB that cannot be built in bands; give at least ${MiB(peakOf(1, byteSize(s.dtype, s.shape)))} MiB (or convert to a layout that copies the experts as they are)`,
+        );
 }
 
 /** Write one planned checkpoint (weight files, index, side files) into `dir`. */
 export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: ExecuteOptions = {}): Promise<ExecuteResult> {
-  const tensors = cp.files.flatMap((f) => f.tensors);
-  const asm = new Assembler(tensors, fitJobs(tensors, Math.max(1, opts.jobs ?? 4), opts.maxMemory));
+  const fit = fitMemory(
+    cp.files.flatMap((f) => f.tensors),
+    Math.max(1, opts.jobs ?? DEFAULT_JOBS),
+    opts.maxMemory,
+  );
+  const band = banded(
+    cp.files.flatMap((f) => f.tensors),
+    fit.band,
+  );
+  checkBands(band.values(), fit, opts.maxMemory);
+  const asm = new Assembler([...band.values()], fit.jobs);
   if (opts.maxMemory !== undefined) sharedPool.shrink(CAPPED_CHUNK, 2);
   const sha = new Map<string, Promise<string>>();
   let last = 0;
   const res = await writerFor(cp.format ?? 'safetensors').write(
     dir,
-    cp.files.map((f) => ({ name: f.name, entries: f.tensors.map((t) => entryOf(t, asm, opts, sha)) })),
+    cp.files.map((f) => ({ name: f.name, entries: f.tensors.map((t) => entryOf(band.get(t)!, asm, opts, sha)) })),
     cp.index,
     {
       metadata: cp.metadata,

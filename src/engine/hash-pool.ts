@@ -75,9 +75,14 @@ export class HashPool {
   private free: number[] = [];
   private freed: (() => void)[] = [];
 
+  /**
+   * One worker per core (at most 8): the main thread mostly waits on I/O, and each tensor's hash is
+   * sequential, so the ring (3 slots per worker) is the backlog that lets the next tensors hash
+   * on other workers while a slow one finishes.
+   */
   constructor(
-    size = Math.max(1, Math.min(4, availableParallelism() - 1)),
-    readonly slots = 2 * size,
+    size = Math.max(1, Math.min(8, availableParallelism())),
+    readonly slots = 3 * size,
     private readonly slotSize = 4 << 20,
   ) {
     this.ring = new SharedArrayBuffer(slots * slotSize);

@@ -11,6 +11,7 @@
  * data. `materialize` reads the minimal covering byte range with one positioned read and gathers
  * it; `copyView` writes a view into another (strided) view, which is how specs build targets.
  */
+import { arena, arenaCopy } from './arena.js';
 import type { TensorStore, TensorInfo } from '../store/types.js';
 import { type Dtype, dtypeSize } from '../store/dtypes.js';
 import type { Routing, Activation } from '../families/index.js';
@@ -185,13 +186,18 @@ export function allocAligned(n: number): Buffer {
 /**
  * Scratch buffers for source extents, recycled by size: a conversion reads many same-sized
  * extents, and fresh memory is ~10× slower on first touch than warm memory (platform notes).
- * Holds at most a few free buffers per size.
+ * They come from the arena (so the SIMD transposes can read them), else the heap, where at most
+ * a few free buffers per size are kept.
  */
 const scratch = new Map<number, Buffer[]>();
 function acquireScratch(n: number): Buffer {
-  return scratch.get(n)?.pop() ?? allocAligned(n);
+  return arena.alloc(n) ?? scratch.get(n)?.pop() ?? allocAligned(n);
 }
 function releaseScratch(b: Buffer): void {
+  if (arena.holds(b)) {
+    arena.release(b);
+    return;
+  }
   let l = scratch.get(b.byteLength);
   if (!l) scratch.set(b.byteLength, (l = []));
   if (l.length < 4) l.push(b);
@@ -211,6 +217,32 @@ async function fetchExtent(v: View): Promise<{ buf: Buffer; base: number; scratc
     throw e;
   }
   return { buf, base: lo, scratch: true };
+}
+
+/** A strided source whose covering range is larger than this is read and copied in pieces. */
+const PIECE_BYTES = 16 * 2 ** 20;
+
+/**
+ * Copy a strided view from a checkpoint whose covering range exceeds PIECE_BYTES in pieces along
+ * its slowest-varying dim (the source's rows), so the scratch read holds a piece, not the whole
+ * source matrix; false when it is small enough, or cannot be split, to be copied in one read.
+ */
+async function copyInPieces(src: View, dst: View, es: number): Promise<boolean> {
+  if (src.storage.kind !== 'tensor') return false;
+  const [lo, hi] = src.extent();
+  const bytes = (hi - lo) * es;
+  if (bytes <= PIECE_BYTES) return false;
+  let k = -1;
+  for (let d = 0; d < src.ndim; d++) if (src.shape[d]! > 1 && (k < 0 || Math.abs(src.strides[d]!) > Math.abs(src.strides[k]!))) k = d;
+  if (k < 0) return false;
+  const n = src.shape[k]!;
+  const per = Math.max(1, Math.floor((n * PIECE_BYTES) / bytes));
+  if (per >= n) return false;
+  for (let a = 0; a < n; a += per) {
+    const b = Math.min(n, a + per);
+    await copyView(src.slice(k, a, b), dst.slice(k, a, b));
+  }
+  return true;
 }
 
 /**
@@ -236,11 +268,13 @@ export async function copyView(src: View, dst: View): Promise<void> {
     );
     return;
   }
+  if (await copyInPieces(src, dst, es)) return;
   const { buf, base, scratch: fromScratch } = await fetchExtent(src);
   try {
     const { unit, factor } = unitOf(src.dtype);
     const s = unitGeom(src.shape, src.strides, src.offset - base, factor);
     const d = unitGeom(dst.shape, dst.strides, dst.offset, factor);
+    if (factor === 1 && (await arenaCopy(dbuf, d.offset, d.strides, buf, s.offset, s.strides, s.shape, unit))) return;
     stridedCopy(typed(dbuf, unit), d.offset, d.strides, typed(buf, unit), s.offset, s.strides, s.shape);
   } finally {
     if (fromScratch) releaseScratch(buf);

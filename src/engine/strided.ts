@@ -39,7 +39,7 @@ export function coalesce(shape: readonly number[], dSt: readonly number[], sSt: 
 }
 
 /** Calls f(dOff, sOff) for every index of `outer` (row-major). */
-function forEachIndex(
+export function forEachIndex(
   outer: readonly number[],
   dSt: readonly number[],
   sSt: readonly number[],

@@ -5,22 +5,9 @@
  * when every part is written. Workers keep the process alive only while a job is in flight.
  * Threads: os.availableParallelism(), or MOEKIT_CPU_THREADS.
  */
-import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { MoekitError } from '../errors.js';
-import { kernelsDir } from '../gpu/kernels.js';
-
-/** The slice of the WebAssembly JS API used here (tsconfig's lib has no DOM types). */
-interface WasmMemory {
-  readonly buffer: SharedArrayBuffer;
-  grow(pages: number): number;
-}
-declare const WebAssembly: {
-  Module: new (bytes: Uint8Array) => object;
-  Memory: new (d: { initial: number; maximum: number; shared: true }) => WasmMemory;
-};
+import { PAGE, WasmWorkers, sharedMemory, type WasmMemory } from '../engine/wasm-workers.js';
 
 export type MatmulKind = 'f32' | 'bf16';
 
@@ -37,43 +24,18 @@ export interface MatmulJob {
   ldc: number;
 }
 
-/** The worker: instantiate the kernel over the shared memory, run jobs (inline, so it loads the same from src/ under vitest and from dist/). */
-const WORKER = `
-const { parentPort, workerData } = require('node:worker_threads');
-const inst = new WebAssembly.Instance(workerData.module, { env: { memory: workerData.memory } });
-parentPort.on('message', ({ id, args }) => {
-  try {
-    inst.exports['mm_' + args[0]](...args.slice(1));
-    parentPort.postMessage({ id });
-  } catch (e) {
-    parentPort.postMessage({ id, error: String(e && e.message || e) });
-  }
-});
-`;
-
-const PAGE = 65536;
 /** wasm32: 4 GiB of linear memory at most */
 const MAX_PAGES = 65536;
 
 export class WasmPool {
   readonly memory: WasmMemory;
   readonly threads: number;
-  private readonly workers: Worker[];
-  private pending = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
-  private nextId = 0;
+  private readonly workers: WasmWorkers;
 
   constructor(threads: number) {
-    const bytes = readFileSync(join(kernelsDir('internal'), 'cpu_matmul.wasm'));
-    const module = new WebAssembly.Module(bytes);
-    this.memory = new WebAssembly.Memory({ initial: 1, maximum: MAX_PAGES, shared: true });
+    this.memory = sharedMemory(1, MAX_PAGES);
     this.threads = threads;
-    this.workers = Array.from({ length: threads }, () => {
-      const w = new Worker(WORKER, { eval: true, workerData: { module, memory: this.memory } });
-      w.on('message', (m: { id: number; error?: string }) => this.settle(m));
-      w.on('error', (e) => this.failAll(e));
-      w.unref();
-      return w;
-    });
+    this.workers = new WasmWorkers('cpu_matmul.wasm', this.memory, threads, 'CPU kernel');
   }
 
   /** Make the memory at least `bytes` long. */
@@ -103,33 +65,9 @@ export class WasmPool {
     const parts: Promise<void>[] = [];
     for (let r0 = 0, w = 0; r0 < j.rows; r0 += per, w++) {
       const r1 = Math.min(j.rows, r0 + per);
-      parts.push(this.post(w, [j.kind, j.a, j.b + r0 * j.K * size, j.c + r0 * 4, j.n, j.K, 0, r1 - r0, j.ldc]));
+      parts.push(this.workers.call(w, `mm_${j.kind}`, [j.a, j.b + r0 * j.K * size, j.c + r0 * 4, j.n, j.K, 0, r1 - r0, j.ldc]));
     }
     await Promise.all(parts);
-  }
-
-  private post(w: number, args: (string | number)[]): Promise<void> {
-    const id = this.nextId++;
-    const worker = this.workers[w % this.workers.length]!;
-    if (this.pending.size === 0) for (const x of this.workers) x.ref();
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      worker.postMessage({ id, args });
-    });
-  }
-
-  private settle(m: { id: number; error?: string }): void {
-    const p = this.pending.get(m.id);
-    if (!p) return;
-    this.pending.delete(m.id);
-    if (this.pending.size === 0) for (const x of this.workers) x.unref();
-    if (m.error) p.reject(new MoekitError('internal', `internal: CPU kernel failed: ${m.error}`));
-    else p.resolve();
-  }
-
-  private failAll(e: Error): void {
-    for (const p of this.pending.values()) p.reject(new MoekitError('internal', `internal: CPU kernel worker failed: ${e.message}`));
-    this.pending.clear();
   }
 }
 

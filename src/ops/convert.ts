@@ -15,7 +15,7 @@ import { sideFilesOf, withOutput } from '../output/transaction.js';
 import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
 import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
 import { describePlan, passthroughTensors, planBytes, planTensors, splitFiles, type Plan, type SideFile, type TensorPlan } from '../engine/plan.js';
-import { executeCheckpoint } from '../engine/execute.js';
+import { executeCheckpoint, DEFAULT_JOBS } from '../engine/execute.js';
 import type { WriteOptions } from './options.js';
 
 export interface ConvertOptions extends WriteOptions {
@@ -122,7 +122,7 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
     });
   const format = opts.format ?? 'safetensors';
   const { files, index } = splitFiles(tensors, opts.maxShardSize, format);
-  const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles, format }], jobs: Math.max(1, opts.jobs ?? 4) };
+  const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles, format }], jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
   return { plan, source, target, meta, identity, gateUp, moeLayers, skipped: skipped.filter((n) => !own.includes(n)) };
 }
 

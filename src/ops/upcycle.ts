@@ -22,7 +22,7 @@ import { View, type ExpertIR, type LayerIR, type ModelIR } from '../engine/ir.js
 import { detectLayout, layerRootOf, loadMeta, moekitJson, readDenseMlps, resolveTarget, type DenseMlp, type UpcycleRecord } from '../engine/read.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan, type PlanOptions } from '../engine/plan.js';
 import { scaleTransform } from '../engine/transforms.js';
-import { executeCheckpoint } from '../engine/execute.js';
+import { executeCheckpoint, DEFAULT_JOBS } from '../engine/execute.js';
 import { sideFilesOf, withOutput } from '../output/transaction.js';
 import { cut, type ShardSummary } from './shard/shard.js';
 import { gaussian } from './random.js';
@@ -406,7 +406,7 @@ export async function upcycle(src: string, dst: string, opts: UpcycleOptions): P
       ...(await sideFilesOf(stores[0]!.dir)),
     ];
     const { files, index } = splitFiles(tp.tensors, opts.maxShardSize);
-    const plan: Plan = { outputs: [{ dir: '', files, index, metadata: stores[0]!.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? 4) };
+    const plan: Plan = { outputs: [{ dir: '', files, index, metadata: stores[0]!.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
     const total = planBytes(plan);
     if (opts.dryRun) {
       const names = [...files.map((f) => f.name), ...(index ? [index] : []), ...sideFiles.map((f) => f.name)].sort();

@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { sideFilesOf, peakRssMB, withOutput } from '../../output/transaction.js';
 import { moekitJson, resolveTarget } from '../../engine/read.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan } from '../../engine/plan.js';
-import { executeCheckpoint } from '../../engine/execute.js';
+import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
 import { layoutById } from '../../../converters/index.js';
 import { openSharded } from './sharded.js';
 import { gateUpFor, withChecksums } from './shard.js';
@@ -50,7 +50,7 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
       { name: 'moekit.json', json: moekitJson(sh.ir, tp, m.source.layout) },
       ...(await sideFilesOf(rank0)),
     ];
-    const plan: Plan = { outputs: [{ dir: '', files, index, metadata: m.source.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? 4) };
+    const plan: Plan = { outputs: [{ dir: '', files, index, metadata: m.source.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
     const totalBytes = planBytes(plan);
     const summary = (bytes: number, written: string[]): MergeSummary => ({
       source: sharded,

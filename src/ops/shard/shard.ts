@@ -34,7 +34,7 @@ import {
   type SideFile,
   type TensorsPlan,
 } from '../../engine/plan.js';
-import { executeCheckpoint } from '../../engine/execute.js';
+import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
 import { HashPool } from '../../engine/hash-pool.js';
 import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
 import { layoutById } from '../../../converters/index.js';
@@ -216,7 +216,7 @@ export async function cut(input: CutInput, dst: string, opts: ShardOptions, t0: 
       `--rank ${opts.rank} is out of range: ep ${manifest.ep} × etp ${manifest.etp} gives ranks 0..${jobs.length - 1}${manifest.etp > 1 ? ' (rank = ep_rank · etp + etp_rank)' : ''}`,
     );
   }
-  const plan: Plan = { outputs: await Promise.all(pick.map((j) => rankPlan(input, j, opts))), jobs: Math.max(1, opts.jobs ?? 4) };
+  const plan: Plan = { outputs: await Promise.all(pick.map((j) => rankPlan(input, j, opts))), jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
   const totalBytes = planBytes(plan);
   const summary = (bytes: number): ShardSummary => ({
     source: srcLabel,

@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+/**
+ * Writes kernels/transpose.wat and kernels/transpose.wasm (built from it with wabt): the
+ * WebAssembly SIMD128 transposes behind moekit's transposing conversions (nemo, hf-fused, llama4,
+ * gpt-oss, megatron-grouped). Run after editing: node scripts/gen-transpose-kernel.mjs [--out <dir>];
+ * test/transpose-kernel.test.ts checks the committed files are what this script writes.
+ *
+ * The module imports one shared memory and exports, for element size 2 (t16) and 4 (t32),
+ *   tNN(d, dA, s, sB, m, n):  dst[d + size·(i·dA + j)] = src[s + size·(i + j·sB)]   for i < m, j < n
+ * with d, s byte addresses and dA, sB in elements: the source is contiguous along i, the
+ * destination along j (the 2-D case every transposing layout reduces to). The body moves 8×8
+ * (16-bit) or 4×4 (32-bit) blocks with v128 loads, the classic three (two) rounds of
+ * interleaving shuffles and v128 stores, walking 64-column strips of the destination so both
+ * sides stay in L1; the ragged edges are copied one element at a time.
+ */
+import { writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+// i8x16.shuffle lane tables: interleave the low / high halves of two vectors by 16, 32, 64-bit lanes
+const range = (a, n) => Array.from({ length: n }, (_, k) => a + k);
+const lanes = (w, hi) => {
+  const out = [];
+  for (let k = 0; k < 16 / (2 * w); k++) out.push(...range((hi ? 8 : 0) + k * w, w), ...range(16 + (hi ? 8 : 0) + k * w, w));
+  return out;
+};
+const shuf = (w, hi, x, y) => `(i8x16.shuffle ${lanes(w, hi).join(' ')} (local.get ${x}) (local.get ${y}))`;
+
+/**
+ * The statements of one block transpose: B loads (source rows j0..j0+B-1, elements i0..i0+B-1),
+ * log2(B) rounds of the perfect shuffle (vector k paired with vector k + B/2, their low and high
+ * interleaves by element going to 2k and 2k + 1), after which vector k is destination row i0 + k.
+ */
+function block(size) {
+  const B = 16 / size;
+  const out = [];
+  for (let k = 0; k < B; k++) out.push(`(local.set $v${k} (v128.load (i32.add (local.get $p) (i32.mul (local.get $sb) (i32.const ${k})))))`);
+  let cur = range(0, B).map((k) => `$v${k}`);
+  for (let r = 0; r < Math.log2(B); r++) {
+    const tmp = r % 2 === 0 ? '$u' : '$v';
+    const next = [];
+    for (let k = 0; k < B / 2; k++) {
+      out.push(`(local.set ${tmp}${2 * k} ${shuf(size, false, cur[k], cur[k + B / 2])})`);
+      out.push(`(local.set ${tmp}${2 * k + 1} ${shuf(size, true, cur[k], cur[k + B / 2])})`);
+      next.push(`${tmp}${2 * k}`, `${tmp}${2 * k + 1}`);
+    }
+    cur = next;
+  }
+  for (let k = 0; k < B; k++) out.push(`(v128.store (i32.add (local.get $q) (i32.mul (local.get $da) (i32.const ${k}))) (local.get ${cur[k]}))`);
+  return out;
+}
+
+function kernel(size) {
+  const B = 16 / size;
+  const lg = Math.log2(size);
+  const locals = [
+    ...range(0, B).map((k) => `(local $v${k} v128) (local $u${k} v128)`),
+    '(local $i i32) (local $j i32) (local $jt i32) (local $je i32) (local $m8 i32) (local $n8 i32)',
+    '(local $p i32) (local $q i32) (local $sb i32) (local $da i32)',
+  ];
+  const load = size === 2 ? 'i32.load16_u' : 'i32.load';
+  const store = size === 2 ? 'i32.store16' : 'i32.store';
+  const at = (base, idx) => `(i32.add (local.get ${base}) (i32.shl ${idx} (i32.const ${lg})))`;
+  // one element: dst[d + i·dA + j] = src[s + i + j·sB]
+  const one = `(${store} ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')} (${load} ${at('$s', '(i32.add (local.get $i) (i32.mul (local.get $j) (local.get $sB)))')}))`;
+  const scalar = (i0, i1, j0, j1) => `
+    (local.set $i ${i0})
+    (block $di (loop $li
+      (br_if $di (i32.ge_u (local.get $i) ${i1}))
+      (local.set $j ${j0})
+      (block $dj (loop $lj
+        (br_if $dj (i32.ge_u (local.get $j) ${j1}))
+        ${one}
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $lj)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $li)))`;
+  return `
+  (func (export "t${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sB i32) (param $m i32) (param $n i32)
+    ${locals.join('\n    ')}
+    (local.set $m8 (i32.and (local.get $m) (i32.const ${-B})))
+    (local.set $n8 (i32.and (local.get $n) (i32.const ${-B})))
+    (local.set $sb (i32.shl (local.get $sB) (i32.const ${lg})))
+    (local.set $da (i32.shl (local.get $dA) (i32.const ${lg})))
+    (local.set $jt (i32.const 0))
+    (block $dt (loop $lt
+      (br_if $dt (i32.ge_u (local.get $jt) (local.get $n8)))
+      (local.set $je (select (local.get $n8) (i32.add (local.get $jt) (i32.const 64))
+        (i32.lt_u (local.get $n8) (i32.add (local.get $jt) (i32.const 64)))))
+      (local.set $i (i32.const 0))
+      (block $di (loop $li
+        (br_if $di (i32.ge_u (local.get $i) (local.get $m8)))
+        (local.set $j (local.get $jt))
+        (block $dj (loop $lj
+          (br_if $dj (i32.ge_u (local.get $j) (local.get $je)))
+          (local.set $p ${at('$s', '(i32.add (local.get $i) (i32.mul (local.get $j) (local.get $sB)))')})
+          (local.set $q ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')})
+          ${block(size).join('\n          ')}
+          (local.set $j (i32.add (local.get $j) (i32.const ${B})))
+          (br $lj)))
+        (local.set $i (i32.add (local.get $i) (i32.const ${B})))
+        (br $li)))
+      (local.set $jt (i32.add (local.get $jt) (i32.const 64)))
+      (br $lt)))
+    ;; ragged edges: the last columns of the block rows, then the last rows
+    ${scalar('(i32.const 0)', '(local.get $m8)', '(local.get $n8)', '(local.get $n)')}
+    ${scalar('(local.get $m8)', '(local.get $m)', '(i32.const 0)', '(local.get $n)')}
+  )`;
+}
+
+const wat = `;; generated by scripts/gen-transpose-kernel.mjs (SIMD128 block transposes); do not edit
+(module
+  (import "env" "memory" (memory 1 65536 shared))
+${kernel(2)}
+${kernel(4)}
+)
+`;
+
+const oi = process.argv.indexOf('--out');
+const outDir = oi > 0 ? process.argv[oi + 1] : join(root, 'kernels');
+const wabt = await (await import('wabt')).default();
+const mod = wabt.parseWat('transpose.wat', wat, { simd: true, threads: true });
+mod.resolveNames();
+writeFileSync(join(outDir, 'transpose.wat'), wat);
+writeFileSync(join(outDir, 'transpose.wasm'), mod.toBinary({}).buffer);
+mod.destroy();
