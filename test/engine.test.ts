@@ -235,20 +235,27 @@ describe('output transaction: SIGINT and SIGTERM leave nothing behind', () => {
 describe('--max-memory', () => {
   const slab = (mib: number) => ({ slabs: [{ kind: 'assemble', dtype: 'BF16', shape: [mib * 2 ** 19] }] }) as unknown as TensorPlan;
   it('fewer slabs in flight as the budget tightens, then row bands, a one-line refusal when not even one band fits', () => {
-    // 44 MiB slabs (a 1.1 GB bf16 Mixtral to nemo): peak ≈ 110 MiB + (jobs + 2.5) slabs + jobs × 16 MiB
-    expect(fitMemory([slab(44)], 4)).toEqual({ jobs: 4, band: Infinity });
-    expect(fitMemory([slab(44)], 4, 600e6)).toEqual({ jobs: 4, band: Infinity });
-    expect(fitMemory([slab(44)], 4, 400e6)).toEqual({ jobs: 2, band: Infinity });
-    // 235 MiB slabs (Mixtral-8x7B's fused gate/up to nemo): the default 512 MiB budget bands them
-    const big = fitMemory([slab(235)], 2);
-    expect(big.jobs).toBe(2);
-    expect(big.band / 2 ** 20).toBeCloseTo((512 - 110 - 32) / 4.5, 5);
-    // an explicit cap below two jobs of the smallest band: one job
-    expect(fitMemory([slab(44)], 4, 150e6).jobs).toBe(1);
-    expect(() => fitMemory([slab(44)], 4, 130e6)).toThrow(/--max-memory 124 MiB cannot hold this job: .* give at least 140 MiB/);
-    // a byte copy has no slabs: any cap above the process's own needs
-    expect(fitMemory([{ slabs: [{ kind: 'range' }] } as unknown as TensorPlan], 4, 256e6)).toEqual({ jobs: 4, band: Infinity });
-    expect(() => fitMemory([], 4, 50e6)).toThrow(/below what any run needs/);
+    // with 2 transpose workers: peak ≈ 110 + 52 MiB + (jobs + 2.5) slabs + jobs × 32 MiB
+    const threads = process.env.MOEKIT_THREADS;
+    process.env.MOEKIT_THREADS = '2';
+    try {
+      expect(fitMemory([slab(44)], 4)).toEqual({ jobs: 3, band: Infinity });
+      expect(fitMemory([slab(44)], 4, 800e6)).toEqual({ jobs: 4, band: Infinity });
+      expect(fitMemory([slab(44)], 4, 480e6)).toEqual({ jobs: 2, band: Infinity });
+      // 235 MiB slabs (Mixtral-8x7B's fused gate/up to nemo): the default 512 MiB budget bands them
+      const big = fitMemory([slab(235)], 2);
+      expect(big.jobs).toBe(2);
+      expect(big.band / 2 ** 20).toBeCloseTo((512 - 162 - 64) / 4.5, 5);
+      // an explicit cap below two jobs of the smallest band: one job
+      expect(fitMemory([slab(44)], 4, 240e6).jobs).toBe(1);
+      expect(() => fitMemory([slab(44)], 4, 200e6)).toThrow(/--max-memory 191 MiB cannot hold this job: .* give at least 208 MiB/);
+      // a byte copy has no slabs: any cap above the process's own needs
+      expect(fitMemory([{ slabs: [{ kind: 'range' }] } as unknown as TensorPlan], 4, 256e6)).toEqual({ jobs: 4, band: Infinity });
+      expect(() => fitMemory([], 4, 50e6)).toThrow(/below what any run needs/);
+    } finally {
+      if (threads === undefined) delete process.env.MOEKIT_THREADS;
+      else process.env.MOEKIT_THREADS = threads;
+    }
   });
   it('the CLI takes sizes, refuses with exit 2, and reports the peak under the cap', () => {
     const r = runCli(['convert', join(FIXTURES, 'mixtral'), '--to', 'nemo', '--max-memory', '1MB', '-o', join(tmpdir(), `moekit-mm-${process.pid}`)]);

@@ -32,6 +32,12 @@ class Arena {
     return this.memory;
   }
 
+  peakLive = 0;
+  live = 0;
+  get topBytes(): number {
+    return this.top;
+  }
+
   /** n bytes in the arena (best fit among the free ranges, else at the top), or undefined when it is full. */
   alloc(n: number): Buffer | undefined {
     const size = Math.ceil(Math.max(1, n) / ALIGN) * ALIGN;
@@ -55,6 +61,8 @@ class Arena {
       const have = m.buffer.byteLength;
       if (this.top > have) m.grow(Math.ceil((this.top - have) / PAGE));
     }
+    this.live += size;
+    this.peakLive = Math.max(this.peakLive, this.live);
     const sab = this.mem().buffer;
     this.views.add(sab);
     return Buffer.from(sab, off, n);
@@ -65,6 +73,7 @@ class Arena {
     if (!this.holds(b)) return;
     const off = b.byteOffset;
     const size = Math.ceil(Math.max(1, b.byteLength) / ALIGN) * ALIGN;
+    this.live -= size;
     let k = 0;
     while (k < this.free.length && this.free[k]![0] < off) k++;
     this.free.splice(k, 0, [off, size]);
@@ -85,13 +94,15 @@ class Arena {
   }
 }
 
-/** Transpose threads: MOEKIT_THREADS, else every core (at most 16). */
-function transposeThreads(): number {
+/** Transpose threads: MOEKIT_THREADS, else every core, at most 8 (measured on 16 cores: 4, 8 and 16 threads run nemo at the same speed, each costs ~5 MiB). */
+export function transposeThreads(): number {
   const env = Number(process.env.MOEKIT_THREADS);
-  return Math.min(16, Number.isInteger(env) && env > 0 ? env : availableParallelism());
+  return Number.isInteger(env) && env > 0 ? Math.min(64, env) : Math.min(8, availableParallelism());
 }
 
 export const arena = new Arena();
+if (process.env.MOEKIT_DEBUG_ARENA)
+  process.on('exit', () => process.stderr.write(`arena top ${arena.topBytes / 2 ** 20} MiB, peak live ${arena.peakLive / 2 ** 20} MiB\n`));
 
 /** Rows per worker call: small enough to spread one matrix over every thread, large enough to amortise the call. */
 const MIN_BAND_BYTES = 1 << 20;

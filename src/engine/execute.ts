@@ -15,7 +15,7 @@ import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js
 import { writerFor } from '../store/writers.js';
 import { View, allocAligned, copyView } from './ir.js';
 import { applyTransforms } from './transforms.js';
-import { arena } from './arena.js';
+import { arena, transposeThreads } from './arena.js';
 import { bandSlab } from './band.js';
 import { interrupted } from '../output/transaction.js';
 import { MoekitError } from '../errors.js';
@@ -163,8 +163,14 @@ function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<s
 const CAPPED_CHUNK = 4 * 2 ** 20;
 /** A run's peak RSS besides its slabs (measured: ~110 MiB for the process, its code and read chunks). */
 const BASE_MEMORY = 110 * 2 ** 20;
-/** A strided source is read in pieces of at most this (ir.ts PIECE_BYTES), one per job. */
-const PIECE_MEMORY = 16 * 2 ** 20;
+/** A strided source is read in pieces of at most 16 MiB (ir.ts PIECE_BYTES): one read, one copied per job. */
+const PIECE_MEMORY = 32 * 2 ** 20;
+/**
+ * Beside its slabs a run that assembles them holds more than a plain copy: measured 145 MiB
+ * outside the arena on 2 cores and ~240 MiB with 8 transpose workers on 16 (Mixtral-8x7B shapes
+ * to nemo), so 40 MiB plus 6 MiB per transpose worker on top of BASE_MEMORY.
+ */
+const assemblyOverhead = () => (40 + 6 * transposeThreads()) * 2 ** 20;
 /** Slabs assembled at once unless --jobs says otherwise. */
 export const DEFAULT_JOBS = 2;
 /** What a run may hold when --max-memory is not given. */
@@ -178,7 +184,7 @@ const MIN_BAND = 4 * 2 ** 20;
  * the slab assembling and one source piece, then the slab being written, the next one ready and
  * the arena's slack.
  */
-const peakOf = (jobs: number, slab: number) => BASE_MEMORY + (jobs + 2.5) * slab + jobs * PIECE_MEMORY;
+const peakOf = (jobs: number, slab: number) => BASE_MEMORY + assemblyOverhead() + (jobs + 2.5) * slab + jobs * PIECE_MEMORY;
 
 export interface MemoryFit {
   /** slabs assembled at once */
@@ -204,13 +210,13 @@ export function fitMemory(tensors: TensorPlan[], jobs: number, maxMemory?: numbe
   if (largest === 0) return { jobs, band: Infinity };
   for (let j = jobs; j >= Math.min(jobs, 2); j--) if (peakOf(j, largest) <= budget) return { jobs: j, band: Infinity };
   for (const j of new Set([Math.min(jobs, 2), 1])) {
-    const band = (budget - BASE_MEMORY - j * PIECE_MEMORY) / (j + 2.5);
+    const band = (budget - BASE_MEMORY - assemblyOverhead() - j * PIECE_MEMORY) / (j + 2.5);
     if (band >= MIN_BAND) return { jobs: j, band };
   }
   if (maxMemory === undefined) return { jobs: 1, band: MIN_BAND };
   throw new MoekitError(
     'usage',
-    `--max-memory ${MiB(maxMemory)} MiB cannot hold this job: its largest assembled slab is ${(largest / 2 ** 20).toFixed(1)} MiB, built in bands of at least ${MiB(MIN_BAND)} MiB beside ${MiB(BASE_MEMORY)} MiB; give at least ${MiB(peakOf(1, MIN_BAND))} MiB`,
+    `--max-memory ${MiB(maxMemory)} MiB cannot hold this job: its largest assembled slab is ${(largest / 2 ** 20).toFixed(1)} MiB, built in bands of at least ${MiB(MIN_BAND)} MiB beside ${MiB(BASE_MEMORY + assemblyOverhead())} MiB; give at least ${MiB(peakOf(1, MIN_BAND))} MiB`,
   );
 }
 

@@ -20,8 +20,8 @@ export interface LoadedLayer {
 }
 
 export interface LoadOptions {
-  /** leave contiguous expert matrices on disk behind byte-range readers (the GPU forward streams
-   * them); the store must stay open while the block is used. Strided views load eagerly. */
+  /** leave expert matrices on disk behind byte-range readers (both forwards stream them; strided
+   * views are gathered row block by row block); the store must stay open while the block is used. */
   lazy?: boolean;
 }
 
@@ -36,6 +36,20 @@ export interface LayerSource {
 
 const FLOATS: readonly string[] = ['F32', 'BF16', 'F16'];
 
+/**
+ * Bytes [s, e) of a strided 2-D view in canonical row-major order, gathered from the rows they
+ * cover (the forwards ask for whole row blocks), so a transposed layout streams like a contiguous
+ * one instead of loading a whole layer.
+ */
+async function gatherRows(v: View, s: number, e: number, into?: Buffer): Promise<Uint8Array> {
+  const rowBytes = v.shape[1]! * (v.dtype === 'F32' ? 4 : 2);
+  const r0 = Math.floor(s / rowBytes);
+  const r1 = Math.ceil(e / rowBytes);
+  const exact = r0 * rowBytes === s && r1 * rowBytes === e;
+  const out = await materialize(v.slice(0, r0, r1), exact ? into : undefined);
+  return exact ? out : out.subarray(s - r0 * rowBytes, e - r0 * rowBytes);
+}
+
 /** A View as a forward Weight: contiguous tensor views stay on disk when lazy, others are gathered. */
 async function weightOf(v: View, lazy: boolean): Promise<Weight> {
   if (!FLOATS.includes(v.dtype)) throw new MoekitError('unsupported', `${v.label}: dtype ${v.dtype} cannot be verified: verify runs on F32/BF16/F16 weights`);
@@ -46,6 +60,7 @@ async function weightOf(v: View, lazy: boolean): Promise<Weight> {
     const base = v.offset * (dtype === 'F32' ? 4 : 2);
     return { dtype, shape, read: (s, e, into) => store.read(info, base + s, base + e, into) };
   }
+  if (lazy && v.storage.kind === 'tensor' && v.ndim === 2) return { dtype, shape, read: (s, e, into) => gatherRows(v, s, e, into) };
   return { dtype, shape, data: await materialize(v) };
 }
 

@@ -66,8 +66,11 @@ export interface Piece {
 
 const MAX_DISPATCH = 65535;
 /** Weight pieces stay below this even where bindings may be larger (2 GiB on the H100), so disk
- * reads of the next piece overlap the upload of the current one at a fine grain. */
-const PIECE_CAP = 256 * 2 ** 20;
+ * reads of the next piece overlap the upload of the current one at a fine grain, and host memory
+ * (two staging slots, Dawn's upload copies, lavapipe's device memory) stays flat. */
+const PIECE_CAP = 32 * 2 ** 20;
+/** Bytes uploaded before waiting for the queue: Dawn keeps a copy of each upload until the GPU has used it. */
+const PENDING_CAP = 2 * PIECE_CAP;
 
 /**
  * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
@@ -190,7 +193,7 @@ class Ctx {
     this.piece = [];
     this.pendingBytes += uploaded;
     if (this.needsDrain) await this.drainTimestamps();
-    if (this.pendingBytes > 512 * 2 ** 20) {
+    if (this.pendingBytes > PENDING_CAP) {
       await this.device.queue.onSubmittedWorkDone();
       this.pendingBytes = 0;
     }
