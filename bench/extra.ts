@@ -12,10 +12,8 @@ export interface BenchContext {
 }
 
 export async function runExtraBenches(ctx: BenchContext): Promise<void> {
-  const { benchConvert } = await import('./convert-bench.js');
-  await benchConvert(ctx);
-  const { benchShard } = await import('./shard-bench.js');
-  await benchShard(ctx);
+  const { benchJobs } = await import('./jobs-bench.js');
+  await benchJobs(ctx);
   if (process.env.MOEKIT_BENCH_SKIP_VERIFY !== '1') {
     // One Mixtral-8x7B-shaped bf16 layer (H 4096, I 14336, E 8, 64 tokens) on this machine's adapter.
     const { runVerifyBench, formatVerifyBench } = await import('./verify-bench.js');
