@@ -5,7 +5,8 @@ file). Writes the same tensor names moekit writes, so the bench can check both p
 tensors. Prints one JSON line: {"seconds": wall, "peakRssMB": ru_maxrss}.
 
   python3 bench/peer.py te|nemo SRC DST         Megatron TE GroupedLinear names / NeMo stacked experts
-  python3 bench/peer.py shard SRC DST EP        EP ranks epR-of-EP, experts renumbered, other tensors on rank 0
+  python3 bench/peer.py shard SRC DST EP        EP ranks epR-of-EP, experts renumbered, routers on every rank,
+                                                other tensors on rank 0 (moekit's --dense rank0)
 """
 import json, os, re, resource, sys, time
 
@@ -91,7 +92,7 @@ def shard(src, dst, ep):
         for k in names:
             m = EXPERT.match(k)
             if not m:
-                if r == 0:
+                if r == 0 or ROUTER.match(k):
                     out.put(k, get(k))
             elif r * per <= int(m.group(2)) < (r + 1) * per:
                 out.put(f"model.layers.{m.group(1)}.block_sparse_moe.experts.{int(m.group(2)) - r * per}.{m.group(3)}.weight", get(k))

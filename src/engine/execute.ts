@@ -147,8 +147,12 @@ function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<s
           c.release?.();
           throw why;
         }
-        if (h) await h.update(c.data);
-        yield c;
+        if (h) {
+          // shared-memory chunks are hashed in place: back to their pool once written and hashed
+          const { read } = await h.feed(c.data);
+          const release = c.release;
+          yield release ? { data: c.data, release: () => void read.then(release) } : c;
+        } else yield c;
       }
       if (h) {
         const d = h.digest();

@@ -26,6 +26,11 @@ parentPort.on('message', (m) => {
     if (!h) hs.set(m.id, (h = createHash('sha256')));
     h.update(new Uint8Array(ring, m.at, m.n));
     parentPort.postMessage({ op: 'ack', id: m.id, slot: m.slot });
+  } else if (m.op === 'shared') {
+    let h = hs.get(m.id);
+    if (!h) hs.set(m.id, (h = createHash('sha256')));
+    h.update(new Uint8Array(m.sab, m.at, m.n));
+    parentPort.postMessage({ op: 'shared', id: m.id, token: m.token });
   } else if (m.op === 'digest') {
     const h = hs.get(m.id) || createHash('sha256');
     hs.delete(m.id);
@@ -54,15 +59,23 @@ parentPort.on('message', (m) => {
 `;
 
 interface Msg {
-  op: 'ack' | 'digest' | 'error';
+  op: 'ack' | 'shared' | 'digest' | 'error';
   id: number;
   slot?: number;
+  token?: number;
   hex?: string;
   message?: string;
 }
 
 export interface HashStream {
+  /** resolves when `data` may be reused */
   update(data: Uint8Array): Promise<void>;
+  /**
+   * Bytes in shared memory are hashed in place: resolves once they are handed to the worker, with
+   * a promise that settles when it has read them (the caller keeps them unchanged until then).
+   * Other bytes are copied through the ring (and the inner promise is already settled).
+   */
+  feed(data: Uint8Array): Promise<{ read: Promise<void> }>;
   digest(): Promise<string>;
 }
 
@@ -74,15 +87,19 @@ export class HashPool {
   private ring: SharedArrayBuffer;
   private free: number[] = [];
   private freed: (() => void)[] = [];
+  /** bytes handed to workers in place and not yet read, at most the ring's size (at least one handout) */
+  private lent = 0;
+  private readonly tokens = new Map<number, { n: number; done: () => void }>();
+  private nextToken = 1;
 
   /**
    * One worker per core (at most 8): the main thread mostly waits on I/O, and each tensor's hash is
-   * sequential, so the ring (3 slots per worker) is the backlog that lets the next tensors hash
+   * sequential, so the ring (2 slots per worker) is the backlog that lets the next tensors hash
    * on other workers while a slow one finishes.
    */
   constructor(
     size = Math.max(1, Math.min(8, availableParallelism())),
-    readonly slots = 3 * size,
+    readonly slots = 2 * size,
     private readonly slotSize = 4 << 20,
   ) {
     this.ring = new SharedArrayBuffer(slots * slotSize);
@@ -103,7 +120,15 @@ export class HashPool {
   private onMessage(i: number, m: Msg): void {
     if (m.op === 'ack') {
       this.free.push(m.slot!);
-      this.freed.shift()?.();
+      this.wake();
+      return;
+    }
+    if (m.op === 'shared') {
+      const t = this.tokens.get(m.token!)!;
+      this.tokens.delete(m.token!);
+      this.lent -= t.n;
+      t.done();
+      this.wake();
       return;
     }
     this.load[i]!--;
@@ -148,15 +173,18 @@ export class HashPool {
     const id = this.nextId++;
     const w = this.workers[this.pick()]!;
     return {
-      update: async (data) => {
-        for (let pos = 0; pos < data.byteLength; pos += this.slotSize) {
-          const n = Math.min(this.slotSize, data.byteLength - pos);
-          while (this.free.length === 0) await new Promise<void>((r) => this.freed.push(r));
-          const slot = this.free.pop()!;
-          const at = slot * this.slotSize;
-          new Uint8Array(this.ring, at, n).set(data.subarray(pos, pos + n));
-          w.postMessage({ op: 'update', id, slot, at, n });
+      update: (data) => this.streamUpdate(w, id, data),
+      feed: async (data) => {
+        if (!(data.buffer instanceof SharedArrayBuffer)) {
+          await this.streamUpdate(w, id, data);
+          return { read: Promise.resolve() };
         }
+        while (this.lent > 0 && this.lent + data.byteLength > this.slots * this.slotSize) await new Promise<void>((r) => this.freed.push(r));
+        const token = this.nextToken++;
+        this.lent += data.byteLength;
+        const done = new Promise<void>((resolve) => this.tokens.set(token, { n: data.byteLength, done: resolve }));
+        w.postMessage({ op: 'shared', id, sab: data.buffer, at: data.byteOffset, n: data.byteLength, token });
+        return { read: done };
       },
       digest: () => {
         const p = this.result(id);
@@ -164,6 +192,25 @@ export class HashPool {
         return p;
       },
     };
+  }
+
+  /** Every waiter re-checks its condition (ring slots or lent bytes) after any handback. */
+  private wake(): void {
+    const ws = this.freed;
+    this.freed = [];
+    for (const f of ws) f();
+  }
+
+  /** Copy `data` through the ring's slots to worker `w`'s hash `id`. */
+  private async streamUpdate(w: Worker, id: number, data: Uint8Array): Promise<void> {
+    for (let pos = 0; pos < data.byteLength; pos += this.slotSize) {
+      const n = Math.min(this.slotSize, data.byteLength - pos);
+      while (this.free.length === 0) await new Promise<void>((r) => this.freed.push(r));
+      const slot = this.free.pop()!;
+      const at = slot * this.slotSize;
+      new Uint8Array(this.ring, at, n).set(data.subarray(pos, pos + n));
+      w.postMessage({ op: 'update', id, slot, at, n });
+    }
   }
 
   async close(): Promise<void> {

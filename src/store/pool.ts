@@ -17,8 +17,9 @@ export class BufferPool {
     this.maxFree = Math.min(maxFree, this.maxFree);
     this.free = [];
   }
+  /** In shared memory, so the hash workers read chunks in place (engine/hash-pool.ts `feed`). */
   acquire(): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.chunkSize);
+    return this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.chunkSize));
   }
   release(b: Buffer): void {
     if (b.byteLength === this.chunkSize && this.free.length < this.maxFree) this.free.push(b);
