@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readdirSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, readdirSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -29,4 +29,16 @@ export function runCli(args: string[], opts: { env?: Record<string, string> } = 
 export function tempDir(prefix = 'moekit-test-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** The kernels a generator script writes into a temp folder, compared with the committed ones: a list of files that differ. */
+export function generatedKernelsDiffer(script: string, files: string[]): string[] {
+  const t = tempDir();
+  try {
+    const r = spawnSync(process.execPath, [join(ROOT, 'scripts', script), '--out', t.dir], { encoding: 'utf8' });
+    if (r.status !== 0) return [`${script} failed: ${r.stderr.slice(-300)}`];
+    return files.filter((f) => !readFileSync(join(t.dir, f)).equals(readFileSync(join(ROOT, 'kernels', f))));
+  } finally {
+    t.cleanup();
+  }
 }
