@@ -224,6 +224,14 @@ export function fitMemory(tensors: TensorPlan[], jobs: number, maxMemory?: numbe
   );
 }
 
+/** Peak RSS (bytes) a run of these tensors is expected to reach: what fitMemory plans for. */
+export function expectedPeak(tensors: TensorPlan[], jobs: number, maxMemory?: number): number {
+  const fit = fitMemory(tensors, jobs, maxMemory);
+  let largest = 0;
+  for (const t of tensors) for (const s of t.slabs) if (s.kind === 'assemble') largest = Math.max(largest, byteSize(s.dtype, s.shape));
+  return largest === 0 ? BASE_MEMORY : peakOf(fit.jobs, Math.min(largest, fit.band));
+}
+
 /** The tensors with every slab larger than `band` split into row bands. */
 function banded(tensors: TensorPlan[], band: number): Map<TensorPlan, TensorPlan> {
   const out = new Map<TensorPlan, TensorPlan>();

@@ -8,6 +8,7 @@
  * Expert selection (EP shards) and intermediate slicing (expert TP) are IR transforms
  * (`selectExperts`, `sliceIntermediate` in ir.ts) applied before `planTensors`.
  */
+import { expectedPeak } from './execute.js';
 import type { TensorStore, TensorInfo } from '../store/types.js';
 import { type Dtype, type FloatDtype, FLOAT_DTYPES, byteSize } from '../store/dtypes.js';
 import { writerFor } from '../store/writers.js';
@@ -378,22 +379,20 @@ function naturalCompare(a: string, b: string): number {
 
 export const planBytes = (p: Plan): number => p.outputs.reduce((a, o) => a + o.files.reduce((b, f) => b + f.bytes, 0), 0);
 
-/** Largest buffer one assembled slab needs. */
-function largestSlab(p: Plan): number {
-  let m = 0;
-  for (const o of p.outputs)
-    for (const f of o.files) for (const t of f.tensors) for (const s of t.slabs) if (s.kind === 'assemble') m = Math.max(m, byteSize(s.dtype, s.shape));
-  return m;
-}
-
-/**
- * Expected peak memory of running the plan: the process itself (~80 MiB), the I/O chunk pool
- * (read-ahead + write queue: about 8 chunks of 16 MiB), and (jobs + 2) assembled slabs, twice when
- * a cast makes a copy.
- */
+/** Expected peak memory of running the plan, as the executor will fit it into the default budget (execute.ts fitMemory). */
 function expectedPeakMB(p: Plan): number {
-  const casts = p.outputs.some((o) => o.files.some((f) => f.tensors.some((t) => t.transforms.length > 0)));
-  return Math.round(80 + 8 * 16 + ((p.jobs + 2) * largestSlab(p) * (casts ? 2 : 1)) / 2 ** 20);
+  return Math.round(
+    Math.max(
+      ...p.outputs.map((o) =>
+        expectedPeak(
+          o.files.flatMap((f) => f.tensors),
+          p.jobs,
+        ),
+      ),
+      0,
+    ) /
+      2 ** 20,
+  );
 }
 
 /** The plan as JSON for `--dry-run --json`: per output file its tensors, what happens to each, and bytes. */
