@@ -27,6 +27,9 @@ class Arena {
   private readonly views = new WeakSet<ArrayBufferLike>();
   private pool: WasmWorkers | undefined;
 
+  /** set when the shared memory could not be reserved (e.g. a `ulimit -v` below 3 GiB): every buffer then comes from the heap */
+  private off = false;
+
   private mem(): WasmMemory {
     this.memory ??= sharedMemory(1, CAP / PAGE);
     return this.memory;
@@ -40,6 +43,15 @@ class Arena {
 
   /** n bytes in the arena (best fit among the free ranges, else at the top), or undefined when it is full. */
   alloc(n: number): Buffer | undefined {
+    if (this.off) return undefined;
+    if (!this.memory) {
+      try {
+        this.mem();
+      } catch {
+        this.off = true;
+        return undefined;
+      }
+    }
     const size = Math.ceil(Math.max(1, n) / ALIGN) * ALIGN;
     let best = -1;
     for (let k = 0; k < this.free.length; k++) if (this.free[k]![1] >= size && (best < 0 || this.free[k]![1] < this.free[best]![1])) best = k;
@@ -54,12 +66,16 @@ class Arena {
       const last = this.free.at(-1);
       const start = last && last[0] + last[1] === this.top ? last[0] : this.top;
       if (start + size > CAP) return undefined;
+      const m = this.mem();
+      const have = m.buffer.byteLength;
+      try {
+        if (start + size > have) m.grow(Math.ceil((start + size - have) / PAGE));
+      } catch {
+        return undefined; // the system would not commit more: a heap buffer instead
+      }
       if (start !== this.top) this.free.pop();
       off = start;
       this.top = start + size;
-      const m = this.mem();
-      const have = m.buffer.byteLength;
-      if (this.top > have) m.grow(Math.ceil((this.top - have) / PAGE));
     }
     this.live += size;
     this.peakLive = Math.max(this.peakLive, this.live);
