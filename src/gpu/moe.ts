@@ -69,11 +69,12 @@ const MAX_DISPATCH = 65535;
  * Weight pieces stay below this even where bindings may be larger (2 GiB on the H100), so disk
  * reads of the next piece overlap the upload of the current one at a fine grain, and host memory
  * (two staging slots, Dawn's upload copies) stays flat. On a CPU adapter (lavapipe, whose device
- * memory is host memory) 32 MiB: verify of a 1.1 GB Mixtral 1413 → 487 MiB. On a real GPU 128 MiB:
+ * memory is host memory) 16 MiB: verify of a 5.8 GB Mixtral-8x7B-shaped checkpoint against its nemo
+ * conversion peaked at 629 MiB with 32 MiB pieces, 471–486 MiB with 16 (47 → 49 s). On a real GPU 128 MiB:
  * smaller pieces split an expert's rows over more, emptier dispatches (H200, 32 MiB pieces: kernel
  * time of a Mixtral-8x7B layer 8.7 → 15.2 ms).
  */
-const pieceCap = (fallback: boolean) => (fallback ? 32 : 128) * 2 ** 20;
+const pieceCap = (fallback: boolean) => (fallback ? 16 : 128) * 2 ** 20;
 
 /**
  * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
