@@ -2,7 +2,7 @@
 export interface WriteOptions {
   /** split each checkpoint into weight files of at most this many bytes */
   maxShardSize?: number;
-  /** expert slabs assembled concurrently (default 4) */
+  /** expert slabs assembled at once (default 2, fewer under the memory budget) */
   jobs?: number;
   /** bytes the run may hold (--max-memory): the executor keeps fewer slabs in flight, or refuses */
   maxMemory?: number;
