@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { openStore } from '../src/store/registry.js';
 import { f32BitsToBf16, f32BitsToF16, f32ToBits, toFloat32 } from '../src/engine/cast.js';
@@ -103,6 +104,32 @@ describe('CPU forward on synthetic blocks', () => {
     const e = w.experts[1]!;
     [e.gate, e.up] = [e.up, e.gate];
     expect(compare((await forwardFast(w, facts, x, 13)).out, good.out).maxRel).toBeGreaterThan(1e-2);
+  });
+});
+
+describe('CPU forward without WebAssembly memory', () => {
+  it('under a ulimit -v too small for a WebAssembly memory, verify --cpu runs the plain JS forward and still matches transformers', () => {
+    const fx = join(ROOT, 'fixtures', 'hf', 'mixtral');
+    const r = spawnSync(
+      'bash',
+      [
+        '-c',
+        `ulimit -v 2500000 && exec "${process.execPath}" "$@"`,
+        'sh',
+        join(ROOT, 'bin', 'moekit.js'),
+        'verify',
+        fx,
+        '--reference',
+        join(fx, 'reference.safetensors'),
+        '--cpu',
+        '--json',
+      ],
+      { encoding: 'utf8', env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' } },
+    );
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { pass: boolean; backend: string };
+    expect(out.pass).toBe(true);
+    expect(out.backend).toBe('cpu');
   });
 });
 

@@ -203,6 +203,15 @@ function byExpert(r: Routed, E: number, T: number): { tokens: number[]; weights:
   return lists;
 }
 
+/** The WebAssembly pool, or undefined where no WebAssembly memory can be reserved (V8 wants ~8 GiB of address space per memory; ulimit -v): the plain JS forward then runs instead. */
+function poolOrUndefined(): WasmPool | undefined {
+  try {
+    return wasmPool();
+  } catch {
+    return undefined;
+  }
+}
+
 /** The block for T tokens (same contract as forwardCpu); weights may be lazy (left on disk). */
 export async function forwardFast(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, forced?: Routed): Promise<ForwardResult> {
   if (!fits(w)) return forwardCpu(await materialize(w), spec, x, T, forced);
@@ -210,7 +219,8 @@ export async function forwardFast(w: MoeBlockWeights, spec: BlockSpec, x: Float3
   const small = await materialize(w, false);
   const E = w.experts.length;
   const routed = forced ?? routeAll(small, spec, x, T);
-  const pool = wasmPool();
+  const pool = poolOrUndefined();
+  if (!pool) return forwardCpu(await materialize(w), spec, x, T, forced);
   const maxI = Math.max(8, ...[...w.experts, ...w.shared].map(expertI));
   const l = layoutFor(pool, Math.ceil(T / 4) * 4, H, maxI);
   const acc = new Float64Array(T * H);

@@ -33,7 +33,11 @@ export class WasmPool {
   private readonly workers: WasmWorkers;
 
   constructor(threads: number) {
-    this.memory = sharedMemory(1, MAX_PAGES);
+    try {
+      this.memory = sharedMemory(1, MAX_PAGES);
+    } catch (e) {
+      throw new MoekitError('unsupported', `the CPU forward cannot reserve WebAssembly memory (${(e as Error).message}); raise ulimit -v`);
+    }
     this.threads = threads;
     this.workers = new WasmWorkers('cpu_matmul.wasm', this.memory, threads, 'CPU kernel');
   }
