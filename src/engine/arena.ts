@@ -6,9 +6,10 @@
  * Measured on a 2-core EPYC (bf16 [5632, 2048] → [2048, 5632], warm memory): the JS 2×2-word
  * kernel in strided.ts moves ~1.1 GB/s on one thread, the SIMD kernel ~2.7–3.5 GB/s.
  *
- * Blocks are handed out whole and recycled by size (a conversion asks for few distinct sizes);
- * memory the arena cannot give (past its cap) comes from the heap, and such buffers take the JS
- * kernel. `release` of a heap buffer is a no-op, so callers need not tell them apart.
+ * Blocks are handed out best-fit from merged free ranges, else from the top; memory the arena
+ * cannot give (past its cap, or when the system will not reserve or commit it) comes from the
+ * heap, and such buffers take the JS kernel. `release` of a heap buffer is a no-op, so callers
+ * need not tell them apart.
  */
 import { availableParallelism } from 'node:os';
 import { coalesce, forEachIndex } from './strided.js';
@@ -30,28 +31,21 @@ class Arena {
   /** set when the shared memory could not be reserved (e.g. a `ulimit -v` below 3 GiB): every buffer then comes from the heap */
   private off = false;
 
-  private mem(): WasmMemory {
-    this.memory ??= sharedMemory(1, CAP / PAGE);
+  /** The memory, reserved on first use; undefined when it cannot be. */
+  private mem(): WasmMemory | undefined {
+    if (this.memory || this.off) return this.memory;
+    try {
+      this.memory = sharedMemory(1, CAP / PAGE);
+    } catch {
+      this.off = true;
+    }
     return this.memory;
-  }
-
-  peakLive = 0;
-  live = 0;
-  get topBytes(): number {
-    return this.top;
   }
 
   /** n bytes in the arena (best fit among the free ranges, else at the top), or undefined when it is full. */
   alloc(n: number): Buffer | undefined {
-    if (this.off) return undefined;
-    if (!this.memory) {
-      try {
-        this.mem();
-      } catch {
-        this.off = true;
-        return undefined;
-      }
-    }
+    const m = this.mem();
+    if (!m) return undefined;
     const size = Math.ceil(Math.max(1, n) / ALIGN) * ALIGN;
     let best = -1;
     for (let k = 0; k < this.free.length; k++) if (this.free[k]![1] >= size && (best < 0 || this.free[k]![1] < this.free[best]![1])) best = k;
@@ -66,7 +60,6 @@ class Arena {
       const last = this.free.at(-1);
       const start = last && last[0] + last[1] === this.top ? last[0] : this.top;
       if (start + size > CAP) return undefined;
-      const m = this.mem();
       const have = m.buffer.byteLength;
       try {
         if (start + size > have) m.grow(Math.ceil((start + size - have) / PAGE));
@@ -77,9 +70,7 @@ class Arena {
       off = start;
       this.top = start + size;
     }
-    this.live += size;
-    this.peakLive = Math.max(this.peakLive, this.live);
-    const sab = this.mem().buffer;
+    const sab = m.buffer;
     this.views.add(sab);
     return Buffer.from(sab, off, n);
   }
@@ -89,7 +80,6 @@ class Arena {
     if (!this.holds(b)) return;
     const off = b.byteOffset;
     const size = Math.ceil(Math.max(1, b.byteLength) / ALIGN) * ALIGN;
-    this.live -= size;
     let k = 0;
     while (k < this.free.length && this.free[k]![0] < off) k++;
     this.free.splice(k, 0, [off, size]);
@@ -105,7 +95,8 @@ class Arena {
   }
 
   workers(): WasmWorkers {
-    this.pool ??= new WasmWorkers('transpose.wasm', this.mem(), transposeThreads(), 'transpose kernel');
+    // only reached for buffers the arena holds, so its memory exists
+    this.pool ??= new WasmWorkers('transpose.wasm', this.memory!, transposeThreads(), 'transpose kernel');
     return this.pool;
   }
 }
@@ -117,8 +108,6 @@ export function transposeThreads(): number {
 }
 
 export const arena = new Arena();
-if (process.env.MOEKIT_DEBUG_ARENA)
-  process.on('exit', () => process.stderr.write(`arena top ${arena.topBytes / 2 ** 20} MiB, peak live ${arena.peakLive / 2 ** 20} MiB\n`));
 
 /** Rows per worker call: small enough to spread one matrix over every thread, large enough to amortise the call. */
 const MIN_BAND_BYTES = 1 << 20;
