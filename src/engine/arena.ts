@@ -11,9 +11,8 @@
  * heap, and such buffers take the JS kernel. `release` of a heap buffer is a no-op, so callers
  * need not tell them apart.
  */
-import { availableParallelism } from 'node:os';
 import { coalesce, forEachIndex } from './strided.js';
-import { PAGE, WasmWorkers, sharedMemory, type WasmMemory } from './wasm-workers.js';
+import { PAGE, WasmWorkers, sharedMemory, threadsFrom, type WasmMemory } from './wasm-workers.js';
 
 /** Beyond this the arena gives heap buffers (wasm32 addresses up to 4 GiB; keep well inside). */
 const CAP = 3 * 2 ** 30;
@@ -103,8 +102,7 @@ class Arena {
 
 /** Transpose threads: MOEKIT_THREADS, else every core, at most 8 (measured on 16 cores: 4, 8 and 16 threads run nemo at the same speed, each costs ~5 MiB). */
 export function transposeThreads(): number {
-  const env = Number(process.env.MOEKIT_THREADS);
-  return Number.isInteger(env) && env > 0 ? Math.min(64, env) : Math.min(8, availableParallelism());
+  return threadsFrom('MOEKIT_THREADS', 8);
 }
 
 export const arena = new Arena();

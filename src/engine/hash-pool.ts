@@ -8,7 +8,7 @@
  * The worker is inline code (eval), so it runs the same from dist/ and under the test runner.
  */
 import { Worker } from 'node:worker_threads';
-import { availableParallelism } from 'node:os';
+import { threadsFrom } from './wasm-workers.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { MoekitError } from '../errors.js';
 
@@ -80,10 +80,7 @@ export interface HashStream {
 }
 
 /** MOEKIT_HASH_THREADS, else one per core, at most 6. */
-function hashThreads(): number {
-  const env = Number(process.env.MOEKIT_HASH_THREADS);
-  return Number.isInteger(env) && env > 0 ? Math.min(64, env) : Math.max(1, Math.min(6, availableParallelism()));
-}
+const hashThreads = () => threadsFrom('MOEKIT_HASH_THREADS', 6);
 
 export class HashPool {
   private workers: Worker[] = [];

@@ -6,6 +6,7 @@
  * inline code (eval), so it loads the same from src/ under the test runner and from dist/.
  */
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { MoekitError } from '../errors.js';
@@ -22,6 +23,12 @@ declare const WebAssembly: {
 };
 
 export const PAGE = 65536;
+
+/** Worker threads of a pool: the environment variable `env` when a positive integer (at most 64), else every core, at most `cap`. */
+export function threadsFrom(env: string, cap: number): number {
+  const n = Number(process.env[env]);
+  return Number.isInteger(n) && n > 0 ? Math.min(64, n) : Math.max(1, Math.min(cap, availableParallelism()));
+}
 
 /** A shared memory of `initial` pages, growable to `maximum` (at most 65536: 4 GiB). */
 export function sharedMemory(initial: number, maximum: number): WasmMemory {

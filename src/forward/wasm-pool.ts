@@ -5,9 +5,8 @@
  * when every part is written. Workers keep the process alive only while a job is in flight.
  * Threads: os.availableParallelism(), or MOEKIT_CPU_THREADS.
  */
-import { availableParallelism } from 'node:os';
 import { MoekitError } from '../errors.js';
-import { PAGE, WasmWorkers, sharedMemory, type WasmMemory } from '../engine/wasm-workers.js';
+import { PAGE, WasmWorkers, sharedMemory, threadsFrom, type WasmMemory } from '../engine/wasm-workers.js';
 
 export type MatmulKind = 'f32' | 'bf16';
 
@@ -79,8 +78,7 @@ let pool: WasmPool | undefined;
 
 /** Worker threads of the CPU forward: MOEKIT_CPU_THREADS, else every core (at most 64). */
 export function cpuThreads(): number {
-  const env = Number(process.env.MOEKIT_CPU_THREADS);
-  return Math.min(64, Number.isInteger(env) && env > 0 ? env : availableParallelism());
+  return threadsFrom('MOEKIT_CPU_THREADS', 64);
 }
 
 /** The process's pool (created on first use). */
