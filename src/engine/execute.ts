@@ -13,7 +13,7 @@ import { type Chunk, sharedPool } from '../store/pool.js';
 import { byteSize } from '../store/dtypes.js';
 import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js';
 import { writerFor } from '../store/writers.js';
-import { View, allocAligned, copyView } from './ir.js';
+import { PIECE_BYTES, View, allocAligned, copyView } from './ir.js';
 import { applyTransforms } from './transforms.js';
 import { arena, transposeThreads } from './arena.js';
 import { bandSlab } from './band.js';
@@ -167,8 +167,8 @@ function entryOf(t: TensorPlan, asm: Assembler, opts: ExecuteOptions, sha: Map<s
 const CAPPED_CHUNK = 4 * 2 ** 20;
 /** A run's peak RSS besides its slabs (measured: ~110 MiB for the process, its code and read chunks). */
 const BASE_MEMORY = 110 * 2 ** 20;
-/** A strided source is read in pieces of at most 16 MiB (ir.ts PIECE_BYTES): one read, one copied per job. */
-const PIECE_MEMORY = 32 * 2 ** 20;
+/** A strided source is read in pieces of at most PIECE_BYTES: one read, one copied per job. */
+const PIECE_MEMORY = 2 * PIECE_BYTES;
 /**
  * Beside its slabs a run that assembles them holds more than a plain copy: measured 145 MiB
  * outside the arena on 2 cores and ~240 MiB with 8 transpose workers on 16 (Mixtral-8x7B shapes
@@ -199,6 +199,13 @@ export interface MemoryFit {
 
 const MiB = (n: number) => Math.ceil(n / 2 ** 20);
 
+/** Bytes of the largest assembled slab (0: the run only copies byte ranges). */
+function largestSlab(tensors: TensorPlan[]): number {
+  let m = 0;
+  for (const t of tensors) for (const s of t.slabs) if (s.kind === 'assemble') m = Math.max(m, byteSize(s.dtype, s.shape));
+  return m;
+}
+
 /**
  * How a run stays inside its memory budget (`maxMemory`, else DEFAULT_MEMORY): fewer slabs in
  * flight (not below 2, so reading and writing still overlap), then slabs built in row bands
@@ -207,8 +214,7 @@ const MiB = (n: number) => Math.ceil(n / 2 ** 20);
  */
 export function fitMemory(tensors: TensorPlan[], jobs: number, maxMemory?: number): MemoryFit {
   const budget = maxMemory ?? DEFAULT_MEMORY;
-  let largest = 0;
-  for (const t of tensors) for (const s of t.slabs) if (s.kind === 'assemble') largest = Math.max(largest, byteSize(s.dtype, s.shape));
+  const largest = largestSlab(tensors);
   if (maxMemory !== undefined && maxMemory < BASE_MEMORY)
     throw new MoekitError('usage', `--max-memory ${MiB(maxMemory)} MiB is below what any run needs (about ${MiB(BASE_MEMORY)} MiB)`);
   if (largest === 0) return { jobs, band: Infinity };
@@ -227,8 +233,7 @@ export function fitMemory(tensors: TensorPlan[], jobs: number, maxMemory?: numbe
 /** Peak RSS (bytes) a run of these tensors is expected to reach: what fitMemory plans for. */
 export function expectedPeak(tensors: TensorPlan[], jobs: number, maxMemory?: number): number {
   const fit = fitMemory(tensors, jobs, maxMemory);
-  let largest = 0;
-  for (const t of tensors) for (const s of t.slabs) if (s.kind === 'assemble') largest = Math.max(largest, byteSize(s.dtype, s.shape));
+  const largest = largestSlab(tensors);
   return largest === 0 ? BASE_MEMORY : peakOf(fit.jobs, Math.min(largest, fit.band));
 }
 
@@ -256,15 +261,9 @@ function checkBands(tensors: Iterable<TensorPlan>, fit: MemoryFit, maxMemory?: n
 
 /** Write one planned checkpoint (weight files, index, side files) into `dir`. */
 export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: ExecuteOptions = {}): Promise<ExecuteResult> {
-  const fit = fitMemory(
-    cp.files.flatMap((f) => f.tensors),
-    Math.max(1, opts.jobs ?? DEFAULT_JOBS),
-    opts.maxMemory,
-  );
-  const band = banded(
-    cp.files.flatMap((f) => f.tensors),
-    fit.band,
-  );
+  const tensors = cp.files.flatMap((f) => f.tensors);
+  const fit = fitMemory(tensors, Math.max(1, opts.jobs ?? DEFAULT_JOBS), opts.maxMemory);
+  const band = banded(tensors, fit.band);
   checkBands(band.values(), fit, opts.maxMemory);
   const asm = new Assembler([...band.values()], fit.jobs);
   if (opts.maxMemory !== undefined) sharedPool.shrink(CAPPED_CHUNK, 2);

@@ -220,7 +220,7 @@ async function fetchExtent(v: View): Promise<{ buf: Buffer; base: number; scratc
 }
 
 /** A strided source whose covering range is larger than this is read and copied in pieces. */
-const PIECE_BYTES = 16 * 2 ** 20;
+export const PIECE_BYTES = 16 * 2 ** 20;
 
 /**
  * Copy a strided view from a checkpoint whose covering range exceeds PIECE_BYTES in pieces along
