@@ -8,7 +8,7 @@
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';
-import { PER_EXPERT_RULES } from './hf-per-expert.js';
+import { perExpertRules } from './hf-per-expert.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-ernie',
@@ -20,7 +20,7 @@ export const spec: LayoutSpec = {
   rules: [
     { name: 'gate.weight', scope: 'layer', parts: () => ({ router: id }) },
     { name: 'moe_statics.e_score_correction_bias', scope: 'layer', slab: (d) => [1, d.Er], parts: () => ({ score_bias: (v) => v.reshape([v.numel]) }) },
-    ...PER_EXPERT_RULES,
+    ...perExpertRules('shared_experts'),
   ],
   cannotHold: 'expert biases, router bias, shared-expert gate',
 };

@@ -7,6 +7,7 @@
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';
+import { perExpertRules } from './hf-per-expert.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-hunyuan',
@@ -15,14 +16,6 @@ export const spec: LayoutSpec = {
   families: ['hunyuan_v1_moe'],
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',
-  rules: [
-    { name: 'gate.wg.weight', scope: 'layer', parts: () => ({ router: id }) },
-    { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
-    { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
-    { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
-    { name: 'shared_mlp.gate_proj.weight', scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
-    { name: 'shared_mlp.up_proj.weight', scope: 'layer', parts: () => ({ shared_up: id }) },
-    { name: 'shared_mlp.down_proj.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
-  ],
+  rules: [{ name: 'gate.wg.weight', scope: 'layer', parts: () => ({ router: id }) }, ...perExpertRules('shared_mlp')],
   cannotHold: 'expert biases, router bias, score-correction bias, shared-expert gate',
 };

@@ -9,15 +9,21 @@ import type { LayoutSpec } from '../src/engine/layout.js';
 import type { TensorRule } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';
 
-/** The per-expert and shared-expert tensors of this layout (ERNIE-4.5-MoE names them the same). */
-export const PER_EXPERT_RULES: TensorRule[] = [
-  { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
-  { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
-  { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
-  { name: 'shared_experts.gate_proj.weight', scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
-  { name: 'shared_experts.up_proj.weight', scope: 'layer', parts: () => ({ shared_up: id }) },
-  { name: 'shared_experts.down_proj.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
-];
+/**
+ * The per-expert tensors mlp.experts.<e>.{gate,up,down}_proj and the shared expert's, under the
+ * module name each family gives it: `shared_experts` (this layout, ERNIE-4.5-MoE), `shared_expert`
+ * (Qwen2-MoE), `shared_mlp` (Hunyuan-MoE).
+ */
+export function perExpertRules(shared: string): TensorRule[] {
+  return [
+    { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
+    { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
+    { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
+    { name: `${shared}.gate_proj.weight`, scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
+    { name: `${shared}.up_proj.weight`, scope: 'layer', parts: () => ({ shared_up: id }) },
+    { name: `${shared}.down_proj.weight`, scope: 'layer', parts: () => ({ shared_down: id }) },
+  ];
+}
 
 export const spec: LayoutSpec = {
   id: 'hf-per-expert',
@@ -29,7 +35,7 @@ export const spec: LayoutSpec = {
   rules: [
     { name: 'gate.weight', scope: 'layer', parts: () => ({ router: id }) },
     { name: 'gate.e_score_correction_bias', scope: 'layer', parts: () => ({ score_bias: id }) },
-    ...PER_EXPERT_RULES,
+    ...perExpertRules('shared_experts'),
   ],
   cannotHold: 'expert biases, router bias, shared-expert gate',
 };

@@ -7,6 +7,7 @@
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';
+import { perExpertRules } from './hf-per-expert.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-qwen2-moe',
@@ -17,12 +18,7 @@ export const spec: LayoutSpec = {
   root: 'hf',
   rules: [
     { name: 'gate.weight', scope: 'layer', parts: () => ({ router: id }) },
-    { name: 'experts.{e}.gate_proj.weight', scope: 'expert', parts: () => ({ gate: id }) },
-    { name: 'experts.{e}.up_proj.weight', scope: 'expert', parts: () => ({ up: id }) },
-    { name: 'experts.{e}.down_proj.weight', scope: 'expert', parts: () => ({ down: id }) },
-    { name: 'shared_expert.gate_proj.weight', scope: 'layer', parts: () => ({ shared_gate_proj: id }) },
-    { name: 'shared_expert.up_proj.weight', scope: 'layer', parts: () => ({ shared_up: id }) },
-    { name: 'shared_expert.down_proj.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
+    ...perExpertRules('shared_expert'),
     { name: 'shared_expert_gate.weight', scope: 'layer', parts: () => ({ shared_gate: id }) },
   ],
   cannotHold: 'expert biases, router bias, score-correction bias',
