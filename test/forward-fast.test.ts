@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { openStore } from '../src/store/registry.js';
 import { f32BitsToBf16, f32BitsToF16, f32ToBits, toFloat32 } from '../src/engine/cast.js';
@@ -10,7 +9,7 @@ import { WasmPool } from '../src/forward/wasm-pool.js';
 import { materialize, type MoeBlockWeights, type Weight } from '../src/forward/weights.js';
 import { familyFacts } from '../src/families/index.js';
 import { gaussian } from '../src/ops/random.js';
-import { ROOT, generatedKernelsDiffer } from './helpers.js';
+import { ROOT, generatedKernelsDiffer, runCli } from './helpers.js';
 
 const FIX = join(ROOT, 'fixtures', 'hf');
 const WITH_REF = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'deepseek_v3', 'gpt_oss', 'llama_dense', 'qwen3_dense', 'granitemoe', 'llama4_text', 'phimoe'];
@@ -110,23 +109,8 @@ describe('CPU forward on synthetic blocks', () => {
 describe('CPU forward without WebAssembly memory', () => {
   it('under a ulimit -v too small for a WebAssembly memory, verify --cpu runs the plain JS forward and still matches transformers', () => {
     const fx = join(ROOT, 'fixtures', 'hf', 'mixtral');
-    const r = spawnSync(
-      'bash',
-      [
-        '-c',
-        `ulimit -v 2500000 && exec "${process.execPath}" "$@"`,
-        'sh',
-        join(ROOT, 'bin', 'moekit.js'),
-        'verify',
-        fx,
-        '--reference',
-        join(fx, 'reference.safetensors'),
-        '--cpu',
-        '--json',
-      ],
-      { encoding: 'utf8', env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' } },
-    );
-    expect(r.status, r.stderr).toBe(0);
+    const r = runCli(['verify', fx, '--reference', join(fx, 'reference.safetensors'), '--cpu', '--json'], { ulimitKb: 2_500_000 });
+    expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as { pass: boolean; backend: string };
     expect(out.pass).toBe(true);
     expect(out.backend).toBe('cpu');

@@ -16,9 +16,12 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Run the built CLI (`npm test` builds dist/ first). */
-export function runCli(args: string[], opts: { env?: Record<string, string> } = {}): CliResult {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin', 'moekit.js'), ...args], {
+/** Run the built CLI (`npm test` builds dist/ first); `ulimitKb` caps its address space (bash `ulimit -v`). */
+export function runCli(args: string[], opts: { env?: Record<string, string>; ulimitKb?: number } = {}): CliResult {
+  const argv = [join(ROOT, 'bin', 'moekit.js'), ...args];
+  const [cmd, cmdArgs] =
+    opts.ulimitKb === undefined ? [process.execPath, argv] : ['bash', ['-c', `ulimit -v ${opts.ulimitKb} && exec "${process.execPath}" "$@"`, 'sh', ...argv]];
+  const r = spawnSync(cmd, cmdArgs, {
     encoding: 'utf8',
     env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp', ...opts.env },
     maxBuffer: 64 * 1024 * 1024,

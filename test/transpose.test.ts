@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { arena, arenaCopy } from '../src/engine/arena.js';
@@ -9,7 +8,7 @@ import { stridedCopyGeneric } from '../src/engine/strided.js';
 import type { SlabPlan } from '../src/engine/plan.js';
 import { writeSyntheticMixtral } from '../bench/lib.js';
 import { openStore } from '../src/store/registry.js';
-import { ROOT, runCli, tempDir, generatedKernelsDiffer } from './helpers.js';
+import { runCli, tempDir, generatedKernelsDiffer } from './helpers.js';
 
 /** Deterministic distinct-ish values. */
 function fill(b: Uint8Array, seed: number): void {
@@ -170,25 +169,8 @@ describe('transposing conversions on the SIMD kernels, in pieces and bands', () 
         expect(run(`${to}-simd`, []).equals(js)).toBe(true);
         expect(run(`${to}-banded`, ['--max-memory', '230MB'], { MOEKIT_THREADS: '2' }).equals(js)).toBe(true);
         // no room to reserve the arena's 3 GiB of address space: heap buffers and the JS kernels, same bytes
-        const capped = spawnSync(
-          'bash',
-          [
-            '-c',
-            `ulimit -v 2500000 && exec "${process.execPath}" "$@"`,
-            'sh',
-            join(ROOT, 'bin', 'moekit.js'),
-            'convert',
-            src,
-            '--to',
-            to,
-            '--no-fsync',
-            '-q',
-            '-o',
-            join(t.dir, `${to}-ulimit`),
-          ],
-          { encoding: 'utf8' },
-        );
-        expect(capped.status, capped.stderr).toBe(0);
+        const capped = runCli(['convert', src, '--to', to, '--no-fsync', '-q', '-o', join(t.dir, `${to}-ulimit`)], { ulimitKb: 2_500_000 });
+        expect(capped.code, capped.stderr).toBe(0);
         expect(readFileSync(join(t.dir, `${to}-ulimit`, 'model.safetensors')).equals(js)).toBe(true);
         const back = runCli(['convert', join(t.dir, `${to}-simd`), '--to', 'hf', '--no-fsync', '-q', '-o', join(t.dir, `${to}-back`)]);
         expect(back.code, back.stderr).toBe(0);
