@@ -11,7 +11,7 @@ import { familyFacts, type FamilyFacts } from '../families/index.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { materialize, type ExpertIR, type LayerIR, type ModelIR, type View } from '../engine/ir.js';
 import { detectLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type DenseMlp } from '../engine/read.js';
-import { validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
+import { dtypeBytes, validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 
 export interface LoadedLayer {
   weights: MoeBlockWeights;
@@ -42,7 +42,7 @@ const FLOATS: readonly string[] = ['F32', 'BF16', 'F16'];
  * one instead of loading a whole layer.
  */
 async function gatherRows(v: View, s: number, e: number, into?: Buffer): Promise<Uint8Array> {
-  const rowBytes = v.shape[1]! * (v.dtype === 'F32' ? 4 : 2);
+  const rowBytes = v.shape[1]! * dtypeBytes(v.dtype as FloatDtype);
   const r0 = Math.floor(s / rowBytes);
   const r1 = Math.ceil(e / rowBytes);
   const exact = r0 * rowBytes === s && r1 * rowBytes === e;
@@ -57,7 +57,7 @@ async function weightOf(v: View, lazy: boolean): Promise<Weight> {
   const shape = [...v.shape];
   if (lazy && v.storage.kind === 'tensor' && v.isContiguous()) {
     const { store, info } = v.storage;
-    const base = v.offset * (dtype === 'F32' ? 4 : 2);
+    const base = v.offset * dtypeBytes(dtype);
     return { dtype, shape, read: (s, e, into) => store.read(info, base + s, base + e, into) };
   }
   if (lazy && v.storage.kind === 'tensor' && v.ndim === 2) return { dtype, shape, read: (s, e, into) => gatherRows(v, s, e, into) };
