@@ -17,6 +17,12 @@ import { spec as flashfusemoe } from './flashfusemoe.js';
 import { spec as hfFused } from './hf-fused.js';
 import { spec as hfErnie } from './hf-ernie.js';
 import { spec as hfHunyuan } from './hf-hunyuan.js';
+import { spec as hfExaone } from './hf-exaone.js';
+import { spec as hfAfmoe } from './hf-afmoe.js';
+import { spec as hfJamba } from './hf-jamba.js';
+import { spec as hfJetmoe } from './hf-jetmoe.js';
+import { spec as hfDbrx } from './hf-dbrx.js';
+import { spec as hfGraniteShared } from './hf-granite-shared.js';
 
 export const LAYOUTS: readonly LayoutSpec[] = [
   hfMixtral,
@@ -27,6 +33,12 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfGranite,
   hfErnie,
   hfHunyuan,
+  hfExaone,
+  hfAfmoe,
+  hfJamba,
+  hfJetmoe,
+  hfDbrx,
+  hfGraniteShared,
   nemo,
   te,
   megatron,

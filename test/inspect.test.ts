@@ -9,16 +9,35 @@ const n = (c: Cfg, ...keys: string[]) => keys.map((k) => c[k]).find((v) => typeo
 
 /** What config.json says each fixture is; inspect must agree with it (and with the tensors). */
 function expected(name: string) {
-  const c = cfg(name);
+  const raw = cfg(name);
+  // DBRX (configuration_dbrx.py) names its fields d_model / n_layers and nests the MoE ones in ffn_config
+  const ffn = (raw.ffn_config ?? {}) as Cfg;
+  const c: Cfg =
+    raw.model_type === 'dbrx'
+      ? {
+          ...raw,
+          num_hidden_layers: raw.n_layers,
+          hidden_size: raw.d_model,
+          num_experts: ffn.moe_num_experts,
+          num_experts_per_tok: ffn.moe_top_k,
+          intermediate_size: ffn.ffn_hidden_size,
+        }
+      : raw;
   const layers = c.num_hidden_layers as number;
   const all = Array.from({ length: layers }, (_, i) => i);
   const type = c.model_type as string;
   const dense = type === 'llama' || type === 'qwen3';
-  const firstDense = (c.first_k_dense_replace as number | undefined) ?? 0;
+  const firstDense = ((c.first_k_dense_replace ?? c.num_dense_layers) as number | undefined) ?? 0;
+  const types = c.mlp_layer_types as string[] | undefined;
+  const moeLayers = Array.isArray(c.moe_layers)
+    ? (c.moe_layers as number[])
+    : types
+      ? all.filter((i) => types[i] === 'sparse')
+      : all.filter((i) => i >= firstDense);
   return {
     family: type === 'llama4_text' ? 'llama4' : type, // one family, two model_types (text-only and multimodal)
     numLayers: layers,
-    moeLayers: dense ? [] : Array.isArray(c.moe_layers) ? (c.moe_layers as number[]) : all.filter((i) => i >= firstDense),
+    moeLayers: dense ? [] : moeLayers,
     numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts', 'moe_num_experts'),
     topK: dense ? 0 : n(c, 'num_experts_per_tok', 'moe_topk', 'moe_k'),
     hiddenSize: c.hidden_size,

@@ -313,9 +313,19 @@ export interface LayerFields {
   shared_up?: View; // [Is,H]
   shared_down?: View; // [H,Is]
   shared_gate?: View; // [1,H] sigmoid gate on the shared-expert output
+  out_bias?: View; // [H] added to the block's output (JetMoE mlp.bias)
 }
 export type LayerField = keyof LayerFields;
-export const LAYER_FIELDS: readonly LayerField[] = ['router', 'router_bias', 'score_bias', 'shared_gate_proj', 'shared_up', 'shared_down', 'shared_gate'];
+export const LAYER_FIELDS: readonly LayerField[] = [
+  'router',
+  'router_bias',
+  'score_bias',
+  'shared_gate_proj',
+  'shared_up',
+  'shared_down',
+  'shared_gate',
+  'out_bias',
+];
 
 export interface LayerIR extends LayerFields {
   layer: number;

@@ -65,6 +65,7 @@ export function canonicalShape(f: Field, d: Dims): number[] {
     case 'up_bias':
       return [d.I];
     case 'down_bias':
+    case 'out_bias':
       return [d.H];
     case 'router':
       return [d.Er, d.H];

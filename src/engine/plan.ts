@@ -161,6 +161,7 @@ const FIELD_WORDS: Record<Field, string> = {
   shared_up: 'shared-expert up projection',
   shared_down: 'shared-expert down projection',
   shared_gate: 'shared-expert gate',
+  out_bias: 'block output bias',
 };
 
 /** How a slab's bytes are produced from its parts: a straight byte range when possible. */

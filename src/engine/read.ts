@@ -88,7 +88,7 @@ export interface ModelMeta {
   moekit?: MoekitJson;
 }
 
-const SCORE_FUNCS: readonly ScoreFunc[] = ['softmax', 'sigmoid', 'topk_softmax', 'topk_sigmoid_input', 'sparsemixer'];
+const SCORE_FUNCS: readonly ScoreFunc[] = ['softmax', 'sigmoid', 'topk_softmax', 'topk_sigmoid_input', 'sparsemixer', 'topk_sigmoid'];
 const ACTIVATIONS: readonly Activation['kind'][] = ['swiglu', 'geglu_tanh', 'geglu', 'relu2', 'swiglu_oai', 'swiglu_clamped'];
 
 function checkRouting(k: Checker, v: unknown, E: number): Routing {
@@ -105,6 +105,8 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
     routerBias: k.bool(r.routerBias, 'routing.routerBias'),
     ...(r.jitterEps === undefined ? {} : { jitterEps: k.num(r.jitterEps, 'routing.jitterEps') }),
     ...(r.groupScore === undefined ? {} : { groupScore: k.str(r.groupScore, 'routing.groupScore', ['top2sum', 'max']) as Routing['groupScore'] }),
+    ...(r.normP === undefined ? {} : { normP: k.num(r.normP, 'routing.normP') }),
+    ...(r.sharedScale === undefined ? {} : { sharedScale: k.num(r.sharedScale, 'routing.sharedScale') }),
   };
 }
 
@@ -115,9 +117,9 @@ function checkRoot(k: Checker, v: unknown): string {
   return r;
 }
 
-/** The name root of a per-layer tensor ('model.' in model.layers.0.self_attn.q_proj.weight), if it is one. */
+/** The name root of a per-layer tensor ('model.' in model.layers.0.self_attn.q_proj.weight, 'transformer.' in DBRX's transformer.blocks.0…), if it is one. */
 export function layerRootOf(name: string): string | undefined {
-  return /^((?:[A-Za-z0-9_-]+\.)*?)layers\.\d+\./.exec(name)?.[1];
+  return /^((?:[A-Za-z0-9_-]+\.)*?)(?:layers|blocks)\.\d+\./.exec(name)?.[1];
 }
 
 /** The HF roots the non-expert layer tensors use ('model.' in model.layers.0.self_attn...). */

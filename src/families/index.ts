@@ -17,7 +17,9 @@ export type ScoreFunc =
   /** top-k of the logits, sigmoid of each selected logit, scaling the expert's input (Llama4) */
   | 'topk_sigmoid_input'
   /** PhiMoE sparsemixer: top-2, each weight a softmax over the experts within a relative gap (modeling_phimoe.py) */
-  | 'sparsemixer';
+  | 'sparsemixer'
+  /** top-k of the logits, sigmoid of each selected logit as its weight (Cohere2-MoE expert_selection_fn "sigmoid") */
+  | 'topk_sigmoid';
 
 export type ActivationKind = 'swiglu' | 'geglu_tanh' | 'geglu' | 'relu2' | 'swiglu_oai' | 'swiglu_clamped';
 
@@ -44,6 +46,10 @@ export interface Routing {
   routerBias: boolean;
   /** PhiMoE sparsemixer: the relative logit gap (router_jitter_noise) inside which experts share the softmax */
   jitterEps?: number;
+  /** renormalise the top-k weights by their p-norm instead of their sum (DBRX moe_normalize_expert_weights ≠ 1) */
+  normP?: number;
+  /** the shared experts' output is scaled by this (Cohere2-MoE "average": routed and shared both × 0.5) */
+  sharedScale?: number;
 }
 
 /** Routing facts with defaults (plain softmax top-k, no groups, no renorm, no biases) overridden by `r`. */
@@ -116,6 +122,12 @@ const INT_FIELDS: Record<string, number> = {
   moe_num_shared_experts: LIMITS.experts,
   moe_layer_start_index: LIMITS.layers,
   moe_layer_interval: LIMITS.layers,
+  num_shared_experts: LIMITS.experts,
+  num_dense_layers: LIMITS.layers,
+  expert_layer_period: LIMITS.layers,
+  expert_layer_offset: LIMITS.layers,
+  shared_intermediate_size: LIMITS.intermediate,
+  prefix_dense_intermediate_size: LIMITS.intermediate,
 };
 
 /** Refuse config.json values that are not sane integers or layer lists. */
@@ -123,12 +135,16 @@ function checkConfig(c: Record<string, unknown>): void {
   const k = new Checker('config.json');
   for (const [key, max] of Object.entries(INT_FIELDS)) if (c[key] !== undefined && c[key] !== null) k.int(c[key], key, 0, max);
   for (const key of ['moe_layers', 'mlp_only_layers']) if (Array.isArray(c[key])) k.ints(c[key], key, 0, LIMITS.layers, LIMITS.layers);
+  if (c.mlp_layer_types !== undefined && c.mlp_layer_types !== null) {
+    const t = k.arr(c.mlp_layer_types, 'mlp_layer_types', LIMITS.layers);
+    for (const [i, v] of t.entries()) k.str(v, `mlp_layer_types[${i}]`, ['dense', 'sparse']);
+  }
   const g = c.n_group as number | undefined;
   if (g && typeof c.topk_group === 'number' && c.topk_group > g) k.fail('topk_group', `(${c.topk_group}) exceeds n_group (${g})`);
 }
 
 function activationFromConfig(c: Record<string, unknown>): Activation {
-  const act = String(c.hidden_act ?? c.hidden_activation ?? 'silu');
+  const act = String(c.hidden_act ?? c.hidden_activation ?? c.activation_function ?? 'silu');
   if (act === 'silu' || act === 'swish') {
     const lim = num(c, 'swiglu_limit');
     return lim !== undefined && lim > 0 ? { kind: 'swiglu_clamped', limit: lim } : { kind: 'swiglu' };
@@ -262,33 +278,143 @@ const FAMILIES: Record<string, FamilyRule> = {
     routing: routing({ scoreFunc: 'softmax', normTopkProb: true }),
     isMoeLayer: all,
   }),
+  // modeling_minimax.py (MiniMaxSparseMoeBlock(MixtralSparseMoeBlock)): Mixtral's block; linear-attention layers pass through
+  minimax: (c, base, routing) => ({ ...FAMILIES.mixtral!(c, base, routing), family: 'minimax' }),
+  // modeling_deepseek_v32.py / modeling_glm4_moe_lite.py / modeling_glm_moe_dsa.py: DeepSeek-V3's MoE block (MLA / DSA attention passes through)
+  deepseek_v32: (c, base, routing) => deepseekLike(c, base, routing),
+  glm4_moe_lite: (c, base, routing) => deepseekLike(c, base, routing),
+  glm_moe_dsa: (c, base, routing) => deepseekLike(c, base, routing),
+  // modeling_exaone_moe.py (ExaoneMoeSparseMoEBlock): DeepSeek-V3's routing; num_experts / num_shared_experts
+  exaone_moe: (c, base, routing) => deepseekLike(c, base, routing),
+  // modeling_qwen3_next.py: Qwen2-MoE's block (shared expert with sigmoid gate); norm_topk_prob defaults to true
+  qwen3_next: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_qwen3_5_moe.py (Qwen3_5MoeTopKRouter): Qwen2-MoE's block, always renormalised, every layer MoE
+  qwen3_5_moe_text: (c, base, routing) => qwenLike(c, base, routing),
+  qwen3_5_moe: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_flex_olmo.py (FlexOlmoSparseMoeBlock(OlmoeSparseMoeBlock)): OLMoE's block, every layer MoE
+  flex_olmo: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_granitemoeshared.py: Granite-MoE's router; shared_mlp (shared_intermediate_size, 0 = none) added unweighted
+  granitemoeshared: (c, base, routing) => {
+    const sharedI = num(c, 'shared_intermediate_size') ?? 0;
+    return {
+      ...FAMILIES.granitemoe!(c, base, routing),
+      family: 'granitemoeshared',
+      shared: sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: false } : null,
+    };
+  },
+  // modeling_jamba.py (JambaSparseMoeBlock): softmax over all experts, top-k, not renormalised; MoE where
+  // i % expert_layer_period == expert_layer_offset
+  jamba: (c, base, routing) => {
+    const period = num(c, 'expert_layer_period') ?? 2;
+    const offset = num(c, 'expert_layer_offset') ?? 1;
+    return {
+      ...base,
+      family: 'jamba',
+      moeIntermediateSize: intermediateOf(c),
+      shared: null,
+      routing: routing({ scoreFunc: 'softmax' }),
+      isMoeLayer: (i) => base.numExperts > 1 && i % period === offset,
+    };
+  },
+  // modeling_jetmoe.py (JetMoeTopKGating, JetMoeMoE): top-k of the logits, softmax over the k; an output bias
+  // mlp.bias [H] added once per token; the attention experts (self_attention.experts) pass through
+  jetmoe: (c, base, routing) => ({ ...FAMILIES.granitemoe!(c, base, routing), family: 'jetmoe' }),
+  // modeling_dbrx.py (DbrxRouter): softmax over all experts, top-k, divided by the top-k weights' p-norm
+  // (p = moe_normalize_expert_weights; null: not renormalised); config fields nested in ffn_config (read by dbrxConfig)
+  dbrx: (c, base, routing) => {
+    const p = c.moe_normalize_expert_weights === null ? undefined : (num(c, 'moe_normalize_expert_weights') ?? 1);
+    return {
+      ...base,
+      family: 'dbrx',
+      moeIntermediateSize: intermediateOf(c),
+      shared: null,
+      routing: routing({ scoreFunc: 'softmax', normTopkProb: p !== undefined, ...(p !== undefined && p !== 1 ? { normP: p } : {}) }),
+      isMoeLayer: all,
+    };
+  },
+  // modeling_afmoe.py (AfmoeTokenChoiceRouter): sigmoid, selection on score + mlp.expert_bias, always renormalised
+  // (+1e-20), × route_scale; MoE from num_dense_layers; shared experts ungated
+  afmoe: (c, base, routing) => {
+    const moeI = num(c, 'moe_intermediate_size') ?? intermediateOf(c);
+    const nShared = num(c, 'num_shared_experts') ?? 0;
+    const dense = num(c, 'num_dense_layers') ?? 0;
+    return {
+      ...base,
+      family: 'afmoe',
+      moeIntermediateSize: moeI,
+      shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
+      routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true, routedScalingFactor: num(c, 'route_scale') ?? 1 }),
+      isMoeLayer: (i) => i >= dense,
+    };
+  },
+  // modeling_cohere2_moe.py (Cohere2MoeTopKRouter, Cohere2MoeSparseMoeBlock): top-k of the logits, softmax over the k
+  // (expert_selection_fn "softmax") or sigmoid of each (renormalised iff norm_topk_prob); experts sized by
+  // intermediate_size; shared experts combined as (routed + shared) / 2 ("average") or summed; MoE per mlp_layer_types
+  cohere2_moe: (c, base, routing) => {
+    const inter = intermediateOf(c);
+    const nShared = num(c, 'num_shared_experts') ?? 0;
+    const sel = String(c.expert_selection_fn ?? 'softmax');
+    if (sel !== 'softmax' && sel !== 'sigmoid')
+      throw new MoekitError('unsupported', `config.json: expert_selection_fn '${sel}' is not supported (known: softmax, sigmoid)`);
+    const strategy = String(c.shared_expert_combination_strategy ?? 'average');
+    if (strategy !== 'average' && strategy !== 'sum')
+      throw new MoekitError('unsupported', `config.json: shared_expert_combination_strategy '${strategy}' is not supported (known: average, sum)`);
+    const avg = nShared > 0 && strategy === 'average';
+    return {
+      ...base,
+      family: 'cohere2_moe',
+      moeIntermediateSize: inter,
+      denseIntermediateSize: num(c, 'prefix_dense_intermediate_size') ?? inter,
+      shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * inter, sigmoidGate: false } : null,
+      routing: routing({
+        scoreFunc: sel === 'sigmoid' ? 'topk_sigmoid' : 'topk_softmax',
+        normTopkProb: sel === 'sigmoid' && bool(c, 'norm_topk_prob', true),
+        ...(avg ? { routedScalingFactor: 0.5, sharedScale: 0.5 } : {}),
+      }),
+      isMoeLayer: sparseLayers(c, () => true),
+    };
+  },
 };
 
-/** Qwen2-MoE, Qwen3-MoE, OLMoE: softmax top-k; MoE every decoder_sparse_step layers except mlp_only_layers. */
+/** `mlp_layer_types` ("dense" / "sparse" per layer) where config.json has it, else `fallback`. */
+function sparseLayers(c: Record<string, unknown>, fallback: (i: number) => boolean): (i: number) => boolean {
+  const t = c.mlp_layer_types;
+  return Array.isArray(t) ? (i) => t[i] === 'sparse' : fallback;
+}
+
+/**
+ * Qwen2-MoE, Qwen3-MoE, Qwen3-Next, Qwen3.5-MoE, OLMoE, FlexOlmo: softmax top-k; MoE every decoder_sparse_step
+ * layers except mlp_only_layers (OLMoE, FlexOlmo, Qwen3.5-MoE: every layer). Renormalised iff norm_topk_prob
+ * (default false; Qwen3-MoE and Qwen3-Next true; Qwen3.5-MoE always). A shared expert with a sigmoid gate for
+ * the Qwen2-MoE lineage (qwen2_moe, qwen3_next, qwen3_5_moe).
+ */
 const qwenLike: FamilyRule = (c, base, routing) => {
   const t = base.modelType;
   const step = num(c, 'decoder_sparse_step') ?? 1;
   const mlpOnly = Array.isArray(c.mlp_only_layers) ? (c.mlp_only_layers as number[]) : [];
   const sharedI = num(c, 'shared_expert_intermediate_size') ?? 0;
+  const q35 = t.startsWith('qwen3_5_moe');
+  const everyLayer = t === 'olmoe' || t === 'flex_olmo' || q35;
   return {
     ...base,
     family: t,
     moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
-    shared: t === 'qwen2_moe' && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
-    routing: routing({ scoreFunc: 'softmax', normTopkProb: bool(c, 'norm_topk_prob', t === 'qwen3_moe') }),
-    isMoeLayer: (i) => t === 'olmoe' || (!mlpOnly.includes(i) && base.numExperts > 0 && (i + 1) % step === 0),
+    shared: (t === 'qwen2_moe' || t === 'qwen3_next' || q35) && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next') }),
+    isMoeLayer: (i) => everyLayer || (!mlpOnly.includes(i) && base.numExperts > 0 && (i + 1) % step === 0),
   };
 };
 
 /**
- * DeepSeek-V3, GLM4-MoE: sigmoid + correction bias, group-limited top-k, renormalise iff
- * norm_topk_prob, × routed_scaling_factor; first_k_dense_replace dense layers.
+ * DeepSeek-V3 (and V3.2), GLM4-MoE (and -Lite, -DSA), dots.llm1, EXAONE-MoE: sigmoid + correction bias,
+ * group-limited top-k, renormalise iff norm_topk_prob, × routed_scaling_factor; MoE layers from
+ * mlp_layer_types where the config has it, else after first_k_dense_replace dense layers.
  */
 const deepseekLike: FamilyRule = (c, base, routing) => {
   const firstDense = num(c, 'first_k_dense_replace') ?? 0;
   const freq = num(c, 'moe_layer_freq') ?? 1;
   const moeI = num(c, 'moe_intermediate_size') ?? intermediateOf(c);
-  const nShared = num(c, 'n_shared_experts') ?? 0;
+  const nShared = num(c, 'n_shared_experts', 'num_shared_experts') ?? 0;
   return {
     ...base,
     family: base.modelType,
@@ -302,7 +428,7 @@ const deepseekLike: FamilyRule = (c, base, routing) => {
       normTopkProb: bool(c, 'norm_topk_prob', true),
       routedScalingFactor: num(c, 'routed_scaling_factor') ?? 1,
     }),
-    isMoeLayer: (i) => i >= firstDense && i % freq === 0,
+    isMoeLayer: sparseLayers(c, (i) => i >= firstDense && i % freq === 0),
   };
 };
 
@@ -341,10 +467,34 @@ const otherFamily: FamilyRule = (_c, base, routing) => {
   };
 };
 
+/** Model types whose text model's fields sit under text_config (the multimodal wrappers). */
+const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe'];
+
+/**
+ * The fields the family rules read: Llama4 and Qwen3.5-MoE keep the text model's under text_config;
+ * DBRX (configuration_dbrx.py) names them d_model / n_layers and nests the MoE ones in ffn_config.
+ */
+function textConfig(modelType: string, config: Record<string, unknown>): Record<string, unknown> {
+  const obj = (v: unknown) => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
+  if (TEXT_CONFIG_TYPES.includes(modelType)) return obj(config.text_config) ?? config;
+  if (modelType !== 'dbrx') return config;
+  const ffn = obj(config.ffn_config) ?? {};
+  const act = obj(ffn.ffn_act_fn)?.name;
+  return {
+    ...config,
+    num_hidden_layers: config.n_layers,
+    hidden_size: config.d_model,
+    intermediate_size: ffn.ffn_hidden_size,
+    num_local_experts: ffn.moe_num_experts ?? 4,
+    num_experts_per_tok: ffn.moe_top_k ?? 1,
+    moe_normalize_expert_weights: ffn.moe_normalize_expert_weights === undefined ? 1 : ffn.moe_normalize_expert_weights,
+    hidden_act: act ?? 'silu',
+  };
+}
+
 export function familyFacts(config: Record<string, unknown>): FamilyFacts {
-  // Llama4 keeps the text model's fields under text_config.
   const modelType = String(config.model_type ?? '');
-  const c = modelType === 'llama4' && typeof config.text_config === 'object' && config.text_config ? (config.text_config as Record<string, unknown>) : config;
+  const c = textConfig(modelType, config);
   checkConfig(c);
   const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk', 'moe_k') ?? 0;
   const base: Base = {

@@ -10,7 +10,7 @@
 import { toFloat32 } from '../engine/cast.js';
 import { forwardCpu, routeAll, sharedGate, type ForwardResult, type Routed } from './cpu.js';
 import { activate, type BlockSpec } from './routing.js';
-import { dtypeBytes, expertI, materialize, readRange, weightF32, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
+import { addOutputBias, dtypeBytes, expertI, materialize, readRange, weightF32, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 import { wasmPool, type MatmulKind, type WasmPool } from './wasm-pool.js';
 
 /** bytes of one streamed chunk of an expert matrix (a ring of RING of them: one multiplied, the rest being read) */
@@ -244,7 +244,9 @@ export async function forwardFast(w: MoeBlockWeights, spec: BlockSpec, x: Float3
     }
   }
   await addShared(pool, l, ws, small, spec, x, T, acc);
-  return { out: Float32Array.from(acc), expertCounts };
+  const out = Float32Array.from(acc);
+  addOutputBias(small, out, T);
+  return { out, expertCounts };
 }
 
 /** acc += g_t · Σ shared(x_t), g_t = sigmoid(x_t · shared_gate) or 1 */
@@ -268,7 +270,7 @@ async function addShared(
   }
   const sgate = w.sharedGate && weightF32(w.sharedGate);
   rows.forEach((xt, t) => {
-    const g = sharedGate(sgate, xt);
+    const g = sharedGate(sgate, xt) * (spec.routing.sharedScale ?? 1);
     for (let k = 0; k < H; k++) acc[t * H + k]! += g * sh[t * H + k]!;
   });
 }

@@ -1,11 +1,11 @@
 /**
  * Plain TypeScript reference forward of one MLP block (f32 weights, f64 accumulation): the
  * oracle the WebGPU kernels are tested against, and `moekit verify --cpu`.
- * out[t] = Σ_slots w_slot · expert_slot(x[t]·s_slot) + Σ_shared g_t · shared(x[t])
+ * out[t] = Σ_slots w_slot · expert_slot(x[t]·s_slot) + Σ_shared g_t · shared(x[t]) (+ JetMoE's output bias)
  * with routing and activations from ./routing.ts.
  */
 import { activate, routeToken, type BlockSpec } from './routing.js';
-import { expertI, weightF32, type ExpertWeights, type MoeBlockWeights } from './weights.js';
+import { addOutputBias, expertI, weightF32, type ExpertWeights, type MoeBlockWeights } from './weights.js';
 
 export interface ForwardResult {
   /** [T, H] */
@@ -138,11 +138,12 @@ export function forwardCpu(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array,
     if (shared.length > 0) {
       const sh = new Float64Array(H);
       for (const s of shared) runExpert(s, spec, xt, H, 1, sh);
-      const g = sharedGate(sgate, xt);
+      const g = sharedGate(sgate, xt) * (spec.routing.sharedScale ?? 1);
       for (let n = 0; n < H; n++) acc[n]! += g * sh[n]!;
     }
     for (let n = 0; n < H; n++) out[t * H + n] = acc[n]!;
   }
+  addOutputBias(w, out, T);
   return { out, expertCounts };
 }
 

@@ -94,6 +94,7 @@ async function blockFromIR(l: LayerIR, hidden: number, lazy: boolean, where: str
     experts: await Promise.all(l.experts.map((e) => expertOf(e, lazy))),
     shared,
     sharedGate: await w(l.shared_gate),
+    outBias: await w(l.out_bias),
   };
 }
 

@@ -10,6 +10,10 @@
  *    norm_topk_prob: modeling_deepseek_v2.py (DeepseekV2Moe)
  *  - top-k of the logits, softmax over the k: modeling_gpt_oss.py (GptOssTopKRouter)
  *  - top-k of the logits, sigmoid of each, scaling the expert input: modeling_llama4.py
+ *  - top-k of the logits, sigmoid of each as its weight, renormalised iff norm_topk_prob: modeling_cohere2_moe.py
+ *    (Cohere2MoeTopKRouter, expert_selection_fn "sigmoid")
+ *  - softmax, top-k, divided by the weights' p-norm (moe_normalize_expert_weights): modeling_dbrx.py (DbrxRouter)
+ *  - sigmoid + selection bias, always renormalised, × route_scale: modeling_afmoe.py (AfmoeTokenChoiceRouter)
  */
 import type { Activation, Routing } from '../families/index.js';
 
@@ -64,9 +68,14 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
   const E = logits.length;
   const k = r.topK;
   if (r.scoreFunc === 'sparsemixer') return sparsemixer(logits, r.jitterEps ?? 0.01);
-  if (r.scoreFunc === 'topk_softmax' || r.scoreFunc === 'topk_sigmoid_input') {
+  if (r.scoreFunc === 'topk_softmax' || r.scoreFunc === 'topk_sigmoid_input' || r.scoreFunc === 'topk_sigmoid') {
     const ids = topk(logits, k);
     if (r.scoreFunc === 'topk_sigmoid_input') return { ids, weights: ids.map((i) => sigmoid(logits[i]!) * r.routedScalingFactor) };
+    if (r.scoreFunc === 'topk_sigmoid') {
+      const w = ids.map((i) => sigmoid(logits[i]!));
+      const s = r.normTopkProb ? w.reduce((a, b) => a + b, 0) : 1;
+      return { ids, weights: w.map((x) => (x / s) * r.routedScalingFactor) };
+    }
     const m = Math.max(...ids.map((i) => logits[i]!));
     const ex = ids.map((i) => Math.exp(logits[i]! - m));
     const s = ex.reduce((a, b) => a + b, 0);
@@ -98,7 +107,9 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
   const ids = topk(choice, k);
   let weights = ids.map((i) => scores[i]!);
   if (r.normTopkProb) {
-    const s = weights.reduce((a, b) => a + b, 0) + (r.scoreFunc === 'sigmoid' ? 1e-20 : 0);
+    const p = r.normP ?? 1;
+    const s =
+      p === 1 ? weights.reduce((a, b) => a + b, 0) + (r.scoreFunc === 'sigmoid' ? 1e-20 : 0) : weights.reduce((a, w) => a + Math.abs(w) ** p, 0) ** (1 / p);
     weights = weights.map((w) => w / s);
   }
   return { ids, weights: weights.map((w) => w * r.routedScalingFactor) };
@@ -153,4 +164,10 @@ export function activate(a: Activation, g: number, u: number): number {
       return gc * sigmoid(gc) * Math.min(Math.max(u, -lim), lim);
     }
   }
+}
+
+/** Whether the WebGPU router kernel implements a rule; the others are routed on the CPU and given to the kernels. */
+export function kernelRoutes(r: Routing): boolean {
+  const kernel: readonly string[] = ['softmax', 'sigmoid', 'topk_softmax', 'topk_sigmoid_input'];
+  return kernel.includes(r.scoreFunc) && r.groupScore !== 'max' && (r.normP ?? 1) === 1 && (r.sharedScale ?? 1) === 1;
 }

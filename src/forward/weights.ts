@@ -54,6 +54,8 @@ export interface MoeBlockWeights {
   shared: ExpertWeights[];
   /** Qwen2-MoE: the shared output is scaled by sigmoid(x·shared_gateᵀ); [1, H] */
   sharedGate?: Weight;
+  /** JetMoE: a bias [H] added to the block's output once per token */
+  outBias?: Weight;
 }
 
 export const dtypeBytes = (d: FloatDtype): number => (d === 'F32' ? 4 : 2);
@@ -95,7 +97,16 @@ export async function materialize(b: MoeBlockWeights, matrices = true): Promise<
     experts: await Promise.all(b.experts.map(expert)),
     shared: await Promise.all(b.shared.map(expert)),
     sharedGate: await opt(b.sharedGate),
+    outBias: await opt(b.outBias),
   };
+}
+
+/** out[t] += outBias for every token (JetMoE's block bias); in memory already (materialize keeps it). */
+export function addOutputBias(b: MoeBlockWeights, out: Float32Array, T: number): void {
+  if (!b.outBias) return;
+  const bias = weightF32(b.outBias);
+  const H = b.hidden;
+  for (let t = 0; t < T; t++) for (let k = 0; k < H; k++) out[t * H + k]! += bias[k]!;
 }
 
 export function weightF32(w: Weight): Float32Array {
@@ -130,6 +141,7 @@ export function validateBlock(b: MoeBlockWeights, where: string): void {
     throw new MoekitError('bad-input', `${where}: ${E} routed experts but no router`);
   }
   want(b.sharedGate, [1, H], 'shared expert gate');
+  want(b.outBias, [H], 'block output bias');
   const all = [...b.experts.map((e, i) => [e, `expert ${i}`] as const), ...b.shared.map((e, i) => [e, `shared expert ${i}`] as const)];
   for (const [e, name] of all) {
     const I = e.up.shape[0] ?? 0;

@@ -14,8 +14,9 @@
  */
 import { MoekitError } from '../errors.js';
 import type { ForwardResult, Routed } from '../forward/cpu.js';
-import type { BlockSpec } from '../forward/routing.js';
+import { kernelRoutes, type BlockSpec } from '../forward/routing.js';
 import {
+  addOutputBias,
   bytesOf,
   dtypeBytes,
   expertI,
@@ -268,7 +269,7 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec, forced?: Routed): void
   if (E > MAX_E) bad(`${E} experts (the router kernel handles at most ${MAX_E})`);
   const r = spec.routing;
   if (E > 0) {
-    if (!(r.scoreFunc in MODE) && !forced) bad(`routing '${r.scoreFunc}' is not supported without a given selection (verify routes it on the CPU)`);
+    if (!kernelRoutes(r) && !forced) bad(`routing '${r.scoreFunc}' is not supported without a given selection (verify routes it on the CPU)`);
     if (r.topK < 1 || r.topK > E) bad(`top-k ${r.topK} with ${E} experts`);
     if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup))
       bad(`n_group ${r.nGroup} / topk_group ${r.topkGroup} with ${E} experts`);
@@ -438,9 +439,9 @@ function dispatchRouting(r: Run, b: Batch): void {
   const { ctx, w, E, K, KS, H, tb } = { ...r, tb: b.tb };
   const forced = r.opts.forced;
   if (E > 0 && forced) {
-    // the given selection: ids and weights per token, 1 for the shared slots
+    // the given selection: ids and weights per token, the shared scale (1 but for Cohere2-MoE's average) for the shared slots
     const ids = ctx.storage(forced.ids.subarray(b.t0 * K, (b.t0 + tb) * K), 'ids', ctx.batch);
-    const rw = new Float32Array(tb * KS).fill(1);
+    const rw = new Float32Array(tb * KS).fill(r.spec.routing.sharedScale ?? 1);
     for (let t = 0; t < tb; t++) rw.set(forced.weights.subarray((b.t0 + t) * K, (b.t0 + t + 1) * K), t * KS);
     ctx.write(b.rw, 0, rw);
     ctx.dispatch('gather', {}, [ctx.uniform([tb, E, K, KS]), ids, b.meta], [ceil(E, 64), 1, 1]);
@@ -594,5 +595,6 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   }
   // reached only when nothing threw first: then a WebGPU validation / out-of-memory error is the failure
   if (errs.length > 0) throw new MoekitError('gpu', `WebGPU: ${errs[0]!.message.split('\n')[0]}`);
+  addOutputBias(w, out, T);
   return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs };
 }

@@ -14,6 +14,8 @@ import { layerSource, type LoadedLayer } from '../forward/ir-loader.js';
 import { forwardFast } from '../forward/cpu-fast.js';
 import { cpuThreads } from '../forward/wasm-pool.js';
 import { compare, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
+import { kernelRoutes } from '../forward/routing.js';
+import { familyFacts } from '../families/index.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
 import { dequantized } from './dequant.js';
@@ -121,11 +123,9 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   }
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
-  // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score) are routed on the CPU
+  // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score, DBRX's p-norm, ...) are routed on the CPU
   const route = async (l: LoadedLayer, x: Float32Array, T: number) =>
-    l.facts.routing.scoreFunc === 'sparsemixer' || l.facts.routing.groupScore === 'max'
-      ? routeAll(await materialize(l.weights, false), l.facts, x, T)
-      : undefined;
+    kernelRoutes(l.facts.routing) ? undefined : routeAll(await materialize(l.weights, false), l.facts, x, T);
   return {
     forward: async (l, x, T, forced) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding, forced: forced ?? (await route(l, x, T)) }),
     adapter,
@@ -298,7 +298,7 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     b = bPath ? await openSide(bPath) : undefined;
     ref = opts.reference ? await openStore(opts.reference) : undefined;
     const { layers, unchecked } = pickLayers(a, b, ref, { a: aPath, b: bPath }, opts.layers);
-    const H = Number(a.config.hidden_size ?? (a.config.text_config as Record<string, unknown> | undefined)?.hidden_size);
+    const H = familyFacts(a.config).hiddenSize;
     const { x, T } = await inputTokens(ref, opts, H);
     const results: LayerResult[] = [];
     let any16 = false;

@@ -1,0 +1,39 @@
+/**
+ * Granite-MoE-Shared (granitemoeshared): Granite-MoE's block_sparse_moe (input_linear [E,2I,H] with
+ * [gate; up] rows, output_linear [E,H,I], router.layer [E,H]) plus a shared MLP on the decoder layer
+ * beside it, shared_mlp.input_linear.weight [2·Is, H] ([gate; up], gate first) and
+ * shared_mlp.output_linear.weight [H, Is], added unweighted. The prefix is the decoder layer because
+ * the shared MLP is not inside block_sparse_moe.
+ * Sources: transformers models/granitemoeshared/modeling_granitemoeshared.py (GraniteMoeSharedMLP,
+ * GraniteMoeSharedDecoderLayer: moe_hidden_states + shared_mlp(hidden_states)); fixtures/hf/granitemoeshared.
+ */
+import type { LayoutSpec } from '../src/engine/layout.js';
+import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
+
+export const spec: LayoutSpec = {
+  id: 'hf-granite-shared',
+  description: 'HF Granite-MoE-Shared block_sparse_moe.input_linear/output_linear + shared_mlp.input_linear/output_linear',
+  source: 'transformers modeling_granitemoeshared.py',
+  families: ['granitemoeshared'],
+  prefix: '{root}layers.{n}.',
+  root: 'hf',
+  gateUp: { default: 'concat', allowed: ['concat'] },
+  rules: [
+    { name: 'block_sparse_moe.router.layer.weight', scope: 'layer', parts: () => ({ router: id }) },
+    {
+      name: 'block_sparse_moe.input_linear.weight',
+      scope: 'stacked',
+      slab: (d) => [fusedWidth(d), d.H],
+      parts: (d, o) => fusedGateUp(d, o, 0, false),
+    },
+    { name: 'block_sparse_moe.output_linear.weight', scope: 'stacked', slab: (d) => [d.H, d.I], parts: () => ({ down: id }) },
+    {
+      name: 'shared_mlp.input_linear.weight',
+      scope: 'layer',
+      slab: (d) => [fusedWidth(d, d.Is), d.H],
+      parts: (d, o) => fusedGateUp(d, o, 0, false, d.Is, { gate: 'shared_gate_proj', up: 'shared_up' }),
+    },
+    { name: 'shared_mlp.output_linear.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
+  ],
+  cannotHold: 'expert biases, router bias, score-correction bias, shared-expert gate',
+};

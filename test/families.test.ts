@@ -1,0 +1,118 @@
+/**
+ * Every model family with a transformers-written fixture (fixtures/gen_fixtures_more.py and
+ * gen_fixtures_families.py): inspect's facts, verify against transformers' block outputs on WebGPU and
+ * on the CPU, in f32 and (after convert --dtype bf16) in bf16; shard --ep 2 (× ETP 1, 2) → merge is
+ * byte-identical, and the sharded folder verifies too; one framework layout read back through the IR.
+ * The first fixtures (mixtral, qwen*, deepseek_v3, gpt_oss, ...) have the same checks in verify.test.ts,
+ * shard.test.ts and verify-layouts.test.ts.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { shard } from '../src/ops/shard/shard.js';
+import { merge } from '../src/ops/shard/merge.js';
+import { verify } from '../src/ops/verify.js';
+import { convert } from '../src/ops/convert.js';
+import { inspectCheckpoint } from '../src/ops/inspect.js';
+import { openStore } from '../src/store/registry.js';
+import { familyFacts } from '../src/families/index.js';
+import { FIXTURES, dump, diff, tempDir } from './convert-helpers.js';
+import { readFileSync } from 'node:fs';
+
+/** fixture → [routing rule inspect must report, the non-HF layout to read it back through (or none: JetMoE's output bias fits none)] */
+const FAMILIES: Record<string, [string, string | null]> = {
+  dots1: ['sigmoid', 'nemo'],
+  deepseek_v2: ['softmax', 'te'],
+  deepseek_v2_group: ['softmax', 'megatron'],
+  ernie4_5_moe: ['softmax', 'te'],
+  hunyuan_v1_moe: ['softmax', 'nemo'],
+  deepseek_v32: ['sigmoid', 'megatron-grouped'],
+  glm4_moe_lite: ['sigmoid', 'te'],
+  glm_moe_dsa: ['sigmoid', 'nemo'],
+  exaone_moe: ['sigmoid', 'megatron'],
+  cohere2_moe: ['topk_softmax', 'flashfusemoe'],
+  qwen3_next: ['softmax', 'te'],
+  qwen3_5_moe: ['softmax', 'nemo'],
+  flex_olmo: ['softmax', 'hf-fused'],
+  granitemoeshared: ['topk_softmax', 'megatron'],
+  minimax: ['softmax', 'megatron-grouped'],
+  jamba: ['softmax', 'te'],
+  jetmoe: ['topk_softmax', null],
+  dbrx: ['softmax', 'nemo'],
+  afmoe: ['sigmoid', 'te'],
+};
+
+const tmp = tempDir('moekit-families-');
+afterAll(() => tmp.cleanup());
+let seq = 0;
+const out = (tag: string) => join(tmp.dir, `${seq++}-${tag}`);
+const fast = { fsync: false } as const;
+const ref = (f: string) => join(FIXTURES, f, 'reference.safetensors');
+const config = (f: string) => JSON.parse(readFileSync(join(FIXTURES, f, 'config.json'), 'utf8')) as Record<string, unknown>;
+
+describe('every family: inspect, verify (WebGPU, CPU, bf16), shard → merge, a framework layout', () => {
+  for (const [f, [scoreFunc, layout]] of Object.entries(FAMILIES)) {
+    describe(f, () => {
+      it('inspect names the family, its routing and every MoE layer', async () => {
+        const facts = familyFacts(config(f));
+        const ck = await openStore(join(FIXTURES, f));
+        const r = await inspectCheckpoint(ck, join(FIXTURES, f));
+        await ck.close();
+        expect(r.family).toBe(facts.family);
+        expect(r.routing?.scoreFunc).toBe(scoreFunc);
+        expect(r.numExperts).toBe(8);
+        expect(r.topK).toBe(2);
+        expect(r.moeIntermediateSize).toBe(40);
+        const moe = Array.from({ length: facts.numLayers }, (_, i) => i).filter((i) => facts.isMoeLayer(i));
+        expect(r.moeLayers).toEqual(moe);
+        expect(moe.length).toBeGreaterThan(0);
+      });
+
+      it('verify matches transformers on WebGPU and on the CPU (f32)', async () => {
+        for (const cpu of [false, true]) {
+          const r = await verify(join(FIXTURES, f), undefined, { reference: ref(f), cpu });
+          expect(r.pass, JSON.stringify(r.layers)).toBe(true);
+          expect(r.unchecked).toEqual([]);
+          for (const l of r.layers) expect(l.maxRel).toBeLessThanOrEqual(1e-4);
+        }
+      });
+
+      // The f32 side matches transformers at 1e-4 (above); its bf16 twin is compared with it under the f32
+      // side's expert selection (a bf16 router may flip near-tied tokens: those are reported, not hidden).
+      it('bf16: convert --dtype bf16, then verify against the f32 fixture at bf16 tolerance (really 16-bit)', async () => {
+        const dst = out(`${f}-bf16`);
+        await convert(join(FIXTURES, f), dst, { to: 'hf', dtype: 'BF16', ...fast });
+        const r = await verify(join(FIXTURES, f), dst, { tokens: 64, seed: 5 });
+        expect(r.pass, JSON.stringify(r.layers)).toBe(true);
+        expect(r.rtol).toBe(2e-2);
+        expect(Math.max(...r.layers.map((l) => l.maxRel))).toBeGreaterThan(1e-4);
+      });
+
+      it('shard --ep 2 (ETP 1 and 2) → merge is byte-identical; the sharded folder verifies', async () => {
+        const src = await dump(join(FIXTURES, f));
+        for (const etp of [1, 2]) {
+          const s = out(`${f}-ep2-etp${etp}`);
+          await shard(join(FIXTURES, f), s, { ep: 2, etp, ...fast });
+          const merged = out(`${f}-merged`);
+          await merge(s, merged, fast);
+          expect(diff(src, await dump(merged)), `${f} ep 2 etp ${etp}`).toEqual([]);
+          if (etp === 2) {
+            const r = await verify(s, undefined, { reference: ref(f), cpu: true });
+            expect(r.pass, JSON.stringify(r.layers)).toBe(true);
+          }
+        }
+      });
+
+      if (layout) {
+        it(`HF → ${layout} → HF is byte-identical, and ${layout} verifies against transformers`, async () => {
+          const mid = out(`${f}-${layout}`);
+          await convert(join(FIXTURES, f), mid, { to: layout, ...fast });
+          const r = await verify(mid, undefined, { reference: ref(f) });
+          expect(r.pass, JSON.stringify(r.layers)).toBe(true);
+          const back = out(`${f}-back`);
+          await convert(mid, back, { to: 'hf', ...fast });
+          expect(diff(await dump(join(FIXTURES, f)), await dump(back))).toEqual([]);
+        });
+      }
+    });
+  }
+});
