@@ -9,6 +9,7 @@
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
+import { graniteRules } from './hf-granite.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-granite-shared',
@@ -19,14 +20,7 @@ export const spec: LayoutSpec = {
   root: 'hf',
   gateUp: { default: 'concat', allowed: ['concat'] },
   rules: [
-    { name: 'block_sparse_moe.router.layer.weight', scope: 'layer', parts: () => ({ router: id }) },
-    {
-      name: 'block_sparse_moe.input_linear.weight',
-      scope: 'stacked',
-      slab: (d) => [fusedWidth(d), d.H],
-      parts: (d, o) => fusedGateUp(d, o, 0, false),
-    },
-    { name: 'block_sparse_moe.output_linear.weight', scope: 'stacked', slab: (d) => [d.H, d.I], parts: () => ({ down: id }) },
+    ...graniteRules('block_sparse_moe.'),
     {
       name: 'shared_mlp.input_linear.weight',
       scope: 'layer',

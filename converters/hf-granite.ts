@@ -5,8 +5,15 @@
  * [num_experts, output_size, input_size]; GraniteMoeMoE: input_linear(…, 2·intermediate),
  * chunk(2, dim=-1) → act(first) · second; GraniteMoeTopKGating.layer).
  */
-import type { LayoutSpec } from '../src/engine/layout.js';
+import type { LayoutSpec, TensorRule } from '../src/engine/layout.js';
 import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
+
+/** Granite's router and stacked experts, names after `at` (Granite-MoE-Shared: 'block_sparse_moe.'); JetMoE's MLP has the same. */
+export const graniteRules = (at = ''): TensorRule[] => [
+  { name: `${at}router.layer.weight`, scope: 'layer', parts: () => ({ router: id }) },
+  { name: `${at}input_linear.weight`, scope: 'stacked', slab: (d) => [fusedWidth(d), d.H], parts: (d, o) => fusedGateUp(d, o, 0, false) },
+  { name: `${at}output_linear.weight`, scope: 'stacked', slab: (d) => [d.H, d.I], parts: () => ({ down: id }) },
+];
 
 export const spec: LayoutSpec = {
   id: 'hf-granite',
@@ -16,10 +23,6 @@ export const spec: LayoutSpec = {
   prefix: '{root}layers.{n}.block_sparse_moe.',
   root: 'hf',
   gateUp: { default: 'concat', allowed: ['concat'] },
-  rules: [
-    { name: 'router.layer.weight', scope: 'layer', parts: () => ({ router: id }) },
-    { name: 'input_linear.weight', scope: 'stacked', slab: (d) => [fusedWidth(d), d.H], parts: (d, o) => fusedGateUp(d, o, 0, false) },
-    { name: 'output_linear.weight', scope: 'stacked', slab: (d) => [d.H, d.I], parts: () => ({ down: id }) },
-  ],
+  rules: graniteRules(),
   cannotHold: 'expert biases, router bias, score-correction bias, shared experts',
 };

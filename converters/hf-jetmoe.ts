@@ -7,7 +7,8 @@
  * JetMoeMoE); fixtures/hf/jetmoe.
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
-import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
+import { id } from '../src/engine/layout.js';
+import { graniteRules } from './hf-granite.js';
 
 export const spec: LayoutSpec = {
   id: 'hf-jetmoe',
@@ -17,11 +18,6 @@ export const spec: LayoutSpec = {
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',
   gateUp: { default: 'concat', allowed: ['concat'] },
-  rules: [
-    { name: 'router.layer.weight', scope: 'layer', parts: () => ({ router: id }) },
-    { name: 'input_linear.weight', scope: 'stacked', slab: (d) => [fusedWidth(d), d.H], parts: (d, o) => fusedGateUp(d, o, 0, false) },
-    { name: 'output_linear.weight', scope: 'stacked', slab: (d) => [d.H, d.I], parts: () => ({ down: id }) },
-    { name: 'bias', scope: 'layer', parts: () => ({ out_bias: id }) },
-  ],
+  rules: [...graniteRules(), { name: 'bias', scope: 'layer', parts: () => ({ out_bias: id }) }],
   cannotHold: 'expert biases, router bias, score-correction bias, shared experts',
 };
