@@ -23,6 +23,7 @@ import { spec as hfJamba } from './hf-jamba.js';
 import { spec as hfJetmoe } from './hf-jetmoe.js';
 import { spec as hfDbrx } from './hf-dbrx.js';
 import { spec as hfGraniteShared } from './hf-granite-shared.js';
+import { spec as hfGemma4 } from './hf-gemma4.js';
 
 export const LAYOUTS: readonly LayoutSpec[] = [
   hfMixtral,
@@ -39,6 +40,7 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfJetmoe,
   hfDbrx,
   hfGraniteShared,
+  hfGemma4,
   nemo,
   te,
   megatron,

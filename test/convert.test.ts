@@ -50,6 +50,8 @@ const REFUSE: Record<string, Record<string, RegExp>> = {
   qwen3_5_moe: { flashfusemoe: /no place for the shared-expert gate/, 'hf-fused': /no place for the shared-expert gate/ },
   // JetMoE's block output bias (mlp.bias) has no slot in any framework layout
   jetmoe: Object.fromEntries(NON_HF.map((t) => [t, /no place for the block output bias/])),
+  // Gemma-4's router input scale (and per-expert scale, block norms) likewise
+  gemma4_text: Object.fromEntries(NON_HF.map((t) => [t, /no place for the router input scale/])),
 };
 const QUANTIZED = new Set(['deepseek_v3_fp8', 'gpt_oss_mxfp4']);
 const DENSE = new Set(['llama_dense', 'qwen3_dense']);

@@ -16,9 +16,10 @@ import { inspectCheckpoint } from '../src/ops/inspect.js';
 import { openStore } from '../src/store/registry.js';
 import { familyFacts } from '../src/families/index.js';
 import { FIXTURES, dump, diff, tempDir } from './convert-helpers.js';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
+import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 
-/** fixture → [routing rule inspect must report, the non-HF layout to read it back through (or none: JetMoE's output bias fits none)] */
+/** fixture → [routing rule inspect must report, the non-HF layout to read it back through (or none: JetMoE's output bias, Gemma-4's router scales fit none)] */
 const FAMILIES: Record<string, [string, string | null]> = {
   dots1: ['sigmoid', 'nemo'],
   deepseek_v2: ['softmax', 'te'],
@@ -39,6 +40,8 @@ const FAMILIES: Record<string, [string, string | null]> = {
   jetmoe: ['topk_softmax', null],
   dbrx: ['softmax', 'nemo'],
   afmoe: ['sigmoid', 'te'],
+  // Gemma-4's router scales and block norms fit no framework layout
+  gemma4_text: ['softmax', null],
 };
 
 const tmp = tempDir('moekit-families-');
@@ -113,6 +116,31 @@ describe('every family: inspect, verify (WebGPU, CPU, bf16), shard → merge, a 
           expect(diff(await dump(join(FIXTURES, f)), await dump(back))).toEqual([]);
         });
       }
+    });
+  }
+});
+
+describe('Gemma-4: every part of its router and block norms is used', () => {
+  // a reader that ignored one of them (router.scale, per_expert_scale, the pre/post norms) would still
+  // run: each is set to ones here, and verify must then fail against transformers' outputs
+  for (const t of ['router.scale', 'router.per_expert_scale', 'pre_feedforward_layernorm_2.weight', 'post_feedforward_layernorm_2.weight']) {
+    it(`${t} set to ones fails verify`, async () => {
+      const src = await openStore(join(FIXTURES, 'gemma4_text'));
+      const dir = out(`gemma4-${t}`);
+      const victim = `model.layers.1.${t}`;
+      expect(src.has(victim)).toBe(true);
+      const entries = [];
+      for (const info of src.tensors.values()) {
+        const bytes = Buffer.from(await src.read(info));
+        if (info.name === victim) new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4).fill(1);
+        entries.push({ name: info.name, dtype: info.dtype, shape: info.shape, source: bufferSource(bytes) });
+      }
+      await writeCheckpoint(dir, entries, { fsync: false });
+      copyFileSync(join(FIXTURES, 'gemma4_text', 'config.json'), join(dir, 'config.json'));
+      await src.close();
+      const r = await verify(dir, undefined, { reference: ref('gemma4_text'), cpu: true });
+      expect(r.layers.find((l) => l.layer === 0)!.pass).toBe(true);
+      expect(r.layers.find((l) => l.layer === 1)!.pass).toBe(false);
     });
   }
 });

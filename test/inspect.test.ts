@@ -35,11 +35,11 @@ function expected(name: string) {
       ? all.filter((i) => types[i] === 'sparse')
       : all.filter((i) => i >= firstDense);
   return {
-    family: type === 'llama4_text' ? 'llama4' : type, // one family, two model_types (text-only and multimodal)
+    family: type === 'llama4_text' || type === 'gemma4_text' ? type.replace('_text', '') : type, // one family, two model_types (text-only and multimodal)
     numLayers: layers,
     moeLayers: dense ? [] : moeLayers,
     numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts', 'moe_num_experts'),
-    topK: dense ? 0 : n(c, 'num_experts_per_tok', 'moe_topk', 'moe_k'),
+    topK: dense ? 0 : n(c, 'num_experts_per_tok', 'moe_topk', 'moe_k', 'top_k_experts'),
     hiddenSize: c.hidden_size,
     moeIntermediateSize: dense ? 0 : n(c, 'moe_intermediate_size', 'intermediate_size'),
   };

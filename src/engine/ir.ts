@@ -314,18 +314,28 @@ export interface LayerFields {
   shared_down?: View; // [H,Is]
   shared_gate?: View; // [1,H] sigmoid gate on the shared-expert output
   out_bias?: View; // [H] added to the block's output (JetMoE mlp.bias)
+  router_scale?: View; // [H] per-feature scale of the router input (Gemma-4 router.scale, Fast-LLM router_scale)
+  expert_scale?: View; // [E] per-expert scale of the routing weights after top-k (Gemma-4 per_expert_scale)
+  pre_norm?: View; // [H] RMSNorm weight on the experts' input (Gemma-4 pre_feedforward_layernorm_2)
+  post_norm?: View; // [H] RMSNorm weight on the block's output (Gemma-4 post_feedforward_layernorm_2)
 }
 export type LayerField = keyof LayerFields;
-export const LAYER_FIELDS: readonly LayerField[] = [
-  'router',
-  'router_bias',
-  'score_bias',
-  'shared_gate_proj',
-  'shared_up',
-  'shared_down',
-  'shared_gate',
-  'out_bias',
-];
+/** Every layer field, in a record so that the compiler refuses a field left out (a left-out field would be silently dropped by conversions). */
+const LAYER_FIELD_SET: Record<LayerField, true> = {
+  router: true,
+  router_bias: true,
+  score_bias: true,
+  shared_gate_proj: true,
+  shared_up: true,
+  shared_down: true,
+  shared_gate: true,
+  out_bias: true,
+  router_scale: true,
+  expert_scale: true,
+  pre_norm: true,
+  post_norm: true,
+};
+export const LAYER_FIELDS = Object.keys(LAYER_FIELD_SET) as readonly LayerField[];
 
 export interface LayerIR extends LayerFields {
   layer: number;

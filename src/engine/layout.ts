@@ -66,7 +66,12 @@ export function canonicalShape(f: Field, d: Dims): number[] {
       return [d.I];
     case 'down_bias':
     case 'out_bias':
+    case 'router_scale':
+    case 'pre_norm':
+    case 'post_norm':
       return [d.H];
+    case 'expert_scale':
+      return [d.Er];
     case 'router':
       return [d.Er, d.H];
     case 'router_bias':

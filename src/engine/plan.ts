@@ -162,6 +162,10 @@ const FIELD_WORDS: Record<Field, string> = {
   shared_down: 'shared-expert down projection',
   shared_gate: 'shared-expert gate',
   out_bias: 'block output bias',
+  router_scale: 'router input scale',
+  expert_scale: 'per-expert routing scale',
+  pre_norm: 'expert input norm',
+  post_norm: 'block output norm',
 };
 
 /** How a slab's bytes are produced from its parts: a straight byte range when possible. */

@@ -107,6 +107,9 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
     ...(r.groupScore === undefined ? {} : { groupScore: k.str(r.groupScore, 'routing.groupScore', ['top2sum', 'max']) as Routing['groupScore'] }),
     ...(r.normP === undefined ? {} : { normP: k.num(r.normP, 'routing.normP') }),
     ...(r.sharedScale === undefined ? {} : { sharedScale: k.num(r.sharedScale, 'routing.sharedScale') }),
+    ...(r.routerNorm === undefined ? {} : { routerNorm: k.bool(r.routerNorm, 'routing.routerNorm') }),
+    ...(r.routerInputScale === undefined ? {} : { routerInputScale: k.num(r.routerInputScale, 'routing.routerInputScale') }),
+    ...(r.normEps === undefined ? {} : { normEps: k.num(r.normEps, 'routing.normEps') }),
   };
 }
 
@@ -456,6 +459,15 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   d.I = solve('up', 'I');
   d.Is = solve('shared_up', 'Is');
   if (d.I === 0) throw new MoekitError('unsupported', `layer ${n}: no up-projection tensor of layout '${spec.id}'`);
+  // stacked layouts whose expert count is the router's (fast-llm, megatron-grouped) cannot tell E·I from
+  // (E + S)·I' (Fast-LLM's shared experts as extra slots): config.json's expert size decides
+  const want = meta.config && !meta.moekit ? familyFacts(meta.config).moeIntermediateSize : 0;
+  if (want > 0 && ids.size === 0 && d.I !== want)
+    throw new MoekitError(
+      'unsupported',
+      `layer ${n}: the experts of layout '${spec.id}' come out with intermediate size ${d.I}, config.json says ${want}` +
+        (spec.id === 'fast-llm' ? ' (Fast-LLM shared experts stored as extra experts are not supported)' : ''),
+    );
   const experts: Partial<ExpertIR>[] = Array.from({ length: E }, () => ({}));
   const lf: Partial<Record<LayerField, View>> = {};
   for (const m of matches) {

@@ -50,6 +50,12 @@ export interface Routing {
   normP?: number;
   /** the shared experts' output is scaled by this (Cohere2-MoE "average": routed and shared both × 0.5) */
   sharedScale?: number;
+  /** the router reads RMSNorm(x) without a weight (Gemma-4 router.norm, Fast-LLM fixed_rms_norm) */
+  routerNorm?: boolean;
+  /** a constant multiplying the router input (Gemma-4 hidden_size ** -0.5, Fast-LLM router_input_scale) */
+  routerInputScale?: number;
+  /** epsilon of the router norm and of the block's input / output norms */
+  normEps?: number;
 }
 
 /** Routing facts with defaults (plain softmax top-k, no groups, no renorm, no biases) overridden by `r`. */
@@ -119,6 +125,7 @@ const INT_FIELDS: Record<string, number> = {
   interleave_moe_layer_step: LIMITS.layers,
   moe_k: LIMITS.experts,
   moe_num_experts: LIMITS.experts,
+  top_k_experts: LIMITS.experts,
   moe_num_shared_experts: LIMITS.experts,
   moe_layer_start_index: LIMITS.layers,
   moe_layer_interval: LIMITS.layers,
@@ -347,6 +354,8 @@ const FAMILIES: Record<string, FamilyRule> = {
       isMoeLayer: (i) => i >= dense,
     };
   },
+  gemma4: (c, base, routing) => gemma4(c, base, routing),
+  gemma4_text: (c, base, routing) => gemma4(c, base, routing),
   // modeling_cohere2_moe.py (Cohere2MoeTopKRouter, Cohere2MoeSparseMoeBlock): top-k of the logits, softmax over the k
   // (expert_selection_fn "softmax") or sigmoid of each (renormalised iff norm_topk_prob); experts sized by
   // intermediate_size; shared experts combined as (routed + shared) / 2 ("average") or summed; MoE per mlp_layer_types
@@ -374,6 +383,31 @@ const FAMILIES: Record<string, FamilyRule> = {
       isMoeLayer: sparseLayers(c, () => true),
     };
   },
+};
+
+/**
+ * modeling_gemma4.py (Gemma4TextRouter, Gemma4TextDecoderLayer): with enable_moe_block every layer has
+ * experts beside its dense MLP. Router: RMSNorm(x) without weight, × router.scale, × hidden_size^-0.5,
+ * softmax over all experts, top-k, renormalised, × per_expert_scale of each selected expert. Experts read
+ * pre_feedforward_layernorm_2(x) and their sum goes through post_feedforward_layernorm_2 (both in the IR);
+ * the dense MLP and the other norms pass through. GeGLU (tanh) experts.
+ */
+const gemma4: FamilyRule = (c, base, routing) => {
+  const moe = bool(c, 'enable_moe_block', false) && base.numExperts > 0;
+  return {
+    ...base,
+    family: 'gemma4',
+    moeIntermediateSize: num(c, 'moe_intermediate_size') ?? 0,
+    shared: null,
+    routing: routing({
+      scoreFunc: 'softmax',
+      normTopkProb: true,
+      routerNorm: true,
+      routerInputScale: base.hiddenSize ** -0.5,
+      normEps: num(c, 'rms_norm_eps') ?? 1e-6,
+    }),
+    isMoeLayer: () => moe,
+  };
 };
 
 /** `mlp_layer_types` ("dense" / "sparse" per layer) where config.json has it, else `fallback`. */
@@ -468,7 +502,7 @@ const otherFamily: FamilyRule = (_c, base, routing) => {
 };
 
 /** Model types whose text model's fields sit under text_config (the multimodal wrappers). */
-const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe'];
+const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4'];
 
 /**
  * The fields the family rules read: Llama4 and Qwen3.5-MoE keep the text model's under text_config;
@@ -496,7 +530,7 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
   const modelType = String(config.model_type ?? '');
   const c = textConfig(modelType, config);
   checkConfig(c);
-  const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk', 'moe_k') ?? 0;
+  const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk', 'moe_k', 'top_k_experts') ?? 0;
   const base: Base = {
     modelType,
     numLayers: num(c, 'num_hidden_layers', 'n_layer', 'num_layers') ?? 0,

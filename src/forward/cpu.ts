@@ -4,7 +4,7 @@
  * out[t] = Σ_slots w_slot · expert_slot(x[t]·s_slot) + Σ_shared g_t · shared(x[t]) (+ JetMoE's output bias)
  * with routing and activations from ./routing.ts.
  */
-import { activate, routeToken, type BlockSpec } from './routing.js';
+import { activate, rmsNorm, routeToken, type BlockSpec } from './routing.js';
 import { addOutputBias, expertI, weightF32, type ExpertWeights, type MoeBlockWeights } from './weights.js';
 
 export interface ForwardResult {
@@ -62,6 +62,17 @@ export interface Routed {
   margin: Float64Array;
 }
 
+/**
+ * What the router reads of one token: the token itself, or (Gemma-4, Fast-LLM) RMSNorm(x) without a
+ * weight, × the router's per-feature scale, × a constant, each step rounded to f32 like transformers.
+ */
+function routerInput(xt: Float32Array, r: BlockSpec['routing'], scale?: Float32Array): Float32Array {
+  if (!r.routerNorm && !scale && r.routerInputScale === undefined) return xt;
+  const n = r.routerNorm ? rmsNorm(xt, r.normEps ?? 1e-6) : xt;
+  const c = r.routerInputScale ?? 1;
+  return n.map((v, i) => Math.fround(Math.fround(v * (scale ? scale[i]! : 1)) * c));
+}
+
 /** Route T tokens with the block's router (on the CPU, in f64 accumulation, f32 logits as the kernels). */
 export function routeAll(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number): Routed | undefined {
   if (!w.router || w.experts.length === 0) return undefined;
@@ -71,9 +82,12 @@ export function routeAll(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T
   const router = weightF32(w.router.weight);
   const rbias = w.router.bias && weightF32(w.router.bias);
   const corr = w.router.correctionBias && weightF32(w.router.correctionBias);
+  const inScale = w.router.scale && weightF32(w.router.scale);
+  const eScale = w.router.expertScale && weightF32(w.router.expertScale);
+  const rt = spec.routing;
   const r: Routed = { K, ids: new Uint32Array(T * K), weights: new Float32Array(T * K), margin: new Float64Array(T) };
   for (let t = 0; t < T; t++) {
-    const xt = x.subarray(t * H, (t + 1) * H);
+    const xt = routerInput(x.subarray(t * H, (t + 1) * H), rt, inScale);
     const logits = new Float64Array(E);
     for (let e = 0; e < E; e++) {
       let s = rbias ? rbias[e]! : 0;
@@ -89,7 +103,7 @@ export function routeAll(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T
     r.margin[t] = worstIn - bestOut;
     ids.forEach((id, j) => {
       r.ids[t * K + j] = id;
-      r.weights[t * K + j] = Math.fround(weights[j]!);
+      r.weights[t * K + j] = Math.fround(weights[j]!) * (eScale ? eScale[id]! : 1);
     });
   }
   return r;

@@ -90,11 +90,19 @@ async function blockFromIR(l: LayerIR, hidden: number, lazy: boolean, where: str
   if (l.shared_up && l.shared_down) shared.push(await expertOf({ gate: l.shared_gate_proj, up: l.shared_up, down: l.shared_down }, lazy));
   return {
     hidden,
-    router: { weight: (await w(l.router))!, bias: await w(l.router_bias), correctionBias: await w(l.score_bias) },
+    router: {
+      weight: (await w(l.router))!,
+      bias: await w(l.router_bias),
+      correctionBias: await w(l.score_bias),
+      scale: await w(l.router_scale),
+      expertScale: await w(l.expert_scale),
+    },
     experts: await Promise.all(l.experts.map((e) => expertOf(e, lazy))),
     shared,
     sharedGate: await w(l.shared_gate),
     outBias: await w(l.out_bias),
+    preNorm: await w(l.pre_norm),
+    postNorm: await w(l.post_norm),
   };
 }
 

@@ -169,5 +169,20 @@ export function activate(a: Activation, g: number, u: number): number {
 /** Whether the WebGPU router kernel implements a rule; the others are routed on the CPU and given to the kernels. */
 export function kernelRoutes(r: Routing): boolean {
   const kernel: readonly string[] = ['softmax', 'sigmoid', 'topk_softmax', 'topk_sigmoid_input'];
-  return kernel.includes(r.scoreFunc) && r.groupScore !== 'max' && (r.normP ?? 1) === 1 && (r.sharedScale ?? 1) === 1;
+  return (
+    kernel.includes(r.scoreFunc) &&
+    r.groupScore !== 'max' &&
+    (r.normP ?? 1) === 1 &&
+    (r.sharedScale ?? 1) === 1 &&
+    !r.routerNorm &&
+    r.routerInputScale === undefined
+  );
+}
+
+/** RMSNorm of one row in f32 as transformers computes it: x · (mean(x²) + eps)^-0.5 (· weight when given). */
+export function rmsNorm(x: Float32Array, eps: number, weight?: Float32Array): Float32Array {
+  let ss = 0;
+  for (const v of x) ss += v * v;
+  const r = Math.fround((ss / x.length + eps) ** -0.5);
+  return x.map((v, i) => Math.fround(v * r) * (weight ? weight[i]! : 1));
 }

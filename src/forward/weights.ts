@@ -42,6 +42,10 @@ export interface RouterWeights {
   bias?: Weight;
   /** [E]: added to the scores for expert selection only (DeepSeek-V3 e_score_correction_bias) */
   correctionBias?: Weight;
+  /** [H]: multiplies the router input per feature (Gemma-4 router.scale) */
+  scale?: Weight;
+  /** [E]: multiplies each selected expert's routing weight (Gemma-4 per_expert_scale) */
+  expertScale?: Weight;
 }
 
 export interface MoeBlockWeights {
@@ -56,6 +60,9 @@ export interface MoeBlockWeights {
   sharedGate?: Weight;
   /** JetMoE: a bias [H] added to the block's output once per token */
   outBias?: Weight;
+  /** Gemma-4: RMSNorm weights [H] on the experts' input and on the block's output (the router reads the raw input) */
+  preNorm?: Weight;
+  postNorm?: Weight;
 }
 
 export const dtypeBytes = (d: FloatDtype): number => (d === 'F32' ? 4 : 2);
@@ -93,11 +100,19 @@ export async function materialize(b: MoeBlockWeights, matrices = true): Promise<
   });
   return {
     hidden: b.hidden,
-    router: b.router && { weight: await loadWeight(b.router.weight), bias: await opt(b.router.bias), correctionBias: await opt(b.router.correctionBias) },
+    router: b.router && {
+      weight: await loadWeight(b.router.weight),
+      bias: await opt(b.router.bias),
+      correctionBias: await opt(b.router.correctionBias),
+      scale: await opt(b.router.scale),
+      expertScale: await opt(b.router.expertScale),
+    },
     experts: await Promise.all(b.experts.map(expert)),
     shared: await Promise.all(b.shared.map(expert)),
     sharedGate: await opt(b.sharedGate),
     outBias: await opt(b.outBias),
+    preNorm: await opt(b.preNorm),
+    postNorm: await opt(b.postNorm),
   };
 }
 
@@ -137,11 +152,15 @@ export function validateBlock(b: MoeBlockWeights, where: string): void {
     want(b.router.weight, [E, H], 'router weight');
     want(b.router.bias, [E], 'router bias');
     want(b.router.correctionBias, [E], 'router score-correction bias');
+    want(b.router.scale, [H], 'router input scale');
+    want(b.router.expertScale, [E], 'per-expert routing scale');
   } else if (E > 0) {
     throw new MoekitError('bad-input', `${where}: ${E} routed experts but no router`);
   }
   want(b.sharedGate, [1, H], 'shared expert gate');
   want(b.outBias, [H], 'block output bias');
+  want(b.preNorm, [H], 'expert input norm');
+  want(b.postNorm, [H], 'block output norm');
   const all = [...b.experts.map((e, i) => [e, `expert ${i}`] as const), ...b.shared.map((e, i) => [e, `shared expert ${i}`] as const)];
   for (const [e, name] of all) {
     const I = e.up.shape[0] ?? 0;

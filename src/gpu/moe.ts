@@ -269,6 +269,9 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec, forced?: Routed): void
   if (E > MAX_E) bad(`${E} experts (the router kernel handles at most ${MAX_E})`);
   const r = spec.routing;
   if (E > 0) {
+    if ((w.router?.scale || w.router?.expertScale) && !forced)
+      bad('a router input / per-expert scale is not supported without a given selection (verify routes it on the CPU)');
+    if (w.preNorm || w.postNorm) bad('block norms are applied around the forward (src/forward/block-norms.ts), not in it');
     if (!kernelRoutes(r) && !forced) bad(`routing '${r.scoreFunc}' is not supported without a given selection (verify routes it on the CPU)`);
     if (r.topK < 1 || r.topK > E) bad(`top-k ${r.topK} with ${E} experts`);
     if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup))

@@ -15,6 +15,7 @@ import { forwardFast } from '../forward/cpu-fast.js';
 import { cpuThreads } from '../forward/wasm-pool.js';
 import { compare, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
 import { kernelRoutes } from '../forward/routing.js';
+import { gpuRoutes, withBlockNorms } from '../forward/block-norms.js';
 import { familyFacts } from '../families/index.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
@@ -108,7 +109,7 @@ type Forward = (l: LoadedLayer, x: Float32Array, T: number, forced?: Routed) => 
 
 /** The forward to run: the CPU reference, or WebGPU (and its adapter's name). */
 async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string; fallback?: string }> {
-  const cpu: Forward = (l, x, T, forced) => forwardFast(l.weights, l.facts, x, T, forced);
+  const cpu: Forward = (l, x, T, forced) => withBlockNorms(l.weights, l.facts, x, T, forced, (w, xe, f) => forwardFast(w, l.facts, xe, T, f));
   if (opts.cpu) return { forward: cpu };
   const { getGpu } = await import('../gpu/device.js');
   let adapter: string;
@@ -123,11 +124,14 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   }
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
-  // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score, DBRX's p-norm, ...) are routed on the CPU
+  // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score, DBRX's p-norm,
+  // Gemma-4's router input norm and scales, ...) are routed on the CPU
   const route = async (l: LoadedLayer, x: Float32Array, T: number) =>
-    kernelRoutes(l.facts.routing) ? undefined : routeAll(await materialize(l.weights, false), l.facts, x, T);
+    gpuRoutes(l.weights, kernelRoutes(l.facts.routing)) ? undefined : routeAll(await materialize(l.weights, false), l.facts, x, T);
+  const gpu = (l: LoadedLayer, xe: Float32Array, T: number, w: LoadedLayer['weights'], forced?: Routed) =>
+    forwardGpu(w, l.facts, xe, T, { maxBinding: opts.maxBinding, forced });
   return {
-    forward: async (l, x, T, forced) => forwardGpu(l.weights, l.facts, x, T, { maxBinding: opts.maxBinding, forced: forced ?? (await route(l, x, T)) }),
+    forward: async (l, x, T, forced) => withBlockNorms(l.weights, l.facts, x, T, forced ?? (await route(l, x, T)), (w, xe, f) => gpu(l, xe, T, w, f)),
     adapter,
   };
 }
