@@ -410,6 +410,20 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
   };
 }
 
+/**
+ * Stacked layouts whose expert count is the router's (fast-llm, megatron-grouped) cannot tell E·I from
+ * (E + S)·I' (Fast-LLM's shared experts as extra slots): config.json's expert size decides.
+ */
+function checkExpertSize(n: number, I: number, spec: LayoutSpec, meta: ModelMeta): void {
+  const want = meta.config && !meta.moekit ? familyFacts(meta.config).moeIntermediateSize : 0;
+  if (want > 0 && I !== want)
+    throw new MoekitError(
+      'unsupported',
+      `layer ${n}: the experts of layout '${spec.id}' come out with intermediate size ${I}, config.json says ${want}` +
+        (spec.id === 'fast-llm' ? ' (Fast-LLM shared experts stored as extra experts are not supported)' : ''),
+    );
+}
+
 function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions, meta: ModelMeta): LayerIR {
   const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
   const has = (f: Field, d: Dims) => matches.some((m) => fieldsOf(m.rule, d, o).includes(f));
@@ -459,15 +473,7 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   d.I = solve('up', 'I');
   d.Is = solve('shared_up', 'Is');
   if (d.I === 0) throw new MoekitError('unsupported', `layer ${n}: no up-projection tensor of layout '${spec.id}'`);
-  // stacked layouts whose expert count is the router's (fast-llm, megatron-grouped) cannot tell E·I from
-  // (E + S)·I' (Fast-LLM's shared experts as extra slots): config.json's expert size decides
-  const want = meta.config && !meta.moekit ? familyFacts(meta.config).moeIntermediateSize : 0;
-  if (want > 0 && ids.size === 0 && d.I !== want)
-    throw new MoekitError(
-      'unsupported',
-      `layer ${n}: the experts of layout '${spec.id}' come out with intermediate size ${d.I}, config.json says ${want}` +
-        (spec.id === 'fast-llm' ? ' (Fast-LLM shared experts stored as extra experts are not supported)' : ''),
-    );
+  if (ids.size === 0) checkExpertSize(n, d.I, spec, meta);
   const experts: Partial<ExpertIR>[] = Array.from({ length: E }, () => ({}));
   const lf: Partial<Record<LayerField, View>> = {};
   for (const m of matches) {
