@@ -24,6 +24,7 @@ import { spec as hfJetmoe } from './hf-jetmoe.js';
 import { spec as hfDbrx } from './hf-dbrx.js';
 import { spec as hfGraniteShared } from './hf-granite-shared.js';
 import { spec as hfGemma4 } from './hf-gemma4.js';
+import { spec as fastLlm } from './fast-llm.js';
 
 export const LAYOUTS: readonly LayoutSpec[] = [
   hfMixtral,
@@ -47,6 +48,7 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   megatronGrouped,
   flashfusemoe,
   hfFused,
+  fastLlm,
 ];
 
 /** Layout names `convert --to` accepts: `hf` (the family's own HF layout) and every non-HF spec. */

@@ -50,9 +50,35 @@ const REFUSE: Record<string, Record<string, RegExp>> = {
   qwen3_5_moe: { flashfusemoe: /no place for the shared-expert gate/, 'hf-fused': /no place for the shared-expert gate/ },
   // JetMoE's block output bias (mlp.bias) has no slot in any framework layout
   jetmoe: Object.fromEntries(NON_HF.map((t) => [t, /no place for the block output bias/])),
-  // Gemma-4's router input scale (and per-expert scale, block norms) likewise
-  gemma4_text: Object.fromEntries(NON_HF.map((t) => [t, /no place for the router input scale/])),
+  // Gemma-4's router input scale (and per-expert scale, block norms) likewise, but for Fast-LLM, which has all four
+  gemma4_text: Object.fromEntries(NON_HF.filter((t) => t !== 'fast-llm').map((t) => [t, /no place for the router input scale/])),
 };
+// Fast-LLM keeps shared experts as extra expert slots (not written by moekit) and has no biases at all
+for (const f of [
+  'deepseek_v3',
+  'deepseek_v3_bf16',
+  'deepseek_v32',
+  'deepseek_v2',
+  'deepseek_v2_group',
+  'dots1',
+  'glm4_moe',
+  'glm4_moe_lite',
+  'glm_moe_dsa',
+  'exaone_moe',
+  'afmoe',
+  'ernie4_5_moe',
+  'hunyuan_v1_moe',
+  'qwen2_moe',
+  'qwen3_next',
+  'qwen3_5_moe',
+  'granitemoeshared',
+  'llama4',
+  'llama4_text',
+  'cohere2_moe',
+])
+  REFUSE[f] = { ...REFUSE[f], 'fast-llm': /no place for the .*shared-expert (gate )?projection/ };
+REFUSE.minimax_m2 = { ...REFUSE.minimax_m2, 'fast-llm': /no place for the score-correction bias/ };
+REFUSE.gpt_oss = { ...REFUSE.gpt_oss, 'fast-llm': /no place for the router bias/ };
 const QUANTIZED = new Set(['deepseek_v3_fp8', 'gpt_oss_mxfp4']);
 const DENSE = new Set(['llama_dense', 'qwen3_dense']);
 
@@ -322,8 +348,8 @@ describe('all pairs: src → L1 → L2 → hf is byte-identical', () => {
           n++;
         }
       }
-      // JetMoE goes nowhere but its own HF layout (its refusals are checked above)
-      expect(n > 0 || NON_HF.every((l) => !allowed(name, l))).toBe(true);
+      // JetMoE goes nowhere but its own HF layout, Gemma-4 only to fast-llm (their refusals are checked above)
+      expect(n > 0 || NON_HF.filter((l) => allowed(name, l)).length <= 1).toBe(true);
     });
   }
 });
@@ -501,7 +527,7 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
   it('unknown layout', async () => {
     await refused(
       [SOURCES.mixtral!, '--to', 'deepspeed'],
-      /^moekit: error: unknown layout 'deepspeed'; known: hf, nemo, te, megatron, megatron-grouped, flashfusemoe, hf-fused$/m,
+      /^moekit: error: unknown layout 'deepspeed'; known: hf, nemo, te, megatron, megatron-grouped, flashfusemoe, hf-fused, fast-llm$/m,
     );
   });
 

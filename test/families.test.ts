@@ -40,8 +40,8 @@ const FAMILIES: Record<string, [string, string | null]> = {
   jetmoe: ['topk_softmax', null],
   dbrx: ['softmax', 'nemo'],
   afmoe: ['sigmoid', 'te'],
-  // Gemma-4's router scales and block norms fit no framework layout
-  gemma4_text: ['softmax', null],
+  // Gemma-4's router scales and block norms fit Fast-LLM's (router_scale, router_per_expert_scale, pre/post_norm) only
+  gemma4_text: ['softmax', 'fast-llm'],
 };
 
 const tmp = tempDir('moekit-families-');
