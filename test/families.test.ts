@@ -16,7 +16,7 @@ import { inspectCheckpoint } from '../src/ops/inspect.js';
 import { openStore } from '../src/store/registry.js';
 import { familyFacts } from '../src/families/index.js';
 import { FIXTURES, dump, diff, tempDir } from './convert-helpers.js';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 
 /** fixture → [routing rule inspect must report, the non-HF layout to read it back through (or none: JetMoE's output bias, Gemma-4's router scales fit none)] */
@@ -141,6 +141,90 @@ describe('Gemma-4: every part of its router and block norms is used', () => {
       const r = await verify(dir, undefined, { reference: ref('gemma4_text'), cpu: true });
       expect(r.layers.find((l) => l.layer === 0)!.pass).toBe(true);
       expect(r.layers.find((l) => l.layer === 1)!.pass).toBe(false);
+    });
+  }
+});
+
+describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors with '<parameter>/<shard>' keys)", () => {
+  /** Gemma-4 → fast-llm, then stored the way Fast-LLM saves it: weights and an optimizer shard, facts in metadata.yaml only. */
+  async function fastLlmCheckpoint(mlp: Record<string, unknown>): Promise<string> {
+    const mid = out('gemma4-fast-llm');
+    await convert(join(FIXTURES, 'gemma4_text'), mid, { to: 'fast-llm', ...fast });
+    const src = await openStore(mid);
+    const dir = out('fast_llm');
+    const entries = [];
+    for (const info of src.tensors.values()) {
+      const bytes = Buffer.from(await src.read(info));
+      entries.push({ name: `${info.name}/weights`, dtype: info.dtype, shape: info.shape, source: bufferSource(bytes) });
+      // an Adam state beside the router: skipped by the reader
+      if (info.name.endsWith('mlp.router.weight'))
+        entries.push({ name: `${info.name}/exp_avgs`, dtype: info.dtype, shape: info.shape, source: bufferSource(Buffer.alloc(bytes.length)) });
+    }
+    await src.close();
+    await writeCheckpoint(join(dir, 'tmp'), entries, { fsync: false });
+    renameSync(join(dir, 'tmp', 'model.safetensors'), join(dir, 'model_0.safetensors'));
+    rmSync(join(dir, 'tmp'), { recursive: true });
+    const c = config('gemma4_text');
+    const yaml = [
+      'fast_llm_version: 0.4.0',
+      'model: gpt',
+      'format: fast_llm',
+      'shards: [weights, exp_avgs, exp_avgs_sq]',
+      'config:',
+      '  base_model:',
+      `    hidden_size: ${c.hidden_size}`,
+      '    decoder:',
+      `      num_blocks: ${c.num_hidden_layers}`,
+      '      block:',
+      '        mlp:',
+      ...Object.entries(mlp).map(([k, v]) => `          ${k}: ${JSON.stringify(v)}`),
+      'metadata: {state_index: {}}',
+    ];
+    writeFileSync(join(dir, 'metadata.yaml'), `${yaml.join('\n')}\n`);
+    return dir;
+  }
+  const gemmaMlp = {
+    type: 'moe',
+    experts: 8,
+    experts_per_token: 2,
+    intermediate_size: 40,
+    gated: true,
+    activation: 'gelu',
+    routing: 'aux_loss',
+    router_normalization: { type: 'fixed_rms_norm', epsilon: 1e-6 },
+    router_input_scale: 48 ** -0.5,
+    router_scale: { enabled: true },
+    router_per_expert_scale: { enabled: true },
+  };
+
+  it('reads the weights shard under the parameter names, facts from metadata.yaml; verifies against Gemma-4', async () => {
+    const dir = await fastLlmCheckpoint(gemmaMlp);
+    const ck = await openStore(dir);
+    expect(ck.format).toBe('fast_llm');
+    expect(ck.has('decoder.1.mlp.layer_1.weight')).toBe(true);
+    expect(ck.names().some((n) => n.includes('/'))).toBe(false);
+    const r = await inspectCheckpoint(ck, dir);
+    await ck.close();
+    expect([r.family, r.layout, r.numExperts, r.topK, r.moeLayers]).toEqual(['fast_llm', 'fast-llm', 8, 2, [0, 1]]);
+    // top-k then softmax over the k (Fast-LLM) equals Gemma-4's softmax, top-k, renormalise
+    const v = await verify(dir, undefined, { reference: ref('gemma4_text') });
+    expect(v.pass, JSON.stringify(v.layers)).toBe(true);
+    for (const l of v.layers) expect(l.maxRel).toBeLessThan(1e-4);
+  });
+
+  it('without the router input scale the routing differs and verify fails', async () => {
+    const { router_input_scale: _, ...rest } = gemmaMlp;
+    const v = await verify(await fastLlmCheckpoint(rest), undefined, { reference: ref('gemma4_text'), cpu: true });
+    expect(v.pass).toBe(false);
+  });
+
+  for (const [what, change, msg] of [
+    ['sinkhorn routing', { routing: 'sinkhorn' }, /sinkhorn routing is not supported/],
+    ['shared experts', { shared_experts: 2 }, /2 shared experts .* not supported/],
+    ['a dense MLP', { type: 'mlp' }, /not 'moe'/],
+  ] as const) {
+    it(`${what} is refused in one line`, async () => {
+      await expect(openStore(await fastLlmCheckpoint({ ...gemmaMlp, ...change }))).rejects.toThrow(msg);
     });
   }
 });

@@ -354,6 +354,22 @@ const FAMILIES: Record<string, FamilyRule> = {
       isMoeLayer: (i) => i >= dense,
     };
   },
+  // a Fast-LLM checkpoint without an HF config (src/store/fast-llm.ts builds this config from metadata.yaml):
+  // mixture_of_experts.py _topk_routing: top-k of the logits, softmax over the k; router input
+  // RMSNorm (fixed_rms_norm) × router_scale × router_input_scale; × router_per_expert_scale after top-k
+  fast_llm: (c, base, routing) => ({
+    ...base,
+    family: 'fast_llm',
+    moeIntermediateSize: num(c, 'moe_intermediate_size') ?? 0,
+    shared: null,
+    routing: routing({
+      scoreFunc: 'topk_softmax',
+      ...(c.router_normalization === true ? { routerNorm: true } : {}),
+      ...(num(c, 'router_input_scale') === undefined ? {} : { routerInputScale: num(c, 'router_input_scale') }),
+      normEps: num(c, 'rms_norm_eps') ?? 1e-5,
+    }),
+    isMoeLayer: all,
+  }),
   gemma4: (c, base, routing) => gemma4(c, base, routing),
   gemma4_text: (c, base, routing) => gemma4(c, base, routing),
   // modeling_cohere2_moe.py (Cohere2MoeTopKRouter, Cohere2MoeSparseMoeBlock): top-k of the logits, softmax over the k

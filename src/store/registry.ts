@@ -100,6 +100,10 @@ async function openFolder(path: string, names: string[]): Promise<TensorStore | 
   if (DcpShardedStore.holds(names) && !names.some((n) => n.endsWith('.safetensors.index.json'))) return DcpShardedStore.open(path);
   if (names.includes('model') && !names.includes('model.safetensors') && DcpShardedStore.holds(await readdir(join(path, 'model')).catch(() => [])))
     return DcpShardedStore.open(join(path, 'model'), path);
+  // Fast-LLM's fast_llm format: metadata.yaml + model_<n>.safetensors with "<parameter>/<shard>" keys
+  // (imported here when met: its store derives from DerivedStore, which imports this module)
+  if (names.includes('metadata.yaml') && names.some((n) => /^model_\d+(?:_\d+)?\.safetensors$/.test(n)))
+    return (await import('./fast-llm.js')).FastLlmStore.open(path);
   const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
   if (weights.length > 0) return SafetensorsStore.open(path);
   const opts = { strict: strictPickles };

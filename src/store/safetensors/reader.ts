@@ -117,6 +117,22 @@ export class SafetensorsStore extends TensorMap implements TensorStore {
     return SafetensorsStore.openFile(path);
   }
 
+  /** Several .safetensors files of one folder read as one store (Fast-LLM's model_<n>.safetensors); a name in two files is refused. */
+  static async openFiles(dir: string, paths: string[]): Promise<SafetensorsStore> {
+    const files: SafetensorsFile[] = [];
+    const ck = new SafetensorsStore(resolve(dir), files, undefined, undefined);
+    for (const p of paths) {
+      const f = await SafetensorsFile.open(resolve(p));
+      files.push(f);
+      ck.metadata ??= f.header.metadata;
+      for (const t of f.tensorInfos()) {
+        if (ck.tensors.has(t.name)) throw new MoekitError('bad-input', `${dir}: tensor '${t.name}' is stored twice (again in ${basename(p)})`);
+        ck.tensors.set(t.name, t);
+      }
+    }
+    return ck;
+  }
+
   static async openFile(file: string): Promise<SafetensorsStore> {
     const f = await SafetensorsFile.open(resolve(file));
     const ck = new SafetensorsStore(resolve(file, '..'), [f], f.header.metadata, undefined);

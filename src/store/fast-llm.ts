@@ -1,0 +1,108 @@
+/**
+ * Fast-LLM's `fast_llm` checkpoint format (ServiceNow/Fast-LLM fast_llm/engine/checkpoint/state_dict.py
+ * FastLLMCheckpointHandler at 7d61a1b): a folder with metadata.yaml and model_<n>.safetensors (with
+ * pipeline parallelism model_<pp>_<n>.safetensors) whose keys are "<parameter>/<shard>": `weights`, and
+ * the optimizer states `exp_avgs` / `exp_avgs_sq` when saved. Each tensor is the whole (unsharded)
+ * parameter. This store shows the `weights` shard under the parameter names and skips the others.
+ * Without a config.json beside it, the MoE facts come from metadata.yaml (`config.base_model`:
+ * hidden_size, decoder.num_blocks, decoder.block.mlp: type moe, experts, shared_experts,
+ * experts_per_token, intermediate_size, gated, activation, routing, router_normalization,
+ * router_input_scale; fast_llm/layers/decoder/mlp/config.py MoEMLPConfig), as a config of model_type
+ * `fast_llm` (src/families/index.ts). ASSUMPTION (no saved metadata.yaml could be read): those paths, and
+ * `routing` "aux_loss" (the default, top-k then softmax over the k) vs "sinkhorn" (refused).
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { MoekitError } from '../errors.js';
+import { DerivedStore } from './derived.js';
+import { SafetensorsStore } from './safetensors/reader.js';
+import type { TensorInfo, TensorStore } from './types.js';
+
+const FILE = /^model_\d+(?:_\d+)?\.safetensors$/;
+
+const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
+
+/** An HF-style config of model_type `fast_llm` from metadata.yaml's model config. */
+function configFrom(meta: Record<string, unknown>, where: string): Record<string, unknown> {
+  const base = obj(obj(meta.config).base_model);
+  const decoder = obj(base.decoder);
+  const mlp = obj(obj(decoder.block).mlp);
+  const bad = (m: string): never => {
+    throw new MoekitError('unsupported', `${where}: ${m}`);
+  };
+  if (mlp.type !== 'moe') bad(`decoder.block.mlp.type is '${String(mlp.type ?? 'mlp')}', not 'moe' (moekit reads Fast-LLM MoE checkpoints)`);
+  if (mlp.routing === 'sinkhorn') bad('sinkhorn routing is not supported (moekit verifies top-k routing: routing aux_loss)');
+  if (Number(mlp.shared_experts ?? 0) > 0) bad(`${String(mlp.shared_experts)} shared experts (Fast-LLM keeps them as extra expert slots) are not supported`);
+  const norm = obj(mlp.router_normalization).type;
+  if (norm !== undefined && norm !== 'none' && norm !== 'fixed_rms_norm')
+    bad(`router_normalization '${String(norm)}' is not supported (known: none, fixed_rms_norm)`);
+  const gated = mlp.gated === true;
+  // fast_llm/functional/config.py ActivationType: gelu is the tanh approximation; squared_relu is HF's relu2
+  const act = String(mlp.activation ?? (gated ? 'silu' : 'gelu'));
+  const hfAct: Record<string, string> = { silu: 'silu', gelu: 'gelu_pytorch_tanh', squared_relu: 'relu2' };
+  if (!hfAct[act]) bad(`activation '${act}' is not supported (known: silu, gelu, squared_relu)`);
+  if (!gated && act !== 'squared_relu') bad(`a non-gated '${act}' MLP is not supported (non-gated experts: squared_relu)`);
+  const eps = obj(mlp.router_normalization).epsilon ?? obj(mlp.pre_norm).epsilon ?? 1e-5;
+  return {
+    model_type: 'fast_llm',
+    hidden_size: base.hidden_size,
+    num_hidden_layers: decoder.num_blocks,
+    num_experts: mlp.experts,
+    num_experts_per_tok: mlp.experts_per_token ?? 1,
+    moe_intermediate_size: mlp.intermediate_size,
+    hidden_act: hfAct[act],
+    rms_norm_eps: eps,
+    router_normalization: norm === 'fixed_rms_norm',
+    ...(mlp.router_input_scale === undefined ? {} : { router_input_scale: mlp.router_input_scale }),
+  };
+}
+
+export class FastLlmStore extends DerivedStore {
+  private constructor(
+    inner: TensorStore,
+    private readonly fastConfig: Record<string, unknown>,
+  ) {
+    super(inner, 'Fast-LLM weights');
+    for (const t of inner.tensors.values()) {
+      const cut = t.name.lastIndexOf('/');
+      if (cut > 0 && t.name.slice(cut + 1) === 'weights') this.tensors.set(t.name.slice(0, cut), { ...t, name: t.name.slice(0, cut) });
+    }
+    if (this.tensors.size === 0) throw new MoekitError('bad-input', `${inner.dir}: no '<parameter>/weights' tensor in the Fast-LLM checkpoint`);
+  }
+
+  static async open(dir: string): Promise<FastLlmStore> {
+    const names = (await readdir(dir)).filter((n) => FILE.test(n)).sort();
+    let meta: Record<string, unknown>;
+    try {
+      meta = obj(parse(await readFile(join(dir, 'metadata.yaml'), 'utf8'), { maxAliasCount: 100 }));
+    } catch (e) {
+      throw new MoekitError('bad-input', `${join(dir, 'metadata.yaml')}: not readable YAML (${(e as Error).message.split('\n')[0]})`);
+    }
+    const inner = await SafetensorsStore.openFiles(
+      dir,
+      names.map((n) => join(dir, n)),
+    );
+    try {
+      return new FastLlmStore(inner, configFrom(meta, join(dir, 'metadata.yaml')));
+    } catch (e) {
+      await inner.close();
+      throw e;
+    }
+  }
+
+  override get format(): string {
+    return 'fast_llm';
+  }
+
+  read(t: TensorInfo | string, start?: number, end?: number, into?: Buffer): Promise<Buffer> {
+    const name = typeof t === 'string' ? t : t.name;
+    this.info(name);
+    return this.inner.read(`${name}/weights`, start, end, into);
+  }
+
+  /** config.json beside the checkpoint when there is one (an HF twin), else the facts of metadata.yaml. */
+  override async config(): Promise<Record<string, unknown> | undefined> {
+    return (await this.inner.config()) ?? this.fastConfig;
+  }
+}
