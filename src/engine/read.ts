@@ -372,7 +372,8 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
       if (root !== l.root || root !== first) {
         throw new MoekitError(
           'bad-input',
-          `'${info.name}' has the name root '${root}', other expert tensors '${root !== l.root ? l.root : first}': one checkpoint's expert tensors share one root`,
+          `'${info.name}' has the name root '${root}', other expert tensors '${root !== l.root ? l.root : first}': one checkpoint's expert tensors share one root` +
+            ([root, l.root, first].some((r) => r.startsWith('mtp.')) ? ' (multi-token-prediction MoE blocks under mtp. are not converted yet)' : ''),
         );
       }
       l.matches.push({ rule: c.rule, info, e: m.groups!.e === undefined ? undefined : Number(m.groups!.e) });
