@@ -228,3 +228,20 @@ describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors wi
     });
   }
 });
+
+describe('multimodal wrappers read the text model from text_config', () => {
+  for (const [outer, inner] of [
+    ['qwen3_5_moe', 'qwen3_5_moe'],
+    ['gemma4', 'gemma4_text'],
+  ] as const) {
+    it(`${outer} (text_config of ${inner})`, () => {
+      const text = config(inner);
+      const wrapped = familyFacts({ model_type: outer, text_config: text, vision_config: { hidden_size: 16 } });
+      const plain = familyFacts(text);
+      expect(wrapped.family).toBe(plain.family);
+      expect([wrapped.numExperts, wrapped.topK, wrapped.hiddenSize, wrapped.moeIntermediateSize, wrapped.numLayers]).toEqual([8, 2, 48, 40, 2]);
+      expect(wrapped.routing).toEqual(plain.routing);
+      expect(wrapped.shared).toEqual(plain.shared);
+    });
+  }
+});

@@ -35,7 +35,7 @@ function expected(name: string) {
       ? all.filter((i) => types[i] === 'sparse')
       : all.filter((i) => i >= firstDense);
   return {
-    family: type === 'llama4_text' || type === 'gemma4_text' ? type.replace('_text', '') : type, // one family, two model_types (text-only and multimodal)
+    family: ['llama4_text', 'gemma4_text', 'qwen3_5_moe_text'].includes(type) ? type.replace('_text', '') : type, // one family, two model_types (text-only and multimodal)
     numLayers: layers,
     moeLayers: dense ? [] : moeLayers,
     numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts', 'moe_num_experts'),

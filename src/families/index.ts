@@ -447,7 +447,7 @@ const qwenLike: FamilyRule = (c, base, routing) => {
   const everyLayer = t === 'olmoe' || t === 'flex_olmo' || q35;
   return {
     ...base,
-    family: t,
+    family: q35 ? 'qwen3_5_moe' : t, // one family, two model_types (text-only and multimodal)
     moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
     shared: (t === 'qwen2_moe' || t === 'qwen3_next' || q35) && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
     routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next') }),
