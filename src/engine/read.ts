@@ -412,8 +412,9 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
 }
 
 /**
- * Stacked layouts whose expert count is the router's (fast-llm, megatron-grouped) cannot tell E·I from
- * (E + S)·I' (Fast-LLM's shared experts as extra slots): config.json's expert size decides.
+ * Experts held in stacked tensors are sized by dividing the tensor by the expert count; where that
+ * count is the router's (fast-llm, megatron-grouped) E·I cannot be told from (E + S)·I' (Fast-LLM's
+ * shared experts as extra slots). So every stacked layout's expert size must be config.json's.
  */
 function checkExpertSize(n: number, I: number, spec: LayoutSpec, meta: ModelMeta): void {
   const want = meta.config && !meta.moekit ? familyFacts(meta.config).moeIntermediateSize : 0;

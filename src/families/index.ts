@@ -271,7 +271,7 @@ const FAMILIES: Record<string, FamilyRule> = {
       ...base,
       family: 'ernie4_5_moe',
       moeIntermediateSize: moeI,
-      shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
+      shared: sharedOfCount(nShared, moeI),
       routing: routing({ scoreFunc: 'softmax', correctionBias: true, normTopkProb: true }),
       isMoeLayer: (i) => (i + 1) % every === 0 && i >= start && i <= end,
     };
@@ -327,7 +327,7 @@ const FAMILIES: Record<string, FamilyRule> = {
   // mlp.bias [H] added once per token; the attention experts (self_attention.experts) pass through
   jetmoe: (c, base, routing) => ({ ...FAMILIES.granitemoe!(c, base, routing), family: 'jetmoe' }),
   // modeling_dbrx.py (DbrxRouter): softmax over all experts, top-k, divided by the top-k weights' p-norm
-  // (p = moe_normalize_expert_weights; null: not renormalised); config fields nested in ffn_config (read by dbrxConfig)
+  // (p = moe_normalize_expert_weights; null: not renormalised); config fields nested in ffn_config (flattened by textConfig)
   dbrx: (c, base, routing) => {
     const p = c.moe_normalize_expert_weights === null ? undefined : (num(c, 'moe_normalize_expert_weights') ?? 1);
     return {
@@ -349,7 +349,7 @@ const FAMILIES: Record<string, FamilyRule> = {
       ...base,
       family: 'afmoe',
       moeIntermediateSize: moeI,
-      shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
+      shared: sharedOfCount(nShared, moeI),
       routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true, routedScalingFactor: num(c, 'route_scale') ?? 1 }),
       isMoeLayer: (i) => i >= dense,
     };
@@ -390,7 +390,7 @@ const FAMILIES: Record<string, FamilyRule> = {
       family: 'cohere2_moe',
       moeIntermediateSize: inter,
       denseIntermediateSize: num(c, 'prefix_dense_intermediate_size') ?? inter,
-      shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * inter, sigmoidGate: false } : null,
+      shared: sharedOfCount(nShared, inter),
       routing: routing({
         scoreFunc: sel === 'sigmoid' ? 'topk_sigmoid' : 'topk_softmax',
         normTopkProb: sel === 'sigmoid' && bool(c, 'norm_topk_prob', true),
@@ -425,6 +425,11 @@ const gemma4: FamilyRule = (c, base, routing) => {
     isMoeLayer: () => moe,
   };
 };
+
+/** `count` ungated shared experts of `perExpert` intermediate each, fused into one MLP (DeepSeek n_shared_experts and its kin), or none. */
+function sharedOfCount(count: number, perExpert: number): SharedExperts | null {
+  return count > 0 ? { count, intermediateSize: count * perExpert, sigmoidGate: false } : null;
+}
 
 /** `mlp_layer_types` ("dense" / "sparse" per layer) where config.json has it, else `fallback`. */
 function sparseLayers(c: Record<string, unknown>, fallback: (i: number) => boolean): (i: number) => boolean {
@@ -469,7 +474,7 @@ const deepseekLike: FamilyRule = (c, base, routing) => {
     ...base,
     family: base.modelType,
     moeIntermediateSize: moeI,
-    shared: nShared > 0 ? { count: nShared, intermediateSize: nShared * moeI, sigmoidGate: false } : null,
+    shared: sharedOfCount(nShared, moeI),
     routing: routing({
       scoreFunc: 'sigmoid',
       correctionBias: true,

@@ -35,8 +35,3 @@ export async function withBlockNorms<R extends ForwardResult>(
   if (small.postNorm) r.out = normRows(r.out, w.hidden, eps, weightF32(small.postNorm));
   return r;
 }
-
-/** Whether the WebGPU router kernel can route this block itself (else verify routes it on the CPU). */
-export function gpuRoutes(w: MoeBlockWeights, kernelRule: boolean): boolean {
-  return kernelRule && !w.router?.scale && !w.router?.expertScale;
-}

@@ -16,6 +16,7 @@
  *  - sigmoid + selection bias, always renormalised, × route_scale: modeling_afmoe.py (AfmoeTokenChoiceRouter)
  */
 import type { Activation, Routing } from '../families/index.js';
+import type { MoeBlockWeights } from './weights.js';
 
 export interface BlockSpec {
   routing: Routing;
@@ -166,16 +167,24 @@ export function activate(a: Activation, g: number, u: number): number {
   }
 }
 
-/** Whether the WebGPU router kernel implements a rule; the others are routed on the CPU and given to the kernels. */
-export function kernelRoutes(r: Routing): boolean {
-  const kernel: readonly string[] = ['softmax', 'sigmoid', 'topk_softmax', 'topk_sigmoid_input'];
+/** The router kernel's modes (kernels/router_select.wgsl `mode`): the score functions it implements. */
+export const KERNEL_MODES = { softmax: 0, sigmoid: 1, topk_softmax: 2, topk_sigmoid_input: 3 } as const;
+
+/**
+ * Whether the WebGPU router kernel can route this block itself: its rule is one of KERNEL_MODES' with
+ * none of the extras the kernel lacks, and (given the block) its router has no input or per-expert
+ * scale. The others are routed on the CPU and the selection is given to the kernels.
+ */
+export function kernelRoutes(r: Routing, w?: MoeBlockWeights): boolean {
   return (
-    kernel.includes(r.scoreFunc) &&
+    r.scoreFunc in KERNEL_MODES &&
     r.groupScore !== 'max' &&
     (r.normP ?? 1) === 1 &&
     (r.sharedScale ?? 1) === 1 &&
     !r.routerNorm &&
-    r.routerInputScale === undefined
+    r.routerInputScale === undefined &&
+    !w?.router?.scale &&
+    !w?.router?.expertScale
   );
 }
 

@@ -14,7 +14,7 @@
  */
 import { MoekitError } from '../errors.js';
 import type { ForwardResult, Routed } from '../forward/cpu.js';
-import { kernelRoutes, type BlockSpec } from '../forward/routing.js';
+import { KERNEL_MODES, kernelRoutes, type BlockSpec } from '../forward/routing.js';
 import {
   addOutputBias,
   bytesOf,
@@ -99,7 +99,6 @@ export function planPieces(E: number, N: number, K: number, elemBytes: number, m
 
 const DT = { F32: 0, BF16: 1, F16: 2 } as const;
 const ACT = { swiglu: 0, geglu: 1, geglu_tanh: 2, relu2: 3, swiglu_oai: 4, swiglu_clamped: 5 } as const;
-const MODE = { softmax: 0, sigmoid: 1, topk_softmax: 2, topk_sigmoid_input: 3 } as const;
 const MAX_E = 512;
 
 type U = GPUBufferUsageFlags;
@@ -269,10 +268,8 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec, forced?: Routed): void
   if (E > MAX_E) bad(`${E} experts (the router kernel handles at most ${MAX_E})`);
   const r = spec.routing;
   if (E > 0) {
-    if ((w.router?.scale || w.router?.expertScale) && !forced)
-      bad('a router input / per-expert scale is not supported without a given selection (verify routes it on the CPU)');
     if (w.preNorm || w.postNorm) bad('block norms are applied around the forward (src/forward/block-norms.ts), not in it');
-    if (!kernelRoutes(r) && !forced) bad(`routing '${r.scoreFunc}' is not supported without a given selection (verify routes it on the CPU)`);
+    if (!kernelRoutes(r, w) && !forced) bad(`routing '${r.scoreFunc}' is not supported without a given selection (verify routes it on the CPU)`);
     if (r.topK < 1 || r.topK > E) bad(`top-k ${r.topK} with ${E} experts`);
     if (r.nGroup > 1 && (r.nGroup > 64 || E % r.nGroup !== 0 || r.topkGroup > r.nGroup))
       bad(`n_group ${r.nGroup} / topk_group ${r.topkGroup} with ${E} experts`);
@@ -459,7 +456,7 @@ function dispatchRouting(r: Run, b: Batch): void {
       E,
       K,
       KS,
-      MODE[rt.scoreFunc as keyof typeof MODE],
+      KERNEL_MODES[rt.scoreFunc as keyof typeof KERNEL_MODES],
       rt.nGroup,
       rt.topkGroup,
       rt.normTopkProb ? 1 : 0,

@@ -15,7 +15,7 @@ import { forwardFast } from '../forward/cpu-fast.js';
 import { cpuThreads } from '../forward/wasm-pool.js';
 import { compare, routeAll, type ForwardResult, type Routed } from '../forward/cpu.js';
 import { kernelRoutes } from '../forward/routing.js';
-import { gpuRoutes, withBlockNorms } from '../forward/block-norms.js';
+import { withBlockNorms } from '../forward/block-norms.js';
 import { familyFacts } from '../families/index.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
 import { isSharded } from './shard/sharded.js';
@@ -127,11 +127,12 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score, DBRX's p-norm,
   // Gemma-4's router input norm and scales, ...) are routed on the CPU
   const route = async (l: LoadedLayer, x: Float32Array, T: number) =>
-    gpuRoutes(l.weights, kernelRoutes(l.facts.routing)) ? undefined : routeAll(await materialize(l.weights, false), l.facts, x, T);
-  const gpu = (l: LoadedLayer, xe: Float32Array, T: number, w: LoadedLayer['weights'], forced?: Routed) =>
-    forwardGpu(w, l.facts, xe, T, { maxBinding: opts.maxBinding, forced });
+    kernelRoutes(l.facts.routing, l.weights) ? undefined : routeAll(await materialize(l.weights, false), l.facts, x, T);
   return {
-    forward: async (l, x, T, forced) => withBlockNorms(l.weights, l.facts, x, T, forced ?? (await route(l, x, T)), (w, xe, f) => gpu(l, xe, T, w, f)),
+    forward: async (l, x, T, forced) =>
+      withBlockNorms(l.weights, l.facts, x, T, forced ?? (await route(l, x, T)), (w, xe, f) =>
+        forwardGpu(w, l.facts, xe, T, { maxBinding: opts.maxBinding, forced: f }),
+      ),
     adapter,
   };
 }

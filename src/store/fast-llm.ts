@@ -16,10 +16,9 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import { MoekitError } from '../errors.js';
 import { DerivedStore } from './derived.js';
+import { FAST_LLM_FILE } from './registry.js';
 import { SafetensorsStore } from './safetensors/reader.js';
 import type { TensorInfo, TensorStore } from './types.js';
-
-const FILE = /^model_\d+(?:_\d+)?\.safetensors$/;
 
 const obj = (v: unknown): Record<string, unknown> => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : {});
 
@@ -72,7 +71,7 @@ export class FastLlmStore extends DerivedStore {
   }
 
   static async open(dir: string): Promise<FastLlmStore> {
-    const names = (await readdir(dir)).filter((n) => FILE.test(n)).sort();
+    const names = (await readdir(dir)).filter((n) => FAST_LLM_FILE.test(n)).sort();
     let meta: Record<string, unknown>;
     try {
       meta = obj(parse(await readFile(join(dir, 'metadata.yaml'), 'utf8'), { maxAliasCount: 100 }));

@@ -85,6 +85,8 @@ async function sniff(path: string): Promise<Container | undefined> {
 }
 
 const TORCH_FILE = /\.(bin|pt|pth)$/;
+/** Fast-LLM's weight files: model_<n>.safetensors, with pipeline parallelism model_<pp>_<n>.safetensors */
+export const FAST_LLM_FILE = /^model_\d+(?:_\d+)?\.safetensors$/;
 const TORCH_INDEX = /\.(bin|pt|pth)\.index\.json$/;
 
 /** The store of a folder, by what it holds: safetensors first (as transformers prefers), then torch.save, then DCP. */
@@ -102,8 +104,7 @@ async function openFolder(path: string, names: string[]): Promise<TensorStore | 
     return DcpShardedStore.open(join(path, 'model'), path);
   // Fast-LLM's fast_llm format: metadata.yaml + model_<n>.safetensors with "<parameter>/<shard>" keys
   // (imported here when met: its store derives from DerivedStore, which imports this module)
-  if (names.includes('metadata.yaml') && names.some((n) => /^model_\d+(?:_\d+)?\.safetensors$/.test(n)))
-    return (await import('./fast-llm.js')).FastLlmStore.open(path);
+  if (names.includes('metadata.yaml') && names.some((n) => FAST_LLM_FILE.test(n))) return (await import('./fast-llm.js')).FastLlmStore.open(path);
   const weights = names.filter((n) => /\.safetensors(\.index\.json)?$/.test(n) && n !== 'reference.safetensors');
   if (weights.length > 0) return SafetensorsStore.open(path);
   const opts = { strict: strictPickles };
