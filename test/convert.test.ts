@@ -463,6 +463,10 @@ describe('options and outputs', () => {
       dims: { hiddenSize: 48, numExperts: 16, moeIntermediateSize: 40, sharedIntermediateSize: 40 },
     });
     expect(mk.routing).toMatchObject({ scoreFunc: 'sigmoid', nGroup: 4, topkGroup: 2, routedScalingFactor: 2.5 });
+    // who loads it: Megatron-Core's SequentialMLP, and the way back to HF
+    expect(mk.loadedBy).toMatch(/^Megatron-Core SequentialMLP.*--to hf gives the HF model back$/);
+    const hfMk = JSON.parse(readFileSync(join(await conv(SOURCES.deepseek_v3!, 'hf-fused'), 'moekit.json'), 'utf8'));
+    expect(hfMk.loadedBy).toMatch(/^transformers 5 \(fused/);
     expect(mk.layers.map((l: { layer: number }) => l.layer)).toEqual([1, 2]); // layer 0 is dense (first_k_dense_replace)
     expect(JSON.parse(readFileSync(join(dst, 'config.json'), 'utf8')).model_type).toBe('deepseek_v3');
     // drop config.json: moekit.json alone carries family and layout

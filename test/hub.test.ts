@@ -1,8 +1,8 @@
 // Hub ids (org/name[@revision]) resolved in a Hugging Face cache laid out as huggingface_hub does:
 // refs/<branch> → commit, snapshots/<commit>/<file> → symlink into ../../blobs/<hash>.
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join, sep } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
@@ -98,6 +98,10 @@ function runAsync(args: string[], env: Record<string, string>): Promise<{ code: 
  * /resolve/ answering weight files with a 302 to a CDN path, ranged GETs (206 + Content-Range),
  * and a repo that needs a token.
  */
+/** every file under `dir`, as repo paths ('a/b.txt'), as the Hub's siblings list them */
+const filesUnder = (dir: string): string[] =>
+  (readdirSync(dir, { recursive: true }) as string[]).filter((f) => statSync(join(dir, f)).isFile()).map((f) => f.split(sep).join('/'));
+
 function mockHub(repos: Record<string, string>, token: string): Promise<{ url: string; close: () => void; ranges: string[] }> {
   const ranges: string[] = [];
   const sha = (id: string) => createHash('sha1').update(id).digest('hex');
@@ -113,7 +117,7 @@ function mockHub(repos: Record<string, string>, token: string): Promise<{ url: s
       if (m[1]!.startsWith('private/') && req.headers.authorization !== `Bearer ${token}`) return deny();
       return void res
         .writeHead(200, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ id: m[1], sha: sha(m[1]!), siblings: readdirSync(dir).map((rfilename) => ({ rfilename })) }));
+        .end(JSON.stringify({ id: m[1], sha: sha(m[1]!), siblings: filesUnder(dir).map((rfilename) => ({ rfilename })) }));
     }
     m = /^\/([^/]+\/[^/]+)\/resolve\/([0-9a-f]{40})\/(.+)$/.exec(u.pathname);
     if (m) {
@@ -160,6 +164,44 @@ describe('Hub ids not in the cache stream from the Hub (a local server that answ
       expect(p.stderr).toMatch(/refused access \(401\); set HF_TOKEN/);
       expect((await runAsync(['inspect', 'private/mixtral'], { ...env, HF_TOKEN: 'sekrit' })).code).toBe(0);
       expect((await runAsync(['inspect', 'org/none'], env)).stderr).toMatch(/org\/none: not on the Hub \(404/);
+    } finally {
+      hub.close();
+    }
+  }, 60_000);
+
+  it('the output of a Hub model is a complete model folder: tokenizer, generation config, remote code and card fetched; other weights skipped', async () => {
+    const repo = join(tmp.dir, 'hub-repo');
+    mkdirSync(join(repo, 'original'), { recursive: true });
+    for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) copyFileSync(join(FIXTURES, 'mixtral', f), join(repo, f));
+    const tokModel = Buffer.from([0, 1, 2, 255, 254, 10, 13, 0]);
+    writeFileSync(join(repo, 'tokenizer.json'), '{"version":"1.0"}');
+    writeFileSync(join(repo, 'tokenizer.model'), tokModel);
+    writeFileSync(join(repo, 'modeling_custom.py'), '# remote code\n');
+    writeFileSync(join(repo, 'README.md'), '---\nlicense: apache-2.0\n---\n# The original card\n');
+    writeFileSync(join(repo, 'pytorch_model.bin'), 'stale');
+    writeFileSync(join(repo, 'original', 'consolidated.00.pth'), 'stale');
+    const hub = await mockHub({ 'org/full': repo }, 'x');
+    try {
+      const env = { HF_ENDPOINT: hub.url, HF_HUB_CACHE: join(tmp.dir, 'empty-cache') };
+      const out = join(tmp.dir, 'hub-full-te');
+      const c = await runAsync(['convert', 'org/full', '--to', 'te', '-o', out, '--json'], env);
+      expect(c.code, c.stderr).toBe(0);
+      expect(readFileSync(join(out, 'tokenizer.json'), 'utf8')).toBe('{"version":"1.0"}');
+      expect(readFileSync(join(out, 'tokenizer.model')).equals(tokModel)).toBe(true);
+      expect(readFileSync(join(out, 'modeling_custom.py'), 'utf8')).toBe('# remote code\n');
+      expect(readFileSync(join(out, 'generation_config.json')).equals(readFileSync(join(repo, 'generation_config.json')))).toBe(true);
+      const card = readFileSync(join(out, 'README.md'), 'utf8');
+      expect(card).toMatch(/^---\nlicense: apache-2.0\nbase_model: org\/full\n/);
+      expect(card).toMatch(/## Original model card\n\n# The original card/);
+      expect(existsSync(join(out, 'pytorch_model.bin'))).toBe(false);
+      expect(existsSync(join(out, 'original'))).toBe(false);
+      expect(JSON.parse(c.stdout).skipped).toEqual(['original/', 'pytorch_model.bin']);
+      expect(c.stderr).toMatch(/skipped: pytorch_model\.bin/);
+      // a rank folder of a shard made from the Hub is a complete model folder too
+      const ep = join(tmp.dir, 'hub-full-ep2');
+      const s = await runAsync(['shard', 'org/full', '--ep', '2', '-o', ep], env);
+      expect(s.code, s.stderr).toBe(0);
+      for (const r of ['ep0-of-2', 'ep1-of-2']) expect(readFileSync(join(ep, r, 'tokenizer.model')).equals(tokModel)).toBe(true);
     } finally {
       hub.close();
     }

@@ -290,6 +290,7 @@ export async function executeCheckpoint(cp: CheckpointPlan, dir: string, opts: E
   for (const s of cp.sideFiles) {
     if ('text' in s) await writeFile(join(dir, s.name), s.text);
     else if ('json' in s) await writeJsonAtomic(join(dir, s.name), typeof s.json === 'function' ? (s.json as () => unknown)() : s.json);
+    else if ('load' in s) await writeFile(join(dir, s.name), await s.load());
     else await copyFile(s.copyFrom, join(dir, s.name));
     files.push(s.name);
   }

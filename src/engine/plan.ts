@@ -69,7 +69,12 @@ export interface FilePlan {
 
 /** A side file of an output checkpoint: JSON written by moekit, or a file copied from the source. */
 /** `json` may be a function, called after the tensors are written (files that hold their checksums). */
-export type SideFile = { name: string; json: unknown } | { name: string; text: string } | { name: string; copyFrom: string };
+export type SideFile =
+  | { name: string; json: unknown }
+  | { name: string; text: string }
+  | { name: string; copyFrom: string }
+  /** fetched when written (a side file of a model streamed from the Hub) */
+  | { name: string; load: () => Promise<Buffer> };
 
 /** One checkpoint folder to write (convert/merge: the output itself; shard: one rank). */
 export interface CheckpointPlan {
@@ -369,7 +374,7 @@ export function splitFiles(tensors: TensorPlan[], maxShardSize?: number, format 
 }
 
 /** Compare names with digit runs as numbers (layers.2 before layers.10). */
-function naturalCompare(a: string, b: string): number {
+export function naturalCompare(a: string, b: string): number {
   const ra = a.split(/(\d+)/);
   const rb = b.split(/(\d+)/);
   for (let i = 0; i < Math.min(ra.length, rb.length); i++) {

@@ -26,6 +26,7 @@ import {
 import type { TensorsPlan } from './plan.js';
 import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
 import { DENSE_MLP_SPECS } from '../../converters/dense-mlp.js';
+import { loaderOf } from '../output/card.js';
 
 // ---- metadata --------------------------------------------------------------------------------
 
@@ -36,6 +37,8 @@ export interface MoekitJson {
   family: string;
   modelType: string;
   layout: string;
+  /** which framework loads this layout, and how (absent in files written before moekit recorded it) */
+  loadedBy?: string;
   gateUp: GateUpOrder | 'separate';
   gated: boolean;
   hfRoot: string;
@@ -173,6 +176,7 @@ function checkMoekitJson(v: Record<string, unknown>, where: string): MoekitJson 
     family: k.str(v.family, 'family'),
     modelType: k.str(v.modelType, 'modelType'),
     layout,
+    ...(v.loadedBy === undefined ? {} : { loadedBy: k.str(v.loadedBy, 'loadedBy') }),
     gateUp: k.str(v.gateUp, 'gateUp', ['concat', 'interleaved', 'separate']) as MoekitJson['gateUp'],
     gated: k.bool(v.gated, 'gated'),
     hfRoot: checkRoot(k, v.hfRoot),
@@ -526,6 +530,7 @@ export function moekitJson(ir: ModelIR, plan: Pick<TensorsPlan, 'layers' | 'gate
     family: ir.family,
     modelType: ir.modelType,
     layout: plan.target.id,
+    loadedBy: loaderOf(plan.target.id, Boolean(plan.target.families), ir.family),
     gateUp: plan.gateUp,
     gated: l0?.gated ?? true,
     hfRoot: ir.hfRoot,

@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hubRepoOf } from '../store/hub.js';
+import { hubListing } from '../store/remote.js';
 
 export const MOEKIT_VERSION = '0.1.0';
 
@@ -19,6 +20,14 @@ const LOADERS: Record<string, string> = {
   flashfusemoe: 'flashfusemoe (`w_up` / `w_down` per MoE block)',
   'hf-fused': 'transformers 5 (fused `gate_up_proj` / `down_proj`, as it holds experts in memory)',
 };
+
+/** One line naming the framework that loads a layout's output, and how (moekit.json's `loadedBy`, the card). */
+export function loaderOf(layout: string, hf: boolean, family: string): string {
+  return hf
+    ? `transformers (from_pretrained, as a ${family} checkpoint)`
+    : `${loaderName(layout)}; moekit convert <this folder> --to hf gives the HF model back`;
+}
+const loaderName = (layout: string): string => LOADERS[layout] ?? `the framework of the ${layout} layout`;
 
 export interface CardInfo {
   /** the command line that made the folder */
@@ -37,8 +46,13 @@ export async function modelCard(c: CardInfo, sourceDir: string): Promise<string>
   const base = hubBase ?? c.source.replace(/\/+$/, '').split('/').pop()!;
   const loads = c.hf
     ? `transformers loads it as any ${c.family} checkpoint (\`from_pretrained\`).`
-    : `Load it with ${LOADERS[c.layout] ?? `the framework of the ${c.layout} layout`}; \`moekit convert <this folder> --to hf\` gives the HF model back, bit for bit.`;
-  const original = await readFile(join(sourceDir, 'README.md'), 'utf8').catch(() => '');
+    : `Load it with ${loaderName(c.layout)}; \`moekit convert <this folder> --to hf\` gives the HF model back, bit for bit.`;
+  const hub = hubListing(sourceDir);
+  const original = hub
+    ? hub.names.includes('README.md')
+      ? (await hub.load('README.md')).toString('utf8')
+      : ''
+    : await readFile(join(sourceDir, 'README.md'), 'utf8').catch(() => '');
   const fm = /^---\n([\s\S]*?)\n---\n?/.exec(original);
   const body = original.slice(fm ? fm[0].length : 0).trim();
   // the source's front matter (license, language, …) is kept, but its base_model and tags

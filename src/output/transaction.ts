@@ -13,6 +13,8 @@ import { hostname } from 'node:os';
 import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { MoekitError, signalExitCode, STOP_SIGNALS } from '../errors.js';
+import type { SideFile } from '../engine/plan.js';
+import { hubListing } from '../store/remote.js';
 
 export interface OutputOptions {
   /** replace a non-empty destination */
@@ -357,7 +359,9 @@ const OTHER_WEIGHT_DIRS = new Set(['original']);
  * The side files of `dir` (regular files only, top level) as {name, path}; weights of other formats
  * (and `original/`) are left out, their names added to `skipped`, and so is every name in `except`.
  */
-export async function sideFilesOf(dir: string, skipped: string[] = [], except: readonly string[] = []): Promise<{ name: string; copyFrom: string }[]> {
+export async function sideFilesOf(dir: string, skipped: string[] = [], except: readonly string[] = []): Promise<SideFile[]> {
+  const hub = hubListing(dir);
+  if (hub) return hubSideFiles(hub, skipped, except);
   let names: string[];
   try {
     names = await readdir(dir);
@@ -371,6 +375,22 @@ export async function sideFilesOf(dir: string, skipped: string[] = [], except: r
     const st = await stat(p).catch(() => undefined);
     if (OTHER_WEIGHTS.test(name) || (st?.isDirectory() && OTHER_WEIGHT_DIRS.has(name))) skipped.push(st?.isDirectory() ? `${name}/` : name);
     else if (st?.isFile()) out.push({ name, copyFrom: p });
+  }
+  return out;
+}
+
+/** The same choice over a Hub repo's listing: top-level files fetched when written, folders of weights skipped. */
+function hubSideFiles(hub: NonNullable<ReturnType<typeof hubListing>>, skipped: string[], except: readonly string[]): SideFile[] {
+  const out: SideFile[] = [];
+  const dirs = new Set<string>();
+  for (const name of [...hub.names].sort()) {
+    const top = name.split('/')[0]!;
+    if (name.includes('/')) {
+      if (OTHER_WEIGHT_DIRS.has(top) && !dirs.has(top)) skipped.push(`${top}/`);
+      dirs.add(top);
+    } else if (NOT_SIDE.test(name) || except.includes(name)) continue;
+    else if (OTHER_WEIGHTS.test(name)) skipped.push(name);
+    else out.push({ name, load: () => hub.load(name) });
   }
   return out;
 }

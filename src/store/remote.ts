@@ -61,6 +61,7 @@ export class RemoteSafetensorsStore extends BaseStore implements TensorStore {
       await st.addFile(f);
     }
     if (names.includes('config.json')) st.cfg = (await getJson(st.url('config.json'), id)) as Record<string, unknown>;
+    hubListings.set(st.dir, { names, load: (name) => getFile(st.url(name), `${id}/${name}`) });
     return st;
   }
 
@@ -102,6 +103,31 @@ export class RemoteSafetensorsStore extends BaseStore implements TensorStore {
   async config(): Promise<Record<string, unknown> | undefined> {
     return this.cfg;
   }
+}
+
+/** The files of a Hub repo opened as a store (keyed by the store's `hf://` dir), for its outputs' side files and card. */
+interface HubListing {
+  /** every file of the repo at that revision (paths with '/' for files in folders) */
+  names: string[];
+  /** one file's bytes (at most SIDE_FILE_MAX) */
+  load(name: string): Promise<Buffer>;
+}
+const hubListings = new Map<string, HubListing>();
+
+/** The listing of a Hub repo streamed from the Hub, when `dir` is such a store's `hf://…` dir. */
+export const hubListing = (dir: string): HubListing | undefined => hubListings.get(dir);
+
+/** A side file larger than this (tokenizers are tens of MB) is refused rather than held in memory. */
+const SIDE_FILE_MAX = 512 * 2 ** 20;
+
+async function getFile(url: string, where: string): Promise<Buffer> {
+  const r = await get(url, {}, where);
+  const len = Number(r.headers.get('content-length') ?? 0);
+  if (len > SIDE_FILE_MAX) throw new MoekitError('unsupported', `${where}: a side file of ${len} bytes (more than ${SIDE_FILE_MAX / 2 ** 20} MiB)`);
+  const body = Buffer.from(await r.arrayBuffer());
+  if (body.length > SIDE_FILE_MAX)
+    throw new MoekitError('unsupported', `${where}: a side file of ${body.length} bytes (more than ${SIDE_FILE_MAX / 2 ** 20} MiB)`);
+  return body;
 }
 
 interface RemoteTensor extends TensorInfo {
