@@ -301,7 +301,7 @@ describe('every source → every layout → hf is byte-identical', () => {
       const want = await srcDump(name);
       for (const to of TARGET_NAMES) {
         if (QUANTIZED.has(name) && to !== 'hf') {
-          await expect(conv(src, to)).rejects.toThrow(/is quantized .*dequantize on the way: moekit dequant .* --to/);
+          await expect(conv(src, to)).rejects.toThrow(/(128-row scale block|is mxfp4|reinterpreted).*: moekit dequant .* --to/);
           continue;
         }
         const re = REFUSE[name]?.[to];
@@ -569,8 +569,12 @@ describe('refusals: one line, non-zero exit, nothing written', () => {
     await refused([dir, '--to', 'te'], /layer 0: expert 1 has no down tensor/);
   });
 
-  it('quantized to another layout', async () => {
-    await refused([SOURCES.deepseek_v3_fp8!, '--to', 'te'], /is quantized \(FP8/);
+  it('quantized to another layout where the scales cannot follow (I = 192 in 128-row blocks; MXFP4)', async () => {
+    await refused(
+      [SOURCES.deepseek_v3_fp8!, '--to', 'te'],
+      /expert intermediate size 192 is not a multiple of the 128-row scale block.*moekit dequant .* --to te/,
+    );
+    await refused([SOURCES.gpt_oss_mxfp4!, '--to', 'nemo'], /is mxfp4: .*moekit dequant .* --to nemo/);
   });
 
   it('existing non-empty destination unless --force, and --force replaces only a moekit output', async () => {

@@ -265,6 +265,97 @@ describe('moekit quant --format fp8-block', () => {
   });
 });
 
+describe('convert keeps block-FP8 experts quantized: their scale blocks move with them', () => {
+  const byName = (ts: Raw[]) => new Map(ts.map((x) => [x.name, x]));
+  const same = (a: Raw[], b: Raw[]) => {
+    const m = byName(b);
+    return (
+      a.length === b.length &&
+      a.every((x) => {
+        const y = m.get(x.name);
+        return y && y.dtype === x.dtype && `${y.shape}` === `${x.shape}` && Buffer.from(y.data).equals(Buffer.from(x.data));
+      })
+    );
+  };
+  // DeepSeek-V3-shaped, I 40 and H 48 in 8×8 blocks: every cut along I falls on a block boundary
+  const fp8 = () => {
+    const q = out('ds-fp8-b8');
+    if (!existsSync(q)) expect(runCli(['quant', join(FIXTURES, 'deepseek_v3'), '--format', 'fp8-block', '--block', '8', '-o', q, '--no-fsync']).code).toBe(0);
+    return q;
+  };
+
+  for (const layout of ['te', 'nemo', 'megatron', 'hf-fused']) {
+    it(`HF FP8 → ${layout} → HF is byte-identical; ${layout} verifies against the FP8 model exactly and against the f32 source within FP8 precision`, async () => {
+      const q = fp8();
+      const mid = out(`fp8-${layout}`);
+      const c = runCli(['convert', q, '--to', layout, '-o', mid, '--no-fsync']);
+      expect(c.code, c.stderr).toBe(0);
+      const ts = await readAll(mid);
+      const m = byName(ts);
+      const weights = ts.filter((x) => x.dtype === 'F8_E4M3');
+      expect(weights.length).toBeGreaterThan(0);
+      for (const w of weights) {
+        // every FP8 weight has its grid of 8×8 block scales beside it, stacked as the weight is
+        const sc = m.get(`${w.name}_scale_inv`);
+        expect(sc, w.name).toBeDefined();
+        expect(sc!.shape).toEqual([...w.shape.slice(0, -2), ...w.shape.slice(-2).map((n) => Math.ceil(n / 8))]);
+      }
+      // no scale is left under the source's per-expert names (they moved with their weights)
+      expect(ts.some((x) => /layers\.1\.mlp\.experts\.0\.(gate|up|down)_proj\.weight_scale_inv$/.test(x.name))).toBe(false);
+      expect(cfgOf(mid).quantization_config).toMatchObject({ quant_method: 'fp8', weight_block_size: [8, 8] });
+      const back = out(`fp8-${layout}-hf`);
+      expect(runCli(['convert', mid, '--to', 'hf', '-o', back, '--no-fsync']).code).toBe(0);
+      expect(same(await readAll(back), await readAll(q))).toBe(true);
+      const v = runCli(['verify', mid, q, '--cpu', '--rtol', '1e-6']);
+      expect(v.code, v.stdout).toBe(0);
+      expect(runCli(['verify', mid, join(FIXTURES, 'deepseek_v3'), '--cpu']).code).toBe(0);
+    });
+  }
+
+  it('a scale grid moved with the wrong experts fails verify: the scales are what makes the weights', async () => {
+    const q = fp8();
+    const nemo = out('fp8-nemo');
+    if (!existsSync(nemo)) expect(runCli(['convert', q, '--to', 'nemo', '-o', nemo, '--no-fsync']).code).toBe(0);
+    const name = 'model.layers.1.mlp.experts.gate_and_up_projs_scale_inv';
+    const ts = await readAll(nemo);
+    const bad = ts.map((x) => {
+      if (x.name !== name) return x;
+      // experts 0 and 1 swap their scale grids; the FP8 bytes stay where they are
+      const per = x.data.length / x.shape[0]!;
+      const d = new Uint8Array(x.data);
+      d.set(x.data.subarray(per, 2 * per), 0);
+      d.set(x.data.subarray(0, per), per);
+      return { ...x, data: d };
+    });
+    expect(bad.find((x) => x.name === name)!.data).not.toEqual(ts.find((x) => x.name === name)!.data);
+    const dir = out('fp8-nemo-swapped');
+    await writeAll(dir, bad, cfgOf(nemo));
+    writeFileSync(join(dir, 'moekit.json'), readFileSync(join(nemo, 'moekit.json')));
+    const v = runCli(['verify', dir, q, '--cpu', '--seed', '3', '--tokens', '64']);
+    expect(v.code, v.stdout).toBe(1);
+  });
+
+  it('refuses, in one line with the dequant command, what the scales cannot follow exactly', () => {
+    const q = fp8();
+    const cases: [string[], RegExp][] = [
+      [['--to', 'nemo', '--gate-up', 'interleaved'], /gate\/up interleaved row by row would split every 8-row scale block.*moekit dequant .* --to nemo/],
+      [
+        ['--to', 'megatron-grouped'],
+        /layout 'megatron-grouped' declares experts\.weight1 over its experts' memory reinterpreted.*moekit dequant .* --to megatron-grouped/,
+      ],
+      [['--to', 'te', '--dtype', 'bf16'], /--dtype casts float weights; .* is fp8-block: moekit dequant .* --dtype bf16 --to te/],
+    ];
+    for (const [args, re] of cases) {
+      const dst = out(`fp8-refused-${args.join('')}`);
+      const r = runCli(['convert', q, ...args, '-o', dst]);
+      expect(r.code, r.stderr).not.toBe(0);
+      expect(r.stderr).toMatch(re);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(existsSync(dst)).toBe(false);
+    }
+  });
+});
+
 describe('moekit plan: TP × EP sizes that can serve a checkpoint', () => {
   const fp8 = { quant_method: 'fp8', weight_block_size: [128, 128] };
   it('Qwen3-235B-A22B-FP8-shaped: TP4 works, TP8 needs EP2 (SGLang: (1536 / 8) % 128 != 0)', async () => {

@@ -16,6 +16,8 @@ import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
 import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
 import { describePlan, passthroughTensors, planBytes, planTensors, splitFiles, type Plan, type SideFile, type TensorPlan } from '../engine/plan.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../engine/execute.js';
+import { planScaled, readScaledIR } from '../engine/scales.js';
+import { detectScheme } from '../quant/scheme.js';
 import type { WriteOptions } from './options.js';
 
 export interface ConvertOptions extends WriteOptions {
@@ -91,14 +93,18 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
       moeLayers = ir.layers.length;
     }
   } else {
-    if (q) {
+    const scheme = q ? await detectScheme(store, meta.config) : undefined;
+    if (q && !scheme)
+      throw new MoekitError('unsupported', `${src} is quantized (${q}) in a way moekit does not recognise; it can only be copied (--to ${source.id})`);
+    if (scheme && opts.dtype)
       throw new MoekitError(
-        'unsupported',
-        `${src} is quantized (${q}); convert keeps quantized experts only in their own layout (--to ${source.families ? 'hf' : source.id}, a byte copy); to re-lay them out, dequantize on the way: moekit dequant ${src} --to ${opts.to} -o <dst>`,
+        'usage',
+        `--dtype casts float weights; ${src} is ${scheme.method}: moekit dequant ${src} --dtype ${opts.dtype.toLowerCase()} --to ${opts.to} -o <dst>`,
       );
-    }
-    const ir = readIR(store, source, meta);
-    const tp = planTensors(ir, target, { gateUp: opts.gateUp, dtype: opts.dtype });
+    const tgtOrder = target.gateUp ? (opts.gateUp ?? target.gateUp.default) : 'separate';
+    const sir = scheme ? readScaledIR(store, source, target, meta, scheme, [srcOrder, tgtOrder]) : undefined;
+    const ir = sir?.weights ?? readIR(store, source, meta);
+    const tp = sir ? planScaled(sir, target, { gateUp: opts.gateUp }) : planTensors(ir, target, { gateUp: opts.gateUp, dtype: opts.dtype });
     tensors = tp.tensors;
     mk = moekitJson(ir, tp, source.id);
     gateUp = tp.gateUp;

@@ -66,29 +66,33 @@ async function scalesOf(store: TensorStore, t: TensorInfo, e0 = 0, e1 = numel(t.
 }
 
 function fp8Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, block: [number, number]): QGroup {
-  if (w.shape.length !== 2) throw bad(`${w.name} is ${w.dtype} with shape ${shapeStr(w.shape)}; block FP8 weights are [out, in]`);
-  const [out, inn] = w.shape as [number, number];
-  const want = [ceilDiv(out, block[0]), ceilDiv(inn, block[1])];
-  if (sc.shape.length !== 2 || sc.shape[0] !== want[0] || sc.shape[1] !== want[1])
+  // [out, in], or stacked [..., out, in] (a layout moekit re-laid out: its scales stack the same way)
+  if (w.shape.length < 2) throw bad(`${w.name} is ${w.dtype} with shape ${shapeStr(w.shape)}; block FP8 weights are [out, in] (or stacked [..., out, in])`);
+  const lead = w.shape.slice(0, -2);
+  const [out, inn] = w.shape.slice(-2) as [number, number];
+  const grid = [ceilDiv(out, block[0]), ceilDiv(inn, block[1])] as const;
+  const want = [...lead, ...grid];
+  if (sc.shape.length !== want.length || sc.shape.some((n, i) => n !== want[i]))
     throw bad(
       `${sc.name} has shape ${shapeStr(sc.shape)}, expected ${shapeStr(want)} for ${w.name} ${shapeStr(w.shape)} in blocks of ${block[0]}×${block[1]} (quantization_config.weight_block_size)`,
     );
   const lut = w.dtype === 'F8_E5M2' ? E5M2 : E4M3;
+  // row r of the flattened [B·out, in] weight → its row of scales in the flattened [B·⌈out/b0⌉, ⌈in/b1⌉] grid
+  const scaleRow = (r: number) => Math.floor(r / out) * grid[0] + Math.floor((r % out) / block[0]);
   return {
     method: 'fp8-block',
     name: w.name,
-    shape: [out, inn],
+    shape: [...w.shape],
     parts: [w.name, sc.name],
     unit: inn,
     detail: `${w.dtype}, blocks ${block[0]}×${block[1]}`,
     async decode(r0, r1) {
       const q = await store.read(w, r0 * inn, r1 * inn);
-      const b0 = Math.floor(r0 / block[0]);
-      const b1 = Math.floor((r1 - 1) / block[0]) + 1;
-      const s = await scalesOf(store, sc, b0 * want[1]!, b1 * want[1]!);
+      const s0 = scaleRow(r0);
+      const s = await scalesOf(store, sc, s0 * grid[1], (scaleRow(r1 - 1) + 1) * grid[1]);
       const f = new Float32Array((r1 - r0) * inn);
       for (let r = r0; r < r1; r++) {
-        const srow = (Math.floor(r / block[0]) - b0) * want[1]!;
+        const srow = (scaleRow(r) - s0) * grid[1];
         const o = (r - r0) * inn;
         for (let j = 0; j < inn; j++) f[o + j] = lut[q[o + j]!]! * s[srow + Math.floor(j / block[1])]!;
       }
