@@ -335,6 +335,39 @@ describe('convert keeps block-FP8 experts quantized: their scale blocks move wit
     expect(v.code, v.stdout).toBe(1);
   });
 
+  it('shard --ep 2 --etp 5 --to te keeps FP8 (scale blocks sliced with their rows); merge and reshard give the FP8 model back byte for byte; verify reads the ranks', async () => {
+    const q = fp8();
+    const sh = out('fp8-ep2-etp5');
+    const s = runCli(['shard', q, '--ep', '2', '--etp', '5', '--to', 'te', '-o', sh, '--no-fsync']);
+    expect(s.code, s.stderr).toBe(0);
+    const r0 = byName(await readAll(join(sh, 'ep0-etp1')));
+    // ETP rank 1 of 5: rows 8..16 of each expert's I = 40, one 8-row block of scales
+    expect(r0.get('decoder.layers.1.mlp.experts.linear_fc1.weight0')).toMatchObject({ dtype: 'F8_E4M3', shape: [16, 48] });
+    expect(r0.get('decoder.layers.1.mlp.experts.linear_fc1.weight0_scale_inv')).toMatchObject({ dtype: 'F32', shape: [2, 6] });
+    expect(r0.get('decoder.layers.1.mlp.experts.linear_fc2.weight0_scale_inv')).toMatchObject({ shape: [6, 1] });
+    const m = out('fp8-ep2-etp5-merged');
+    expect(runCli(['merge', sh, '-o', m, '--no-fsync']).code).toBe(0);
+    expect(same(await readAll(m), await readAll(q))).toBe(true);
+    const rs = out('fp8-reshard-nemo');
+    expect(runCli(['reshard', sh, '--ep', '4', '--to', 'nemo', '-o', rs, '--no-fsync']).code).toBe(0);
+    const m2 = out('fp8-reshard-merged');
+    expect(runCli(['merge', rs, '-o', m2, '--no-fsync']).code).toBe(0);
+    expect(same(await readAll(m2), await readAll(q))).toBe(true);
+    const v = runCli(['verify', sh, q, '--cpu', '--rtol', '1e-6']);
+    expect(v.code, v.stdout).toBe(0);
+    // the real DeepSeek-V3-shaped FP8 fixture (I 192 in 128-blocks): EP alone cuts no block
+    const ds = out('ds-fp8-ep2');
+    expect(runCli(['shard', join(FIXTURES, 'deepseek_v3_fp8'), '--ep', '2', '-o', ds, '--no-fsync']).code).toBe(0);
+    const w = runCli(['verify', ds, '--reference', join(FIXTURES, 'deepseek_v3_fp8', 'reference.safetensors'), '--cpu']);
+    expect(w.code, w.stdout).toBe(0);
+    const dm = out('ds-fp8-ep2-merged');
+    expect(runCli(['merge', ds, '-o', dm, '--no-fsync']).code).toBe(0);
+    expect(same(await readAll(dm), await readAll(join(FIXTURES, 'deepseek_v3_fp8')))).toBe(true);
+    const e = runCli(['shard', join(FIXTURES, 'deepseek_v3_fp8'), '--ep', '2', '--etp', '2', '-o', out('ds-fp8-etp2')]);
+    expect(e.code).toBe(2);
+    expect(e.stderr).toMatch(/\(I \/ etp\) % 128 = \(192 \/ 2\) % 128 ≠ 0, so a slice would cut a 128×128 scale block; use --etp 1$/m);
+  });
+
   it('refuses, in one line with the dequant command, what the scales cannot follow exactly', () => {
     const q = fp8();
     const cases: [string[], RegExp][] = [
@@ -343,7 +376,7 @@ describe('convert keeps block-FP8 experts quantized: their scale blocks move wit
         ['--to', 'megatron-grouped'],
         /layout 'megatron-grouped' declares experts\.weight1 over its experts' memory reinterpreted.*moekit dequant .* --to megatron-grouped/,
       ],
-      [['--to', 'te', '--dtype', 'bf16'], /--dtype casts float weights; .* is fp8-block: moekit dequant .* --dtype bf16 --to te/],
+      [['--to', 'te', '--dtype', 'bf16'], /--dtype casts float weights; .* is quantized \(FP8.*\): moekit dequant .* --dtype bf16 --to te/],
     ];
     for (const [args, re] of cases) {
       const dst = out(`fp8-refused-${args.join('')}`);

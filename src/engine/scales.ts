@@ -20,13 +20,13 @@ import { MoekitError } from '../errors.js';
 import { DerivedStore } from '../store/derived.js';
 import { dtypeSize } from '../store/dtypes.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
-import type { QuantScheme } from '../quant/scheme.js';
+import { detectScheme, type QuantScheme } from '../quant/scheme.js';
 import { type ModelIR, type View, layerDims, selectExperts, sliceIntermediate } from './ir.js';
-import { declaredShape, type GateUpOrder, type LayoutSpec, slabShape } from './layout.js';
+import { declaredShape, fieldsOf, type GateUpOrder, type LayoutSpec, slabShape } from './layout.js';
 import { type ModelMeta, readIR } from './read.js';
 import { naturalCompare, type PlanOptions, planTensors, type TensorPlan, type TensorsPlan } from './plan.js';
 
-export const SCALE_SUFFIX = '_scale_inv';
+const SCALE_SUFFIX = '_scale_inv';
 
 /** The scale grids of a checkpoint's expert weights, each under its weight's name; routers with H in blocks. */
 class ScaleStore extends DerivedStore {
@@ -55,8 +55,8 @@ export interface ScaledIR {
   weights: ModelIR;
   scales: ModelIR;
   block: number;
-  /** the weights whose scale grids the scale IR holds (the scale view's names, routers excluded) */
-  grids: ReadonlySet<string>;
+  /** the checkpoint read (for the dequant hint of a refusal) */
+  src: string;
 }
 
 const refuse = (m: string) => new MoekitError('unsupported', m);
@@ -65,21 +65,15 @@ const refuse = (m: string) => new MoekitError('unsupported', m);
 const tensorOf = (v: View | undefined): string | undefined => (v?.storage.kind === 'tensor' ? v.storage.info.name : undefined);
 
 /**
- * Read a block-FP8 checkpoint's experts (layout `spec`) as weights + scales, or refuse what the
- * scales cannot follow exactly. `orders` are the gate/up orders of the source and of the target.
+ * Read a block-FP8 checkpoint's experts (layout `spec`, gate/up `order`) as weights + scales, or
+ * refuse what the scales cannot follow exactly.
  */
-export function readScaledIR(
-  store: TensorStore,
-  spec: LayoutSpec,
-  target: LayoutSpec,
-  meta: ModelMeta,
-  scheme: QuantScheme,
-  orders: (GateUpOrder | 'separate')[],
-): ScaledIR {
+function readScaledIR(store: TensorStore, spec: LayoutSpec, meta: ModelMeta, scheme: QuantScheme, order: GateUpOrder | 'separate'): ScaledIR {
   const src = store.dir;
-  const dequant = `moekit dequant ${src} --to ${target.families ? 'hf' : target.id} -o <dst>`;
   if (scheme.method !== 'fp8-block')
-    throw refuse(`${src} is ${scheme.method}: moekit moves block-FP8 scales with their weights, other schemes only through their float values: ${dequant}`);
+    throw refuse(
+      `${src} is ${scheme.method}: moekit moves block-FP8 scales with their weights, other schemes only through their float values: moekit dequant ${src} --to <layout> -o <dst>`,
+    );
   const weights = readIR(store, spec, meta);
   const scaleOf = new Map<string, TensorInfo>();
   let block = 0;
@@ -88,43 +82,57 @@ export function readScaledIR(
     const [b0, b1] = [Number(m?.[1]), Number(m?.[2])];
     if (b0 !== b1)
       throw refuse(
-        `${g.name}: blocks of ${b0}×${b1}; moekit moves only square scale blocks between layouts (a transposing layout swaps their sides): ${dequant}`,
+        `${g.name}: blocks of ${b0}×${b1}; moekit moves only square scale blocks between layouts (a transposing layout swaps their sides): moekit dequant ${src} --to <layout> -o <dst>`,
       );
     block = b0;
     scaleOf.set(g.parts[0]!, store.info(g.parts[1]!));
   }
-  for (const l of [spec, target]) blockwiseLayout(l, dequant);
-  if (orders.includes('interleaved'))
-    throw refuse(
-      `gate/up interleaved row by row would split every ${block}-row scale block of the FP8 experts; convert with --gate-up concat, or dequantize on the way: ${dequant}`,
-    );
+  const s: ScaledIR = { weights, scales: weights, block, src };
+  fitsLayout(s, spec, order, `moekit dequant ${src} -o <dst>`);
   const routers = new Map<string, number[]>();
   const scaled = new Map<string, TensorInfo>();
   for (const l of weights.layers) {
+    const router = tensorOf(l.router);
+    if (router) routers.set(router, [l.router!.shape[0]!, Math.ceil(layerDims(l).H / block)]);
+    const fields = [...l.experts.flatMap((e) => [e.gate, e.up, e.down]), l.shared_gate_proj, l.shared_up, l.shared_down];
+    for (const v of fields) {
+      const w = tensorOf(v);
+      if (!w) continue;
+      const sc = scaleOf.get(w);
+      if (!sc)
+        throw refuse(
+          `layer ${l.layer}: expert weight '${w}' is not block-FP8 while others are; moekit re-lays out one or the other: moekit dequant ${src} --to <layout> -o <dst>`,
+        );
+      scaled.set(w, sc);
+    }
+  }
+  const read = readIR(new ScaleStore(store, scaled, routers), spec, { ...meta, config: undefined });
+  // the scale IR holds the grids only: the routers' stand-ins (needed to read it) are dropped
+  const scales = { ...read, hfRoot: weights.hfRoot, passthrough: [], layers: read.layers.map(({ router: _r, ...l }) => l) };
+  // the expert weights' scales are written by the scale plan, under the target's names
+  const moved = new Set([...scaled.values()].map((x) => x.name));
+  return { weights: { ...weights, passthrough: weights.passthrough.filter((p) => !moved.has(p.info.name)) }, scales, block, src };
+}
+
+/** Refuse a layout (with its gate/up order) that would cut or join the FP8 experts inside a scale block. */
+function fitsLayout(s: ScaledIR, spec: LayoutSpec, order: GateUpOrder | 'separate', dequant: string): void {
+  blockwiseLayout(spec, dequant);
+  if (order === 'interleaved')
+    throw refuse(
+      `gate/up interleaved row by row would split every ${s.block}-row scale block of the FP8 experts; use --gate-up concat, or dequantize on the way: ${dequant}`,
+    );
+  if (!joinsAlongI(spec)) return;
+  for (const l of s.weights.layers) {
     const d = layerDims(l);
     for (const [what, I] of [
       ['expert', d.I],
       ['shared-expert', d.Is],
     ] as const)
-      if (I % block !== 0)
+      if (I % s.block !== 0)
         throw refuse(
-          `layer ${l.layer}: ${what} intermediate size ${I} is not a multiple of the ${block}-row scale block, so a block would straddle two tensors the layouts fuse or cut; dequantize on the way: ${dequant}`,
+          `layer ${l.layer}: ${what} intermediate size ${I} is not a multiple of the ${s.block}-row scale block, so a block would straddle two tensors layout '${spec.id}' fuses or cuts; dequantize on the way: ${dequant}`,
         );
-    const router = tensorOf(l.router);
-    if (router) routers.set(router, [l.router!.shape[0]!, Math.ceil(d.H / block)]);
-    const fields = [...l.experts.flatMap((e) => [e.gate, e.up, e.down]), l.shared_gate_proj, l.shared_up, l.shared_down];
-    for (const v of fields) {
-      const w = tensorOf(v);
-      if (!w) continue;
-      const s = scaleOf.get(w);
-      if (!s) throw refuse(`layer ${l.layer}: expert weight '${w}' is not block-FP8 while others are; dequantize on the way: ${dequant}`);
-      scaled.set(w, s);
-    }
   }
-  const scales = { ...readIR(new ScaleStore(store, scaled, routers), spec, { ...meta, config: undefined }), hfRoot: weights.hfRoot, passthrough: [] };
-  // the expert weights' scales are written by the scale plan, under the target's names
-  const moved = new Set([...scaled.values()].map((s) => s.name));
-  return { weights: { ...weights, passthrough: weights.passthrough.filter((p) => !moved.has(p.info.name)) }, scales, block, grids: new Set(scaled.keys()) };
 }
 
 /**
@@ -147,6 +155,20 @@ function blockwiseLayout(spec: LayoutSpec, dequant: string): void {
   }
 }
 
+/** Does a layout join or cut tensors along I (gate | up fused, experts concatenated along rows)? Per-expert separate ones do not. */
+function joinsAlongI(spec: LayoutSpec): boolean {
+  const d = { E: 3, Er: 3, H: 5, I: 7, Is: 11, gated: true };
+  const o = { gateUp: spec.gateUp?.default ?? 'concat' } as const;
+  return spec.rules.some((r) => fieldsOf(r, d, o).length > 1 || (r.scope === 'stacked' && r.shape !== undefined));
+}
+
+/** The scaled IR of a quantized checkpoint (`q`: what quantizedTensors found); a scheme moekit does not recognise is refused. */
+export async function openScaled(store: TensorStore, q: string, spec: LayoutSpec, meta: ModelMeta, order: GateUpOrder | 'separate'): Promise<ScaledIR> {
+  const scheme = await detectScheme(store, meta.config);
+  if (!scheme) throw refuse(`${store.dir} is quantized (${q}) in a way moekit does not recognise; it can only be copied as it is`);
+  return readScaledIR(store, spec, meta, scheme, order);
+}
+
 /** Keep only `globalIds` (an EP rank), then slice `rank` of `size` along I (an expert-TP rank), in both IRs. */
 export function selectScaled(s: ScaledIR, globalIds: readonly number[], rank: number, size: number): ScaledIR {
   const cut = (ir: ModelIR) => {
@@ -158,6 +180,8 @@ export function selectScaled(s: ScaledIR, globalIds: readonly number[], rank: nu
 
 /** The plan of a block-FP8 checkpoint in layout `target`: its weights' plan with the scale tensors beside their weights. */
 export function planScaled(s: ScaledIR, target: LayoutSpec, opts: PlanOptions = {}): TensorsPlan {
+  const order = target.gateUp ? (opts.gateUp ?? target.gateUp.default) : 'separate';
+  fitsLayout(s, target, order, `moekit dequant ${s.src} --to ${target.families ? 'hf' : target.id} -o <dst>`);
   const tp = planTensors(s.weights, target, opts);
   const tensors = [...tp.tensors, ...planScales(s, target, tp.tensors, opts)].sort((a, b) => naturalCompare(a.name, b.name));
   return { ...tp, tensors };
@@ -171,7 +195,6 @@ function planScales(s: ScaledIR, target: LayoutSpec, weights: TensorPlan[], opts
   const byName = new Map(weights.map((t) => [t.name, t]));
   const out: TensorPlan[] = [];
   for (const t of planTensors(s.scales, target, { gateUp: opts.gateUp }).tensors) {
-    if (!t.sources.every((n) => s.grids.has(n))) continue; // the routers' stand-ins
     const w = byName.get(t.name);
     const want = w && [...w.shape.slice(0, -2), ...w.shape.slice(-2).map((n) => Math.ceil(n / s.block))];
     if (!w || !want || want.length !== t.shape.length || want.some((n, i) => n !== t.shape[i]))

@@ -16,8 +16,7 @@ import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
 import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
 import { describePlan, passthroughTensors, planBytes, planTensors, splitFiles, type Plan, type SideFile, type TensorPlan } from '../engine/plan.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../engine/execute.js';
-import { planScaled, readScaledIR } from '../engine/scales.js';
-import { detectScheme } from '../quant/scheme.js';
+import { openScaled, planScaled } from '../engine/scales.js';
 import type { WriteOptions } from './options.js';
 
 export interface ConvertOptions extends WriteOptions {
@@ -93,16 +92,12 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
       moeLayers = ir.layers.length;
     }
   } else {
-    const scheme = q ? await detectScheme(store, meta.config) : undefined;
-    if (q && !scheme)
-      throw new MoekitError('unsupported', `${src} is quantized (${q}) in a way moekit does not recognise; it can only be copied (--to ${source.id})`);
-    if (scheme && opts.dtype)
+    if (q && opts.dtype)
       throw new MoekitError(
         'usage',
-        `--dtype casts float weights; ${src} is ${scheme.method}: moekit dequant ${src} --dtype ${opts.dtype.toLowerCase()} --to ${opts.to} -o <dst>`,
+        `--dtype casts float weights; ${src} is quantized (${q}): moekit dequant ${src} --dtype ${opts.dtype.toLowerCase()} --to ${opts.to} -o <dst>`,
       );
-    const tgtOrder = target.gateUp ? (opts.gateUp ?? target.gateUp.default) : 'separate';
-    const sir = scheme ? readScaledIR(store, source, target, meta, scheme, [srcOrder, tgtOrder]) : undefined;
+    const sir = q ? await openScaled(store, q, source, meta, srcOrder as GateUpOrder | 'separate') : undefined;
     const ir = sir?.weights ?? readIR(store, source, meta);
     const tp = sir ? planScaled(sir, target, { gateUp: opts.gateUp }) : planTensors(ir, target, { gateUp: opts.gateUp, dtype: opts.dtype });
     tensors = tp.tensors;

@@ -8,6 +8,7 @@
 import { join, resolve } from 'node:path';
 import { sideFilesOf, peakRssMB, withOutput } from '../../output/transaction.js';
 import { moekitJson, resolveTarget } from '../../engine/read.js';
+import { planScaled } from '../../engine/scales.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan } from '../../engine/plan.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
 import { layoutById } from '../../../converters/index.js';
@@ -42,7 +43,8 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
   try {
     const m = sh.manifest;
     const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.source.layout)!;
-    const tp = planTensors(sh.ir, target, { gateUp: gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp) });
+    const gateUp = gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp);
+    const tp = sh.scaled ? planScaled(sh.scaled, target, { gateUp }) : planTensors(sh.ir, target, { gateUp });
     const { files, index } = splitFiles(tp.tensors, opts.maxShardSize);
     const rank0 = join(root, m.ranks.find((r) => r.index === 0)!.dir);
     const sideFiles = [

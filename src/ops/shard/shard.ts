@@ -39,6 +39,7 @@ import { HashPool } from '../../engine/hash-pool.js';
 import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
 import { layoutById } from '../../../converters/index.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
+import { openScaled, planScaled, selectScaled, type ScaledIR } from '../../engine/scales.js';
 import { MANIFEST, RANK_MANIFEST, planOf, readManifest, type RankPlan, type ShardManifest, type TensorRecord } from './manifest.js';
 import { openSharded, verifyChecksums } from './sharded.js';
 import type { WriteOptions } from '../options.js';
@@ -79,8 +80,6 @@ export interface ShardSummary {
   plan?: unknown;
 }
 
-const FP8_BLOCK = 128;
-
 interface RankJob {
   plan: RankPlan;
   ir: ModelIR;
@@ -89,6 +88,8 @@ interface RankJob {
 
 export interface CutInput {
   ir: ModelIR;
+  /** a block-FP8 model: `ir` is its weights, whose scale grids are cut the same way */
+  scaled?: ScaledIR;
   /** per-field transforms for every rank (upcycling's scales) */
   fieldTransforms?: PlanOptions['fieldTransforms'];
   /** config.json text for every rank, when it must be written as is (floats kept as floats) */
@@ -102,6 +103,21 @@ export interface CutInput {
   sideFrom?: string;
   /** paths the destination must not touch */
   sources: string[];
+}
+
+/** One rank's IR (experts `global`, I slice `t` of `etp`) and its tensor plan. */
+function planRank(input: CutInput, global: number[], t: number, etp: number, holdsDense: boolean): { rir: ModelIR; write: TensorsPlan } {
+  const opts = { gateUp: input.gateUp, fieldTransforms: input.fieldTransforms };
+  const dense = (ir: ModelIR): ModelIR => (holdsDense ? ir : { ...ir, passthrough: [] });
+  if (input.scaled) {
+    const s = selectScaled(input.scaled, global, t, etp);
+    const weights = dense(s.weights);
+    return { rir: weights, write: planScaled({ ...s, weights }, input.target, opts) };
+  }
+  let rir = selectExperts(input.ir, global);
+  if (etp > 1) rir = sliceIntermediate(rir, t, etp);
+  rir = dense(rir);
+  return { rir, write: planTensors(rir, input.target, opts) };
 }
 
 /** Every rank's IR and tensor plan (headers only), and the manifest they make. */
@@ -121,16 +137,13 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
       );
   }
   const placed = placeExperts(d0.E, opts.ep, placement);
-  validateEtp(d0.I, etp);
+  validateEtp(d0.I, etp, input.scaled?.block);
   const jobs: RankJob[] = [];
   for (const pr of placed) {
     for (let t = 0; t < etp; t++) {
       const index = pr.rank * etp + t;
-      let rir = selectExperts(ir, pr.global);
-      if (etp > 1) rir = sliceIntermediate(rir, t, etp);
       const holdsDense = dense === 'replicate' || index === 0;
-      if (!holdsDense) rir = { ...rir, passthrough: [] };
-      const write = planTensors(rir, input.target, { gateUp: input.gateUp, fieldTransforms: input.fieldTransforms });
+      const { rir, write } = planRank(input, pr.global, t, etp, holdsDense);
       const tensors: Record<string, TensorRecord> = Object.create(null);
       for (const e of write.tensors) tensors[e.name] = { dtype: e.dtype, shape: e.shape };
       const downBias = ir.layers.some((l) => l.experts[0]?.down_bias !== undefined) && t === 0;
@@ -283,13 +296,6 @@ export function gateUpFor(target: LayoutSpec, sourceLayout: string, sourceGateUp
   return undefined;
 }
 
-/** I of the first MoE layer as the config states it (for quantized checkpoints, whose experts are not read). */
-function configInter(config: Record<string, unknown> | undefined): number | undefined {
-  const c = (config?.text_config as Record<string, unknown> | undefined) ?? config;
-  const v = c?.moe_intermediate_size ?? c?.intermediate_size;
-  return typeof v === 'number' ? v : undefined;
-}
-
 export async function shard(src: string, dst: string, opts: ShardOptions): Promise<ShardSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
@@ -299,23 +305,18 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
     const source = detectLayout(ck.names(), meta);
     if (!source) throw new MoekitError('unsupported', `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
     const q = quantizedTensors(ck);
-    if (q) {
-      // The SGLang rule (moe_tp_size = tp / ep) for 128×128 block scales: each I slice must be whole blocks.
-      const inter = configInter(meta.config);
-      if (/FP8|block-scaled/.test(q) && inter && (opts.etp ?? 1) > 1) validateEtp(inter, opts.etp!, FP8_BLOCK);
-      throw new MoekitError(
-        'unsupported',
-        `${src} is quantized (${q}); moekit shards float checkpoints only: moekit dequant ${src} -o <float copy>, then shard that`,
-      );
-    }
     const target = opts.to ? resolveTarget(opts.to, meta, source) : source;
     const srcGateUp = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');
-    const ir = readIR(ck, source, meta);
+    const gateUp = gateUpFor(target, source.id, srcGateUp);
+    // block-FP8 experts stay quantized: their scale grids are cut and placed with them
+    const scaled = q ? await openScaled(ck, q, source, meta, srcGateUp as GateUpOrder | 'separate') : undefined;
+    const ir = scaled?.weights ?? readIR(ck, source, meta);
     const d0 = layerDims(ir.layers[0]!);
     const input: CutInput = {
       ir,
+      scaled,
       target,
-      gateUp: gateUpFor(target, source.id, srcGateUp),
+      gateUp,
       sideFrom: ck.dir,
       sources: [ck.dir, ...ck.files],
       source: {
@@ -350,6 +351,7 @@ export async function reshard(sharded: string, dst: string, opts: ShardOptions):
     const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.layout)!;
     const input: CutInput = {
       ir: sh.ir,
+      scaled: sh.scaled,
       target,
       gateUp: gateUpFor(target, m.layout, m.gateUp) ?? gateUpFor(target, m.source.layout, m.source.gateUp),
       sideFrom: join(sh.root, m.ranks.find((r) => r.index === 0)!.dir),

@@ -22,15 +22,23 @@ import {
   type LayerIR,
   type ModelIR,
 } from '../../engine/ir.js';
-import { loadMeta, readIR, type ModelMeta } from '../../engine/read.js';
+import { loadMeta, quantizedTensors, readIR, type ModelMeta } from '../../engine/read.js';
+import { openScaled, type ScaledIR } from '../../engine/scales.js';
+import { DequantStore } from '../../store/dequant.js';
+import { detectScheme } from '../../quant/scheme.js';
 import { layoutById } from '../../../converters/index.js';
 import type { LayoutSpec } from '../../engine/layout.js';
 import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankManifest, type RankPlan, type ShardManifest } from './manifest.js';
 
 export interface OpenRank {
   plan: RankPlan;
+  /** the rank's files as stored (checksums are of these bytes) */
   ck: TensorStore;
+  /** what the IR reads: `ck`, or `ck` dequantized to f32 when opened for verify */
+  view: TensorStore;
   ir: ModelIR;
+  /** a block-FP8 rank: `ir` is its weights, these its scale grids */
+  scaled?: ScaledIR;
   /** sha256 per tensor (top manifest, else the rank's own manifest) */
   sha: Map<string, string>;
 }
@@ -41,6 +49,8 @@ export interface Sharded {
   ranks: OpenRank[];
   /** the merged model: all experts, full I, non-expert tensors from rank 0 */
   ir: ModelIR;
+  /** block-FP8 ranks: the merged weights (= ir) and their merged scale grids */
+  scaled?: ScaledIR;
   /** the checkpoint whose handles read every rank file (reads go by each tensor's own file) */
   reader: TensorStore;
   sourceSpec: LayoutSpec;
@@ -92,7 +102,6 @@ function checkCoverage(m: ShardManifest, where: string): void {
   }
 }
 
-/** Open every rank of a sharded checkpoint and build the merged IR. Checksums are verified separately (verifyChecksums). */
 /** The checksum of every tensor of a rank, from the top manifest or the rank's own; the tensors must be the planned ones. */
 function rankChecksums(ck: TensorStore, plan: RankPlan, rm: RankManifest | undefined): Map<string, string> {
   const sha = new Map<string, string>();
@@ -124,7 +133,7 @@ function rankChecksums(ck: TensorStore, plan: RankPlan, rm: RankManifest | undef
 }
 
 /** A rank's moekit.json must agree with the manifest; its IR must hold the planned experts. */
-async function rankIR(ck: TensorStore, plan: RankPlan, manifest: ShardManifest, spec: LayoutSpec): Promise<ModelIR> {
+async function rankIR(ck: TensorStore, plan: RankPlan, manifest: ShardManifest, spec: LayoutSpec): Promise<{ ir: ModelIR; scaled?: ScaledIR }> {
   const meta = await loadMeta(ck);
   const mk = meta.moekit;
   if (mk?.layout !== manifest.layout)
@@ -137,7 +146,9 @@ async function rankIR(ck: TensorStore, plan: RankPlan, manifest: ShardManifest, 
     if (mine !== top)
       throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says ${what} '${mine}', ${MANIFEST} says '${top}'; one of them was edited`);
   }
-  const ir = readIR(ck, spec, meta);
+  const q = quantizedTensors(ck);
+  const scaled = q ? await openScaled(ck, q, spec, meta, mk.gateUp) : undefined;
+  const ir = scaled?.weights ?? readIR(ck, spec, meta);
   for (const l of ir.layers) {
     if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
       throw new MoekitError(
@@ -146,11 +157,18 @@ async function rankIR(ck: TensorStore, plan: RankPlan, manifest: ShardManifest, 
       );
     }
   }
-  return ir;
+  return { ir, scaled };
 }
 
 /** Open one rank folder and check it against the manifest. */
-async function openRank(root: string, manifest: ShardManifest, plan: RankPlan, spec: LayoutSpec, opened: TensorStore[]): Promise<OpenRank> {
+async function openRank(
+  root: string,
+  manifest: ShardManifest,
+  plan: RankPlan,
+  spec: LayoutSpec,
+  opened: TensorStore[],
+  dequantize: boolean,
+): Promise<OpenRank> {
   const dir = join(root, plan.dir);
   if (!(await stat(dir).catch(() => undefined))?.isDirectory()) {
     throw new MoekitError(
@@ -168,11 +186,13 @@ async function openRank(root: string, manifest: ShardManifest, plan: RankPlan, s
     );
   }
   const sha = rankChecksums(ck, plan, rm);
-  return { plan, ck, sha, ir: await rankIR(ck, plan, manifest, spec) };
+  const scheme = dequantize ? await detectScheme(ck, await ck.config()) : undefined;
+  const view = scheme ? new DequantStore(ck, scheme, 'F32') : ck;
+  return { plan, ck, view, sha, ...(await rankIR(view, plan, manifest, spec)) };
 }
 
-/** Open every rank of a sharded checkpoint and build the merged IR. Checksums are verified separately (verifyChecksums). */
-export async function openSharded(root: string): Promise<Sharded> {
+/** Open every rank of a sharded checkpoint and build the merged IR (`dequantize`: quantized ranks read as f32, for verify). */
+export async function openSharded(root: string, opts: { dequantize?: boolean } = {}): Promise<Sharded> {
   const manifest = await readManifest(root);
   if (!manifest) throw new MoekitError('bad-input', `${root}: no ${MANIFEST} (not a sharded checkpoint written by moekit shard)`);
   const where = join(root, MANIFEST);
@@ -182,7 +202,8 @@ export async function openSharded(root: string): Promise<Sharded> {
   const opened: TensorStore[] = [];
   try {
     const ranks: OpenRank[] = [];
-    for (const plan of [...manifest.ranks].sort((a, b) => a.index - b.index)) ranks.push(await openRank(root, manifest, plan, spec, opened));
+    for (const plan of [...manifest.ranks].sort((a, b) => a.index - b.index))
+      ranks.push(await openRank(root, manifest, plan, spec, opened, opts.dequantize === true));
     const meta: ModelMeta = {
       family: manifest.source.family,
       modelType: manifest.source.modelType,
@@ -194,7 +215,10 @@ export async function openSharded(root: string): Promise<Sharded> {
       root,
       manifest,
       ranks,
-      ir: mergedIR(manifest, ranks),
+      ir: mergedIR(manifest, ranks, (r) => r.ir),
+      ...(ranks[0]!.scaled
+        ? { scaled: { weights: mergedIR(manifest, ranks, (r) => r.ir), scales: mergedScales(manifest, ranks), block: ranks[0]!.scaled.block, src: root } }
+        : {}),
       reader: ranks[0]!.ck,
       sourceSpec,
       meta,
@@ -219,10 +243,10 @@ function lazyView(dtype: View['dtype'], shape: number[], load: () => Promise<Buf
  * slices from the ETP ranks: gate/up (and their biases) along rows, down along columns; the down
  * bias comes from ETP rank 0.
  */
-function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
+function mergedIR(m: ShardManifest, ranks: OpenRank[], irOf: (r: OpenRank) => ModelIR, unit = 1): ModelIR {
   const E = m.source.numExperts;
   const base = ranks.find((r) => r.plan.dense && r.plan.index === 0) ?? ranks[0]!;
-  const layers: LayerIR[] = base.ir.layers.map((bl) => {
+  const layers: LayerIR[] = irOf(base).layers.map((bl) => {
     const experts: ExpertIR[] = [];
     for (let g = 0; g < E; g++) {
       // the slices of expert g, in I order
@@ -230,9 +254,9 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
         .map((r) => {
           const j = r.plan.experts.indexOf(g);
           if (j < 0) return undefined;
-          const l = r.ir.layers.find((x) => x.layer === bl.layer);
+          const l = irOf(r).layers.find((x) => x.layer === bl.layer);
           if (!l) throw new MoekitError('bad-input', `rank ${r.plan.dir} has no MoE layer ${bl.layer} (rank ${base.plan.dir} has)`);
-          return { r, ex: l.experts[j]!, a: r.plan.intermediate[0], b: r.plan.intermediate[1] };
+          return { r, ex: l.experts[j]!, a: r.plan.intermediate[0] / unit, b: r.plan.intermediate[1] / unit };
         })
         .filter((x) => x !== undefined)
         .sort((x, y) => x.a - y.a);
@@ -268,7 +292,19 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[]): ModelIR {
     }
     return { ...bl, experts, globalIds: experts.map((_, i) => i) };
   });
-  return { ...base.ir, layers, passthrough: base.ir.passthrough };
+  return { ...irOf(base), layers };
+}
+
+/** The merged scale grids of block-FP8 ranks (I slices counted in blocks); every rank must be quantized alike. */
+function mergedScales(m: ShardManifest, ranks: OpenRank[]): ModelIR {
+  const block = ranks[0]!.scaled!.block;
+  const odd = ranks.find((r) => r.scaled?.block !== block);
+  if (odd)
+    throw new MoekitError(
+      'bad-input',
+      `rank ${odd.plan.dir} is ${odd.scaled ? `in ${odd.scaled.block}-blocks` : 'not block-FP8'}, rank ${ranks[0]!.plan.dir} in ${block}-blocks`,
+    );
+  return mergedIR(m, ranks, (r) => r.scaled!.scales, block);
 }
 
 /** Hash every tensor of every rank (worker threads read the files) and compare with the manifest; throws the first mismatch. */
