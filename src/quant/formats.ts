@@ -37,30 +37,32 @@ const E2M1 = Float32Array.from({ length: 16 }, (_, n) => (n & 8 ? -1 : 1) * [0, 
 
 export const E4M3_MAX = 448;
 
-/** Positive E4M3 values in order (codes 0..126), for round-to-nearest-even encoding. */
-const E4M3_POS = E4M3.subarray(0, 127);
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
 
-/** f32 → FP8 E4M3 byte: round to nearest, ties to even code, saturating to ±448; NaN → 0x7f. */
+/**
+ * f32 → FP8 E4M3 byte: round to nearest, ties to even code, saturating to ±448; NaN → 0x7f. On
+ * the f32 bits: a normal result rounds the 23-bit mantissa to 3 (the carry runs into the exponent),
+ * then rebiases 127 → 7; below 2^-6 the value is a count of 2^-9 steps, rounded to even.
+ */
 export function toE4M3(x: number): number {
-  if (Number.isNaN(x)) return 0x7f;
-  const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
-  const a = Math.abs(x);
-  if (a >= E4M3_MAX) return sign | 126;
-  // binary search for the largest code with value ≤ a
-  let lo = 0;
-  let hi = 126;
-  while (lo < hi) {
-    const mid = (lo + hi + 1) >> 1;
-    if (E4M3_POS[mid]! <= a) lo = mid;
-    else hi = mid - 1;
+  f32[0] = x;
+  const bits = u32[0]!;
+  const sign = (bits >>> 24) & 0x80;
+  const abs = bits & 0x7fffffff;
+  if (abs > 0x7f800000) return 0x7f; // NaN
+  if (abs >= 0x43e00000) return sign | 126; // ≥ 448: saturate (no infinities in E4M3fn)
+  if (abs >= 0x3c800000) {
+    // ≥ 2^-6: normal
+    const r = (abs + 0x7ffff + ((abs >>> 20) & 1)) >>> 20;
+    return sign | Math.min(126, r - ((127 - 7) << 3));
   }
-  if (E4M3_POS[lo] === a || lo === 126) return sign | lo;
-  const below = E4M3_POS[lo]!;
-  const above = E4M3_POS[lo + 1]!;
-  const d0 = a - below;
-  const d1 = above - a;
-  const code = d0 < d1 ? lo : d1 < d0 ? lo + 1 : lo % 2 === 0 ? lo : lo + 1;
-  return sign | code;
+  f32[0] = x < 0 ? -x : x;
+  const v = f32[0]! * 512; // exact: a power-of-two scaling of an f32 far from the f32 range's ends
+  let q = Math.floor(v);
+  const d = v - q;
+  if (d > 0.5 || (d === 0.5 && (q & 1) === 1)) q++;
+  return sign | q;
 }
 
 /** Two E2M1 values per byte (low nibble first) → f32, `n` values from `src` starting at byte 0. */

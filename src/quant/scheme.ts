@@ -16,7 +16,7 @@
  * A unit is a row of [out, in] weights, or one expert's [in, out] slab for mxfp4.
  */
 import { MoekitError } from '../errors.js';
-import { toFloat32 } from '../engine/cast.js';
+import { castFloat, toFloat32 } from '../engine/cast.js';
 import { dtypeSize, numel, type FloatDtype } from '../store/dtypes.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { E4M3, E5M2, E8M0, unpackE2M1, unpackInt4 } from './formats.js';
@@ -34,6 +34,8 @@ export interface QGroup {
   unit: number;
   /** units [u0, u1) as f32 */
   decode(u0: number, u1: number): Promise<Float32Array>;
+  /** units [u0, u1) straight in `dtype` (the same values as decode + cast, without the f32 pass), where a scheme has it */
+  decodeAs?(u0: number, u1: number, dtype: FloatDtype): Promise<Buffer>;
   /** e.g. "blocks 128×128" */
   detail: string;
 }
@@ -87,16 +89,42 @@ function fp8Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, block: [num
     unit: inn,
     detail: `${w.dtype}, blocks ${block[0]}×${block[1]}`,
     async decode(r0, r1) {
+      const b = await this.decodeAs!(r0, r1, 'F32');
+      return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    },
+    // per block one 256-entry table of code → fp8 · scale in the output dtype, then one lookup per element
+    async decodeAs(r0, r1, dtype) {
       const q = await store.read(w, r0 * inn, r1 * inn);
       const s0 = scaleRow(r0);
       const s = await scalesOf(store, sc, s0 * grid[1], (scaleRow(r1 - 1) + 1) * grid[1]);
-      const f = new Float32Array((r1 - r0) * inn);
-      for (let r = r0; r < r1; r++) {
+      const n = (r1 - r0) * inn;
+      const wide = dtype === 'F32';
+      const dst = Buffer.alloc(n * (wide ? 4 : 2));
+      const o32 = wide ? new Float32Array(dst.buffer, dst.byteOffset, n) : undefined;
+      const o16 = wide ? undefined : new Uint16Array(dst.buffer, dst.byteOffset, n);
+      const t32 = new Float32Array(256);
+      const t16 = new Uint16Array(256);
+      for (let r = r0; r < r1; ) {
+        // rows [r, e) share a row of scales
+        const e = Math.min(r1, Math.floor(r / out) * out + Math.min(out, (Math.floor((r % out) / block[0]) + 1) * block[0]));
         const srow = (scaleRow(r) - s0) * grid[1];
-        const o = (r - r0) * inn;
-        for (let j = 0; j < inn; j++) f[o + j] = lut[q[o + j]!]! * s[srow + Math.floor(j / block[1])]!;
+        for (let c = 0; c < grid[1]; c++) {
+          const scale = s[srow + c]!;
+          for (let k = 0; k < 256; k++) t32[k] = lut[k]! * scale;
+          if (!wide) {
+            const c16 = castFloat(new Uint8Array(t32.buffer), 'F32', dtype);
+            t16.set(new Uint16Array(c16.buffer, c16.byteOffset, 256));
+          }
+          const j1 = Math.min(inn, (c + 1) * block[1]);
+          for (let i = r; i < e; i++) {
+            const o = (i - r0) * inn;
+            if (o32) for (let j = c * block[1]; j < j1; j++) o32[o + j] = t32[q[o + j]!]!;
+            else for (let j = c * block[1]; j < j1; j++) o16![o + j] = t16[q[o + j]!]!;
+          }
+        }
+        r = e;
       }
-      return f;
+      return dst;
     },
   };
 }

@@ -42,8 +42,12 @@ export class DequantStore extends DerivedStore {
     const unitBytes = g.unit * size;
     const u0 = Math.floor(start / unitBytes);
     const u1 = Math.ceil(stop / unitBytes);
-    const f = await g.decode(u0, u1);
-    const bytes = castFloat(new Uint8Array(f.buffer, f.byteOffset, f.byteLength), 'F32', this.dtype);
+    let bytes: Buffer;
+    if (g.decodeAs) bytes = await g.decodeAs(u0, u1, this.dtype);
+    else {
+      const f = await g.decode(u0, u1);
+      bytes = castFloat(new Uint8Array(f.buffer, f.byteOffset, f.byteLength), 'F32', this.dtype);
+    }
     const part = bytes.subarray(start - u0 * unitBytes, stop - u0 * unitBytes);
     if (!into) return part;
     part.copy(into);

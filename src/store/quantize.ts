@@ -98,10 +98,14 @@ export class Fp8QuantStore extends DerivedStore {
     for (let r = r0; r < r1; r++) {
       const o = (r - r0) * w.inn;
       const so = (Math.floor(r / B) - b0) * nb;
-      for (let j = 0; j < w.inn; j++) {
-        const a = Math.abs(f[o + j]!);
-        const k = so + Math.floor(j / B);
-        if (!(a <= s[k]!)) s[k] = Number.isNaN(a) ? Number.NaN : a;
+      for (let c = 0; c < nb; c++) {
+        let m = s[so + c]!;
+        const end = o + Math.min(w.inn, (c + 1) * B);
+        for (let i = o + c * B; i < end; i++) {
+          const a = Math.abs(f[i]!);
+          if (!(a <= m)) m = Number.isNaN(a) || Number.isNaN(m) ? Number.NaN : a;
+        }
+        s[so + c] = m;
       }
     }
     for (let k = 0; k < s.length; k++) {
@@ -124,11 +128,19 @@ export class Fp8QuantStore extends DerivedStore {
       const { f, s, r0 } = await this.blockRows(w, b0, Math.ceil(Math.ceil(stop / w.inn) / B));
       this.keepScales(w, b0, s);
       const nb = Math.ceil(w.inn / B);
-      for (let i = start; i < stop; i++) {
-        const r = Math.floor(i / w.inn);
-        const j = i - r * w.inn;
-        const sc = s[(Math.floor(r / B) - b0) * nb + Math.floor(j / B)]!;
-        out[i - start] = toE4M3(Math.fround(f[i - r0 * w.inn]! / sc));
+      const inn = w.inn;
+      // row by row, block by block: q = E4M3(f32(w / scale_inv)) (toE4M3 rounds its argument to f32 first)
+      for (let r = Math.floor(start / inn); r * inn < stop; r++) {
+        const so = (Math.floor(r / B) - b0) * nb;
+        const j0 = Math.max(0, start - r * inn);
+        const j1 = Math.min(inn, stop - r * inn);
+        const fo = (r - r0) * inn;
+        const oo = r * inn - start;
+        for (let c = Math.floor(j0 / B); c * B < j1; c++) {
+          const sc = s[so + c]!;
+          const jb = Math.min(j1, (c + 1) * B);
+          for (let j = Math.max(j0, c * B); j < jb; j++) out[oo + j] = toE4M3(f[fo + j]! / sc);
+        }
       }
       return out;
     }
