@@ -53,6 +53,42 @@ describe('element formats', () => {
   });
 });
 
+describe('the E4M3 encoder against a plain oracle', () => {
+  // the oracle: the largest code whose value is ≤ |x|, then the nearer neighbour, ties to the even code
+  const POS = E4M3.subarray(0, 127);
+  const oracle = (x: number): number => {
+    if (Number.isNaN(x)) return 0x7f;
+    const sign = x < 0 || Object.is(x, -0) ? 0x80 : 0;
+    const a = Math.abs(x);
+    if (a >= 448) return sign | 126;
+    let lo = 0;
+    for (let c = 126; c >= 0; c--)
+      if (POS[c]! <= a) {
+        lo = c;
+        break;
+      }
+    if (POS[lo] === a || lo === 126) return sign | lo;
+    const [d0, d1] = [a - POS[lo]!, POS[lo + 1]! - a];
+    return sign | (d0 < d1 ? lo : d1 < d0 ? lo + 1 : lo % 2 === 0 ? lo : lo + 1);
+  };
+  it('agrees on every midpoint and on 200k random f32 around the E4M3 range', () => {
+    for (let c = 0; c < 126; c++)
+      for (const sgn of [1, -1]) {
+        const m = Math.fround(((POS[c]! + POS[c + 1]!) / 2) * sgn);
+        expect(toE4M3(m), `midpoint ${m}`).toBe(oracle(m));
+      }
+    const f = new Float32Array(1);
+    const u = new Uint32Array(f.buffer);
+    let seed = 12345;
+    for (let i = 0; i < 200_000; i++) {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      // exponents 2^-17 .. 2^12: subnormals, normals, saturation
+      u[0] = ((seed & 0x807fffff) | ((110 + (seed % 30)) << 23)) >>> 0;
+      expect(toE4M3(f[0]!)).toBe(oracle(f[0]!));
+    }
+  });
+});
+
 describe('hand-built int4 (compressed-tensors) and NVFP4 vectors dequantize exactly', () => {
   it('int4 pack-quantized: nibbles LSB first, stored q + 8, group scales, cropped to weight_shape', async () => {
     // row 0: q = -8..7 (words 0x76543210, 0xfedcba98); row 1: q = 7, -8, 0 ... ; in = 14 (cropped from 16)
