@@ -68,11 +68,11 @@ const tensorOf = (v: View | undefined): string | undefined => (v?.storage.kind =
  * Read a block-FP8 checkpoint's experts (layout `spec`, gate/up `order`) as weights + scales, or
  * refuse what the scales cannot follow exactly.
  */
-function readScaledIR(store: TensorStore, spec: LayoutSpec, meta: ModelMeta, scheme: QuantScheme, order: GateUpOrder | 'separate'): ScaledIR {
+function readScaledIR(store: TensorStore, spec: LayoutSpec, meta: ModelMeta, scheme: QuantScheme, order: GateUpOrder | 'separate', to: string): ScaledIR {
   const src = store.dir;
   if (scheme.method !== 'fp8-block')
     throw refuse(
-      `${src} is ${scheme.method}: moekit moves block-FP8 scales with their weights, other schemes only through their float values: moekit dequant ${src} --to <layout> -o <dst>`,
+      `${src} is ${scheme.method}: moekit moves block-FP8 scales with their weights, other schemes only through their float values: moekit dequant ${src} --to ${to} -o <dst>`,
     );
   const weights = readIR(store, spec, meta);
   const scaleOf = new Map<string, TensorInfo>();
@@ -82,13 +82,13 @@ function readScaledIR(store: TensorStore, spec: LayoutSpec, meta: ModelMeta, sch
     const [b0, b1] = [Number(m?.[1]), Number(m?.[2])];
     if (b0 !== b1)
       throw refuse(
-        `${g.name}: blocks of ${b0}×${b1}; moekit moves only square scale blocks between layouts (a transposing layout swaps their sides): moekit dequant ${src} --to <layout> -o <dst>`,
+        `${g.name}: blocks of ${b0}×${b1}; moekit moves only square scale blocks between layouts (a transposing layout swaps their sides): moekit dequant ${src} --to ${to} -o <dst>`,
       );
     block = b0;
     scaleOf.set(g.parts[0]!, store.info(g.parts[1]!));
   }
   const s: ScaledIR = { weights, scales: weights, block, src };
-  fitsLayout(s, spec, order, `moekit dequant ${src} -o <dst>`);
+  fitsLayout(s, spec, order, `moekit dequant ${src} --to ${to} -o <dst>`);
   const routers = new Map<string, number[]>();
   const scaled = new Map<string, TensorInfo>();
   for (const l of weights.layers) {
@@ -101,7 +101,7 @@ function readScaledIR(store: TensorStore, spec: LayoutSpec, meta: ModelMeta, sch
       const sc = scaleOf.get(w);
       if (!sc)
         throw refuse(
-          `layer ${l.layer}: expert weight '${w}' is not block-FP8 while others are; moekit re-lays out one or the other: moekit dequant ${src} --to <layout> -o <dst>`,
+          `layer ${l.layer}: expert weight '${w}' is not block-FP8 while others are; moekit re-lays out one or the other: moekit dequant ${src} --to ${to} -o <dst>`,
         );
       scaled.set(w, sc);
     }
@@ -162,11 +162,21 @@ function joinsAlongI(spec: LayoutSpec): boolean {
   return spec.rules.some((r) => fieldsOf(r, d, o).length > 1 || (r.scope === 'stacked' && r.shape !== undefined));
 }
 
-/** The scaled IR of a quantized checkpoint (`q`: what quantizedTensors found); a scheme moekit does not recognise is refused. */
-export async function openScaled(store: TensorStore, q: string, spec: LayoutSpec, meta: ModelMeta, order: GateUpOrder | 'separate'): Promise<ScaledIR> {
+/**
+ * The scaled IR of a quantized checkpoint (`q`: what quantizedTensors found); a scheme moekit does
+ * not recognise is refused. `to`: the layout asked for, named in the dequant command of a refusal.
+ */
+export async function openScaled(
+  store: TensorStore,
+  q: string,
+  spec: LayoutSpec,
+  meta: ModelMeta,
+  order: GateUpOrder | 'separate',
+  to: string,
+): Promise<ScaledIR> {
   const scheme = await detectScheme(store, meta.config);
   if (!scheme) throw refuse(`${store.dir} is quantized (${q}) in a way moekit does not recognise; it can only be copied as it is`);
-  return readScaledIR(store, spec, meta, scheme, order);
+  return readScaledIR(store, spec, meta, scheme, order, to);
 }
 
 /** Keep only `globalIds` (an EP rank), then slice `rank` of `size` along I (an expert-TP rank), in both IRs. */

@@ -97,7 +97,7 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
         'usage',
         `--dtype casts float weights; ${src} is quantized (${q}): moekit dequant ${src} --dtype ${opts.dtype.toLowerCase()} --to ${opts.to} -o <dst>`,
       );
-    const sir = q ? await openScaled(store, q, source, meta, srcOrder as GateUpOrder | 'separate') : undefined;
+    const sir = q ? await openScaled(store, q, source, meta, srcOrder as GateUpOrder | 'separate', opts.to) : undefined;
     const ir = sir?.weights ?? readIR(store, source, meta);
     const tp = sir ? planScaled(sir, target, { gateUp: opts.gateUp }) : planTensors(ir, target, { gateUp: opts.gateUp, dtype: opts.dtype });
     tensors = tp.tensors;

@@ -309,7 +309,7 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
     const srcGateUp = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');
     const gateUp = gateUpFor(target, source.id, srcGateUp);
     // block-FP8 experts stay quantized: their scale grids are cut and placed with them
-    const scaled = q ? await openScaled(ck, q, source, meta, srcGateUp as GateUpOrder | 'separate') : undefined;
+    const scaled = q ? await openScaled(ck, q, source, meta, srcGateUp as GateUpOrder | 'separate', opts.to ?? 'hf') : undefined;
     const ir = scaled?.weights ?? readIR(ck, source, meta);
     const d0 = layerDims(ir.layers[0]!);
     const input: CutInput = {

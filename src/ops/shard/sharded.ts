@@ -147,7 +147,7 @@ async function rankIR(ck: TensorStore, plan: RankPlan, manifest: ShardManifest, 
       throw new MoekitError('bad-input', `rank ${plan.dir}: moekit.json says ${what} '${mine}', ${MANIFEST} says '${top}'; one of them was edited`);
   }
   const q = quantizedTensors(ck);
-  const scaled = q ? await openScaled(ck, q, spec, meta, mk.gateUp) : undefined;
+  const scaled = q ? await openScaled(ck, q, spec, meta, mk.gateUp, 'hf') : undefined;
   const ir = scaled?.weights ?? readIR(ck, spec, meta);
   for (const l of ir.layers) {
     if (JSON.stringify(l.globalIds) !== JSON.stringify(plan.experts)) {
