@@ -46,6 +46,7 @@ async function init(): Promise<Gpu> {
     'maxComputeInvocationsPerWorkgroup',
     'maxComputeWorkgroupSizeX',
     'maxComputeWorkgroupSizeY',
+    'maxComputeWorkgroupStorageSize',
   ] as const) {
     requiredLimits[k] = l[k];
   }

@@ -18,6 +18,8 @@ const KERNEL_BINDINGS = {
   expert_down: 'urrrrrw',
   expert_up_gpu: 'urrrrrrw',
   expert_down_gpu: 'urrrrrw',
+  expert_up_stream: 'urrrrrrw',
+  expert_down_stream: 'urrrrrw',
   combine: 'urrw',
 } as const;
 export type KernelName = keyof typeof KERNEL_BINDINGS;

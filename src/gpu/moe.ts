@@ -38,10 +38,13 @@ export interface GpuForwardOptions {
   timing?: boolean;
   /**
    * expert GEMM kernel variant: 'gpu' (workgroup streams a row block's weights once, K split
-   * across lanes, workgroup reduction: fast on real GPUs) or 'cpu' (register-blocked, no
-   * workgroup memory: fast on lavapipe). Default: env MOEKIT_GPU_KERNELS, else by adapter.
+   * across lanes, workgroup reduction: for real GPUs), 'stream' (expert_*_stream, being tuned:
+   * each weight row read once for 16 tokens at a time staged in workgroup memory, accumulators
+   * in registers, split-K down projection; 'gpu' where K is not a multiple of its step or the
+   * adapter has less than 32 KiB of workgroup memory) or 'cpu' (register-blocked, no workgroup
+   * memory: fast on lavapipe). Default: env MOEKIT_GPU_KERNELS, else by adapter.
    */
-  kernels?: 'gpu' | 'cpu';
+  kernels?: Variant;
   /** wait for each piece's upload before dispatching its kernel (benchmarks: kernel time alone) */
   syncUploads?: boolean;
   /** use this expert selection instead of the block's router (verify across precisions) */
@@ -54,6 +57,8 @@ export interface GpuForwardResult extends ForwardResult {
   pieces: number;
   /** with opts.timing: summed GPU time of all kernels, in ms (undefined without timestamp-query) */
   kernelMs?: number;
+  /** with opts.timing: the same per kernel name (expert_up_stream, combine, …) */
+  kernelMsBy?: Record<string, number>;
 }
 
 export interface Piece {
@@ -112,14 +117,15 @@ class Ctx {
   /** bytes uploaded before waiting for the queue: Dawn keeps a copy of each upload until the GPU has used it */
   private readonly pendingCap: number;
   pieces = 0;
-  private queries?: { set: GPUQuerySet; n: number; cap: number; ns: bigint };
+  private queries?: { set: GPUQuerySet; n: number; cap: number; ns: bigint; names: string[]; by: Record<string, number> };
   constructor(
     readonly gpu: Gpu,
     timing: boolean,
   ) {
     this.device = gpu.device;
     this.pendingCap = 2 * pieceCap(gpu.fallback);
-    if (timing && gpu.timestamps) this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n };
+    if (timing && gpu.timestamps)
+      this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n, names: [], by: {} };
   }
   /** Read back and sum the recorded kernel intervals (call when the queue is idle or before waiting on it). */
   async drainTimestamps(): Promise<void> {
@@ -134,7 +140,13 @@ class Ctx {
     this.device.queue.submit([enc.finish()]);
     await rb.mapAsync(GPUMapMode.READ);
     const t = new BigInt64Array(rb.getMappedRange().slice(0));
-    for (let i = 0; i + 1 < q.n; i += 2) q.ns += t[i + 1]! - t[i]!;
+    for (let i = 0; i + 1 < q.n; i += 2) {
+      const d = t[i + 1]! - t[i]!;
+      q.ns += d;
+      const name = q.names[i / 2]!;
+      q.by[name] = (q.by[name] ?? 0) + Number(d) / 1e6;
+    }
+    q.names = [];
     rb.unmap();
     res.destroy();
     rb.destroy();
@@ -142,6 +154,9 @@ class Ctx {
   }
   get kernelMs(): number | undefined {
     return this.queries ? Number(this.queries.ns) / 1e6 : undefined;
+  }
+  get kernelMsBy(): Record<string, number> | undefined {
+    return this.queries?.by;
   }
   destroy(): void {
     this.queries?.set.destroy();
@@ -183,7 +198,10 @@ class Ctx {
     const enc = this.device.createCommandEncoder();
     const q = this.queries;
     const pass = enc.beginComputePass(q ? { timestampWrites: { querySet: q.set, beginningOfPassWriteIndex: q.n, endOfPassWriteIndex: q.n + 1 } } : undefined);
-    if (q) q.n += 2;
+    if (q) {
+      q.n += 2;
+      q.names.push(name);
+    }
     pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, bg);
     pass.dispatchWorkgroups(...groups);
@@ -316,7 +334,25 @@ async function fetchPiece(job: { g: Group; p: Piece; up: boolean }, H: number, s
   );
 }
 
-/** Shape constants of a gpu-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
+type Variant = 'gpu' | 'stream' | 'cpu';
+interface StreamCfg {
+  /** lanes along K per row group */
+  KL: number;
+  /** splits along K (down projection) */
+  S: number;
+}
+/** workgroup memory of the stream kernels: 2040 vec4 + 2 × 16 u32 */
+const STREAM_WG_BYTES = 32768;
+
+/** Shape of a stream expert kernel ('KL[,S]'). */
+function streamCfg(env: string | undefined, def: number[]): StreamCfg {
+  const v = env ? env.split(',').map(Number) : def;
+  const [KL, S = 1] = (v.length === 1 || v.length === 2) && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
+  if (!(256 % KL! === 0 && KL! >= 8 && KL! <= 32)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  return { KL: KL!, S };
+}
+
+/** Shape constants of a rows-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
 function gpuCfg(env: string | undefined, def: number[], q: number): { KL: number; RW: number; MT: number } {
   const v = env ? env.split(',').map(Number) : def;
   const [KL, RW, MT] = v.length === 3 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
@@ -337,9 +373,13 @@ interface Run {
   K: number;
   KS: number;
   inScale: number;
-  variant: 'gpu' | 'cpu';
+  variant: Variant;
   upCfg: { KL: number; RW: number; MT: number };
   downCfg: { KL: number; RW: number; MT: number };
+  upStream: StreamCfg;
+  downStream: StreamCfg;
+  /** K splits of the down projection's contributions (combine adds them) */
+  splits: number;
   groups: Group[];
   staging: Buffer[];
   // per-layer constants (small): router, biases
@@ -389,11 +429,19 @@ function expertGroups(w: MoeBlockWeights, K: number, B: number, cap: number): Gr
   return groups;
 }
 
+/** Whether the stream kernels of this shape run a product along K (they need K % (8·KL) == 0). */
+function streams(ctx: Ctx, variant: Variant, K: number, c: StreamCfg): boolean {
+  return variant === 'stream' && K % (8 * c.KL) === 0 && ctx.gpu.limits.maxComputeWorkgroupStorageSize >= STREAM_WG_BYTES;
+}
+
 /** Upload the router, shared gate and biases; build the Run. */
 function prepareRun(ctx: Ctx, w: MoeBlockWeights, spec: BlockSpec, opts: GpuForwardOptions, B: number, fallback: boolean): Run {
   const E = w.experts.length;
   const K = E > 0 ? spec.routing.topK : 0;
   const envK = process.env.MOEKIT_GPU_KERNELS;
+  const variant: Variant = opts.kernels ?? (envK === 'gpu' || envK === 'stream' || envK === 'cpu' ? envK : fallback ? 'cpu' : 'gpu');
+  const upStream = streamCfg(variant === 'stream' ? process.env.MOEKIT_UP_CFG : undefined, [8]);
+  const downStream = streamCfg(variant === 'stream' ? process.env.MOEKIT_DOWN_CFG : undefined, [8, 8]);
   const groups = expertGroups(w, K, B, pieceCap(fallback));
   const dummy = ctx.buffer(16, GPUBufferUsage.STORAGE, 'dummy');
   const persistent: GPUBuffer[] = [dummy];
@@ -416,11 +464,15 @@ function prepareRun(ctx: Ctx, w: MoeBlockWeights, spec: BlockSpec, opts: GpuForw
     K,
     KS: K + w.shared.length,
     inScale: spec.routing.scoreFunc === 'topk_sigmoid_input' ? 1 : 0,
-    variant: opts.kernels ?? (envK === 'gpu' || envK === 'cpu' ? envK : fallback ? 'cpu' : 'gpu'),
-    // gpu variant shape: lanes along K per row group, rows per invocation, tokens per chunk
-    // (env MOEKIT_UP_CFG / MOEKIT_DOWN_CFG = 'KL,RW,MT' for tuning, bench/kernel-tune.ts)
-    upCfg: gpuCfg(process.env.MOEKIT_UP_CFG, [16, 2, 8], 2),
-    downCfg: gpuCfg(process.env.MOEKIT_DOWN_CFG, [64, 4, 8], 1),
+    variant,
+    // kernel shapes: lanes along K per row group (stream: and K splits of the down projection;
+    // gpu: rows per invocation, tokens per chunk); env MOEKIT_UP_CFG / MOEKIT_DOWN_CFG for
+    // tuning (bench/kernel-tune.ts): 'KL' / 'KL,S' for stream, 'KL,RW,MT' for gpu
+    upCfg: gpuCfg(variant === 'gpu' ? process.env.MOEKIT_UP_CFG : undefined, [16, 2, 8], 2),
+    downCfg: gpuCfg(variant === 'gpu' ? process.env.MOEKIT_DOWN_CFG : undefined, [64, 4, 8], 1),
+    upStream,
+    downStream,
+    splits: groups.every((g) => streams(ctx, variant, g.I, downStream)) ? downStream.S : 1,
     groups,
     staging: [],
     dummy,
@@ -475,6 +527,24 @@ function dispatchRouting(r: Run, b: Batch): void {
   }
 }
 
+/** One up-projection piece with the run's kernel variant (K = H). */
+function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bindings: GPUBuffer[]): void {
+  const { ctx, upStream: s, upCfg: u } = r;
+  if (streams(ctx, r.variant, r.H, s)) {
+    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL }, bindings, [ceil(p.rows, 256 / s.KL), 1, p.nE]);
+  } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE]);
+  else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+}
+
+/** One down-projection piece with the run's kernel variant (K = I); split-K when the run's splits > 1. */
+function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bindings: GPUBuffer[]): void {
+  const { ctx, downStream: s, downCfg: d } = r;
+  if (streams(ctx, r.variant, I, s)) {
+    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits }, bindings, [ceil(p.rows, 512 / s.KL), r.splits, p.nE]);
+  } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE]);
+  else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+}
+
 /**
  * Expert pieces, in order: each group's up pieces, then its down pieces. The bytes of piece j+1
  * are read (from disk for lazy weights) while piece j is uploaded and dispatched.
@@ -511,13 +581,10 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
         LIMIT: act.limit ?? 3.4e38,
       };
       const bindings = [params(H, g.I, !!g.bias), b.xb, bufs.get('gate') ?? r.dummy, bufs.get('up')!, r.gBias[gi]!, b.meta, b.rw, hbs[gi]!];
-      if (r.variant === 'gpu') ctx.dispatch('expert_up_gpu', { ...upConst, ...r.upCfg }, bindings, [ceil(p.rows, (256 / r.upCfg.KL) * r.upCfg.RW), 1, p.nE]);
-      else ctx.dispatch('expert_up', upConst, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+      dispatchUp(r, p, tb, upConst, bindings);
     } else {
       const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, r.dBias[gi]!, b.meta, b.rw, b.contrib];
-      if (r.variant === 'gpu')
-        ctx.dispatch('expert_down_gpu', { DDT: DT[e0.down.dtype], ...r.downCfg }, bindings, [ceil(p.rows, (256 / r.downCfg.KL) * r.downCfg.RW), 1, p.nE]);
-      else ctx.dispatch('expert_down', { DDT: DT[e0.down.dtype] }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+      dispatchDown(r, p, tb, g.I, DT[e0.down.dtype], bindings);
     }
     ctx.pieces++;
     await ctx.releasePiece(bytes);
@@ -528,7 +595,7 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
 async function combineAndRead(r: Run, b: Batch, out: Float32Array, expertCounts: number[]): Promise<void> {
   const { ctx, H, E, K, KS, tb } = { ...r, tb: b.tb };
   const ob = ctx.storage(tb * H * 4, 'out', ctx.batch);
-  ctx.dispatch('combine', {}, [ctx.uniform([tb, H / 4, K, KS, r.w.sharedGate ? 1 : 0, 0, 0, 0]), b.contrib, b.sgl, ob], [ceil(H / 4, 64), tb, 1]);
+  ctx.dispatch('combine', {}, [ctx.uniform([tb, H / 4, K, KS, r.w.sharedGate ? 1 : 0, r.splits, 0, 0]), b.contrib, b.sgl, ob], [ceil(H / 4, 64), tb, 1]);
   const rbOut = ctx.buffer(tb * H * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback', ctx.batch);
   const rbMeta = ctx.buffer(Math.max(E, 1) * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, 'readback counts', ctx.batch);
   const enc = ctx.device.createCommandEncoder();
@@ -546,7 +613,7 @@ async function combineAndRead(r: Run, b: Batch, out: Float32Array, expertCounts:
 /** Tokens per batch: every activation buffer must fit one binding. */
 function tokensPerBatch(r: Run, B: number, T: number): number {
   const { H, E, K, KS } = r;
-  const perToken = Math.max(H * 4 * Math.max(KS, 1), ...r.groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
+  const perToken = Math.max(r.splits * H * 4 * Math.max(KS, 1), ...r.groups.map((g) => g.I * 4 * (g.dense ? 1 : K)), E * 4, 8 * KS);
   if (perToken + 8 * E > B) throw new MoekitError('gpu', `one token's activations (${perToken} bytes) exceed the GPU's binding limit of ${B} bytes`);
   return Math.min(T, Math.floor((B - 8 * E) / perToken), MAX_DISPATCH * 16);
 }
@@ -568,6 +635,8 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   let errs: GPUError[] = [];
   try {
     r = prepareRun(ctx, w, spec, opts, B, gpu.fallback);
+    // split-K partials multiply the contributions' size: not at the price of another pass over the weights
+    if (r.splits > 1 && tokensPerBatch(r, B, T) < T) r.splits = 1;
     const Tb = tokensPerBatch(r, B, T);
     for (let t0 = 0; t0 < T; t0 += Tb) {
       const tb = Math.min(Tb, T - t0);
@@ -577,7 +646,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
         xb: ctx.storage(x.subarray(t0 * H, (t0 + tb) * H), 'x', ctx.batch),
         rw: ctx.storage(tb * Math.max(r.KS, 1) * 4, 'routing weights', ctx.batch),
         meta: ctx.storage((2 * r.E + tb * r.K) * 4 || 4, 'expert lists', ctx.batch),
-        contrib: ctx.storage(tb * Math.max(r.KS, 1) * H * 4, 'contrib', ctx.batch),
+        contrib: ctx.storage(r.splits * tb * Math.max(r.KS, 1) * H * 4, 'contrib', ctx.batch),
         sgl: w.sharedGate ? ctx.storage(tb * 4, 'shared gate logits', ctx.batch) : r.dummy,
       };
       dispatchRouting(r, b);
@@ -596,5 +665,5 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   // reached only when nothing threw first: then a WebGPU validation / out-of-memory error is the failure
   if (errs.length > 0) throw new MoekitError('gpu', `WebGPU: ${errs[0]!.message.split('\n')[0]}`);
   addOutputBias(w, out, T);
-  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs };
+  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs, kernelMsBy: ctx.kernelMsBy };
 }

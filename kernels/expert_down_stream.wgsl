@@ -1,0 +1,176 @@
+// Real-GPU expert down projection (variant 'stream' with expert_up_stream.wgsl, src/gpu/moe.ts): same math,
+// bindings and parameters as expert_down.wgsl, same shape as expert_up_stream.wgsl (one matrix,
+// two rows per invocation: nb + rg and nb + RG + rg, no activation; the tokens' h rows are
+// contiguous), plus split-K: workgroup row s = wid.y of S takes the K steps [s·J/S, (s+1)·J/S) and
+// writes its partial sums (routing weight applied, bias in split 0) to contrib[(s·T·KS + entry)·N
+// + n]; combine.wgsl adds the S splits in order (deterministic).
+// Dispatch: (ceil(rows / (2·RG)), S, experts in piece).
+override DDT: u32 = 0u;
+override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
+override S: u32 = 1u; // splits along K
+
+const WG = 256u;
+const MT = 16u;
+const XQ = 2040u;
+
+struct P {
+  T: u32, K: u32, N: u32, r0: u32,
+  rows: u32, e0: u32, E: u32, dense: u32,
+  slot: u32, KS: u32, hasBias: u32, inScale: u32,
+  hBase: u32, nE: u32, _p0: u32, _p1: u32,
+}
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> h: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> wd: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> lists: array<u32>;
+@group(0) @binding(5) var<storage, read> rw: array<f32>;
+@group(0) @binding(6) var<storage, read_write> contrib: array<f32>;
+
+var<workgroup> sm: array<vec4<f32>, XQ>;
+var<workgroup> ents: array<u32, 16>;
+
+fn load_d(i: u32) -> vec4<f32> {
+  if (DDT == 0u) { return bitcast<vec4<f32>>(vec4<u32>(wd[i >> 1u], wd[(i >> 1u) + 1u])); }
+  let w = wd[i >> 2u];
+  return vec4<f32>(unpack_pair(DDT, w.x), unpack_pair(DDT, w.y));
+}
+
+fn dot8(acc: f32, a: vec4<f32>, b: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> f32 {
+  var s = fma(a.x, wa.x, acc);
+  s = fma(a.y, wa.y, s);
+  s = fma(a.z, wa.z, s);
+  s = fma(a.w, wa.w, s);
+  s = fma(b.x, wb.x, s);
+  s = fma(b.y, wb.y, s);
+  s = fma(b.z, wb.z, s);
+  return fma(b.w, wb.w, s);
+}
+
+// Partial sums of 4 tokens for the two weight rows (A: row nb + rg, B: row nb + RG + rg) of this step.
+struct AB { a: vec4<f32>, b: vec4<f32> }
+
+// Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL].
+fn step4(acc: AB, t0: u32, TQ: u32, s: u32, ua: vec4<f32>, ub: vec4<f32>, ga: vec4<f32>, gb: vec4<f32>) -> AB {
+  let i = t0 * TQ + s;
+  let x0 = sm[i];
+  let y0 = sm[i + KL];
+  let x1 = sm[i + TQ];
+  let y1 = sm[i + TQ + KL];
+  let x2 = sm[i + 2u * TQ];
+  let y2 = sm[i + 2u * TQ + KL];
+  let x3 = sm[i + 3u * TQ];
+  let y3 = sm[i + 3u * TQ + KL];
+  var r: AB;
+  r.a = vec4<f32>(dot8(acc.a.x, x0, y0, ua, ub), dot8(acc.a.y, x1, y1, ua, ub), dot8(acc.a.z, x2, y2, ua, ub), dot8(acc.a.w, x3, y3, ua, ub));
+  r.b = vec4<f32>(dot8(acc.b.x, x0, y0, ga, gb), dot8(acc.b.y, x1, y1, ga, gb), dot8(acc.b.z, x2, y2, ga, gb), dot8(acc.b.w, x3, y3, ga, gb));
+  return r;
+}
+
+// Sum over the KL lanes of one accumulator set, for the two (row group, token) outputs o = li, li + 256.
+fn lane_sums(li: u32, kl: u32, rg: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec2<f32> {
+  workgroupBarrier();
+  let b = rg * 4u * KL + kl;
+  sm[b] = v0;
+  sm[b + KL] = v1;
+  sm[b + 2u * KL] = v2;
+  sm[b + 3u * KL] = v3;
+  workgroupBarrier();
+  var out = vec2<f32>();
+  for (var j = 0u; j < 2u; j++) {
+    let o = li + j * WG;
+    let rg2 = o / MT;
+    let t = o % MT;
+    if (rg2 < WG / KL) {
+      let c = (rg2 * 4u + t / 4u) * KL;
+      var s = 0.0;
+      for (var l = 0u; l < KL; l++) { s += sm[c + l][t % 4u]; }
+      out[j] = s;
+    }
+  }
+  return out;
+}
+
+// (row, token) output o of one of the two row sets: routing weight, bias in split 0, into contrib.
+fn store(o: u32, nb: u32, nv: u32, e: u32, sp: u32, y0: f32) {
+  let t = o % MT;
+  let n_loc = nb + o / MT;
+  if (t < nv && n_loc < p.rows) {
+    let en = ents[t];
+    var sc = rw[en];
+    if (p.inScale == 1u) { sc = 1.0; }
+    let n = p.r0 + n_loc;
+    var y = y0;
+    if (p.hasBias == 1u && sp == 0u) { y += bias[e * p.N + n]; }
+    contrib[(sp * p.T * p.KS + en) * p.N + n] = sc * y;
+  }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let RG = WG / KL;
+  let kl = li % KL;
+  let rg = li / KL;
+  let ez = wid.z;
+  let e = p.e0 + ez;
+  var count = p.T;
+  var off = 0u;
+  if (p.dense == 0u) { count = lists[e]; off = lists[p.E + e]; }
+  let nb = wid.x * 2u * RG;
+  let K4 = p.K / 4u;
+  let J = K4 / (2u * KL); // steps along K (the host checks K % (8·KL) == 0)
+  let jA = wid.y * J / S;
+  let jB = (wid.y + 1u) * J / S;
+  let TQ = XQ / MT;
+  let TJ = TQ / (2u * KL);
+  let hb = p.hBase / 4u + off * K4;
+  let wa = (ez * p.rows + min(nb + rg, p.rows - 1u)) * p.K;
+  let wb = (ez * p.rows + min(nb + RG + rg, p.rows - 1u)) * p.K;
+
+  for (var c0 = 0u; c0 < count; c0 += MT) {
+    let nv = min(MT, count - c0);
+    workgroupBarrier();
+    if (li < MT) {
+      let m = c0 + min(li, nv - 1u);
+      var en = m * p.KS + p.slot;
+      if (p.dense == 0u) { en = lists[2u * p.E + off + m]; }
+      ents[li] = en;
+    }
+    var ab0 = AB();
+    var ab1 = AB();
+    var ab2 = AB();
+    var ab3 = AB();
+    for (var j0 = jA; j0 < jB; j0 += TJ) {
+      let jn = min(TJ, jB - j0);
+      workgroupBarrier();
+      let q0 = j0 * 2u * KL;
+      let nq = jn * 2u * KL;
+      for (var i = li; i < MT * TQ; i += WG) {
+        let q = i % TQ;
+        if (q < nq) { sm[i] = h[hb + (c0 + min(i / TQ, nv - 1u)) * K4 + q0 + q]; }
+      }
+      workgroupBarrier();
+      for (var jj = 0u; jj < jn; jj++) {
+        let q = (j0 + jj) * 2u * KL + kl;
+        let aa = load_d(wa + q * 4u);
+        let ab = load_d(wa + (q + KL) * 4u);
+        let ba = load_d(wb + q * 4u);
+        let bb = load_d(wb + (q + KL) * 4u);
+        let s = jj * 2u * KL + kl;
+        ab0 = step4(ab0, 0u, TQ, s, aa, ab, ba, bb);
+        if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, aa, ab, ba, bb); }
+        if (nv > 8u) { ab2 = step4(ab2, 8u, TQ, s, aa, ab, ba, bb); }
+        if (nv > 12u) { ab3 = step4(ab3, 12u, TQ, s, aa, ab, ba, bb); }
+      }
+    }
+    let sa = lane_sums(li, kl, rg, ab0.a, ab1.a, ab2.a, ab3.a);
+    let sb = lane_sums(li, kl, rg, ab0.b, ab1.b, ab2.b, ab3.b);
+    for (var j = 0u; j < 2u; j++) {
+      let o = li + j * WG;
+      if (o / MT < RG) {
+        store(o, nb, nv, e, wid.y, sa[j]);
+        store(o, nb + RG, nv, e, wid.y, sb[j]);
+      }
+    }
+  }
+}
