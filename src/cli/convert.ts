@@ -14,7 +14,7 @@ import { writeMegatronLegacy } from '../ops/megatron-legacy-write.js';
 interface ConvertFlags extends WriteFlags {
   to: string;
   card: boolean;
-  format: 'safetensors' | 'torch_dist' | 'torch' | 'dcp';
+  format: 'safetensors' | 'torch_dist' | 'torch' | 'dcp' | 'pt';
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
 }
@@ -31,9 +31,9 @@ export function registerConvert(program: Command): void {
     .addOption(
       new Option(
         '--format <container>',
-        'container of the output: safetensors; dcp (a torch.distributed.checkpoint folder of the converted tensors); with --to megatron: torch_dist (Megatron-Core dist checkpoint) or torch (legacy mp_rank_00/model_optim_rng.pt; per EP rank with moekit shard)',
+        'container of the output: safetensors; pt (torch.save of the state dict: pytorch_model.bin, or shards + pytorch_model.bin.index.json); dcp (a torch.distributed.checkpoint folder of the converted tensors); with --to megatron: torch_dist (Megatron-Core dist checkpoint) or torch (legacy mp_rank_00/model_optim_rng.pt; per EP rank with moekit shard)',
       )
-        .choices(['safetensors', 'dcp', 'torch_dist', 'torch'])
+        .choices(['safetensors', 'pt', 'dcp', 'torch_dist', 'torch'])
         .default('safetensors'),
     )
     .option('--no-card', "don't write README.md (a model card: base_model, tags, this command, who loads the layout; the source's card below it)");
@@ -56,8 +56,9 @@ export function registerConvert(program: Command): void {
         'Writes config.json (HF targets: updated for --dtype; others: kept) and moekit.json (family, layout,',
         'dims, routing, gate/up order, per-layer info) so the output converts back with --to hf alone.',
         'Refuses (one-line error, nothing written) unknown layouts, experts of mixed shapes, and anything',
-        'it cannot do losslessly (e.g. GPT-OSS expert biases into megatron-grouped). Quantized checkpoints',
-        '(FP8 block scales, MXFP4) are copied only to their own layout; dequantize to re-layout them.',
+        'it cannot do losslessly (e.g. GPT-OSS expert biases into megatron-grouped). Block-FP8 experts move',
+        'with their scale blocks (<weight>_scale_inv beside each weight) where every cut falls on a block',
+        'boundary; other quantized checkpoints (MXFP4, int4, NVFP4) re-lay out through moekit dequant --to.',
         '',
         'With --to megatron --format torch_dist the whole model (embeddings, norms, fused QKV per query group,',
         'router, experts, shared experts) is written as a Megatron-Core torch_dist checkpoint:',
@@ -86,12 +87,12 @@ export function registerConvert(program: Command): void {
             to: o.to,
             gateUp: o.gateUp,
             dtype: o.dtype,
-            format: o.format === 'dcp' ? 'dcp' : undefined,
+            format: o.format === 'dcp' || o.format === 'pt' ? o.format : undefined,
             card: o.card ? { command: commandLine() } : undefined,
           }),
         (s) => `${s.sourceLayout} → ${s.layout} into ${s.destination}`,
         (s) =>
-          `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => /\.(safetensors|distcp)$/.test(f)).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+          `${s.sourceLayout} → ${s.layout}${s.identity ? ' (same layout: byte copy)' : ''}: ${s.tensors} tensors, ${human(s.bytes)} in ${s.files.filter((f) => /\.(safetensors|distcp|bin)$/.test(f)).length} file(s), ${s.moeLayers} MoE layers, ${s.seconds.toFixed(1)} s → ${s.destination}`,
         () => [],
         (s) => s.skipped.map((n) => `skipped: ${n} (weights in another format; not copied)`),
       );

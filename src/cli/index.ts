@@ -16,6 +16,7 @@ import { registerPlan } from './plan.js';
 import { setMegatronHints, setStrictPickles } from '../store/registry.js';
 import { MOEKIT_VERSION } from '../output/card.js';
 import { editDistance } from '../engine/read.js';
+import { setBlockPrefix } from '../engine/block-prefix.js';
 
 function buildProgram(): Command {
   const program = new Command();
@@ -44,7 +45,11 @@ function buildProgram(): Command {
         "Megatron-Core torch_dist checkpoints. Pickles are read by moekit's own unpickler, which never runs",
         'code; --strict (anywhere) refuses any pickle that names a class outside its allow list.',
         'A Megatron checkpoint reads as the HF family its args imply, or that config.json beside it names;',
-        '--family <mixtral|qwen2_moe|qwen3_moe> and --hf-config <config.json> (anywhere) say it instead.',
+        '--family <mixtral|qwen2_moe|qwen3_moe> and --hf-config <config.json> (anywhere) say it instead;',
+        '--hf-config also gives the family of any checkpoint without a config.json (a torch.save state dict).',
+        "--block-prefix <p> (anywhere): where a source's non-HF MoE blocks sit, {n} for the layer index, e.g.",
+        "'blocks.{n}.moe.' for a flashfusemoe model's own module path, '' for a single MoELayer state dict;",
+        "--to <layout>@<p> (e.g. 'flashfusemoe@blocks.{n}.moe.') writes there; moekit.json records it.",
         "Run `moekit <command> --help` for each command's options and examples.",
       ].join('\n'),
     )
@@ -73,7 +78,11 @@ function exitCodeOf(e: unknown): number {
   return EXIT_CODES.internal;
 }
 
-/** `--hf-config <file>` and `--family <name>` (but upcycle's own --family) name how a Megatron checkpoint reads as HF. */
+/**
+ * `--hf-config <file>` and `--family <name>` (but upcycle's own --family) name how a Megatron
+ * checkpoint (or any without a config.json) reads as HF; `--block-prefix <p>` where a non-HF layout's
+ * MoE blocks sit (engine/block-prefix.ts).
+ */
 function takeMegatronHints(argv: string[]): string[] {
   const rest = argv.slice(0, 2);
   const hints: { family?: string; hfConfig?: string } = {};
@@ -82,10 +91,11 @@ function takeMegatronHints(argv: string[]): string[] {
     const a = argv[i]!;
     const eq = a.indexOf('=');
     const flag = eq > 0 ? a.slice(0, eq) : a;
-    if (flag === '--hf-config' || (flag === '--family' && !upcycle)) {
+    if (flag === '--hf-config' || (flag === '--family' && !upcycle) || flag === '--block-prefix') {
       const v = eq > 0 ? a.slice(eq + 1) : argv[++i];
       if (v === undefined) throw new MoekitError('usage', `${flag} needs a value`);
       if (flag === '--hf-config') hints.hfConfig = v;
+      else if (flag === '--block-prefix') setBlockPrefix(v);
       else hints.family = v;
     } else rest.push(a);
   }
@@ -94,7 +104,7 @@ function takeMegatronHints(argv: string[]): string[] {
 }
 
 /** options every command takes (taken out of argv before commander sees it) */
-const GLOBAL_OPTIONS = ['--quiet', '-q', '--verbose', '-v', '--strict', '--hf-config', '--family', '--help', '-h', '--version', '-V'];
+const GLOBAL_OPTIONS = ['--quiet', '-q', '--verbose', '-v', '--strict', '--hf-config', '--family', '--block-prefix', '--help', '-h', '--version', '-V'];
 
 /** An option the command does not know, caught before commander (which reports a missing -o first): one line with the nearest name. */
 function checkOptions(program: Command, argv: string[]): void {

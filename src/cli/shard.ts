@@ -15,7 +15,7 @@ interface CutFlags extends WriteFlags {
   placement?: 'contiguous' | 'round-robin';
   dense?: 'replicate' | 'rank0';
   rank?: number;
-  format?: 'safetensors' | 'torch';
+  format?: 'safetensors' | 'torch' | 'pt';
 }
 
 function report(s: ShardSummary, json?: boolean): void {
@@ -56,6 +56,7 @@ const cutArgs = (o: CutFlags, onProgress: (b: number, t: number) => void) => ({
   placement: o.placement,
   dense: o.dense,
   rank: o.rank,
+  format: o.format === 'pt' ? ('pt' as const) : undefined,
   ...writeRun(o, onProgress),
 });
 
@@ -64,8 +65,8 @@ export function registerShard(program: Command): void {
     .addOption(
       new Option(
         '--format <container>',
-        'safetensors rank folders (default), or torch with --to megatron: Megatron legacy iter_0000001/mp_rank_00_<r>/model_optim_rng.pt',
-      ).choices(['safetensors', 'torch']),
+        'safetensors rank folders (default); pt: each rank a torch.save of its state dict (pytorch_model.bin, what an EP rank of a framework without save code, e.g. flashfusemoe, torch.saves); torch with --to megatron: Megatron legacy iter_0000001/mp_rank_00_<r>/model_optim_rng.pt',
+      ).choices(['safetensors', 'pt', 'torch']),
     )
     .description('cut a MoE checkpoint into expert-parallel (and expert-TP) rank checkpoints, streaming')
     .addHelpText(

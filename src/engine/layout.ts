@@ -130,7 +130,8 @@ export const fusedWidth = (d: Dims, n: number = d.I): number => (d.gated ? 2 * n
 export function ruleRegex(spec: LayoutSpec, rule: TensorRule): RegExp {
   const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const tpl = spec.prefix + rule.name;
-  let re = '';
+  // a prefix without {n} holds one MoE block: layer 0 (an empty group, read as Number('') = 0)
+  let re = tpl.includes('{n}') ? '' : '(?<n>)';
   for (const part of tpl.split(/(\{root\}|\{n\}|\{e\})/)) {
     if (part === '{root}') re += '(?<root>(?:[A-Za-z0-9_\\-]+\\.)*?)';
     else if (part === '{n}') re += '(?<n>\\d+)';

@@ -237,6 +237,11 @@ export function planTensors(ir: ModelIR, target: LayoutSpec, opts: PlanOptions =
   if (opts.gateUp && !target.gateUp!.allowed.includes(opts.gateUp)) {
     throw new MoekitError('unsupported', `--gate-up ${opts.gateUp}: layout '${target.id}' only reads ${target.gateUp!.allowed.join('/')} gate/up`);
   }
+  if (!target.prefix.includes('{n}') && ir.layers.length > 1)
+    throw new MoekitError(
+      'unsupported',
+      `block prefix '${target.prefix}' has no {n}, so it holds one MoE block; the model has ${ir.layers.length} (layers ${ir.layers.map((l) => l.layer).join(', ')}): give the prefix a {n}`,
+    );
   const o: SpecOptions = { gateUp: opts.gateUp ?? target.gateUp?.default ?? 'concat' };
   const root = target.root === 'hf' ? ir.hfRoot : target.root;
   const tensors: TensorPlan[] = [];

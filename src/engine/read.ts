@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { TensorStore, TensorInfo } from '../store/types.js';
-import { readJsonIfExists } from '../store/json.js';
+import { readHfConfig, readJsonIfExists } from '../store/json.js';
+import { hintedConfig } from '../store/registry.js';
 import { MoekitError } from '../errors.js';
 import { familyFacts, type Routing, type Activation, type ScoreFunc } from '../families/index.js';
 import { Checker, LIMITS } from '../store/schema.js';
@@ -24,7 +25,8 @@ import {
   type TensorRule,
 } from './layout.js';
 import type { TensorsPlan } from './plan.js';
-import { LAYOUTS, hfLayoutFor, layoutById, TARGET_NAMES } from '../../converters/index.js';
+import { LAYOUTS, hfLayoutFor, TARGET_NAMES } from '../../converters/index.js';
+import { candidateLayouts, knownLayout, layoutOf } from './block-prefix.js';
 import { DENSE_MLP_SPECS } from '../../converters/dense-mlp.js';
 import { loaderOf } from '../output/card.js';
 
@@ -161,11 +163,8 @@ function checkMoekitJson(v: Record<string, unknown>, where: string): MoekitJson 
   if (v.format !== 'moekit' || v.version !== 1) k.fail('format', "must be 'moekit' version 1 (not a moekit.json)");
   const dims = k.obj(v.dims, 'dims');
   const E = k.int(dims.numExperts, 'dims.numExperts', 0, LIMITS.experts);
-  const layout = k.str(
-    v.layout,
-    'layout',
-    LAYOUTS.map((l) => l.id),
-  );
+  const layout = k.str(v.layout, 'layout');
+  if (!knownLayout(layout)) k.fail('layout', `must be one of ${LAYOUTS.map((l) => l.id).join(', ')} (or <non-HF layout>@<block prefix>), not '${layout}'`);
   const act = v.activation === null ? null : k.obj(v.activation, 'activation');
   if (v.digest !== undefined && v.digest !== digestOf(v)) {
     k.fail('digest', 'does not match the file: moekit.json was edited after moekit wrote it (restore it, or delete its digest field to vouch for the edit)');
@@ -199,8 +198,14 @@ function checkMoekitJson(v: Record<string, unknown>, where: string): MoekitJson 
   return v.digest === undefined ? checked : { ...checked, digest: v.digest as string };
 }
 
+/** The checkpoint's config.json, else the one `--hf-config` names (a state dict saved without one). */
+export async function checkpointConfig(ck: TensorStore): Promise<Record<string, unknown> | undefined> {
+  const hinted = hintedConfig();
+  return (await ck.config()) ?? (hinted === undefined ? undefined : await readHfConfig(hinted));
+}
+
 export async function loadMeta(ck: TensorStore): Promise<ModelMeta> {
-  const config = await ck.config();
+  const config = await checkpointConfig(ck);
   const where = join(ck.dir, 'moekit.json');
   const raw = await readJsonIfExists(where);
   const mk = raw && checkMoekitJson(raw, where);
@@ -250,7 +255,7 @@ function claims(spec: LayoutSpec, names: string[]): { experts: number; all: numb
 /** The layout a checkpoint's tensors are in (moekit.json's word first), or undefined if no spec claims any expert tensor. */
 export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | undefined {
   if (meta.moekit) {
-    const s = layoutById(meta.moekit.layout);
+    const s = layoutOf(meta.moekit.layout);
     if (s && claims(s, names).experts > 0) return s;
     throw new MoekitError(
       'bad-input',
@@ -258,7 +263,7 @@ export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | und
     );
   }
   let best: { spec: LayoutSpec; experts: number; all: number } | undefined;
-  for (const spec of LAYOUTS) {
+  for (const spec of candidateLayouts()) {
     if (spec.families && meta.family !== 'unknown' && !spec.families.includes(meta.family) && hfLayoutFor(meta.family)) continue;
     const c = claims(spec, names);
     if (c.experts === 0) continue;
@@ -306,7 +311,7 @@ export function resolveTarget(name: string, meta: ModelMeta, source: LayoutSpec 
     }
     return s;
   }
-  const s = layoutById(name);
+  const s = layoutOf(name);
   if (!s || s.families) {
     const near = TARGET_NAMES.find((t) => t.toLowerCase() === name.toLowerCase()) ?? TARGET_NAMES.find((t) => editDistance(t, name.toLowerCase()) <= 2);
     throw new MoekitError('unsupported', `unknown layout '${name}'${near ? ` (did you mean '${near}'?)` : ''}; known: ${TARGET_NAMES.join(', ')}`);

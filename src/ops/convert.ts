@@ -24,8 +24,8 @@ export interface ConvertOptions extends WriteOptions {
   to: string;
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
-  /** container of the weights: safetensors (default) or a DCP folder */
-  format?: 'safetensors' | 'dcp';
+  /** container of the weights: safetensors (default), torch.save of the state dict (pt), or a DCP folder */
+  format?: 'safetensors' | 'pt' | 'dcp';
   /** write README.md, a model card naming this command (the CLI passes its command line); absent: no card */
   card?: { command: string };
   /** the dtype config.json records when the tensors are not cast (what a dequantizing store decodes to); default `dtype` */
@@ -75,7 +75,11 @@ function outputConfig(meta: ModelMeta, target: LayoutSpec, dtype?: FloatDtype): 
 async function planConvert(store: TensorStore, src: string, opts: ConvertOptions): Promise<Planned> {
   const meta = await loadMeta(store);
   const source = detectLayout(store.names(), meta);
-  if (!source) throw new MoekitError('unsupported', `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
+  if (!source)
+    throw new MoekitError(
+      'unsupported',
+      `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`; MoE blocks under your own module path: --block-prefix)`,
+    );
   const target = resolveTarget(opts.to, meta, source);
   const srcOrder = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');
   const identity = target === source && !opts.dtype && (!opts.gateUp || opts.gateUp === srcOrder);

@@ -18,6 +18,7 @@ import { kernelRoutes } from '../forward/routing.js';
 import { withBlockNorms } from '../forward/block-norms.js';
 import { familyFacts } from '../families/index.js';
 import { blockIs16Bit, materialize } from '../forward/weights.js';
+import { checkpointConfig } from '../engine/read.js';
 import { isSharded } from './shard/sharded.js';
 import { dequantized } from './dequant.js';
 import { DequantStore } from '../store/dequant.js';
@@ -100,8 +101,12 @@ export function randomTokens(T: number, H: number, seed: number): Float32Array {
 }
 
 async function configOf(ck: TensorStore, path: string): Promise<Record<string, unknown>> {
-  const c = await ck.config();
-  if (!c) throw new MoekitError('bad-input', `${path}: no config.json next to the checkpoint (verify needs the model's routing facts)`);
+  const c = await checkpointConfig(ck);
+  if (!c)
+    throw new MoekitError(
+      'bad-input',
+      `${path}: no config.json next to the checkpoint (verify needs the model's routing facts; --hf-config <config.json> names one)`,
+    );
   return c;
 }
 

@@ -27,7 +27,11 @@ export function loaderOf(layout: string, hf: boolean, family: string): string {
     ? `transformers (from_pretrained, as a ${family} checkpoint)`
     : `${loaderName(layout)}; moekit convert <this folder> --to hf gives the HF model back`;
 }
-const loaderName = (layout: string): string => LOADERS[layout] ?? `the framework of the ${layout} layout`;
+const loaderName = (layout: string): string => {
+  const [base, prefix] = layout.split('@') as [string, string | undefined];
+  const who = LOADERS[base] ?? `the framework of the ${base} layout`;
+  return prefix === undefined ? who : `${who}, its blocks under '${prefix}' (${prefix.includes('{n}') ? '{n}: the layer' : 'one block'})`;
+};
 
 export interface CardInfo {
   /** the command line that made the folder */

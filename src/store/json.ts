@@ -32,3 +32,10 @@ export async function readJsonIfExists(path: string): Promise<Record<string, unk
     throw new MoekitError('bad-input', `${path}: invalid JSON (${(e as Error).message.split('\n')[0]})`);
   }
 }
+
+/** The config.json named by `--hf-config`, which must exist. */
+export async function readHfConfig(path: string): Promise<Record<string, unknown>> {
+  const c = await readJsonIfExists(path);
+  if (!c) throw new MoekitError('not-found', `--hf-config ${path}: no such file`);
+  return c;
+}

@@ -22,6 +22,8 @@ let megatronHints: MegatronHints = {};
 export function setMegatronHints(h: MegatronHints): void {
   megatronHints = h;
 }
+/** `--hf-config`, for a checkpoint of any container without a config.json beside it. */
+export const hintedConfig = (): string | undefined => megatronHints.hfConfig;
 /** `--strict`: pickles naming a global outside the allow list are refused instead of kept inert. */
 export function setStrictPickles(on: boolean): void {
   strictPickles = on;

@@ -1,12 +1,20 @@
 /**
  * Writer registry: how a planned checkpoint is put on disk, per container format. The executor
- * (src/engine/execute.ts) looks the plan's format up here: safetensors, or a DCP folder (the
- * torch.distributed.checkpoint of the state dict, which NeMo Automodel and torch's dcp.load read).
+ * (src/engine/execute.ts) looks the plan's format up here: safetensors, a DCP folder (the
+ * torch.distributed.checkpoint of the state dict, which NeMo Automodel and torch's dcp.load read),
+ * or torch.save archives of the state dict (`pt`: what `torch.save(model.state_dict())` writes,
+ * under transformers' `pytorch_model.bin` names; torch.load(weights_only=True) reads it).
  */
 import { MoekitError } from '../errors.js';
 import { planShards, shardFileName, writeFiles, type FileEntries, type WriteOptions, type WriteResult } from './safetensors/writer.js';
 import { chunkBytes } from './pool.js';
-import { writeDcp } from './torch/dcp-writer.js';
+import { FileSink, tensorRef, writeDcp, writeTorchSave } from './torch/dcp-writer.js';
+import { type PyOut, py } from './torch/pickler.js';
+import { byteSize } from './dtypes.js';
+import { runEvents } from '../output/events.js';
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 
 /** A plain DCP folder of the planned tensors: one chunk per tensor, in `__0_0.distcp` (what `dcp.save` of the state dict writes on one rank). */
 async function writeDcpFiles(dir: string, files: FileEntries[], _index: string | undefined, opts: WriteOptions): Promise<WriteResult> {
@@ -33,6 +41,63 @@ async function writeDcpFiles(dir: string, files: FileEntries[], _index: string |
   return { files: ['.metadata', '__0_0.distcp'], totalSize: total, weightMap };
 }
 
+/** `pytorch_model.bin`, or shard i of n as transformers names them (`pytorch_model-00001-of-00003.bin`). */
+const binName = (_stem: string, i: number, n: number): string =>
+  n === 1 ? 'pytorch_model.bin' : `pytorch_model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.bin`;
+
+/** Each file a torch.save archive of an OrderedDict name → tensor, one storage per tensor, streamed in order. */
+async function writeTorchSaveFiles(dir: string, files: FileEntries[], index: string | undefined, opts: WriteOptions): Promise<WriteResult> {
+  await mkdir(dir, { recursive: true });
+  const temps: { tmp: string; final: string }[] = [];
+  const weightMap: Record<string, string> = Object.create(null);
+  let bytes = 0;
+  let count = 0;
+  let totalSize = 0;
+  try {
+    for (const f of files) {
+      const tmp = join(dir, `.${f.name}.moekit-tmp-${randomBytes(4).toString('hex')}`);
+      temps.push({ tmp, final: join(dir, f.name) });
+      const fh = await open(tmp, 'w');
+      try {
+        const dict = py.odict(f.entries.map((e, i): [PyOut, PyOut] => [e.name, tensorRef(String(i), e.dtype, e.shape)]));
+        const storages = f.entries.map((e) =>
+          (async function* () {
+            for await (const c of chunkBytes(e.source())) {
+              yield c;
+              opts.onProgress?.((bytes += c.byteLength), count);
+            }
+            opts.onProgress?.(bytes, ++count);
+          })(),
+        );
+        await writeTorchSave(new FileSink(fh), dict, storages, f.name.replace(/\.bin$/, ''));
+        if (opts.fsync !== false) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      for (const e of f.entries) {
+        weightMap[e.name] = f.name;
+        totalSize += byteSize(e.dtype, e.shape);
+      }
+      runEvents.emit('file', { name: f.name, bytes: totalSize, tensors: f.entries.length });
+    }
+    if (index) {
+      const tmp = join(dir, `.${index}.moekit-tmp-${randomBytes(4).toString('hex')}`);
+      temps.push({ tmp, final: join(dir, index) });
+      const sorted = Object.fromEntries(
+        Object.keys(weightMap)
+          .sort()
+          .map((k) => [k, weightMap[k]!]),
+      );
+      await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sorted }, null, 2) + '\n');
+    }
+    for (const t of temps) await rename(t.tmp, t.final);
+  } catch (e) {
+    await Promise.all(temps.map((t) => unlink(t.tmp).catch(() => undefined)));
+    throw e;
+  }
+  return { files: temps.map((t) => t.final.slice(dir.length + 1)), totalSize, weightMap };
+}
+
 export interface CheckpointWriter {
   /** weight-file names: file i of n */
   fileName(stem: string, i: number, n: number): string;
@@ -49,6 +114,12 @@ const WRITERS: Record<string, CheckpointWriter> = {
     indexName: (stem, n) => (n > 1 ? `${stem}.safetensors.index.json` : undefined),
     split: planShards,
     write: writeFiles,
+  },
+  pt: {
+    fileName: binName,
+    indexName: (_stem, n) => (n > 1 ? 'pytorch_model.bin.index.json' : undefined),
+    split: planShards,
+    write: writeTorchSaveFiles,
   },
   dcp: {
     fileName: () => '__0_0.distcp',

@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { DTYPE_SIZES, type Dtype } from '../../store/dtypes.js';
 import { Checker, LIMITS } from '../../store/schema.js';
 import { LAYOUTS } from '../../../converters/index.js';
+import { knownLayout } from '../../engine/block-prefix.js';
 import { digestOf } from '../../engine/read.js';
 import type { Placement } from './placement.js';
 
@@ -126,13 +127,17 @@ export async function readManifest(root: string): Promise<ShardManifest | undefi
   const k = new Checker(path);
   if (m.format !== 'moekit-shard' || m.version !== 1) k.fail('format', "must be 'moekit-shard' version 1 (not a moekit shard manifest)");
   const src = k.obj(m.source, 'source');
-  const layouts = LAYOUTS.map((l) => l.id);
+  const layout = (v: unknown, f: string): string => {
+    const id = k.str(v, f);
+    if (!knownLayout(id)) k.fail(f, `must be one of ${LAYOUTS.map((l) => l.id).join(', ')} (or <non-HF layout>@<block prefix>), not '${id}'`);
+    return id;
+  };
   const E = k.int(src.numExperts, 'source.numExperts', 1, LIMITS.experts);
   const I = k.int(src.moeIntermediateSize, 'source.moeIntermediateSize', 1, LIMITS.intermediate);
   const source: ShardManifest['source'] = {
     family: k.str(src.family, 'source.family'),
     modelType: k.str(src.modelType, 'source.modelType'),
-    layout: k.str(src.layout, 'source.layout', layouts),
+    layout: layout(src.layout, 'source.layout'),
     gateUp: k.str(src.gateUp, 'source.gateUp', ['concat', 'interleaved', 'separate']),
     numExperts: E,
     hiddenSize: k.int(src.hiddenSize, 'source.hiddenSize', 1, LIMITS.hidden),
@@ -148,7 +153,7 @@ export async function readManifest(root: string): Promise<ShardManifest | undefi
     format: 'moekit-shard',
     version: 1,
     source,
-    layout: k.str(m.layout, 'layout', layouts),
+    layout: layout(m.layout, 'layout'),
     gateUp: k.str(m.gateUp, 'gateUp', ['concat', 'interleaved', 'separate']),
     ep: k.int(m.ep, 'ep', 1, LIMITS.ranks),
     etp: k.int(m.etp, 'etp', 1, LIMITS.ranks),

@@ -11,7 +11,7 @@ import { moekitJson, resolveTarget } from '../../engine/read.js';
 import { planScaled } from '../../engine/scales.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan } from '../../engine/plan.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
-import { layoutById } from '../../../converters/index.js';
+import { layoutOf } from '../../engine/block-prefix.js';
 import { openSharded } from './sharded.js';
 import { gateUpFor, withChecksums } from './shard.js';
 import type { WriteOptions } from '../options.js';
@@ -42,7 +42,7 @@ export async function merge(sharded: string, dst: string, opts: MergeOptions = {
   const sh = await openSharded(root);
   try {
     const m = sh.manifest;
-    const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.source.layout)!;
+    const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutOf(m.source.layout)!;
     const gateUp = gateUpFor(target, m.source.layout, m.source.gateUp) ?? gateUpFor(target, m.layout, m.gateUp);
     const tp = sh.scaled ? planScaled(sh.scaled, target, { gateUp }) : planTensors(sh.ir, target, { gateUp });
     const { files, index } = splitFiles(tp.tensors, opts.maxShardSize);

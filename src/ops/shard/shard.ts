@@ -37,7 +37,7 @@ import {
 import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
 import { HashPool } from '../../engine/hash-pool.js';
 import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
-import { layoutById } from '../../../converters/index.js';
+import { layoutOf } from '../../engine/block-prefix.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
 import { openScaled, planScaled, selectScaled, type ScaledIR } from '../../engine/scales.js';
 import { MANIFEST, RANK_MANIFEST, planOf, readManifest, type RankPlan, type ShardManifest, type TensorRecord } from './manifest.js';
@@ -53,6 +53,8 @@ export interface ShardOptions extends WriteOptions {
   dense?: 'replicate' | 'rank0';
   /** write only this flat rank index (ep · etp + t) */
   rank?: number;
+  /** container of the rank checkpoints: safetensors (default) or torch.save of each rank's state dict */
+  format?: 'safetensors' | 'pt';
   /** internal (reshard): awaited before the result is renamed into place */
   commit?: () => Promise<void>;
   /** internal (reshard): a truthy value aborts the write */
@@ -182,14 +184,14 @@ function planRanks(input: CutInput, opts: ShardOptions): { jobs: RankJob[]; mani
 
 /** One rank as a CheckpointPlan; rank-manifest.json is filled in with the checksums once the tensors are written. */
 async function rankPlan(input: CutInput, job: RankJob, opts: ShardOptions): Promise<CheckpointPlan> {
-  const { files, index } = splitFiles(job.write.tensors, opts.maxShardSize);
+  const { files, index } = splitFiles(job.write.tensors, opts.maxShardSize, opts.format);
   const sideFiles: SideFile[] = [
     ...(input.configText ? [{ name: 'config.json', text: input.configText }] : input.source.config ? [{ name: 'config.json', json: input.source.config }] : []),
     { name: 'moekit.json', json: moekitJson(job.ir, job.write, input.source.layout, input.upcycle) },
     { name: RANK_MANIFEST, json: () => ({ format: 'moekit-shard-rank', version: 1, ...job.plan }) },
     ...(input.sideFrom ? await sideFilesOf(input.sideFrom) : []),
   ];
-  return { dir: job.plan.dir, files, index, metadata: input.source.metadata, sideFiles };
+  return { dir: job.plan.dir, format: opts.format, files, index, metadata: input.source.metadata, sideFiles };
 }
 
 /** Write the ranks of `plan` into `root` (hashing every tensor into its job's plan). */
@@ -303,7 +305,11 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
   try {
     const meta: ModelMeta = await loadMeta(ck);
     const source = detectLayout(ck.names(), meta);
-    if (!source) throw new MoekitError('unsupported', `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`)`);
+    if (!source)
+      throw new MoekitError(
+        'unsupported',
+        `${src}: no expert tensors of any layout moekit knows (a dense model? run \`moekit inspect ${src}\`; MoE blocks under your own module path: --block-prefix)`,
+      );
     const q = quantizedTensors(ck);
     const target = opts.to ? resolveTarget(opts.to, meta, source) : source;
     const srcGateUp = meta.moekit?.layout === source.id ? meta.moekit.gateUp : (source.gateUp?.default ?? 'separate');
@@ -348,7 +354,7 @@ export async function reshard(sharded: string, dst: string, opts: ShardOptions):
   const sh = await openSharded(resolve(sharded));
   try {
     const m = sh.manifest;
-    const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutById(m.layout)!;
+    const target = opts.to ? resolveTarget(opts.to, sh.meta, sh.sourceSpec) : layoutOf(m.layout)!;
     const input: CutInput = {
       ir: sh.ir,
       scaled: sh.scaled,

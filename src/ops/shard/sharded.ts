@@ -26,7 +26,7 @@ import { loadMeta, quantizedTensors, readIR, type ModelMeta } from '../../engine
 import { openScaled, type ScaledIR } from '../../engine/scales.js';
 import { DequantStore } from '../../store/dequant.js';
 import { detectScheme } from '../../quant/scheme.js';
-import { layoutById } from '../../../converters/index.js';
+import { layoutOf } from '../../engine/block-prefix.js';
 import type { LayoutSpec } from '../../engine/layout.js';
 import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankManifest, type RankPlan, type ShardManifest } from './manifest.js';
 
@@ -197,8 +197,8 @@ export async function openSharded(root: string, opts: { dequantize?: boolean } =
   if (!manifest) throw new MoekitError('bad-input', `${root}: no ${MANIFEST} (not a sharded checkpoint written by moekit shard)`);
   const where = join(root, MANIFEST);
   checkCoverage(manifest, where);
-  const spec = layoutById(manifest.layout)!;
-  const sourceSpec = layoutById(manifest.source.layout)!;
+  const spec = layoutOf(manifest.layout)!;
+  const sourceSpec = layoutOf(manifest.source.layout)!;
   const opened: TensorStore[] = [];
   try {
     const ranks: OpenRank[] = [];

@@ -18,7 +18,7 @@ import { readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { MoekitError } from '../../errors.js';
 import { type Dtype, dtypeSize, numel } from '../dtypes.js';
-import { readJsonIfExists, readSmallFile } from '../json.js';
+import { readHfConfig, readJsonIfExists, readSmallFile } from '../json.js';
 import { BaseStore } from '../base.js';
 import type { TensorInfo, TensorStore } from '../types.js';
 import { DcpStore } from './dcp.js';
@@ -53,12 +53,6 @@ export interface MegatronHints {
   family?: string;
   /** an HF config.json to use instead of the one beside the checkpoint */
   hfConfig?: string;
-}
-
-async function readHfConfig(path: string): Promise<Record<string, unknown>> {
-  const c = await readJsonIfExists(path);
-  if (!c) throw new MoekitError('not-found', `--hf-config ${path}: no such file`);
-  return c;
 }
 
 /** The argparse Namespace of the run that wrote the checkpoint. */
