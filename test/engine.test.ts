@@ -262,4 +262,21 @@ describe('--max-memory', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--max-memory 1 MiB is below what any run needs|cannot hold this job/);
   });
+  it("verify --max-memory: under a WebGPU device's own needs the CPU forward runs (a notice says so) and stays under the cap; too small is one line", () => {
+    const mix = join(FIXTURES, 'mixtral');
+    const ref = join(mix, 'reference.safetensors');
+    const v = runCli(['verify', mix, '--reference', ref, '--max-memory', '256MB', '--json']);
+    expect(v.code, v.stderr).toBe(0);
+    const j = JSON.parse(v.stdout) as { backend: string; fallback: string; peakRssMB: number; pass: boolean };
+    expect(j).toMatchObject({ backend: 'cpu', pass: true });
+    expect(j.fallback).toMatch(/--max-memory 244 MiB is below the \d+ MiB a WebGPU device may need: running the CPU forward/);
+    expect(j.peakRssMB).toBeLessThan(244);
+    const small = runCli(['verify', mix, '--reference', ref, '--max-memory', '100MB']);
+    expect(small.code).toBe(2);
+    expect(small.stderr).toMatch(/^moekit: error: --max-memory 95 MiB is below what verify needs \(about \d+ MiB with the CPU forward\)\n$/);
+    // enough for the device: WebGPU runs, the weight pieces sized to the cap
+    const gpu = runCli(['verify', mix, '--reference', ref, '--max-memory', '600MB', '--json']);
+    expect(gpu.code, gpu.stderr).toBe(0);
+    expect(JSON.parse(gpu.stdout)).toMatchObject({ backend: 'webgpu', pass: true });
+  });
 });

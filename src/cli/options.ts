@@ -6,15 +6,17 @@ import { type Command, Option } from 'commander';
 import { MoekitError } from '../errors.js';
 import { parseFloatDtype, type FloatDtype } from '../store/dtypes.js';
 
-/** "5GB", "500MB", "1.5GiB", "1000000" → bytes. */
-function parseSize(s: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(s);
-  if (!m) throw new MoekitError('usage', `--max-shard-size: cannot read '${s}' (examples: 5GB, 500MB, 2GiB)`);
-  const unit = (m[2] ?? 'b').toLowerCase();
-  const pow = { b: 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as 'b' | 'k' | 'm' | 'g' | 't'];
-  const base = unit.includes('i') ? 1024 : 1000;
-  return Math.floor(Number(m[1]) * base ** pow);
-}
+/** A size flag: "5GB", "500MB", "1.5GiB", "1000000" → bytes. */
+export const sizeArg =
+  (flag: string) =>
+  (s: string): number => {
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$/i.exec(s);
+    if (!m) throw new MoekitError('usage', `${flag}: cannot read '${s}' (examples: 5GB, 500MB, 2GiB)`);
+    const unit = (m[2] ?? 'b').toLowerCase();
+    const pow = { b: 0, k: 1, m: 2, g: 3, t: 4 }[unit[0] as 'b' | 'k' | 'm' | 'g' | 't'];
+    const base = unit.includes('i') ? 1024 : 1000;
+    return Math.floor(Number(m[1]) * base ** pow);
+  };
 
 /** A number flag ≥ min (integers only when `integer`). */
 export const numberArg =
@@ -51,7 +53,11 @@ export interface WriteFlags {
 export function writeFlags(cmd: Command, what = 'the output'): Command {
   return cmd
     .requiredOption('-o, --output <dst>', `destination folder of ${what} (must not exist or be empty, unless --force; never the source or a folder holding it)`)
-    .addOption(new Option('--max-shard-size <size>', 'split each checkpoint into weight files of at most this size').default(5e9, '5GB').argParser(parseSize))
+    .addOption(
+      new Option('--max-shard-size <size>', 'split each checkpoint into weight files of at most this size')
+        .default(5e9, '5GB')
+        .argParser(sizeArg('--max-shard-size')),
+    )
     .addOption(
       new Option('--jobs <n>', 'expert slabs assembled at once (fewer when the memory budget asks)').default(DEFAULT_JOBS).argParser(numberArg('--jobs', 1)),
     )
@@ -59,7 +65,7 @@ export function writeFlags(cmd: Command, what = 'the output'): Command {
       new Option(
         '--max-memory <size>',
         'keep the slabs in flight under this (fewer at a time; refused when one slab alone cannot fit); --json reports peakRssMB',
-      ).argParser(parseSize),
+      ).argParser(sizeArg('--max-memory')),
     )
     .option('--force', 'replace a non-empty destination (the old one is removed only once the new one is complete)')
     .option('--no-fsync', 'skip fsync of the written files before the final rename (faster; not crash-safe)')

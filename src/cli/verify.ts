@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { peakRssMB } from '../output/transaction.js';
-import { numberArg } from './options.js';
+import { numberArg, sizeArg } from './options.js';
 import { info } from './progress.js';
 import { formatReport, parseLayers, verify, type VerifyOptions } from '../ops/verify.js';
 
@@ -18,6 +18,11 @@ export function registerVerify(program: Command): void {
     .option('--json', 'print the report as JSON')
     .option('--cpu', 'run the CPU forward (WebAssembly SIMD on every core; MOEKIT_CPU_THREADS caps it) instead of WebGPU')
     .option('--gpu', 'require WebGPU: a missing adapter is an error (default: fall back to the CPU forward, with a notice)')
+    .option(
+      '--max-memory <size>',
+      'stream expert weights (CPU ring chunks, GPU upload pieces, tensor reads) in pieces sized to stay under this; --json reports peakRssMB',
+      sizeArg('--max-memory'),
+    )
     .description('numerically verify MoE/MLP layers on a WebGPU kernel against reference outputs or another checkpoint')
     .addHelpText(
       'after',

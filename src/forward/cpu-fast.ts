@@ -14,6 +14,7 @@ import { addOutputBias, dtypeBytes, expertI, materialize, readRange, weightF32, 
 import { wasmPool, type MatmulKind, type WasmPool } from './wasm-pool.js';
 
 /** bytes of one streamed chunk of an expert matrix (a ring of RING of them: one multiplied, the rest being read) */
+/** default bytes of weight rows per ring buffer (verify --max-memory asks for less) */
 const CHUNK = 32 << 20;
 
 const align = (n: number) => Math.ceil(n / 64) * 64;
@@ -32,8 +33,8 @@ interface Layout {
 
 const RING = 3;
 
-function layoutFor(pool: WasmPool, n4: number, H: number, I: number): Layout {
-  const chunk = align(Math.max(CHUNK, 2 * Math.max(H, I) * 4));
+function layoutFor(pool: WasmPool, n4: number, H: number, I: number, chunkBytes: number): Layout {
+  const chunk = align(Math.max(chunkBytes, 2 * Math.max(H, I) * 4));
   let at = 0;
   const take = (bytes: number) => {
     const o = at;
@@ -77,9 +78,9 @@ interface Chunk {
 }
 
 /** Row chunks of W [M, K] that fit one ring buffer. */
-function chunksOf(w: Weight): Chunk[] {
+function chunksOf(w: Weight, chunkBytes: number): Chunk[] {
   const [M, K] = w.shape as [number, number];
-  const rowsPer = Math.max(2, Math.floor(CHUNK / (K * (kindOf(w) === 'bf16' ? 2 : 4)) / 2) * 2);
+  const rowsPer = Math.max(2, Math.floor(chunkBytes / (K * (kindOf(w) === 'bf16' ? 2 : 4)) / 2) * 2);
   const out: Chunk[] = [];
   for (let r0 = 0; r0 < M; r0 += rowsPer) out.push({ w, r0, r1: Math.min(M, r0 + rowsPer) });
   return out;
@@ -98,8 +99,9 @@ class WeightStream {
     private readonly pool: WasmPool,
     private readonly ring: number[],
     weights: Weight[],
+    chunkBytes: number,
   ) {
-    this.chunks = weights.flatMap(chunksOf);
+    this.chunks = weights.flatMap((w) => chunksOf(w, chunkBytes));
     for (let j = 0; j < ring.length - 1; j++) this.start(j);
   }
 
@@ -213,7 +215,14 @@ function poolOrUndefined(): WasmPool | undefined {
 }
 
 /** The block for T tokens (same contract as forwardCpu); weights may be lazy (left on disk). */
-export async function forwardFast(w: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, forced?: Routed): Promise<ForwardResult> {
+export async function forwardFast(
+  w: MoeBlockWeights,
+  spec: BlockSpec,
+  x: Float32Array,
+  T: number,
+  forced?: Routed,
+  chunkBytes = CHUNK,
+): Promise<ForwardResult> {
   if (!fits(w)) return forwardCpu(await materialize(w), spec, x, T, forced);
   const H = w.hidden;
   const small = await materialize(w, false);
@@ -222,14 +231,14 @@ export async function forwardFast(w: MoeBlockWeights, spec: BlockSpec, x: Float3
   const pool = poolOrUndefined();
   if (!pool) return forwardCpu(await materialize(w), spec, x, T, forced);
   const maxI = Math.max(8, ...[...w.experts, ...w.shared].map(expertI));
-  const l = layoutFor(pool, Math.ceil(T / 4) * 4, H, maxI);
+  const l = layoutFor(pool, Math.ceil(T / 4) * 4, H, maxI, chunkBytes);
   const acc = new Float64Array(T * H);
   const expertCounts = new Array<number>(E).fill(0);
   const row = (t: number) => x.subarray(t * H, (t + 1) * H);
   const inputScaled = spec.routing.scoreFunc === 'topk_sigmoid_input';
   const lists = routed && E > 0 ? byExpert(routed, E, T) : [];
   const active = lists.flatMap((l, e) => (l.tokens.length > 0 ? [small.experts[e]!] : []));
-  const ws = new WeightStream(pool, l.ring, [...active, ...small.shared].flatMap(matricesOf));
+  const ws = new WeightStream(pool, l.ring, [...active, ...small.shared].flatMap(matricesOf), chunkBytes);
   if (lists.length > 0) {
     for (let e = 0; e < E; e++) {
       const { tokens, weights } = lists[e]!;

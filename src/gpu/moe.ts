@@ -34,6 +34,8 @@ import { kernel, type KernelName } from './kernels.js';
 export interface GpuForwardOptions {
   /** pretend bindings may cover at most this many bytes (tests the chunking path) */
   maxBinding?: number;
+  /** largest weight piece uploaded at once, two at most in flight (default pieceCap: 16 MiB on a CPU adapter, 128 MiB on a GPU) */
+  pieceBytes?: number;
   /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
   timing?: boolean;
   /**
@@ -121,9 +123,10 @@ class Ctx {
   constructor(
     readonly gpu: Gpu,
     timing: boolean,
+    readonly pieceBytes: number,
   ) {
     this.device = gpu.device;
-    this.pendingCap = 2 * pieceCap(gpu.fallback);
+    this.pendingCap = 2 * pieceBytes;
     if (timing && gpu.timestamps)
       this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n, names: [], by: {} };
   }
@@ -442,7 +445,7 @@ function prepareRun(ctx: Ctx, w: MoeBlockWeights, spec: BlockSpec, opts: GpuForw
   const variant: Variant = opts.kernels ?? (envK === 'gpu' || envK === 'stream' || envK === 'cpu' ? envK : fallback ? 'cpu' : 'gpu');
   const upStream = streamCfg(variant === 'stream' ? process.env.MOEKIT_UP_CFG : undefined, [8]);
   const downStream = streamCfg(variant === 'stream' ? process.env.MOEKIT_DOWN_CFG : undefined, [8, 8]);
-  const groups = expertGroups(w, K, B, pieceCap(fallback));
+  const groups = expertGroups(w, K, B, ctx.pieceBytes);
   const dummy = ctx.buffer(16, GPUBufferUsage.STORAGE, 'dummy');
   const persistent: GPUBuffer[] = [dummy];
   const upload = (data: Uint8Array | Float32Array | undefined, label: string): GPUBuffer => {
@@ -624,7 +627,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
   const w = await materialize(block, false);
   const gpu = await getGpu();
-  const ctx = new Ctx(gpu, !!opts.timing);
+  const ctx = new Ctx(gpu, !!opts.timing, Math.min(opts.pieceBytes ?? Infinity, pieceCap(gpu.fallback)));
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
   const H = w.hidden;
   const out = new Float32Array(T * H);

@@ -37,6 +37,8 @@ export interface VerifyOptions {
   gpu?: boolean;
   /** test hook: pretend GPU bindings are at most this large */
   maxBinding?: number;
+  /** memory budget (bytes): the weight pieces streamed through the forward and the tensor reads shrink to fit it */
+  maxMemory?: number;
   onProgress?: (msg: string) => void;
 }
 
@@ -112,14 +114,52 @@ async function configOf(ck: TensorStore, path: string): Promise<Record<string, u
 
 type Forward = (l: LoadedLayer, x: Float32Array, T: number, forced?: Routed) => Promise<ForwardResult>;
 
+/**
+ * What verify holds beside its weight pieces, measured on a 1.7 GB bf16 Mixtral-shaped pair (2
+ * cores): the CPU forward (node, the WebAssembly pool, activations, reads) about 150 MiB; WebGPU on
+ * a CPU adapter (Dawn with lavapipe, whose "GPU" buffers and compiled shaders are host memory) about
+ * 330 MiB even with 4 MiB pieces; a real GPU keeps only its uploads in flight in host memory.
+ */
+const BASE_MIB = { cpu: 150, 'cpu-adapter': 330, gpu: 200 } as const;
+const MIB = 2 ** 20;
+
+/**
+ * The weight piece (CPU ring chunk, GPU upload piece) that keeps `backend` under `--max-memory`:
+ * about six are alive at once (the CPU ring of 3 and its reads ahead, two GPU uploads in flight and
+ * their staging copies). Undefined: the budget cannot hold that backend.
+ */
+function pieceFor(maxMemory: number, backend: keyof typeof BASE_MIB): number | undefined {
+  const piece = Math.min(backend === 'gpu' ? 128 * MIB : 32 * MIB, Math.floor((maxMemory - BASE_MIB[backend] * MIB) / 6 / MIB) * MIB);
+  return piece >= MIB ? piece : undefined;
+}
+
+/** The CPU forward's piece under `--max-memory`, or the one-line refusal of a budget below what verify needs at all. */
+function cpuPiece(maxMemory: number | undefined): number | undefined {
+  if (maxMemory === undefined) return undefined;
+  const p = pieceFor(maxMemory, 'cpu');
+  if (p === undefined)
+    throw new MoekitError(
+      'usage',
+      `--max-memory ${Math.round(maxMemory / MIB)} MiB is below what verify needs (about ${BASE_MIB.cpu + 6} MiB with the CPU forward)`,
+    );
+  return p;
+}
+
 /** The forward to run: the CPU reference, or WebGPU (and its adapter's name). */
 async function makeForward(opts: VerifyOptions, progress: (m: string) => void): Promise<{ forward: Forward; adapter?: string; fallback?: string }> {
-  const cpu: Forward = (l, x, T, forced) => withBlockNorms(l.weights, l.facts, x, T, forced, (w, xe, f) => forwardFast(w, l.facts, xe, T, f));
+  const piece = cpuPiece(opts.maxMemory);
+  const cpu: Forward = (l, x, T, forced) => withBlockNorms(l.weights, l.facts, x, T, forced, (w, xe, f) => forwardFast(w, l.facts, xe, T, f, piece));
   if (opts.cpu) return { forward: cpu };
+  // a WebGPU device alone (Dawn, and lavapipe's host-memory "GPU") outgrows a small budget before any piece is sized
+  if (opts.maxMemory !== undefined && opts.maxMemory < (BASE_MIB['cpu-adapter'] + 6) * MIB && !opts.gpu) {
+    const fallback = `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below the ${BASE_MIB['cpu-adapter'] + 6} MiB a WebGPU device may need: running the CPU forward instead (the same check)`;
+    progress(fallback);
+    return { forward: cpu, fallback };
+  }
   const { getGpu } = await import('../gpu/device.js');
-  let adapter: string;
+  let gpu: Awaited<ReturnType<typeof getGpu>>;
   try {
-    adapter = (await getGpu()).adapterName;
+    gpu = await getGpu();
   } catch (e) {
     // no GPU, no failure: the CPU forward checks the same thing (--gpu makes a missing adapter an error)
     if (opts.gpu || !(e instanceof MoekitError) || e.code !== 'gpu') throw e;
@@ -127,6 +167,13 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
     progress(fallback);
     return { forward: cpu, fallback };
   }
+  const adapter = gpu.adapterName;
+  const gpuPiece = opts.maxMemory === undefined ? undefined : pieceFor(opts.maxMemory, gpu.fallback ? 'cpu-adapter' : 'gpu');
+  if (opts.maxMemory !== undefined && gpuPiece === undefined)
+    throw new MoekitError(
+      'usage',
+      `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below what WebGPU on ${adapter} needs (about ${BASE_MIB[gpu.fallback ? 'cpu-adapter' : 'gpu'] + 6} MiB); leave out --gpu to run the CPU forward`,
+    );
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
   // routing rules the router kernel does not implement (PhiMoE's sparsemixer, DeepSeek-V2's max group score, DBRX's p-norm,
@@ -136,7 +183,7 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   return {
     forward: async (l, x, T, forced) =>
       withBlockNorms(l.weights, l.facts, x, T, forced ?? (await route(l, x, T)), (w, xe, f) =>
-        forwardGpu(w, l.facts, xe, T, { maxBinding: opts.maxBinding, forced: f }),
+        forwardGpu(w, l.facts, xe, T, { maxBinding: opts.maxBinding, forced: f, pieceBytes: gpuPiece }),
       ),
     adapter,
   };
