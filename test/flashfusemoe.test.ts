@@ -113,4 +113,60 @@ describe('flashfusemoe as users save it', () => {
     ok(['merge', sh, '-o', m]);
     await sameTensors(m, join(FIXTURES, 'qwen3_moe'));
   });
+
+  it("the user's own EP rank files (no manifest, no config.json) merge in rank order; files of another EP size or another model are refused", async () => {
+    const sh = out('ep2');
+    const own = out('own-ranks');
+    mkdirSync(own);
+    copyFileSync(join(sh, 'ep0-of-2', 'pytorch_model.bin'), join(own, 'rank0.pt'));
+    copyFileSync(join(sh, 'ep1-of-2', 'pytorch_model.bin'), join(own, 'rank1.pt'));
+    const cfg = ['--hf-config', join(FIXTURES, 'qwen3_moe', 'config.json')];
+    const m = out('own-merged');
+    ok(['merge', join(own, 'rank0.pt'), join(own, 'rank1.pt'), ...cfg, '--to', 'hf', '-o', m]);
+    await sameTensors(m, join(FIXTURES, 'qwen3_moe'));
+    expect(ok(['verify', m, '--reference', join(FIXTURES, 'qwen3_moe', 'reference.safetensors'), '--cpu']).stdout).toMatch(/forward-equal/);
+    // round-robin ranks, told so
+    const rr = out('ep2-rr');
+    ok(['shard', join(FIXTURES, 'qwen3_moe'), '--ep', '2', '--placement', 'round-robin', '--to', 'flashfusemoe', '--format', 'pt', '-o', rr]);
+    const mr = out('own-merged-rr');
+    ok([
+      'merge',
+      join(rr, 'ep0-of-2', 'pytorch_model.bin'),
+      join(rr, 'ep1-of-2', 'pytorch_model.bin'),
+      ...cfg,
+      '--placement',
+      'round-robin',
+      '--to',
+      'hf',
+      '-o',
+      mr,
+    ]);
+    await sameTensors(mr, join(FIXTURES, 'qwen3_moe'));
+    // two of an EP-4 sharding's four files: the count gives it away
+    const ep4 = out('ep4');
+    ok(['shard', join(FIXTURES, 'qwen3_moe'), '--ep', '4', '--to', 'flashfusemoe', '--format', 'pt', '-o', ep4]);
+    mkdirSync(out('ep4-own'));
+    for (const r of [0, 1]) copyFileSync(join(ep4, `ep${r}-of-4`, 'pytorch_model.bin'), join(out('ep4-own'), `rank${r}.pt`));
+    const bad = runCli(['merge', join(out('ep4-own'), 'rank0.pt'), join(out('ep4-own'), 'rank1.pt'), ...cfg, '-o', out('bad')]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(
+      /2 rank files × 2 experts = 4, but the router scores 8: give every EP rank's file in rank order \(these hold experts of an EP 4 sharding\)/,
+    );
+    // a rank of another model: same names, other bytes outside the experts
+    const sd = out('other-sd');
+    mkdirSync(sd);
+    const st = await openStore(join(sh, 'ep1-of-2'));
+    const entries = [];
+    for (const i of st.tensors.values()) {
+      const b = Buffer.from(await st.read(i));
+      if (i.name === 'model.norm.weight') b[0] = b[0]! ^ 1;
+      entries.push({ name: i.name, dtype: i.dtype, shape: i.shape, source: bufferSource(b) });
+    }
+    await st.close();
+    await writeCheckpoint(sd, entries, { fsync: false });
+    const mix = runCli(['merge', join(own, 'rank0.pt'), sd, ...cfg, '-o', out('bad2')]);
+    expect(mix.code).toBe(2);
+    expect(mix.stderr).toMatch(/'model\.norm\.weight' differs between .*rank0\.pt and .*other-sd: tensors outside the experts are the same on every EP rank/);
+    expect(existsSync(out('bad')) || existsSync(out('bad2'))).toBe(false);
+  });
 });

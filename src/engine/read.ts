@@ -361,6 +361,8 @@ interface Match {
 export interface ReadOptions {
   /** order of fused gate/up in the source (default: moekit.json's, else the spec's default) */
   gateUp?: GateUpOrder;
+  /** an expert-parallel rank's file: its layers hold a part of the experts config.json names */
+  localExperts?: boolean;
 }
 
 /** Read the expert tensors of a checkpoint in layout `spec` into the canonical IR. */
@@ -402,7 +404,7 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
   }
   if (out.length === 0) throw new MoekitError('unsupported', `no tensors of layout '${spec.id}' found`);
   // a model folder (not a moekit rank, whose moekit.json names its subset) holds every expert config.json names
-  const want = meta.config && !meta.moekit ? familyFacts(meta.config).numExperts : 0;
+  const want = meta.config && !meta.moekit && !ropts.localExperts ? familyFacts(meta.config).numExperts : 0;
   for (const l of out)
     if (want && l.experts.length !== want)
       throw new MoekitError(
