@@ -3,7 +3,7 @@
 // sha256 torch's own dcp_to_torch_save gave each tensor, and transformers' block outputs.
 import { createHash } from 'node:crypto';
 import { copyFileSync, cpSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openStore } from '../src/store/registry.js';
 import { unpickle, torchPersistentLoad, PyObj, type PyDict, TorchTensor } from '../src/store/torch/pickle.js';
@@ -418,6 +418,44 @@ describe('writing Megatron-Core torch_dist (convert --to megatron --format torch
         await theirs.close();
       }
       const back = join(tmp.dir, `legacy-${v}-hf`);
+      expect(runCli(['convert', out, '--to', 'hf', '-o', back]).code).toBe(0);
+      expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, `mcore_torch_dist_${v}`, 'model.safetensors'))));
+    });
+
+  for (const v of ['plain', 'shared'])
+    it(`shard --ep 2 --to megatron --format torch_dist (${v}): every stacked slot and object in the rank file Megatron's own EP=2 save put it in`, async () => {
+      const out = join(tmp.dir, `dist-ep2-${v}`);
+      const r = runCli([
+        'shard',
+        join(TORCH, `mcore_torch_dist_${v}`, 'model.safetensors'),
+        '--ep',
+        '2',
+        '--to',
+        'megatron',
+        '--format',
+        'torch_dist',
+        '-o',
+        out,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const { DcpStore } = await import('../src/store/torch/dcp.js');
+      const ours = await DcpStore.open(join(out, 'iter_0000001'));
+      const theirs = await DcpStore.open(join(TORCH, `mcore_torch_dist_${v}_ep2`, 'iter_0000001'));
+      type Chunked = { chunks: { at: number[]; file: string }[] };
+      const placement = (s: typeof ours) => {
+        const m = new Map<string, string>();
+        // by tensor and stacked slot ([layer] or [layer, expert]): moekit cuts fused QKV into more chunks than Megatron
+        for (const n of s.names())
+          for (const c of (s.info(n) as unknown as Chunked).chunks) m.set(`${n}@${c.at.slice(0, n.includes('.experts.experts.') ? 2 : 1)}`, basename(c.file));
+        for (const [k, o] of s.objects) if (!k.startsWith('rng_state')) m.set(k, basename(o.file));
+        return [...m].sort();
+      };
+      expect(placement(ours)).toEqual(placement(theirs));
+      expect(new Set(placement(ours).map(([, f]) => f))).toEqual(new Set(['__0_0.distcp', '__1_0.distcp']));
+      for (const n of theirs.names()) expect(Buffer.compare(await ours.read(n), await theirs.read(n)), n).toBe(0);
+      await ours.close();
+      await theirs.close();
+      const back = join(tmp.dir, `dist-ep2-${v}-hf`);
       expect(runCli(['convert', out, '--to', 'hf', '-o', back]).code).toBe(0);
       expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(TORCH, `mcore_torch_dist_${v}`, 'model.safetensors'))));
     });

@@ -127,16 +127,12 @@ export function convertMegatron(src: string, o: WriteFlags & { to?: string; form
       (s) =>
         `${s.family} → Megatron legacy torch format, EP ${s.ep}: ${s.ranks.join(', ')}, ${s.tensors} tensors, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
     );
-  if (ep !== 1)
-    throw new MoekitError(
-      'usage',
-      'a torch_dist checkpoint holds every expert whatever the EP size (Megatron-Core reshards on load): write it with moekit convert',
-    );
+  // one checkpoint whatever the EP size (Megatron-Core reshards on load); with --ep each EP rank's experts in its own __<r>_0.distcp
   return runWrite(
     o,
-    (w) => writeMegatron(src, o.output, w),
+    (w) => writeMegatron(src, o.output, { ...w, ep }),
     (s) => `${s.family} → Megatron-Core torch_dist into ${s.destination}`,
     (s) =>
-      `${s.family} → Megatron-Core torch_dist: ${s.tensors} stacked tensors in ${s.chunks} chunks, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
+      `${s.family} → Megatron-Core torch_dist${ep > 1 ? `, EP ${ep}` : ''}: ${s.tensors} stacked tensors in ${s.chunks} chunks, ${human(s.bytes)}, ${s.seconds.toFixed(1)} s → ${s.destination}`,
   );
 }

@@ -15,7 +15,7 @@ interface CutFlags extends WriteFlags {
   placement?: 'contiguous' | 'round-robin';
   dense?: 'replicate' | 'rank0';
   rank?: number;
-  format?: 'safetensors' | 'torch' | 'pt';
+  format?: 'safetensors' | 'torch' | 'torch_dist' | 'pt';
 }
 
 function report(s: ShardSummary, json?: boolean): void {
@@ -65,8 +65,8 @@ export function registerShard(program: Command): void {
     .addOption(
       new Option(
         '--format <container>',
-        'safetensors rank folders (default); pt: each rank a torch.save of its state dict (pytorch_model.bin, what an EP rank of a framework without save code, e.g. flashfusemoe, torch.saves); torch with --to megatron: Megatron legacy iter_0000001/mp_rank_00_<r>/model_optim_rng.pt',
-      ).choices(['safetensors', 'pt', 'torch']),
+        'safetensors rank folders (default); pt: each rank a torch.save of its state dict (pytorch_model.bin, what an EP rank of a framework without save code, e.g. flashfusemoe, torch.saves); with --to megatron: torch (Megatron legacy iter_0000001/mp_rank_00_<r>/model_optim_rng.pt) or torch_dist (one Megatron-Core dist checkpoint whose EP rank r writes its experts into __<r>_0.distcp, as Megatron with EP N saves)',
+      ).choices(['safetensors', 'pt', 'torch', 'torch_dist']),
     )
     .description('cut a MoE checkpoint into expert-parallel (and expert-TP) rank checkpoints, streaming')
     .addHelpText(
@@ -85,13 +85,14 @@ export function registerShard(program: Command): void {
         '  moekit shard /models/Mixtral-8x7B --ep 8 --etp 2 --to te -o /ckpt/mixtral-ep8',
         '  moekit shard /models/ds --ep 8 --rank $SLURM_ARRAY_TASK_ID -o /ckpt/ds-ep8   # one job per rank',
         '  moekit shard /models/Mixtral-8x7B --ep 8 --to megatron --format torch -o /ckpt/mcore   # Megatron legacy per-rank files',
+        '  moekit shard /models/Mixtral-8x7B --ep 8 --to megatron --format torch_dist -o /ckpt/mcore   # dist checkpoint, __<r>_0.distcp per EP rank',
       ].join('\n'),
     )
     .action(async (src: string, o: CutFlags) => {
-      if (o.format === 'torch') {
+      if (o.format === 'torch' || o.format === 'torch_dist') {
         if (o.etp > 1 || o.rank !== undefined || o.placement === 'round-robin')
-          throw new MoekitError('usage', '--format torch writes Megatron legacy rank files: contiguous experts, ETP 1, every rank in one run');
-        return convertMegatron(src, { ...o, format: 'torch' }, o.ep);
+          throw new MoekitError('usage', `--format ${o.format} writes Megatron's own EP checkpoints: contiguous experts, ETP 1, every rank in one run`);
+        return convertMegatron(src, { ...o, format: o.format }, o.ep);
       }
       const bar = progress(o.json || o.dryRun);
       const s = await shard(

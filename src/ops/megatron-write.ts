@@ -23,6 +23,9 @@ import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type DcpObjectOut, type DcpTensorOut, torchDtype, writeDcp } from '../store/torch/dcp-writer.js';
 import { tilingProblem } from '../store/torch/gather.js';
 import { FAMILIES, type HfEntry, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
+
+/** Megatron's keys of the routed experts (SequentialMLP): [layer, expert, …] stacked */
+const EXPERT_KEYS = 'decoder.layers.mlp.experts.experts.';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
 import type { WriteOptions } from './options.js';
@@ -147,7 +150,11 @@ function megatronItems(
   d: MegatronDims,
   args: PyOut,
   iteration: number,
+  ep = 1,
 ): { tensors: DcpTensorOut[]; objects: DcpObjectOut[]; bytes: number } {
+  // under expert parallelism each EP rank writes its own experts (`__<rank>_0.distcp`), rank 0 everything else
+  const perRank = d.E / ep;
+  const rankOf = (key: string, prefix: readonly number[]) => (key.startsWith(EXPERT_KEYS) ? Math.floor(prefix[1]! / perRank) : 0);
   const byKey = new Map<string, DcpTensorOut>();
   let bytes = 0;
   const extents = new Map<string, number[]>();
@@ -170,6 +177,7 @@ function megatronItems(
       out.chunks.push({
         offsets: at,
         sizes,
+        rank: rankOf(p.key, p.prefix),
         data: () => chunkBytes(store.chunks(t, undefined, 2, p.rowAt * rowBytes, (p.rowAt + p.rows) * rowBytes)),
       });
     }
@@ -183,10 +191,11 @@ function megatronItems(
     if (why) throw new MoekitError('internal', `${t.fqn}: the chunks do not tile [${t.shape}]: ${why}`);
   }
   const objects: DcpObjectOut[] = [];
-  const extra = (key: string, shard: string) => objects.push({ fqn: `${key.replace(/\.weight$/, '')}._extra_state/shard_${shard}`, value: [null] });
+  const extra = (key: string, shard: string, rank = 0) =>
+    objects.push({ fqn: `${key.replace(/\.weight$/, '')}._extra_state/shard_${shard}`, value: [null], rank });
   for (let l = 0; l < d.L; l++) {
     for (const k of [KEYS.proj[0], KEYS.qkv[0]]) extra(k, `${l}_${d.L}`);
-    for (let e = 0; e < d.E; e++) for (const k of [KEYS.fc1[0], KEYS.fc2[0]]) extra(k, `${l}.${e}_${d.L}.${d.E}`);
+    for (let e = 0; e < d.E; e++) for (const k of [KEYS.fc1[0], KEYS.fc2[0]]) extra(k, `${l}.${e}_${d.L}.${d.E}`, Math.floor(e / perRank));
     if (d.Is !== undefined) for (const k of [KEYS.sharedFc1[0], KEYS.sharedFc2[0]]) extra(k, `${l}_${d.L}`);
   }
   const common = py.obj({
@@ -239,7 +248,7 @@ export async function megatronRoot(tmp: string, iteration: number, config: Recor
 export async function writeMegatron(
   src: string,
   dst: string,
-  opts: WriteOptions & { iteration?: number; extraArgs?: Record<string, PyOut> },
+  opts: WriteOptions & { iteration?: number; extraArgs?: Record<string, PyOut>; ep?: number },
 ): Promise<MegatronWriteSummary> {
   const t0 = Date.now();
   dst = resolve(dst);
@@ -248,9 +257,19 @@ export async function writeMegatron(
   try {
     const { config, family, d } = await megatronSource(store, src, 'torch_dist');
     const dtype = store.info('model.embed_tokens.weight').dtype;
-    const { tensors, objects, bytes: total } = megatronItems(store, d, argsOf(d, config, dtype, iteration, opts.extraArgs), iteration);
+    const ep = opts.ep ?? 1;
+    if (!Number.isInteger(ep) || ep < 1 || d.E % ep !== 0)
+      throw new MoekitError('usage', `--ep ${ep}: ${d.E} experts do not split evenly over ${ep} ranks (torch_dist keeps Megatron's contiguous placement)`);
+    const args = argsOf(d, config, dtype, iteration, { ...(ep > 1 ? { expert_model_parallel_size: ep } : {}), ...opts.extraArgs });
+    const { tensors, objects, bytes: total } = megatronItems(store, d, args, iteration, ep);
     const iter = `iter_${String(iteration).padStart(7, '0')}`;
-    const files = ['latest_checkpointed_iteration.txt', 'config.json', `${iter}/metadata.json`, `${iter}/.metadata`, `${iter}/__0_0.distcp`];
+    const files = [
+      'latest_checkpointed_iteration.txt',
+      'config.json',
+      `${iter}/metadata.json`,
+      `${iter}/.metadata`,
+      ...Array.from({ length: ep }, (_, r) => `${iter}/__${r}_0.distcp`),
+    ];
     const base = {
       source: src,
       destination: dst,

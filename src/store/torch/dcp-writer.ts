@@ -24,11 +24,13 @@ export interface DcpTensorOut {
   fqn: string;
   dtype: Dtype;
   shape: number[];
-  chunks: { offsets: number[]; sizes: number[]; data: () => AsyncIterable<Uint8Array> }[];
+  /** `rank`: the rank whose data file (`__<rank>_0.distcp`) holds the chunk (default 0), as each rank of a distributed save writes its own */
+  chunks: { offsets: number[]; sizes: number[]; data: () => AsyncIterable<Uint8Array>; rank?: number }[];
 }
 export interface DcpObjectOut {
   fqn: string;
   value: PyOut;
+  rank?: number;
 }
 
 const TORCH_DTYPE: Partial<Record<Dtype, [dtype: string, storage: string]>> = {
@@ -105,7 +107,7 @@ const props = (d: Dtype): PyOut =>
     ),
   );
 
-/** Write a DCP folder into `dir`; `onBytes` hears of each chunk written. */
+/** Write a DCP folder into `dir` (data in `__<rank>_0.distcp`, rank 0 unless an item says); `onBytes` hears of each chunk written. */
 export async function writeDcp(
   dir: string,
   tensors: DcpTensorOut[],
@@ -113,43 +115,55 @@ export async function writeDcp(
   opts: { checkpointId: string; fsync?: boolean; onBytes?: (n: number) => void },
 ): Promise<number> {
   await mkdir(dir, { recursive: true });
-  const file = '__0_0.distcp';
-  const fh = await open(join(dir, file), 'w');
   const sdm: [PyOut, PyOut][] = [];
   const storage: [PyOut, PyOut][] = [];
-  const info = (start: number, end: number): PyOut =>
+  const files = new Map<number, { name: string; fh: FileHandle; sink: FileSink; tensors: number }>();
+  const fileOf = async (rank = 0) => {
+    let f = files.get(rank);
+    if (!f) {
+      const name = `__${rank}_0.distcp`;
+      const fh = await open(join(dir, name), 'w');
+      files.set(rank, (f = { name, fh, sink: new FileSink(fh), tensors: 0 }));
+    }
+    return f;
+  };
+  const info = (file: string, start: number, end: number): PyOut =>
     py.newobj(py.global('torch.distributed.checkpoint.filesystem', '_StorageInfo'), py.obj({ relative_path: file, offset: start, length: end - start }));
   const index = (fqn: string, offsets?: number[]): PyOut =>
     py.newobj(py.global(M, 'MetadataIndex'), py.obj(offsets ? { fqn, index: null, offset: size(offsets) } : { fqn, index: null }));
-  const sink = new FileSink(fh);
   try {
+    await fileOf(0); // rank 0's file always exists
     for (const o of objects) {
-      const start = sink.pos;
-      await writeTorchSave(sink, o.value);
+      const f = await fileOf(o.rank);
+      const start = f.sink.pos;
+      await writeTorchSave(f.sink, o.value);
       sdm.push([o.fqn, py.newobj(py.global(M, 'BytesStorageMetadata'), null)]);
-      storage.push([index(o.fqn), info(start, sink.pos)]);
+      storage.push([index(o.fqn), info(f.name, start, f.sink.pos)]);
     }
     for (const t of tensors) {
       const chunks: PyOut[] = [];
       for (const c of t.chunks) {
-        const start = sink.pos;
+        const f = await fileOf(c.rank);
+        const start = f.sink.pos;
         const counted = async function* () {
           for await (const b of c.data()) {
             opts.onBytes?.(b.length);
             yield b;
           }
         };
-        await writeTorchSave(sink, tensorRef('0', t.dtype, c.sizes), [counted()]);
+        await writeTorchSave(f.sink, tensorRef('0', t.dtype, c.sizes), [counted()]);
+        f.tensors++;
         chunks.push(py.newobj(py.global(M, 'ChunkStorageMetadata'), py.obj({ offsets: size(c.offsets), sizes: size(c.sizes) })));
-        storage.push([index(t.fqn, c.offsets), info(start, sink.pos)]);
+        storage.push([index(t.fqn, c.offsets), info(f.name, start, f.sink.pos)]);
       }
       sdm.push([t.fqn, py.newobj(py.global(M, 'TensorStorageMetadata'), py.obj({ properties: props(t.dtype), size: size(t.shape), chunks }))]);
     }
-    if (opts.fsync) await fh.sync();
+    if (opts.fsync) for (const f of files.values()) await f.fh.sync();
   } finally {
-    await fh.close();
+    for (const f of files.values()) await f.fh.close();
   }
-  runEvents.emit('file', { name: file, bytes: sink.pos, tensors: tensors.length });
+  for (const f of [...files.values()].sort((a, b) => a.name.localeCompare(b.name)))
+    runEvents.emit('file', { name: f.name, bytes: f.sink.pos, tensors: f.tensors });
   const meta = py.newobj(
     py.global(M, 'Metadata'),
     py.obj({
@@ -167,5 +181,5 @@ export async function writeDcp(
   } finally {
     await mh.close();
   }
-  return sink.pos;
+  return [...files.values()].reduce((a, f) => a + f.sink.pos, 0);
 }
