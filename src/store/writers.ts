@@ -6,14 +6,22 @@
  * under transformers' `pytorch_model.bin` names; torch.load(weights_only=True) reads it).
  */
 import { MoekitError } from '../errors.js';
-import { planShards, shardFileName, writeFiles, type FileEntries, type WriteOptions, type WriteResult } from './safetensors/writer.js';
+import {
+  planShards,
+  shardFileName,
+  tempName,
+  writeFiles,
+  writeIndexTemp,
+  type FileEntries,
+  type WriteOptions,
+  type WriteResult,
+} from './safetensors/writer.js';
 import { chunkBytes } from './pool.js';
 import { FileSink, tensorRef, writeDcp, writeTorchSave } from './torch/dcp-writer.js';
 import { type PyOut, py } from './torch/pickler.js';
 import { byteSize } from './dtypes.js';
 import { runEvents } from '../output/events.js';
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /** A plain DCP folder of the planned tensors: one chunk per tensor, in `__0_0.distcp` (what `dcp.save` of the state dict writes on one rank). */
@@ -55,7 +63,7 @@ async function writeTorchSaveFiles(dir: string, files: FileEntries[], index: str
   let totalSize = 0;
   try {
     for (const f of files) {
-      const tmp = join(dir, `.${f.name}.moekit-tmp-${randomBytes(4).toString('hex')}`);
+      const tmp = join(dir, tempName(f.name));
       temps.push({ tmp, final: join(dir, f.name) });
       const fh = await open(tmp, 'w');
       try {
@@ -80,16 +88,7 @@ async function writeTorchSaveFiles(dir: string, files: FileEntries[], index: str
       }
       runEvents.emit('file', { name: f.name, bytes: totalSize, tensors: f.entries.length });
     }
-    if (index) {
-      const tmp = join(dir, `.${index}.moekit-tmp-${randomBytes(4).toString('hex')}`);
-      temps.push({ tmp, final: join(dir, index) });
-      const sorted = Object.fromEntries(
-        Object.keys(weightMap)
-          .sort()
-          .map((k) => [k, weightMap[k]!]),
-      );
-      await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sorted }, null, 2) + '\n');
-    }
+    if (index) temps.push(await writeIndexTemp(dir, index, weightMap, totalSize));
     for (const t of temps) await rename(t.tmp, t.final);
   } catch (e) {
     await Promise.all(temps.map((t) => unlink(t.tmp).catch(() => undefined)));

@@ -38,7 +38,22 @@ export interface WriteResult {
   weightMap: Record<string, string>;
 }
 
-const tempName = (name: string) => `.${name}.moekit-tmp-${randomBytes(4).toString('hex')}`;
+/** The hidden temp name a file is written under before its rename into place. */
+export const tempName = (name: string) => `.${name}.moekit-tmp-${randomBytes(4).toString('hex')}`;
+
+/** The HF index (`{metadata: {total_size}, weight_map}`, names sorted) written under a temp name in `dir`; returns it for the final rename. */
+export async function writeIndexTemp(
+  dir: string,
+  index: string,
+  weightMap: Record<string, string>,
+  totalSize: number,
+): Promise<{ tmp: string; final: string }> {
+  const tmp = join(dir, tempName(index));
+  const sorted: Record<string, string> = Object.create(null);
+  for (const k of Object.keys(weightMap).sort()) sorted[k] = weightMap[k]!;
+  await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sorted }, null, 2) + '\n');
+  return { tmp, final: join(dir, index) };
+}
 
 /** Build the header bytes (8-byte LE length + JSON padded with spaces to a multiple of 8). */
 export function encodeHeader(entries: { name: string; dtype: Dtype; shape: number[] }[], metadata?: Record<string, string>): Buffer {
@@ -200,13 +215,7 @@ export async function writeFiles(dir: string, files: FileEntries[], index: strin
       closing.push(finish);
     }
     await Promise.all(closing.splice(0));
-    if (index) {
-      const tmp = join(dir, tempName(index));
-      temps.push({ tmp, final: join(dir, index) });
-      const sortedMap: Record<string, string> = Object.create(null);
-      for (const k of Object.keys(weightMap).sort()) sortedMap[k] = weightMap[k]!;
-      await writeFile(tmp, JSON.stringify({ metadata: { total_size: totalSize }, weight_map: sortedMap }, null, 2) + '\n');
-    }
+    if (index) temps.push(await writeIndexTemp(dir, index, weightMap, totalSize));
     for (const t of temps) await rename(t.tmp, t.final);
   } catch (e) {
     await Promise.allSettled(closing);
