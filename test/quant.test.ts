@@ -301,6 +301,116 @@ describe('moekit quant --format fp8-block', () => {
   });
 });
 
+describe('block-FP8 decode and encode on worker threads', () => {
+  /** Run `f` with MOEKIT_QUANT_THREADS set to `n`, restoring it after. */
+  async function withThreads<R>(n: number, f: () => Promise<R>): Promise<R> {
+    const old = process.env.MOEKIT_QUANT_THREADS;
+    process.env.MOEKIT_QUANT_THREADS = String(n);
+    try {
+      return await f();
+    } finally {
+      if (old === undefined) delete process.env.MOEKIT_QUANT_THREADS;
+      else process.env.MOEKIT_QUANT_THREADS = old;
+    }
+  }
+  let seed = 987654321;
+  const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  /** f32 values over many binades, with zeros, -0, huge values, ±inf and an all-zero block. */
+  const values = (n: number, cols: number) =>
+    Float32Array.from({ length: n }, (_, i) => {
+      if (i % cols < 128 && i < 128 * cols) return 0;
+      if (i === 300 * cols + 500 || i === 300 * cols + 501) return i % 2 ? Number.NEGATIVE_INFINITY : Number.POSITIVE_INFINITY; // a block with an infinite amax
+      const r = rand();
+      if (r < 0.01) return -0;
+      if (r < 0.02) return (rand() - 0.5) * 1e6;
+      return (rand() - 0.5) * 2 ** Math.floor(rand() * 40 - 30);
+    });
+  // every read covers at least MIN_PARALLEL elements, so the worker path is the one taken with 3 threads
+  const ranges = (nbytes: number, unit: number) => [
+    [0, nbytes],
+    [unit * 5 + 7, nbytes - unit * 3 - 11],
+    [unit * 130, unit * 700],
+  ];
+  /** The bytes of every range, read plainly, into a shared buffer, and into a shared buffer at an odd offset. */
+  async function readsOf(store: { read(t: string, s?: number, e?: number, into?: Buffer): Promise<Buffer> }, name: string, nbytes: number, unit: number) {
+    const got: Buffer[] = [];
+    for (const [a, b] of ranges(nbytes, unit)) {
+      got.push(Buffer.from(await store.read(name, a, b)));
+      const sab = Buffer.from(new SharedArrayBuffer(b! - a! + 8));
+      got.push(Buffer.from(await store.read(name, a, b, sab)));
+      got.push(Buffer.from(await store.read(name, a, b, sab.subarray(2))));
+    }
+    return got;
+  }
+
+  it('quant: the same codes and scales with 1 and 3 threads (BF16, F16, F32 sources; partial blocks; odd ranges and buffers)', async () => {
+    const { Fp8QuantStore } = await import('../src/store/quantize.js');
+    const { MIN_PARALLEL } = await import('../src/quant/fp8-pool.js');
+    const dir = out('par-q');
+    const [rows, cols] = [1000, 1030];
+    expect(rows * cols).toBeGreaterThan(2 * MIN_PARALLEL);
+    const f = values(rows * cols, cols);
+    const { castFloat } = await import('../src/engine/cast.js');
+    const f32b = new Uint8Array(f.buffer);
+    const tensors: Raw[] = (['BF16', 'F16', 'F32'] as const).map((dt, k) => ({
+      name: `model.layers.0.mlp.experts.${k}.up_proj.weight`,
+      dtype: dt,
+      shape: [rows, cols],
+      data: new Uint8Array(castFloat(f32b, 'F32', dt)),
+    }));
+    await writeAll(dir, tensors);
+    for (const block of [128, 48]) {
+      const runs: Buffer[][] = [];
+      for (const n of [1, 3])
+        runs.push(
+          await withThreads(n, async () => {
+            const q = new Fp8QuantStore(await openStore(dir), block);
+            const got: Buffer[] = [];
+            for (const x of tensors) {
+              got.push(...(await readsOf(q, x.name, rows * cols, cols)));
+              got.push(Buffer.from(await q.read(`${x.name}_scale_inv`)));
+            }
+            await q.close();
+            return got;
+          }),
+        );
+      expect(runs[1]!.length).toBe(runs[0]!.length);
+      for (const [i, b] of runs[0]!.entries()) expect(b.equals(runs[1]![i]!), `block ${block}, read ${i}`).toBe(true);
+    }
+  });
+
+  it('dequant: the same bf16 / f16 / f32 bytes with 1 and 3 threads (every code incl. NaN, stacked weights, partial blocks, odd ranges)', async () => {
+    const dir = out('par-dq');
+    const codes = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(rand() * 256));
+    const scales = (n: number) => new Uint8Array(Float32Array.from({ length: n }, () => rand() * 2 ** Math.floor(rand() * 20 - 10)).buffer);
+    const tensors: Raw[] = [
+      { name: 'a.weight', dtype: 'F8_E4M3', shape: [1000, 1030], data: codes(1000 * 1030) },
+      { name: 'a.weight_scale_inv', dtype: 'F32', shape: [8, 9], data: scales(72) },
+      { name: 'b.weight', dtype: 'F8_E4M3', shape: [3, 300, 520], data: codes(3 * 300 * 520) },
+      { name: 'b.weight_scale_inv', dtype: 'F32', shape: [3, 3, 5], data: scales(45) },
+    ];
+    await writeAll(dir, tensors);
+    for (const dtype of ['BF16', 'F16', 'F32'] as const) {
+      const runs: Buffer[][] = [];
+      for (const n of [1, 3])
+        runs.push(
+          await withThreads(n, async () => {
+            const s = await openStore(dir);
+            const dq = new DequantStore(s, (await detectScheme(s))!, dtype);
+            const got: Buffer[] = [];
+            for (const name of ['a.weight', 'b.weight']) {
+              const info = dq.info(name);
+              got.push(...(await readsOf(dq, name, info.nbytes, info.shape.at(-1)! * (dtype === 'F32' ? 4 : 2))));
+            }
+            await s.close();
+            return got;
+          }),
+        );
+      for (const [i, b] of runs[0]!.entries()) expect(b.equals(runs[1]![i]!), `${dtype} read ${i}`).toBe(true);
+    }
+  });
+});
+
 describe('convert keeps block-FP8 experts quantized: their scale blocks move with them', () => {
   const byName = (ts: Raw[]) => new Map(ts.map((x) => [x.name, x]));
   const same = (a: Raw[], b: Raw[]) => {

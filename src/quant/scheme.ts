@@ -5,6 +5,7 @@
  *     integrations/finegrained_fp8.py): `W` F8_E4M3 (or E5M2) [out, in] + `W_scale_inv` [⌈out/b0⌉,
  *     ⌈in/b1⌉] (F32/BF16, or U8 read as E8M0); w = fp8 · scale_inv[i / b0, j / b1]; partial last
  *     blocks. `*.activation_scale` / `*.input_scale` (static activation scales) are dropped.
+ *     Large reads are decoded on worker threads (fp8-pool.ts), the same bytes.
  *   - mxfp4 (GPT-OSS; transformers integrations/mxfp4.py convert_moe_packed_tensors):
  *     `P_blocks` U8 [E, R, G, 16] + `P_scales` U8 [E, R, G] (E8M0) → `P` [E, G·32, R] (transposed
  *     back to HF's [E, in, out]).
@@ -20,6 +21,7 @@ import { castFloat, toFloat32 } from '../engine/cast.js';
 import { dtypeSize, numel, type FloatDtype } from '../store/dtypes.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { E4M3, E5M2, E8M0, unpackE2M1, unpackInt4 } from './formats.js';
+import { decodeParallel, fp8Threads, isShared, MIN_PARALLEL, withShared } from './fp8-pool.js';
 
 export type QuantMethod = 'fp8-block' | 'mxfp4' | 'int4-pack' | 'nvfp4';
 
@@ -34,8 +36,11 @@ export interface QGroup {
   unit: number;
   /** units [u0, u1) as f32 */
   decode(u0: number, u1: number): Promise<Float32Array>;
-  /** units [u0, u1) straight in `dtype` (the same values as decode + cast, without the f32 pass), where a scheme has it */
-  decodeAs?(u0: number, u1: number, dtype: FloatDtype): Promise<Buffer>;
+  /**
+   * units [u0, u1) straight in `dtype` (the same values as decode + cast, without the f32 pass),
+   * where a scheme has it; into `into` (exactly their bytes, aligned for `dtype`) when given
+   */
+  decodeAs?(u0: number, u1: number, dtype: FloatDtype, into?: Buffer): Promise<Buffer>;
   /** e.g. "blocks 128×128" */
   detail: string;
 }
@@ -67,6 +72,89 @@ async function scalesOf(store: TensorStore, t: TensorInfo, e0 = 0, e1 = numel(t.
   return s;
 }
 
+/** What the block-FP8 decode of a weight needs: its tensors, block size and scale grid. */
+interface Fp8Weight {
+  store: TensorStore;
+  w: TensorInfo;
+  sc: TensorInfo;
+  block: [number, number];
+  out: number;
+  inn: number;
+  grid: readonly [number, number];
+  lut: Float32Array;
+}
+
+/** Row r of the flattened [B·out, in] weight → its row of scales in the flattened [B·⌈out/b0⌉, ⌈in/b1⌉] grid. */
+const scaleRowOf = (f: Fp8Weight, r: number) => Math.floor(r / f.out) * f.grid[0] + Math.floor((r % f.out) / f.block[0]);
+
+/** Per scale, the 256 values code · scale in `dtype` (row-major by scale): the lookup tables of a read. */
+function fp8Tables(lut: Float32Array, s: Float32Array, dtype: FloatDtype): Buffer {
+  const t32 = new Float32Array(s.length * 256);
+  for (let k = 0; k < s.length; k++) {
+    const scale = s[k]!;
+    for (let b = 0; b < 256; b++) t32[k * 256 + b] = lut[b]! * scale;
+  }
+  return dtype === 'F32' ? Buffer.from(t32.buffer) : castFloat(new Uint8Array(t32.buffer), 'F32', dtype);
+}
+
+/** Rows [r0, r1) decoded on the worker threads (quant/fp8-pool.ts) into dst; false when the read is small, one thread is asked for, or shared memory is short. */
+async function decodeInWorkers(f: Fp8Weight, r0: number, r1: number, s: Float32Array, s0: number, dtype: FloatDtype, dst: Buffer): Promise<boolean> {
+  const threads = fp8Threads();
+  const n = (r1 - r0) * f.inn;
+  if (threads < 2 || n < MIN_PARALLEL) return false;
+  const es = dtype === 'F32' ? 4 : 2;
+  const direct = isShared(dst, 4);
+  const tab = fp8Tables(f.lut, s, dtype);
+  const done = await withShared([n, tab.byteLength, direct ? 0 : n * es], async ([q, t, o]) => {
+    const got = await f.store.read(f.w, r0 * f.inn, r1 * f.inn, q!);
+    if (got.buffer !== q!.buffer || got.byteOffset !== q!.byteOffset) got.copy(q!);
+    tab.copy(t!);
+    const out = direct ? dst : o!;
+    const geom = { rows: f.out, b0: f.block[0], b1: f.block[1], g0: f.grid[0], gc: f.grid[1] };
+    await decodeParallel({ q: q!, tab: t!, out, es, n, inn: f.inn, ...geom, r0, s0 }, threads);
+    if (!direct) out.copy(dst);
+    return true;
+  });
+  return done === true;
+}
+
+/** Rows [r0, r1) in `dtype`: per block one 256-entry table of code → fp8 · scale in the output dtype, then one lookup per element. */
+async function fp8DecodeAs(f: Fp8Weight, r0: number, r1: number, dtype: FloatDtype, into?: Buffer): Promise<Buffer> {
+  const { store, w, sc, block, inn, grid, lut } = f;
+  const s0 = scaleRowOf(f, r0);
+  const s = await scalesOf(store, sc, s0 * grid[1], (scaleRowOf(f, r1 - 1) + 1) * grid[1]);
+  const n = (r1 - r0) * inn;
+  const wide = dtype === 'F32';
+  const dst = into ?? Buffer.alloc(n * (wide ? 4 : 2));
+  if (await decodeInWorkers(f, r0, r1, s, s0, dtype, dst)) return dst;
+  const q = await store.read(w, r0 * inn, r1 * inn);
+  const o32 = wide ? new Float32Array(dst.buffer, dst.byteOffset, n) : undefined;
+  const o16 = wide ? undefined : new Uint16Array(dst.buffer, dst.byteOffset, n);
+  const t32 = new Float32Array(256);
+  const t16 = new Uint16Array(256);
+  for (let r = r0; r < r1; ) {
+    // rows [r, e) share a row of scales
+    const e = Math.min(r1, Math.floor(r / f.out) * f.out + Math.min(f.out, (Math.floor((r % f.out) / block[0]) + 1) * block[0]));
+    const srow = (scaleRowOf(f, r) - s0) * grid[1];
+    for (let c = 0; c < grid[1]; c++) {
+      const scale = s[srow + c]!;
+      for (let k = 0; k < 256; k++) t32[k] = lut[k]! * scale;
+      if (!wide) {
+        const c16 = castFloat(new Uint8Array(t32.buffer), 'F32', dtype);
+        t16.set(new Uint16Array(c16.buffer, c16.byteOffset, 256));
+      }
+      const j1 = Math.min(inn, (c + 1) * block[1]);
+      for (let i = r; i < e; i++) {
+        const o = (i - r0) * inn;
+        if (o32) for (let j = c * block[1]; j < j1; j++) o32[o + j] = t32[q[o + j]!]!;
+        else for (let j = c * block[1]; j < j1; j++) o16![o + j] = t16[q[o + j]!]!;
+      }
+    }
+    r = e;
+  }
+  return dst;
+}
+
 function fp8Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, block: [number, number]): QGroup {
   // [out, in], or stacked [..., out, in] (a layout moekit re-laid out: its scales stack the same way)
   if (w.shape.length < 2) throw bad(`${w.name} is ${w.dtype} with shape ${shapeStr(w.shape)}; block FP8 weights are [out, in] (or stacked [..., out, in])`);
@@ -78,9 +166,7 @@ function fp8Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, block: [num
     throw bad(
       `${sc.name} has shape ${shapeStr(sc.shape)}, expected ${shapeStr(want)} for ${w.name} ${shapeStr(w.shape)} in blocks of ${block[0]}×${block[1]} (quantization_config.weight_block_size)`,
     );
-  const lut = w.dtype === 'F8_E5M2' ? E5M2 : E4M3;
-  // row r of the flattened [B·out, in] weight → its row of scales in the flattened [B·⌈out/b0⌉, ⌈in/b1⌉] grid
-  const scaleRow = (r: number) => Math.floor(r / out) * grid[0] + Math.floor((r % out) / block[0]);
+  const f: Fp8Weight = { store, w, sc, block, out, inn, grid, lut: w.dtype === 'F8_E5M2' ? E5M2 : E4M3 };
   return {
     method: 'fp8-block',
     name: w.name,
@@ -89,43 +175,10 @@ function fp8Group(store: TensorStore, w: TensorInfo, sc: TensorInfo, block: [num
     unit: inn,
     detail: `${w.dtype}, blocks ${block[0]}×${block[1]}`,
     async decode(r0, r1) {
-      const b = await this.decodeAs!(r0, r1, 'F32');
+      const b = await fp8DecodeAs(f, r0, r1, 'F32');
       return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
     },
-    // per block one 256-entry table of code → fp8 · scale in the output dtype, then one lookup per element
-    async decodeAs(r0, r1, dtype) {
-      const q = await store.read(w, r0 * inn, r1 * inn);
-      const s0 = scaleRow(r0);
-      const s = await scalesOf(store, sc, s0 * grid[1], (scaleRow(r1 - 1) + 1) * grid[1]);
-      const n = (r1 - r0) * inn;
-      const wide = dtype === 'F32';
-      const dst = Buffer.alloc(n * (wide ? 4 : 2));
-      const o32 = wide ? new Float32Array(dst.buffer, dst.byteOffset, n) : undefined;
-      const o16 = wide ? undefined : new Uint16Array(dst.buffer, dst.byteOffset, n);
-      const t32 = new Float32Array(256);
-      const t16 = new Uint16Array(256);
-      for (let r = r0; r < r1; ) {
-        // rows [r, e) share a row of scales
-        const e = Math.min(r1, Math.floor(r / out) * out + Math.min(out, (Math.floor((r % out) / block[0]) + 1) * block[0]));
-        const srow = (scaleRow(r) - s0) * grid[1];
-        for (let c = 0; c < grid[1]; c++) {
-          const scale = s[srow + c]!;
-          for (let k = 0; k < 256; k++) t32[k] = lut[k]! * scale;
-          if (!wide) {
-            const c16 = castFloat(new Uint8Array(t32.buffer), 'F32', dtype);
-            t16.set(new Uint16Array(c16.buffer, c16.byteOffset, 256));
-          }
-          const j1 = Math.min(inn, (c + 1) * block[1]);
-          for (let i = r; i < e; i++) {
-            const o = (i - r0) * inn;
-            if (o32) for (let j = c * block[1]; j < j1; j++) o32[o + j] = t32[q[o + j]!]!;
-            else for (let j = c * block[1]; j < j1; j++) o16![o + j] = t16[q[o + j]!]!;
-          }
-        }
-        r = e;
-      }
-      return dst;
-    },
+    decodeAs: (r0, r1, dtype, into) => fp8DecodeAs(f, r0, r1, dtype, into),
   };
 }
 

@@ -43,14 +43,16 @@ export class DequantStore extends DerivedStore {
     const u0 = Math.floor(start / unitBytes);
     const u1 = Math.ceil(stop / unitBytes);
     let bytes: Buffer;
-    if (g.decodeAs) bytes = await g.decodeAs(u0, u1, this.dtype);
+    // a read of whole units into an aligned buffer is decoded in place
+    const whole = into && start === u0 * unitBytes && stop === u1 * unitBytes && into.byteOffset % size === 0 && into.byteLength >= stop - start;
+    if (g.decodeAs) bytes = await g.decodeAs(u0, u1, this.dtype, whole ? into.subarray(0, stop - start) : undefined);
     else {
       const f = await g.decode(u0, u1);
       bytes = castFloat(new Uint8Array(f.buffer, f.byteOffset, f.byteLength), 'F32', this.dtype);
     }
     const part = bytes.subarray(start - u0 * unitBytes, stop - u0 * unitBytes);
     if (!into) return part;
-    part.copy(into);
+    if (part.buffer !== into.buffer || part.byteOffset !== into.byteOffset) part.copy(into);
     return into.subarray(0, part.byteLength);
   }
 

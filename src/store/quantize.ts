@@ -3,7 +3,8 @@
  * integrations/finegrained_fp8.py reads it): each selected 2-D weight `X.weight` [out, in] appears
  * as F8_E4M3 [out, in] plus `X.weight_scale_inv` F32 [⌈out/b⌉, ⌈in/b⌉], where per b×b block
  * scale_inv = amax / 448 (1 for an all-zero block) and q = E4M3(f32(w / scale_inv)) rounded to
- * nearest even, saturating. Reads are computed from the source's block rows on demand.
+ * nearest even, saturating. Reads are computed from the source's block rows on demand, large ones
+ * on worker threads (quant/fp8-pool.ts: the same bytes, every core).
  * By default the tensors the DeepSeek-V3 release quantizes: attention, expert and shared-expert
  * (and dense MLP) projections; never routers, norms, embeddings or lm_head. config() adds
  * `quantization_config` with `modules_to_not_convert` naming every other 2-D weight's module.
@@ -11,6 +12,7 @@
 import { toFloat32 } from '../engine/cast.js';
 import { MoekitError } from '../errors.js';
 import { E4M3_MAX, toE4M3 } from '../quant/formats.js';
+import { encodeParallel, fp8Threads, isShared, MIN_PARALLEL, withShared } from '../quant/fp8-pool.js';
 import type { FloatDtype } from './dtypes.js';
 import { dtypeSize, FLOAT_DTYPES } from './dtypes.js';
 import { DerivedStore } from './derived.js';
@@ -125,7 +127,13 @@ export class Fp8QuantStore extends DerivedStore {
     const B = this.block;
     if (w) {
       const b0 = Math.floor(Math.floor(start / w.inn) / B);
-      const { f, s, r0 } = await this.blockRows(w, b0, Math.ceil(Math.ceil(stop / w.inn) / B));
+      const b1 = Math.ceil(Math.ceil(stop / w.inn) / B);
+      const kept = await this.readParallel(w, b0, b1, start, out);
+      if (kept) {
+        this.keepScales(w, b0, kept);
+        return out;
+      }
+      const { f, s, r0 } = await this.blockRows(w, b0, b1);
       this.keepScales(w, b0, s);
       const nb = Math.ceil(w.inn / B);
       const inn = w.inn;
@@ -153,6 +161,33 @@ export class Fp8QuantStore extends DerivedStore {
     if (stop === info.nbytes) this.scaleRows.delete(tw.src.name);
     Buffer.from(s.buffer, s.byteOffset, s.byteLength).copy(out, 0, start - b0 * nb * 4, stop - b0 * nb * 4);
     return out;
+  }
+
+  /**
+   * Codes [start, start + out.length) of a weight, from its block rows [b0, b1), on the worker threads
+   * (quant/fp8-pool.ts, the same bytes as the loop in `read`): the scale_inv of those block rows, or
+   * undefined when the read is small, one thread is asked for, or shared memory is short (`read`
+   * then computes them itself).
+   */
+  private async readParallel(w: Target, b0: number, b1: number, start: number, out: Buffer): Promise<Float32Array | undefined> {
+    const threads = fp8Threads();
+    const r0 = b0 * this.block;
+    const rows = Math.min(w.out, b1 * this.block) - r0;
+    if (threads < 2 || rows * w.inn < MIN_PARALLEL) return undefined;
+    const dtype = w.src.dtype as 'BF16' | 'F16' | 'F32';
+    const es = dtypeSize(dtype);
+    const nb = Math.ceil(w.inn / this.block);
+    const direct = isShared(out, 1);
+    const sizes = [rows * w.inn * es, (b1 - b0) * nb * 4, direct ? 0 : out.byteLength];
+    return withShared(sizes, async ([src, s, qs]) => {
+      const got = await this.inner.read(w.src, r0 * w.inn * es, (r0 + rows) * w.inn * es, src!);
+      if (got.buffer !== src!.buffer || got.byteOffset !== src!.byteOffset) got.copy(src!);
+      const q = direct ? out : qs!;
+      const nan = await encodeParallel({ src: src!, dtype, rows, inn: w.inn, B: this.block, s: s!, q, q0: start - r0 * w.inn }, threads);
+      if (nan) throw new MoekitError('bad-input', `${w.src.name} holds NaN; it cannot be quantized`);
+      if (!direct) q.copy(out);
+      return new Float32Array(s!.buffer, s!.byteOffset, s!.byteLength / 4).slice();
+    });
   }
 
   /** Keep the scales a weight read computed for block rows from b0, so its scale tensor need not read the weight again. */
