@@ -66,6 +66,7 @@ async function writeTorchSaveFiles(dir: string, files: FileEntries[], index: str
       const tmp = join(dir, tempName(f.name));
       temps.push({ tmp, final: join(dir, f.name) });
       const fh = await open(tmp, 'w');
+      const sink = new FileSink(fh);
       try {
         const dict = py.odict(f.entries.map((e, i): [PyOut, PyOut] => [e.name, tensorRef(String(i), e.dtype, e.shape)]));
         const storages = f.entries.map((e) =>
@@ -77,7 +78,7 @@ async function writeTorchSaveFiles(dir: string, files: FileEntries[], index: str
             opts.onProgress?.(bytes, ++count);
           })(),
         );
-        await writeTorchSave(new FileSink(fh), dict, storages, f.name.replace(/\.bin$/, ''));
+        await writeTorchSave(sink, dict, storages, f.name.replace(/\.bin$/, ''));
         if (opts.fsync !== false) await fh.sync();
       } finally {
         await fh.close();
@@ -86,7 +87,7 @@ async function writeTorchSaveFiles(dir: string, files: FileEntries[], index: str
         weightMap[e.name] = f.name;
         totalSize += byteSize(e.dtype, e.shape);
       }
-      runEvents.emit('file', { name: f.name, bytes: totalSize, tensors: f.entries.length });
+      runEvents.emit('file', { name: f.name, bytes: sink.pos, tensors: f.entries.length });
     }
     if (index) temps.push(await writeIndexTemp(dir, index, weightMap, totalSize));
     for (const t of temps) await rename(t.tmp, t.final);
