@@ -211,14 +211,15 @@ export async function openSharded(root: string, opts: { dequantize?: boolean } =
       activation: ranks[0]!.ir.activation,
       config: manifest.source.config,
     };
+    const ir = mergedIR(manifest, ranks, (r) => r.ir);
+    // dequant reads whole checkpoints: a refusal's hint names the merged copy
+    const src = `<the moekit merge of ${root}>`;
     return {
       root,
       manifest,
       ranks,
-      ir: mergedIR(manifest, ranks, (r) => r.ir),
-      ...(ranks[0]!.scaled
-        ? { scaled: { weights: mergedIR(manifest, ranks, (r) => r.ir), scales: mergedScales(manifest, ranks), block: ranks[0]!.scaled.block, src: root } }
-        : {}),
+      ir,
+      ...(ranks[0]!.scaled ? { scaled: { weights: ir, scales: mergedScales(manifest, ranks), block: ranks[0]!.scaled.block, src } } : {}),
       reader: ranks[0]!.ck,
       sourceSpec,
       meta,
