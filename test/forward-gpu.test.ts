@@ -197,6 +197,33 @@ describe('WebGPU forward vs CPU reference on random shapes', () => {
     }
 });
 
+describe("opt-in 'stream' expert kernels (each weight row read once for 16 tokens at a time)", () => {
+  // K a multiple of 8·KL (64) so the stream kernels run, not their 'gpu' fallback; over 16 tokens per
+  // expert so the token chunks loop (an accumulator once leaked between chunks); split-K down projection
+  for (const c of [
+    { name: 'SwiGLU bf16, shared expert', w: { seed: 11, H: 128, I: 192, E: 4, dtype: 'BF16', shared: [128] }, T: 48 },
+    { name: 'ReLU² non-gated f32, biases', w: { seed: 12, H: 64, I: 128, E: 3, dtype: 'F32', gated: false, biases: true }, T: 40 },
+    { name: 'SwiGLU f16, chunked pieces', w: { seed: 13, H: 128, I: 128, E: 4, dtype: 'F16' }, T: 37, maxBinding: 32768 },
+  ] as const)
+    it(`${c.name}: equal to the CPU forward, and the stream kernels ran`, async () => {
+      const w = synth(c.w);
+      const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: c.w.gated === false ? 'relu2' : 'swiglu' } };
+      const r = rng(200 + c.w.seed);
+      const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
+      const cpu = forwardCpu(w, spec, x, c.T);
+      const gpu = await forwardGpu(w, spec, x, c.T, { kernels: 'stream', timing: true, maxBinding: 'maxBinding' in c ? c.maxBinding : undefined });
+      const cmp = compare(gpu.out, cpu.out);
+      expect(cmp.refMax).toBeGreaterThan(0);
+      expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
+      expect(gpu.expertCounts).toEqual(cpu.expertCounts);
+      expect(Math.max(...cpu.expertCounts)).toBeGreaterThan(16);
+      // the kernels timed (timestamp queries: lavapipe and real GPUs have them) are the stream ones, not their fallback
+      expect(Object.keys(gpu.kernelMsBy ?? {})).toEqual(expect.arrayContaining(['expert_up_stream', 'expert_down_stream']));
+      expect(Object.keys(gpu.kernelMsBy ?? {})).not.toContain('expert_up_gpu');
+      if ('maxBinding' in c) expect(gpu.pieces).toBeGreaterThan(4);
+    });
+});
+
 describe('piece planning', () => {
   it('packs whole experts when they fit and cuts row blocks when they do not', () => {
     expect(planPieces(8, 40, 48, 4, 16 * 7680)).toEqual([{ e0: 0, nE: 8, r0: 0, rows: 40 }]);
