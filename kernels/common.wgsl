@@ -46,3 +46,15 @@ fn act(kind: u32, g: f32, u: f32, alpha: f32, limit: f32) -> f32 {
     default: { return g * sigmoid_f(g) * u; }
   }
 }
+
+// acc + a·wa + b·wb over 8 lanes, in a fixed order (the stream expert kernels' inner product)
+fn dot8(acc: f32, a: vec4<f32>, b: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> f32 {
+  var s = fma(a.x, wa.x, acc);
+  s = fma(a.y, wa.y, s);
+  s = fma(a.z, wa.z, s);
+  s = fma(a.w, wa.w, s);
+  s = fma(b.x, wb.x, s);
+  s = fma(b.y, wb.y, s);
+  s = fma(b.z, wb.z, s);
+  return fma(b.w, wb.w, s);
+}

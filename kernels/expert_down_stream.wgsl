@@ -36,17 +36,6 @@ fn load_d(i: u32) -> vec4<f32> {
   return vec4<f32>(unpack_pair(DDT, w.x), unpack_pair(DDT, w.y));
 }
 
-fn dot8(acc: f32, a: vec4<f32>, b: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> f32 {
-  var s = fma(a.x, wa.x, acc);
-  s = fma(a.y, wa.y, s);
-  s = fma(a.z, wa.z, s);
-  s = fma(a.w, wa.w, s);
-  s = fma(b.x, wb.x, s);
-  s = fma(b.y, wb.y, s);
-  s = fma(b.z, wb.z, s);
-  return fma(b.w, wb.w, s);
-}
-
 // Partial sums of 4 tokens for the two weight rows (A: row nb + rg, B: row nb + RG + rg) of this step.
 struct AB { a: vec4<f32>, b: vec4<f32> }
 
