@@ -13,15 +13,13 @@
  */
 import { resolve } from 'node:path';
 import { MoekitError } from '../../errors.js';
-import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
 import { HashPool } from '../../engine/hash-pool.js';
 import { type ExpertIR, type LayerIR, layerDims, type ModelIR, type View } from '../../engine/ir.js';
-import { describePlan, planBytes, planTensors, splitFiles, type Plan } from '../../engine/plan.js';
-import { detectLayout, loadMeta, moekitJson, readIR, resolveTarget } from '../../engine/read.js';
-import { peakRssMB, sideFilesOf, withOutput } from '../../output/transaction.js';
+import { planTensors } from '../../engine/plan.js';
+import { detectLayout, loadMeta, readIR, resolveTarget } from '../../engine/read.js';
 import { openStore } from '../../store/registry.js';
 import type { TensorStore } from '../../store/types.js';
-import type { MergeOptions, MergeSummary } from './merge.js';
+import { type MergeOptions, type MergeSummary, writeMerged } from './merge.js';
 import { placeExperts, type Placement } from './placement.js';
 import { gateUpFor } from './shard.js';
 
@@ -43,8 +41,7 @@ function expertTensors(ir: ModelIR): Set<string> {
 async function checkReplicas(stores: TensorStore[], experts: Set<string>, paths: string[]): Promise<void> {
   const names = stores[0]!.names().sort();
   for (const [r, s] of stores.entries()) {
-    const mine = s.names().sort();
-    const odd = mine.find((n) => !stores[0]!.has(n)) ?? names.find((n) => !s.has(n));
+    const odd = s.names().find((n) => !stores[0]!.has(n)) ?? names.find((n) => !s.has(n));
     if (odd !== undefined)
       throw new MoekitError('bad-input', `${paths[r]} and ${paths[0]} differ in tensor '${odd}': the files are not expert-parallel ranks of one model`);
   }
@@ -54,8 +51,8 @@ async function checkReplicas(stores: TensorStore[], experts: Set<string>, paths:
       const i0 = stores[0]!.info(n);
       const want = await pool.tensor(stores[0]!, i0);
       for (const [r, s] of stores.entries()) {
-        const i = s.info(n);
         if (r === 0) continue;
+        const i = s.info(n);
         if (i.dtype !== i0.dtype || `${i.shape}` !== `${i0.shape}` || (await pool.tensor(s, i)) !== want)
           throw new MoekitError(
             'bad-input',
@@ -107,37 +104,23 @@ export async function mergeRankFiles(paths: string[], dst: string, opts: RankFil
     await checkReplicas(stores, new Set(irs.flatMap((x) => [...expertTensors(x)])), paths);
     const target = opts.to ? resolveTarget(opts.to, meta, spec) : spec;
     const tp = planTensors(ir, target, { gateUp: gateUpFor(target, spec.id, meta.moekit?.gateUp ?? spec.gateUp?.default ?? 'separate') });
-    const { files, index } = splitFiles(tp.tensors, opts.maxShardSize);
-    const sideFiles = [
-      ...(meta.config ? [{ name: 'config.json', json: meta.config }] : []),
-      { name: 'moekit.json', json: moekitJson(ir, tp, spec.id) },
-      ...(await sideFilesOf(stores[0]!.dir)),
-    ];
-    const plan: Plan = { outputs: [{ dir: '', files, index, metadata: stores[0]!.metadata, sideFiles }], jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
-    const totalBytes = planBytes(plan);
-    const summary = (bytes: number, written: string[]): MergeSummary => ({
-      source: paths.join(' '),
-      destination: dst,
-      family: meta.family,
-      layout: target.id,
-      ranks: paths.length,
-      tensors: tp.tensors.length,
-      bytes,
-      files: written.sort(),
-      seconds: (Date.now() - t0) / 1000,
-      peakRssMB: peakRssMB(),
-    });
-    if (opts.dryRun) return { ...summary(totalBytes, [...files.map((f) => f.name), ...sideFiles.map((f) => f.name)]), dryRun: true, plan: describePlan(plan) };
-    let done = 0;
-    const res = await withOutput(dst, { force: opts.force, sources: paths.map((p) => resolve(p)) }, (tmp) =>
-      executeCheckpoint(plan.outputs[0]!, tmp, {
-        jobs: plan.jobs,
-        maxMemory: opts.maxMemory,
-        fsync: opts.fsync,
-        onProgress: (d) => opts.onProgress?.((done += d), totalBytes),
-      }),
+    return await writeMerged(
+      {
+        ir,
+        tp,
+        sourceLayout: spec.id,
+        family: meta.family,
+        config: meta.config,
+        metadata: stores[0]!.metadata,
+        sideDir: stores[0]!.dir,
+        source: paths.join(' '),
+        sources: paths.map((p) => resolve(p)),
+        ranks: paths.length,
+        t0,
+      },
+      dst,
+      opts,
     );
-    return summary(res.bytes, res.files);
   } finally {
     await Promise.all(stores.map((s) => s.close()));
   }
