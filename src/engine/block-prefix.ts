@@ -26,8 +26,10 @@ export function setBlockPrefix(p: string | undefined): void {
   userPrefix = p;
 }
 
+const validPrefix = (p: string): boolean => PREFIX.test(p) && (p.match(/\{n\}/g)?.length ?? 0) <= 1;
+
 function checkPrefix(p: string, what: string): void {
-  if (!PREFIX.test(p) || (p.match(/\{n\}/g)?.length ?? 0) > 1)
+  if (!validPrefix(p))
     throw new MoekitError(
       'usage',
       `${what} '${p}': a block prefix is dot-terminated module names with at most one {n} for the layer index (e.g. 'blocks.{n}.moe.'), or '' for one block at the top level`,
@@ -51,7 +53,7 @@ export function layoutOf(id: string): LayoutSpec | undefined {
   if (at < 0) return layoutById(id);
   const base = layoutById(id.slice(0, at));
   const prefix = id.slice(at + 1);
-  if (!base || base.families || !PREFIX.test(prefix) || (prefix.match(/\{n\}/g)?.length ?? 0) > 1) return undefined;
+  if (!base || base.families || !validPrefix(prefix)) return undefined;
   return withPrefix(base, prefix);
 }
 

@@ -20,13 +20,11 @@ import { MoekitError } from '../errors.js';
 import { DerivedStore } from '../store/derived.js';
 import { dtypeSize } from '../store/dtypes.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
-import { detectScheme, type QuantScheme } from '../quant/scheme.js';
-import { type ModelIR, type View, layerDims, selectExperts, sliceIntermediate } from './ir.js';
-import { declaredShape, fieldsOf, type GateUpOrder, type LayoutSpec, slabShape } from './layout.js';
+import { detectScheme, FP8_SCALE_SUFFIX, type QuantScheme } from '../quant/scheme.js';
+import { type Dims, type ModelIR, type View, layerDims, selectExperts, sliceIntermediate } from './ir.js';
+import { declaredShape, fieldsOf, type GateUpOrder, type LayoutSpec, slabShape, type SpecOptions } from './layout.js';
 import { type ModelMeta, readIR } from './read.js';
 import { naturalCompare, type PlanOptions, planTensors, type TensorPlan, type TensorsPlan } from './plan.js';
-
-const SCALE_SUFFIX = '_scale_inv';
 
 /** The scale grids of a checkpoint's expert weights, each under its weight's name; routers with H in blocks. */
 class ScaleStore extends DerivedStore {
@@ -135,6 +133,9 @@ function fitsLayout(s: ScaledIR, spec: LayoutSpec, order: GateUpOrder | 'separat
   }
 }
 
+/** Distinct dims (and the spec's default gate/up order) to tell a layout's rules apart by the shapes they give. */
+const probe = (spec: LayoutSpec): [Dims, SpecOptions] => [{ E: 3, Er: 3, H: 5, I: 7, Is: 11, gated: true }, { gateUp: spec.gateUp?.default ?? 'concat' }];
+
 /**
  * A stacked tensor whose declared shape is not [E, ...slab] must be its experts joined along the
  * slab's first dim ([E·rows, ...]): then its 2-D block grid is the experts' grids joined the same
@@ -142,8 +143,7 @@ function fitsLayout(s: ScaledIR, spec: LayoutSpec, order: GateUpOrder | 'separat
  * grid over its declared shape describes the blocks of its memory.
  */
 function blockwiseLayout(spec: LayoutSpec, dequant: string): void {
-  const d = { E: 3, Er: 3, H: 5, I: 7, Is: 11, gated: true };
-  const o = { gateUp: spec.gateUp?.default ?? 'concat' } as const;
+  const [d, o] = probe(spec);
   for (const r of spec.rules) {
     if (r.scope !== 'stacked' || !r.shape) continue;
     const slab = slabShape(r, d, o);
@@ -157,8 +157,7 @@ function blockwiseLayout(spec: LayoutSpec, dequant: string): void {
 
 /** Does a layout join or cut tensors along I (gate | up fused, experts concatenated along rows)? Per-expert separate ones do not. */
 function joinsAlongI(spec: LayoutSpec): boolean {
-  const d = { E: 3, Er: 3, H: 5, I: 7, Is: 11, gated: true };
-  const o = { gateUp: spec.gateUp?.default ?? 'concat' } as const;
+  const [d, o] = probe(spec);
   return spec.rules.some((r) => fieldsOf(r, d, o).length > 1 || (r.scope === 'stacked' && r.shape !== undefined));
 }
 
@@ -212,7 +211,7 @@ function planScales(s: ScaledIR, target: LayoutSpec, weights: TensorPlan[], opts
         'internal',
         `internal: the scale grid planned for '${t.name}' is [${t.shape}], its weight is [${w?.shape ?? '?'}] in blocks of ${s.block}`,
       );
-    out.push({ ...t, name: t.name + SCALE_SUFFIX });
+    out.push({ ...t, name: t.name + FP8_SCALE_SUFFIX });
   }
   return out;
 }

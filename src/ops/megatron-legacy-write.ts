@@ -18,7 +18,7 @@ import { chunkBytes } from '../store/pool.js';
 import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import { FileSink, tensorRef, writeTorchSave } from '../store/torch/dcp-writer.js';
-import { hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from '../store/torch/megatron-map.js';
+import { EXPERT_KEYS, hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
 import { argsOf, hfRows, megatronRoot, megatronSource } from './megatron-write.js';
@@ -40,7 +40,6 @@ export interface LegacyWriteSummary {
 
 /** the legacy (module) names of the norms; every other key keeps its torch_dist name */
 const legacyKey = (k: KeyName): string => (k === 'inputNorm' || k === 'preMlpNorm' ? KEYS[k][1] : KEYS[k][0]);
-const EXPERTS = 'decoder.layers.mlp.experts.experts.';
 
 interface LegacyTensor {
   name: string;
@@ -76,9 +75,9 @@ function legacyTensors(store: TensorStore, d: MegatronDims, ep: number): LegacyT
 
 /** a stacked key at its slot → the legacy name, and the EP rank holding it (-1: every rank) */
 function legacyName(p: Part, perRank: number): { name: string; rank: number } {
-  if (p.key.startsWith(EXPERTS)) {
+  if (p.key.startsWith(EXPERT_KEYS)) {
     const [l, e] = p.prefix as [number, number];
-    return { name: `decoder.layers.${l}.mlp.experts.local_experts.${e % perRank}.${p.key.slice(EXPERTS.length)}`, rank: Math.floor(e / perRank) };
+    return { name: `decoder.layers.${l}.mlp.experts.local_experts.${e % perRank}.${p.key.slice(EXPERT_KEYS.length)}`, rank: Math.floor(e / perRank) };
   }
   if (p.prefix.length === 1) return { name: p.key.replace(/^decoder\.layers\./, `decoder.layers.${p.prefix[0]}.`), rank: -1 };
   return { name: p.key, rank: -1 };

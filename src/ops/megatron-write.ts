@@ -22,10 +22,7 @@ import { openStore } from '../store/registry.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type DcpObjectOut, type DcpTensorOut, torchDtype, writeDcp } from '../store/torch/dcp-writer.js';
 import { tilingProblem } from '../store/torch/gather.js';
-import { FAMILIES, type HfEntry, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
-
-/** Megatron's keys of the routed experts (SequentialMLP): [layer, expert, …] stacked */
-const EXPERT_KEYS = 'decoder.layers.mlp.experts.experts.';
+import { EXPERT_KEYS, FAMILIES, type HfEntry, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
 import type { WriteOptions } from './options.js';

@@ -23,6 +23,9 @@ import type { TensorInfo, TensorStore } from '../store/types.js';
 import { E4M3, E5M2, E8M0, unpackE2M1, unpackInt4 } from './formats.js';
 import { decodeParallel, fp8Threads, isShared, MIN_PARALLEL, withShared } from './fp8-pool.js';
 
+/** A block-FP8 weight `W`'s scale tensor is `W` + this (DeepSeek-V3's release, transformers' finegrained_fp8). */
+export const FP8_SCALE_SUFFIX = '_scale_inv';
+
 export type QuantMethod = 'fp8-block' | 'mxfp4' | 'int4-pack' | 'nvfp4';
 
 export interface QGroup {
@@ -300,9 +303,9 @@ export async function detectScheme(store: TensorStore, config?: Record<string, u
   };
   for (const t of store.tensors.values()) {
     const n = t.name;
-    if (n.endsWith('_scale_inv')) {
-      const w = store.tensors.get(n.slice(0, -'_scale_inv'.length));
-      if (!w) throw bad(`${n} has no weight tensor ${n.slice(0, -'_scale_inv'.length)} beside it`);
+    if (n.endsWith(FP8_SCALE_SUFFIX)) {
+      const w = store.tensors.get(n.slice(0, -FP8_SCALE_SUFFIX.length));
+      if (!w) throw bad(`${n} has no weight tensor ${n.slice(0, -FP8_SCALE_SUFFIX.length)} beside it`);
       add(fp8Group(store, w, t, blockSize(config)));
     } else if (n.endsWith('_blocks')) {
       const base = n.slice(0, -'_blocks'.length);

@@ -12,6 +12,7 @@
 import { toFloat32 } from '../engine/cast.js';
 import { MoekitError } from '../errors.js';
 import { E4M3_MAX, toE4M3 } from '../quant/formats.js';
+import { FP8_SCALE_SUFFIX } from '../quant/scheme.js';
 import { encodeParallel, fp8Threads, isShared, MIN_PARALLEL, withShared } from '../quant/fp8-pool.js';
 import type { FloatDtype } from './dtypes.js';
 import { dtypeSize, FLOAT_DTYPES } from './dtypes.js';
@@ -73,7 +74,7 @@ export class Fp8QuantStore extends DerivedStore {
       }
       const [out, inn] = t.shape as [number, number];
       this.tensors.set(t.name, { name: t.name, dtype: 'F8_E4M3', shape: [out, inn], nbytes: out * inn });
-      const sname = `${t.name}_scale_inv`;
+      const sname = t.name + FP8_SCALE_SUFFIX;
       const sshape = [Math.ceil(out / block), Math.ceil(inn / block)];
       this.tensors.set(sname, { name: sname, dtype: 'F32', shape: sshape, nbytes: sshape[0]! * sshape[1]! * 4 });
       this.weights.set(t.name, { src: t, out, inn });

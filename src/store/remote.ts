@@ -122,11 +122,12 @@ const SIDE_FILE_MAX = 512 * 2 ** 20;
 
 async function getFile(url: string, where: string): Promise<Buffer> {
   const r = await get(url, {}, where);
-  const len = Number(r.headers.get('content-length') ?? 0);
-  if (len > SIDE_FILE_MAX) throw new MoekitError('unsupported', `${where}: a side file of ${len} bytes (more than ${SIDE_FILE_MAX / 2 ** 20} MiB)`);
+  const tooBig = (n: number) => {
+    if (n > SIDE_FILE_MAX) throw new MoekitError('unsupported', `${where}: a side file of ${n} bytes (more than ${SIDE_FILE_MAX / 2 ** 20} MiB)`);
+  };
+  tooBig(Number(r.headers.get('content-length') ?? 0)); // before the body, when the server says
   const body = Buffer.from(await r.arrayBuffer());
-  if (body.length > SIDE_FILE_MAX)
-    throw new MoekitError('unsupported', `${where}: a side file of ${body.length} bytes (more than ${SIDE_FILE_MAX / 2 ** 20} MiB)`);
+  tooBig(body.length);
   return body;
 }
 

@@ -24,8 +24,7 @@ import {
 } from '../../engine/ir.js';
 import { loadMeta, quantizedTensors, readIR, type ModelMeta } from '../../engine/read.js';
 import { openScaled, type ScaledIR } from '../../engine/scales.js';
-import { DequantStore } from '../../store/dequant.js';
-import { detectScheme } from '../../quant/scheme.js';
+import { dequantized } from '../dequant.js';
 import { layoutOf } from '../../engine/block-prefix.js';
 import type { LayoutSpec } from '../../engine/layout.js';
 import { MANIFEST, RANK_MANIFEST, readManifest, readRankManifest, type RankManifest, type RankPlan, type ShardManifest } from './manifest.js';
@@ -186,8 +185,7 @@ async function openRank(
     );
   }
   const sha = rankChecksums(ck, plan, rm);
-  const scheme = dequantize ? await detectScheme(ck, await ck.config()) : undefined;
-  const view = scheme ? new DequantStore(ck, scheme, 'F32') : ck;
+  const view = dequantize ? await dequantized(ck, 'F32') : ck;
   return { plan, ck, view, sha, ...(await rankIR(view, plan, manifest, spec)) };
 }
 

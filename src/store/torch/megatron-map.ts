@@ -59,6 +59,9 @@ export const FAMILIES: Record<string, FamilyNames> = {
 };
 
 /** Megatron keys, the name Megatron-Core 0.20 writes first and older / local-spec names after it */
+/** where Megatron-Core's routed experts (SequentialMLP) sit: their keys stack [layer, expert, …] */
+export const EXPERT_KEYS = 'decoder.layers.mlp.experts.experts.';
+
 export const KEYS = {
   embedding: ['embedding.word_embeddings.weight'],
   output: ['output_layer.weight'],
