@@ -5,7 +5,7 @@
  *    ranges of the read;
  *  - encode: the workers take whole blocks (ranges of them in row-major order), convert the
  *    source to f32, take each block's amax → scale_inv = f32(amax / 448) (1 for an all-zero block)
- *    and encode q = E4M3(w / scale_inv) with the bit logic of formats.ts `toE4M3` (RNE,
+ *    and encode q = E4M3(w / scale_inv) with formats.ts `toE4M3` (its source runs in the workers; RNE,
  *    saturating at ±448, NaN → 0x7f, -0 → 0x80): the same bytes as the single-thread path.
  * Data lives in shared memory: scratch comes from the conversions' arena (engine/arena.ts, reused
  * block by block, so memory stays flat), and a destination that is already shared (the engine's
@@ -18,6 +18,7 @@ import { arena } from '../engine/arena.js';
 import { f16ToF32Bits } from '../engine/cast.js';
 import { threadsFrom } from '../engine/wasm-workers.js';
 import { MoekitError } from '../errors.js';
+import { toE4M3 } from './formats.js';
 
 /**
  * The decode loop for one output element width. Within a block's stretch of a row the codes are
@@ -109,7 +110,7 @@ function ${name}(m, f16) {
       const ja = Math.max(0, q0 - g);
       const jb = Math.min(w, q1 - g);
       const f = (i - i0) * w;
-      for (let j = ja; j < jb; j++) q[g + j - q0] = e4m3(fb[f + j] / sc);
+      for (let j = ja; j < jb; j++) q[g + j - q0] = toE4M3(fb[f + j] / sc);
     }
   }
   return nan;
@@ -180,13 +181,13 @@ function bf16Scale(c, k, count, s) {
   let table = mb < 0x7f80 && count >= 2 * (mb - lo + 1);
   if (table && lo > 0) {
     u32[0] = (lo - 1) << 16;
-    table = e4m3(f32[0] / sc) === 0;
+    table = toE4M3(f32[0] / sc) === 0;
   }
   blo[c] = table ? lo : -1;
   if (table)
     for (let a = lo, t = c * TAB - lo; a <= mb; a++) {
       u32[0] = a << 16;
-      btab[t + a] = e4m3(f32[0] / sc);
+      btab[t + a] = toE4M3(f32[0] / sc);
     }
   return false;
 }
@@ -211,7 +212,7 @@ function bf16Codes(m, src, i0, i1, ca, cb) {
         const sc = bsc[c];
         for (let j = j0; j < j1; j++) {
           u32[0] = src[j] << 16;
-          q[j - q0] = e4m3(f32[0] / sc);
+          q[j - q0] = toE4M3(f32[0] / sc);
         }
       }
     }
@@ -222,25 +223,8 @@ const WORKER = `
 const { parentPort } = require('node:worker_threads');
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
-// formats.ts toE4M3, line for line
-function e4m3(x) {
-  f32[0] = x;
-  const bits = u32[0];
-  const sign = (bits >>> 24) & 0x80;
-  const abs = bits & 0x7fffffff;
-  if (abs > 0x7f800000) return 0x7f;
-  if (abs >= 0x43e00000) return sign | 126;
-  if (abs >= 0x3c800000) {
-    const r = (abs + 0x7ffff + ((abs >>> 20) & 1)) >>> 20;
-    return sign | Math.min(126, r - ((127 - 7) << 3));
-  }
-  f32[0] = x < 0 ? -x : x;
-  const v = f32[0] * 512;
-  let q = Math.floor(v);
-  const d = v - q;
-  if (d > 0.5 || (d === 0.5 && (q & 1) === 1)) q++;
-  return sign | q;
-}
+// formats.ts toE4M3 itself (its source, over the worker's own f32 / u32 scratch of the same names)
+${toE4M3.toString()}
 let fbuf = new Float32Array(0);
 function scratch(n) {
   if (fbuf.length < n) fbuf = new Float32Array(n);
