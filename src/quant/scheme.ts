@@ -101,13 +101,12 @@ function fp8Tables(lut: Float32Array, s: Float32Array, dtype: FloatDtype): Buffe
 }
 
 /** Rows [r0, r1) decoded on the worker threads (quant/fp8-pool.ts) into dst; false when the read is small, one thread is asked for, or shared memory is short. */
-async function decodeInWorkers(f: Fp8Weight, r0: number, r1: number, s: Float32Array, s0: number, dtype: FloatDtype, dst: Buffer): Promise<boolean> {
+async function decodeInWorkers(f: Fp8Weight, r0: number, r1: number, tab: Buffer, s0: number, dtype: FloatDtype, dst: Buffer): Promise<boolean> {
   const threads = fp8Threads();
   const n = (r1 - r0) * f.inn;
   if (threads < 2 || n < MIN_PARALLEL) return false;
   const es = dtype === 'F32' ? 4 : 2;
   const direct = isShared(dst, 4);
-  const tab = fp8Tables(f.lut, s, dtype);
   const done = await withShared([n, tab.byteLength, direct ? 0 : n * es], async ([q, t, o]) => {
     const got = await f.store.read(f.w, r0 * f.inn, r1 * f.inn, q!);
     if (got.buffer !== q!.buffer || got.byteOffset !== q!.byteOffset) got.copy(q!);
@@ -129,28 +128,24 @@ async function fp8DecodeAs(f: Fp8Weight, r0: number, r1: number, dtype: FloatDty
   const n = (r1 - r0) * inn;
   const wide = dtype === 'F32';
   const dst = into ?? Buffer.alloc(n * (wide ? 4 : 2));
-  if (await decodeInWorkers(f, r0, r1, s, s0, dtype, dst)) return dst;
+  const tab = fp8Tables(lut, s, dtype);
+  if (await decodeInWorkers(f, r0, r1, tab, s0, dtype, dst)) return dst;
   const q = await store.read(w, r0 * inn, r1 * inn);
   const o32 = wide ? new Float32Array(dst.buffer, dst.byteOffset, n) : undefined;
   const o16 = wide ? undefined : new Uint16Array(dst.buffer, dst.byteOffset, n);
-  const t32 = new Float32Array(256);
-  const t16 = new Uint16Array(256);
+  const t32 = wide ? new Float32Array(tab.buffer, tab.byteOffset, tab.byteLength / 4) : undefined;
+  const t16 = wide ? undefined : new Uint16Array(tab.buffer, tab.byteOffset, tab.byteLength / 2);
   for (let r = r0; r < r1; ) {
     // rows [r, e) share a row of scales
     const e = Math.min(r1, Math.floor(r / f.out) * f.out + Math.min(f.out, (Math.floor((r % f.out) / block[0]) + 1) * block[0]));
     const srow = (scaleRowOf(f, r) - s0) * grid[1];
     for (let c = 0; c < grid[1]; c++) {
-      const scale = s[srow + c]!;
-      for (let k = 0; k < 256; k++) t32[k] = lut[k]! * scale;
-      if (!wide) {
-        const c16 = castFloat(new Uint8Array(t32.buffer), 'F32', dtype);
-        t16.set(new Uint16Array(c16.buffer, c16.byteOffset, 256));
-      }
+      const tb = (srow + c) * 256;
       const j1 = Math.min(inn, (c + 1) * block[1]);
       for (let i = r; i < e; i++) {
         const o = (i - r0) * inn;
-        if (o32) for (let j = c * block[1]; j < j1; j++) o32[o + j] = t32[q[o + j]!]!;
-        else for (let j = c * block[1]; j < j1; j++) o16![o + j] = t16[q[o + j]!]!;
+        if (o32) for (let j = c * block[1]; j < j1; j++) o32[o + j] = t32![tb + q[o + j]!]!;
+        else for (let j = c * block[1]; j < j1; j++) o16![o + j] = t16![tb + q[o + j]!]!;
       }
     }
     r = e;
