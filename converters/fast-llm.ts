@@ -7,9 +7,10 @@
  *  - layer_2.weight [E·I, H]: per expert the down projection transposed (cat(w2_e, dim=-1).t())
  *  - router_scale [H], router_per_expert_scale [E], pre_norm.weight / post_norm.weight [H] (optional):
  *    the Gemma-4 router and block norms, which Fast-LLM's Gemma-4 converter maps to these names
- * Shared experts: Fast-LLM stores them as the last S experts of layer_1 / layer_2 (router rows E − S);
- * moekit does not write that (it refuses, naming the shared experts) and cannot tell it from a larger
- * intermediate size without config.json's expert size (read.ts checks it against the tensors).
+ * Shared experts: Fast-LLM stores them as the last S slots of layer_1 / layer_2 (router rows E − S,
+ * score 1; mixture_of_experts.py _add_shared_experts). moekit writes an HF shared MLP of width S·I as
+ * those S slots and reads them back as one (src/engine/shared-slots.ts); how many slots are shared
+ * comes from moekit.json or config.json (the tensors alone cannot tell S slots from a larger I).
  * Non-expert tensors keep their HF names: this is the expert layout, not a whole Fast-LLM checkpoint.
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
@@ -22,6 +23,7 @@ export const spec: LayoutSpec = {
   prefix: '{root}{n}.mlp.',
   root: 'decoder.',
   gateUp: { default: 'concat', allowed: ['concat'] },
+  sharedSlots: true,
   rules: [
     { name: 'router.weight', scope: 'layer', parts: () => ({ router: id }) },
     {
@@ -37,5 +39,5 @@ export const spec: LayoutSpec = {
     { name: 'pre_norm.weight', scope: 'layer', parts: () => ({ pre_norm: id }) },
     { name: 'post_norm.weight', scope: 'layer', parts: () => ({ post_norm: id }) },
   ],
-  cannotHold: 'expert biases, router bias, score-correction bias, shared experts (Fast-LLM keeps them as the last experts), shared-expert gate',
+  cannotHold: "expert biases, router bias, score-correction bias, shared-expert gate, a shared expert whose size is not a multiple of the experts'",
 };

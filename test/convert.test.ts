@@ -53,30 +53,12 @@ const REFUSE: Record<string, Record<string, RegExp>> = {
   // Gemma-4's router input scale (and per-expert scale, block norms) likewise, but for Fast-LLM, which has all four
   gemma4_text: Object.fromEntries(NON_HF.filter((t) => t !== 'fast-llm').map((t) => [t, /no place for the router input scale/])),
 };
-// Fast-LLM keeps shared experts as extra expert slots (not written by moekit) and has no biases at all
-for (const f of [
-  'deepseek_v3',
-  'deepseek_v3_bf16',
-  'deepseek_v32',
-  'deepseek_v2',
-  'deepseek_v2_group',
-  'dots1',
-  'glm4_moe',
-  'glm4_moe_lite',
-  'glm_moe_dsa',
-  'exaone_moe',
-  'afmoe',
-  'ernie4_5_moe',
-  'hunyuan_v1_moe',
-  'qwen2_moe',
-  'qwen3_next',
-  'qwen3_5_moe',
-  'granitemoeshared',
-  'llama4',
-  'llama4_text',
-  'cohere2_moe',
-])
-  REFUSE[f] = { ...REFUSE[f], 'fast-llm': /no place for the .*shared-expert (gate )?projection/ };
+// Fast-LLM keeps a shared expert as extra expert slots weighted 1 (engine/shared-slots.ts), and has no biases
+// and no shared-expert gate: families with a score-correction bias or a gated shared expert go elsewhere
+for (const f of ['deepseek_v3', 'deepseek_v3_bf16', 'deepseek_v32', 'dots1', 'glm4_moe', 'glm4_moe_lite', 'glm_moe_dsa', 'exaone_moe', 'afmoe', 'ernie4_5_moe'])
+  REFUSE[f] = { ...REFUSE[f], 'fast-llm': /no place for the score-correction bias/ };
+for (const f of ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe'])
+  REFUSE[f] = { ...REFUSE[f], 'fast-llm': /keeps shared experts as expert slots weighted 1, and layer 0's shared expert has a sigmoid gate/ };
 REFUSE.minimax_m2 = { ...REFUSE.minimax_m2, 'fast-llm': /no place for the score-correction bias/ };
 REFUSE.gpt_oss = { ...REFUSE.gpt_oss, 'fast-llm': /no place for the router bias/ };
 const QUANTIZED = new Set(['deepseek_v3_fp8', 'gpt_oss_mxfp4']);

@@ -145,44 +145,45 @@ describe('Gemma-4: every part of its router and block norms is used', () => {
   }
 });
 
-describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors with '<parameter>/<shard>' keys)", () => {
-  /** Gemma-4 → fast-llm, then stored the way Fast-LLM saves it: weights and an optimizer shard, facts in metadata.yaml only. */
-  async function fastLlmCheckpoint(mlp: Record<string, unknown>): Promise<string> {
-    const mid = out('gemma4-fast-llm');
-    await convert(join(FIXTURES, 'gemma4_text'), mid, { to: 'fast-llm', ...fast });
-    const src = await openStore(mid);
-    const dir = out('fast_llm');
-    const entries = [];
-    for (const info of src.tensors.values()) {
-      const bytes = Buffer.from(await src.read(info));
-      entries.push({ name: `${info.name}/weights`, dtype: info.dtype, shape: info.shape, source: bufferSource(bytes) });
-      // an Adam state beside the router: skipped by the reader
-      if (info.name.endsWith('mlp.router.weight'))
-        entries.push({ name: `${info.name}/exp_avgs`, dtype: info.dtype, shape: info.shape, source: bufferSource(Buffer.alloc(bytes.length)) });
-    }
-    await src.close();
-    await writeCheckpoint(join(dir, 'tmp'), entries, { fsync: false });
-    renameSync(join(dir, 'tmp', 'model.safetensors'), join(dir, 'model_0.safetensors'));
-    rmSync(join(dir, 'tmp'), { recursive: true });
-    const c = config('gemma4_text');
-    const yaml = [
-      'fast_llm_version: 0.4.0',
-      'model: gpt',
-      'format: fast_llm',
-      'shards: [weights, exp_avgs, exp_avgs_sq]',
-      'config:',
-      '  base_model:',
-      `    hidden_size: ${c.hidden_size}`,
-      '    decoder:',
-      `      num_blocks: ${c.num_hidden_layers}`,
-      '      block:',
-      '        mlp:',
-      ...Object.entries(mlp).map(([k, v]) => `          ${k}: ${JSON.stringify(v)}`),
-      'metadata: {state_index: {}}',
-    ];
-    writeFileSync(join(dir, 'metadata.yaml'), `${yaml.join('\n')}\n`);
-    return dir;
+/** Gemma-4 → fast-llm, then stored the way Fast-LLM saves it: weights and an optimizer shard, facts in metadata.yaml only. */
+async function fastLlmCheckpoint(mlp: Record<string, unknown>, family = 'gemma4_text'): Promise<string> {
+  const mid = out(`${family}-fast-llm`);
+  await convert(join(FIXTURES, family), mid, { to: 'fast-llm', ...fast });
+  const src = await openStore(mid);
+  const dir = out('fast_llm');
+  const entries = [];
+  for (const info of src.tensors.values()) {
+    const bytes = Buffer.from(await src.read(info));
+    entries.push({ name: `${info.name}/weights`, dtype: info.dtype, shape: info.shape, source: bufferSource(bytes) });
+    // an Adam state beside the router: skipped by the reader
+    if (info.name.endsWith('mlp.router.weight'))
+      entries.push({ name: `${info.name}/exp_avgs`, dtype: info.dtype, shape: info.shape, source: bufferSource(Buffer.alloc(bytes.length)) });
   }
+  await src.close();
+  await writeCheckpoint(join(dir, 'tmp'), entries, { fsync: false });
+  renameSync(join(dir, 'tmp', 'model.safetensors'), join(dir, 'model_0.safetensors'));
+  rmSync(join(dir, 'tmp'), { recursive: true });
+  const c = config(family);
+  const yaml = [
+    'fast_llm_version: 0.4.0',
+    'model: gpt',
+    'format: fast_llm',
+    'shards: [weights, exp_avgs, exp_avgs_sq]',
+    'config:',
+    '  base_model:',
+    `    hidden_size: ${c.hidden_size}`,
+    '    decoder:',
+    `      num_blocks: ${c.num_hidden_layers}`,
+    '      block:',
+    '        mlp:',
+    ...Object.entries(mlp).map(([k, v]) => `          ${k}: ${JSON.stringify(v)}`),
+    'metadata: {state_index: {}}',
+  ];
+  writeFileSync(join(dir, 'metadata.yaml'), `${yaml.join('\n')}\n`);
+  return dir;
+}
+
+describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors with '<parameter>/<shard>' keys)", () => {
   const gemmaMlp = {
     type: 'moe',
     experts: 8,
@@ -220,13 +221,85 @@ describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors wi
 
   for (const [what, change, msg] of [
     ['sinkhorn routing', { routing: 'sinkhorn' }, /sinkhorn routing is not supported/],
-    ['shared experts', { shared_experts: 2 }, /2 shared experts .* not supported/],
+    ['a per-expert scale with shared experts', { shared_experts: 2 }, /router_per_expert_scale with 2 shared experts is not supported/],
     ['a dense MLP', { type: 'mlp' }, /not 'moe'/],
   ] as const) {
     it(`${what} is refused in one line`, async () => {
       await expect(openStore(await fastLlmCheckpoint({ ...gemmaMlp, ...change }))).rejects.toThrow(msg);
     });
   }
+});
+
+describe('Fast-LLM shared experts: the last slots of layer_1 / layer_2, score 1 (mixture_of_experts.py _add_shared_experts)', () => {
+  // HunYuan-MoE routes as Fast-LLM does (softmax over the top-k logits) and adds an always-on shared MLP of the experts' size
+  const hunyuanMlp = { type: 'moe', experts: 9, shared_experts: 1, experts_per_token: 2, intermediate_size: 40, gated: true, activation: 'silu' };
+  it('HunYuan-MoE → fast-llm puts the shared MLP in slot 8; stored as Fast-LLM saves it, it verifies against transformers', async () => {
+    const dir = await fastLlmCheckpoint(hunyuanMlp, 'hunyuan_v1_moe');
+    const ck = await openStore(dir);
+    const src = await openStore(join(FIXTURES, 'hunyuan_v1_moe'));
+    expect(ck.info('decoder.0.mlp.layer_1.weight').shape).toEqual([9 * 80, 48]);
+    expect(ck.info('decoder.0.mlp.router.weight').shape).toEqual([8, 48]);
+    // slot 8 = [gate; up] of the shared MLP, and its downᵀ
+    const l1 = await ck.read('decoder.0.mlp.layer_1.weight');
+    const rowBytes = 48 * 4;
+    expect(l1.subarray(8 * 80 * rowBytes, (8 * 80 + 40) * rowBytes).equals(await src.read('model.layers.0.mlp.shared_mlp.gate_proj.weight'))).toBe(true);
+    expect(l1.subarray((8 * 80 + 40) * rowBytes).equals(await src.read('model.layers.0.mlp.shared_mlp.up_proj.weight'))).toBe(true);
+    const r = await inspectCheckpoint(ck, dir);
+    await Promise.all([ck.close(), src.close()]);
+    expect([r.numExperts, r.topK, r.sharedExperts?.intermediateSize]).toEqual([8, 2, 40]);
+    const v = await verify(dir, undefined, { reference: ref('hunyuan_v1_moe') });
+    expect(v.pass, JSON.stringify(v.layers)).toBe(true);
+    // and back to HF byte for byte, once the HF config is beside it
+    copyFileSync(join(FIXTURES, 'hunyuan_v1_moe', 'config.json'), join(dir, 'config.json'));
+    const back = out('hunyuan-back');
+    await convert(dir, back, { to: 'hf', ...fast });
+    expect(diff(await dump(back), await dump(join(FIXTURES, 'hunyuan_v1_moe')))).toEqual([]);
+  });
+
+  it('metadata.yaml without shared_experts: the extra slot does not fit the expert size, refused in one line', async () => {
+    const { shared_experts: _, ...rest } = hunyuanMlp;
+    await expect(convert(await fastLlmCheckpoint(rest, 'hunyuan_v1_moe'), out('x'), { to: 'nemo', ...fast })).rejects.toThrow(
+      /intermediate size 45, config.json says 40/,
+    );
+  });
+
+  it('two shared experts (DeepSeek n_shared_experts 2, one MLP of 2·I) are two slots; round trip byte-exact, same forward', async () => {
+    const base = join(FIXTURES, 'deepseek_v2');
+    const src = await openStore(base);
+    const entries = [];
+    for (const info of src.tensors.values()) {
+      let bytes = Buffer.from(await src.read(info));
+      let shape = info.shape;
+      if (/shared_experts\.(gate|up)_proj/.test(info.name)) {
+        bytes = Buffer.concat([bytes, bytes.map((b, i) => (i % 4 === 3 ? b ^ 0x80 : b))]); // the second slot: the first negated
+        shape = [2 * shape[0]!, shape[1]!];
+      } else if (info.name.includes('shared_experts.down_proj')) {
+        const [h, w] = shape as [number, number];
+        const rows = Array.from({ length: h }, (_, r) => bytes.subarray(r * w * 4, (r + 1) * w * 4));
+        bytes = Buffer.concat(rows.flatMap((row) => [row, row]));
+        shape = [h, 2 * w];
+      }
+      entries.push({ name: info.name, dtype: info.dtype, shape, source: bufferSource(bytes) });
+    }
+    await src.close();
+    const hf = out('ds2-shared2');
+    await writeCheckpoint(hf, entries, { fsync: false });
+    writeFileSync(join(hf, 'config.json'), JSON.stringify({ ...config('deepseek_v2'), n_shared_experts: 2 }));
+    const fl = out('ds2-shared2-fast-llm');
+    await convert(hf, fl, { to: 'fast-llm', ...fast });
+    const ck = await openStore(fl);
+    expect(ck.info('decoder.1.mlp.layer_2.weight').shape).toEqual([10 * 40, 48]);
+    await ck.close();
+    const back = out('ds2-shared2-back');
+    await convert(fl, back, { to: 'hf', ...fast });
+    expect(diff(await dump(back), await dump(hf))).toEqual([]);
+    const v = await verify(fl, hf, { cpu: true });
+    expect(v.pass, JSON.stringify(v.layers)).toBe(true);
+  });
+
+  it('a shared expert not a multiple of the expert size, or with a sigmoid gate, is refused naming why', async () => {
+    await expect(convert(join(FIXTURES, 'qwen2_moe'), out('q'), { to: 'fast-llm', ...fast })).rejects.toThrow(/has a sigmoid gate/);
+  });
 });
 
 describe('multimodal wrappers read the text model from text_config', () => {

@@ -288,6 +288,30 @@ export async function materialize(v: View, into?: Buffer): Promise<Buffer> {
   return buf;
 }
 
+/**
+ * Views of equal dtype joined along `dim` (their other dims equal), as one contiguous view whose
+ * bytes are built when first copied: expert-TP slices merged back, Fast-LLM's shared-expert slots
+ * read as one shared MLP. Each part is read on every copy of the result, so keep them small.
+ */
+export function concatView(parts: readonly View[], dim: number): View {
+  const v0 = parts[0];
+  if (!v0) throw new MoekitError('internal', 'internal: concatView of nothing');
+  if (parts.length === 1) return v0;
+  const shape = [...v0.shape];
+  shape[dim] = parts.reduce((a, p) => a + p.shape[dim]!, 0);
+  const load = async (): Promise<Buffer> => {
+    const buf = allocAligned(shape.reduce((x, y) => x * y, 1) * dtypeSize(v0.dtype));
+    const whole = View.ofBuffer(buf, v0.dtype, shape);
+    let at = 0;
+    for (const p of parts) {
+      await copyView(p, whole.slice(dim, at, at + p.shape[dim]!));
+      at += p.shape[dim]!;
+    }
+    return buf;
+  };
+  return new View({ kind: 'lazy', load }, v0.dtype, 0, shape, contiguousStrides(shape));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The model-level IR
 

@@ -49,6 +49,8 @@ export interface LayoutSpec {
   /** fused gate/up: the order written by default and the ones the framework can read */
   gateUp?: { default: GateUpOrder; allowed: readonly GateUpOrder[] };
   rules: TensorRule[];
+  /** shared experts are stored as extra expert slots after the routed ones (Fast-LLM; engine/shared-slots.ts) */
+  sharedSlots?: boolean;
   /** things this layout cannot hold, for --help and docs (the engine checks coverage itself) */
   cannotHold?: string;
 }

@@ -29,6 +29,7 @@ import {
 import { castTransform, type Transform } from './transforms.js';
 import type { LayerReport } from './read.js';
 import { LAYOUTS } from '../../converters/index.js';
+import { foldSharedSlots } from './shared-slots.js';
 
 const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
 const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
@@ -345,10 +346,13 @@ function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
 
 /** The output tensors of one MoE layer in layout `target`. */
 function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string, opts: PlanOptions): { plans: TensorPlan[]; report: LayerReport } {
+  // the report (moekit.json) describes the layer as the IR holds it; the tensors, the slots a layout stores
   const d = checkedDims(l);
-  const present = layerPresent(l);
-  checkCoverage(l, d, target, o, present);
-  const plans = target.rules.flatMap((rule) => planRule({ l, d, o, target, root, present, opts }, rule));
+  const lw = target.sharedSlots ? foldSharedSlots(l, target) : l;
+  const dw = lw === l ? d : checkedDims(lw);
+  const present = layerPresent(lw);
+  checkCoverage(lw, dw, target, o, present);
+  const plans = target.rules.flatMap((rule) => planRule({ l: lw, d: dw, o, target, root, present, opts }, rule));
   const ident = l.globalIds.every((g, i) => g === i) && l.globalIds.length === d.Er;
   const report: LayerReport = {
     layer: l.layer,
@@ -357,7 +361,7 @@ function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string,
     intermediate: d.I,
     sharedIntermediate: d.Is,
     gated: d.gated,
-    fields: [...present].sort(),
+    fields: [...layerPresent(l)].sort(),
     ...(ident ? {} : { globalExperts: [...l.globalIds] }),
   };
   return { plans, report };

@@ -9,6 +9,7 @@ import type { TensorStore, TensorInfo } from '../store/types.js';
 import { readHfConfig, readJsonIfExists } from '../store/json.js';
 import { hintedConfig } from '../store/registry.js';
 import { MoekitError } from '../errors.js';
+import { unfoldSharedSlots } from './shared-slots.js';
 import { familyFacts, type Routing, type Activation, type ScoreFunc } from '../families/index.js';
 import { Checker, LIMITS } from '../store/schema.js';
 import { View, layerDims, type Dims, type ExpertIR, type LayerIR, type ModelIR, type ExpertField, type LayerField } from './ir.js';
@@ -425,7 +426,8 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
 /**
  * Experts held in stacked tensors are sized by dividing the tensor by the expert count; where that
  * count is the router's (fast-llm, megatron-grouped) E·I cannot be told from (E + S)·I' (Fast-LLM's
- * shared experts as extra slots). So every stacked layout's expert size must be config.json's.
+ * shared experts as extra slots, counted by sharedSlotCount). So every stacked layout's expert size
+ * must be config.json's.
  */
 function checkExpertSize(n: number, I: number, spec: LayoutSpec, meta: ModelMeta): void {
   const want = meta.config && !meta.moekit ? familyFacts(meta.config).moeIntermediateSize : 0;
@@ -433,7 +435,7 @@ function checkExpertSize(n: number, I: number, spec: LayoutSpec, meta: ModelMeta
     throw new MoekitError(
       'unsupported',
       `layer ${n}: the experts of layout '${spec.id}' come out with intermediate size ${I}, config.json says ${want}` +
-        (spec.id === 'fast-llm' ? ' (Fast-LLM shared experts stored as extra experts are not supported)' : ''),
+        (spec.sharedSlots ? ` (with shared experts as extra slots the config's shared-expert size must match the tensors)` : ''),
     );
 }
 
@@ -462,7 +464,8 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   }
   if (gated === undefined)
     throw new MoekitError('unsupported', `layer ${n}: the expert tensors of layout '${spec.id}' are neither a complete gated nor a non-gated set`);
-  // number of experts held
+  // number of experts held, shared-expert slots included
+  const slots = sharedSlotCount(n, spec, meta);
   const ids = new Set(matches.filter((m) => m.e !== undefined).map((m) => m.e!));
   let E: number;
   if (ids.size > 0) {
@@ -471,7 +474,7 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
       throw new MoekitError('unsupported', `layer ${n}: expert ids are not 0..${E - 1} (found ${ids.size} of them); a shard must be renumbered locally`);
   } else {
     const st = matches.find((m) => m.rule.scope === 'stacked' && !m.rule.shape);
-    E = st ? st.info.shape[0]! : (layerMeta?.experts ?? Er);
+    E = st ? st.info.shape[0]! : (layerMeta?.experts ?? Er) + slots;
   }
   const d: Dims = { E, Er, H, I: 1, Is: 1, gated };
   const solve = (field: Field, key: 'I' | 'Is'): number => {
@@ -518,14 +521,31 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   experts.forEach((e, i) => {
     for (const f of need) if (!e[f]) throw new MoekitError('unsupported', `layer ${n}: expert ${i} has no ${f} tensor in layout '${spec.id}'`);
   });
-  const globalIds = layerMeta?.globalExperts ?? experts.map((_, i) => i);
-  if (globalIds.length !== E || new Set(globalIds).size !== E || globalIds.some((g) => g >= Er)) {
+  const routed = E - slots;
+  const globalIds = layerMeta?.globalExperts ?? Array.from({ length: routed }, (_, i) => i);
+  if (globalIds.length !== routed || new Set(globalIds).size !== routed || globalIds.some((g) => g >= Er)) {
     throw new MoekitError(
       'bad-input',
-      `layer ${n}: moekit.json lists global experts [${globalIds.slice(0, 16)}${globalIds.length > 16 ? ',…' : ''}] for ${E} experts of ${Er}; the file does not describe these tensors`,
+      `layer ${n}: moekit.json lists global experts [${globalIds.slice(0, 16)}${globalIds.length > 16 ? ',…' : ''}] for ${routed} experts of ${Er}; the file does not describe these tensors`,
     );
   }
-  return { layer: n, ...lf, experts: experts as ExpertIR[], globalIds };
+  return unfoldSharedSlots({ layer: n, ...lf, experts: experts as ExpertIR[], globalIds }, slots);
+}
+
+/**
+ * How many of a sharedSlots layout's expert slots are shared experts (engine/shared-slots.ts): the
+ * shared width over the expert width, from moekit.json's record of the layer, else config.json.
+ */
+function sharedSlotCount(n: number, spec: LayoutSpec, meta: ModelMeta): number {
+  if (!spec.sharedSlots) return 0;
+  const rec = meta.moekit?.layers?.find((x) => x.layer === n);
+  const facts = !rec && meta.config ? familyFacts(meta.config) : undefined;
+  const Is = rec?.sharedIntermediate ?? facts?.shared?.intermediateSize ?? 0;
+  const I = rec?.intermediate ?? facts?.moeIntermediateSize ?? 0;
+  if (Is === 0) return 0;
+  if (!(I > 0) || Is % I !== 0)
+    throw new MoekitError('bad-input', `layer ${n}: shared experts of intermediate size ${Is} cannot be '${spec.id}' expert slots of size ${I}`);
+  return Is / I;
 }
 
 /** The moekit.json of a converted checkpoint. */

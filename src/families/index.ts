@@ -361,7 +361,11 @@ const FAMILIES: Record<string, FamilyRule> = {
     ...base,
     family: 'fast_llm',
     moeIntermediateSize: num(c, 'moe_intermediate_size') ?? 0,
-    shared: null,
+    // shared experts: extra expert slots, score 1 (_add_shared_experts), i.e. one always-on MLP of n·I
+    shared:
+      (num(c, 'n_shared_experts') ?? 0) > 0
+        ? { count: num(c, 'n_shared_experts')!, intermediateSize: num(c, 'n_shared_experts')! * (num(c, 'moe_intermediate_size') ?? 0), sigmoidGate: false }
+        : null,
     routing: routing({
       scoreFunc: 'topk_softmax',
       ...(c.router_normalization === true ? { routerNorm: true } : {}),

@@ -5,7 +5,7 @@
  * the optimizer states `exp_avgs` / `exp_avgs_sq` when saved. Each tensor is the whole (unsharded)
  * parameter. This store shows the `weights` shard under the parameter names and skips the others.
  * Without a config.json beside it, the MoE facts come from metadata.yaml (`config.base_model`:
- * hidden_size, decoder.num_blocks, decoder.block.mlp: type moe, experts, shared_experts,
+ * hidden_size, decoder.num_blocks, decoder.block.mlp: type moe, experts (shared ones included), shared_experts,
  * experts_per_token, intermediate_size, gated, activation, routing, router_normalization,
  * router_input_scale; fast_llm/layers/decoder/mlp/config.py MoEMLPConfig), as a config of model_type
  * `fast_llm` (src/families/index.ts). ASSUMPTION (no saved metadata.yaml could be read): those paths, and
@@ -32,7 +32,13 @@ function configFrom(meta: Record<string, unknown>, where: string): Record<string
   };
   if (mlp.type !== 'moe') bad(`decoder.block.mlp.type is '${String(mlp.type ?? 'mlp')}', not 'moe' (moekit reads Fast-LLM MoE checkpoints)`);
   if (mlp.routing === 'sinkhorn') bad('sinkhorn routing is not supported (moekit verifies top-k routing: routing aux_loss)');
-  if (Number(mlp.shared_experts ?? 0) > 0) bad(`${String(mlp.shared_experts)} shared experts (Fast-LLM keeps them as extra expert slots) are not supported`);
+  // experts counts the shared ones too: the router scores experts − shared_experts (config.py unshared_experts)
+  const shared = Number(mlp.shared_experts ?? 0);
+  const experts = Number(mlp.experts);
+  if (!Number.isInteger(shared) || shared < 0 || !(shared < experts))
+    bad(`shared_experts ${String(mlp.shared_experts)} is not a count below experts (${String(mlp.experts)})`);
+  if (shared > 0 && obj(mlp.router_per_expert_scale).enabled === true)
+    bad(`router_per_expert_scale with ${shared} shared experts is not supported (the scale would also weight the shared slots)`);
   const norm = obj(mlp.router_normalization).type;
   if (norm !== undefined && norm !== 'none' && norm !== 'fixed_rms_norm')
     bad(`router_normalization '${String(norm)}' is not supported (known: none, fixed_rms_norm)`);
@@ -47,7 +53,8 @@ function configFrom(meta: Record<string, unknown>, where: string): Record<string
     model_type: 'fast_llm',
     hidden_size: base.hidden_size,
     num_hidden_layers: decoder.num_blocks,
-    num_experts: mlp.experts,
+    num_experts: experts - shared,
+    ...(shared > 0 ? { n_shared_experts: shared } : {}),
     num_experts_per_tok: mlp.experts_per_token ?? 1,
     moe_intermediate_size: mlp.intermediate_size,
     hidden_act: hfAct[act],

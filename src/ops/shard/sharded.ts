@@ -10,18 +10,7 @@ import { HashPool } from '../../engine/hash-pool.js';
 import { MoekitError } from '../../errors.js';
 import type { TensorStore } from '../../store/types.js';
 import { openStore } from '../../store/registry.js';
-import { dtypeSize } from '../../store/dtypes.js';
-import {
-  View,
-  allocAligned,
-  contiguousStrides,
-  copyView,
-  EXPERT_FIELDS,
-  type ExpertField,
-  type ExpertIR,
-  type LayerIR,
-  type ModelIR,
-} from '../../engine/ir.js';
+import { concatView, EXPERT_FIELDS, type ExpertField, type ExpertIR, type LayerIR, type ModelIR } from '../../engine/ir.js';
 import { loadMeta, quantizedTensors, readIR, type ModelMeta } from '../../engine/read.js';
 import { openScaled, type ScaledIR } from '../../engine/scales.js';
 import { dequantized } from '../dequant.js';
@@ -231,11 +220,6 @@ export async function openSharded(root: string, opts: { dequantize?: boolean } =
   }
 }
 
-/** A view of contiguous bytes built on demand. */
-function lazyView(dtype: View['dtype'], shape: number[], load: () => Promise<Buffer>): View {
-  return new View({ kind: 'lazy', load }, dtype, 0, shape, contiguousStrides(shape));
-}
-
 /**
  * The merged IR. With ETP 1 every expert field is a plain view of the rank file that holds it (so
  * merge streams raw byte ranges). With ETP > 1 a field is a lazy view that concatenates its I
@@ -272,20 +256,17 @@ function mergedIR(m: ShardManifest, ranks: OpenRank[], irOf: (r: OpenRank) => Mo
           out.down_bias = v0;
           continue;
         }
-        const cols = f === 'down';
-        const shape = cols ? [v0.shape[0]!, I] : [I, ...v0.shape.slice(1)];
-        const es = dtypeSize(v0.dtype);
-        const fieldParts = parts.map((p) => {
+        const fieldParts = parts.map((p, i) => {
           const v = p.ex[f as ExpertField];
           if (!v) throw new MoekitError('bad-input', `expert ${g} of layer ${bl.layer}: rank ${p.r.plan.dir} has no ${f} slice`);
-          return { v, a: p.a, b: p.b };
+          if (p.a !== (i === 0 ? 0 : parts[i - 1]!.b))
+            throw new MoekitError(
+              'bad-input',
+              `expert ${g} of layer ${bl.layer}: the expert-TP slices of the ranks do not tile 0..${I} (rank ${p.r.plan.dir} starts at ${p.a})`,
+            );
+          return v;
         });
-        out[f] = lazyView(v0.dtype, shape, async () => {
-          const buf = allocAligned(shape.reduce((x, y) => x * y, 1) * es);
-          const whole = View.ofBuffer(buf, v0.dtype, shape);
-          for (const p of fieldParts) await copyView(p.v, cols ? whole.slice(1, p.a, p.b) : whole.slice(0, p.a, p.b));
-          return buf;
-        });
+        out[f] = concatView(fieldParts, f === 'down' ? 1 : 0);
       }
       experts.push(out as ExpertIR);
     }
