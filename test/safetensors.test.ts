@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { parseSafetensorsMetadata } from '@huggingface/hub';
 import type { TensorStore } from '../src/store/types.js';
 import { openStore } from '../src/store/registry.js';
+import { sharedPool } from '../src/store/pool.js';
 import { writeCheckpoint, encodeHeader, type WriteEntry } from '../src/store/safetensors/writer.js';
 import { FIXTURES, fixtureNames, runCli, tempDir } from './helpers.js';
 
@@ -109,7 +110,7 @@ describe('read → write round trip', () => {
   });
 
   it('streams a tensor larger than one pool chunk in several chunks', async () => {
-    const n = 5 * 1024 * 1024; // 20 MiB of f32 > 16 MiB chunk
+    const n = 5 * 1024 * 1024; // 20 MiB of f32: several pool chunks
     const data = Buffer.alloc(n * 4);
     for (let i = 0; i < n; i++) data.writeUInt32LE((i * 2654435761) >>> 0, i * 4);
     const a = join(tmp.dir, 'big-a');
@@ -133,7 +134,8 @@ describe('read → write round trip', () => {
       parts.push(Buffer.from(c.data));
       c.release?.();
     }
-    expect(chunks).toBe(2);
+    expect(chunks).toBe(Math.ceil(data.length / sharedPool.chunkSize));
+    expect(chunks).toBeGreaterThan(1);
     expect(Buffer.compare(Buffer.concat(parts), data)).toBe(0);
     await ck.close();
   });
