@@ -4,8 +4,11 @@
  * beside it, shared_mlp.input_linear.weight [2·Is, H] ([gate; up], gate first) and
  * shared_mlp.output_linear.weight [H, Is], added unweighted. The prefix is the decoder layer because
  * the shared MLP is not inside block_sparse_moe.
+ * Granite-4.0-H (granitemoehybrid) has the same block on its mamba and attention layers.
  * Sources: transformers models/granitemoeshared/modeling_granitemoeshared.py (GraniteMoeSharedMLP,
- * GraniteMoeSharedDecoderLayer: moe_hidden_states + shared_mlp(hidden_states)); fixtures/hf/granitemoeshared.
+ * GraniteMoeSharedDecoderLayer: moe_hidden_states + shared_mlp(hidden_states)), models/granitemoehybrid/
+ * modeling_granitemoehybrid.py (GraniteMoeHybridDecoderLayer, GraniteMoeHybridMoE(GraniteMoeSharedMoE); no
+ * conversion mapping: saved as in memory); fixtures/hf/granitemoeshared, granitemoehybrid.
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
@@ -15,7 +18,7 @@ export const spec: LayoutSpec = {
   id: 'hf-granite-shared',
   description: 'HF Granite-MoE-Shared block_sparse_moe.input_linear/output_linear + shared_mlp.input_linear/output_linear',
   source: 'transformers modeling_granitemoeshared.py',
-  families: ['granitemoeshared'],
+  families: ['granitemoeshared', 'granitemoehybrid'],
   prefix: '{root}layers.{n}.',
   root: 'hf',
   gateUp: { default: 'concat', allowed: ['concat'] },

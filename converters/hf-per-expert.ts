@@ -3,7 +3,7 @@
  * router mlp.gate [E,H], DeepSeek-V3 / GLM4-MoE score-correction bias mlp.gate.e_score_correction_bias [E]
  * and shared experts mlp.shared_experts.{gate,up,down}_proj (Is = n_shared · moe_intermediate_size).
  * Sources: transformers models/qwen3_moe, olmoe, flex_olmo, deepseek_v2, deepseek_v3, deepseek_v32, glm4_moe,
- * glm4_moe_lite, glm_moe_dsa, dots1, cohere2_moe modeling files and conversion_mapping.py (all save per expert);
+ * glm4_moe_lite, glm_moe_dsa, glm4v_moe (its text model), solar_open, dots1, cohere2_moe modeling files and conversion_mapping.py (all save per expert);
  * fixtures fixtures/hf/* of these families (transformers 5.17 save_pretrained).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
@@ -33,7 +33,7 @@ export function perExpertRules(shared?: string): TensorRule[] {
 export const spec: LayoutSpec = {
   id: 'hf-per-expert',
   description:
-    'HF per-expert mlp.experts.<e>.gate_proj/up_proj/down_proj (Qwen3-MoE, OLMoE, FlexOlmo, DeepSeek-V2/V3/V3.2, GLM4-MoE(-Lite, -DSA), dots.llm1, Cohere2-MoE)',
+    'HF per-expert mlp.experts.<e>.gate_proj/up_proj/down_proj (Qwen3-MoE, OLMoE, FlexOlmo, DeepSeek-V2/V3/V3.2, GLM4-MoE(-Lite, -DSA), GLM-4.5V, Solar Open, dots.llm1, Cohere2-MoE)',
   source: 'transformers modeling_qwen3_moe.py / modeling_olmoe.py / modeling_deepseek_v3.py / modeling_glm4_moe.py',
   families: [
     'qwen3_moe',
@@ -47,6 +47,8 @@ export const spec: LayoutSpec = {
     'dots1',
     'deepseek_v2',
     'cohere2_moe',
+    'glm4v_moe',
+    'solar_open',
   ],
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',

@@ -24,6 +24,8 @@ import { spec as hfJetmoe } from './hf-jetmoe.js';
 import { spec as hfDbrx } from './hf-dbrx.js';
 import { spec as hfGraniteShared } from './hf-granite-shared.js';
 import { spec as hfGemma4 } from './hf-gemma4.js';
+import { spec as hfLfm2Moe } from './hf-lfm2-moe.js';
+import { spec as hfQwen3VlMoe, hubSpec as hfQwen3VlMoeHub } from './hf-qwen3-vl-moe.js';
 import { spec as fastLlm } from './fast-llm.js';
 
 export const LAYOUTS: readonly LayoutSpec[] = [
@@ -42,6 +44,9 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfDbrx,
   hfGraniteShared,
   hfGemma4,
+  hfLfm2Moe,
+  hfQwen3VlMoe,
+  hfQwen3VlMoeHub,
   nemo,
   te,
   megatron,

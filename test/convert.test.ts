@@ -46,6 +46,11 @@ const REFUSE: Record<string, Record<string, RegExp>> = {
   glm_moe_dsa: { flashfusemoe: /no place for the score-correction bias/ },
   exaone_moe: { flashfusemoe: /no place for the score-correction bias/ },
   afmoe: { flashfusemoe: /no place for the score-correction bias/ },
+  glm4v_moe: { flashfusemoe: /no place for the score-correction bias/ },
+  lfm2_moe: { flashfusemoe: /no place for the score-correction bias/ },
+  solar_open: { flashfusemoe: /no place for the score-correction bias/ },
+  // its shared MLP (96) is no whole number of expert slots (40)
+  granitemoehybrid: { 'fast-llm': /shared expert has intermediate size 96, not a multiple of the routed experts' 40/ },
   qwen3_next: { flashfusemoe: /no place for the shared-expert gate/, 'hf-fused': /no place for the shared-expert gate/ },
   qwen3_5_moe: { flashfusemoe: /no place for the shared-expert gate/, 'hf-fused': /no place for the shared-expert gate/ },
   // JetMoE's block output bias (mlp.bias) has no slot in any framework layout
@@ -55,7 +60,21 @@ const REFUSE: Record<string, Record<string, RegExp>> = {
 };
 // Fast-LLM keeps a shared expert as extra expert slots weighted 1 (engine/shared-slots.ts), and has no biases
 // and no shared-expert gate: families with a score-correction bias or a gated shared expert go elsewhere
-for (const f of ['deepseek_v3', 'deepseek_v3_bf16', 'deepseek_v32', 'dots1', 'glm4_moe', 'glm4_moe_lite', 'glm_moe_dsa', 'exaone_moe', 'afmoe', 'ernie4_5_moe'])
+for (const f of [
+  'deepseek_v3',
+  'deepseek_v3_bf16',
+  'deepseek_v32',
+  'dots1',
+  'glm4_moe',
+  'glm4_moe_lite',
+  'glm_moe_dsa',
+  'exaone_moe',
+  'afmoe',
+  'ernie4_5_moe',
+  'glm4v_moe',
+  'lfm2_moe',
+  'solar_open',
+])
   REFUSE[f] = { ...REFUSE[f], 'fast-llm': /no place for the score-correction bias/ };
 for (const f of ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe'])
   REFUSE[f] = { ...REFUSE[f], 'fast-llm': /keeps shared experts as expert slots weighted 1, and layer 0's shared expert has a sigmoid gate/ };

@@ -42,6 +42,11 @@ const FAMILIES: Record<string, [string, string | null]> = {
   afmoe: ['sigmoid', 'te'],
   // Gemma-4's router scales and block norms fit Fast-LLM's (router_scale, router_per_expert_scale, pre/post_norm) only
   gemma4_text: ['softmax', 'fast-llm'],
+  qwen3_vl_moe: ['softmax', 'te'],
+  lfm2_moe: ['sigmoid', 'nemo'],
+  granitemoehybrid: ['topk_softmax', 'megatron-grouped'],
+  glm4v_moe: ['sigmoid', 'megatron'],
+  solar_open: ['sigmoid', 'hf-fused'],
 };
 
 const tmp = tempDir('moekit-families-');
@@ -230,6 +235,27 @@ describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors wi
   }
 });
 
+describe('a checkpoint Fast-LLM wrote itself (fixtures/fast_llm/mixtral: Fast-LLM 0.4.0 convert of fixtures/hf/mixtral)', () => {
+  const flm = join(FIXTURES, '..', 'fast_llm', 'mixtral');
+  it('reads as Fast-LLM MoE from metadata.yaml alone and verifies against transformers Mixtral', async () => {
+    const ck = await openStore(flm);
+    const r = await inspectCheckpoint(ck, flm);
+    await ck.close();
+    expect([ck.format, r.family, r.layout, r.numExperts, r.topK, r.moeLayers]).toEqual(['fast_llm', 'fast_llm', 'fast-llm', 8, 2, [0, 1]]);
+    const v = await verify(flm, undefined, { reference: ref('mixtral') });
+    expect(v.pass, JSON.stringify(v.layers)).toBe(true);
+  });
+  it("moekit's --to fast-llm writes the expert tensors Fast-LLM wrote, byte for byte", async () => {
+    const mine = out('mixtral-fast-llm');
+    await convert(join(FIXTURES, 'mixtral'), mine, { to: 'fast-llm', ...fast });
+    const [a, b] = [await openStore(flm), await openStore(mine)];
+    const names = a.names().filter((n) => n.includes('.mlp.'));
+    expect(names.length).toBe(6);
+    for (const n of names) expect(Buffer.from(await a.read(n)).equals(Buffer.from(await b.read(n))), n).toBe(true);
+    await Promise.all([a.close(), b.close()]);
+  });
+});
+
 describe('Fast-LLM shared experts: the last slots of layer_1 / layer_2, score 1 (mixture_of_experts.py _add_shared_experts)', () => {
   // HunYuan-MoE routes as Fast-LLM does (softmax over the top-k logits) and adds an always-on shared MLP of the experts' size
   const hunyuanMlp = { type: 'moe', experts: 9, shared_experts: 1, experts_per_token: 2, intermediate_size: 40, gated: true, activation: 'silu' };
@@ -300,6 +326,56 @@ describe('Fast-LLM shared experts: the last slots of layer_1 / layer_2, score 1 
   it('a shared expert not a multiple of the expert size, or with a sigmoid gate, is refused naming why', async () => {
     await expect(convert(join(FIXTURES, 'qwen2_moe'), out('q'), { to: 'fast-llm', ...fast })).rejects.toThrow(/has a sigmoid gate/);
   });
+});
+
+describe('Qwen3-VL-MoE: the Hub orientation ([E,H,2I] / [E,I,H]) and transformers-saved one ([E,2I,H] / [E,H,I]) share names', () => {
+  it('the Hub form is told by its shapes, verifies against transformers, and --to hf writes the saved form byte for byte', async () => {
+    const fx = join(FIXTURES, 'qwen3_vl_moe');
+    const src = await openStore(fx);
+    const entries = [];
+    for (const info of src.tensors.values()) {
+      const bytes = Buffer.from(await src.read(info));
+      if (!/mlp\.experts\.(gate_up|down)_proj$/.test(info.name)) {
+        entries.push({ name: info.name, dtype: info.dtype, shape: info.shape, source: bufferSource(bytes) });
+        continue;
+      }
+      const [E, R, C] = info.shape as [number, number, number];
+      const t = Buffer.alloc(bytes.length);
+      for (let e = 0; e < E; e++)
+        for (let r = 0; r < R; r++)
+          for (let c = 0; c < C; c++) bytes.copy(t, ((e * C + c) * R + r) * 4, ((e * R + r) * C + c) * 4, ((e * R + r) * C + c) * 4 + 4);
+      entries.push({ name: info.name, dtype: info.dtype, shape: [E, C, R], source: bufferSource(t) });
+    }
+    await src.close();
+    const hub = out('qwen3-vl-hub');
+    await writeCheckpoint(hub, entries, { fsync: false });
+    copyFileSync(join(fx, 'config.json'), join(hub, 'config.json'));
+    const ck = await openStore(hub);
+    const r = await inspectCheckpoint(ck, hub);
+    await ck.close();
+    expect(r.layout).toBe('hf-qwen3-vl-moe-hub');
+    const v = await verify(hub, undefined, { reference: ref('qwen3_vl_moe'), cpu: true });
+    expect(v.pass, JSON.stringify(v.layers)).toBe(true);
+    const back = out('qwen3-vl-saved');
+    await convert(hub, back, { to: 'hf', ...fast });
+    expect(diff(await dump(back), await dump(fx))).toEqual([]);
+  });
+});
+
+describe('multimodal checkpoints and their text model_type give the same facts', () => {
+  for (const [outer, inner] of [
+    ['qwen3_vl_moe', 'qwen3_vl_moe_text'],
+    ['glm4v_moe', 'glm4v_moe_text'],
+  ] as const) {
+    it(`${outer} (text_config) = ${inner}`, () => {
+      const wrapped = familyFacts(config(outer));
+      const text = familyFacts({ ...(config(outer).text_config as Record<string, unknown>), model_type: inner });
+      expect([wrapped.family, text.family]).toEqual([outer, outer]);
+      expect([text.numExperts, text.topK, text.hiddenSize, text.moeIntermediateSize, text.numLayers]).toEqual([8, 2, 48, 40, 2]);
+      expect(text.routing).toEqual(wrapped.routing);
+      expect(text.shared).toEqual(wrapped.shared);
+    });
+  }
 });
 
 describe('multimodal wrappers read the text model from text_config', () => {

@@ -9,7 +9,9 @@ const n = (c: Cfg, ...keys: string[]) => keys.map((k) => c[k]).find((v) => typeo
 
 /** What config.json says each fixture is; inspect must agree with it (and with the tensors). */
 function expected(name: string) {
-  const raw = cfg(name);
+  // multimodal models (qwen3_vl_moe, glm4v_moe) hold the text model's facts in text_config
+  const outer = cfg(name);
+  const raw: Cfg = outer.text_config ? { ...(outer.text_config as Cfg), model_type: outer.model_type } : outer;
   // DBRX (configuration_dbrx.py) names its fields d_model / n_layers and nests the MoE ones in ffn_config
   const ffn = (raw.ffn_config ?? {}) as Cfg;
   const c: Cfg =

@@ -116,6 +116,7 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
     ...(r.routerNorm === undefined ? {} : { routerNorm: k.bool(r.routerNorm, 'routing.routerNorm') }),
     ...(r.routerInputScale === undefined ? {} : { routerInputScale: k.num(r.routerInputScale, 'routing.routerInputScale') }),
     ...(r.normEps === undefined ? {} : { normEps: k.num(r.normEps, 'routing.normEps') }),
+    ...(r.renormEps === undefined ? {} : { renormEps: k.num(r.renormEps, 'routing.renormEps') }),
   };
 }
 
@@ -253,8 +254,40 @@ function claims(spec: LayoutSpec, names: string[]): { experts: number; all: numb
   return { experts, all };
 }
 
-/** The layout a checkpoint's tensors are in (moekit.json's word first), or undefined if no spec claims any expert tensor. */
-export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | undefined {
+/**
+ * Whether a spec's stacked expert tensors have the shapes it declares, past the expert dim, for the
+ * router's H and config.json's I: two layouts with the same names that differ only in orientation
+ * (Qwen3-VL-MoE's experts as transformers saves them, [E, 2I, H], and as the Hub's checkpoints hold
+ * them, [E, H, 2I]) are told apart by it. True when I is unknown.
+ */
+function shapesFit(spec: LayoutSpec, names: string[], shapeOf: (n: string) => readonly number[] | undefined, meta: ModelMeta): boolean {
+  const I = meta.config ? familyFacts(meta.config).moeIntermediateSize : 0;
+  if (!(I > 0)) return true;
+  const o: SpecOptions = { gateUp: spec.gateUp?.default ?? 'concat' };
+  const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
+  const routers = new Map<number, readonly number[]>();
+  const stacked: { n: number; rule: TensorRule; shape: readonly number[] }[] = [];
+  for (const name of names) {
+    const c = compiled(spec).find((x) => x.re.test(name));
+    const shape = shapeOf(name);
+    if (!c || !shape) continue;
+    const n = Number(c.re.exec(name)!.groups!.n);
+    if (c.rule.scope === 'layer' && fieldsOf(c.rule, probe, o).includes('router')) routers.set(n, shape);
+    else if (c.rule.scope === 'stacked' && !c.rule.shape) stacked.push({ n, rule: c.rule, shape });
+  }
+  return stacked.every(({ n, rule, shape }) => {
+    const r = routers.get(n);
+    if (!r) return true;
+    const want = declaredShape(rule, { E: r[0]!, Er: r[0]!, H: r[1]!, I, Is: 0, gated: true }, o);
+    return want.length === shape.length && want.every((w, i) => i === 0 || w === shape[i]);
+  });
+}
+
+/**
+ * The layout a checkpoint's tensors are in (moekit.json's word first), or undefined if no spec claims
+ * any expert tensor. Among specs that claim as many tensors, one whose stacked shapes fit (shapeOf) wins.
+ */
+function detectLayout(names: string[], meta: ModelMeta, shapeOf?: (n: string) => readonly number[] | undefined): LayoutSpec | undefined {
   if (meta.moekit) {
     const s = layoutOf(meta.moekit.layout);
     if (s && claims(s, names).experts > 0) return s;
@@ -268,10 +301,16 @@ export function detectLayout(names: string[], meta: ModelMeta): LayoutSpec | und
     if (spec.families && meta.family !== 'unknown' && !spec.families.includes(meta.family) && hfLayoutFor(meta.family)) continue;
     const c = claims(spec, names);
     if (c.experts === 0) continue;
+    const tie = best && c.experts === best.experts && c.all === best.all;
+    if (tie && shapeOf && !shapesFit(best!.spec, names, shapeOf, meta) && shapesFit(spec, names, shapeOf, meta)) best = { spec, ...c };
     if (!best || c.experts > best.experts || (c.experts === best.experts && c.all > best.all)) best = { spec, ...c };
   }
   return best?.spec;
 }
+
+/** detectLayout over a store's tensors (names and shapes). */
+export const detectStoreLayout = (store: TensorStore, meta: ModelMeta): LayoutSpec | undefined =>
+  detectLayout(store.names(), meta, (n) => store.tensors.get(n)?.shape);
 
 /**
  * Experts per layer counted from names alone (per-expert ids, or a stacked tensor's leading dim),

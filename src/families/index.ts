@@ -56,6 +56,8 @@ export interface Routing {
   routerInputScale?: number;
   /** epsilon of the router norm and of the block's input / output norms */
   normEps?: number;
+  /** added to the top-k weights' sum before renormalising, where it is not DeepSeek-V3's 1e-20 (sigmoid) / 0 (softmax): LFM2-MoE 1e-6 */
+  renormEps?: number;
 }
 
 /** Routing facts with defaults (plain softmax top-k, no groups, no renorm, no biases) overridden by `r`. */
@@ -354,6 +356,46 @@ const FAMILIES: Record<string, FamilyRule> = {
       isMoeLayer: (i) => i >= dense,
     };
   },
+  // modeling_qwen3_vl_moe.py (Qwen3VLMoeTextTopKRouter, Qwen3VLMoeTextSparseMoeBlock(Qwen3MoeSparseMoeBlock)): softmax,
+  // top-k, always renormalised (the text config has no norm_topk_prob); Qwen3-MoE's layers (decoder_sparse_step, mlp_only_layers)
+  qwen3_vl_moe: (c, base, routing) => qwenLike(c, base, routing),
+  qwen3_vl_moe_text: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_lfm2_moe.py (Lfm2MoeSparseMoeBlock.route_tokens_to_experts): sigmoid, selection on score + expert_bias
+  // (use_expert_bias), weights the unbiased scores, renormalised iff norm_topk_prob with + 1e-6, × routed_scaling_factor;
+  // the first num_dense_layers layers are dense (feed_forward.w1/w3/w2); the conv layers pass through
+  lfm2_moe: (c, base, routing) => {
+    const dense = num(c, 'num_dense_layers') ?? 2;
+    return {
+      ...base,
+      family: 'lfm2_moe',
+      moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
+      shared: null,
+      routing: routing({
+        scoreFunc: 'sigmoid',
+        correctionBias: bool(c, 'use_expert_bias', true),
+        normTopkProb: bool(c, 'norm_topk_prob', true),
+        routedScalingFactor: num(c, 'routed_scaling_factor') ?? 1,
+        renormEps: 1e-6,
+      }),
+      isMoeLayer: (i) => i >= dense,
+    };
+  },
+  // modeling_granitemoehybrid.py (GraniteMoeHybridDecoderLayer): Granite-MoE-Shared's block on mamba and attention
+  // layers alike; shared_mlp (shared_intermediate_size) on every layer, experts where num_local_experts > 0
+  granitemoehybrid: (c, base, routing) => {
+    const sharedI = num(c, 'shared_intermediate_size') ?? 1024;
+    return {
+      ...FAMILIES.granitemoe!(c, base, routing),
+      family: 'granitemoehybrid',
+      shared: { count: 1, intermediateSize: sharedI, sigmoidGate: false },
+      isMoeLayer: () => base.numExperts > 0,
+    };
+  },
+  // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
+  glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
+  glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
+  // modeling_solar_open.py (SolarOpenMoE(Glm4MoeMoE)): GLM4-MoE's block on every layer (no first_k_dense_replace)
+  solar_open: (c, base, routing) => deepseekLike(c, base, routing),
   // a Fast-LLM checkpoint without an HF config (src/store/fast-llm.ts builds this config from metadata.yaml):
   // mixture_of_experts.py _topk_routing: top-k of the logits, softmax over the k; router input
   // RMSNorm (fixed_rms_norm) × router_scale × router_input_scale; × router_per_expert_scale after top-k
@@ -442,9 +484,9 @@ function sparseLayers(c: Record<string, unknown>, fallback: (i: number) => boole
 }
 
 /**
- * Qwen2-MoE, Qwen3-MoE, Qwen3-Next, Qwen3.5-MoE, OLMoE, FlexOlmo: softmax top-k; MoE every decoder_sparse_step
+ * Qwen2-MoE, Qwen3-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen3-VL-MoE, OLMoE, FlexOlmo: softmax top-k; MoE every decoder_sparse_step
  * layers except mlp_only_layers (OLMoE, FlexOlmo, Qwen3.5-MoE: every layer). Renormalised iff norm_topk_prob
- * (default false; Qwen3-MoE and Qwen3-Next true; Qwen3.5-MoE always). A shared expert with a sigmoid gate for
+ * (default false; Qwen3-MoE and Qwen3-Next true; Qwen3.5-MoE and Qwen3-VL-MoE always). A shared expert with a sigmoid gate for
  * the Qwen2-MoE lineage (qwen2_moe, qwen3_next, qwen3_5_moe).
  */
 const qwenLike: FamilyRule = (c, base, routing) => {
@@ -453,13 +495,14 @@ const qwenLike: FamilyRule = (c, base, routing) => {
   const mlpOnly = Array.isArray(c.mlp_only_layers) ? (c.mlp_only_layers as number[]) : [];
   const sharedI = num(c, 'shared_expert_intermediate_size') ?? 0;
   const q35 = t.startsWith('qwen3_5_moe');
+  const vl = t.startsWith('qwen3_vl_moe');
   const everyLayer = t === 'olmoe' || t === 'flex_olmo' || q35;
   return {
     ...base,
-    family: q35 ? 'qwen3_5_moe' : t, // one family, two model_types (text-only and multimodal)
+    family: q35 ? 'qwen3_5_moe' : vl ? 'qwen3_vl_moe' : t, // one family, two model_types (text-only and multimodal)
     moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
     shared: (t === 'qwen2_moe' || t === 'qwen3_next' || q35) && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
-    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next') }),
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || vl || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next') }),
     isMoeLayer: (i) => everyLayer || (!mlpOnly.includes(i) && base.numExperts > 0 && (i + 1) % step === 0),
   };
 };
@@ -527,10 +570,10 @@ const otherFamily: FamilyRule = (_c, base, routing) => {
 };
 
 /** Model types whose text model's fields sit under text_config (the multimodal wrappers). */
-const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4'];
+const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4', 'qwen3_vl_moe', 'glm4v_moe'];
 
 /**
- * The fields the family rules read: Llama4 and Qwen3.5-MoE keep the text model's under text_config;
+ * The fields the family rules read: Llama4, Qwen3.5-MoE, Gemma-4, Qwen3-VL-MoE and GLM-4.5V (glm4v_moe) keep the text model's under text_config;
  * DBRX (configuration_dbrx.py) names them d_model / n_layers and nests the MoE ones in ffn_config.
  */
 function textConfig(modelType: string, config: Record<string, unknown>): Record<string, unknown> {

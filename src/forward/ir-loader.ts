@@ -10,7 +10,7 @@ import { MoekitError } from '../errors.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { materialize, type ExpertIR, type LayerIR, type ModelIR, type View } from '../engine/ir.js';
-import { detectLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type DenseMlp } from '../engine/read.js';
+import { detectStoreLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type DenseMlp } from '../engine/read.js';
 import { dtypeBytes, validateBlock, type ExpertWeights, type MoeBlockWeights, type Weight } from './weights.js';
 
 export interface LoadedLayer {
@@ -150,7 +150,7 @@ export function layerSourceOf(ir: ModelIR | undefined, layout: string, denseStor
 /** The layers of a checkpoint the forward can run, and a loader for each, for any layout. */
 export async function layerSource(store: TensorStore, config: Record<string, unknown>): Promise<LayerSource> {
   const meta = await loadMeta(store);
-  const spec = detectLayout(store.names(), meta);
+  const spec = detectStoreLayout(store, meta);
   const q = spec && quantizedTensors(store);
   if (q) throw new MoekitError('unsupported', `${store.dir} is quantized (${q}); verify runs on F32/BF16/F16 weights: dequantize it first`);
   const ir = spec ? readIR(store, spec, meta) : undefined;

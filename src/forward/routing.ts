@@ -14,6 +14,8 @@
  *    (Cohere2MoeTopKRouter, expert_selection_fn "sigmoid")
  *  - softmax, top-k, divided by the weights' p-norm (moe_normalize_expert_weights): modeling_dbrx.py (DbrxRouter)
  *  - sigmoid + selection bias, always renormalised, × route_scale: modeling_afmoe.py (AfmoeTokenChoiceRouter)
+ *  - sigmoid + selection bias (expert_bias), renormalised with + 1e-6 (renormEps), × routed_scaling_factor:
+ *    modeling_lfm2_moe.py (Lfm2MoeSparseMoeBlock.route_tokens_to_experts)
  */
 import type { Activation, Routing } from '../families/index.js';
 import type { MoeBlockWeights } from './weights.js';
@@ -110,7 +112,9 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
   if (r.normTopkProb) {
     const p = r.normP ?? 1;
     const s =
-      p === 1 ? weights.reduce((a, b) => a + b, 0) + (r.scoreFunc === 'sigmoid' ? 1e-20 : 0) : weights.reduce((a, w) => a + Math.abs(w) ** p, 0) ** (1 / p);
+      p === 1
+        ? weights.reduce((a, b) => a + b, 0) + (r.renormEps ?? (r.scoreFunc === 'sigmoid' ? 1e-20 : 0))
+        : weights.reduce((a, w) => a + Math.abs(w) ** p, 0) ** (1 / p);
     weights = weights.map((w) => w / s);
   }
   return { ids, weights: weights.map((w) => w * r.routedScalingFactor) };
@@ -181,6 +185,7 @@ export function kernelRoutes(r: Routing, w?: MoeBlockWeights): boolean {
     r.groupScore !== 'max' &&
     (r.normP ?? 1) === 1 &&
     (r.sharedScale ?? 1) === 1 &&
+    r.renormEps === undefined &&
     !r.routerNorm &&
     r.routerInputScale === undefined &&
     !w?.router?.scale &&

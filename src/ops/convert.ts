@@ -13,7 +13,7 @@ import { MoekitError } from '../errors.js';
 import { stampDtype } from '../families/index.js';
 import { sideFilesOf, withOutput } from '../output/transaction.js';
 import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
-import { detectLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
+import { detectStoreLayout, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../engine/read.js';
 import { describePlan, passthroughTensors, planBytes, planTensors, splitFiles, type Plan, type SideFile, type TensorPlan } from '../engine/plan.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../engine/execute.js';
 import { openScaled, planScaled } from '../engine/scales.js';
@@ -74,7 +74,7 @@ function outputConfig(meta: ModelMeta, target: LayoutSpec, dtype?: FloatDtype): 
 
 async function planConvert(store: TensorStore, src: string, opts: ConvertOptions): Promise<Planned> {
   const meta = await loadMeta(store);
-  const source = detectLayout(store.names(), meta);
+  const source = detectStoreLayout(store, meta);
   if (!source)
     throw new MoekitError(
       'unsupported',

@@ -6,7 +6,7 @@ import type { TensorStore, TensorInfo } from '../store/types.js';
 import { openStore } from '../store/registry.js';
 import { familyFacts, type FamilyFacts } from '../families/index.js';
 import { detectScheme } from '../quant/scheme.js';
-import { claimedExperts, detectLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type ModelMeta } from '../engine/read.js';
+import { claimedExperts, detectStoreLayout, loadMeta, quantizedTensors, readDenseMlps, readIR, type ModelMeta } from '../engine/read.js';
 import { layerDims, type ModelIR } from '../engine/ir.js';
 
 export interface InspectReport {
@@ -94,7 +94,7 @@ interface ExpertLayout {
 
 /** The expert layout from tensor names, by the layout specs (and dense MLP layers by converters/dense-mlp.ts). */
 function expertLayout(ck: TensorStore, meta: ModelMeta, facts: FamilyFacts | undefined, warnings: string[]): ExpertLayout {
-  const spec = detectLayout(ck.names(), meta);
+  const spec = detectStoreLayout(ck, meta);
   const x: ExpertLayout = {
     layout: 'dense',
     layoutDescription: 'no expert tensors (dense MLP)',

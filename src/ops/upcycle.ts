@@ -19,7 +19,7 @@ import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
 import { DENSE_FAMILIES, familyFacts, makeRouting, stampDtype, type FamilyFacts, type Routing } from '../families/index.js';
 import { View, type ExpertIR, type LayerIR, type ModelIR } from '../engine/ir.js';
-import { detectLayout, layerRootOf, loadMeta, moekitJson, readDenseMlps, resolveTarget, type DenseMlp, type UpcycleRecord } from '../engine/read.js';
+import { detectStoreLayout, layerRootOf, loadMeta, moekitJson, readDenseMlps, resolveTarget, type DenseMlp, type UpcycleRecord } from '../engine/read.js';
 import { describePlan, planBytes, planTensors, splitFiles, type Plan, type PlanOptions } from '../engine/plan.js';
 import { scaleTransform } from '../engine/transforms.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../engine/execute.js';
@@ -255,7 +255,7 @@ async function targetOf(
   const config = await main.config();
   if (!config) throw new MoekitError('bad-input', `${src}: no config.json next to the checkpoint (upcycle needs the dense model's config)`);
   const facts = familyFacts(config);
-  const moe = detectLayout(main.names(), await loadMeta(main));
+  const moe = detectStoreLayout(main, await loadMeta(main));
   if (moe) throw new MoekitError('unsupported', `${src} is already an MoE checkpoint (layout ${moe.id}); upcycle takes a dense model`);
   if (!facts.known)
     throw new MoekitError('unsupported', `${src}: model_type '${facts.modelType}' is not a dense family moekit knows (${DENSE_FAMILIES.join(', ')})`);

@@ -16,7 +16,7 @@ import { MoekitError } from '../../errors.js';
 import { HashPool } from '../../engine/hash-pool.js';
 import { type ExpertIR, type LayerIR, layerDims, type ModelIR, type View } from '../../engine/ir.js';
 import { planTensors } from '../../engine/plan.js';
-import { detectLayout, loadMeta, readIR, resolveTarget } from '../../engine/read.js';
+import { detectStoreLayout, loadMeta, readIR, resolveTarget } from '../../engine/read.js';
 import { openStore } from '../../store/registry.js';
 import type { TensorStore } from '../../store/types.js';
 import { type MergeOptions, type MergeSummary, writeMerged } from './merge.js';
@@ -96,7 +96,7 @@ export async function mergeRankFiles(paths: string[], dst: string, opts: RankFil
   try {
     for (const p of paths) stores.push(await openStore(p));
     const meta = await loadMeta(stores[0]!);
-    const spec = detectLayout(stores[0]!.names(), meta);
+    const spec = detectStoreLayout(stores[0]!, meta);
     if (!spec)
       throw new MoekitError('unsupported', `${paths[0]}: no expert tensors of any layout moekit knows (MoE blocks under your own module path: --block-prefix)`);
     const irs = stores.map((s) => readIR(s, spec, meta, { localExperts: true }));

@@ -22,7 +22,17 @@ import { peakRssMB, sideFilesOf, withOutput } from '../../output/transaction.js'
 import { openStore } from '../../store/registry.js';
 import { writeJsonAtomic } from '../../store/safetensors/writer.js';
 import { layerDims, selectExperts, sliceIntermediate, type ModelIR } from '../../engine/ir.js';
-import { detectLayout, digestOf, loadMeta, moekitJson, quantizedTensors, readIR, resolveTarget, type ModelMeta, type MoekitJson } from '../../engine/read.js';
+import {
+  detectStoreLayout,
+  digestOf,
+  loadMeta,
+  moekitJson,
+  quantizedTensors,
+  readIR,
+  resolveTarget,
+  type ModelMeta,
+  type MoekitJson,
+} from '../../engine/read.js';
 import {
   describePlan,
   planBytes,
@@ -304,7 +314,7 @@ export async function shard(src: string, dst: string, opts: ShardOptions): Promi
   const ck = await openStore(src);
   try {
     const meta: ModelMeta = await loadMeta(ck);
-    const source = detectLayout(ck.names(), meta);
+    const source = detectStoreLayout(ck, meta);
     if (!source)
       throw new MoekitError(
         'unsupported',
