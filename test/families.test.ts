@@ -237,13 +237,29 @@ describe("Fast-LLM's fast_llm checkpoint (metadata.yaml + model_0.safetensors wi
 
 describe('a checkpoint Fast-LLM wrote itself (fixtures/fast_llm/mixtral: Fast-LLM 0.4.0 convert of fixtures/hf/mixtral)', () => {
   const flm = join(FIXTURES, '..', 'fast_llm', 'mixtral');
-  it('reads as Fast-LLM MoE from metadata.yaml alone and verifies against transformers Mixtral', async () => {
+  it('reads as Mixtral (Llama attention + SiLU MoE in metadata.yaml) and verifies against transformers Mixtral', async () => {
     const ck = await openStore(flm);
     const r = await inspectCheckpoint(ck, flm);
     await ck.close();
-    expect([ck.format, r.family, r.layout, r.numExperts, r.topK, r.moeLayers]).toEqual(['fast_llm', 'fast_llm', 'fast-llm', 8, 2, [0, 1]]);
+    expect([ck.format, r.family, r.layout, r.numExperts, r.topK, r.moeLayers]).toEqual(['fast_llm', 'mixtral', 'fast-llm', 8, 2, [0, 1]]);
     const v = await verify(flm, undefined, { reference: ref('mixtral') });
     expect(v.pass, JSON.stringify(v.layers)).toBe(true);
+  });
+  it('--to fast-llm --format fast_llm writes the files Fast-LLM wrote, byte for byte; they convert back to HF byte for byte', async () => {
+    const mine = out('mixtral-fast_llm');
+    await convert(join(FIXTURES, 'mixtral'), mine, { to: 'fast-llm', format: 'fast_llm', ...fast });
+    for (const f of ['model_0.safetensors', 'metadata.yaml']) expect(readFileSync(join(mine, f)).equals(readFileSync(join(flm, f))), f).toBe(true);
+    // Fast-LLM's own file → HF Mixtral: its names, config and key_value split back
+    const back = out('fast_llm-hf');
+    await convert(flm, back, { to: 'hf', ...fast });
+    expect(readFileSync(join(back, 'model.safetensors')).equals(readFileSync(join(FIXTURES, 'mixtral', 'model.safetensors')))).toBe(true);
+    expect(JSON.parse(readFileSync(join(back, 'config.json'), 'utf8')).architectures).toEqual(['MixtralForCausalLM']);
+  });
+  it('--format fast_llm refuses what it cannot write as Fast-LLM, in one line', async () => {
+    await expect(convert(join(FIXTURES, 'mixtral'), out('x'), { to: 'nemo', format: 'fast_llm', ...fast })).rejects.toThrow(/use it with --to fast-llm/);
+    await expect(convert(join(FIXTURES, 'hunyuan_v1_moe'), out('x'), { to: 'fast-llm', format: 'fast_llm', ...fast })).rejects.toThrow(
+      /writes Mixtral-architecture models .* this is 'hunyuan_v1_moe'/,
+    );
   });
   it("moekit's --to fast-llm writes the expert tensors Fast-LLM wrote, byte for byte", async () => {
     const mine = out('mixtral-fast-llm');

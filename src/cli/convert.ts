@@ -14,7 +14,7 @@ import { writeMegatronLegacy } from '../ops/megatron-legacy-write.js';
 interface ConvertFlags extends WriteFlags {
   to: string;
   card: boolean;
-  format: 'safetensors' | 'torch_dist' | 'torch' | 'dcp' | 'pt';
+  format: 'safetensors' | 'torch_dist' | 'torch' | 'dcp' | 'pt' | 'fast_llm';
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
 }
@@ -31,9 +31,9 @@ export function registerConvert(program: Command): void {
     .addOption(
       new Option(
         '--format <container>',
-        'container of the output: safetensors; pt (torch.save of the state dict: pytorch_model.bin, or shards + pytorch_model.bin.index.json); dcp (a torch.distributed.checkpoint folder of the converted tensors); with --to megatron: torch_dist (Megatron-Core dist checkpoint) or torch (legacy mp_rank_00/model_optim_rng.pt; per EP rank with moekit shard)',
+        "container of the output: safetensors; pt (torch.save of the state dict: pytorch_model.bin, or shards + pytorch_model.bin.index.json); dcp (a torch.distributed.checkpoint folder of the converted tensors); with --to megatron: torch_dist (Megatron-Core dist checkpoint) or torch (legacy mp_rank_00/model_optim_rng.pt; per EP rank with moekit shard); with --to fast-llm: fast_llm (Fast-LLM's own checkpoint: metadata.yaml + model_0.safetensors, Mixtral architecture)",
       )
-        .choices(['safetensors', 'pt', 'dcp', 'torch_dist', 'torch'])
+        .choices(['safetensors', 'pt', 'dcp', 'torch_dist', 'torch', 'fast_llm'])
         .default('safetensors'),
     )
     .option('--no-card', "don't write README.md (a model card: base_model, tags, this command, who loads the layout; the source's card below it)");
@@ -67,6 +67,10 @@ export function registerConvert(program: Command): void {
         'GPTModel (local or TE spec, SequentialMLP experts). Mixtral, Qwen2-MoE and Qwen3-MoE so far.',
         'moekit reads it back (and Megatron legacy mp_rank_* folders) like any HF folder.',
         '',
+        'With --to fast-llm --format fast_llm a Mixtral model is written as Fast-LLM saves it (metadata.yaml,',
+        'model_0.safetensors with <parameter>/weights keys, k_proj and v_proj joined into key_value); Fast-LLM',
+        'checkpoints read back, and a Mixtral one converts to HF byte for byte.',
+        '',
         'Add --dry-run to see the plan first: per output file, which tensors are copied, renamed, restacked,',
         'transposed or cast, their bytes, and the expected peak memory.',
         '',
@@ -74,6 +78,7 @@ export function registerConvert(program: Command): void {
         '  moekit convert /models/Mixtral-8x7B --to te -o /ckpt/mixtral-te',
         '  moekit convert /ckpt/mixtral-te --to hf -o /models/mixtral-back',
         '  moekit convert fixtures/hf/qwen3_moe --to nemo --gate-up interleaved -o /tmp/q3-nemo',
+        '  moekit convert fixtures/hf/mixtral --to fast-llm --format fast_llm -o /tmp/mixtral-fast-llm',
         '  moekit convert fixtures/hf/deepseek_v3 --to megatron --dtype bf16 --max-shard-size 2GB --jobs 8 -o /tmp/ds-mcore',
       ].join('\n'),
     )
@@ -87,7 +92,7 @@ export function registerConvert(program: Command): void {
             to: o.to,
             gateUp: o.gateUp,
             dtype: o.dtype,
-            format: o.format === 'dcp' || o.format === 'pt' ? o.format : undefined,
+            format: o.format === 'dcp' || o.format === 'pt' || o.format === 'fast_llm' ? o.format : undefined,
             card: o.card ? { command: commandLine() } : undefined,
           }),
         (s) => `${s.sourceLayout} → ${s.layout} into ${s.destination}`,

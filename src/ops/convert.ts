@@ -10,6 +10,7 @@ import { openStore } from '../store/registry.js';
 import type { TensorStore } from '../store/types.js';
 import type { FloatDtype } from '../store/dtypes.js';
 import { MoekitError } from '../errors.js';
+import { fastLlmContainer } from '../store/fast-llm-names.js';
 import { stampDtype } from '../families/index.js';
 import { sideFilesOf, withOutput } from '../output/transaction.js';
 import type { GateUpOrder, LayoutSpec } from '../engine/layout.js';
@@ -25,7 +26,7 @@ export interface ConvertOptions extends WriteOptions {
   gateUp?: GateUpOrder;
   dtype?: FloatDtype;
   /** container of the weights: safetensors (default), torch.save of the state dict (pt), or a DCP folder */
-  format?: 'safetensors' | 'pt' | 'dcp';
+  format?: 'safetensors' | 'pt' | 'dcp' | 'fast_llm';
   /** write README.md, a model card naming this command (the CLI passes its command line); absent: no card */
   card?: { command: string };
   /** the dtype config.json records when the tensors are not cast (what a dequantizing store decodes to); default `dtype` */
@@ -70,6 +71,21 @@ function outputConfig(meta: ModelMeta, target: LayoutSpec, dtype?: FloatDtype): 
   const cfg = { ...meta.config };
   if (target.families && dtype) stampDtype(cfg, dtype);
   return cfg;
+}
+
+/** Two planned tensors as one, rows of `a` then rows of `b` (Fast-LLM's key_value from k_proj and v_proj). */
+function joinRows(name: string, a: TensorPlan, b: TensorPlan): TensorPlan {
+  if (a.dtype !== b.dtype || a.shape.length !== 2 || a.shape[1] !== b.shape[1])
+    throw new MoekitError('unsupported', `cannot join ${a.name} ${a.dtype} [${a.shape}] and ${b.name} ${b.dtype} [${b.shape}] into ${name}`);
+  return {
+    ...a,
+    name,
+    shape: [a.shape[0]! + b.shape[0]!, a.shape[1]!],
+    nbytes: a.nbytes + b.nbytes,
+    action: 'restack',
+    sources: [...a.sources, ...b.sources],
+    slabs: [...a.slabs, ...b.slabs],
+  };
 }
 
 async function planConvert(store: TensorStore, src: string, opts: ConvertOptions): Promise<Planned> {
@@ -126,8 +142,24 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
       text: await modelCard({ command: opts.card.command, source: src, family: meta.family, layout: target.id, hf: Boolean(target.families) }, store.dir),
     });
   const format = opts.format ?? 'safetensors';
+  let metadata = store.metadata;
+  let fastYaml: ((weightMap: Record<string, string>) => string) | undefined;
+  if (format === 'fast_llm') {
+    if (target.id !== 'fast-llm')
+      throw new MoekitError('usage', `--format fast_llm is Fast-LLM's own checkpoint: use it with --to fast-llm (not --to ${opts.to})`);
+    const c = fastLlmContainer(
+      tensors,
+      cfg ?? {},
+      { E: mk?.dims.numExperts ?? 0, topK: mk?.routing?.topK ?? 1, I: mk?.dims.moeIntermediateSize ?? 0 },
+      joinRows,
+      (t, name) => ({ ...t, name }),
+    );
+    ({ tensors, metadata } = c);
+    fastYaml = c.metadataYaml;
+  }
   const { files, index } = splitFiles(tensors, opts.maxShardSize, format);
-  const plan: Plan = { outputs: [{ dir: '', files, index, metadata: store.metadata, sideFiles, format }], jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
+  if (fastYaml) sideFiles.push({ name: 'metadata.yaml', text: fastYaml(Object.fromEntries(files.flatMap((f) => f.tensors.map((t) => [t.name, f.name])))) });
+  const plan: Plan = { outputs: [{ dir: '', files, index, metadata, sideFiles, format }], jobs: Math.max(1, opts.jobs ?? DEFAULT_JOBS) };
   return { plan, source, target, meta, identity, gateUp, moeLayers, skipped: skipped.filter((n) => !own.includes(n)) };
 }
 

@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { MoekitError, signalExitCode, STOP_SIGNALS } from '../errors.js';
 import type { SideFile } from '../engine/plan.js';
 import { hubListing } from '../store/remote.js';
+import { FAST_LLM_FILE } from '../store/registry.js';
 
 export interface OutputOptions {
   /** replace a non-empty destination */
@@ -369,8 +370,10 @@ export async function sideFilesOf(dir: string, skipped: string[] = [], except: r
     return [];
   }
   const out: { name: string; copyFrom: string }[] = [];
+  // a Fast-LLM container's metadata.yaml describes its own weight files, not the output's
+  const fastLlm = names.includes('metadata.yaml') && names.some((n) => FAST_LLM_FILE.test(n));
   for (const name of names.sort()) {
-    if (NOT_SIDE.test(name) || except.includes(name)) continue;
+    if (NOT_SIDE.test(name) || except.includes(name) || (fastLlm && name === 'metadata.yaml')) continue;
     const p = join(dir, name);
     const st = await stat(p).catch(() => undefined);
     if (OTHER_WEIGHTS.test(name) || (st?.isDirectory() && OTHER_WEIGHT_DIRS.has(name))) skipped.push(st?.isDirectory() ? `${name}/` : name);

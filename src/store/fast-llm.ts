@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import { MoekitError } from '../errors.js';
 import { DerivedStore } from './derived.js';
+import { hfNames, mixtralConfigOf } from './fast-llm-names.js';
 import { FAST_LLM_FILE } from './registry.js';
 import { SafetensorsStore } from './safetensors/reader.js';
 import type { TensorInfo, TensorStore } from './types.js';
@@ -65,14 +66,35 @@ function configFrom(meta: Record<string, unknown>, where: string): Record<string
 }
 
 export class FastLlmStore extends DerivedStore {
+  /** each presented tensor: its `<parameter>/weights` entry and the byte offset of its rows there (k_proj / v_proj of key_value) */
+  private readonly from = new Map<string, { inner: string; at: number }>();
+
   private constructor(
     inner: TensorStore,
     private readonly fastConfig: Record<string, unknown>,
+    /** a Mixtral-architecture model: tensors outside the experts under their HF names (fast-llm-names.ts) */
+    hf: boolean,
   ) {
     super(inner, 'Fast-LLM weights');
+    const kvRows = hf ? Number(fastConfig.num_key_value_heads) * Number(fastConfig.head_dim) : 0;
     for (const t of inner.tensors.values()) {
       const cut = t.name.lastIndexOf('/');
-      if (cut > 0 && t.name.slice(cut + 1) === 'weights') this.tensors.set(t.name.slice(0, cut), { ...t, name: t.name.slice(0, cut) });
+      if (cut <= 0 || t.name.slice(cut + 1) !== 'weights') continue;
+      const name = t.name.slice(0, cut);
+      const names = hf ? (hfNames(name) ?? [name]) : [name];
+      if (names.length === 2 && (t.shape.length !== 2 || t.shape[0] !== 2 * kvRows))
+        throw new MoekitError(
+          'bad-input',
+          `${inner.dir}: '${name}' is ${JSON.stringify(t.shape)}, not the [2·${kvRows}, hidden] of metadata.yaml's head_groups × head_size`,
+        );
+      const rowBytes = names.length === 2 ? t.nbytes / t.shape[0]! : 0;
+      names.forEach((n, i) => {
+        const shape = names.length === 2 ? [kvRows, t.shape[1]!] : t.shape;
+        const at = i * kvRows * rowBytes;
+        const nbytes = names.length === 2 ? kvRows * rowBytes : t.nbytes;
+        this.tensors.set(n, { ...t, name: n, shape, nbytes, ...(t.offset === undefined ? {} : { offset: t.offset + at }) });
+        this.from.set(n, { inner: t.name, at });
+      });
     }
     if (this.tensors.size === 0) throw new MoekitError('bad-input', `${inner.dir}: no '<parameter>/weights' tensor in the Fast-LLM checkpoint`);
   }
@@ -90,7 +112,9 @@ export class FastLlmStore extends DerivedStore {
       names.map((n) => join(dir, n)),
     );
     try {
-      return new FastLlmStore(inner, configFrom(meta, join(dir, 'metadata.yaml')));
+      const where = join(dir, 'metadata.yaml');
+      const mixtral = inner.has('decoder.0.mixer.key_value.weight/weights') ? mixtralConfigOf(obj(obj(meta.config).base_model)) : undefined;
+      return new FastLlmStore(inner, mixtral ?? configFrom(meta, where), mixtral !== undefined);
     } catch (e) {
       await inner.close();
       throw e;
@@ -101,10 +125,15 @@ export class FastLlmStore extends DerivedStore {
     return 'fast_llm';
   }
 
-  read(t: TensorInfo | string, start?: number, end?: number, into?: Buffer): Promise<Buffer> {
-    const name = typeof t === 'string' ? t : t.name;
-    this.info(name);
-    return this.inner.read(`${name}/weights`, start, end, into);
+  /** Fast-LLM's own safetensors metadata (its config) describes this container, not what is converted from it. */
+  override get metadata(): Record<string, string> {
+    return { format: 'pt' };
+  }
+
+  read(t: TensorInfo | string, start = 0, end?: number, into?: Buffer): Promise<Buffer> {
+    const info = this.info(typeof t === 'string' ? t : t.name);
+    const f = this.from.get(info.name)!;
+    return this.inner.read(f.inner, f.at + start, f.at + (end ?? info.nbytes), into);
   }
 
   /** config.json beside the checkpoint when there is one (an HF twin), else the facts of metadata.yaml. */

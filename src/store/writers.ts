@@ -121,6 +121,13 @@ const WRITERS: Record<string, CheckpointWriter> = {
     split: planShards,
     write: writeTorchSaveFiles,
   },
+  // Fast-LLM's `fast_llm` container: model_<i>.safetensors, no index (metadata.yaml's state_index names the file of each tensor)
+  fast_llm: {
+    fileName: (_stem, i) => `model_${i}.safetensors`,
+    indexName: () => undefined,
+    split: planShards,
+    write: writeFiles,
+  },
   dcp: {
     fileName: () => '__0_0.distcp',
     indexName: () => undefined,
