@@ -49,6 +49,10 @@ export const spec: LayoutSpec = {
     'cohere2_moe',
     'glm4v_moe',
     'solar_open',
+    // read from transformers 5.17's conversion mappings, no fixture yet (fixtures/hf/families3-notes-*.md)
+    'axk2',
+    'glm5_next',
+    'mellum',
   ],
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',

@@ -14,7 +14,7 @@ export const spec: LayoutSpec = {
   id: 'hf-qwen2-moe',
   description: 'HF Qwen2-MoE / Qwen3-Next / Qwen3.5-MoE mlp.experts.<e>.gate_proj/up_proj/down_proj + mlp.shared_expert + shared_expert_gate',
   source: 'transformers modeling_qwen2_moe.py',
-  families: ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe'],
+  families: ['qwen2_moe', 'qwen3_next', 'qwen3_5_moe', 'qwen4_exp'],
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',
   rules: [

@@ -391,6 +391,26 @@ const FAMILIES: Record<string, FamilyRule> = {
       isMoeLayer: () => base.numExperts > 0,
     };
   },
+  // The next four are read from transformers 5.17's modeling files (fixtures/hf/families3-notes-*.md); their
+  // fixtures are written by gen_fixtures_families3_*.py and not made yet, so their saved names are unconfirmed.
+  // modeling_axk2.py (AXK2TopkRouter): DeepSeek-V3's router exactly (no groups when n_group is null); MoE per mlp_layer_types
+  axk2: (c, base, routing) => deepseekLike(c, base, routing),
+  // modeling_glm5_next.py (Glm5NextTextMoE): DeepSeek-V3's router (groups masked with −inf, the same as 0 at n_group 1),
+  // clamped SwiGLU (swiglu_limit); text model under text_config or flat; MoE per mlp_layer_types
+  glm5_next: (c, base, routing) => glm5Next(c, base, routing),
+  glm5_next_text: (c, base, routing) => glm5Next(c, base, routing),
+  // modeling_qwen4_exp.py (Qwen4ExpTextSparseMoeBlock): Qwen2-MoE's block (shared expert with sigmoid gate), every layer MoE
+  qwen4_exp: (c, base, routing) => qwenLike(c, base, routing),
+  qwen4_exp_text: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_mellum.py (MellumTopKRouter): softmax, top-k, renormalised iff norm_topk_prob (default true); MoE per mlp_layer_types
+  mellum: (c, base, routing) => ({
+    ...base,
+    family: 'mellum',
+    moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
+    shared: null,
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: bool(c, 'norm_topk_prob', true) }),
+    isMoeLayer: sparseLayers(c, all),
+  }),
   // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
   glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
   glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
@@ -496,13 +516,14 @@ const qwenLike: FamilyRule = (c, base, routing) => {
   const sharedI = num(c, 'shared_expert_intermediate_size') ?? 0;
   const q35 = t.startsWith('qwen3_5_moe');
   const vl = t.startsWith('qwen3_vl_moe');
-  const everyLayer = t === 'olmoe' || t === 'flex_olmo' || q35;
+  const q4 = t.startsWith('qwen4_exp');
+  const everyLayer = t === 'olmoe' || t === 'flex_olmo' || q35 || q4;
   return {
     ...base,
-    family: q35 ? 'qwen3_5_moe' : vl ? 'qwen3_vl_moe' : t, // one family, two model_types (text-only and multimodal)
+    family: q35 ? 'qwen3_5_moe' : vl ? 'qwen3_vl_moe' : q4 ? 'qwen4_exp' : t, // one family, two model_types (text-only and multimodal)
     moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
-    shared: (t === 'qwen2_moe' || t === 'qwen3_next' || q35) && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
-    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || vl || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next') }),
+    shared: (t === 'qwen2_moe' || t === 'qwen3_next' || q35 || q4) && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || vl || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next' || q4) }),
     isMoeLayer: (i) => everyLayer || (!mlpOnly.includes(i) && base.numExperts > 0 && (i + 1) % step === 0),
   };
 };
@@ -532,6 +553,14 @@ const deepseekLike: FamilyRule = (c, base, routing) => {
     }),
     isMoeLayer: sparseLayers(c, (i) => i >= firstDense && i % freq === 0),
   };
+};
+
+/** GLM-5.3-Flash's text MoE: DeepSeek-V3's (−inf group masking differs from moekit's 0 only with groups, refused). */
+const glm5Next: FamilyRule = (c, base, routing) => {
+  const f = deepseekLike(c, base, routing);
+  if (f.routing.nGroup > 1)
+    throw new MoekitError('unsupported', `config.json: glm5_next with n_group ${f.routing.nGroup} masks unselected groups with −inf, which moekit does not model (n_group 1 only)`);
+  return { ...f, family: 'glm5_next' };
 };
 
 /**
@@ -570,7 +599,7 @@ const otherFamily: FamilyRule = (_c, base, routing) => {
 };
 
 /** Model types whose text model's fields sit under text_config (the multimodal wrappers). */
-const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4', 'qwen3_vl_moe', 'glm4v_moe'];
+const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4', 'qwen3_vl_moe', 'glm4v_moe', 'glm5_next', 'qwen4_exp'];
 
 /**
  * The fields the family rules read: Llama4, Qwen3.5-MoE, Gemma-4, Qwen3-VL-MoE and GLM-4.5V (glm4v_moe) keep the text model's under text_config;
