@@ -559,7 +559,10 @@ const deepseekLike: FamilyRule = (c, base, routing) => {
 const glm5Next: FamilyRule = (c, base, routing) => {
   const f = deepseekLike(c, base, routing);
   if (f.routing.nGroup > 1)
-    throw new MoekitError('unsupported', `config.json: glm5_next with n_group ${f.routing.nGroup} masks unselected groups with −inf, which moekit does not model (n_group 1 only)`);
+    throw new MoekitError(
+      'unsupported',
+      `config.json: glm5_next with n_group ${f.routing.nGroup} masks unselected groups with −inf, which moekit does not model (n_group 1 only)`,
+    );
   return { ...f, family: 'glm5_next' };
 };
 
