@@ -53,6 +53,7 @@ export const spec: LayoutSpec = {
     'axk2',
     'glm5_next',
     'mellum',
+    'qwen3_omni_moe',
   ],
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',

@@ -384,7 +384,7 @@ describe('Qwen3-VL-MoE: the Hub orientation ([E,H,2I] / [E,I,H]) and transformer
  * share, under the config and names the notes derive, reads as the new family and computes that family's
  * transformers outputs. This checks moekit's reading of the derived facts, not the facts themselves.
  */
-describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mellum (derived facts)', () => {
+describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mellum, qwen3_omni_moe (derived facts)', () => {
   async function variant(from: string, cfg: (c: Record<string, unknown>) => Record<string, unknown>, rename = (n: string) => n): Promise<string> {
     const src = await openStore(join(FIXTURES, from));
     const entries = [];
@@ -407,6 +407,15 @@ describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mell
       toLanguageModel,
     ],
     ['mellum', 'qwen3_moe', (c: Record<string, unknown>) => ({ ...c, model_type: 'mellum' }), undefined],
+    [
+      'qwen3_omni_moe',
+      'qwen3_moe',
+      (c: Record<string, unknown>) => ({
+        model_type: 'qwen3_omni_moe',
+        thinker_config: { model_type: 'qwen3_omni_moe_thinker', text_config: { ...c, model_type: 'qwen3_omni_moe_text' } },
+      }),
+      (n: string) => `thinker.${n}`,
+    ],
   ] as const) {
     it(`${family} (as ${from}'s block)`, async () => {
       // qwen4_exp renormalises unless norm_topk_prob is false, as qwen2_moe's fixture has it

@@ -403,6 +403,10 @@ const FAMILIES: Record<string, FamilyRule> = {
   qwen4_exp: (c, base, routing) => qwenLike(c, base, routing),
   qwen4_exp_text: (c, base, routing) => qwenLike(c, base, routing),
   // modeling_mellum.py (MellumTopKRouter): softmax, top-k, renormalised iff norm_topk_prob (default true); MoE per mlp_layer_types
+  // modeling_qwen3_omni_moe.py (Qwen3OmniMoeThinkerTextSparseMoeBlock): Qwen3-MoE's block in the thinker's text model
+  // (thinker_config.text_config, names under thinker.model.); renormalised unless norm_topk_prob is false
+  qwen3_omni_moe: (c, base, routing) => qwenLike(c, base, routing),
+  qwen3_omni_moe_text: (c, base, routing) => qwenLike(c, base, routing),
   mellum: (c, base, routing) => ({
     ...base,
     family: 'mellum',
@@ -517,13 +521,14 @@ const qwenLike: FamilyRule = (c, base, routing) => {
   const q35 = t.startsWith('qwen3_5_moe');
   const vl = t.startsWith('qwen3_vl_moe');
   const q4 = t.startsWith('qwen4_exp');
+  const omni = t.startsWith('qwen3_omni_moe');
   const everyLayer = t === 'olmoe' || t === 'flex_olmo' || q35 || q4;
   return {
     ...base,
-    family: q35 ? 'qwen3_5_moe' : vl ? 'qwen3_vl_moe' : q4 ? 'qwen4_exp' : t, // one family, two model_types (text-only and multimodal)
+    family: q35 ? 'qwen3_5_moe' : vl ? 'qwen3_vl_moe' : q4 ? 'qwen4_exp' : omni ? 'qwen3_omni_moe' : t, // one family, two model_types (text-only and multimodal)
     moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
     shared: (t === 'qwen2_moe' || t === 'qwen3_next' || q35 || q4) && sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: true } : null,
-    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || vl || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next' || q4) }),
+    routing: routing({ scoreFunc: 'softmax', normTopkProb: q35 || vl || bool(c, 'norm_topk_prob', t === 'qwen3_moe' || t === 'qwen3_next' || q4 || omni) }),
     isMoeLayer: (i) => everyLayer || (!mlpOnly.includes(i) && base.numExperts > 0 && (i + 1) % step === 0),
   };
 };
@@ -611,6 +616,8 @@ const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4',
 function textConfig(modelType: string, config: Record<string, unknown>): Record<string, unknown> {
   const obj = (v: unknown) => (typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined);
   if (TEXT_CONFIG_TYPES.includes(modelType)) return obj(config.text_config) ?? config;
+  // configuration_qwen3_omni_moe.py: the thinker's text model two levels down
+  if (modelType === 'qwen3_omni_moe') return obj(obj(config.thinker_config)?.text_config) ?? config;
   if (modelType !== 'dbrx') return config;
   const ffn = obj(config.ffn_config) ?? {};
   const act = obj(ffn.ffn_act_fn)?.name;
