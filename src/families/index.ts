@@ -402,11 +402,11 @@ const FAMILIES: Record<string, FamilyRule> = {
   // modeling_qwen4_exp.py (Qwen4ExpTextSparseMoeBlock): Qwen2-MoE's block (shared expert with sigmoid gate), every layer MoE
   qwen4_exp: (c, base, routing) => qwenLike(c, base, routing),
   qwen4_exp_text: (c, base, routing) => qwenLike(c, base, routing),
-  // modeling_mellum.py (MellumTopKRouter): softmax, top-k, renormalised iff norm_topk_prob (default true); MoE per mlp_layer_types
   // modeling_qwen3_omni_moe.py (Qwen3OmniMoeThinkerTextSparseMoeBlock): Qwen3-MoE's block in the thinker's text model
   // (thinker_config.text_config, names under thinker.model.); renormalised unless norm_topk_prob is false
   qwen3_omni_moe: (c, base, routing) => qwenLike(c, base, routing),
   qwen3_omni_moe_text: (c, base, routing) => qwenLike(c, base, routing),
+  // modeling_mellum.py (MellumTopKRouter): softmax, top-k, renormalised iff norm_topk_prob (default true); MoE per mlp_layer_types
   mellum: (c, base, routing) => ({
     ...base,
     family: 'mellum',
