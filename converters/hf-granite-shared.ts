@@ -10,9 +10,19 @@
  * modeling_granitemoehybrid.py (GraniteMoeHybridDecoderLayer, GraniteMoeHybridMoE(GraniteMoeSharedMoE); no
  * conversion mapping: saved as in memory); fixtures/hf/granitemoeshared, granitemoehybrid.
  */
-import type { LayoutSpec } from '../src/engine/layout.js';
+import type { LayoutSpec, TensorRule } from '../src/engine/layout.js';
 import { fusedGateUp, fusedWidth, id } from '../src/engine/layout.js';
 import { graniteRules } from './hf-granite.js';
+
+const sharedMlpRules: TensorRule[] = [
+  {
+    name: 'shared_mlp.input_linear.weight',
+    scope: 'layer',
+    slab: (d) => [fusedWidth(d, d.Is), d.H],
+    parts: (d, o) => fusedGateUp(d, o, 0, false, d.Is, { gate: 'shared_gate_proj', up: 'shared_up' }),
+  },
+  { name: 'shared_mlp.output_linear.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
+];
 
 export const spec: LayoutSpec = {
   id: 'hf-granite-shared',
@@ -22,15 +32,27 @@ export const spec: LayoutSpec = {
   prefix: '{root}layers.{n}.',
   root: 'hf',
   gateUp: { default: 'concat', allowed: ['concat'] },
-  rules: [
-    ...graniteRules('block_sparse_moe.'),
-    {
-      name: 'shared_mlp.input_linear.weight',
-      scope: 'layer',
-      slab: (d) => [fusedWidth(d, d.Is), d.H],
-      parts: (d, o) => fusedGateUp(d, o, 0, false, d.Is, { gate: 'shared_gate_proj', up: 'shared_up' }),
-    },
-    { name: 'shared_mlp.output_linear.weight', scope: 'layer', parts: () => ({ shared_down: id }) },
-  ],
+  rules: [...graniteRules('block_sparse_moe.'), ...sharedMlpRules],
   cannotHold: 'expert biases, router bias, score-correction bias, shared-expert gate',
+};
+
+/**
+ * Granite-MoE-SWA (granitemoe_swa): the same block with transformers v5's fused expert names, saved as held in
+ * memory (no conversion mapping): block_sparse_moe.router.weight [E,H], block_sparse_moe.experts.gate_up_proj
+ * [E,2I,H] ([gate; up] rows), experts.down_proj [E,H,I]; the optional shared_mlp as above. Read from
+ * modeling_granitemoe_swa.py (GraniteMoeSWATopKRouter, GraniteMoeSWAExperts); no fixture yet
+ * (fixtures/hf/families3-notes-a.md), so these saved names are derived, not seen.
+ */
+export const swaSpec: LayoutSpec = {
+  ...spec,
+  id: 'hf-granite-swa',
+  description: 'HF Granite-MoE-SWA block_sparse_moe.router.weight, experts.gate_up_proj [E,2I,H], experts.down_proj [E,H,I] + shared_mlp',
+  source: 'transformers modeling_granitemoe_swa.py',
+  families: ['granitemoe_swa'],
+  rules: [
+    { name: 'block_sparse_moe.router.weight', scope: 'layer', parts: () => ({ router: id }) },
+    { name: 'block_sparse_moe.experts.gate_up_proj', scope: 'stacked', slab: (d) => [fusedWidth(d), d.H], parts: (d, o) => fusedGateUp(d, o, 0, false) },
+    { name: 'block_sparse_moe.experts.down_proj', scope: 'stacked', slab: (d) => [d.H, d.I], parts: () => ({ down: id }) },
+    ...sharedMlpRules,
+  ],
 };

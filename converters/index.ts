@@ -22,7 +22,7 @@ import { spec as hfAfmoe } from './hf-afmoe.js';
 import { spec as hfJamba } from './hf-jamba.js';
 import { spec as hfJetmoe } from './hf-jetmoe.js';
 import { spec as hfDbrx } from './hf-dbrx.js';
-import { spec as hfGraniteShared } from './hf-granite-shared.js';
+import { spec as hfGraniteShared, swaSpec as hfGraniteSwa } from './hf-granite-shared.js';
 import { spec as hfGemma4 } from './hf-gemma4.js';
 import { spec as hfLfm2Moe } from './hf-lfm2-moe.js';
 import { spec as hfQwen3VlMoe, hubSpec as hfQwen3VlMoeHub } from './hf-qwen3-vl-moe.js';
@@ -43,6 +43,7 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfJetmoe,
   hfDbrx,
   hfGraniteShared,
+  hfGraniteSwa,
   hfGemma4,
   hfLfm2Moe,
   hfQwen3VlMoe,

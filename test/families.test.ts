@@ -384,7 +384,7 @@ describe('Qwen3-VL-MoE: the Hub orientation ([E,H,2I] / [E,I,H]) and transformer
  * share, under the config and names the notes derive, reads as the new family and computes that family's
  * transformers outputs. This checks moekit's reading of the derived facts, not the facts themselves.
  */
-describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mellum, qwen3_omni_moe (derived facts)', () => {
+describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mellum, granitemoe_swa, qwen3_omni_moe (derived facts)', () => {
   async function variant(from: string, cfg: (c: Record<string, unknown>) => Record<string, unknown>, rename = (n: string) => n): Promise<string> {
     const src = await openStore(join(FIXTURES, from));
     const entries = [];
@@ -407,6 +407,16 @@ describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mell
       toLanguageModel,
     ],
     ['mellum', 'qwen3_moe', (c: Record<string, unknown>) => ({ ...c, model_type: 'mellum' }), undefined],
+    [
+      'granitemoe_swa',
+      'granitemoeshared',
+      (c: Record<string, unknown>) => ({ ...c, model_type: 'granitemoe_swa' }),
+      (n: string) =>
+        n
+          .replace('block_sparse_moe.router.layer.weight', 'block_sparse_moe.router.weight')
+          .replace('block_sparse_moe.input_linear.weight', 'block_sparse_moe.experts.gate_up_proj')
+          .replace('block_sparse_moe.output_linear.weight', 'block_sparse_moe.experts.down_proj'),
+    ],
     [
       'qwen3_omni_moe',
       'qwen3_moe',

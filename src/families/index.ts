@@ -311,6 +311,8 @@ const FAMILIES: Record<string, FamilyRule> = {
       shared: sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: false } : null,
     };
   },
+  // modeling_granitemoe_swa.py: Granite-MoE-Shared's block (fused v5 expert names); fixture pending (families3-notes-a.md)
+  granitemoe_swa: (c, base, routing) => ({ ...FAMILIES.granitemoeshared!(c, base, routing), family: 'granitemoe_swa' }),
   // modeling_jamba.py (JambaSparseMoeBlock): softmax over all experts, top-k, not renormalised; MoE where
   // i % expert_layer_period == expert_layer_offset
   jamba: (c, base, routing) => {
