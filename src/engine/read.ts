@@ -227,6 +227,9 @@ export async function loadMeta(ck: TensorStore): Promise<ModelMeta> {
 
 // ---- detection -------------------------------------------------------------------------------
 
+/** Dims of one unit each: enough to ask a rule which fields it holds. */
+const UNIT_DIMS: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
+
 interface Compiled {
   rule: TensorRule;
   re: RegExp;
@@ -264,15 +267,14 @@ function shapesFit(spec: LayoutSpec, names: string[], shapeOf: (n: string) => re
   const I = meta.config ? familyFacts(meta.config).moeIntermediateSize : 0;
   if (!(I > 0)) return true;
   const o: SpecOptions = { gateUp: spec.gateUp?.default ?? 'concat' };
-  const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
   const routers = new Map<number, readonly number[]>();
   const stacked: { n: number; rule: TensorRule; shape: readonly number[] }[] = [];
   for (const name of names) {
-    const c = compiled(spec).find((x) => x.re.test(name));
     const shape = shapeOf(name);
+    const c = shape && compiled(spec).find((x) => x.re.test(name));
     if (!c || !shape) continue;
     const n = Number(c.re.exec(name)!.groups!.n);
-    if (c.rule.scope === 'layer' && fieldsOf(c.rule, probe, o).includes('router')) routers.set(n, shape);
+    if (c.rule.scope === 'layer' && fieldsOf(c.rule, UNIT_DIMS, o).includes('router')) routers.set(n, shape);
     else if (c.rule.scope === 'stacked' && !c.rule.shape) stacked.push({ n, rule: c.rule, shape });
   }
   return stacked.every(({ n, rule, shape }) => {
@@ -479,13 +481,12 @@ function checkExpertSize(n: number, I: number, spec: LayoutSpec, meta: ModelMeta
 }
 
 function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpec, o: SpecOptions, meta: ModelMeta): LayerIR {
-  const probe: Dims = { E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true };
   const has = (f: Field, d: Dims) => matches.some((m) => fieldsOf(m.rule, d, o).includes(f));
-  const router = matches.find((m) => has('router', probe) && fieldsOf(m.rule, probe, o).includes('router'));
+  const router = matches.find((m) => has('router', UNIT_DIMS) && fieldsOf(m.rule, UNIT_DIMS, o).includes('router'));
   if (!router)
     throw new MoekitError(
       'unsupported',
-      `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, probe, o).includes('router'))!, '…', n)})`,
+      `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, UNIT_DIMS, o).includes('router'))!, '…', n)})`,
     );
   const [Er, H] = router.info.shape as [number, number];
   // gated or not: the hypothesis under which every matched expert rule holds something and a
@@ -494,7 +495,7 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
   const prefer = layerMeta?.gated ?? meta.moekit?.gated ?? true;
   let gated: boolean | undefined;
   for (const h of [prefer, !prefer]) {
-    const d = { ...probe, gated: h };
+    const d = { ...UNIT_DIMS, gated: h };
     const expertRules = matches.filter((m) => m.rule.scope !== 'layer');
     if (expertRules.some((m) => fieldsOf(m.rule, d, o).length === 0)) continue;
     if (expertRules.some((m) => fieldsOf(m.rule, d, o).includes('gate')) !== h) continue;
@@ -666,8 +667,7 @@ export function readDenseMlps(ck: TensorStore, moe: ReadonlySet<number>): Map<nu
         if (moe.has(n)) continue;
         let l = found.get(n);
         if (!l) found.set(n, (l = {}));
-        for (const [f, loc] of Object.entries(rule.parts({ E: 1, Er: 1, H: 1, I: 1, Is: 1, gated: true }, { gateUp: 'concat' })))
-          l[f as Field] = loc!(View.ofTensor(ck, info));
+        for (const [f, loc] of Object.entries(rule.parts(UNIT_DIMS, { gateUp: 'concat' }))) l[f as Field] = loc!(View.ofTensor(ck, info));
       }
     }
   }

@@ -393,8 +393,8 @@ const FAMILIES: Record<string, FamilyRule> = {
       isMoeLayer: () => base.numExperts > 0,
     };
   },
-  // The next four are read from transformers 5.17's modeling files (fixtures/hf/families3-notes-*.md); their
-  // fixtures are written by gen_fixtures_families3_*.py and not made yet, so their saved names are unconfirmed.
+  // axk2 … mellum (and granitemoe_swa below) are read from transformers 5.17's modeling files (fixtures/hf/families3-notes-*.md);
+  // their fixtures are written by gen_fixtures_families3_*.py and not made yet, so their saved names are unconfirmed.
   // modeling_axk2.py (AXK2TopkRouter): DeepSeek-V3's router exactly (no groups when n_group is null); MoE per mlp_layer_types
   axk2: (c, base, routing) => deepseekLike(c, base, routing),
   // modeling_glm5_next.py (Glm5NextTextMoE): DeepSeek-V3's router (groups masked with −inf, the same as 0 at n_group 1),

@@ -152,7 +152,6 @@ async function planConvert(store: TensorStore, src: string, opts: ConvertOptions
       cfg ?? {},
       { E: mk?.dims.numExperts ?? 0, topK: mk?.routing?.topK ?? 1, I: mk?.dims.moeIntermediateSize ?? 0 },
       joinRows,
-      (t, name) => ({ ...t, name }),
     );
     ({ tensors, metadata } = c);
     fastYaml = c.metadataYaml;

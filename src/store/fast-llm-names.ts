@@ -63,46 +63,38 @@ function pyYaml(v: unknown, indent = 0): string {
   return out;
 }
 
+/** HF Mixtral's whole-model tensors outside the layers, and Fast-LLM's names for them. */
+const TOP_NAMES: readonly [hf: string, fast: string][] = [
+  ['model.embed_tokens.weight', 'embeddings.word_embeddings_weight'],
+  ['model.norm.weight', 'head.final_norm.weight'],
+  ['lm_head.weight', 'head.output_weights'],
+];
+/** Per layer (after model.layers.<n>. / decoder.<n>.): k_proj's rows, then v_proj's, are key_value. */
+const LAYER_NAMES: readonly [hf: string, fast: string, kv?: 'k' | 'v'][] = [
+  ['input_layernorm.weight', 'norm_1.weight'],
+  ['post_attention_layernorm.weight', 'norm_2.weight'],
+  ['self_attn.q_proj.weight', 'mixer.query.weight'],
+  ['self_attn.k_proj.weight', 'mixer.key_value.weight', 'k'],
+  ['self_attn.v_proj.weight', 'mixer.key_value.weight', 'v'],
+  ['self_attn.o_proj.weight', 'mixer.dense.weight'],
+];
+
 /** Fast-LLM's name of one HF Mixtral tensor outside the experts, or undefined; k_proj / v_proj become one key_value. */
 function fastLlmName(hf: string): { name: string; kv?: 'k' | 'v' } | undefined {
-  const fixed: Record<string, string> = {
-    'model.embed_tokens.weight': 'embeddings.word_embeddings_weight',
-    'model.norm.weight': 'head.final_norm.weight',
-    'lm_head.weight': 'head.output_weights',
-  };
-  if (fixed[hf]) return { name: fixed[hf] };
+  const top = TOP_NAMES.find(([h]) => h === hf);
+  if (top) return { name: top[1] };
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(hf);
-  if (!m) return undefined;
-  const per: Record<string, { name: string; kv?: 'k' | 'v' }> = {
-    'input_layernorm.weight': { name: 'norm_1.weight' },
-    'post_attention_layernorm.weight': { name: 'norm_2.weight' },
-    'self_attn.q_proj.weight': { name: 'mixer.query.weight' },
-    'self_attn.k_proj.weight': { name: 'mixer.key_value.weight', kv: 'k' },
-    'self_attn.v_proj.weight': { name: 'mixer.key_value.weight', kv: 'v' },
-    'self_attn.o_proj.weight': { name: 'mixer.dense.weight' },
-  };
-  const p = per[m[2]!];
-  return p && { ...p, name: `decoder.${m[1]}.${p.name}` };
+  const p = m && LAYER_NAMES.find(([h]) => h === m[2]);
+  return p ? { name: `decoder.${m![1]}.${p[1]}`, ...(p[2] ? { kv: p[2] } : {}) } : undefined;
 }
 
-/** The HF name of a Fast-LLM tensor outside the experts (key_value: the k_proj and v_proj names), or undefined. */
+/** The HF names of a Fast-LLM tensor outside the experts (key_value: k_proj's, then v_proj's), or undefined. */
 export function hfNames(fast: string): string[] | undefined {
-  const fixed: Record<string, string> = {
-    'embeddings.word_embeddings_weight': 'model.embed_tokens.weight',
-    'head.final_norm.weight': 'model.norm.weight',
-    'head.output_weights': 'lm_head.weight',
-  };
-  if (fixed[fast]) return [fixed[fast]];
+  const top = TOP_NAMES.find(([, f]) => f === fast);
+  if (top) return [top[0]];
   const m = /^decoder\.(\d+)\.(.+)$/.exec(fast);
-  const per: Record<string, string[]> = {
-    'norm_1.weight': ['input_layernorm.weight'],
-    'norm_2.weight': ['post_attention_layernorm.weight'],
-    'mixer.query.weight': ['self_attn.q_proj.weight'],
-    'mixer.key_value.weight': ['self_attn.k_proj.weight', 'self_attn.v_proj.weight'],
-    'mixer.dense.weight': ['self_attn.o_proj.weight'],
-  };
-  const p = m && per[m[2]!];
-  return p?.map((n) => `model.layers.${m![1]}.${n}`);
+  const names = m ? LAYER_NAMES.filter(([, f]) => f === m[2]).map(([h]) => `model.layers.${m[1]}.${h}`) : [];
+  return names.length ? names : undefined;
 }
 
 const num = (c: Record<string, unknown>, k: string): number | undefined => (typeof c[k] === 'number' ? (c[k] as number) : undefined);
@@ -250,7 +242,6 @@ export function fastLlmContainer<T extends { name: string; shape: number[] }>(
   config: Record<string, unknown>,
   moe: { E: number; topK: number; I: number },
   join: (name: string, k: T, v: T) => T,
-  rename: (t: T, name: string) => T,
 ): FastLlmContainer<T> {
   if (config.model_type !== 'mixtral')
     throw new MoekitError(
@@ -261,7 +252,7 @@ export function fastLlmContainer<T extends { name: string; shape: number[] }>(
   const kv = new Map<string, { k?: T; v?: T }>();
   for (const t of tensors) {
     if (/^decoder\.\d+\.mlp\./.test(t.name)) {
-      out.push(rename(t, `${t.name}/weights`));
+      out.push({ ...t, name: `${t.name}/weights` });
       continue;
     }
     const f = fastLlmName(t.name);
@@ -271,7 +262,7 @@ export function fastLlmContainer<T extends { name: string; shape: number[] }>(
         `--format fast_llm: no Fast-LLM name for '${t.name}' (a Mixtral checkpoint has embeddings, attention, norms, experts and lm_head only)`,
       );
     if (!f.kv) {
-      out.push(rename(t, `${f.name}/weights`));
+      out.push({ ...t, name: `${f.name}/weights` });
       continue;
     }
     const pair = kv.get(f.name) ?? {};
