@@ -8,6 +8,8 @@
 override DDT: u32 = 0u;
 override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override S: u32 = 1u; // splits along K
+override RW: u32 = 1u; // row pairs per invocation (1: rows nb + rg, nb + RG + rg; 2: also nb + 2·RG + rg, nb + 3·RG + rg)
+override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
 
 const WG = 256u;
 const MT = 16u;
@@ -36,11 +38,17 @@ fn load_d(i: u32) -> vec4<f32> {
   return vec4<f32>(unpack_pair(DDT, w.x), unpack_pair(DDT, w.y));
 }
 
-// Partial sums of 4 tokens for the two weight rows (A: row nb + rg, B: row nb + RG + rg) of this step.
-struct AB { a: vec4<f32>, b: vec4<f32> }
+// Partial sums of 4 tokens for the invocation's rows: a, b (row pair 0), c, d (row pair 1).
+struct AB { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
+// One step's weights: the two runs of 4 elements (…a, …b) of each row.
+struct Wt { aa: vec4<f32>, ab: vec4<f32>, ba: vec4<f32>, bb: vec4<f32>, ca: vec4<f32>, cb: vec4<f32>, da: vec4<f32>, db: vec4<f32> }
 
-// Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL].
-fn step4(acc: AB, t0: u32, TQ: u32, s: u32, ua: vec4<f32>, ub: vec4<f32>, ga: vec4<f32>, gb: vec4<f32>) -> AB {
+fn dot4t(acc: vec4<f32>, x0: vec4<f32>, y0: vec4<f32>, x1: vec4<f32>, y1: vec4<f32>, x2: vec4<f32>, y2: vec4<f32>, x3: vec4<f32>, y3: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(dot8(acc.x, x0, y0, wa, wb), dot8(acc.y, x1, y1, wa, wb), dot8(acc.z, x2, y2, wa, wb), dot8(acc.w, x3, y3, wa, wb));
+}
+
+// Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL], each loaded once for all rows.
+fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
   let i = t0 * TQ + s;
   let x0 = sm[i];
   let y0 = sm[i + KL];
@@ -50,9 +58,13 @@ fn step4(acc: AB, t0: u32, TQ: u32, s: u32, ua: vec4<f32>, ub: vec4<f32>, ga: ve
   let y2 = sm[i + 2u * TQ + KL];
   let x3 = sm[i + 3u * TQ];
   let y3 = sm[i + 3u * TQ + KL];
-  var r: AB;
-  r.a = vec4<f32>(dot8(acc.a.x, x0, y0, ua, ub), dot8(acc.a.y, x1, y1, ua, ub), dot8(acc.a.z, x2, y2, ua, ub), dot8(acc.a.w, x3, y3, ua, ub));
-  r.b = vec4<f32>(dot8(acc.b.x, x0, y0, ga, gb), dot8(acc.b.y, x1, y1, ga, gb), dot8(acc.b.z, x2, y2, ga, gb), dot8(acc.b.w, x3, y3, ga, gb));
+  var r = acc;
+  r.a = dot4t(acc.a, x0, y0, x1, y1, x2, y2, x3, y3, w.aa, w.ab);
+  r.b = dot4t(acc.b, x0, y0, x1, y1, x2, y2, x3, y3, w.ba, w.bb);
+  if (RW == 2u) {
+    r.c = dot4t(acc.c, x0, y0, x1, y1, x2, y2, x3, y3, w.ca, w.cb);
+    r.d = dot4t(acc.d, x0, y0, x1, y1, x2, y2, x3, y3, w.da, w.db);
+  }
   return r;
 }
 
@@ -105,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var count = p.T;
   var off = 0u;
   if (p.dense == 0u) { count = lists[e]; off = lists[p.E + e]; }
-  let nb = wid.x * 2u * RG;
+  let nb = (wid.x / C) * 2u * RW * RG;
   let K4 = p.K / 4u;
   let J = K4 / (2u * KL); // steps along K (the host checks K % (8·KL) == 0)
   let jA = wid.y * J / S;
@@ -115,8 +127,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let hb = p.hBase / 4u + off * K4;
   let wa = (ez * p.rows + min(nb + rg, p.rows - 1u)) * p.K;
   let wb = (ez * p.rows + min(nb + RG + rg, p.rows - 1u)) * p.K;
+  let wc = (ez * p.rows + min(nb + 2u * RG + rg, p.rows - 1u)) * p.K;
+  let wd2 = (ez * p.rows + min(nb + 3u * RG + rg, p.rows - 1u)) * p.K;
 
-  for (var c0 = 0u; c0 < count; c0 += MT) {
+  for (var c0 = (wid.x % C) * MT; c0 < count; c0 += C * MT) {
     let nv = min(MT, count - c0);
     workgroupBarrier();
     if (li < MT) {
@@ -141,24 +155,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
         let q = (j0 + jj) * 2u * KL + kl;
-        let aa = load_d(wa + q * 4u);
-        let ab = load_d(wa + (q + KL) * 4u);
-        let ba = load_d(wb + q * 4u);
-        let bb = load_d(wb + (q + KL) * 4u);
+        var w = Wt();
+        w.aa = load_d(wa + q * 4u);
+        w.ab = load_d(wa + (q + KL) * 4u);
+        w.ba = load_d(wb + q * 4u);
+        w.bb = load_d(wb + (q + KL) * 4u);
+        if (RW == 2u) {
+          w.ca = load_d(wc + q * 4u);
+          w.cb = load_d(wc + (q + KL) * 4u);
+          w.da = load_d(wd2 + q * 4u);
+          w.db = load_d(wd2 + (q + KL) * 4u);
+        }
         let s = jj * 2u * KL + kl;
-        ab0 = step4(ab0, 0u, TQ, s, aa, ab, ba, bb);
-        if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, aa, ab, ba, bb); }
-        if (nv > 8u) { ab2 = step4(ab2, 8u, TQ, s, aa, ab, ba, bb); }
-        if (nv > 12u) { ab3 = step4(ab3, 12u, TQ, s, aa, ab, ba, bb); }
+        ab0 = step4(ab0, 0u, TQ, s, w);
+        if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }
+        if (nv > 8u) { ab2 = step4(ab2, 8u, TQ, s, w); }
+        if (nv > 12u) { ab3 = step4(ab3, 12u, TQ, s, w); }
       }
     }
     let sa = lane_sums(li, kl, rg, ab0.a, ab1.a, ab2.a, ab3.a);
     let sb = lane_sums(li, kl, rg, ab0.b, ab1.b, ab2.b, ab3.b);
+    var sc = vec2<f32>();
+    var sd = vec2<f32>();
+    if (RW == 2u) {
+      sc = lane_sums(li, kl, rg, ab0.c, ab1.c, ab2.c, ab3.c);
+      sd = lane_sums(li, kl, rg, ab0.d, ab1.d, ab2.d, ab3.d);
+    }
     for (var j = 0u; j < 2u; j++) {
       let o = li + j * WG;
       if (o / MT < RG) {
         store(o, nb, nv, e, wid.y, sa[j]);
         store(o, nb + RG, nv, e, wid.y, sb[j]);
+        if (RW == 2u) {
+          store(o, nb + 2u * RG, nv, e, wid.y, sc[j]);
+          store(o, nb + 3u * RG, nv, e, wid.y, sd[j]);
+        }
       }
     }
   }

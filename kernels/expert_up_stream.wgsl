@@ -16,6 +16,8 @@ override ACT: u32 = 0u;
 override ALPHA: f32 = 1.702;
 override LIMIT: f32 = 7.0;
 override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
+override RW: u32 = 1u; // rows per invocation (1, or 2: rows nb + rg and nb + RG + rg share each x load)
+override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
 
 const WG = 256u;
 const MT = 16u; // tokens per chunk
@@ -52,11 +54,17 @@ fn load_u(i: u32) -> vec4<f32> {
   return vec4<f32>(unpack_pair(UDT, w.x), unpack_pair(UDT, w.y));
 }
 
-// Partial sums of 4 tokens for the two weight rows (A: up, B: gate) of this step.
-struct AB { a: vec4<f32>, b: vec4<f32> }
+// Partial sums of 4 tokens: up (a) and gate (b) of the invocation's first row, up (c) and gate (d) of its second.
+struct AB { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
+// One step's weights: the two runs of 4 elements (…a, …b) of up and gate of the first row (u, g) and the second (v, f).
+struct Wt { ua: vec4<f32>, ub: vec4<f32>, ga: vec4<f32>, gb: vec4<f32>, va: vec4<f32>, vb: vec4<f32>, fa: vec4<f32>, fb: vec4<f32> }
 
-// Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL].
-fn step4(acc: AB, t0: u32, TQ: u32, s: u32, ua: vec4<f32>, ub: vec4<f32>, ga: vec4<f32>, gb: vec4<f32>) -> AB {
+fn dot4t(acc: vec4<f32>, x0: vec4<f32>, y0: vec4<f32>, x1: vec4<f32>, y1: vec4<f32>, x2: vec4<f32>, y2: vec4<f32>, x3: vec4<f32>, y3: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(dot8(acc.x, x0, y0, wa, wb), dot8(acc.y, x1, y1, wa, wb), dot8(acc.z, x2, y2, wa, wb), dot8(acc.w, x3, y3, wa, wb));
+}
+
+// Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL], each loaded once for all rows.
+fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
   let i = t0 * TQ + s;
   let x0 = sm[i];
   let y0 = sm[i + KL];
@@ -66,10 +74,12 @@ fn step4(acc: AB, t0: u32, TQ: u32, s: u32, ua: vec4<f32>, ub: vec4<f32>, ga: ve
   let y2 = sm[i + 2u * TQ + KL];
   let x3 = sm[i + 3u * TQ];
   let y3 = sm[i + 3u * TQ + KL];
-  var r: AB;
-  r.a = vec4<f32>(dot8(acc.a.x, x0, y0, ua, ub), dot8(acc.a.y, x1, y1, ua, ub), dot8(acc.a.z, x2, y2, ua, ub), dot8(acc.a.w, x3, y3, ua, ub));
-  if (GATED) {
-    r.b = vec4<f32>(dot8(acc.b.x, x0, y0, ga, gb), dot8(acc.b.y, x1, y1, ga, gb), dot8(acc.b.z, x2, y2, ga, gb), dot8(acc.b.w, x3, y3, ga, gb));
+  var r = acc;
+  r.a = dot4t(acc.a, x0, y0, x1, y1, x2, y2, x3, y3, w.ua, w.ub);
+  if (GATED) { r.b = dot4t(acc.b, x0, y0, x1, y1, x2, y2, x3, y3, w.ga, w.gb); }
+  if (RW == 2u) {
+    r.c = dot4t(acc.c, x0, y0, x1, y1, x2, y2, x3, y3, w.va, w.vb);
+    if (GATED) { r.d = dot4t(acc.d, x0, y0, x1, y1, x2, y2, x3, y3, w.fa, w.fb); }
   }
   return r;
 }
@@ -98,6 +108,27 @@ fn lane_sums(li: u32, kl: u32, rg: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f
   return out;
 }
 
+// Activation of output o (row nb + o / MT, token o % MT of the chunk) from its lane sums of up (u) and gate (g).
+fn emit(o: u32, nb: u32, nv: u32, c0: u32, off: u32, e: u32, g0: f32, u0: f32) {
+  let t = o % MT;
+  let n_loc = nb + o / MT;
+  if (o / MT < WG / KL && t < nv && n_loc < p.rows) {
+    let en = ents[t];
+    var sc = 1.0;
+    if (p.inScale == 1u) { sc = rw[en]; }
+    var row = c0 + t;
+    if (p.dense == 0u) { row += off; }
+    let n = p.r0 + n_loc;
+    var g = g0 * sc;
+    var u = u0 * sc;
+    if (p.hasBias == 1u) {
+      g += bias[e * p.N + n];
+      u += bias[(p.nE + e) * p.N + n];
+    }
+    h[p.hBase + row * p.N + n] = act(ACT, g, u, ALPHA, LIMIT);
+  }
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let RG = WG / KL;
@@ -108,14 +139,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var count = p.T;
   var off = 0u;
   if (p.dense == 0u) { count = lists[e]; off = lists[p.E + e]; }
-  let nb = wid.x * RG;
+  let nb = (wid.x / C) * RG * RW;
   let K4 = p.K / 4u;
   let J = K4 / (2u * KL); // steps along K (the host checks K % (8·KL) == 0)
   let TQ = XQ / MT; // vec4s of each token's x per tile
   let TJ = TQ / (2u * KL); // steps per tile
   let wrow = (ez * p.rows + min(nb + rg, p.rows - 1u)) * p.K;
+  let wrow2 = (ez * p.rows + min(nb + RG + rg, p.rows - 1u)) * p.K;
 
-  for (var c0 = 0u; c0 < count; c0 += MT) {
+  for (var c0 = (wid.x % C) * MT; c0 < count; c0 += C * MT) {
     let nv = min(MT, count - c0);
     workgroupBarrier();
     if (li < MT) {
@@ -142,43 +174,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
         let q = (j0 + jj) * 2u * KL + kl; // the lane's first vec4 along K; the second is q + KL
-        let ua = load_u(wrow + q * 4u);
-        let ub = load_u(wrow + (q + KL) * 4u);
-        var ga = vec4<f32>();
-        var gb = vec4<f32>();
+        var w = Wt();
+        w.ua = load_u(wrow + q * 4u);
+        w.ub = load_u(wrow + (q + KL) * 4u);
         if (GATED) {
-          ga = load_g(wrow + q * 4u);
-          gb = load_g(wrow + (q + KL) * 4u);
+          w.ga = load_g(wrow + q * 4u);
+          w.gb = load_g(wrow + (q + KL) * 4u);
+        }
+        if (RW == 2u) {
+          w.va = load_u(wrow2 + q * 4u);
+          w.vb = load_u(wrow2 + (q + KL) * 4u);
+          if (GATED) {
+            w.fa = load_g(wrow2 + q * 4u);
+            w.fb = load_g(wrow2 + (q + KL) * 4u);
+          }
         }
         let s = jj * 2u * KL + kl;
-        ab0 = step4(ab0, 0u, TQ, s, ua, ub, ga, gb);
-        if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, ua, ub, ga, gb); }
-        if (nv > 8u) { ab2 = step4(ab2, 8u, TQ, s, ua, ub, ga, gb); }
-        if (nv > 12u) { ab3 = step4(ab3, 12u, TQ, s, ua, ub, ga, gb); }
+        ab0 = step4(ab0, 0u, TQ, s, w);
+        if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }
+        if (nv > 8u) { ab2 = step4(ab2, 8u, TQ, s, w); }
+        if (nv > 12u) { ab3 = step4(ab3, 12u, TQ, s, w); }
       }
     }
     let su = lane_sums(li, kl, rg, ab0.a, ab1.a, ab2.a, ab3.a);
     var sg = vec2<f32>();
     if (GATED) { sg = lane_sums(li, kl, rg, ab0.b, ab1.b, ab2.b, ab3.b); }
+    var sv = vec2<f32>();
+    var sf = vec2<f32>();
+    if (RW == 2u) {
+      sv = lane_sums(li, kl, rg, ab0.c, ab1.c, ab2.c, ab3.c);
+      if (GATED) { sf = lane_sums(li, kl, rg, ab0.d, ab1.d, ab2.d, ab3.d); }
+    }
     for (var j = 0u; j < 2u; j++) {
       let o = li + j * WG;
-      let t = o % MT;
-      let n_loc = nb + o / MT;
-      if (o / MT < RG && t < nv && n_loc < p.rows) {
-        let en = ents[t];
-        var sc = 1.0;
-        if (p.inScale == 1u) { sc = rw[en]; }
-        var row = c0 + t;
-        if (p.dense == 0u) { row += off; }
-        let n = p.r0 + n_loc;
-        var g = sg[j] * sc;
-        var u = su[j] * sc;
-        if (p.hasBias == 1u) {
-          g += bias[e * p.N + n];
-          u += bias[(p.nE + e) * p.N + n];
-        }
-        h[p.hBase + row * p.N + n] = act(ACT, g, u, ALPHA, LIMIT);
-      }
+      emit(o, nb, nv, c0, off, e, sg[j], su[j]);
+      if (RW == 2u) { emit(o, nb + RG, nv, c0, off, e, sf[j], sv[j]); }
     }
   }
 }

@@ -7,7 +7,7 @@ import { layerSource } from '../src/forward/ir-loader.js';
 import { compare, forwardCpu, routeAll } from '../src/forward/cpu.js';
 import type { BlockSpec } from '../src/forward/routing.js';
 import { bytesOf, type ExpertWeights, type MoeBlockWeights, type Weight } from '../src/forward/weights.js';
-import { forwardGpu, planPieces } from '../src/gpu/moe.js';
+import { forwardGpu, planPieces, planUploads } from '../src/gpu/moe.js';
 import { makeRouting, type Activation, type Routing } from '../src/families/index.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
@@ -205,26 +205,72 @@ describe("opt-in 'stream' expert kernels (each weight row read once for 16 token
     { name: 'ReLU² non-gated f32, biases', w: { seed: 12, H: 64, I: 128, E: 3, dtype: 'F32', gated: false, biases: true }, T: 40 },
     { name: 'SwiGLU f16, chunked pieces', w: { seed: 13, H: 128, I: 128, E: 4, dtype: 'F16' }, T: 37, maxBinding: 32768 },
   ] as const)
-    it(`${c.name}: equal to the CPU forward, and the stream kernels ran`, async () => {
-      const w = synth(c.w);
-      const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: c.w.gated === false ? 'relu2' : 'swiglu' } };
-      const r = rng(200 + c.w.seed);
-      const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
-      const cpu = forwardCpu(w, spec, x, c.T);
-      const gpu = await forwardGpu(w, spec, x, c.T, { kernels: 'stream', timing: true, maxBinding: 'maxBinding' in c ? c.maxBinding : undefined });
-      const cmp = compare(gpu.out, cpu.out);
-      expect(cmp.refMax).toBeGreaterThan(0);
-      expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
-      expect(gpu.expertCounts).toEqual(cpu.expertCounts);
-      expect(Math.max(...cpu.expertCounts)).toBeGreaterThan(16);
-      // the kernels timed (timestamp queries: lavapipe and real GPUs have them) are the stream ones, not their fallback
-      expect(Object.keys(gpu.kernelMsBy ?? {})).toEqual(expect.arrayContaining(['expert_up_stream', 'expert_down_stream']));
-      expect(Object.keys(gpu.kernelMsBy ?? {})).not.toContain('expert_up_gpu');
-      if ('maxBinding' in c) expect(gpu.pieces).toBeGreaterThan(4);
-    });
+    for (const [up, down] of [
+      [undefined, undefined],
+      ['8,1,2,2', '8,8,2,3'],
+    ] as const)
+      it(`${c.name}${up ? ` (shapes ${up} / ${down}: two rows per invocation)` : ''}: equal to the CPU forward, and the stream kernels ran`, async () => {
+        const w = synth(c.w);
+        const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: c.w.gated === false ? 'relu2' : 'swiglu' } };
+        const r = rng(200 + c.w.seed);
+        const x = Float32Array.from({ length: c.T * c.w.H }, () => 2 * r() - 1);
+        const cpu = forwardCpu(w, spec, x, c.T);
+        const env = [process.env.MOEKIT_UP_CFG, process.env.MOEKIT_DOWN_CFG];
+        const set = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
+        set('MOEKIT_UP_CFG', up);
+        set('MOEKIT_DOWN_CFG', down);
+        const gpu = await forwardGpu(w, spec, x, c.T, { kernels: 'stream', timing: true, maxBinding: 'maxBinding' in c ? c.maxBinding : undefined }).finally(
+          () => {
+            set('MOEKIT_UP_CFG', env[0]);
+            set('MOEKIT_DOWN_CFG', env[1]);
+          },
+        );
+        const cmp = compare(gpu.out, cpu.out);
+        expect(cmp.refMax).toBeGreaterThan(0);
+        expect(cmp.maxRel).toBeLessThanOrEqual(1e-5);
+        expect(gpu.expertCounts).toEqual(cpu.expertCounts);
+        expect(Math.max(...cpu.expertCounts)).toBeGreaterThan(16);
+        // the kernels timed (timestamp queries: lavapipe and real GPUs have them) are the stream ones, not their fallback
+        expect(Object.keys(gpu.kernelMsBy ?? {})).toEqual(expect.arrayContaining(['expert_up_stream', 'expert_down_stream']));
+        expect(Object.keys(gpu.kernelMsBy ?? {})).not.toContain('expert_up_gpu');
+        if ('maxBinding' in c) expect(gpu.pieces).toBeGreaterThan(4);
+      });
 });
 
 describe('piece planning', () => {
+  it('uploads cover every byte of every piece once, in whole rows of at most the upload size', () => {
+    const mk = (I: number, H: number) =>
+      ({ up: { dtype: 'BF16', shape: [I, H] }, gate: { dtype: 'BF16', shape: [I, H] }, down: { dtype: 'BF16', shape: [H, I] } }) as ExpertWeights;
+    const g = { experts: [mk(40, 48), mk(40, 48), mk(40, 48)], I: 40, gated: true } as Parameters<typeof planUploads>[0][number]['g'];
+    const jobs = [
+      ...planPieces(3, 40, 48, 2, 2 * 40 * 48 * 2).map((p) => ({ g, gi: 0, p, up: true })),
+      ...planPieces(3, 48, 40, 2, 1000).map((p) => ({ g, gi: 0, p, up: false })),
+    ];
+    const ups = planUploads(jobs, 48, 1000);
+    expect(ups.every((u) => u.bytes <= 1000 && u.bytes === u.segs.reduce((a, s) => a + s.end - s.start, 0))).toBe(true);
+    for (const [j, job] of jobs.entries()) {
+      const K = job.up ? 48 : 40;
+      for (const kind of job.up ? (['gate', 'up'] as const) : (['down'] as const)) {
+        const segs = ups.filter((u) => u.job === j).flatMap((u) => u.segs.filter((s) => s.kind === kind));
+        expect(segs.every((s) => (s.end - s.start) % (K * 2) === 0)).toBe(true);
+        // destination bytes tile the piece's buffer; sources are the piece's rows of each expert
+        const dst = segs.map((s) => [s.offset, s.end - s.start]).sort((a, b) => a[0]! - b[0]!);
+        let at = 0;
+        for (const [o, n] of dst) {
+          expect(o).toBe(at);
+          at += n!;
+        }
+        expect(at).toBe(job.p.nE * job.p.rows * K * 2);
+        for (const s of segs) {
+          const i = Math.floor(s.offset / (job.p.rows * K * 2));
+          expect(s.w).toBe(g.experts[job.p.e0 + i]![kind]);
+          expect(s.start - job.p.r0 * K * 2).toBe(s.offset - i * job.p.rows * K * 2);
+        }
+      }
+    }
+    // uploads go in dispatch order and never span two pieces
+    expect(ups.map((u) => u.job)).toEqual([...ups.map((u) => u.job)].sort((a, b) => a - b));
+  });
   it('packs whole experts when they fit and cuts row blocks when they do not', () => {
     expect(planPieces(8, 40, 48, 4, 16 * 7680)).toEqual([{ e0: 0, nE: 8, r0: 0, rows: 40 }]);
     expect(planPieces(3, 40, 48, 4, 2 * 7680).map((p) => p.nE)).toEqual([2, 1]);
@@ -247,15 +293,17 @@ describe('streaming expert weights from disk', () => {
     const ck = await openStore(join(FIX, 'deepseek_v3_bf16'));
     const config = (await ck.config())!;
     const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
-    for (const [maxBinding, kernels] of [
-      [undefined, 'cpu'],
-      [2048, 'cpu'],
-      [2048, 'gpu'],
+    for (const [maxBinding, kernels, uploadBytes] of [
+      [undefined, 'cpu', undefined],
+      [2048, 'cpu', undefined],
+      [2048, 'gpu', undefined],
+      // a piece (all experts, one dispatch) uploaded in 200-byte pieces of whole rows
+      [undefined, 'gpu', 200],
     ] as const) {
       const lazy = await (await layerSource(ck, config)).load(1, { lazy: true });
       expect(lazy.weights.experts[0]!.up.data).toBeUndefined();
       const eager = await (await layerSource(ck, config)).load(1);
-      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels });
+      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels, uploadBytes });
       const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding, kernels });
       expect(Buffer.from(a.out.buffer).equals(Buffer.from(b.out.buffer))).toBe(true);
     }

@@ -34,8 +34,10 @@ import { kernel, type KernelName } from './kernels.js';
 export interface GpuForwardOptions {
   /** pretend bindings may cover at most this many bytes (tests the chunking path) */
   maxBinding?: number;
-  /** largest weight piece uploaded at once, two at most in flight (default pieceCap: 16 MiB on a CPU adapter, 128 MiB on a GPU) */
+  /** largest weight piece one dispatch covers (default pieceCap) */
   pieceBytes?: number;
+  /** largest upload staged in host memory at once, two at most in flight (default uploadCap: 16 MiB on a CPU adapter, 64 MiB on a GPU) */
+  uploadBytes?: number;
   /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
   timing?: boolean;
   /**
@@ -82,7 +84,8 @@ const MAX_DISPATCH = 65535;
  * smaller pieces split an expert's rows over more, emptier dispatches (H200, 32 MiB pieces: kernel
  * time of a Mixtral-8x7B layer 8.7 → 15.2 ms).
  */
-const pieceCap = (fallback: boolean) => (fallback ? 16 : 128) * 2 ** 20;
+const uploadCap = (fallback: boolean) => (fallback ? 16 : 64) * 2 ** 20;
+const pieceCap = (fallback: boolean) => (Number(process.env.MOEKIT_GPU_PIECE_MIB) || (fallback ? 16 : 128)) * 2 ** 20;
 
 /**
  * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
@@ -124,9 +127,10 @@ class Ctx {
     readonly gpu: Gpu,
     timing: boolean,
     readonly pieceBytes: number,
+    readonly uploadBytes: number,
   ) {
     this.device = gpu.device;
-    this.pendingCap = 2 * pieceBytes;
+    this.pendingCap = 2 * uploadBytes;
     if (timing && gpu.timestamps)
       this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n, names: [], by: {} };
   }
@@ -215,16 +219,19 @@ class Ctx {
   get needsDrain(): boolean {
     return !!this.queries && this.queries.n + 16 > this.queries.cap;
   }
-  /** Release the piece's buffers (after its submit); wait for the queue when many bytes were uploaded (bounds staging memory). */
-  async releasePiece(uploaded = 0): Promise<void> {
-    for (const b of this.piece) b.destroy();
-    this.piece = [];
-    this.pendingBytes += uploaded;
-    if (this.needsDrain) await this.drainTimestamps();
+  /** Count uploaded bytes; wait for the queue when many were uploaded since the last wait (bounds Dawn's staging memory). */
+  async uploaded(bytes: number): Promise<void> {
+    this.pendingBytes += bytes;
     if (this.pendingBytes > this.pendingCap) {
       await this.device.queue.onSubmittedWorkDone();
       this.pendingBytes = 0;
     }
+  }
+  /** Release the piece's buffers (after its submit). */
+  async releasePiece(): Promise<void> {
+    for (const b of this.piece) b.destroy();
+    this.piece = [];
+    if (this.needsDrain) await this.drainTimestamps();
   }
   releaseBatch(): void {
     for (const b of [...this.piece, ...this.batch]) b.destroy();
@@ -297,44 +304,68 @@ function checkShapes(w: MoeBlockWeights, spec: BlockSpec, forced?: Routed): void
   }
 }
 
+/** One expert matrix's rows [start, end) (bytes of the weight), going to byte `offset` of the piece's `kind` buffer. */
 interface Segment {
   kind: 'gate' | 'up' | 'down';
-  /** byte offset in the piece buffer, and the piece buffer's size */
+  w: Weight;
+  start: number;
+  end: number;
   offset: number;
-  total: number;
-  data: Uint8Array;
+}
+/** The bytes of one or more segments of one piece (job), read and uploaded together: at most the upload size. */
+interface Upload {
+  job: number;
+  segs: Segment[];
+  bytes: number;
+}
+type Job = { g: Group; gi: number; p: Piece; up: boolean };
+
+const jobKinds = (job: Job): Segment['kind'][] => (job.up ? (job.g.gated ? ['gate', 'up'] : ['up']) : ['down']);
+
+/** Bytes of a job's buffer of one kind: rows of its experts' matrices. */
+function jobBytes(job: Job, kind: Segment['kind'], H: number): number {
+  const K = job.up ? H : job.g.I;
+  return job.p.nE * job.p.rows * K * dtypeBytes(job.g.experts[0]![kind]!.dtype);
 }
 
 /**
- * Gather the bytes of one piece: rows [r0, r0+rows) of each of its experts' matrices, read from
- * memory or (lazy weights) from disk into a reusable staging buffer (warm memory: fresh pages are
- * ~10x slower on first touch). staging[slot] is reused every other piece.
+ * Cut the pieces' bytes into uploads of at most `cap` bytes (whole rows; an upload never spans two
+ * pieces), in dispatch order: a piece may be much larger than what is staged in host memory at once.
  */
-async function fetchPiece(job: { g: Group; p: Piece; up: boolean }, H: number, staging: Buffer[], slot: number): Promise<Segment[]> {
-  const { g, p } = job;
-  const kinds: Segment['kind'][] = job.up ? (g.gated ? ['gate', 'up'] : ['up']) : ['down'];
-  const K = job.up ? H : g.I;
-  const plan: { kind: Segment['kind']; w: Weight; offset: number; total: number; start: number; end: number }[] = [];
-  let stagingBytes = 0;
-  for (const kind of kinds) {
-    const total = p.nE * p.rows * K * dtypeBytes(g.experts[0]![kind]!.dtype);
-    for (let i = 0; i < p.nE; i++) {
-      const w = g.experts[p.e0 + i]![kind]!;
-      const rowB = K * dtypeBytes(w.dtype);
-      const n = p.rows * rowB;
-      plan.push({ kind, w, offset: i * n, total, start: p.r0 * rowB, end: p.r0 * rowB + n });
-      if (!w.data) stagingBytes += n;
+export function planUploads(jobs: Job[], H: number, cap: number): Upload[] {
+  const out: Upload[] = [];
+  for (const [j, job] of jobs.entries()) {
+    const { g, p } = job;
+    const K = job.up ? H : g.I;
+    let cur: Upload | undefined;
+    for (const kind of jobKinds(job)) {
+      for (let i = 0; i < p.nE; i++) {
+        const w = g.experts[p.e0 + i]![kind]!;
+        const rowB = K * dtypeBytes(w.dtype);
+        const n = p.rows * rowB;
+        const step = Math.max(1, Math.floor(cap / rowB)) * rowB;
+        for (let a = 0; a < n; a += step) {
+          const len = Math.min(step, n - a);
+          if (!cur || cur.bytes + len > cap) out.push((cur = { job: j, segs: [], bytes: 0 }));
+          cur.segs.push({ kind, w, start: p.r0 * rowB + a, end: p.r0 * rowB + a + len, offset: i * n + a });
+          cur.bytes += len;
+        }
+      }
     }
   }
+  return out;
+}
+
+/**
+ * Read one upload's bytes, from memory or (lazy weights) from disk into a reusable staging buffer
+ * (warm memory: fresh pages are ~10x slower on first touch). staging[slot] is reused every other upload.
+ */
+async function fetchUpload(u: Upload, staging: Buffer[], slot: number): Promise<Uint8Array[]> {
+  const stagingBytes = u.segs.reduce((a, s) => a + (s.w.data ? 0 : s.end - s.start), 0);
   let buf = staging[slot];
   if (stagingBytes > 0 && (!buf || buf.byteLength < stagingBytes)) staging[slot] = buf = Buffer.allocUnsafeSlow(stagingBytes);
   let at = 0;
-  return Promise.all(
-    plan.map(async (s) => {
-      const into = s.w.data ? undefined : buf!.subarray(at, (at += s.end - s.start));
-      return { kind: s.kind, offset: s.offset, total: s.total, data: await readRange(s.w, s.start, s.end, into) };
-    }),
-  );
+  return Promise.all(u.segs.map((s) => readRange(s.w, s.start, s.end, s.w.data ? undefined : buf!.subarray(at, (at += s.end - s.start)))));
 }
 
 type Variant = 'gpu' | 'stream' | 'cpu';
@@ -343,16 +374,20 @@ interface StreamCfg {
   KL: number;
   /** splits along K (down projection) */
   S: number;
+  /** rows per invocation (up: 1 or 2) or row pairs per invocation (down: 1 or 2) */
+  RW: number;
+  /** workgroups per row block, each taking every C-th chunk of 16 tokens */
+  C: number;
 }
 /** workgroup memory of the stream kernels: 2040 vec4 + 2 × 16 u32 */
 const STREAM_WG_BYTES = 32768;
 
-/** Shape of a stream expert kernel ('KL[,S]'). */
+/** Shape of a stream expert kernel ('KL[,S[,RW[,C]]]'; S is ignored by the up projection). */
 function streamCfg(env: string | undefined, def: number[]): StreamCfg {
   const v = env ? env.split(',').map(Number) : def;
-  const [KL, S = 1] = (v.length === 1 || v.length === 2) && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
-  if (!(256 % KL! === 0 && KL! >= 8 && KL! <= 32)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
-  return { KL: KL!, S };
+  const [KL, S = 1, RW = 1, C = 1] = v.length >= 1 && v.length <= 4 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
+  if (!(256 % KL! === 0 && KL! >= 8 && KL! <= 32 && RW <= 2 && C <= 8)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  return { KL: KL!, S, RW, C };
 }
 
 /** Shape constants of a rows-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
@@ -534,7 +569,7 @@ function dispatchRouting(r: Run, b: Batch): void {
 function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bindings: GPUBuffer[]): void {
   const { ctx, upStream: s, upCfg: u } = r;
   if (streams(ctx, r.variant, r.H, s)) {
-    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL }, bindings, [ceil(p.rows, 256 / s.KL), 1, p.nE]);
+    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C }, bindings, [ceil(p.rows, (256 / s.KL) * s.RW) * s.C, 1, p.nE]);
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE]);
   else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
 }
@@ -543,7 +578,7 @@ function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bin
 function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bindings: GPUBuffer[]): void {
   const { ctx, downStream: s, downCfg: d } = r;
   if (streams(ctx, r.variant, I, s)) {
-    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits }, bindings, [ceil(p.rows, 512 / s.KL), r.splits, p.nE]);
+    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C }, bindings, [ceil(p.rows, (512 / s.KL) * s.RW) * s.C, r.splits, p.nE]);
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE]);
   else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
 }
@@ -556,24 +591,24 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   const { ctx, H, E, K, KS, tb } = { ...r, tb: b.tb };
   const act = r.spec.activation;
   const hbs = r.groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
-  const jobs = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
-  let next = jobs.length > 0 ? fetchPiece(jobs[0]!, H, r.staging, 0) : undefined;
+  const jobs: Job[] = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
+  const uploads = planUploads(jobs, H, ctx.uploadBytes);
+  let next = uploads.length > 0 ? fetchUpload(uploads[0]!, r.staging, 0) : undefined;
+  let ui = 0;
   for (const [j, job] of jobs.entries()) {
-    const segs = await next!;
-    next = j + 1 < jobs.length ? fetchPiece(jobs[j + 1]!, H, r.staging, (j + 1) % 2) : undefined;
     const { g, gi, p } = job;
+    const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.storage(jobBytes(job, kind, H), `${kind} piece`, ctx.piece)]));
+    for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
+      const data = await next!;
+      next = ui + 1 < uploads.length ? fetchUpload(uploads[ui + 1]!, r.staging, (ui + 1) % 2) : undefined;
+      const u = uploads[ui]!;
+      for (const [i, s] of u.segs.entries()) ctx.write(bufs.get(s.kind)!, s.offset, data[i]!);
+      await ctx.uploaded(u.bytes);
+    }
+    if (r.opts.syncUploads) await ctx.device.queue.onSubmittedWorkDone();
     const e0 = g.experts[0]!;
     const params = (Kd: number, N: number, hasBias: boolean) =>
       ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
-    const bufs = new Map<string, GPUBuffer>();
-    let bytes = 0;
-    for (const s of segs) {
-      let buf = bufs.get(s.kind);
-      if (!buf) bufs.set(s.kind, (buf = ctx.storage(s.total, `${s.kind} piece`, ctx.piece)));
-      ctx.write(buf, s.offset, s.data);
-      bytes += s.data.byteLength;
-    }
-    if (r.opts.syncUploads) await ctx.device.queue.onSubmittedWorkDone();
     if (job.up) {
       const upConst = {
         GDT: DT[e0.gate?.dtype ?? 'F32'],
@@ -590,7 +625,7 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
       dispatchDown(r, p, tb, g.I, DT[e0.down.dtype], bindings);
     }
     ctx.pieces++;
-    await ctx.releasePiece(bytes);
+    await ctx.releasePiece();
   }
 }
 
@@ -627,7 +662,8 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
   const w = await materialize(block, false);
   const gpu = await getGpu();
-  const ctx = new Ctx(gpu, !!opts.timing, Math.min(opts.pieceBytes ?? Infinity, pieceCap(gpu.fallback)));
+  const piece = Math.min(opts.pieceBytes ?? Infinity, pieceCap(gpu.fallback));
+  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, uploadCap(gpu.fallback)));
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
   const H = w.hidden;
   const out = new Float32Array(T * H);
