@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openStore } from '../src/store/registry.js';
 import type { BenchContext } from './extra.js';
-import { timeCmd, rm, syncAll, fmt, MB, writeSyntheticMixtral } from './lib.js';
+import { timeCmd, rm, syncAll, fmt, MB, writeSyntheticMixtral, writeSyntheticLlama } from './lib.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const bin = join(here, '..', '..', 'bin', 'moekit.js');
@@ -34,9 +34,13 @@ interface Run {
   rssMB: number;
 }
 
-function moekit(args: string[]): Run {
+function moekit(args: string[], fsyncFlag = true): Run {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [bin, ...args, '--json', '--no-fsync'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 26 });
+  const r = spawnSync(process.execPath, [bin, ...args, '--json', ...(fsyncFlag ? ['--no-fsync'] : [])], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 1 << 26,
+  });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`moekit ${args.join(' ')} failed (${r.status})`);
   return { seconds, rssMB: (JSON.parse(r.stdout) as { peakRssMB?: number }).peakRssMB ?? 0 };
@@ -166,7 +170,35 @@ export async function benchJobs(ctx: BenchContext): Promise<void> {
   const tCp = Math.min(tCp0, ctx.tCp);
   printTable(`jobs on ${fmt(ctx.total / 1024 ** 3)} GiB (bf16 Mixtral layout, H ${ctx.hidden}, I ${ctx.inter}, ${ctx.experts} experts)`, tCp, ctx.total, rows);
   if (!withPeer) console.log(`  (no Python path: ${python} has no torch + safetensors)`);
+  if (process.env.MOEKIT_BENCH_MEM !== '0') await benchMemory(ctx);
   if (process.env.MOEKIT_BENCH_SCALE) await benchScaling(ctx, process.env.MOEKIT_BENCH_SCALE.split(',').map(Number));
+}
+
+/**
+ * Peak RSS of the other long commands at default settings, once each (MOEKIT_BENCH_MEM=0 skips):
+ * shard with expert-TP, verify on the GPU (lavapipe where there is none) and on the CPU, quant /
+ * dequant, and upcycle of a dense Llama with the same MLP bytes per layer as one expert.
+ */
+async function benchMemory(ctx: BenchContext): Promise<void> {
+  const out = (n: string) => join(ctx.work, n);
+  const rows: [string, Run][] = [];
+  const once = (job: string, args: string[], fsyncFlag = true) => rows.push([job, moekit(args, fsyncFlag)]);
+  once('shard --ep 2 --etp 2 --to te', ['shard', ctx.src, '--ep', '2', '--etp', '2', '--to', 'te', '-o', out('etp')]);
+  rm(out('etp'));
+  moekit(['convert', ctx.src, '--to', 'nemo', '-o', out('nemo')]);
+  once('verify <nemo conversion> <source>', ['verify', out('nemo'), ctx.src], false);
+  once('verify --cpu <nemo conversion> <source>', ['verify', out('nemo'), ctx.src, '--cpu'], false);
+  rm(out('nemo'));
+  once('quant --format fp8-block', ['quant', ctx.src, '--format', 'fp8-block', '-o', out('q')]);
+  once('dequant (of that)', ['dequant', out('q'), '-o', out('dq')]);
+  rm(out('q'));
+  rm(out('dq'));
+  await writeSyntheticLlama(out('dense'), { layers: ctx.layers, hidden: ctx.hidden, inter: ctx.inter });
+  once(`upcycle --experts ${ctx.experts} --top-k 2`, ['upcycle', out('dense'), '--experts', String(ctx.experts), '--top-k', '2', '-o', out('up')]);
+  rm(out('up'));
+  rm(out('dense'));
+  console.log(`\n== peak RSS of the other commands on ${fmt(ctx.total / 1024 ** 3)} GiB (default settings, target ≤ 512 MiB) ==`);
+  for (const [job, r] of rows) console.log(`${job.padEnd(40)} ${fmt(r.seconds).padStart(7)} s ${fmt(r.rssMB, 0).padStart(8)} MiB${r.rssMB > 512 ? ' !' : ''}`);
 }
 
 /** convert --to nemo and shard --ep 8 at several checkpoint sizes: time per GiB and RSS should be flat. */

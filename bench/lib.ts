@@ -33,6 +33,43 @@ function synthSource(nbytes: number, seed: number): () => AsyncIterable<Chunk> {
   };
 }
 
+/** A dense Llama bf16 checkpoint (HF names, config.json): the source of `upcycle` in the bench. */
+export async function writeSyntheticLlama(dir: string, spec: Omit<SynthSpec, 'experts'>): Promise<number> {
+  const { layers, hidden: H, inter: I } = spec;
+  const entries: WriteEntry[] = [];
+  let seed = 101;
+  const add = (name: string, shape: number[]) =>
+    entries.push({ name, dtype: 'BF16', shape, source: synthSource(shape.reduce((a, b) => a * b, 1) * 2, seed++) });
+  add('model.embed_tokens.weight', [1024, H]);
+  for (let l = 0; l < layers; l++) {
+    const p = `model.layers.${l}`;
+    add(`${p}.input_layernorm.weight`, [H]);
+    add(`${p}.post_attention_layernorm.weight`, [H]);
+    for (const x of ['q', 'k', 'v', 'o']) add(`${p}.self_attn.${x}_proj.weight`, [H, H]);
+    add(`${p}.mlp.gate_proj.weight`, [I, H]);
+    add(`${p}.mlp.up_proj.weight`, [I, H]);
+    add(`${p}.mlp.down_proj.weight`, [H, I]);
+  }
+  add('model.norm.weight', [H]);
+  add('lm_head.weight', [1024, H]);
+  const res = await writeCheckpoint(dir, entries, { metadata: { format: 'pt' }, fsync: false });
+  const config = {
+    model_type: 'llama',
+    architectures: ['LlamaForCausalLM'],
+    num_hidden_layers: layers,
+    hidden_size: H,
+    intermediate_size: I,
+    num_attention_heads: H / 128,
+    num_key_value_heads: H / 128,
+    hidden_act: 'silu',
+    rms_norm_eps: 1e-5,
+    vocab_size: 1024,
+    dtype: 'bfloat16',
+  };
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  return res.totalSize;
+}
+
 /** A Mixtral-layout bf16 checkpoint (HF names, config.json) of the given shape. */
 export async function writeSyntheticMixtral(dir: string, spec: SynthSpec, maxShardSize = 1 << 30): Promise<number> {
   const { layers, experts, hidden: H, inter: I } = spec;
