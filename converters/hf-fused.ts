@@ -28,3 +28,20 @@ export const spec: LayoutSpec = {
   ],
   cannotHold: 'expert biases, router bias, shared-expert gate',
 };
+
+/**
+ * Mistral-4 (mistral4): the same names as its module holds them (no conversion mapping, so save_pretrained
+ * writes them as they are): router mlp.gate.weight [E,H], mlp.experts.gate_up_proj [E,2I,H] ([gate; up] rows),
+ * mlp.experts.down_proj [E,H,I], ungated mlp.shared_experts.*; no score-correction bias. Read from
+ * transformers models/mistral4/modeling_mistral4.py (Mistral4TopkRouter, Mistral4Experts, Mistral4MoE); no
+ * fixture yet (fixtures/hf/families3-notes-a.md), so the saved names are derived, not seen.
+ */
+export const mistral4Spec: LayoutSpec = {
+  ...spec,
+  id: 'hf-mistral4',
+  description: 'HF Mistral-4 mlp.gate.weight, mlp.experts.gate_up_proj [E,2I,H], down_proj [E,H,I], mlp.shared_experts',
+  source: 'transformers modeling_mistral4.py',
+  families: ['mistral4'],
+  rules: spec.rules.filter((r) => r.name !== 'gate.e_score_correction_bias'),
+  cannotHold: 'expert biases, router bias, score-correction bias, shared-expert gate',
+};

@@ -54,6 +54,7 @@ export const spec: LayoutSpec = {
     'glm5_next',
     'mellum',
     'qwen3_omni_moe',
+    'mimo_v2_flash',
   ],
   prefix: '{root}layers.{n}.mlp.',
   root: 'hf',

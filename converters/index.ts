@@ -14,7 +14,10 @@ import { spec as te } from './te.js';
 import { spec as megatron } from './megatron.js';
 import { spec as megatronGrouped } from './megatron-grouped.js';
 import { spec as flashfusemoe } from './flashfusemoe.js';
-import { spec as hfFused } from './hf-fused.js';
+import { spec as hfFused, mistral4Spec as hfMistral4 } from './hf-fused.js';
+import { spec as hfLaguna } from './hf-laguna.js';
+import { spec as hfHyV3 } from './hf-hy-v3.js';
+import { spec as hfKimiLinear } from './hf-kimi-linear.js';
 import { spec as hfErnie } from './hf-ernie.js';
 import { spec as hfHunyuan } from './hf-hunyuan.js';
 import { spec as hfExaone } from './hf-exaone.js';
@@ -48,6 +51,11 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfLfm2Moe,
   hfQwen3VlMoe,
   hfQwen3VlMoeHub,
+  // families3 (fixtures pending: fixtures/hf/families3-notes-*.md)
+  hfMistral4,
+  hfLaguna,
+  hfHyV3,
+  hfKimiLinear,
   nemo,
   te,
   megatron,

@@ -3,13 +3,14 @@
 // mode: 0 softmax over all E then top-k (Mixtral, Qwen); 1 sigmoid (DeepSeek-V3: selection on
 // score + correction bias, optionally group-limited); 2 top-k of logits, softmax over the k
 // (GPT-OSS); 3 top-k of logits, sigmoid of each, used to scale the expert input (Llama4).
+// maskInf 1: experts of unselected groups score -inf, not 0.0 (Kimi-Linear, MiMo-V2-Flash, A.X-K1).
 // Writes ids[t*K + j] and rw[t*KS + j] (j < K), rw[t*KS + j] = 1 for the shared slots j >= K.
 const MAX_E: u32 = 512u;
 
 struct P {
   T: u32, E: u32, K: u32, KS: u32,
   mode: u32, nGroup: u32, topkGroup: u32, norm: u32,
-  hasCorr: u32, scale: f32, _p0: u32, _p1: u32,
+  hasCorr: u32, scale: f32, maskInf: u32, _p1: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -45,7 +46,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     taken[i] = 0u;
   }
   // Group-limited selection (modeling_deepseek_v3.py): rank groups by the sum of their top-2
-  // choice scores, keep topk_group groups, mask the rest to 0.0 (masked_fill(~mask, 0.0)).
+  // choice scores, keep topk_group groups, mask the rest to 0.0 (masked_fill(~mask, 0.0)) or, with
+  // maskInf, below every finite score (masked_fill(~mask, float('-inf'))).
   if (p.nGroup > 1u) {
     let per = E / p.nGroup;
     var keep = array<u32, 64>();
@@ -65,7 +67,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       }
       keep[best] = 1u;
     }
-    for (var i = 0u; i < E; i++) { if (keep[i / per] == 0u) { choice[i] = 0.0; } }
+    let masked = select(0.0, -3.4e38, p.maskInf == 1u);
+    for (var i = 0u; i < E; i++) { if (keep[i / per] == 0u) { choice[i] = masked; } }
   }
   // top-k, ties to the lower index (src/forward/routing.ts topk)
   var wsum = 0.0;

@@ -384,65 +384,204 @@ describe('Qwen3-VL-MoE: the Hub orientation ([E,H,2I] / [E,I,H]) and transformer
  * share, under the config and names the notes derive, reads as the new family and computes that family's
  * transformers outputs. This checks moekit's reading of the derived facts, not the facts themselves.
  */
-describe('families awaiting their own fixtures: axk2, glm5_next, qwen4_exp, mellum, granitemoe_swa, qwen3_omni_moe (derived facts)', () => {
-  async function variant(from: string, cfg: (c: Record<string, unknown>) => Record<string, unknown>, rename = (n: string) => n): Promise<string> {
-    const src = await openStore(join(FIXTURES, from));
-    const entries = [];
-    for (const info of src.tensors.values())
-      entries.push({ name: rename(info.name), dtype: info.dtype, shape: info.shape, source: bufferSource(Buffer.from(await src.read(info))) });
+type Cfg = Record<string, unknown>;
+interface Entry {
+  name: string;
+  dtype: string;
+  shape: number[];
+  bytes: Buffer;
+}
+interface Variant {
+  family: string;
+  /** the verified fixture whose block it shares (and whose transformers outputs it must give) */
+  from: string;
+  cfg: (c: Cfg) => Cfg;
+  rename?: (n: string) => string;
+  /** tensors rebuilt beyond a rename (stacked, added) */
+  rebuild?: (t: Entry[]) => Entry[];
+  /** convert the fixture to this layout first (its names are the family's) */
+  via?: string;
+  /** where the family's routing facts differ from the fixture's (without changing the function on it) */
+  routing?: Record<string, unknown>;
+  /** the framework layout of the round trip */
+  layout?: string;
+}
+
+/** `c` with keys renamed (old → new; new undefined: dropped) and `add` merged in. */
+function rekey(c: Cfg, keys: Record<string, string | undefined>, add: Cfg = {}): Cfg {
+  const out: Cfg = {};
+  for (const [k, v] of Object.entries(c)) {
+    if (!(k in keys)) out[k] = v;
+    else if (keys[k] !== undefined) out[keys[k]!] = v;
+  }
+  return { ...out, ...add };
+}
+
+const toLanguageModel = (n: string) => n.replace(/^model\./, 'model.language_model.');
+/** the MoE block's own tensors (not a dense layer's mlp.gate_proj) */
+const moeBlock = /^(model\.layers\.\d+\.)mlp\.(gate\.|experts\.|shared_experts\.|router\.|expert_bias)/;
+const mixtralExperts = (n: string) =>
+  n
+    .replace(/(experts\.\d+\.)gate_proj\./, '$1w1.')
+    .replace(/(experts\.\d+\.)up_proj\./, '$1w3.')
+    .replace(/(experts\.\d+\.)down_proj\./, '$1w2.');
+
+const VARIANTS: Variant[] = [
+  { family: 'axk2', from: 'deepseek_v3', cfg: (c) => ({ ...c, model_type: 'axk2' }) },
+  {
+    family: 'glm5_next',
+    from: 'dots1',
+    cfg: (c) => ({ model_type: 'glm5_next', text_config: { ...c, model_type: 'glm5_next_text' } }),
+    rename: toLanguageModel,
+  },
+  {
+    family: 'qwen4_exp',
+    from: 'qwen2_moe',
+    cfg: (c) => ({ model_type: 'qwen4_exp', text_config: { ...c, model_type: 'qwen4_exp_text' } }),
+    rename: toLanguageModel,
+  },
+  { family: 'mellum', from: 'qwen3_moe', cfg: (c) => ({ ...c, model_type: 'mellum' }) },
+  {
+    family: 'granitemoe_swa',
+    from: 'granitemoeshared',
+    cfg: (c) => ({ ...c, model_type: 'granitemoe_swa' }),
+    rename: (n) =>
+      n
+        .replace('block_sparse_moe.router.layer.weight', 'block_sparse_moe.router.weight')
+        .replace('block_sparse_moe.input_linear.weight', 'block_sparse_moe.experts.gate_up_proj')
+        .replace('block_sparse_moe.output_linear.weight', 'block_sparse_moe.experts.down_proj'),
+  },
+  {
+    family: 'qwen3_omni_moe',
+    from: 'qwen3_moe',
+    cfg: (c) => ({
+      model_type: 'qwen3_omni_moe',
+      thinker_config: { model_type: 'qwen3_omni_moe_thinker', text_config: { ...c, model_type: 'qwen3_omni_moe_text' } },
+    }),
+    rename: (n) => `thinker.${n}`,
+  },
+  // DeepSeek-V2's greedy softmax router (no groups, not renormalised) is Mistral-4's at n_group 1, norm_topk_prob false
+  {
+    family: 'mistral4',
+    from: 'deepseek_v2',
+    via: 'hf-fused',
+    cfg: (c) => rekey(c, { topk_method: undefined }, { model_type: 'mistral4', n_group: 1, topk_group: 1 }),
+    routing: { groupScore: undefined },
+  },
+  {
+    family: 'laguna',
+    from: 'afmoe',
+    cfg: (c) =>
+      rekey(
+        c,
+        { route_scale: 'moe_routed_scaling_factor', num_shared_experts: undefined, num_dense_layers: undefined },
+        { model_type: 'laguna', shared_expert_intermediate_size: 40, mlp_layer_types: ['dense', 'sparse'], moe_router_logit_softcapping: 0.0 },
+      ),
+    rename: (n) =>
+      n
+        .replace('mlp.router.gate.weight', 'mlp.gate.weight')
+        .replace('mlp.expert_bias', 'mlp.experts.e_score_correction_bias')
+        .replace('mlp.shared_experts.', 'mlp.shared_expert.'),
+  },
+  {
+    family: 'hy_v3',
+    from: 'afmoe',
+    cfg: (c) =>
+      rekey(
+        c,
+        { route_scale: 'router_scaling_factor', num_dense_layers: undefined },
+        { model_type: 'hy_v3', mlp_layer_types: ['dense', 'sparse'], mlp_bias: false },
+      ),
+    rename: (n) => n.replace('mlp.shared_experts.', 'mlp.shared_mlp.'),
+  },
+  // the fixture's groups (n_group 4, topk_group 2) masked with −inf select as with 0.0 on its tokens (every kept biased score > 0)
+  {
+    family: 'kimi_linear',
+    from: 'deepseek_v3',
+    cfg: (c) =>
+      rekey(
+        c,
+        {
+          n_routed_experts: 'num_experts',
+          num_experts_per_tok: 'num_experts_per_token',
+          n_group: 'num_expert_group',
+          norm_topk_prob: 'moe_renormalize',
+          n_shared_experts: 'num_shared_experts',
+          first_k_dense_replace: undefined,
+        },
+        { model_type: 'kimi_linear', mlp_layer_types: ['dense', 'sparse', 'sparse'] },
+      ),
+    rename: (n) => mixtralExperts(n.replace(moeBlock, '$1block_sparse_moe.$2')),
+    routing: { groupMask: '-inf' },
+  },
+  {
+    family: 'mimo_v2_flash',
+    from: 'deepseek_v3',
+    // no mlp_layer_types: every layer but the first is MoE; a per-layer moe_layer_freq list is accepted and not read
+    cfg: (c) => rekey(c, { first_k_dense_replace: undefined }, { model_type: 'mimo_v2_flash', moe_layer_freq: [0, 1, 1] }),
+    routing: { groupMask: '-inf' },
+  },
+];
+
+describe(`families awaiting their own fixtures: ${VARIANTS.map((v) => v.family).join(', ')} (derived facts)`, () => {
+  async function tensorsOf(dir: string): Promise<Entry[]> {
+    const src = await openStore(dir);
+    const t: Entry[] = [];
+    for (const info of src.tensors.values()) t.push({ name: info.name, dtype: info.dtype, shape: [...info.shape], bytes: Buffer.from(await src.read(info)) });
     await src.close();
-    const dir = out(`variant-${from}`);
-    await writeCheckpoint(dir, entries, { fsync: false });
-    writeFileSync(join(dir, 'config.json'), JSON.stringify(cfg(config(from))));
+    return t;
+  }
+  async function variant(v: Variant): Promise<string> {
+    let srcDir = join(FIXTURES, v.from);
+    if (v.via) {
+      srcDir = out(`${v.from}-${v.via}`);
+      await convert(join(FIXTURES, v.from), srcDir, { to: v.via, ...fast });
+    }
+    let t = (await tensorsOf(srcDir)).map((e) => ({ ...e, name: v.rename ? v.rename(e.name) : e.name }));
+    if (v.rebuild) t = v.rebuild(t);
+    const dir = out(`variant-${v.family}`);
+    await writeCheckpoint(
+      dir,
+      t.map((e) => ({ name: e.name, dtype: e.dtype as never, shape: e.shape, source: bufferSource(e.bytes) })),
+      { fsync: false },
+    );
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(v.cfg(config(v.from))));
     return dir;
   }
-  const toLanguageModel = (n: string) => n.replace(/^model\./, 'model.language_model.');
-  for (const [family, from, cfg, rename] of [
-    ['axk2', 'deepseek_v3', (c: Record<string, unknown>) => ({ ...c, model_type: 'axk2' }), undefined],
-    ['glm5_next', 'dots1', (c: Record<string, unknown>) => ({ model_type: 'glm5_next', text_config: { ...c, model_type: 'glm5_next_text' } }), toLanguageModel],
-    [
-      'qwen4_exp',
-      'qwen2_moe',
-      (c: Record<string, unknown>) => ({ model_type: 'qwen4_exp', text_config: { ...c, model_type: 'qwen4_exp_text' } }),
-      toLanguageModel,
-    ],
-    ['mellum', 'qwen3_moe', (c: Record<string, unknown>) => ({ ...c, model_type: 'mellum' }), undefined],
-    [
-      'granitemoe_swa',
-      'granitemoeshared',
-      (c: Record<string, unknown>) => ({ ...c, model_type: 'granitemoe_swa' }),
-      (n: string) =>
-        n
-          .replace('block_sparse_moe.router.layer.weight', 'block_sparse_moe.router.weight')
-          .replace('block_sparse_moe.input_linear.weight', 'block_sparse_moe.experts.gate_up_proj')
-          .replace('block_sparse_moe.output_linear.weight', 'block_sparse_moe.experts.down_proj'),
-    ],
-    [
-      'qwen3_omni_moe',
-      'qwen3_moe',
-      (c: Record<string, unknown>) => ({
-        model_type: 'qwen3_omni_moe',
-        thinker_config: { model_type: 'qwen3_omni_moe_thinker', text_config: { ...c, model_type: 'qwen3_omni_moe_text' } },
-      }),
-      (n: string) => `thinker.${n}`,
-    ],
-  ] as const) {
-    it(`${family} (as ${from}'s block)`, async () => {
-      // qwen4_exp renormalises unless norm_topk_prob is false, as qwen2_moe's fixture has it
-      const dir = await variant(from, cfg, rename);
+  const moeLayersOf = (c: Cfg) => {
+    const f = familyFacts(c);
+    return Array.from({ length: f.numLayers }, (_, i) => i).filter((i) => f.isMoeLayer(i));
+  };
+  for (const v of VARIANTS) {
+    it(`${v.family} (as ${v.from}'s block)`, async () => {
+      const dir = await variant(v);
       const ck = await openStore(dir);
       const r = await inspectCheckpoint(ck, dir);
       await ck.close();
-      const want = familyFacts(config(from));
-      expect([r.family, r.numExperts, r.topK, r.moeLayers.length]).toEqual([family, want.numExperts, want.topK, 2]);
-      expect(r.routing).toEqual(want.routing);
-      const v = await verify(dir, undefined, { reference: ref(from), cpu: true });
-      expect(v.pass, JSON.stringify(v.layers)).toBe(true);
-      const mid = out(`${family}-te`);
-      const back = out(`${family}-te-back`);
-      await convert(dir, mid, { to: 'te', ...fast });
+      const want = familyFacts(config(v.from));
+      expect([r.family, r.numExperts, r.topK, r.moeLayers]).toEqual([v.family, want.numExperts, want.topK, moeLayersOf(config(v.from))]);
+      expect(r.routing).toEqual({ ...want.routing, ...v.routing });
+      const verified = await verify(dir, undefined, { reference: ref(v.from), cpu: true });
+      expect(verified.pass, JSON.stringify(verified.layers)).toBe(true);
+      const layout = v.layout ?? 'te';
+      const mid = out(`${v.family}-${layout}`);
+      const back = out(`${v.family}-${layout}-back`);
+      await convert(dir, mid, { to: layout, ...fast });
       await convert(mid, back, { to: 'hf', ...fast });
       expect(diff(await dump(back), await dump(dir))).toEqual([]);
+    });
+  }
+});
+
+describe('what a pending family cannot express is refused in one line, naming the config key', () => {
+  for (const [family, from, change, msg] of [
+    ['laguna', 'afmoe', { model_type: 'laguna', moe_router_logit_softcapping: 30.0 }, /moe_router_logit_softcapping 30 .* not supported/],
+    ['hy_v3', 'afmoe', { model_type: 'hy_v3', mlp_bias: true }, /hy_v3 with mlp_bias true .* not supported/],
+  ] as const) {
+    it(`${family}: ${Object.keys(change)[1]}`, () => {
+      expect(() => familyFacts({ ...config(from), ...change })).toThrow(msg);
+      const { [Object.keys(change)[1]!]: _, ...ok } = { ...config(from), ...change } as Cfg;
+      expect(familyFacts(ok).family).toBe(family);
     });
   }
 });

@@ -66,4 +66,16 @@ describe('routing rules', () => {
     const t = 1 / (1 + Math.exp(-1.4));
     expect(weights[0]).toBeCloseTo((2 * s) / (s + t), 12);
   });
+  it('unselected groups masked with −inf (Kimi-Linear, MiMo-V2-Flash, A.X-K1) and with 0.0 (DeepSeek-V3) choose differently when a kept biased score is negative', () => {
+    // the kept group g2 = {4, 5}: choice 4 = σ(1) + 0.5 = 1.231, choice 5 = σ(0) − 0.9 = −0.4; every other expert σ(0) − 0.6 = −0.1
+    const logits = Float64Array.from([0, 0, 0, 0, 1, 0, 0, 0]);
+    const bias = Float32Array.from([-0.6, -0.6, -0.6, -0.6, 0.5, -0.9, -0.6, -0.6]);
+    // 0.0 masking: the masked expert 0 (0.0) outranks the kept expert 5 (−0.4)
+    expect(routeToken(logits, base, bias).ids).toEqual([4, 0]);
+    const inf = routeToken(logits, { ...base, groupMask: '-inf' }, bias);
+    expect(inf.ids).toEqual([4, 5]);
+    const [s4, s5] = [1 / (1 + Math.exp(-1)), 0.5];
+    expect(inf.weights[0]).toBeCloseTo((2 * s4) / (s4 + s5), 12);
+    expect(inf.weights[1]).toBeCloseTo((2 * s5) / (s4 + s5), 12);
+  });
 });

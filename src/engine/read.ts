@@ -111,6 +111,7 @@ function checkRouting(k: Checker, v: unknown, E: number): Routing {
     routerBias: k.bool(r.routerBias, 'routing.routerBias'),
     ...(r.jitterEps === undefined ? {} : { jitterEps: k.num(r.jitterEps, 'routing.jitterEps') }),
     ...(r.groupScore === undefined ? {} : { groupScore: k.str(r.groupScore, 'routing.groupScore', ['top2sum', 'max']) as Routing['groupScore'] }),
+    ...(r.groupMask === undefined ? {} : { groupMask: k.str(r.groupMask, 'routing.groupMask', ['zero', '-inf']) as Routing['groupMask'] }),
     ...(r.normP === undefined ? {} : { normP: k.num(r.normP, 'routing.normP') }),
     ...(r.sharedScale === undefined ? {} : { sharedScale: k.num(r.sharedScale, 'routing.sharedScale') }),
     ...(r.routerNorm === undefined ? {} : { routerNorm: k.bool(r.routerNorm, 'routing.routerNorm') }),

@@ -38,6 +38,8 @@ export interface Routing {
   topkGroup: number;
   /** how a group is ranked: the sum of its top-2 choice scores (DeepSeek-V3, default) or its largest score (DeepSeek-V2 group_limited_greedy) */
   groupScore?: 'top2sum' | 'max';
+  /** what the experts of unselected groups score before the top-k: 0.0 (DeepSeek-V3's masked_fill, the default) or −inf (Kimi-Linear, MiMo-V2-Flash, A.X-K1) */
+  groupMask?: 'zero' | '-inf';
   normTopkProb: boolean;
   routedScalingFactor: number;
   /** score-correction bias used for selection only (e_score_correction_bias) */
@@ -113,6 +115,8 @@ const INT_FIELDS: Record<string, number> = {
   shared_expert_intermediate_size: LIMITS.intermediate,
   intermediate_size_mlp: LIMITS.intermediate,
   num_experts_per_tok: LIMITS.experts,
+  num_experts_per_token: LIMITS.experts,
+  moe_top_k: LIMITS.experts,
   experts_per_token: LIMITS.experts,
   moe_topk: LIMITS.experts,
   n_routed_experts: LIMITS.experts,
@@ -120,6 +124,7 @@ const INT_FIELDS: Record<string, number> = {
   num_experts: LIMITS.experts,
   n_shared_experts: LIMITS.experts,
   n_group: LIMITS.experts,
+  num_expert_group: LIMITS.experts,
   topk_group: LIMITS.experts,
   first_k_dense_replace: LIMITS.layers,
   moe_layer_freq: LIMITS.layers,
@@ -137,12 +142,21 @@ const INT_FIELDS: Record<string, number> = {
   expert_layer_offset: LIMITS.layers,
   shared_intermediate_size: LIMITS.intermediate,
   prefix_dense_intermediate_size: LIMITS.intermediate,
+  dense_intermediate_size: LIMITS.intermediate,
+  share_expert_dim: LIMITS.intermediate,
 };
+
+/** Integer fields that some families write as a list instead (MiMo-V2-Flash moe_layer_freq per layer, ERNIE-4.5-VL [text, vision] expert sizes). */
+const INT_OR_LIST = new Set(['moe_layer_freq', 'moe_intermediate_size']);
 
 /** Refuse config.json values that are not sane integers or layer lists. */
 function checkConfig(c: Record<string, unknown>): void {
   const k = new Checker('config.json');
-  for (const [key, max] of Object.entries(INT_FIELDS)) if (c[key] !== undefined && c[key] !== null) k.int(c[key], key, 0, max);
+  for (const [key, max] of Object.entries(INT_FIELDS)) {
+    if (c[key] === undefined || c[key] === null) continue;
+    if (INT_OR_LIST.has(key) && Array.isArray(c[key])) k.ints(c[key], key, 0, max, LIMITS.layers);
+    else k.int(c[key], key, 0, max);
+  }
   for (const key of ['moe_layers', 'mlp_only_layers']) if (Array.isArray(c[key])) k.ints(c[key], key, 0, LIMITS.layers, LIMITS.layers);
   if (c.mlp_layer_types !== undefined && c.mlp_layer_types !== null) {
     const t = k.arr(c.mlp_layer_types, 'mlp_layer_types', LIMITS.layers);
@@ -397,7 +411,7 @@ const FAMILIES: Record<string, FamilyRule> = {
   // their fixtures are written by gen_fixtures_families3_*.py and not made yet, so their saved names are unconfirmed.
   // modeling_axk2.py (AXK2TopkRouter): DeepSeek-V3's router exactly (no groups when n_group is null); MoE per mlp_layer_types
   axk2: (c, base, routing) => deepseekLike(c, base, routing),
-  // modeling_glm5_next.py (Glm5NextTextMoE): DeepSeek-V3's router (groups masked with −inf, the same as 0 at n_group 1),
+  // modeling_glm5_next.py (Glm5NextTextMoE): DeepSeek-V3's router with unselected groups masked to −inf,
   // clamped SwiGLU (swiglu_limit); text model under text_config or flat; MoE per mlp_layer_types
   glm5_next: (c, base, routing) => glm5Next(c, base, routing),
   glm5_next_text: (c, base, routing) => glm5Next(c, base, routing),
@@ -417,6 +431,74 @@ const FAMILIES: Record<string, FamilyRule> = {
     routing: routing({ scoreFunc: 'softmax', normTopkProb: bool(c, 'norm_topk_prob', true) }),
     isMoeLayer: sparseLayers(c, all),
   }),
+  // mistral4 … ernie4_5_vl_moe: the same source and the same caveat (fixtures/hf/families3-notes-a.md, -b.md).
+  // modeling_mistral4.py (Mistral4TopkRouter): DeepSeek-V3's groups on softmax scores without a bias (top-2 sums, unselected
+  // groups masked to 0.0), renormalised iff norm_topk_prob, × routed_scaling_factor; ungated shared experts
+  mistral4: (c, base, routing) => {
+    const f = deepseekLike(c, base, routing);
+    const shared = sharedOfCount(num(c, 'n_shared_experts') ?? 1, f.moeIntermediateSize);
+    return { ...f, shared, routing: routing({ ...f.routing, scoreFunc: 'softmax', correctionBias: false }) };
+  },
+  // modeling_laguna.py (LagunaTopKRouter): sigmoid, selection on score + bias, always renormalised, routed sum
+  // × moe_routed_scaling_factor, one ungated shared expert; tanh logit capping refused; MoE per mlp_layer_types
+  laguna: (c, base, routing) => {
+    const cap = num(c, 'moe_router_logit_softcapping') ?? 0;
+    if (cap > 0)
+      throw new MoekitError('unsupported', `config.json: laguna's moe_router_logit_softcapping ${cap} (tanh-capped router logits) is not supported (0 only)`);
+    const sharedI = num(c, 'shared_expert_intermediate_size') ?? 512;
+    return {
+      ...base,
+      family: 'laguna',
+      moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
+      shared: sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: false } : null,
+      routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true, routedScalingFactor: num(c, 'moe_routed_scaling_factor') ?? 1 }),
+      isMoeLayer: sparseLayers(c, (i) => i >= 1),
+    };
+  },
+  // modeling_hy_v3.py (HYV3TopKRouter): AFMoE's rule (sigmoid + bias, always renormalised) × router_scaling_factor;
+  // num_shared_experts ungated; MoE per mlp_layer_types; mlp_bias (biases on the shared MLP) refused
+  hy_v3: (c, base, routing) => {
+    if (c.mlp_bias === true) throw new MoekitError('unsupported', 'config.json: hy_v3 with mlp_bias true (biased shared and dense MLPs) is not supported');
+    const moeI = num(c, 'moe_intermediate_size') ?? intermediateOf(c);
+    return {
+      ...base,
+      family: 'hy_v3',
+      moeIntermediateSize: moeI,
+      shared: sharedOfCount(num(c, 'num_shared_experts') ?? 1, moeI),
+      routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true, routedScalingFactor: num(c, 'router_scaling_factor') ?? 2.826 }),
+      isMoeLayer: sparseLayers(c, (i) => i >= 1),
+    };
+  },
+  // modeling_kimi_linear.py (KimiLinearTopkRouter): DeepSeek-V3's router with unselected groups masked to −inf; its own
+  // config keys (num_experts_per_token, num_expert_group, moe_renormalize, num_shared_experts); MoE per mlp_layer_types,
+  // else after first_k_dense_replace (1) dense layers; the KDA / MLA attention passes through
+  kimi_linear: (c, base, routing) => {
+    const moeI = num(c, 'moe_intermediate_size') ?? intermediateOf(c);
+    const firstDense = num(c, 'first_k_dense_replace') ?? 1;
+    return {
+      ...base,
+      family: 'kimi_linear',
+      moeIntermediateSize: moeI,
+      shared: sharedOfCount(num(c, 'num_shared_experts', 'n_shared_experts') ?? 1, moeI),
+      routing: infMasked(
+        routing({
+          scoreFunc: 'sigmoid',
+          correctionBias: true,
+          nGroup: num(c, 'num_expert_group', 'n_group') ?? 1,
+          topkGroup: num(c, 'topk_group') ?? 1,
+          normTopkProb: bool(c, 'moe_renormalize', true),
+          routedScalingFactor: num(c, 'routed_scaling_factor') ?? 2.446,
+        }),
+      ),
+      isMoeLayer: sparseLayers(c, (i) => i >= firstDense),
+    };
+  },
+  // modeling_mimo_v2_flash.py: DeepSeek-V3's router with −inf group masking, no shared experts; MoE per mlp_layer_types,
+  // else every layer but the first (a list-valued moe_layer_freq is not read)
+  mimo_v2_flash: (c, base, routing) => {
+    const f = deepseekLike(c, base, routing);
+    return { ...f, routing: infMasked(f.routing), isMoeLayer: sparseLayers(c, (i) => i >= 1) };
+  },
   // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
   glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
   glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
@@ -562,16 +644,16 @@ const deepseekLike: FamilyRule = (c, base, routing) => {
   };
 };
 
-/** GLM-5.3-Flash's text MoE: DeepSeek-V3's (−inf group masking differs from moekit's 0 only with groups, refused). */
+/** GLM-5.3-Flash's text MoE: DeepSeek-V3's router with unselected groups masked to −inf. */
 const glm5Next: FamilyRule = (c, base, routing) => {
   const f = deepseekLike(c, base, routing);
-  if (f.routing.nGroup > 1)
-    throw new MoekitError(
-      'unsupported',
-      `config.json: glm5_next with n_group ${f.routing.nGroup} masks unselected groups with −inf, which moekit does not model (n_group 1 only)`,
-    );
-  return { ...f, family: 'glm5_next' };
+  return { ...f, family: 'glm5_next', routing: infMasked(f.routing) };
 };
+
+/** DeepSeek-V3's routing with unselected groups masked to −inf instead of 0.0 (only meaningful with groups). */
+function infMasked(r: Routing): Routing {
+  return r.nGroup > 1 ? { ...r, groupMask: '-inf' } : r;
+}
 
 /**
  * modeling_llama4.py (Llama4Router, Llama4TextMoe): top-k of the logits, sigmoid of each selected
@@ -639,7 +721,7 @@ export function familyFacts(config: Record<string, unknown>): FamilyFacts {
   const modelType = String(config.model_type ?? '');
   const c = textConfig(modelType, config);
   checkConfig(c);
-  const topK = num(c, 'num_experts_per_tok', 'experts_per_token', 'moe_topk', 'moe_k', 'top_k_experts') ?? 0;
+  const topK = num(c, 'num_experts_per_tok', 'num_experts_per_token', 'experts_per_token', 'moe_topk', 'moe_top_k', 'moe_k', 'top_k_experts') ?? 0;
   const base: Base = {
     modelType,
     numLayers: num(c, 'num_hidden_layers', 'n_layer', 'num_layers') ?? 0,

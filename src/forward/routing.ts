@@ -5,7 +5,8 @@
  *  - sigmoid + e_score_correction_bias for selection, group-limited top-k ranked by the sum of each
  *    group's top-2 biased scores, unselected groups masked to 0.0 (not -inf), weights = unbiased
  *    scores, renorm (+1e-20) if norm_topk_prob, × routed_scaling_factor: modeling_deepseek_v3.py
- *    (DeepseekV3MoE.route_tokens_to_experts)
+ *    (DeepseekV3MoE.route_tokens_to_experts); the same with unselected groups masked to -inf
+ *    (groupMask '-inf'): modeling_kimi_linear.py, modeling_mimo_v2_flash.py, modeling_axk1.py
  *  - softmax scores, groups ranked by their largest score (group_limited_greedy), no renorm unless
  *    norm_topk_prob: modeling_deepseek_v2.py (DeepseekV2Moe)
  *  - top-k of the logits, softmax over the k: modeling_gpt_oss.py (GptOssTopKRouter)
@@ -105,7 +106,9 @@ export function routeToken(logits: Float64Array, r: Routing, correction?: Float3
       gs.push(best.reduce((a, i) => a + choice[g * per + i]!, 0));
     }
     const keep = new Set(topk(gs, r.topkGroup));
-    for (let i = 0; i < E; i++) if (!keep.has(Math.floor(i / per))) choice[i] = 0; // masked_fill(~mask, 0.0)
+    // masked_fill(~mask, 0.0), or float('-inf'): with 0.0 a masked expert outranks a kept one whose biased score is negative
+    const masked = r.groupMask === '-inf' ? -Infinity : 0;
+    for (let i = 0; i < E; i++) if (!keep.has(Math.floor(i / per))) choice[i] = masked;
   }
   const ids = topk(choice, k);
   let weights = ids.map((i) => scores[i]!);
@@ -183,6 +186,8 @@ export function kernelRoutes(r: Routing, w?: MoeBlockWeights): boolean {
   return (
     r.scoreFunc in KERNEL_MODES &&
     r.groupScore !== 'max' &&
+    // router_select.wgsl masks with -inf when its uniform's maskInf word is 1, which the host (src/gpu/moe.ts) does not set yet
+    r.groupMask !== '-inf' &&
     (r.normP ?? 1) === 1 &&
     (r.sharedScale ?? 1) === 1 &&
     r.renormEps === undefined &&
