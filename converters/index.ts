@@ -18,6 +18,8 @@ import { spec as hfFused, mistral4Spec as hfMistral4 } from './hf-fused.js';
 import { spec as hfLaguna } from './hf-laguna.js';
 import { spec as hfHyV3 } from './hf-hy-v3.js';
 import { spec as hfKimiLinear } from './hf-kimi-linear.js';
+import { spec as hfStep3p7 } from './hf-step3p7.js';
+import { spec as hfAxk1 } from './hf-axk1.js';
 import { spec as hfErnie } from './hf-ernie.js';
 import { spec as hfHunyuan } from './hf-hunyuan.js';
 import { spec as hfExaone } from './hf-exaone.js';
@@ -56,6 +58,8 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfLaguna,
   hfHyV3,
   hfKimiLinear,
+  hfStep3p7,
+  hfAxk1,
   nemo,
   te,
   megatron,

@@ -499,6 +499,38 @@ const FAMILIES: Record<string, FamilyRule> = {
     const f = deepseekLike(c, base, routing);
     return { ...f, routing: infMasked(f.routing), isMoeLayer: sparseLayers(c, (i) => i >= 1) };
   },
+  // modeling_step3p7.py (Step3p7TopKRouter, Step3p7MoE): sigmoid + router_bias for selection, always renormalised, routed sum
+  // × moe_router_scaling_factor, one ungated shared expert (share_expert_dim); text model under text_config (hidden_act
+  // forced to silu by textConfig); a SwiGLU clamp (swiglu_limits / swiglu_limits_shared) on an MoE layer is refused
+  step3p7: (c, base, routing) => {
+    const isMoe = step3p7Layers(c, base.numLayers);
+    for (const key of ['swiglu_limits', 'swiglu_limits_shared']) {
+      const lim = Array.isArray(c[key]) ? (c[key] as unknown[]) : [];
+      const i = lim.findIndex((v, i) => typeof v === 'number' && v !== 0 && isMoe(i));
+      if (i >= 0)
+        throw new MoekitError(
+          'unsupported',
+          `config.json: step3p7 ${key}[${i}] = ${lim[i]} on MoE layer ${i} (silu(g) clamped after the activation) is not supported; 0 or null only`,
+        );
+    }
+    const sharedI = num(c, 'share_expert_dim', 'share_expert_dims') ?? 0;
+    return {
+      ...base,
+      family: 'step3p7',
+      moeIntermediateSize: num(c, 'moe_intermediate_size') ?? intermediateOf(c),
+      shared: sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: false } : null,
+      routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true, routedScalingFactor: num(c, 'moe_router_scaling_factor') ?? 1 }),
+      activation: { kind: 'swiglu' },
+      isMoeLayer: isMoe,
+    };
+  },
+  // modeling_axk1.py (AXK1TopkRouter, AXK1MoE): DeepSeek-V3's router with −inf group masking; the block's output (routed +
+  // shared) goes through post_mlp_layernorm (RMSNorm, rms_norm_eps); MoE from first_k_dense_replace (default 1)
+  axk1: (c, base, routing) => {
+    const f = deepseekLike(c, base, routing);
+    const firstDense = num(c, 'first_k_dense_replace') ?? 1;
+    return { ...f, routing: { ...infMasked(f.routing), normEps: num(c, 'rms_norm_eps') ?? 1e-6 }, isMoeLayer: (i) => i >= firstDense };
+  },
   // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
   glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
   glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
@@ -650,6 +682,14 @@ const glm5Next: FamilyRule = (c, base, routing) => {
   return { ...f, family: 'glm5_next', routing: infMasked(f.routing) };
 };
 
+/** Step-3.7's MoE layers: mlp_layer_types, else the legacy moe_layers_enum (indices, a list or a comma string), else from layer 3. */
+function step3p7Layers(c: Record<string, unknown>, numLayers: number): (i: number) => boolean {
+  const e = c.moe_layers_enum;
+  const listed = typeof e === 'string' ? e.split(',').map((x) => Number(x.trim())) : Array.isArray(e) ? e.map(Number) : undefined;
+  if (listed) new Checker('config.json').ints(listed, 'moe_layers_enum', 0, Math.max(0, numLayers - 1), LIMITS.layers);
+  return sparseLayers(c, listed ? (i) => listed.includes(i) : (i) => i >= 3);
+}
+
 /** DeepSeek-V3's routing with unselected groups masked to −inf instead of 0.0 (only meaningful with groups). */
 function infMasked(r: Routing): Routing {
   return r.nGroup > 1 ? { ...r, groupMask: '-inf' } : r;
@@ -702,6 +742,8 @@ function textConfig(modelType: string, config: Record<string, unknown>): Record<
   if (TEXT_CONFIG_TYPES.includes(modelType)) return obj(config.text_config) ?? config;
   // configuration_qwen3_omni_moe.py: the thinker's text model two levels down
   if (modelType === 'qwen3_omni_moe') return obj(obj(config.thinker_config)?.text_config) ?? config;
+  // configuration_step3p7.py: the text model (step3p5) runs silu whatever hidden_act says (the Hub's "swigluoai")
+  if (modelType === 'step3p7') return { ...(obj(config.text_config) ?? config), hidden_act: 'silu' };
   if (modelType !== 'dbrx') return config;
   const ffn = obj(config.ffn_config) ?? {};
   const act = obj(ffn.ffn_act_fn)?.name;
