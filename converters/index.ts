@@ -20,6 +20,7 @@ import { spec as hfHyV3 } from './hf-hy-v3.js';
 import { spec as hfKimiLinear } from './hf-kimi-linear.js';
 import { spec as hfStep3p7 } from './hf-step3p7.js';
 import { spec as hfAxk1 } from './hf-axk1.js';
+import { spec as hfMinimaxM3 } from './hf-minimax-m3.js';
 import { spec as hfErnie } from './hf-ernie.js';
 import { spec as hfHunyuan } from './hf-hunyuan.js';
 import { spec as hfExaone } from './hf-exaone.js';
@@ -60,6 +61,7 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfKimiLinear,
   hfStep3p7,
   hfAxk1,
+  hfMinimaxM3,
   nemo,
   te,
   megatron,

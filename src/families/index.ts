@@ -531,6 +531,12 @@ const FAMILIES: Record<string, FamilyRule> = {
     const firstDense = num(c, 'first_k_dense_replace') ?? 1;
     return { ...f, routing: { ...infMasked(f.routing), normEps: num(c, 'rms_norm_eps') ?? 1e-6 }, isMoeLayer: (i) => i >= firstDense };
   },
+  // modeling_minimax_m3_vl.py (MiniMaxM3VLTopKRouter, MiniMaxM3VLSparseMoeBlock): MiniMax-M2's router (sigmoid + bias,
+  // always renormalised) × routed_scaling_factor, one ungated shared expert (shared_intermediate_size); SwiGLU-OAI
+  // (swiglu_alpha, swiglu_limit) whatever hidden_act says; experts sized by intermediate_size, dense layers by
+  // dense_intermediate_size; text model under text_config; MoE per mlp_layer_types, else a per-layer moe_layer_freq list
+  minimax_m3_vl: (c, base, routing) => minimaxM3(c, base, routing),
+  minimax_m3_vl_text: (c, base, routing) => minimaxM3(c, base, routing),
   // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
   glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
   glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
@@ -682,6 +688,21 @@ const glm5Next: FamilyRule = (c, base, routing) => {
   return { ...f, family: 'glm5_next', routing: infMasked(f.routing) };
 };
 
+const minimaxM3: FamilyRule = (c, base, routing) => {
+  const sharedI = num(c, 'shared_intermediate_size') ?? 0;
+  const freq = c.moe_layer_freq;
+  return {
+    ...base,
+    family: 'minimax_m3_vl',
+    moeIntermediateSize: intermediateOf(c),
+    denseIntermediateSize: num(c, 'dense_intermediate_size') ?? intermediateOf(c),
+    shared: sharedI > 0 ? { count: 1, intermediateSize: sharedI, sigmoidGate: false } : null,
+    routing: routing({ scoreFunc: 'sigmoid', correctionBias: true, normTopkProb: true, routedScalingFactor: num(c, 'routed_scaling_factor') ?? 2 }),
+    activation: { kind: 'swiglu_oai', alpha: num(c, 'swiglu_alpha') ?? 1.702, limit: num(c, 'swiglu_limit') ?? 7 },
+    isMoeLayer: sparseLayers(c, Array.isArray(freq) ? (i) => Boolean(freq[i]) : all),
+  };
+};
+
 /** Step-3.7's MoE layers: mlp_layer_types, else the legacy moe_layers_enum (indices, a list or a comma string), else from layer 3. */
 function step3p7Layers(c: Record<string, unknown>, numLayers: number): (i: number) => boolean {
   const e = c.moe_layers_enum;
@@ -731,7 +752,7 @@ const otherFamily: FamilyRule = (_c, base, routing) => {
 };
 
 /** Model types whose text model's fields sit under text_config (the multimodal wrappers). */
-const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4', 'qwen3_vl_moe', 'glm4v_moe', 'glm5_next', 'qwen4_exp'];
+const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4', 'qwen3_vl_moe', 'glm4v_moe', 'glm5_next', 'qwen4_exp', 'minimax_m3_vl'];
 
 /**
  * The fields the family rules read: Llama4, Qwen3.5-MoE, Gemma-4, Qwen3-VL-MoE and GLM-4.5V (glm4v_moe) keep the text model's under text_config;
