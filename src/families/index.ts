@@ -537,6 +537,11 @@ const FAMILIES: Record<string, FamilyRule> = {
   // dense_intermediate_size; text model under text_config; MoE per mlp_layer_types, else a per-layer moe_layer_freq list
   minimax_m3_vl: (c, base, routing) => minimaxM3(c, base, routing),
   minimax_m3_vl_text: (c, base, routing) => minimaxM3(c, base, routing),
+  // modeling_ernie4_5_vl_moe.py (Ernie4_5_VLMoeMoeBlock): text tokens route as ERNIE-4.5-MoE, but every MoE layer also holds
+  // the vision experts under the same names (experts E..2E−1, router gate.weight_1, row 1 of moe_statics.e_score_correction_bias
+  // [2,E]) and its routers are saved transposed [H,E]: moekit's IR holds one expert set per layer, so it is refused
+  ernie4_5_vl_moe: () => ernieVl(),
+  ernie4_5_vl_moe_text: () => ernieVl(),
   // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
   glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
   glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
@@ -702,6 +707,13 @@ const minimaxM3: FamilyRule = (c, base, routing) => {
     isMoeLayer: sparseLayers(c, Array.isArray(freq) ? (i) => Boolean(freq[i]) : all),
   };
 };
+
+function ernieVl(): never {
+  throw new MoekitError(
+    'unsupported',
+    'config.json: ernie4_5_vl_moe keeps a vision expert set beside the text one in every MoE layer (moe_intermediate_size [text, vision]: experts E..2E−1, gate.weight_1, bias row 1); moekit reads one expert set per layer, so it is not supported yet',
+  );
+}
 
 /** Step-3.7's MoE layers: mlp_layer_types, else the legacy moe_layers_enum (indices, a list or a comma string), else from layer 3. */
 function step3p7Layers(c: Record<string, unknown>, numLayers: number): (i: number) => boolean {
