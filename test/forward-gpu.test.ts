@@ -197,6 +197,26 @@ describe('WebGPU forward vs CPU reference on random shapes', () => {
     }
 });
 
+describe('group masking with −inf (Kimi-Linear, MiMo-V2-Flash, A.X-K1) on the GPU router', () => {
+  it('routes as the CPU rule does, and differently from 0.0 masking on the same block', async () => {
+    const w = synth({ seed: 21, H: 64, I: 16, E: 16, dtype: 'F32', correction: true });
+    // most correction biases well below −1: many kept experts have a negative biased score, where 0.0 and −inf masking part
+    const corr = Float32Array.from({ length: 16 }, (_, e) => (e % 4 === 0 ? 0.4 : -1.3 - 0.01 * e));
+    w.router!.correctionBias = { dtype: 'F32', shape: [16], data: new Uint8Array(corr.buffer) };
+    const r = { scoreFunc: 'sigmoid', topK: 3, nGroup: 4, topkGroup: 2, normTopkProb: true, correctionBias: true } as const;
+    const inf: BlockSpec = { routing: routing({ ...r, groupMask: '-inf' }), activation: { kind: 'swiglu' } };
+    const zero: BlockSpec = { routing: routing(r), activation: { kind: 'swiglu' } };
+    const rnd = rng(321);
+    const T = 40;
+    const x = Float32Array.from({ length: T * 64 }, () => 2 * rnd() - 1);
+    const cpuInf = forwardCpu(w, inf, x, T);
+    expect(cpuInf.expertCounts).not.toEqual(forwardCpu(w, zero, x, T).expertCounts);
+    const gpu = await forwardGpu(w, inf, x, T, { kernels: 'gpu' });
+    expect(gpu.expertCounts).toEqual(cpuInf.expertCounts);
+    expect(compare(gpu.out, cpuInf.out).maxRel).toBeLessThanOrEqual(1e-5);
+  });
+});
+
 describe("opt-in 'stream' expert kernels (each weight row read once for 16 tokens at a time)", () => {
   // K a multiple of 8·KL (64) so the stream kernels run, not their 'gpu' fallback; over 16 tokens per
   // expert so the token chunks loop (an accumulator once leaked between chunks); split-K down projection

@@ -186,8 +186,6 @@ export function kernelRoutes(r: Routing, w?: MoeBlockWeights): boolean {
   return (
     r.scoreFunc in KERNEL_MODES &&
     r.groupScore !== 'max' &&
-    // router_select.wgsl masks with -inf when its uniform's maskInf word is 1, which the host (src/gpu/moe.ts) does not set yet
-    r.groupMask !== '-inf' &&
     (r.normP ?? 1) === 1 &&
     (r.sharedScale ?? 1) === 1 &&
     r.renormEps === undefined &&

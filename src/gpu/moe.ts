@@ -552,7 +552,7 @@ function dispatchRouting(r: Run, b: Batch): void {
       rt.normTopkProb ? 1 : 0,
       w.router?.correctionBias ? 1 : 0,
       rt.routedScalingFactor,
-      0,
+      rt.groupMask === '-inf' ? 1 : 0,
       0,
     ];
     ctx.dispatch('router_select', {}, [ctx.uniform(sel, [9]), logits, r.corr, ids, b.rw], [ceil(tb, 64), 1, 1]);
