@@ -5,7 +5,10 @@
  * output from the first configuration's.
  *   node dist/bench/kernel-tune.js [--hidden H --inter I --tokens T] gpu stream stream:16:16,4 cpu
  * A configuration is variant[:up shape:down shape] (MOEKIT_GPU_KERNELS, MOEKIT_UP_CFG,
- * MOEKIT_DOWN_CFG): stream:KL:KL,S, gpu:KL,RW,MT:KL,RW,MT, cpu.
+ * MOEKIT_DOWN_CFG): stream:KL[,S,RW,C]:KL[,S,RW,C] (lanes along K; K splits of the down projection;
+ * RW rows (up) or row pairs (down) per invocation, 1 or 2; C workgroups per row block taking every
+ * C-th chunk of 16 tokens), gpu:KL,RW,MT:KL,RW,MT, cpu. MOEKIT_GPU_PIECE_MIB sets the largest piece
+ * one dispatch covers (default 128 on a GPU).
  * --sync waits for each piece's upload before its kernel (kernel time without upload overlap).
  */
 import { forwardGpu } from '../src/gpu/moe.js';

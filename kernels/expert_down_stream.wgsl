@@ -4,7 +4,8 @@
 // contiguous), plus split-K: workgroup row s = wid.y of S takes the K steps [s·J/S, (s+1)·J/S) and
 // writes its partial sums (routing weight applied, bias in split 0) to contrib[(s·T·KS + entry)·N
 // + n]; combine.wgsl adds the S splits in order (deterministic).
-// Dispatch: (ceil(rows / (2·RG)), S, experts in piece).
+// RW = 2 adds rows nb + 2·RG + rg and nb + 3·RG + rg; C as in expert_up_stream.wgsl.
+// Dispatch: (ceil(rows / (2·RG·RW))·C, S, experts in piece).
 override DDT: u32 = 0u;
 override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override S: u32 = 1u; // splits along K

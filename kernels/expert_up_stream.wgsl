@@ -8,7 +8,11 @@
 // workgroup memory. The accumulators are named vec4s, explicitly zeroed per chunk (no arrays, so
 // they can stay in registers; a bare `var a: T;` in the loop was not re-zeroed on lavapipe). The
 // KL partials are summed through workgroup memory in a fixed order (deterministic) and the
-// activation is applied once per (row, token). Dispatch: (ceil(rows / RG), 1, experts in piece).
+// activation is applied once per (row, token). With RW = 2 an invocation also owns row nb + RG + rg:
+// each x vec4 read from workgroup memory then feeds twice the multiply-adds. With C > 1, C workgroups
+// side by side in dispatch order share a row block and take its token chunks c, c + C, …: an expert
+// with more than 16 tokens has its weights streamed by them at about the same time (from L2 for all
+// but the first) instead of once per chunk. Dispatch: (ceil(rows / (RG·RW))·C, 1, experts in piece).
 override GDT: u32 = 0u;
 override UDT: u32 = 0u;
 override GATED: bool = true;

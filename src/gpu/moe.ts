@@ -5,11 +5,12 @@
  *   → combine (deterministic weighted sum of each token's slots + gated shared experts).
  * Large weights: every binding stays within the adapter's maxStorageBufferBindingSize /
  * maxBufferSize. Experts are packed into pieces of whole experts when they fit, else an expert
- * is cut into row blocks (pieces are also capped at 256 MiB); each piece is uploaded into its own
- * buffer, dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
- * lavapipe's 128 MiB bindings. Expert matrices may stay on disk (lazy weights): the bytes of the
- * next piece are read while the current one is uploaded and run, so host memory stays at a few
- * pieces and disk reads overlap GPU work.
+ * is cut into row blocks (pieces are also capped by pieceCap); each piece goes into its own
+ * buffer, is dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
+ * lavapipe's 128 MiB bindings. A piece is uploaded in chunks of whole rows (planUploads, at most
+ * uploadCap): expert matrices may stay on disk (lazy weights), and the bytes of the next chunk are
+ * read while the current one is uploaded, so host memory stays at two chunks whatever the piece
+ * size, and disk reads overlap GPU work.
  * Tokens are batched when activations would exceed one binding (tokens are independent).
  */
 import { MoekitError } from '../errors.js';
@@ -44,7 +45,8 @@ export interface GpuForwardOptions {
    * expert GEMM kernel variant: 'gpu' (workgroup streams a row block's weights once, K split
    * across lanes, workgroup reduction: for real GPUs), 'stream' (expert_*_stream, being tuned:
    * each weight row read once for 16 tokens at a time staged in workgroup memory, accumulators
-   * in registers, split-K down projection; 'gpu' where K is not a multiple of its step or the
+   * in registers, split-K down projection, shapes MOEKIT_UP_CFG / MOEKIT_DOWN_CFG 'KL[,S[,RW[,C]]]'
+   * (bench/kernel-tune.ts); 'gpu' where K is not a multiple of its step or the
    * adapter has less than 32 KiB of workgroup memory) or 'cpu' (register-blocked, no workgroup
    * memory: fast on lavapipe). Default: env MOEKIT_GPU_KERNELS, else by adapter.
    */
@@ -76,9 +78,11 @@ export interface Piece {
 
 const MAX_DISPATCH = 65535;
 /**
- * Weight pieces stay below this even where bindings may be larger (2 GiB on the H100), so disk
- * reads of the next piece overlap the upload of the current one at a fine grain, and host memory
- * (two staging slots, Dawn's upload copies) stays flat. On a CPU adapter (lavapipe, whose device
+ * Largest upload staged in host memory at once (two in flight, and Dawn's copies of about two more
+ * until the queue has used them), and largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
+ * overrides it for measurements; bindings may be larger: 2 GiB on the H100). Pieces were uploaded
+ * whole before uploads were cut from them, so the piece sizes below were chosen for host memory.
+ * On a CPU adapter (lavapipe, whose device
  * memory is host memory) 16 MiB: verify of a 5.8 GB Mixtral-8x7B-shaped checkpoint against its nemo
  * conversion peaked at 629 MiB with 32 MiB pieces, 471–486 MiB with 16 (47 → 49 s). On a real GPU 128 MiB:
  * smaller pieces split an expert's rows over more, emptier dispatches (H200, 32 MiB pieces: kernel
