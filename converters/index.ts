@@ -22,6 +22,7 @@ import { spec as hfStep3p7 } from './hf-step3p7.js';
 import { spec as hfAxk1 } from './hf-axk1.js';
 import { spec as hfMinimaxM3 } from './hf-minimax-m3.js';
 import { spec as hfErnie } from './hf-ernie.js';
+import { spec as hfErnieVl } from './hf-ernie-vl.js';
 import { spec as hfHunyuan } from './hf-hunyuan.js';
 import { spec as hfExaone } from './hf-exaone.js';
 import { spec as hfAfmoe } from './hf-afmoe.js';
@@ -62,6 +63,7 @@ export const LAYOUTS: readonly LayoutSpec[] = [
   hfStep3p7,
   hfAxk1,
   hfMinimaxM3,
+  hfErnieVl,
   nemo,
   te,
   megatron,

@@ -15,6 +15,7 @@ import { convert } from '../src/ops/convert.js';
 import { inspectCheckpoint } from '../src/ops/inspect.js';
 import { openStore } from '../src/store/registry.js';
 import { familyFacts } from '../src/families/index.js';
+import { TARGET_NAMES } from '../converters/index.js';
 import { rmsNorm } from '../src/forward/routing.js';
 import { FIXTURES, dump, diff, tempDir } from './convert-helpers.js';
 import { copyFileSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -452,6 +453,52 @@ const mixtralExperts = (n: string) =>
     .replace(/(experts\.\d+\.)up_proj\./, '$1w3.')
     .replace(/(experts\.\d+\.)down_proj\./, '$1w2.');
 
+/** Deterministic f32 values (amplitude 0.1) for tensors a variant adds. */
+const filler = (n: number, seed: number) => Buffer.from(Float32Array.from({ length: n }, (_, i) => 0.1 * Math.sin(seed + 0.37 * i * (seed + 1))).buffer);
+const ERNIE_VL_E = 8;
+const ERNIE_VL_VISION_I = 24;
+/** ERNIE-4.5-VL's text config (under text_config, or `flat`) from ERNIE-4.5-MoE's: [text, vision] expert sizes, MoE per mlp_layer_types. */
+function ernieVlConfig(c: Cfg, flat = false): Cfg {
+  const text = rekey(
+    c,
+    { moe_layer_start_index: undefined, moe_layer_end_index: undefined, moe_layer_interval: undefined },
+    { model_type: flat ? 'ernie4_5_vl_moe' : 'ernie4_5_vl_moe_text', moe_intermediate_size: [40, ERNIE_VL_VISION_I], mlp_layer_types: ['sparse', 'sparse'] },
+  );
+  return flat ? text : { model_type: 'ernie4_5_vl_moe', text_config: text, vision_config: { hidden_size: 16 } };
+}
+/**
+ * ERNIE-4.5-MoE's block under ERNIE-4.5-VL's saved names (families3-notes-b.md §10): the router transposed to [H,E], the
+ * bias [1,E] as row 0 of [2,E], and beside it a vision expert set of its own size: experts E..2E−1, gate.weight_1 [H,E], row 1.
+ */
+function ernieVision(t: Entry[]): Entry[] {
+  const out: Entry[] = [];
+  for (const e of t) {
+    const m = /^(model\.layers\.(\d+)\.mlp\.)(gate\.weight|moe_statics\.e_score_correction_bias)$/.exec(e.name);
+    if (!m) {
+      out.push(e);
+      continue;
+    }
+    const [, p, n] = m;
+    const H = e.shape[1]!;
+    if (m[3] === 'gate.weight') {
+      const w = f32(e.bytes);
+      const tr = new Float32Array(w.length);
+      for (let r = 0; r < ERNIE_VL_E; r++) for (let h = 0; h < H; h++) tr[h * ERNIE_VL_E + r] = w[r * H + h]!;
+      out.push({ name: e.name, dtype: 'F32', shape: [H, ERNIE_VL_E], bytes: Buffer.from(tr.buffer) });
+      out.push({ name: `${p}gate.weight_1`, dtype: 'F32', shape: [H, ERNIE_VL_E], bytes: filler(H * ERNIE_VL_E, 11 + Number(n)) });
+      for (let j = ERNIE_VL_E; j < 2 * ERNIE_VL_E; j++) {
+        const s = 100 * Number(n) + j;
+        out.push({ name: `${p}experts.${j}.gate_proj.weight`, dtype: 'F32', shape: [ERNIE_VL_VISION_I, H], bytes: filler(ERNIE_VL_VISION_I * H, s) });
+        out.push({ name: `${p}experts.${j}.up_proj.weight`, dtype: 'F32', shape: [ERNIE_VL_VISION_I, H], bytes: filler(ERNIE_VL_VISION_I * H, s + 0.5) });
+        out.push({ name: `${p}experts.${j}.down_proj.weight`, dtype: 'F32', shape: [H, ERNIE_VL_VISION_I], bytes: filler(H * ERNIE_VL_VISION_I, s + 0.25) });
+      }
+    } else {
+      out.push({ name: e.name, dtype: 'F32', shape: [2, ERNIE_VL_E], bytes: Buffer.concat([e.bytes, filler(ERNIE_VL_E, 7 + Number(n))]) });
+    }
+  }
+  return out;
+}
+
 const VARIANTS: Variant[] = [
   { family: 'axk2', from: 'deepseek_v3', cfg: (c) => ({ ...c, model_type: 'axk2' }) },
   {
@@ -647,33 +694,41 @@ const VARIANTS: Variant[] = [
       return join(dir, 'model.safetensors');
     },
   },
+  // ERNIE-4.5-VL's text block is ERNIE-4.5-MoE's; its vision experts (different bytes, another size) pass through
+  { family: 'ernie4_5_vl_moe', from: 'ernie4_5_moe', cfg: (c) => ernieVlConfig(c), rebuild: ernieVision },
 ];
 
+async function tensorsOf(dir: string): Promise<Entry[]> {
+  const src = await openStore(dir);
+  const t: Entry[] = [];
+  for (const info of src.tensors.values()) t.push({ name: info.name, dtype: info.dtype, shape: [...info.shape], bytes: Buffer.from(await src.read(info)) });
+  await src.close();
+  return t;
+}
+
+async function writeVariant(tag: string, t: Entry[], cfg: Cfg): Promise<string> {
+  const dir = out(`variant-${tag}`);
+  await writeCheckpoint(
+    dir,
+    t.map((e) => ({ name: e.name, dtype: e.dtype as never, shape: e.shape, source: bufferSource(e.bytes) })),
+    { fsync: false },
+  );
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(cfg));
+  return dir;
+}
+
+async function variant(v: Variant): Promise<string> {
+  let srcDir = join(FIXTURES, v.from);
+  if (v.via) {
+    srcDir = out(`${v.from}-${v.via}`);
+    await convert(join(FIXTURES, v.from), srcDir, { to: v.via, ...fast });
+  }
+  let t = (await tensorsOf(srcDir)).map((e) => ({ ...e, name: v.rename ? v.rename(e.name) : e.name }));
+  if (v.rebuild) t = v.rebuild(t);
+  return writeVariant(v.family, t, v.cfg(config(v.from)));
+}
+
 describe(`families awaiting their own fixtures: ${VARIANTS.map((v) => v.family).join(', ')} (derived facts)`, () => {
-  async function tensorsOf(dir: string): Promise<Entry[]> {
-    const src = await openStore(dir);
-    const t: Entry[] = [];
-    for (const info of src.tensors.values()) t.push({ name: info.name, dtype: info.dtype, shape: [...info.shape], bytes: Buffer.from(await src.read(info)) });
-    await src.close();
-    return t;
-  }
-  async function variant(v: Variant): Promise<string> {
-    let srcDir = join(FIXTURES, v.from);
-    if (v.via) {
-      srcDir = out(`${v.from}-${v.via}`);
-      await convert(join(FIXTURES, v.from), srcDir, { to: v.via, ...fast });
-    }
-    let t = (await tensorsOf(srcDir)).map((e) => ({ ...e, name: v.rename ? v.rename(e.name) : e.name }));
-    if (v.rebuild) t = v.rebuild(t);
-    const dir = out(`variant-${v.family}`);
-    await writeCheckpoint(
-      dir,
-      t.map((e) => ({ name: e.name, dtype: e.dtype as never, shape: e.shape, source: bufferSource(e.bytes) })),
-      { fsync: false },
-    );
-    writeFileSync(join(dir, 'config.json'), JSON.stringify(v.cfg(config(v.from))));
-    return dir;
-  }
   const moeLayersOf = (c: Cfg) => {
     const f = familyFacts(c);
     return Array.from({ length: f.numLayers }, (_, i) => i).filter((i) => f.isMoeLayer(i));
@@ -711,6 +766,92 @@ describe(`families awaiting their own fixtures: ${VARIANTS.map((v) => v.family).
   }
 });
 
+describe('ERNIE-4.5-VL: the text experts are the MoE block, the vision experts, gate.weight_1 and bias row 1 pass through', () => {
+  const ernieVl = () => variant(VARIANTS.find((v) => v.family === 'ernie4_5_vl_moe')!);
+  const verifyText = (dir: string) => verify(dir, undefined, { reference: ref('ernie4_5_moe'), cpu: true });
+  it('the text config reads the same under text_config and flat', () => {
+    const wrapped = familyFacts(ernieVlConfig(config('ernie4_5_moe')));
+    const flat = familyFacts(ernieVlConfig(config('ernie4_5_moe'), true));
+    const plain = familyFacts(config('ernie4_5_moe'));
+    for (const f of [wrapped, flat]) {
+      expect([f.family, f.numExperts, f.topK, f.moeIntermediateSize, f.shared]).toEqual(['ernie4_5_vl_moe', 8, 2, 40, plain.shared]);
+      expect(f.routing).toEqual(plain.routing);
+    }
+  });
+  it('inspect reports the text experts; the vision tensors stay out of the block', async () => {
+    const dir = await ernieVl();
+    const ck = await openStore(dir);
+    const r = await inspectCheckpoint(ck, dir);
+    await ck.close();
+    expect([r.layout, r.numExperts, r.moeIntermediateSize, r.expertsPerLayer, r.sharedExperts?.intermediateSize]).toEqual([
+      'hf-ernie-vl',
+      8,
+      40,
+      { 0: 8, 1: 8 },
+      40,
+    ]);
+  });
+  // flashfusemoe and fast-llm have no place for the score-correction bias; every other layout carries the block
+  const REFUSED: Record<string, RegExp> = { flashfusemoe: /no place for the score-correction bias/, 'fast-llm': /no place for the score-correction bias/ };
+  for (const to of TARGET_NAMES.filter((t) => t !== 'hf')) {
+    it(
+      REFUSED[to] ? `to ${to}: refused, no place for the score-correction bias` : `to ${to} and back: byte-exact, vision experts and bias row 1 included`,
+      async () => {
+        const dir = await ernieVl();
+        const mid = out(`ernie-vl-${to}`);
+        if (REFUSED[to]) {
+          await expect(convert(dir, mid, { to, ...fast })).rejects.toThrow(REFUSED[to]);
+          return;
+        }
+        await convert(dir, mid, { to, ...fast });
+        const back = out(`ernie-vl-${to}-back`);
+        await convert(mid, back, { to: 'hf', ...fast });
+        expect(diff(await dump(back), await dump(dir))).toEqual([]);
+        expect((await verifyText(mid)).pass).toBe(true);
+      },
+    );
+  }
+  for (const dense of ['replicate', 'rank0'] as const) {
+    it(`shard --ep 2 (dense ${dense}) → merge: byte-exact`, async () => {
+      const dir = await ernieVl();
+      const mid = out(`ernie-vl-ep2-${dense}`);
+      await shard(dir, mid, { ep: 2, etp: 1, dense, ...fast });
+      const back = out(`ernie-vl-ep2-${dense}-back`);
+      await merge(mid, back, fast);
+      expect(diff(await dump(back), await dump(dir))).toEqual([]);
+    });
+  }
+  it("a vision expert's bytes do not change what verify says, and are carried through a round trip", async () => {
+    const dir = await ernieVl();
+    const t = await tensorsOf(dir);
+    const name = 'model.layers.1.mlp.experts.12.up_proj.weight';
+    const v = t.find((e) => e.name === name)!;
+    v.bytes = filler(v.bytes.length / 4, 99);
+    const changed = await writeVariant('ernie-vl-vision-edit', t, JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')));
+    const [a, b] = [await verifyText(dir), await verifyText(changed)];
+    expect([a.pass, b.pass]).toEqual([true, true]);
+    expect(JSON.stringify(b.layers)).toBe(JSON.stringify(a.layers));
+    const mid = out('ernie-vl-vision-edit-te');
+    const back = out('ernie-vl-vision-edit-back');
+    await convert(changed, mid, { to: 'te', ...fast });
+    await convert(mid, back, { to: 'hf', ...fast });
+    expect(diff(await dump(back), await dump(changed))).toEqual([]);
+    expect(diff(await dump(back), await dump(dir))).toEqual([`${name}: bytes differ`]);
+  });
+  it('a layout without the bias row 1 to take is refused, naming the tensor', async () => {
+    // the te checkpoint's [2,E] pass-through tensor removed: writing hf-ernie-vl has no row 1
+    const dir = await ernieVl();
+    const mid = out('ernie-vl-te-norow');
+    await convert(dir, mid, { to: 'te', ...fast });
+    const t = (await tensorsOf(mid)).filter((e) => e.name !== 'model.layers.0.mlp.moe_statics.e_score_correction_bias');
+    const cut = await writeVariant('ernie-vl-te-norow', t, JSON.parse(readFileSync(join(mid, 'config.json'), 'utf8')));
+    copyFileSync(join(mid, 'moekit.json'), join(cut, 'moekit.json'));
+    await expect(convert(cut, out('ernie-vl-te-norow-back'), { to: 'hf', ...fast })).rejects.toThrow(
+      /cannot write 'model\.layers\.0\.mlp\.moe_statics\.e_score_correction_bias' .* no tensor of that name to take it from/,
+    );
+  });
+});
+
 describe('what a pending family cannot express is refused in one line, naming the config key', () => {
   const step3p7 = (text: Cfg) => ({
     model_type: 'step3p7',
@@ -746,18 +887,10 @@ describe('what a pending family cannot express is refused in one line, naming th
       step3p7({ swiglu_limits_shared: [16, null] }),
       /step3p7 swiglu_limits_shared\[1\] = 16 on MoE layer 1/,
     ],
-    // its text experts route as ERNIE-4.5-MoE, but the vision experts share the layer's names: refused whatever the config holds
-    [
-      'ernie4_5_vl_moe',
-      'moe_intermediate_size',
-      { model_type: 'ernie4_5_vl_moe', text_config: { ...config('ernie4_5_moe'), model_type: 'ernie4_5_vl_moe_text', moe_intermediate_size: [40, 24] } },
-      null,
-      /ernie4_5_vl_moe keeps a vision expert set .*moe_intermediate_size \[text, vision\].* not supported yet/,
-    ],
   ] as const) {
     it(`${family}: ${key}`, () => {
       expect(() => familyFacts(bad)).toThrow(msg);
-      if (good) expect(familyFacts(good).family).toBe(family);
+      expect(familyFacts(good).family).toBe(family);
     });
   }
 });

@@ -33,6 +33,12 @@ export interface TensorRule {
   shape?: (d: Dims) => number[];
   /** IR fields of one slab and where each sits in it (canonical orientation out) */
   parts: (d: Dims, o: SpecOptions) => Partial<Record<Field, Locate>>;
+  /**
+   * The part of a layer slab that holds no IR field (ERNIE-4.5-VL's bias row 1, the vision experts'): read, the whole
+   * tensor also passes through under its own name; written, this part comes from that pass-through tensor, which is
+   * then not written on its own. Layouts without the rule keep the pass-through tensor as it is.
+   */
+  rest?: Locate;
 }
 
 export interface LayoutSpec {
@@ -51,6 +57,11 @@ export interface LayoutSpec {
   rules: TensorRule[];
   /** shared experts are stored as extra expert slots after the routed ones (Fast-LLM; engine/shared-slots.ts) */
   sharedSlots?: boolean;
+  /**
+   * Expert ids at or past the router's expert count are not this layout's experts but pass through (ERNIE-4.5-VL's
+   * vision experts E..2E−1 under the text experts' names).
+   */
+  routedOnly?: boolean;
   /** things this layout cannot hold, for --help and docs (the engine checks coverage itself) */
   cannotHold?: string;
 }

@@ -247,12 +247,14 @@ export function planTensors(ir: ModelIR, target: LayoutSpec, opts: PlanOptions =
   const root = target.root === 'hf' ? ir.hfRoot : target.root;
   const tensors: TensorPlan[] = [];
   const layers: LayerReport[] = [];
+  const carried = { byName: new Map(ir.passthrough.map((p) => [p.info.name, p])), used: new Set<string>() };
   for (const l of ir.layers) {
-    const { plans, report } = planLayer(l, target, o, root, opts);
+    const { plans, report } = planLayer(l, target, o, root, opts, carried);
     tensors.push(...plans);
     layers.push(report);
   }
   for (const { store, info } of ir.passthrough) {
+    if (carried.used.has(info.name)) continue;
     tensors.push(tensorPlan(info.name, info.shape, info.dtype, [{ kind: 'range', store, info, start: 0, end: info.nbytes }], opts.dtype));
   }
   const names = new Set<string>();
@@ -290,6 +292,28 @@ interface LayerCtx {
   root: string;
   present: Set<Field>;
   opts: PlanOptions;
+  /** pass-through tensors by name, and those a rule's `rest` took its part from (not written on their own) */
+  carried: Carried;
+}
+
+interface Carried {
+  byName: Map<string, ModelIR['passthrough'][number]>;
+  used: Set<string>;
+}
+
+/** The part of a layer slab no IR field holds, from the pass-through tensor of the same name (layout.ts TensorRule.rest). */
+function restOf(c: LayerCtx, rule: TensorRule, name: string, dt: Dtype): { src: View; loc: (v: View) => View }[] {
+  if (!rule.rest) return [];
+  const p = c.carried.byName.get(name);
+  const want = slabShape(rule, c.d, c.o);
+  if (!p || p.info.shape.length !== want.length || p.info.shape.some((s, i) => s !== want[i]) || p.info.dtype !== dt)
+    throw new MoekitError(
+      'unsupported',
+      `cannot write '${name}' in layout '${c.target.id}': part of it holds no field moekit reads (it passes through), and the source has ` +
+        (p ? `it as ${p.info.dtype} ${fmt(p.info.shape)}, not ${dt} ${fmt(want)}` : 'no tensor of that name to take it from'),
+    );
+  c.carried.used.add(name);
+  return [{ src: rule.rest(View.ofTensor(p.store, p.info)), loc: rule.rest }];
 }
 
 /** The output tensors of one rule of the target spec for one layer (none when the layer lacks its fields). */
@@ -317,18 +341,15 @@ function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
     }
     return [...dts][0]!;
   };
-  const slabFor = (dt: Dtype, e?: number): SlabPlan =>
-    slabOf(
-      slab,
-      dt,
-      fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })),
-    );
+  const slabFor = (dt: Dtype, e?: number, rest: { src: View; loc: (v: View) => View }[] = []): SlabPlan =>
+    slabOf(slab, dt, [...fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })), ...rest]);
   const fx = fields.length === 1 ? opts.fieldTransforms?.[fields[0]!] : undefined;
   const plan = (name: string, shape: number[], dt: Dtype, slabs: SlabPlan[]) =>
     tensorPlan(name, shape, dt, slabs, opts.dtype, fx && (FLOAT_DTYPES as readonly string[]).includes(dt) ? [fx(dt as FloatDtype)] : []);
   if (rule.scope === 'layer') {
     const dt = dtypeOf();
-    return [plan(ruleName(target, rule, root, l.layer), slab, dt, [slabFor(dt)])];
+    const name = ruleName(target, rule, root, l.layer);
+    return [plan(name, slab, dt, [slabFor(dt, undefined, restOf(c, rule, name, dt))])];
   }
   if (rule.scope === 'expert') {
     return Array.from({ length: d.E }, (_, e) => plan(ruleName(target, rule, root, l.layer, e), slab, dtypeOf(e), [slabFor(dtypeOf(e), e)]));
@@ -345,14 +366,21 @@ function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
 }
 
 /** The output tensors of one MoE layer in layout `target`. */
-function planLayer(l: LayerIR, target: LayoutSpec, o: SpecOptions, root: string, opts: PlanOptions): { plans: TensorPlan[]; report: LayerReport } {
+function planLayer(
+  l: LayerIR,
+  target: LayoutSpec,
+  o: SpecOptions,
+  root: string,
+  opts: PlanOptions,
+  carried: Carried,
+): { plans: TensorPlan[]; report: LayerReport } {
   // the report (moekit.json) describes the layer as the IR holds it; the tensors, the slots a layout stores
   const d = checkedDims(l);
   const lw = target.sharedSlots ? foldSharedSlots(l, target) : l;
   const dw = lw === l ? d : checkedDims(lw);
   const present = layerPresent(lw);
   checkCoverage(lw, dw, target, o, present);
-  const plans = target.rules.flatMap((rule) => planRule({ l: lw, d: dw, o, target, root, present, opts }, rule));
+  const plans = target.rules.flatMap((rule) => planRule({ l: lw, d: dw, o, target, root, present, opts, carried }, rule));
   const ident = l.globalIds.every((g, i) => g === i) && l.globalIds.length === d.Er;
   const report: LayerReport = {
     layer: l.layer,

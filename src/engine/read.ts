@@ -431,6 +431,8 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
         );
       }
       l.matches.push({ rule: c.rule, info, e: m.groups!.e === undefined ? undefined : Number(m.groups!.e) });
+      // a slab with a part no IR field holds passes through whole as well (its rest is written from there)
+      if (c.rule.rest) passthrough.push({ store: ck, info });
       hit = true;
       break;
     }
@@ -439,6 +441,16 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
   const gateUp: GateUpOrder =
     ropts.gateUp ?? (meta.moekit?.layout === spec.id && meta.moekit.gateUp !== 'separate' ? meta.moekit.gateUp : (spec.gateUp?.default ?? 'concat'));
   const o: SpecOptions = { gateUp };
+  if (spec.routedOnly) {
+    // expert ids past the router's experts are another expert set under the same names (ERNIE-4.5-VL's vision experts)
+    for (const l of layers.values()) {
+      const router = l.matches.find((m) => fieldsOf(m.rule, UNIT_DIMS, o).includes('router'));
+      if (!router) continue;
+      const Er = routerShape(ck, router, o)[0]!;
+      for (const m of l.matches) if (m.e !== undefined && m.e >= Er) passthrough.push({ store: ck, info: m.info });
+      l.matches = l.matches.filter((m) => m.e === undefined || m.e < Er);
+    }
+  }
   const out: LayerIR[] = [];
   let hfRoot: string | undefined;
   for (const [n, l] of [...layers].sort((a, b) => a[0] - b[0])) {
@@ -465,6 +477,11 @@ export function readIR(ck: TensorStore, spec: LayoutSpec, meta: ModelMeta, ropts
   };
 }
 
+/** The router's [E, H] as the layout reads it (ERNIE-4.5-VL saves its router transposed, [H, E]). */
+function routerShape(ck: TensorStore, m: Match, o: SpecOptions): readonly number[] {
+  return m.rule.parts(UNIT_DIMS, o).router!(View.ofTensor(ck, m.info)).shape;
+}
+
 /**
  * Experts held in stacked tensors are sized by dividing the tensor by the expert count; where that
  * count is the router's (fast-llm, megatron-grouped) E·I cannot be told from (E + S)·I' (Fast-LLM's
@@ -489,7 +506,7 @@ function readLayer(ck: TensorStore, n: number, matches: Match[], spec: LayoutSpe
       'unsupported',
       `layer ${n}: expert tensors of layout '${spec.id}' but no router tensor (${ruleName(spec, spec.rules.find((r) => fieldsOf(r, UNIT_DIMS, o).includes('router'))!, '…', n)})`,
     );
-  const [Er, H] = router.info.shape as [number, number];
+  const [Er, H] = routerShape(ck, router, o) as [number, number];
   // gated or not: the hypothesis under which every matched expert rule holds something and a
   // standalone gate tensor is present exactly when gated
   const layerMeta = meta.moekit?.layers?.find((x) => x.layer === n);

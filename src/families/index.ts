@@ -537,11 +537,11 @@ const FAMILIES: Record<string, FamilyRule> = {
   // dense_intermediate_size; text model under text_config; MoE per mlp_layer_types, else a per-layer moe_layer_freq list
   minimax_m3_vl: (c, base, routing) => minimaxM3(c, base, routing),
   minimax_m3_vl_text: (c, base, routing) => minimaxM3(c, base, routing),
-  // modeling_ernie4_5_vl_moe.py (Ernie4_5_VLMoeMoeBlock): text tokens route as ERNIE-4.5-MoE, but every MoE layer also holds
-  // the vision experts under the same names (experts E..2E−1, router gate.weight_1, row 1 of moe_statics.e_score_correction_bias
-  // [2,E]) and its routers are saved transposed [H,E]: moekit's IR holds one expert set per layer, so it is refused
-  ernie4_5_vl_moe: () => ernieVl(),
-  ernie4_5_vl_moe_text: () => ernieVl(),
+  // modeling_ernie4_5_vl_moe.py (Ernie4_5_VLMoeMoeBlock): text tokens route as ERNIE-4.5-MoE (its text_moe); every MoE layer
+  // also holds the vision experts under the same names (experts E..2E−1 of moe_intermediate_size[1], router gate.weight_1,
+  // row 1 of moe_statics.e_score_correction_bias [2,E]), which hf-ernie-vl passes through: moekit reads the text path only
+  ernie4_5_vl_moe: (c, base, routing) => ernieVl(c, base, routing),
+  ernie4_5_vl_moe_text: (c, base, routing) => ernieVl(c, base, routing),
   // modeling_glm4v_moe.py (Glm4vMoeTextMoE(Glm4MoeMoE)): GLM4-MoE's block in the text model (under text_config)
   glm4v_moe: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
   glm4v_moe_text: (c, base, routing) => ({ ...deepseekLike(c, base, routing), family: 'glm4v_moe' }),
@@ -708,12 +708,22 @@ const minimaxM3: FamilyRule = (c, base, routing) => {
   };
 };
 
-function ernieVl(): never {
-  throw new MoekitError(
-    'unsupported',
-    'config.json: ernie4_5_vl_moe keeps a vision expert set beside the text one in every MoE layer (moe_intermediate_size [text, vision]: experts E..2E−1, gate.weight_1, bias row 1); moekit reads one expert set per layer, so it is not supported yet',
-  );
-}
+/**
+ * ERNIE-4.5-VL's text experts: moe_intermediate_size [text, vision] (a number read as the text size), moe_num_shared_experts
+ * shared experts of the text size, ERNIE-4.5-MoE's routing; MoE per mlp_layer_types, else every layer but the first.
+ */
+const ernieVl: FamilyRule = (c, base, routing) => {
+  const sizes = c.moe_intermediate_size;
+  const moeI = Array.isArray(sizes) ? Number(sizes[0] ?? 0) : (num(c, 'moe_intermediate_size') ?? intermediateOf(c));
+  return {
+    ...base,
+    family: 'ernie4_5_vl_moe',
+    moeIntermediateSize: moeI,
+    shared: sharedOfCount(num(c, 'moe_num_shared_experts') ?? 0, moeI),
+    routing: routing({ scoreFunc: 'softmax', correctionBias: true, normTopkProb: true }),
+    isMoeLayer: sparseLayers(c, (i) => i > 0),
+  };
+};
 
 /** Step-3.7's MoE layers: mlp_layer_types, else the legacy moe_layers_enum (indices, a list or a comma string), else from layer 3. */
 function step3p7Layers(c: Record<string, unknown>, numLayers: number): (i: number) => boolean {
@@ -764,7 +774,17 @@ const otherFamily: FamilyRule = (_c, base, routing) => {
 };
 
 /** Model types whose text model's fields sit under text_config (the multimodal wrappers). */
-const TEXT_CONFIG_TYPES: readonly string[] = ['llama4', 'qwen3_5_moe', 'gemma4', 'qwen3_vl_moe', 'glm4v_moe', 'glm5_next', 'qwen4_exp', 'minimax_m3_vl'];
+const TEXT_CONFIG_TYPES: readonly string[] = [
+  'llama4',
+  'qwen3_5_moe',
+  'gemma4',
+  'qwen3_vl_moe',
+  'glm4v_moe',
+  'glm5_next',
+  'qwen4_exp',
+  'minimax_m3_vl',
+  'ernie4_5_vl_moe',
+];
 
 /**
  * The fields the family rules read: Llama4, Qwen3.5-MoE, Gemma-4, Qwen3-VL-MoE and GLM-4.5V (glm4v_moe) keep the text model's under text_config;

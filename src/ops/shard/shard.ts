@@ -46,7 +46,7 @@ import {
 } from '../../engine/plan.js';
 import { executeCheckpoint, DEFAULT_JOBS } from '../../engine/execute.js';
 import { HashPool } from '../../engine/hash-pool.js';
-import type { GateUpOrder, LayoutSpec } from '../../engine/layout.js';
+import { ruleRegex, type GateUpOrder, type LayoutSpec } from '../../engine/layout.js';
 import { layoutOf } from '../../engine/block-prefix.js';
 import { placeExperts, rankDirName, validateEtp, type Placement } from './placement.js';
 import { openScaled, planScaled, selectScaled, type ScaledIR } from '../../engine/scales.js';
@@ -120,7 +120,9 @@ export interface CutInput {
 /** One rank's IR (experts `global`, I slice `t` of `etp`) and its tensor plan. */
 function planRank(input: CutInput, global: number[], t: number, etp: number, holdsDense: boolean): { rir: ModelIR; write: TensorsPlan } {
   const opts = { gateUp: input.gateUp, fieldTransforms: input.fieldTransforms };
-  const dense = (ir: ModelIR): ModelIR => (holdsDense ? ir : { ...ir, passthrough: [] });
+  // a rank without the dense tensors still keeps those a layer tensor takes a part from (layout.ts TensorRule.rest)
+  const rests = input.target.rules.filter((r) => r.rest).map((r) => ruleRegex(input.target, r));
+  const dense = (ir: ModelIR): ModelIR => (holdsDense ? ir : { ...ir, passthrough: ir.passthrough.filter((p) => rests.some((re) => re.test(p.info.name))) });
   if (input.scaled) {
     const s = selectScaled(input.scaled, global, t, etp);
     const weights = dense(s.weights);
