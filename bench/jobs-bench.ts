@@ -34,9 +34,9 @@ interface Run {
   rssMB: number;
 }
 
-function moekit(args: string[], fsyncFlag = true): Run {
+function moekit(args: string[], noFsync = true): Run {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [bin, ...args, '--json', ...(fsyncFlag ? ['--no-fsync'] : [])], {
+  const r = spawnSync(process.execPath, [bin, ...args, '--json', ...(noFsync ? ['--no-fsync'] : [])], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 1 << 26,
@@ -182,7 +182,7 @@ export async function benchJobs(ctx: BenchContext): Promise<void> {
 async function benchMemory(ctx: BenchContext): Promise<void> {
   const out = (n: string) => join(ctx.work, n);
   const rows: [string, Run][] = [];
-  const once = (job: string, args: string[], fsyncFlag = true) => rows.push([job, moekit(args, fsyncFlag)]);
+  const once = (job: string, args: string[], noFsync = true) => rows.push([job, moekit(args, noFsync)]);
   once('shard --ep 2 --etp 2 --to te', ['shard', ctx.src, '--ep', '2', '--etp', '2', '--to', 'te', '-o', out('etp')]);
   rm(out('etp'));
   moekit(['convert', ctx.src, '--to', 'nemo', '-o', out('nemo')]);

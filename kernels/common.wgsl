@@ -58,3 +58,8 @@ fn dot8(acc: f32, a: vec4<f32>, b: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> f
   s = fma(b.z, wb.z, s);
   return fma(b.w, wb.w, s);
 }
+
+// dot8 for 4 tokens (x_t, y_t: token t's two runs) against one row's weights, into the 4 lanes of acc
+fn dot4t(acc: vec4<f32>, x0: vec4<f32>, y0: vec4<f32>, x1: vec4<f32>, y1: vec4<f32>, x2: vec4<f32>, y2: vec4<f32>, x3: vec4<f32>, y3: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> vec4<f32> {
+  return vec4<f32>(dot8(acc.x, x0, y0, wa, wb), dot8(acc.y, x1, y1, wa, wb), dot8(acc.z, x2, y2, wa, wb), dot8(acc.w, x3, y3, wa, wb));
+}

@@ -44,10 +44,6 @@ struct AB { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
 // One step's weights: the two runs of 4 elements (…a, …b) of each row.
 struct Wt { aa: vec4<f32>, ab: vec4<f32>, ba: vec4<f32>, bb: vec4<f32>, ca: vec4<f32>, cb: vec4<f32>, da: vec4<f32>, db: vec4<f32> }
 
-fn dot4t(acc: vec4<f32>, x0: vec4<f32>, y0: vec4<f32>, x1: vec4<f32>, y1: vec4<f32>, x2: vec4<f32>, y2: vec4<f32>, x3: vec4<f32>, y3: vec4<f32>, wa: vec4<f32>, wb: vec4<f32>) -> vec4<f32> {
-  return vec4<f32>(dot8(acc.x, x0, y0, wa, wb), dot8(acc.y, x1, y1, wa, wb), dot8(acc.z, x2, y2, wa, wb), dot8(acc.w, x3, y3, wa, wb));
-}
-
 // Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL], each loaded once for all rows.
 fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
   let i = t0 * TQ + s;
