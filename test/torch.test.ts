@@ -486,3 +486,149 @@ describe('writing Megatron-Core torch_dist (convert --to megatron --format torch
     );
   });
 });
+
+// fixtures/torch/mla-notes.md: what Megatron-Core 0.20 stores for DeepSeek-V3 (MLA, dense first
+// layers, sigmoid router with a float32 expert_bias), read from its source
+describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
+  const DS = join(FIXTURES, 'deepseek_v3');
+  const hfOf = async (p: string) => (await import('./convert-helpers.js')).dump(p);
+  const diffOf = async (a: string, b: string) => (await import('./convert-helpers.js')).diff(await hfOf(a), await hfOf(b));
+  const out = join(tmp.dir, 'ds-mg');
+
+  it('per-layer keys with no layer axis, experts [E, 2I, H], MLA projections under their Megatron names, expert_bias in float32', async () => {
+    const r = runCli(['convert', DS, '--to', 'megatron', '--format', 'torch_dist', '-o', out, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const { DcpStore } = await import('../src/store/torch/dcp.js');
+    const s = await DcpStore.open(join(out, 'iter_0000001'));
+    const shape = (n: string) => [s.info(n).dtype, s.info(n).shape];
+    expect(s.names().some((n) => n.startsWith('decoder.layers.mlp.') || n.startsWith('decoder.layers.self_attention.'))).toBe(false);
+    expect(shape('decoder.layers.1.mlp.experts.experts.linear_fc1.weight')).toEqual(['F32', [16, 80, 48]]);
+    expect(shape('decoder.layers.2.mlp.experts.experts.linear_fc2.weight')).toEqual(['F32', [16, 48, 40]]);
+    expect(shape('decoder.layers.1.mlp.router.expert_bias')).toEqual(['F32', [16]]);
+    expect(shape('decoder.layers.1.mlp.shared_experts.linear_fc1.weight')).toEqual(['F32', [80, 48]]);
+    // layer 0 is dense: a SwiGLU fc1 [2F, H] and no router
+    expect(shape('decoder.layers.0.mlp.linear_fc1.weight')).toEqual(['F32', [192, 48]]);
+    expect(s.has('decoder.layers.0.mlp.router.weight')).toBe(false);
+    expect(shape('decoder.layers.0.self_attention.linear_q_down_proj.weight')).toEqual(['F32', [24, 48]]);
+    expect(shape('decoder.layers.0.self_attention.linear_q_up_proj.weight')).toEqual(['F32', [64, 24]]);
+    expect(shape('decoder.layers.0.self_attention.linear_kv_down_proj.weight')).toEqual(['F32', [24, 48]]);
+    expect(shape('decoder.layers.0.self_attention.linear_kv_up_proj.weight')).toEqual(['F32', [80, 16]]);
+    expect(shape('decoder.layers.0.self_attention.q_layernorm.weight')).toEqual(['F32', [24]]);
+    expect(shape('decoder.layers.0.self_attention.kv_layernorm.weight')).toEqual(['F32', [16]]);
+    // gate rows first, then up (mlp.py apply_swiglu_sharded_factory), expert 5 of layer 2
+    const ref = await openStore(DS);
+    const fc1 = await s.read('decoder.layers.2.mlp.experts.experts.linear_fc1.weight');
+    const rowBytes = 48 * 4;
+    const e5 = fc1.subarray(5 * 80 * rowBytes, 6 * 80 * rowBytes);
+    expect(Buffer.compare(e5.subarray(0, 40 * rowBytes), await ref.read('model.layers.2.mlp.experts.5.gate_proj.weight'))).toBe(0);
+    expect(Buffer.compare(e5.subarray(40 * rowBytes), await ref.read('model.layers.2.mlp.experts.5.up_proj.weight'))).toBe(0);
+    // the _extra_state objects Megatron's per-layer modules expect: experts at (e, E), others at (0, 1)
+    expect(s.objects.has('decoder.layers.1.mlp.experts.experts.linear_fc1._extra_state/shard_15_16')).toBe(true);
+    expect(s.objects.has('decoder.layers.0.self_attention.linear_kv_up_proj._extra_state/shard_0_1')).toBe(true);
+    const args = ((await s.object('common_state/shard_0_1')) as PyDict[])[0]!.get('args') as PyObj;
+    expect(args.field('moe_layer_freq')).toEqual([0, 1, 1]);
+    expect([args.field('multi_latent_attention'), args.field('q_lora_rank'), args.field('kv_lora_rank'), args.field('qk_head_dim')]).toEqual([true, 24, 16, 8]);
+    expect([args.field('moe_router_score_function'), args.field('moe_router_num_groups'), args.field('moe_router_group_topk')]).toEqual(['sigmoid', 4, 2]);
+    await s.close();
+    await ref.close();
+  });
+
+  it('reads back as HF DeepSeek-V3 tensor for tensor, and its MoE and dense blocks match transformers', async () => {
+    const back = join(tmp.dir, 'ds-mg-hf');
+    expect(runCli(['convert', out, '--to', 'hf', '-o', back]).code).toBe(0);
+    expect(await diffOf(back, DS)).toEqual([]);
+    const v = runCli(['verify', out, '--reference', join(DS, 'reference.safetensors'), '--cpu', '--json']);
+    expect(v.code, v.stderr).toBe(0);
+    const j = JSON.parse(v.stdout);
+    expect(j.layers.map((l: { kind: string; pass: boolean }) => [l.kind, l.pass])).toEqual([
+      ['dense', true],
+      ['moe', true],
+      ['moe', true],
+    ]);
+  });
+
+  it("without the config.json beside it, the HF config is derived from Megatron's args and routes the same", async () => {
+    const bare = join(tmp.dir, 'ds-mg-bare');
+    cpSync(out, bare, { recursive: true });
+    rmSync(join(bare, 'config.json'));
+    const st = await openStore(bare);
+    const c = (await st.config()) as Record<string, unknown>;
+    await st.close();
+    const want = JSON.parse(readFileSync(join(DS, 'config.json'), 'utf8'));
+    for (const k of [
+      'first_k_dense_replace',
+      'q_lora_rank',
+      'kv_lora_rank',
+      'qk_nope_head_dim',
+      'qk_rope_head_dim',
+      'v_head_dim',
+      'n_routed_experts',
+      'n_shared_experts',
+      'moe_intermediate_size',
+      'intermediate_size',
+      'n_group',
+      'topk_group',
+      'num_experts_per_tok',
+      'norm_topk_prob',
+      'routed_scaling_factor',
+      'rms_norm_eps',
+      'rope_interleave',
+    ])
+      expect(c[k], k).toEqual(want[k]);
+    const v = runCli(['verify', bare, '--reference', join(DS, 'reference.safetensors'), '--cpu']);
+    expect(v.code, v.stderr + v.stdout).toBe(0);
+  });
+
+  it('bf16: the expert bias goes to float32 as Megatron keeps it, every other tensor byte for byte', async () => {
+    const o = join(tmp.dir, 'ds-mg-bf16');
+    expect(runCli(['convert', join(FIXTURES, 'deepseek_v3_bf16'), '--to', 'megatron', '--format', 'torch_dist', '-o', o]).code).toBe(0);
+    const back = join(tmp.dir, 'ds-mg-bf16-hf');
+    expect(runCli(['convert', o, '--to', 'hf', '-o', back]).code).toBe(0);
+    const d = await diffOf(back, join(FIXTURES, 'deepseek_v3_bf16'));
+    expect(d).toEqual([
+      'model.layers.1.mlp.gate.e_score_correction_bias: F32[16] vs BF16[16]',
+      'model.layers.2.mlp.gate.e_score_correction_bias: F32[16] vs BF16[16]',
+    ]);
+    const ours = await openStore(back);
+    const theirs = await openStore(join(FIXTURES, 'deepseek_v3_bf16'));
+    const f32 = new Float32Array(Uint8Array.from(await ours.read('model.layers.1.mlp.gate.e_score_correction_bias')).buffer);
+    const bf = await theirs.read('model.layers.1.mlp.gate.e_score_correction_bias');
+    expect([...f32]).toEqual(Array.from({ length: 16 }, (_, i) => new Float32Array(new Uint32Array([bf.readUInt16LE(2 * i) << 16]).buffer)[0]));
+    await ours.close();
+    await theirs.close();
+  });
+
+  it('shard --ep 2: experts 0-7 in rank 0, 8-15 in rank 1, and back to HF unchanged', async () => {
+    const o = join(tmp.dir, 'ds-mg-ep2');
+    const r = runCli(['shard', DS, '--ep', '2', '--to', 'megatron', '--format', 'torch_dist', '-o', o]);
+    expect(r.code, r.stderr).toBe(0);
+    const { DcpStore } = await import('../src/store/torch/dcp.js');
+    const s = await DcpStore.open(join(o, 'iter_0000001'));
+    type Chunked = { chunks: { at: number[]; file: string }[] };
+    const files = (s.info('decoder.layers.2.mlp.experts.experts.linear_fc2.weight') as unknown as Chunked).chunks.map((c) => [c.at[0], basename(c.file)]);
+    expect(files).toHaveLength(16);
+    for (const [e, f] of files) expect(f).toBe(Number(e) < 8 ? '__0_0.distcp' : '__1_0.distcp');
+    expect(basename((s.info('decoder.layers.1.self_attention.linear_q_up_proj.weight') as unknown as Chunked).chunks[0]!.file)).toBe('__0_0.distcp');
+    await s.close();
+    const back = join(tmp.dir, 'ds-mg-ep2-hf');
+    expect(runCli(['convert', o, '--to', 'hf', '-o', back]).code).toBe(0);
+    expect(await diffOf(back, DS)).toEqual([]);
+  });
+
+  it('refuses what Megatron would route differently, and the legacy format, each in one line', () => {
+    const c = JSON.parse(readFileSync(join(DS, 'config.json'), 'utf8'));
+    const bad = join(tmp.dir, 'ds-topk-group');
+    mkdirSync(bad, { recursive: true });
+    copyFileSync(join(DS, 'model.safetensors'), join(bad, 'model.safetensors'));
+    writeFileSync(join(bad, 'config.json'), JSON.stringify({ ...c, topk_group: 1 }));
+    const r = runCli(['convert', bad, '--to', 'megatron', '--format', 'torch_dist', '-o', join(tmp.dir, 'never1')]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/top 4 of each group, not HF's top 2/);
+    writeFileSync(join(bad, 'config.json'), JSON.stringify({ ...c, norm_topk_prob: false }));
+    expect(runCli(['convert', bad, '--to', 'megatron', '--format', 'torch_dist', '-o', join(tmp.dir, 'never2')]).stderr).toMatch(/norm_topk_prob false/);
+    const l = runCli(['shard', DS, '--ep', '2', '--to', 'megatron', '--format', 'torch', '-o', join(tmp.dir, 'never3')]);
+    expect(l.code).not.toBe(0);
+    expect(l.stderr).toMatch(/write deepseek_v3 as --format torch_dist/);
+  });
+});

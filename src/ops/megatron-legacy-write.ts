@@ -75,8 +75,8 @@ function legacyTensors(store: TensorStore, d: MegatronDims, ep: number): LegacyT
 
 /** a stacked key at its slot → the legacy name, and the EP rank holding it (-1: every rank) */
 function legacyName(p: Part, perRank: number): { name: string; rank: number } {
-  if (p.key.startsWith(EXPERT_KEYS)) {
-    const [l, e] = p.prefix as [number, number];
+  if (p.expert !== undefined && p.key.startsWith(EXPERT_KEYS)) {
+    const [l, e] = [p.layer!, p.expert];
     return { name: `decoder.layers.${l}.mlp.experts.local_experts.${e % perRank}.${p.key.slice(EXPERT_KEYS.length)}`, rank: Math.floor(e / perRank) };
   }
   if (p.prefix.length === 1) return { name: p.key.replace(/^decoder\.layers\./, `decoder.layers.${p.prefix[0]}.`), rank: -1 };
@@ -100,6 +100,8 @@ export async function writeMegatronLegacy(src: string, dst: string, opts: WriteO
   const store = await openStore(src);
   try {
     const { config, family, d } = await megatronSource(store, src, 'torch');
+    if (d.perLayer)
+      throw new MoekitError('unsupported', `${src}: --format torch (legacy) writes models whose layers are all alike; write ${family} as --format torch_dist`);
     if (d.E % ep !== 0) throw new MoekitError('usage', `--ep ${ep} does not divide the ${d.E} experts`);
     const ranks = legacyTensors(store, d, ep);
     const dtype = store.info('model.embed_tokens.weight').dtype;

@@ -22,7 +22,9 @@ import { openStore } from '../store/registry.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
 import { type DcpObjectOut, type DcpTensorOut, torchDtype, writeDcp } from '../store/torch/dcp-writer.js';
 import { tilingProblem } from '../store/torch/gather.js';
-import { EXPERT_KEYS, FAMILIES, type HfEntry, hfEntries, KEYS, type MegatronDims } from '../store/torch/megatron-map.js';
+import { castFloat } from '../engine/cast.js';
+import type { FloatDtype } from '../store/dtypes.js';
+import { EXTRA_STATE, FAMILIES, type HfEntry, hfEntries, keyNames, type MegatronDims } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
 import type { WriteOptions } from './options.js';
@@ -55,6 +57,7 @@ function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string):
   const heads = n(c, 'num_attention_heads');
   const embed = store.has('model.embed_tokens.weight') ? store.info('model.embed_tokens.weight').shape : undefined;
   if (!embed) throw new MoekitError('bad-input', `${store.dir}: no model.embed_tokens.weight; --format torch_dist writes whole HF models`);
+  if (FAMILIES[family]!.mla) return deepseekDims(store, c, family, embed[0]!);
   const sparse = c.decoder_sparse_step ?? 1;
   if (sparse !== 1 || (Array.isArray(c.mlp_only_layers) && c.mlp_only_layers.length > 0))
     throw new MoekitError(
@@ -77,6 +80,100 @@ function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string):
     output: store.has('lm_head.weight') && c.tie_word_embeddings !== true,
     qkvBias: store.has('model.layers.0.self_attn.q_proj.bias'),
     qkNorm: store.has('model.layers.0.self_attn.q_norm.weight'),
+  };
+}
+
+/**
+ * DeepSeek-V3 as Megatron holds it (fixtures/torch/mla-notes.md): MLA, the first
+ * first_k_dense_replace layers dense, per-layer keys, a sigmoid router with a float32 expert_bias.
+ * What Megatron cannot compute the same way is refused: its group score sums the top
+ * topk / group_topk experts of a group where HF sums the top 2, and it always renormalises a
+ * sigmoid top-k > 1.
+ */
+function deepseekDims(store: TensorStore, c: Record<string, unknown>, family: string, V: number): MegatronDims {
+  const no = (why: string) => new MoekitError('unsupported', `${store.dir}: ${why}; Megatron-Core's MLA model would compute something else`);
+  const k = n(c, 'num_experts_per_tok');
+  const groups = n(c, 'n_group', 1);
+  const groupTopk = n(c, 'topk_group', 1);
+  if (groups > 1 && Math.floor(k / groupTopk) !== 2)
+    throw no(
+      `a grouped router (top-${k}, ${groupTopk} of ${groups} groups) that Megatron would score by the top ${Math.floor(k / groupTopk)} of each group, not HF's top 2`,
+    );
+  if (k > 1 && c.norm_topk_prob === false) throw no('norm_topk_prob false (Megatron renormalises every sigmoid top-k > 1)');
+  if (c.rope_interleave === false) throw no('rope_interleave false (Megatron MLA always rotates the interleaved way)');
+  if (c.attention_bias === true) throw no('attention biases (MLA projections have none)');
+  const I = n(c, 'moe_intermediate_size');
+  const L = n(c, 'num_hidden_layers');
+  const shared = n(c, 'n_shared_experts', 0);
+  const rq = c.q_lora_rank;
+  return {
+    family,
+    L,
+    E: n(c, 'n_routed_experts'),
+    I,
+    H: n(c, 'hidden_size'),
+    V,
+    heads: n(c, 'num_attention_heads'),
+    groups: n(c, 'num_attention_heads'),
+    hd: n(c, 'v_head_dim'),
+    Is: shared > 0 ? shared * I : undefined,
+    sharedGate: false,
+    output: store.has('lm_head.weight') && c.tie_word_embeddings !== true,
+    qkvBias: false,
+    qkNorm: false,
+    perLayer: true,
+    denseLayers: Array.from({ length: Math.min(L, n(c, 'first_k_dense_replace', 0)) }, (_, i) => i),
+    F: n(c, 'intermediate_size'),
+    mla: {
+      rq: typeof rq === 'number' ? rq : null,
+      rkv: n(c, 'kv_lora_rank'),
+      dn: n(c, 'qk_nope_head_dim'),
+      dr: n(c, 'qk_rope_head_dim'),
+      dv: n(c, 'v_head_dim'),
+    },
+    expertBias: true,
+  };
+}
+
+/** Megatron-LM's MLA, router and layer-pattern args for a DeepSeek-V3 config (the inverse of the reader's deepseekConfig). */
+function deepseekArgs(d: MegatronDims, c: Record<string, unknown>): Record<string, PyOut> {
+  const m = d.mla!;
+  const rope = (c.rope_parameters ?? c.rope_scaling ?? {}) as Record<string, unknown>;
+  const yarn = rope.rope_type === 'yarn';
+  const num = (v: unknown, fallback: number) => py.float(typeof v === 'number' ? v : fallback);
+  const dense = new Set(d.denseLayers);
+  return {
+    multi_latent_attention: true,
+    q_lora_rank: m.rq,
+    kv_lora_rank: m.rkv,
+    qk_head_dim: m.dn,
+    qk_pos_emb_head_dim: m.dr,
+    v_head_dim: m.dv,
+    kv_channels: m.dv,
+    qk_layernorm: true,
+    ffn_hidden_size: d.F!,
+    rope_type: yarn ? 'yarn' : 'rope',
+    rotary_scaling_factor: num(rope.factor, 1),
+    mscale: num(rope.mscale, 1),
+    mscale_all_dim: num(rope.mscale_all_dim, 0),
+    ...(yarn
+      ? {
+          original_max_position_embeddings: n(rope, 'original_max_position_embeddings', 4096),
+          beta_fast: num(rope.beta_fast, 32),
+          beta_slow: num(rope.beta_slow, 1),
+        }
+      : {}),
+    rotary_interleaved: false,
+    moe_layer_freq: Array.from({ length: d.L }, (_, l) => (dense.has(l) ? 0 : 1)),
+    moe_router_score_function: 'sigmoid',
+    moe_router_pre_softmax: false,
+    moe_router_enable_expert_bias: true,
+    moe_router_topk_scaling_factor: num(c.routed_scaling_factor, 1),
+    moe_router_num_groups: n(c, 'n_group', 1) > 1 ? n(c, 'n_group') : null,
+    moe_router_group_topk: n(c, 'n_group', 1) > 1 ? n(c, 'topk_group') : null,
+    moe_router_dtype: 'fp32',
+    mtp_num_layers: n(c, 'num_nextn_predict_layers', 0) || null,
+    layernorm_epsilon: py.float(n(c, 'rms_norm_eps', 1e-6)),
   };
 }
 
@@ -127,6 +224,7 @@ export function argsOf(d: MegatronDims, c: Record<string, unknown>, dtype: Dtype
       fp16: dtype === 'F16',
       ckpt_format: 'torch_dist',
       iteration,
+      ...(d.mla ? deepseekArgs(d, c) : {}),
       ...extra,
     }),
   );
@@ -151,17 +249,20 @@ function megatronItems(
 ): { tensors: DcpTensorOut[]; objects: DcpObjectOut[]; bytes: number } {
   // under expert parallelism each EP rank writes its own experts (`__<rank>_0.distcp`), rank 0 everything else
   const perRank = d.E / ep;
-  const rankOf = (key: string, prefix: readonly number[]) => (key.startsWith(EXPERT_KEYS) ? Math.floor(prefix[1]! / perRank) : 0);
+  const rankOf = (expert: number | undefined) => (expert === undefined ? 0 : Math.floor(expert / perRank));
   const byKey = new Map<string, DcpTensorOut>();
   let bytes = 0;
   const extents = new Map<string, number[]>();
-  for (const e of hfEntries(d, (k) => KEYS[k][0])) {
+  for (const e of hfEntries(d, (k, l) => keyNames(k, l)[0]!)) {
     if (e.parts.length === 0) continue;
     const { t, rowBytes } = hfRows(store, e, d);
+    // Megatron keeps the router's expert_bias in float32 whatever the model's dtype (moe/router.py)
+    const asF32 = e.name.endsWith('.e_score_correction_bias') && t.dtype !== 'F32';
+    const dtype = asF32 ? 'F32' : t.dtype;
     for (const p of e.parts) {
       let out = byKey.get(p.key);
-      if (!out) byKey.set(p.key, (out = { fqn: p.key, dtype: t.dtype, shape: [], chunks: [] }));
-      if (out.dtype !== t.dtype)
+      if (!out) byKey.set(p.key, (out = { fqn: p.key, dtype, shape: [], chunks: [] }));
+      if (out.dtype !== dtype)
         throw new MoekitError('unsupported', `${store.dir}: '${e.name}' is ${t.dtype}, other tensors Megatron stacks with it ${out.dtype}`);
       const at = [...p.prefix, p.r0, ...e.rest.map(() => 0)];
       const sizes = [...p.prefix.map(() => 1), p.rows, ...e.rest];
@@ -171,11 +272,16 @@ function megatronItems(
         at.map((a, i) => Math.max(ext[i]!, a + sizes[i]!)),
       );
       bytes += p.rows * rowBytes;
+      const range = [p.rowAt * rowBytes, (p.rowAt + p.rows) * rowBytes] as const;
       out.chunks.push({
         offsets: at,
         sizes,
-        rank: rankOf(p.key, p.prefix),
-        data: () => chunkBytes(store.chunks(t, undefined, 2, p.rowAt * rowBytes, (p.rowAt + p.rows) * rowBytes)),
+        rank: rankOf(p.expert),
+        data: asF32
+          ? async function* () {
+              yield castFloat(await store.read(t, ...range), t.dtype as FloatDtype, 'F32');
+            }
+          : () => chunkBytes(store.chunks(t, undefined, 2, ...range)),
       });
     }
   }
@@ -187,14 +293,26 @@ function megatronItems(
     );
     if (why) throw new MoekitError('internal', `${t.fqn}: the chunks do not tile [${t.shape}]: ${why}`);
   }
+  // every linear layer's (empty) _extra_state, a ShardedObject at the weight's layer/expert slot
+  // (transformer/utils.py _get_extra_state_offsets: with no offsets at all, shard_0_1)
   const objects: DcpObjectOut[] = [];
-  const extra = (key: string, shard: string, rank = 0) =>
-    objects.push({ fqn: `${key.replace(/\.weight$/, '')}._extra_state/shard_${shard}`, value: [null], rank });
-  for (let l = 0; l < d.L; l++) {
-    for (const k of [KEYS.proj[0], KEYS.qkv[0]]) extra(k, `${l}_${d.L}`);
-    for (let e = 0; e < d.E; e++) for (const k of [KEYS.fc1[0], KEYS.fc2[0]]) extra(k, `${l}.${e}_${d.L}.${d.E}`, Math.floor(e / perRank));
-    if (d.Is !== undefined) for (const k of [KEYS.sharedFc1[0], KEYS.sharedFc2[0]]) extra(k, `${l}_${d.L}`);
-  }
+  const seen = new Set<string>();
+  for (const e of hfEntries(d, (k, l) => keyNames(k, l)[0]!))
+    for (const p of e.parts) {
+      if (!EXTRA_STATE.test(p.key)) continue;
+      const slot =
+        p.prefix.length === 0
+          ? '0_1'
+          : d.perLayer
+            ? `${p.expert}_${d.E}`
+            : p.expert === undefined
+              ? `${p.layer}_${d.L}`
+              : `${p.layer}.${p.expert}_${d.L}.${d.E}`;
+      const fqn = `${p.key.replace(/\.weight$/, '')}._extra_state/shard_${slot}`;
+      if (p.key.startsWith('output_layer') || seen.has(fqn)) continue;
+      seen.add(fqn);
+      objects.push({ fqn, value: [null], rank: rankOf(p.expert) });
+    }
   const common = py.obj({
     args,
     checkpoint_version: py.float(3),

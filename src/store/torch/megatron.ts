@@ -24,7 +24,7 @@ import type { TensorInfo, TensorStore } from '../types.js';
 import { DcpStore } from './dcp.js';
 import { openLegacy } from './megatron-legacy.js';
 import { gather, type Piece } from './gather.js';
-import { FAMILIES, hfEntries, KEYS, type KeyName, type MegatronDims, type Part } from './megatron-map.js';
+import { FAMILIES, hfEntries, KEYS, keyNames, type KeyName, type MegatronDims, type Part } from './megatron-map.js';
 import { type Py, PyDict, PyObj } from './pickle.js';
 import type { ReadOptions } from './torch-save.js';
 
@@ -123,9 +123,14 @@ export class MegatronStore extends BaseStore implements TensorStore {
       if (opts.family && !FAMILIES[opts.family])
         throw new MoekitError('usage', `--family ${opts.family}: Megatron checkpoints are read as ${Object.keys(FAMILIES).join(', ')}`);
       const family = opts.family ?? pickFamily(args, src, given, iterDir);
+      if (FAMILIES[family]!.mla && !(src instanceof DcpStore))
+        throw new MoekitError(
+          'unsupported',
+          `${iterDir}: a legacy (torch format) checkpoint of an MLA model; moekit reads MLA models from torch_dist so far (re-save with --ckpt-format torch_dist)`,
+        );
       const st = new MegatronStore(root, src, family, given ?? {}, !(src instanceof DcpStore));
       st.build(args, iterDir);
-      if (!given) Object.assign(st.hfConfig, deriveConfig(args, family, st.info('model.embed_tokens.weight').dtype));
+      if (!given) Object.assign(st.hfConfig, deriveConfig(args, family, st.info('model.embed_tokens.weight').dtype, st.dims_!));
       return st;
     } catch (e) {
       await src.close();
@@ -136,25 +141,52 @@ export class MegatronStore extends BaseStore implements TensorStore {
   /** the model's sizes: the args for what they alone say, the stored tensors for the rest */
   private dims(args: Args, where: string): MegatronDims {
     const f = FAMILIES[this.family]!;
-    const shape = (k: KeyName) => (this.has_(k) ? this.dcp.info(this.key(k)).shape : undefined);
-    const fc1 = shape('fc1') ?? fail(where, KEYS.fc1[0]);
+    const L = args.num('num_layers');
+    // non-homogeneous layers (any moe_layer_freq list, MLA models): keys per layer, no layer axis
+    const perLayer = this.dcp.has('decoder.layers.0.self_attention.linear_proj.weight');
+    const moeLayers = perLayer ? range(L).filter((l) => this.dcp.has(`decoder.layers.${l}.mlp.router.weight`)) : range(L);
+    const denseLayers = range(L).filter((l) => !moeLayers.includes(l));
+    if (moeLayers.length === 0) throw new MoekitError('unsupported', `${where}: no layer has a router (mlp.router.weight): not an MoE model`);
+    const m0 = moeLayers[0]!;
+    const shape = (k: KeyName, l = m0) => {
+      const n = (perLayer ? keyNames(k, l) : keyNames(k)).find((x) => this.dcp.has(x));
+      return n === undefined ? undefined : this.dcp.info(n).shape;
+    };
+    const lead = perLayer ? 0 : 1;
+    const fc1 = shape('fc1') ?? fail(where, perLayer ? keyNames('fc1', m0)[0]! : KEYS.fc1[0]);
     const heads = args.num('num_attention_heads');
+    const shared = shape('sharedFc1');
     const d: MegatronDims = {
       family: this.family,
-      L: args.num('num_layers'),
-      E: fc1[1]!,
-      I: fc1[2]! / 2,
+      L,
+      E: fc1[lead]!,
+      I: fc1[lead + 1]! / 2,
       H: args.num('hidden_size'),
       V: (shape('embedding') ?? fail(where, KEYS.embedding[0]))[0]!,
       heads,
       groups: args.flag('group_query_attention') ? args.num('num_query_groups') : heads,
       hd: args.num('kv_channels', args.num('hidden_size') / heads),
-      Is: shape('sharedFc1') ? shape('sharedFc1')![1]! / 2 : undefined,
-      sharedGate: this.has_('sharedGate'),
-      output: this.has_('output'),
-      qkvBias: this.has_('qkvBias'),
-      qkNorm: this.has_('qNorm'),
+      Is: shared ? shared[lead]! / 2 : undefined,
+      sharedGate: shape('sharedGate') !== undefined,
+      output: shape('output') !== undefined,
+      qkvBias: shape('qkvBias') !== undefined,
+      qkNorm: shape('qNorm') !== undefined,
+      perLayer,
+      denseLayers,
+      expertBias: shape('expertBias') !== undefined,
     };
+    if (denseLayers.length > 0) d.F = (shape('denseFc1', denseLayers[0]) ?? fail(where, keyNames('denseFc1', denseLayers[0])[0]!))[0]! / 2;
+    if (f.mla) {
+      const rq = shape('qDown');
+      d.mla = {
+        rq: rq ? rq[0]! : null,
+        rkv: (shape('kvLoraNorm') ?? fail(where, keyNames('kvLoraNorm', m0)[0]!))[0]!,
+        dn: args.num('qk_head_dim'),
+        dr: args.num('qk_pos_emb_head_dim'),
+        dv: args.num('v_head_dim'),
+      };
+      d.qkNorm = false;
+    }
     const lacks = (what: string) => new MoekitError('unsupported', `${where}: ${what}`);
     // Megatron-LM #7576: with --moe-mlp-glu-interleave-size, fc1 holds gate and up in alternating row blocks, not as halves
     const glu = args.get('moe_mlp_glu_interleave_size');
@@ -162,28 +194,34 @@ export class MegatronStore extends BaseStore implements TensorStore {
       throw lacks(
         `linear_fc1 is gate/up block-interleaved (moe_mlp_glu_interleave_size ${String(glu)}); moekit reads [gate; up] halves and will not guess the blocks`,
       );
+    if (denseLayers.length > 0 && !f.mla)
+      throw lacks(`dense layers ${denseLayers.join(', ')} beside MoE ones, which HF ${this.family} as moekit maps it has no place for (deepseek_v3 has)`);
+    if (f.mla && denseLayers.some((l, i) => l !== i))
+      throw lacks(`dense layers ${denseLayers.join(', ')}: HF DeepSeek-V3 can only have its first k layers dense (first_k_dense_replace)`);
     if (d.Is !== undefined && !f.shared)
-      throw lacks(`the checkpoint has shared experts, which HF ${this.family} has no place for (pick a family that has: qwen2_moe)`);
+      throw lacks(`the checkpoint has shared experts, which HF ${this.family} has no place for (pick a family that has: qwen2_moe, deepseek_v3)`);
     if (d.Is === undefined && f.shared) throw lacks(`HF ${this.family} has a shared expert, the checkpoint none`);
-    if (d.qkNorm !== Boolean(f.qkNorm))
+    if (!f.mla && d.qkNorm !== Boolean(f.qkNorm))
       throw lacks(`the checkpoint ${d.qkNorm ? 'has' : 'lacks'} q/k layernorms, HF ${this.family} ${f.qkNorm ? 'needs' : 'has no place for'} them`);
+    if (f.mla && (d.Is ?? 0) % d.I !== 0) throw lacks(`a shared expert of ${d.Is} rows, not a whole number of ${d.I}-row experts (HF n_shared_experts)`);
     return d;
   }
 
-  private has_(k: KeyName): boolean {
-    return KEYS[k].some((n) => this.dcp.has(n));
-  }
-  /** the stored name of key `k` (the first of its names present) */
-  private key(k: KeyName): string {
-    return KEYS[k].find((n) => this.dcp.has(n)) ?? KEYS[k][0];
+  /** the stored name of key `k` (for layer `l` when keys are per layer): the first of its names present */
+  private key(k: KeyName, l?: number): string {
+    const names = keyNames(k, l);
+    return names.find((n) => this.dcp.has(n)) ?? names[0]!;
   }
 
+  /** the sizes the store was built from */
+  dims_?: MegatronDims;
   private build(args: Args, where: string): void {
     const d = this.dims(args, where);
+    this.dims_ = d;
     const qkvDtype = this.dcp.has(KEYS.qkv[0]) ? this.dcp.info(KEYS.qkv[0]).dtype : 'F32';
-    for (const e of hfEntries(d, (k) => this.key(k))) {
+    for (const e of hfEntries(d, (k, l) => this.key(k, l))) {
       const shape = [e.rows, ...e.rest];
-      let dtype: Dtype = qkvDtype;
+      let dtype: Dtype = e.zeroDtype ?? qkvDtype;
       for (const part of e.parts) {
         if (!this.dcp.has(part.key)) fail(where, part.key);
         const g = this.dcp.info(part.key);
@@ -236,6 +274,8 @@ export class MegatronStore extends BaseStore implements TensorStore {
   }
 }
 
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
 function fail(where: string, key: string): never {
   throw new MoekitError('bad-input', `${where}: no '${key}' in the checkpoint (not a GPT model moekit maps, or written by an unknown Megatron version)`);
 }
@@ -275,7 +315,7 @@ async function readArgs(dcp: DcpStore, where: string): Promise<Args> {
 
 /** The HF family: the one config.json beside the checkpoint names, else what the args imply. */
 function pickFamily(args: Args, dcp: StackedSource, given: Record<string, unknown> | undefined, where: string): string {
-  const shared = dcp.has('decoder.layers.mlp.shared_experts.linear_fc1.weight');
+  const shared = dcp.has('decoder.layers.mlp.shared_experts.linear_fc1.weight') || dcp.has('decoder.layers.0.mlp.shared_experts.linear_fc1.weight');
   if (given) {
     const mt = String(given.model_type ?? '');
     if (!FAMILIES[mt])
@@ -289,7 +329,21 @@ function pickFamily(args: Args, dcp: StackedSource, given: Record<string, unknow
     ] as const)
       if (given[hf] !== undefined && given[hf] !== args.num(mg))
         throw new MoekitError('bad-input', `${where}: config.json says ${hf} ${String(given[hf])}, the checkpoint's args ${args.num(mg)}`);
+    if (Boolean(FAMILIES[mt]!.mla) !== args.flag('multi_latent_attention'))
+      throw new MoekitError(
+        'bad-input',
+        `${where}: config.json names ${mt}, whose attention is ${FAMILIES[mt]!.mla ? '' : 'not '}multi-latent, and the checkpoint's args say multi_latent_attention ${args.flag('multi_latent_attention')}`,
+      );
     return mt;
+  }
+  if (args.flag('multi_latent_attention')) {
+    const score = args.get('moe_router_score_function');
+    if (score !== 'sigmoid')
+      throw new MoekitError(
+        'unsupported',
+        `${where}: multi-latent attention with a ${String(score ?? 'softmax')} router; moekit maps MLA checkpoints to HF deepseek_v3, whose router is sigmoid (give a config.json to name another family)`,
+      );
+    return 'deepseek_v3';
   }
   if (args.get('moe_router_score_function') !== undefined && args.get('moe_router_score_function') !== 'softmax')
     throw new MoekitError(
@@ -297,7 +351,7 @@ function pickFamily(args: Args, dcp: StackedSource, given: Record<string, unknow
       `${where}: a ${String(args.get('moe_router_score_function'))} router; moekit maps Megatron's softmax routers to HF families so far (give a config.json to name one)`,
     );
   const freq = args.get('moe_layer_freq');
-  if (freq !== undefined && freq !== null && freq !== 1)
+  if (freq !== undefined && freq !== null && freq !== 1 && !(Array.isArray(freq) && freq.every((x) => x === 1)))
     throw new MoekitError(
       'unsupported',
       `${where}: MoE only in some layers (moe_layer_freq ${String(freq)}); moekit maps Megatron checkpoints whose every layer is MoE so far`,
@@ -313,7 +367,7 @@ function pickFamily(args: Args, dcp: StackedSource, given: Record<string, unknow
 }
 
 /** config.json of the HF model the args describe (transformers' field names for the family). */
-function deriveConfig(args: Args, family: string, dtype: Dtype): Record<string, unknown> {
+function deriveConfig(args: Args, family: string, dtype: Dtype, d: MegatronDims): Record<string, unknown> {
   const heads = args.num('num_attention_heads');
   const I = args.num('moe_ffn_hidden_size', args.num('ffn_hidden_size'));
   const c: Record<string, unknown> = {
@@ -326,14 +380,15 @@ function deriveConfig(args: Args, family: string, dtype: Dtype): Record<string, 
     head_dim: args.num('kv_channels', args.num('hidden_size') / heads),
     vocab_size: args.num('padded_vocab_size', args.num('vocab_size', 0)),
     max_position_embeddings: args.num('max_position_embeddings', args.num('seq_length', 4096)),
-    rms_norm_eps: args.num('norm_epsilon', 1e-5),
+    rms_norm_eps: args.num('layernorm_epsilon', args.num('norm_epsilon', 1e-5)),
     rope_parameters: { rope_theta: args.num('rotary_base', 10000), rope_type: 'default' },
     tie_word_embeddings: !args.flag('untie_embeddings_and_output_weights'),
     hidden_act: 'silu',
     num_experts_per_tok: args.num('moe_router_topk'),
     dtype: DTYPE_NAMES[dtype] ?? 'float32',
   };
-  if (family === 'mixtral')
+  if (family === 'deepseek_v3') Object.assign(c, deepseekConfig(args, d));
+  else if (family === 'mixtral')
     Object.assign(c, { intermediate_size: I, num_local_experts: args.num('num_experts'), router_jitter_noise: 0, sliding_window: null });
   else
     Object.assign(c, {
@@ -346,4 +401,58 @@ function deriveConfig(args: Args, family: string, dtype: Dtype): Record<string, 
       ...(family === 'qwen2_moe' ? { shared_expert_intermediate_size: args.num('moe_shared_expert_intermediate_size') } : {}),
     });
   return c;
+}
+
+/**
+ * DeepSeek-V3's config.json fields from Megatron's MLA / router args (fixtures/torch/mla-notes.md (e);
+ * Megatron-Bridge deepseek_v3_bridge.py megatron_to_hf_config). Megatron sums the top
+ * topk / group_topk scores of a group where HF sums the top 2, so a grouped router whose ratio is not
+ * 2 is refused rather than routed differently.
+ */
+function deepseekConfig(args: Args, d: MegatronDims): Record<string, unknown> {
+  const m = d.mla!;
+  const k = args.num('moe_router_topk');
+  const groups = args.num('moe_router_num_groups', 1);
+  const groupTopk = args.num('moe_router_group_topk', 1);
+  if (groups > 1 && Math.floor(k / groupTopk) !== 2)
+    throw new MoekitError(
+      'unsupported',
+      `a grouped router (topk ${k}, ${groupTopk} of ${groups} groups) whose group score sums the top ${Math.floor(k / groupTopk)} experts; HF DeepSeek-V3 sums the top 2, so the two would route differently`,
+    );
+  if (args.flag('moe_shared_expert_gate'))
+    throw new MoekitError('unsupported', 'a gated shared expert (moe_shared_expert_gate), which HF DeepSeek-V3 has no place for');
+  const rope: Record<string, unknown> = { rope_theta: args.num('rotary_base', 10000), rope_type: 'default' };
+  if (args.get('rope_type') !== 'rope' && args.num('rotary_scaling_factor', 1) !== 1)
+    Object.assign(rope, {
+      rope_type: 'yarn',
+      factor: args.num('rotary_scaling_factor'),
+      mscale: args.num('mscale', 1),
+      mscale_all_dim: args.num('mscale_all_dim', 0),
+      original_max_position_embeddings: args.num('original_max_position_embeddings', 4096),
+      beta_fast: args.num('beta_fast', 32),
+      beta_slow: args.num('beta_slow', 1),
+    });
+  return {
+    intermediate_size: d.F ?? args.num('ffn_hidden_size'),
+    moe_intermediate_size: d.I,
+    n_routed_experts: d.E,
+    n_shared_experts: (d.Is ?? 0) / d.I,
+    first_k_dense_replace: d.denseLayers?.length ?? 0,
+    q_lora_rank: m.rq,
+    kv_lora_rank: m.rkv,
+    qk_nope_head_dim: m.dn,
+    qk_rope_head_dim: m.dr,
+    qk_head_dim: m.dn + m.dr,
+    head_dim: m.dr,
+    v_head_dim: m.dv,
+    n_group: groups,
+    topk_group: groupTopk,
+    norm_topk_prob: k > 1,
+    routed_scaling_factor: args.num('moe_router_topk_scaling_factor', 1),
+    num_nextn_predict_layers: args.num('mtp_num_layers', 0),
+    rope_interleave: true,
+    rope_parameters: rope,
+    attention_bias: args.flag('add_bias_linear'),
+    rms_norm_eps: args.num('layernorm_epsilon', args.num('norm_epsilon', 1e-6)),
+  };
 }
