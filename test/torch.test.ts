@@ -615,6 +615,44 @@ describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
     expect(await diffOf(back, DS)).toEqual([]);
   });
 
+  it("an MTP layer (DeepSeek's release names, model.layers.<L>.) goes to mtp.layers.0 and back byte for byte", async () => {
+    const { synth } = await import('./convert-helpers.js');
+    const src = await openStore(DS);
+    const shapes: Record<string, number[]> = {};
+    for (const t of src.tensors.values()) {
+      shapes[t.name] = t.shape;
+      if (t.name.startsWith('model.layers.2.')) shapes[t.name.replace('model.layers.2.', 'model.layers.3.')] = t.shape;
+    }
+    await src.close();
+    for (const n of ['enorm', 'hnorm', 'shared_head.norm']) shapes[`model.layers.3.${n}.weight`] = [48];
+    shapes['model.layers.3.eh_proj.weight'] = [48, 96];
+    const hf = join(tmp.dir, 'ds-mtp');
+    await synth(hf, JSON.parse(readFileSync(join(DS, 'config.json'), 'utf8')), shapes);
+    const o = join(tmp.dir, 'ds-mtp-mg');
+    const r = runCli(['convert', hf, '--to', 'megatron', '--format', 'torch_dist', '-o', o]);
+    expect(r.code, r.stderr).toBe(0);
+    const { DcpStore } = await import('../src/store/torch/dcp.js');
+    const s = await DcpStore.open(join(o, 'iter_0000001'));
+    expect(s.info('mtp.layers.0.eh_proj.weight').shape).toEqual([48, 96]);
+    expect(s.info('mtp.layers.0.final_layernorm.weight').shape).toEqual([48]);
+    expect(s.info('mtp.layers.0.transformer_layer.mlp.experts.experts.linear_fc1.weight').shape).toEqual([16, 80, 48]);
+    expect(s.info('mtp.layers.0.transformer_layer.self_attention.linear_q_up_proj.weight').shape).toEqual([64, 24]);
+    expect(s.objects.has('mtp.layers.0.eh_proj._extra_state/shard_0_1')).toBe(true);
+    expect(s.names().some((n) => n.startsWith('decoder.layers.3.'))).toBe(false);
+    const args = ((await s.object('common_state/shard_0_1')) as PyDict[])[0]!.get('args') as PyObj;
+    expect([args.field('num_layers'), args.field('mtp_num_layers')]).toEqual([3, 1]);
+    await s.close();
+    const back = join(tmp.dir, 'ds-mtp-hf');
+    expect(runCli(['convert', o, '--to', 'hf', '-o', back]).code).toBe(0);
+    expect(await diffOf(back, hf)).toEqual([]);
+    // with num_nextn_predict_layers 0 the MTP layer has no place in the model: refused, not dropped
+    const c = JSON.parse(readFileSync(join(hf, 'config.json'), 'utf8'));
+    writeFileSync(join(hf, 'config.json'), JSON.stringify({ ...c, num_nextn_predict_layers: 0 }));
+    const no = runCli(['convert', hf, '--to', 'megatron', '--format', 'torch_dist', '-o', join(tmp.dir, 'never-mtp')]);
+    expect(no.code).not.toBe(0);
+    expect(no.stderr).toMatch(/'model\.layers\.3\.[^']+' has no place in a Megatron deepseek_v3 model/);
+  });
+
   it('refuses what Megatron would route differently, and the legacy format, each in one line', () => {
     const c = JSON.parse(readFileSync(join(DS, 'config.json'), 'utf8'));
     const bad = join(tmp.dir, 'ds-topk-group');

@@ -132,6 +132,8 @@ function deepseekDims(store: TensorStore, c: Record<string, unknown>, family: st
       dv: n(c, 'v_head_dim'),
     },
     expertBias: true,
+    // the MTP layers the checkpoint holds (DeepSeek's release has them; transformers' save_pretrained drops them)
+    mtp: Array.from({ length: n(c, 'num_nextn_predict_layers', 0) }).filter((_, m) => store.has(`model.layers.${L + m}.eh_proj.weight`)).length,
   };
 }
 
@@ -172,7 +174,7 @@ function deepseekArgs(d: MegatronDims, c: Record<string, unknown>): Record<strin
     moe_router_num_groups: n(c, 'n_group', 1) > 1 ? n(c, 'n_group') : null,
     moe_router_group_topk: n(c, 'n_group', 1) > 1 ? n(c, 'topk_group') : null,
     moe_router_dtype: 'fp32',
-    mtp_num_layers: n(c, 'num_nextn_predict_layers', 0) || null,
+    mtp_num_layers: d.mtp || null,
     layernorm_epsilon: py.float(n(c, 'rms_norm_eps', 1e-6)),
   };
 }
@@ -253,7 +255,7 @@ function megatronItems(
   const byKey = new Map<string, DcpTensorOut>();
   let bytes = 0;
   const extents = new Map<string, number[]>();
-  for (const e of hfEntries(d, (k, l) => keyNames(k, l)[0]!)) {
+  for (const e of hfEntries(d, (k, l) => keyNames(k, l, d.L)[0]!)) {
     if (e.parts.length === 0) continue;
     const { t, rowBytes } = hfRows(store, e, d);
     // Megatron keeps the router's expert_bias in float32 whatever the model's dtype (moe/router.py)
@@ -297,7 +299,7 @@ function megatronItems(
   // (transformer/utils.py _get_extra_state_offsets: with no offsets at all, shard_0_1)
   const objects: DcpObjectOut[] = [];
   const seen = new Set<string>();
-  for (const e of hfEntries(d, (k, l) => keyNames(k, l)[0]!))
+  for (const e of hfEntries(d, (k, l) => keyNames(k, l, d.L)[0]!))
     for (const p of e.parts) {
       if (!EXTRA_STATE.test(p.key)) continue;
       const slot =
@@ -351,7 +353,37 @@ export async function megatronSource(
   const d = dimsOf(store, config, family);
   // Qwen2-MoE always has q/k/v biases; all-zero ones are a model Megatron builds without --add-qkv-bias
   if (d.qkvBias && (await allZeroBiases(store, d.L))) d.qkvBias = false;
+  await unmapped(store, d);
   return { config, family, d };
+}
+
+/**
+ * Refuse a tensor the Megatron model has no place for, rather than drop it. An MTP layer's copies of
+ * the embedding and output layer (DeepSeek's release stores them; Megatron shares the main ones) are
+ * let through when they are byte for byte the main ones.
+ */
+async function unmapped(store: TensorStore, d: MegatronDims): Promise<void> {
+  const mapped = new Set(hfEntries(d, () => '').map((e) => e.name));
+  for (const t of store.tensors.values()) {
+    if (mapped.has(t.name)) continue;
+    const copy = /^model\.layers\.(\d+)\.(embed_tokens|shared_head\.head)\.weight$/.exec(t.name);
+    const main = copy && Number(copy[1]) >= d.L ? (copy[2] === 'embed_tokens' ? 'model.embed_tokens.weight' : 'lm_head.weight') : undefined;
+    if (main && store.has(main) && (await sameBytes(store, t, store.info(main)))) continue;
+    throw new MoekitError(
+      'unsupported',
+      `${store.dir}: '${t.name}' has no place in a Megatron ${d.family} model${main ? ` (it differs from ${main}, which Megatron's MTP layers share)` : ''}; moekit will not drop it (convert to another layout to keep it)`,
+    );
+  }
+}
+
+async function sameBytes(store: TensorStore, a: TensorInfo, b: TensorInfo): Promise<boolean> {
+  if (a.dtype !== b.dtype || a.shape.join() !== b.shape.join()) return false;
+  const step = 64 << 20;
+  for (let at = 0; at < a.nbytes; at += step) {
+    const end = Math.min(a.nbytes, at + step);
+    if (!(await store.read(a, at, end)).equals(await store.read(b, at, end))) return false;
+  }
+  return true;
 }
 
 /** The files around Megatron's iteration folder: the tracker, and the HF config (so the way back needs no --hf-config). */

@@ -45,6 +45,8 @@ export interface MegatronDims {
   mla?: { rq: number | null; rkv: number; dn: number; dr: number; dv: number };
   /** the router has a float32 expert_bias (HF e_score_correction_bias; zeros when absent) */
   expertBias?: boolean;
+  /** multi-token-prediction layers after the L decoder layers (HF model.layers.<L + m>.) */
+  mtp?: number;
 }
 
 /** HF names of one family's MoE block (transformers modeling_<family>.py). */
@@ -118,11 +120,24 @@ export const KEYS = {
 export type KeyName = keyof typeof KEYS;
 
 /** a stacked key's name in a checkpoint with per-layer keys: `decoder.layers.X` → `decoder.layers.<l>.X` */
-const layerKey = (stacked: string, l: number): string => stacked.replace(/^decoder\.layers\./, `decoder.layers.${l}.`);
-/** the names key `k` may have (for layer `l` when keys are per layer), preferred first */
-export const keyNames = (k: KeyName, l?: number): string[] => KEYS[k].map((n) => (l === undefined ? n : layerKey(n, l)));
+/**
+ * a stacked key's name in a checkpoint with per-layer keys: `decoder.layers.X` → `decoder.layers.<l>.X`;
+ * layers from `L` on are multi-token-prediction layers, `mtp.layers.<l - L>.transformer_layer.X`
+ * (transformer/multi_token_prediction.py MultiTokenPredictionLayer.sharded_state_dict)
+ */
+const layerKey = (stacked: string, l: number, L: number): string =>
+  stacked.replace(/^decoder\.layers\./, l < L ? `decoder.layers.${l}.` : `mtp.layers.${l - L}.transformer_layer.`);
+/** the names key `k` may have (for layer `l` of a model of `L` decoder layers when keys are per layer), preferred first */
+export const keyNames = (k: KeyName, l?: number, L = Number.POSITIVE_INFINITY): string[] => KEYS[k].map((n) => (l === undefined ? n : layerKey(n, l, L)));
+/** an MTP layer's own tensors (multi_token_prediction.py) and their HF names in DeepSeek's release (model.layers.<L + m>.) */
+const MTP_OWN = [
+  ['enorm.weight', 'enorm.weight'],
+  ['hnorm.weight', 'hnorm.weight'],
+  ['eh_proj.weight', 'eh_proj.weight'],
+  ['final_layernorm.weight', 'shared_head.norm.weight'],
+] as const;
 /** the linear layers whose weights carry an (empty) `_extra_state` object beside them */
-export const EXTRA_STATE = /linear_(qkv|proj|fc1|fc2|q_proj|q_down_proj|q_up_proj|kv_down_proj|kv_up_proj)\.weight$/;
+export const EXTRA_STATE = /(linear_(qkv|proj|fc1|fc2|q_proj|q_down_proj|q_up_proj|kv_down_proj|kv_up_proj)|eh_proj)\.weight$/;
 
 export interface Part {
   rowAt: number;
@@ -169,8 +184,13 @@ export function hfEntries(d: MegatronDims, key: (k: KeyName, l?: number) => stri
   if (d.output) whole('lm_head.weight', 'output', undefined, d.V, [d.H]);
   whole('model.norm.weight', 'finalNorm', undefined, d.H, []);
   const dense = new Set(d.denseLayers ?? []);
-  for (let l = 0; l < d.L; l++) {
+  for (let l = 0; l < d.L + (d.mtp ?? 0); l++) {
     const p = `model.layers.${l}.`;
+    if (l >= d.L)
+      for (const [mg, hf] of MTP_OWN) {
+        const rest = mg === 'eh_proj.weight' ? [2 * d.H] : [];
+        out.push({ name: `${p}${hf}`, rows: d.H, rest, parts: [{ rowAt: 0, key: `mtp.layers.${l - d.L}.${mg}`, prefix: [], r0: 0, rows: d.H, layer: l }] });
+      }
     whole(`${p}input_layernorm.weight`, d.mla ? 'mlaInputNorm' : 'inputNorm', l, d.H, []);
     whole(`${p}post_attention_layernorm.weight`, d.mla ? 'mlaPreMlpNorm' : 'preMlpNorm', l, d.H, []);
     if (d.mla) mlaEntries(d, d.mla, l, `${p}self_attn.`, whole);

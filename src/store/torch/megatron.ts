@@ -156,6 +156,7 @@ export class MegatronStore extends BaseStore implements TensorStore {
     const fc1 = shape('fc1') ?? fail(where, perLayer ? keyNames('fc1', m0)[0]! : KEYS.fc1[0]);
     const heads = args.num('num_attention_heads');
     const shared = shape('sharedFc1');
+    const lacks = (what: string) => new MoekitError('unsupported', `${where}: ${what}`);
     const d: MegatronDims = {
       family: this.family,
       L,
@@ -175,6 +176,11 @@ export class MegatronStore extends BaseStore implements TensorStore {
       denseLayers,
       expertBias: shape('expertBias') !== undefined,
     };
+    // multi-token-prediction layers (their keys are per layer whatever the decoder's are)
+    let mtp = 0;
+    while (this.dcp.has(`mtp.layers.${mtp}.eh_proj.weight`)) mtp++;
+    if (mtp > 0 && !(f.mla && perLayer)) throw lacks(`${mtp} multi-token-prediction layer(s), which moekit maps for DeepSeek-V3 only`);
+    d.mtp = mtp;
     if (denseLayers.length > 0) d.F = (shape('denseFc1', denseLayers[0]) ?? fail(where, keyNames('denseFc1', denseLayers[0])[0]!))[0]! / 2;
     if (f.mla) {
       const rq = shape('qDown');
@@ -187,7 +193,6 @@ export class MegatronStore extends BaseStore implements TensorStore {
       };
       d.qkNorm = false;
     }
-    const lacks = (what: string) => new MoekitError('unsupported', `${where}: ${what}`);
     // Megatron-LM #7576: with --moe-mlp-glu-interleave-size, fc1 holds gate and up in alternating row blocks, not as halves
     const glu = args.get('moe_mlp_glu_interleave_size');
     if (glu !== undefined && glu !== null && glu !== 0)
@@ -208,8 +213,8 @@ export class MegatronStore extends BaseStore implements TensorStore {
   }
 
   /** the stored name of key `k` (for layer `l` when keys are per layer): the first of its names present */
-  private key(k: KeyName, l?: number): string {
-    const names = keyNames(k, l);
+  private key(k: KeyName, l?: number, L?: number): string {
+    const names = keyNames(k, l, L);
     return names.find((n) => this.dcp.has(n)) ?? names[0]!;
   }
 
@@ -219,7 +224,7 @@ export class MegatronStore extends BaseStore implements TensorStore {
     const d = this.dims(args, where);
     this.dims_ = d;
     const qkvDtype = this.dcp.has(KEYS.qkv[0]) ? this.dcp.info(KEYS.qkv[0]).dtype : 'F32';
-    for (const e of hfEntries(d, (k, l) => this.key(k, l))) {
+    for (const e of hfEntries(d, (k, l) => this.key(k, l, d.L))) {
       const shape = [e.rows, ...e.rest];
       let dtype: Dtype = e.zeroDtype ?? qkvDtype;
       for (const part of e.parts) {
@@ -449,7 +454,7 @@ function deepseekConfig(args: Args, d: MegatronDims): Record<string, unknown> {
     topk_group: groupTopk,
     norm_topk_prob: k > 1,
     routed_scaling_factor: args.num('moe_router_topk_scaling_factor', 1),
-    num_nextn_predict_layers: args.num('mtp_num_layers', 0),
+    num_nextn_predict_layers: d.mtp ?? 0,
     rope_interleave: true,
     rope_parameters: rope,
     attention_bias: args.flag('add_bias_linear'),
