@@ -12,7 +12,7 @@
 export PYTHONUNBUFFERED=1
 . .device/env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-for g in a b; do
+[ "${SKIP_FIXTURES:-0}" = 1 ] || for g in a b; do
   (cd fixtures && OMP_NUM_THREADS=3 timeout 300 python3 gen_fixtures_families3_$g.py --out-dir /tmp/fx3$g >"$OUT/fam3_$g.log" 2>&1
    echo "fam3_$g rc=$?" >>"$OUT/fam3_rc.txt"; tar -czf "$OUT/fx3$g.tar.gz" -C /tmp "fx3$g") &
 done
@@ -22,6 +22,7 @@ for pm in 1024 128; do
     stream:8,1,1,2:8,8,1,2 stream:8,1,2:8,8,2 2>&1 | grep --line-buffered -v Warning
 done 2>&1 | tee "$OUT/tune.log"
 timeout 110 node dist/bench/verify-bench.js 2>&1 | grep -v Warning | tail -14 | tee "$OUT/vbench.log"
+[ "${SKIP_BENCH:-0}" = 1 ] && { wait; cat "$OUT/fam3_rc.txt" 2>/dev/null; exit; }
 MOEKIT_BENCH_DIR=/tmp MOEKIT_BENCH_GB=5 MOEKIT_BENCH_REPS=1 MOEKIT_BENCH_SKIP_VERIFY=1 timeout 240 node --expose-gc dist/bench/bench.js 2>&1 |
   grep --line-buffered -v "Warning\|^verify: \|^convert: \|^shard: " >"$OUT/bench.log"
 tail -40 "$OUT/bench.log"
