@@ -665,6 +665,8 @@ describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
     expect(r.stderr).toMatch(/top 4 of each group, not HF's top 2/);
     writeFileSync(join(bad, 'config.json'), JSON.stringify({ ...c, norm_topk_prob: false }));
     expect(runCli(['convert', bad, '--to', 'megatron', '--format', 'torch_dist', '-o', join(tmp.dir, 'never2')]).stderr).toMatch(/norm_topk_prob false/);
+    writeFileSync(join(bad, 'config.json'), JSON.stringify({ ...c, q_lora_rank: null }));
+    expect(runCli(['convert', bad, '--to', 'megatron', '--format', 'torch_dist', '-o', join(tmp.dir, 'never4')]).stderr).toMatch(/q_lora_rank null/);
     const l = runCli(['shard', DS, '--ep', '2', '--to', 'megatron', '--format', 'torch', '-o', join(tmp.dir, 'never3')]);
     expect(l.code).not.toBe(0);
     expect(l.stderr).toMatch(/write deepseek_v3 as --format torch_dist/);

@@ -102,6 +102,8 @@ function deepseekDims(store: TensorStore, c: Record<string, unknown>, family: st
   if (k > 1 && c.norm_topk_prob === false) throw no('norm_topk_prob false (Megatron renormalises every sigmoid top-k > 1)');
   if (c.rope_interleave === false) throw no('rope_interleave false (Megatron MLA always rotates the interleaved way)');
   if (c.attention_bias === true) throw no('attention biases (MLA projections have none)');
+  // the local spec cannot build q_layernorm without a q LoRA, and the TE spec then fuses the input norm into linear_q_proj
+  if (typeof c.q_lora_rank !== 'number') throw no('q_lora_rank null (one q projection, which Megatron-Core builds only with its input norm fused in)');
   const I = n(c, 'moe_intermediate_size');
   const L = n(c, 'num_hidden_layers');
   const shared = n(c, 'n_shared_experts', 0);
