@@ -13,8 +13,8 @@ if [ -d .mla/ours ]; then
 fi
 mkdir -p /tmp/mla /tmp/mla-mtp
 timeout 120 python3 fixtures/torch/gen_mcore_mla.py /tmp/mla --mtp 0 2>&1 | tail -30
-timeout 80 python3 fixtures/torch/gen_mcore_mla.py /tmp/mla --mtp 0 --ep 2 --port 29517 2>&1 | tail -10
-timeout 60 python3 fixtures/torch/gen_mcore_mla.py /tmp/mla-mtp --mtp 1 --port 29519 2>&1 | tail -10
+[ "${MLA_ONLY_EP1:-0}" = 1 ] || timeout 80 python3 fixtures/torch/gen_mcore_mla.py /tmp/mla --mtp 0 --ep 2 --port 29517 2>&1 | tail -10
+[ "${MLA_ONLY_EP1:-0}" = 1 ] || timeout 60 python3 fixtures/torch/gen_mcore_mla.py /tmp/mla-mtp --mtp 1 --port 29519 2>&1 | tail -10
 mv /tmp/mla-mtp/mcore_torch_dist_mla /tmp/mla/mcore_torch_dist_mla_mtp 2>/dev/null
 python3 -c "import json; print(json.dumps(json.load(open('/tmp/mla/mcore_torch_dist_mla/keys.json')).get('hf_check'), indent=0)[:3000])"
 tar -czf "$OUT/mla.tar.gz" -C /tmp/mla .

@@ -10,7 +10,7 @@
 # Everything is written under $OUT as it is made, so a run cut short still returns it.
 export PYTHONUNBUFFERED=1
 for g in a b; do
-  (cd fixtures && OMP_NUM_THREADS=4 timeout 290 python3 gen_fixtures_families3_$g.py --out-dir /tmp/fx3$g >"$OUT/fam3_$g.log" 2>&1
+  (cd fixtures && OMP_NUM_THREADS=4 timeout ${FX_TIMEOUT:-290} python3 gen_fixtures_families3_$g.py --out-dir /tmp/fx3$g >"$OUT/fam3_$g.log" 2>&1
    echo "fam3_$g rc=$?" >>"$OUT/fam3_rc.txt"; tar -czf "$OUT/fx3$g.tar.gz" -C /tmp "fx3$g") &
 done
 [ -d .mla/ds ] && PYTHONUNBUFFERED=1 NO_VCS_VERSION=1 PYTHONPATH=.mcore:fixtures/torch timeout 150 \
