@@ -365,7 +365,10 @@ export async function megatronSource(
  * let through when they are byte for byte the main ones.
  */
 async function unmapped(store: TensorStore, d: MegatronDims): Promise<void> {
-  const mapped = new Set(hfEntries(d, () => '').map((e) => e.name));
+  const entries = hfEntries(d, () => '');
+  // a tensor the model should have and lacks says more than the stray one beside it
+  for (const e of entries) if (e.parts.length > 0) hfRows(store, e, d);
+  const mapped = new Set(entries.map((e) => e.name));
   for (const t of store.tensors.values()) {
     if (mapped.has(t.name)) continue;
     const copy = /^model\.layers\.(\d+)\.(embed_tokens|shared_head\.head)\.weight$/.exec(t.name);
