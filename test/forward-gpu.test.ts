@@ -217,7 +217,7 @@ describe('group masking with −inf (Kimi-Linear, MiMo-V2-Flash, A.X-K1) on the 
   });
 });
 
-describe("opt-in 'stream' expert kernels (each weight row read once for 16 tokens at a time)", () => {
+describe("'stream' expert kernels, the default on real GPUs (each weight row read once for 16 tokens at a time)", () => {
   // K a multiple of 8·KL (64) so the stream kernels run, not their 'gpu' fallback; over 16 tokens per
   // expert so the token chunks loop (an accumulator once leaked between chunks); split-K down projection
   for (const c of [
@@ -227,9 +227,10 @@ describe("opt-in 'stream' expert kernels (each weight row read once for 16 token
   ] as const)
     for (const [up, down] of [
       [undefined, undefined],
+      ['8,1,1,1', '8,8,1,1'],
       ['8,1,2,2', '8,8,2,3'],
     ] as const)
-      it(`${c.name}${up ? ` (shapes ${up} / ${down}: two rows per invocation)` : ''}: equal to the CPU forward, and the stream kernels ran`, async () => {
+      it(`${c.name} (shapes ${up ?? 'default: two rows per invocation'} / ${down ?? 'default'}): equal to the CPU forward, and the stream kernels ran`, async () => {
         const w = synth(c.w);
         const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: c.w.gated === false ? 'relu2' : 'swiglu' } };
         const r = rng(200 + c.w.seed);
