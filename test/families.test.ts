@@ -49,6 +49,23 @@ const FAMILIES: Record<string, [string, string | null]> = {
   granitemoehybrid: ['topk_softmax', 'megatron-grouped'],
   glm4v_moe: ['sigmoid', 'megatron'],
   solar_open: ['sigmoid', 'hf-fused'],
+  // the third batch (fixtures/gen_fixtures_families3_{a,b}.py)
+  mistral4: ['softmax', 'te'],
+  laguna: ['sigmoid', 'nemo'],
+  mellum: ['softmax', 'megatron'],
+  hy_v3: ['sigmoid', 'megatron-grouped'],
+  kimi_linear: ['sigmoid', 'te'],
+  mimo_v2_flash: ['sigmoid', 'nemo'],
+  granitemoe_swa: ['topk_softmax', 'flashfusemoe'],
+  step3p7: ['sigmoid', 'megatron'],
+  // A.X-K1's post-MLP norm (the block's output norm) fits no framework layout
+  axk1: ['sigmoid', null],
+  axk2: ['sigmoid', 'hf-fused'],
+  ernie4_5_vl_moe: ['softmax', 'te'],
+  glm5_next: ['sigmoid', 'nemo'],
+  minimax_m3_vl: ['sigmoid', 'megatron'],
+  qwen3_omni_moe: ['softmax', 'megatron-grouped'],
+  qwen4_exp: ['softmax', 'te'],
 };
 
 const tmp = tempDir('moekit-families-');
@@ -728,7 +745,7 @@ async function variant(v: Variant): Promise<string> {
   return writeVariant(v.family, t, v.cfg(config(v.from)));
 }
 
-describe(`families awaiting their own fixtures: ${VARIANTS.map((v) => v.family).join(', ')} (derived facts)`, () => {
+describe(`the third batch's families, also as verified fixtures rewritten under their names: ${VARIANTS.map((v) => v.family).join(', ')} (derived facts)`, () => {
   const moeLayersOf = (c: Cfg) => {
     const f = familyFacts(c);
     return Array.from({ length: f.numLayers }, (_, i) => i).filter((i) => f.isMoeLayer(i));

@@ -11,7 +11,9 @@ const n = (c: Cfg, ...keys: string[]) => keys.map((k) => c[k]).find((v) => typeo
 function expected(name: string) {
   // multimodal models (qwen3_vl_moe, glm4v_moe) hold the text model's facts in text_config
   const outer = cfg(name);
-  const raw: Cfg = outer.text_config ? { ...(outer.text_config as Cfg), model_type: outer.model_type } : outer;
+  // Qwen3-Omni nests its text model one level deeper, in thinker_config.text_config
+  const text = (outer.text_config ?? (outer.thinker_config as Cfg | undefined)?.text_config) as Cfg | undefined;
+  const raw: Cfg = text ? { ...text, model_type: outer.model_type } : outer;
   // DBRX (configuration_dbrx.py) names its fields d_model / n_layers and nests the MoE ones in ffn_config
   const ffn = (raw.ffn_config ?? {}) as Cfg;
   const c: Cfg =
@@ -41,9 +43,10 @@ function expected(name: string) {
     numLayers: layers,
     moeLayers: dense ? [] : moeLayers,
     numExperts: dense ? 0 : n(c, 'n_routed_experts', 'num_local_experts', 'num_experts', 'moe_num_experts'),
-    topK: dense ? 0 : n(c, 'num_experts_per_tok', 'moe_topk', 'moe_k', 'top_k_experts'),
+    topK: dense ? 0 : n(c, 'num_experts_per_tok', 'num_experts_per_token', 'moe_topk', 'moe_k', 'top_k_experts'),
     hiddenSize: c.hidden_size,
-    moeIntermediateSize: dense ? 0 : n(c, 'moe_intermediate_size', 'intermediate_size'),
+    // ERNIE-4.5-VL gives [text, vision] expert sizes; moekit reads the text experts
+    moeIntermediateSize: dense ? 0 : Array.isArray(c.moe_intermediate_size) ? c.moe_intermediate_size[0] : n(c, 'moe_intermediate_size', 'intermediate_size'),
   };
 }
 
