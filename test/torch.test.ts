@@ -653,6 +653,64 @@ describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
     expect(no.stderr).toMatch(/'model\.layers\.3\.[^']+' has no place in a Megatron deepseek_v3 model/);
   });
 
+  // fixtures/torch/mcore_torch_dist_mla: written by Megatron-Core 0.20 itself (gen_mcore_mla.py: MLA with q LoRA,
+  // layer 0 dense, 8 experts top-4 in 4 groups / 2, sigmoid + expert_bias, × 2.5, one shared expert)
+  const MLA = join(TORCH, 'mcore_torch_dist_mla');
+  it("Megatron-Core's own MLA checkpoint reads as its HF twin byte for byte and verifies against Megatron's block outputs", async () => {
+    const back = join(tmp.dir, 'mla-hf');
+    expect(runCli(['convert', MLA, '--to', 'hf', '-o', back]).code).toBe(0);
+    expect(sha(readFileSync(join(back, 'model.safetensors')))).toBe(sha(readFileSync(join(MLA, 'model.safetensors'))));
+    const v = runCli(['verify', MLA, '--reference', join(MLA, 'reference.safetensors'), '--json']);
+    expect(v.code, v.stderr).toBe(0);
+    expect(JSON.parse(v.stdout).layers.map((l: { kind: string; pass: boolean }) => [l.kind, l.pass])).toEqual([
+      ['dense', true],
+      ['moe', true],
+      ['moe', true],
+    ]);
+    // with no config.json beside it, the one derived from Megatron's args says what the generator's HF config says
+    const bare = join(tmp.dir, 'mla-bare');
+    cpSync(MLA, bare, { recursive: true });
+    rmSync(join(bare, 'config.json'));
+    const st = await openStore(bare);
+    const c = (await st.config()) as Record<string, unknown>;
+    await st.close();
+    const want = JSON.parse(readFileSync(join(MLA, 'config.json'), 'utf8'));
+    for (const k of [
+      'first_k_dense_replace',
+      'q_lora_rank',
+      'kv_lora_rank',
+      'qk_nope_head_dim',
+      'qk_rope_head_dim',
+      'v_head_dim',
+      'n_routed_experts',
+      'n_shared_experts',
+      'moe_intermediate_size',
+      'intermediate_size',
+      'n_group',
+      'topk_group',
+      'num_experts_per_tok',
+      'routed_scaling_factor',
+      'rms_norm_eps',
+    ])
+      expect(c[k], k).toEqual(want[k]);
+  });
+
+  it('HF twin → torch_dist: the keys, global shapes, dtypes, bytes and objects Megatron-Core wrote for the MLA model', async () => {
+    const o = join(tmp.dir, 'mla-ours');
+    expect(runCli(['convert', join(MLA, 'model.safetensors'), '--to', 'megatron', '--format', 'torch_dist', '-o', o]).code).toBe(0);
+    const { DcpStore } = await import('../src/store/torch/dcp.js');
+    const ours = await DcpStore.open(join(o, 'iter_0000001'));
+    const theirs = await DcpStore.open(join(MLA, 'iter_0000001'));
+    expect(ours.names().sort()).toEqual(theirs.names().sort());
+    for (const n of theirs.names()) {
+      expect([ours.info(n).dtype, ours.info(n).shape], n).toEqual([theirs.info(n).dtype, theirs.info(n).shape]);
+      expect(Buffer.compare(await ours.read(n), await theirs.read(n)), n).toBe(0);
+    }
+    expect([...ours.objects.keys()].sort()).toEqual([...theirs.objects.keys()].filter((k) => !k.startsWith('rng_state')).sort());
+    await ours.close();
+    await theirs.close();
+  });
+
   it('refuses what Megatron would route differently, and the legacy format, each in one line', () => {
     const c = JSON.parse(readFileSync(join(DS, 'config.json'), 'utf8'));
     const bad = join(tmp.dir, 'ds-topk-group');
