@@ -487,6 +487,27 @@ describe('writing Megatron-Core torch_dist (convert --to megatron --format torch
   });
 });
 
+/** DeepSeek-V3 config fields the args of a Megatron MLA checkpoint determine */
+const DERIVED = [
+  'first_k_dense_replace',
+  'q_lora_rank',
+  'kv_lora_rank',
+  'qk_nope_head_dim',
+  'qk_rope_head_dim',
+  'v_head_dim',
+  'n_routed_experts',
+  'n_shared_experts',
+  'moe_intermediate_size',
+  'intermediate_size',
+  'n_group',
+  'topk_group',
+  'num_experts_per_tok',
+  'norm_topk_prob',
+  'routed_scaling_factor',
+  'rms_norm_eps',
+  'rope_interleave',
+];
+
 // fixtures/torch/mla-notes.md: what Megatron-Core 0.20 stores for DeepSeek-V3 (MLA, dense first
 // layers, sigmoid router with a float32 expert_bias), read from its source
 describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
@@ -494,6 +515,18 @@ describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
   const hfOf = async (p: string) => (await import('./convert-helpers.js')).dump(p);
   const diffOf = async (a: string, b: string) => (await import('./convert-helpers.js')).diff(await hfOf(a), await hfOf(b));
   const out = join(tmp.dir, 'ds-mg');
+  /** the config.json moekit derives from a Megatron folder's args alone (its config.json removed), field by field against `hf` */
+  const derivedMatches = async (megatron: string, tag: string, hf: string) => {
+    const bare = join(tmp.dir, tag);
+    cpSync(megatron, bare, { recursive: true });
+    rmSync(join(bare, 'config.json'));
+    const st = await openStore(bare);
+    const c = (await st.config()) as Record<string, unknown>;
+    await st.close();
+    const want = JSON.parse(readFileSync(join(hf, 'config.json'), 'utf8'));
+    for (const k of DERIVED) expect(c[k], k).toEqual(want[k]);
+    return bare;
+  };
 
   it('per-layer keys with no layer axis, experts [E, 2I, H], MLA projections under their Megatron names, expert_bias in float32', async () => {
     const r = runCli(['convert', DS, '--to', 'megatron', '--format', 'torch_dist', '-o', out, '--json']);
@@ -548,33 +581,7 @@ describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
   });
 
   it("without the config.json beside it, the HF config is derived from Megatron's args and routes the same", async () => {
-    const bare = join(tmp.dir, 'ds-mg-bare');
-    cpSync(out, bare, { recursive: true });
-    rmSync(join(bare, 'config.json'));
-    const st = await openStore(bare);
-    const c = (await st.config()) as Record<string, unknown>;
-    await st.close();
-    const want = JSON.parse(readFileSync(join(DS, 'config.json'), 'utf8'));
-    for (const k of [
-      'first_k_dense_replace',
-      'q_lora_rank',
-      'kv_lora_rank',
-      'qk_nope_head_dim',
-      'qk_rope_head_dim',
-      'v_head_dim',
-      'n_routed_experts',
-      'n_shared_experts',
-      'moe_intermediate_size',
-      'intermediate_size',
-      'n_group',
-      'topk_group',
-      'num_experts_per_tok',
-      'norm_topk_prob',
-      'routed_scaling_factor',
-      'rms_norm_eps',
-      'rope_interleave',
-    ])
-      expect(c[k], k).toEqual(want[k]);
+    const bare = await derivedMatches(out, 'ds-mg-bare', DS);
     const v = runCli(['verify', bare, '--reference', join(DS, 'reference.safetensors'), '--cpu']);
     expect(v.code, v.stderr + v.stdout).toBe(0);
   });
@@ -668,31 +675,7 @@ describe('DeepSeek-V3 (MLA) as Megatron-Core torch_dist', () => {
       ['moe', true],
     ]);
     // with no config.json beside it, the one derived from Megatron's args says what the generator's HF config says
-    const bare = join(tmp.dir, 'mla-bare');
-    cpSync(MLA, bare, { recursive: true });
-    rmSync(join(bare, 'config.json'));
-    const st = await openStore(bare);
-    const c = (await st.config()) as Record<string, unknown>;
-    await st.close();
-    const want = JSON.parse(readFileSync(join(MLA, 'config.json'), 'utf8'));
-    for (const k of [
-      'first_k_dense_replace',
-      'q_lora_rank',
-      'kv_lora_rank',
-      'qk_nope_head_dim',
-      'qk_rope_head_dim',
-      'v_head_dim',
-      'n_routed_experts',
-      'n_shared_experts',
-      'moe_intermediate_size',
-      'intermediate_size',
-      'n_group',
-      'topk_group',
-      'num_experts_per_tok',
-      'routed_scaling_factor',
-      'rms_norm_eps',
-    ])
-      expect(c[k], k).toEqual(want[k]);
+    await derivedMatches(MLA, 'mla-bare', MLA);
   });
 
   it('HF twin → torch_dist: the keys, global shapes, dtypes, bytes and objects Megatron-Core wrote for the MLA model', async () => {
