@@ -24,7 +24,7 @@ import { type DcpObjectOut, type DcpTensorOut, torchDtype, writeDcp } from '../s
 import { tilingProblem } from '../store/torch/gather.js';
 import { castFloat } from '../engine/cast.js';
 import type { FloatDtype } from '../store/dtypes.js';
-import { EXTRA_STATE, FAMILIES, type HfEntry, hfEntries, keyNames, type MegatronDims } from '../store/torch/megatron-map.js';
+import { EXTRA_STATE, FAMILIES, groupScoreMismatch, type HfEntry, hfEntries, keyNames, type MegatronDims, type Part } from '../store/torch/megatron-map.js';
 import { type PyOut, py } from '../store/torch/pickler.js';
 import { peakRssMB, withOutput } from '../output/transaction.js';
 import type { WriteOptions } from './options.js';
@@ -93,12 +93,8 @@ function dimsOf(store: TensorStore, c: Record<string, unknown>, family: string):
 function deepseekDims(store: TensorStore, c: Record<string, unknown>, family: string, V: number): MegatronDims {
   const no = (why: string) => new MoekitError('unsupported', `${store.dir}: ${why}; Megatron-Core's MLA model would compute something else`);
   const k = n(c, 'num_experts_per_tok');
-  const groups = n(c, 'n_group', 1);
-  const groupTopk = n(c, 'topk_group', 1);
-  if (groups > 1 && Math.floor(k / groupTopk) !== 2)
-    throw no(
-      `a grouped router (top-${k}, ${groupTopk} of ${groups} groups) that Megatron would score by the top ${Math.floor(k / groupTopk)} of each group, not HF's top 2`,
-    );
+  const grouped = groupScoreMismatch(k, n(c, 'n_group', 1), n(c, 'topk_group', 1));
+  if (grouped) throw no(grouped);
   if (k > 1 && c.norm_topk_prob === false) throw no('norm_topk_prob false (Megatron renormalises every sigmoid top-k > 1)');
   if (c.rope_interleave === false) throw no('rope_interleave false (Megatron MLA always rotates the interleaved way)');
   if (c.attention_bias === true) throw no('attention biases (MLA projections have none)');
@@ -107,7 +103,6 @@ function deepseekDims(store: TensorStore, c: Record<string, unknown>, family: st
   const I = n(c, 'moe_intermediate_size');
   const L = n(c, 'num_hidden_layers');
   const shared = n(c, 'n_shared_experts', 0);
-  const rq = c.q_lora_rank;
   return {
     family,
     L,
@@ -127,7 +122,7 @@ function deepseekDims(store: TensorStore, c: Record<string, unknown>, family: st
     denseLayers: Array.from({ length: Math.min(L, n(c, 'first_k_dense_replace', 0)) }, (_, i) => i),
     F: n(c, 'intermediate_size'),
     mla: {
-      rq: typeof rq === 'number' ? rq : null,
+      rq: n(c, 'q_lora_rank'),
       rkv: n(c, 'kv_lora_rank'),
       dn: n(c, 'qk_nope_head_dim'),
       dr: n(c, 'qk_rope_head_dim'),
@@ -257,6 +252,19 @@ function megatronItems(
   const byKey = new Map<string, DcpTensorOut>();
   let bytes = 0;
   const extents = new Map<string, number[]>();
+  // every linear layer's (empty) _extra_state, a ShardedObject at the weight's layer/expert slot
+  // (transformer/utils.py _get_extra_state_offsets: with no offsets at all, shard_0_1)
+  const objects: DcpObjectOut[] = [];
+  const seen = new Set<string>();
+  const extraState = (p: Part) => {
+    if (!EXTRA_STATE.test(p.key) || p.key.startsWith('output_layer')) return;
+    const slot =
+      p.prefix.length === 0 ? '0_1' : d.perLayer ? `${p.expert}_${d.E}` : p.expert === undefined ? `${p.layer}_${d.L}` : `${p.layer}.${p.expert}_${d.L}.${d.E}`;
+    const fqn = `${p.key.replace(/\.weight$/, '')}._extra_state/shard_${slot}`;
+    if (seen.has(fqn)) return;
+    seen.add(fqn);
+    objects.push({ fqn, value: [null], rank: rankOf(p.expert) });
+  };
   for (const e of hfEntries(d, (k, l) => keyNames(k, l, d.L)[0]!)) {
     if (e.parts.length === 0) continue;
     const { t, rowBytes } = hfRows(store, e, d);
@@ -264,6 +272,7 @@ function megatronItems(
     const asF32 = e.name.endsWith('.e_score_correction_bias') && t.dtype !== 'F32';
     const dtype = asF32 ? 'F32' : t.dtype;
     for (const p of e.parts) {
+      extraState(p);
       let out = byKey.get(p.key);
       if (!out) byKey.set(p.key, (out = { fqn: p.key, dtype, shape: [], chunks: [] }));
       if (out.dtype !== dtype)
@@ -297,26 +306,6 @@ function megatronItems(
     );
     if (why) throw new MoekitError('internal', `${t.fqn}: the chunks do not tile [${t.shape}]: ${why}`);
   }
-  // every linear layer's (empty) _extra_state, a ShardedObject at the weight's layer/expert slot
-  // (transformer/utils.py _get_extra_state_offsets: with no offsets at all, shard_0_1)
-  const objects: DcpObjectOut[] = [];
-  const seen = new Set<string>();
-  for (const e of hfEntries(d, (k, l) => keyNames(k, l, d.L)[0]!))
-    for (const p of e.parts) {
-      if (!EXTRA_STATE.test(p.key)) continue;
-      const slot =
-        p.prefix.length === 0
-          ? '0_1'
-          : d.perLayer
-            ? `${p.expert}_${d.E}`
-            : p.expert === undefined
-              ? `${p.layer}_${d.L}`
-              : `${p.layer}.${p.expert}_${d.L}.${d.E}`;
-      const fqn = `${p.key.replace(/\.weight$/, '')}._extra_state/shard_${slot}`;
-      if (p.key.startsWith('output_layer') || seen.has(fqn)) continue;
-      seen.add(fqn);
-      objects.push({ fqn, value: [null], rank: rankOf(p.expert) });
-    }
   const common = py.obj({
     args,
     checkpoint_version: py.float(3),

@@ -119,6 +119,17 @@ export const KEYS = {
 } as const;
 export type KeyName = keyof typeof KEYS;
 
+/**
+ * Why Megatron's group-limited routing would pick other experts than HF DeepSeek-V3's, or undefined:
+ * Megatron scores a group by the sum of its top topk / group_topk experts (moe_utils.py
+ * group_limited_topk), HF by its top 2, so the two agree only when that ratio is 2.
+ */
+export function groupScoreMismatch(topk: number, groups: number, groupTopk: number): string | undefined {
+  const per = Math.floor(topk / groupTopk);
+  if (groups <= 1 || per === 2) return undefined;
+  return `a grouped router (top-${topk}, ${groupTopk} of ${groups} groups) that Megatron scores by the top ${per} of each group, not HF's top 2`;
+}
+
 /** a stacked key's name in a checkpoint with per-layer keys: `decoder.layers.X` → `decoder.layers.<l>.X` */
 /**
  * a stacked key's name in a checkpoint with per-layer keys: `decoder.layers.X` → `decoder.layers.<l>.X`;

@@ -24,7 +24,7 @@ import type { TensorInfo, TensorStore } from '../types.js';
 import { DcpStore } from './dcp.js';
 import { openLegacy } from './megatron-legacy.js';
 import { gather, type Piece } from './gather.js';
-import { FAMILIES, hfEntries, KEYS, keyNames, type KeyName, type MegatronDims, type Part } from './megatron-map.js';
+import { FAMILIES, groupScoreMismatch, hfEntries, KEYS, keyNames, type KeyName, type MegatronDims, type Part } from './megatron-map.js';
 import { type Py, PyDict, PyObj } from './pickle.js';
 import type { ReadOptions } from './torch-save.js';
 
@@ -171,7 +171,8 @@ export class MegatronStore extends BaseStore implements TensorStore {
       sharedGate: shape('sharedGate') !== undefined,
       output: shape('output') !== undefined,
       qkvBias: shape('qkvBias') !== undefined,
-      qkNorm: shape('qNorm') !== undefined,
+      // MLA's q_layernorm (the q LoRA norm) shares the name of Qwen3's per-head q norm
+      qkNorm: !f.mla && shape('qNorm') !== undefined,
       perLayer,
       denseLayers,
       expertBias: shape('expertBias') !== undefined,
@@ -191,7 +192,6 @@ export class MegatronStore extends BaseStore implements TensorStore {
         dr: args.num('qk_pos_emb_head_dim'),
         dv: args.num('v_head_dim'),
       };
-      d.qkNorm = false;
     }
     // Megatron-LM #7576: with --moe-mlp-glu-interleave-size, fc1 holds gate and up in alternating row blocks, not as halves
     const glu = args.get('moe_mlp_glu_interleave_size');
@@ -419,11 +419,8 @@ function deepseekConfig(args: Args, d: MegatronDims): Record<string, unknown> {
   const k = args.num('moe_router_topk');
   const groups = args.num('moe_router_num_groups', 1);
   const groupTopk = args.num('moe_router_group_topk', 1);
-  if (groups > 1 && Math.floor(k / groupTopk) !== 2)
-    throw new MoekitError(
-      'unsupported',
-      `a grouped router (topk ${k}, ${groupTopk} of ${groups} groups) whose group score sums the top ${Math.floor(k / groupTopk)} experts; HF DeepSeek-V3 sums the top 2, so the two would route differently`,
-    );
+  const grouped = groupScoreMismatch(k, groups, groupTopk);
+  if (grouped) throw new MoekitError('unsupported', `${grouped}; HF DeepSeek-V3 would route differently`);
   if (args.flag('moe_shared_expert_gate'))
     throw new MoekitError('unsupported', 'a gated shared expert (moe_shared_expert_gate), which HF DeepSeek-V3 has no place for');
   const rope: Record<string, unknown> = { rope_theta: args.num('rotary_base', 10000), rope_type: 'default' };
