@@ -4,8 +4,8 @@
  * router mlp.gate.weight [E,H], selection bias mlp.gate.e_score_correction_bias [E], ungated shared experts
  * mlp.shared_experts.* (Is = n_shared_experts · moe_intermediate_size), and the RMSNorm weight the block's output
  * (routed + shared) goes through, post_mlp_layernorm.weight [H] on the decoder layer — hence the layer prefix.
- * Sources: transformers models/axk1/modeling_axk1.py (AXK1TopkRouter, AXK1MoE), conversion_mapping.py; no fixture
- * yet (fixtures/hf/families3-notes-b.md), so these saved names are derived, not seen.
+ * Sources: transformers models/axk1/modeling_axk1.py (AXK1TopkRouter, AXK1MoE), conversion_mapping.py; names
+ * derived in fixtures/hf/families3-notes-b.md and confirmed by transformers' save (fixtures/hf/axk1).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';

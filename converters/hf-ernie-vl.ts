@@ -10,8 +10,8 @@
  *  - shared_experts.{gate,up,down}_proj.weight (moe_num_shared_experts · moe_intermediate_size[0]).
  * moekit routes text tokens only: vision tokens (token type ≠ 0) go to the vision experts, which it does not read.
  * Sources: transformers models/ernie4_5_vl_moe/modeling_ernie4_5_vl_moe.py (Ernie4_5_VLMoeMoeBlock, its text_moe /
- * vision_moe, Ernie4_5_VLMoeMoeStatics), conversion_mapping.py; no fixture yet (fixtures/hf/families3-notes-b.md
- * section 10), so these saved names are derived, not seen.
+ * vision_moe, Ernie4_5_VLMoeMoeStatics), conversion_mapping.py; names derived in
+ * fixtures/hf/families3-notes-b.md section 10 and confirmed by transformers' save (fixtures/hf/ernie4_5_vl_moe).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { T } from '../src/engine/layout.js';

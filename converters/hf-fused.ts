@@ -33,8 +33,8 @@ export const spec: LayoutSpec = {
  * Mistral-4 (mistral4): the same names as its module holds them (no conversion mapping, so save_pretrained
  * writes them as they are): router mlp.gate.weight [E,H], mlp.experts.gate_up_proj [E,2I,H] ([gate; up] rows),
  * mlp.experts.down_proj [E,H,I], ungated mlp.shared_experts.*; no score-correction bias. Read from
- * transformers models/mistral4/modeling_mistral4.py (Mistral4TopkRouter, Mistral4Experts, Mistral4MoE); no
- * fixture yet (fixtures/hf/families3-notes-a.md), so the saved names are derived, not seen.
+ * transformers models/mistral4/modeling_mistral4.py (Mistral4TopkRouter, Mistral4Experts, Mistral4MoE); names
+ * derived in fixtures/hf/families3-notes-a.md and confirmed by transformers' save (fixtures/hf/mistral4).
  */
 export const mistral4Spec: LayoutSpec = {
   ...spec,

@@ -40,8 +40,8 @@ export const spec: LayoutSpec = {
  * Granite-MoE-SWA (granitemoe_swa): the same block with transformers v5's fused expert names, saved as held in
  * memory (no conversion mapping): block_sparse_moe.router.weight [E,H], block_sparse_moe.experts.gate_up_proj
  * [E,2I,H] ([gate; up] rows), experts.down_proj [E,H,I]; the optional shared_mlp as above. Read from
- * modeling_granitemoe_swa.py (GraniteMoeSWATopKRouter, GraniteMoeSWAExperts); no fixture yet
- * (fixtures/hf/families3-notes-a.md), so these saved names are derived, not seen.
+ * modeling_granitemoe_swa.py (GraniteMoeSWATopKRouter, GraniteMoeSWAExperts); names derived in
+ * fixtures/hf/families3-notes-a.md and confirmed by transformers' save (fixtures/hf/granitemoe_swa).
  */
 export const swaSpec: LayoutSpec = {
   ...spec,

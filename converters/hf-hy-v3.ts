@@ -4,8 +4,8 @@
  * mlp.router.gate.weight [E,H] (in memory mlp.gate.weight), the selection bias mlp.expert_bias [E] (in memory the
  * buffer mlp.e_score_correction_bias), ungated shared experts mlp.shared_mlp.{gate,up,down}_proj (in memory
  * shared_experts; Is = num_shared_experts · moe_intermediate_size) — AFMoE's router names with Hunyuan's shared MLP.
- * Sources: transformers models/hy_v3/modeling_hy_v3.py (HYV3TopKRouter, HYV3MoE), conversion_mapping.py; no fixture
- * yet (fixtures/hf/families3-notes-a.md), so these saved names are derived, not seen.
+ * Sources: transformers models/hy_v3/modeling_hy_v3.py (HYV3TopKRouter, HYV3MoE), conversion_mapping.py; names
+ * derived in fixtures/hf/families3-notes-a.md and confirmed by transformers' save (fixtures/hf/hy_v3).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';

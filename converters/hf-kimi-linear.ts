@@ -5,7 +5,8 @@
  * [E,H], the selection bias block_sparse_moe.gate.e_score_correction_bias [E] (a persistent buffer), ungated shared
  * experts block_sparse_moe.shared_experts.{gate,up,down}_proj (Is = num_shared_experts · moe_intermediate_size).
  * Sources: transformers models/kimi_linear/modeling_kimi_linear.py (KimiLinearTopkRouter, KimiLinearSparseMoeBlock),
- * conversion_mapping.py; no fixture yet (fixtures/hf/families3-notes-a.md), so these saved names are derived, not seen.
+ * conversion_mapping.py; names derived in fixtures/hf/families3-notes-a.md and confirmed by transformers' save
+ * (fixtures/hf/kimi_linear).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';

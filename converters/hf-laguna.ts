@@ -4,8 +4,8 @@
  * mlp.gate.weight [E,H], the selection bias mlp.experts.e_score_correction_bias [E] (in memory
  * mlp.gate.e_score_correction_bias), one ungated shared expert mlp.shared_expert.{gate,up,down}_proj (in
  * memory shared_experts; shared_expert_intermediate_size). Sources: transformers models/laguna/modeling_laguna.py
- * (LagunaTopKRouter, LagunaSparseMoeBlock), conversion_mapping.py; no fixture yet
- * (fixtures/hf/families3-notes-a.md), so these saved names are derived, not seen.
+ * (LagunaTopKRouter, LagunaSparseMoeBlock), conversion_mapping.py; names derived in
+ * fixtures/hf/families3-notes-a.md and confirmed by transformers' save (fixtures/hf/laguna).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';

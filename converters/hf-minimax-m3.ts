@@ -6,8 +6,8 @@
  * (router gate.weight [E,H], selection bias e_score_correction_bias [E] on the block, per-expert w1 (gate) / w3 (up)
  * [I,H], w2 (down) [H,I]) plus one ungated shared expert shared_experts.{gate,up,down}_proj (shared_intermediate_size).
  * Sources: transformers models/minimax_m3_vl/modeling_minimax_m3_vl.py (MiniMaxM3VLTopKRouter,
- * MiniMaxM3VLSparseMoeBlock), conversion_mapping.py; no fixture yet (fixtures/hf/families3-notes-b.md), so these saved
- * names are derived, not seen.
+ * MiniMaxM3VLSparseMoeBlock), conversion_mapping.py; names derived in fixtures/hf/families3-notes-b.md and
+ * confirmed by transformers' save (fixtures/hf/minimax_m3_vl).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';

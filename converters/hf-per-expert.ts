@@ -49,7 +49,7 @@ export const spec: LayoutSpec = {
     'cohere2_moe',
     'glm4v_moe',
     'solar_open',
-    // read from transformers 5.17's conversion mappings, no fixture yet (fixtures/hf/families3-notes-*.md)
+    // read from transformers 5.17's conversion mappings (fixtures/hf/families3-notes-*.md), confirmed by their fixtures
     'axk2',
     'glm5_next',
     'mellum',

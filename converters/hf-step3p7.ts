@@ -7,7 +7,8 @@
  * moe.gate_proj.weight [E,I,H], moe.up_proj.weight [E,I,H], moe.down_proj.weight [E,H,I], one ungated shared expert
  * share_expert.{gate,up,down}_proj.weight on the decoder layer (share_expert_dim). The vision tower passes through.
  * Sources: transformers models/step3p7/modeling_step3p7.py (Step3p7TopKRouter, Step3p7MoE, Step3p7DecoderLayer),
- * conversion_mapping.py; no fixture yet (fixtures/hf/families3-notes-a.md), so these saved names are derived, not seen.
+ * conversion_mapping.py; names derived in fixtures/hf/families3-notes-a.md and confirmed by transformers' save
+ * (fixtures/hf/step3p7).
  */
 import type { LayoutSpec } from '../src/engine/layout.js';
 import { id } from '../src/engine/layout.js';

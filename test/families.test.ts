@@ -398,10 +398,10 @@ describe('Qwen3-VL-MoE: the Hub orientation ([E,H,2I] / [E,I,H]) and transformer
 });
 
 /**
- * Families read from transformers 5.17's modeling files whose transformers-written fixtures are not made yet
- * (gen_fixtures_families3_*.py; fixtures/hf/families3-notes-*.md): a fixture of the family whose block they
- * share, under the config and names the notes derive, reads as the new family and computes that family's
- * transformers outputs. This checks moekit's reading of the derived facts, not the facts themselves.
+ * Families read from transformers 5.17's modeling files (fixtures/hf/families3-notes-*.md), checked here a second
+ * way beside their own fixtures (gen_fixtures_families3_*.py, in FAMILIES above): a fixture of the family whose block
+ * they share, under the config and names the notes derive, reads as the new family and computes that family's
+ * transformers outputs.
  */
 type Cfg = Record<string, unknown>;
 interface Entry {

@@ -408,7 +408,7 @@ const FAMILIES: Record<string, FamilyRule> = {
     };
   },
   // axk2 … mellum (and granitemoe_swa below) are read from transformers 5.17's modeling files (fixtures/hf/families3-notes-*.md);
-  // their fixtures are written by gen_fixtures_families3_*.py and not made yet, so their saved names are unconfirmed.
+  // their fixtures (gen_fixtures_families3_*.py, transformers 5.17) confirmed the saved names.
   // modeling_axk2.py (AXK2TopkRouter): DeepSeek-V3's router exactly (no groups when n_group is null); MoE per mlp_layer_types
   axk2: (c, base, routing) => deepseekLike(c, base, routing),
   // modeling_glm5_next.py (Glm5NextTextMoE): DeepSeek-V3's router with unselected groups masked to −inf,
@@ -431,7 +431,7 @@ const FAMILIES: Record<string, FamilyRule> = {
     routing: routing({ scoreFunc: 'softmax', normTopkProb: bool(c, 'norm_topk_prob', true) }),
     isMoeLayer: sparseLayers(c, all),
   }),
-  // mistral4 … ernie4_5_vl_moe: the same source and the same caveat (fixtures/hf/families3-notes-a.md, -b.md).
+  // mistral4 … ernie4_5_vl_moe: the same source (fixtures/hf/families3-notes-a.md, -b.md), names confirmed by their fixtures.
   // modeling_mistral4.py (Mistral4TopkRouter): DeepSeek-V3's groups on softmax scores without a bias (top-2 sums, unselected
   // groups masked to 0.0), renormalised iff norm_topk_prob, × routed_scaling_factor; ungated shared experts
   mistral4: (c, base, routing) => {
