@@ -11,6 +11,7 @@ override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override S: u32 = 1u; // splits along K
 override RW: u32 = 1u; // row pairs per invocation (1: rows nb + rg, nb + RG + rg; 2: also nb + 2·RG + rg, nb + 3·RG + rg)
 override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
+override PF: u32 = 0u; // load each step's weights PF steps ahead (0, 1 or 2; as in expert_up_stream.wgsl)
 
 const WG = 256u;
 const MT = 16u;
@@ -43,6 +44,22 @@ fn load_d(i: u32) -> vec4<f32> {
 struct AB { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
 // One step's weights: the two runs of 4 elements (…a, …b) of each row.
 struct Wt { aa: vec4<f32>, ab: vec4<f32>, ba: vec4<f32>, bb: vec4<f32>, ca: vec4<f32>, cb: vec4<f32>, da: vec4<f32>, db: vec4<f32> }
+
+// The step's weights at the lane's first vec4 q along K for the rows starting at wa, wb, wc, wd2.
+fn load_w(wa: u32, wb: u32, wc: u32, wd2: u32, q: u32) -> Wt {
+  var w = Wt();
+  w.aa = load_d(wa + q * 4u);
+  w.ab = load_d(wa + (q + KL) * 4u);
+  w.ba = load_d(wb + q * 4u);
+  w.bb = load_d(wb + (q + KL) * 4u);
+  if (RW == 2u) {
+    w.ca = load_d(wc + q * 4u);
+    w.cb = load_d(wc + (q + KL) * 4u);
+    w.da = load_d(wd2 + q * 4u);
+    w.db = load_d(wd2 + (q + KL) * 4u);
+  }
+  return w;
+}
 
 // Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL], each loaded once for all rows.
 fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
@@ -140,6 +157,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var ab1 = AB();
     var ab2 = AB();
     var ab3 = AB();
+    var wn = Wt();
+    var wn2 = Wt();
+    if (PF > 0u) { wn = load_w(wa, wb, wc, wd2, jA * 2u * KL + kl); }
+    if (PF == 2u) { wn2 = load_w(wa, wb, wc, wd2, min(jA + 1u, jB - 1u) * 2u * KL + kl); }
     for (var j0 = jA; j0 < jB; j0 += TJ) {
       let jn = min(TJ, jB - j0);
       workgroupBarrier();
@@ -151,18 +172,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
-        let q = (j0 + jj) * 2u * KL + kl;
-        var w = Wt();
-        w.aa = load_d(wa + q * 4u);
-        w.ab = load_d(wa + (q + KL) * 4u);
-        w.ba = load_d(wb + q * 4u);
-        w.bb = load_d(wb + (q + KL) * 4u);
-        if (RW == 2u) {
-          w.ca = load_d(wc + q * 4u);
-          w.cb = load_d(wc + (q + KL) * 4u);
-          w.da = load_d(wd2 + q * 4u);
-          w.db = load_d(wd2 + (q + KL) * 4u);
-        }
+        var w = wn;
+        if (PF == 1u) { wn = load_w(wa, wb, wc, wd2, min(j0 + jj + 1u, jB - 1u) * 2u * KL + kl); }
+        else if (PF == 2u) {
+          wn = wn2;
+          wn2 = load_w(wa, wb, wc, wd2, min(j0 + jj + 2u, jB - 1u) * 2u * KL + kl);
+        } else { w = load_w(wa, wb, wc, wd2, (j0 + jj) * 2u * KL + kl); }
         let s = jj * 2u * KL + kl;
         ab0 = step4(ab0, 0u, TQ, s, w);
         if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }

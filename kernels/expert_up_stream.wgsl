@@ -22,6 +22,7 @@ override LIMIT: f32 = 7.0;
 override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override RW: u32 = 1u; // rows per invocation (1, or 2: rows nb + rg and nb + RG + rg share each x load)
 override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
+override PF: u32 = 0u; // load each step's weights PF steps ahead (0, 1 or 2), before earlier steps' multiply-adds and the tiles' barriers
 
 const WG = 256u;
 const MT = 16u; // tokens per chunk
@@ -62,6 +63,26 @@ fn load_u(i: u32) -> vec4<f32> {
 struct AB { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
 // One step's weights: the two runs of 4 elements (…a, …b) of up and gate of the first row (u, g) and the second (v, f).
 struct Wt { ua: vec4<f32>, ub: vec4<f32>, ga: vec4<f32>, gb: vec4<f32>, va: vec4<f32>, vb: vec4<f32>, fa: vec4<f32>, fb: vec4<f32> }
+
+// The step's weights at the lane's first vec4 q along K (the second run is at q + KL).
+fn load_w(wrow: u32, wrow2: u32, q: u32) -> Wt {
+  var w = Wt();
+  w.ua = load_u(wrow + q * 4u);
+  w.ub = load_u(wrow + (q + KL) * 4u);
+  if (GATED) {
+    w.ga = load_g(wrow + q * 4u);
+    w.gb = load_g(wrow + (q + KL) * 4u);
+  }
+  if (RW == 2u) {
+    w.va = load_u(wrow2 + q * 4u);
+    w.vb = load_u(wrow2 + (q + KL) * 4u);
+    if (GATED) {
+      w.fa = load_g(wrow2 + q * 4u);
+      w.fb = load_g(wrow2 + (q + KL) * 4u);
+    }
+  }
+  return w;
+}
 
 // Tokens t0 .. t0 + 3 of the tile: x at sm[t·TQ + s] and sm[t·TQ + s + KL], each loaded once for all rows.
 fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
@@ -162,6 +183,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var ab1 = AB();
     var ab2 = AB();
     var ab3 = AB();
+    // with PF > 0, wn (and wn2) hold the next steps' weights, loaded ahead (loads past the end repeat step J - 1)
+    var wn = Wt();
+    var wn2 = Wt();
+    if (PF > 0u) { wn = load_w(wrow, wrow2, kl); }
+    if (PF == 2u) { wn2 = load_w(wrow, wrow2, min(1u, J - 1u) * 2u * KL + kl); }
     for (var j0 = 0u; j0 < J; j0 += TJ) {
       let jn = min(TJ, J - j0);
       workgroupBarrier();
@@ -173,22 +199,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
-        let q = (j0 + jj) * 2u * KL + kl; // the lane's first vec4 along K; the second is q + KL
-        var w = Wt();
-        w.ua = load_u(wrow + q * 4u);
-        w.ub = load_u(wrow + (q + KL) * 4u);
-        if (GATED) {
-          w.ga = load_g(wrow + q * 4u);
-          w.gb = load_g(wrow + (q + KL) * 4u);
-        }
-        if (RW == 2u) {
-          w.va = load_u(wrow2 + q * 4u);
-          w.vb = load_u(wrow2 + (q + KL) * 4u);
-          if (GATED) {
-            w.fa = load_g(wrow2 + q * 4u);
-            w.fb = load_g(wrow2 + (q + KL) * 4u);
-          }
-        }
+        var w = wn;
+        if (PF == 1u) { wn = load_w(wrow, wrow2, min(j0 + jj + 1u, J - 1u) * 2u * KL + kl); }
+        else if (PF == 2u) {
+          wn = wn2;
+          wn2 = load_w(wrow, wrow2, min(j0 + jj + 2u, J - 1u) * 2u * KL + kl);
+        } else { w = load_w(wrow, wrow2, (j0 + jj) * 2u * KL + kl); } // the lane's first vec4 along K; the second is q + KL
         let s = jj * 2u * KL + kl;
         ab0 = step4(ab0, 0u, TQ, s, w);
         if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }

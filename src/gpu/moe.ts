@@ -385,16 +385,19 @@ interface StreamCfg {
   RW: number;
   /** workgroups per row block, each taking every C-th chunk of 16 tokens */
   C: number;
+  /** steps ahead each step's weights are loaded (software prefetch: 0, 1 or 2) */
+  PF: number;
 }
 /** workgroup memory of the stream kernels: 2040 vec4 + 2 × 16 u32 */
 const STREAM_WG_BYTES = 32768;
 
-/** Shape of a stream expert kernel ('KL[,S[,RW[,C]]]'; S is ignored by the up projection). */
+/** Shape of a stream expert kernel ('KL[,S[,RW[,C[,PF]]]]'; S is ignored by the up projection). */
 function streamCfg(env: string | undefined, def: number[]): StreamCfg {
   const v = env ? env.split(',').map(Number) : def;
-  const [KL, S = 1, RW = 1, C = 1] = v.length >= 1 && v.length <= 4 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
-  if (!(256 % KL! === 0 && KL! >= 8 && KL! <= 32 && RW <= 2 && C <= 8)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
-  return { KL: KL!, S, RW, C };
+  const ok = v.length >= 1 && v.length <= 5 && v.every((n, i) => Number.isInteger(n) && (n > 0 || i === 4));
+  const [KL, S = 1, RW = 1, C = 1, PF = 0] = ok ? v : def;
+  if (!(256 % KL! === 0 && KL! >= 8 && KL! <= 32 && RW <= 2 && C <= 8 && PF <= 2)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  return { KL: KL!, S, RW, C, PF };
 }
 
 /** Shape constants of a rows-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
@@ -576,7 +579,7 @@ function dispatchRouting(r: Run, b: Batch): void {
 function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bindings: GPUBuffer[]): void {
   const { ctx, upStream: s, upCfg: u } = r;
   if (streams(ctx, r.variant, r.H, s)) {
-    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C }, bindings, [ceil(p.rows, (256 / s.KL) * s.RW) * s.C, 1, p.nE]);
+    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C, PF: s.PF }, bindings, [ceil(p.rows, (256 / s.KL) * s.RW) * s.C, 1, p.nE]);
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE]);
   else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
 }
@@ -585,7 +588,11 @@ function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bin
 function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bindings: GPUBuffer[]): void {
   const { ctx, downStream: s, downCfg: d } = r;
   if (streams(ctx, r.variant, I, s)) {
-    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C }, bindings, [ceil(p.rows, (512 / s.KL) * s.RW) * s.C, r.splits, p.nE]);
+    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C, PF: s.PF }, bindings, [
+      ceil(p.rows, (512 / s.KL) * s.RW) * s.C,
+      r.splits,
+      p.nE,
+    ]);
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE]);
   else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
 }
