@@ -37,32 +37,39 @@ const E2M1 = Float32Array.from({ length: 16 }, (_, n) => (n & 8 ? -1 : 1) * [0, 
 
 export const E4M3_MAX = 448;
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
 /**
  * f32 → FP8 E4M3 byte: round to nearest, ties to even code, saturating to ±448; NaN → 0x7f. On
  * the f32 bits: a normal result rounds the 23-bit mantissa to 3 (the carry runs into the exponent),
  * then rebiases 127 → 7; below 2^-6 the value is a count of 2^-9 steps, rounded to even.
+ *
+ * Made by makeToE4M3, whose source is self-contained (its scratch is its own): the block-FP8
+ * workers (fp8-pool.ts) evaluate that source, and a bundler may rename module-level names.
  */
-export function toE4M3(x: number): number {
-  f32[0] = x;
-  const bits = u32[0]!;
-  const sign = (bits >>> 24) & 0x80;
-  const abs = bits & 0x7fffffff;
-  if (abs > 0x7f800000) return 0x7f; // NaN
-  if (abs >= 0x43e00000) return sign | 126; // ≥ 448: saturate (no infinities in E4M3fn)
-  if (abs >= 0x3c800000) {
-    // ≥ 2^-6: normal
-    const r = (abs + 0x7ffff + ((abs >>> 20) & 1)) >>> 20;
-    return sign | Math.min(126, r - ((127 - 7) << 3));
-  }
-  f32[0] = x < 0 ? -x : x;
-  const v = f32[0]! * 512; // exact: a power-of-two scaling of an f32 far from the f32 range's ends
-  let q = Math.floor(v);
-  const d = v - q;
-  if (d > 0.5 || (d === 0.5 && (q & 1) === 1)) q++;
-  return sign | q;
+export const toE4M3 = makeToE4M3();
+
+/** A toE4M3 with its own f32 scratch (see toE4M3). */
+export function makeToE4M3(): (x: number) => number {
+  const f32 = new Float32Array(1);
+  const u32 = new Uint32Array(f32.buffer);
+  return function toE4M3(x: number): number {
+    f32[0] = x;
+    const bits = u32[0]!;
+    const sign = (bits >>> 24) & 0x80;
+    const abs = bits & 0x7fffffff;
+    if (abs > 0x7f800000) return 0x7f; // NaN
+    if (abs >= 0x43e00000) return sign | 126; // ≥ 448: saturate (no infinities in E4M3fn)
+    if (abs >= 0x3c800000) {
+      // ≥ 2^-6: normal
+      const r = (abs + 0x7ffff + ((abs >>> 20) & 1)) >>> 20;
+      return sign | Math.min(126, r - ((127 - 7) << 3));
+    }
+    f32[0] = x < 0 ? -x : x;
+    const v = f32[0]! * 512; // exact: a power-of-two scaling of an f32 far from the f32 range's ends
+    let q = Math.floor(v);
+    const d = v - q;
+    if (d > 0.5 || (d === 0.5 && (q & 1) === 1)) q++;
+    return sign | q;
+  };
 }
 
 /** Two E2M1 values per byte (low nibble first) → f32, `n` values from `src` starting at byte 0. */

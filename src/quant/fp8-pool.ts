@@ -18,7 +18,7 @@ import { arena } from '../engine/arena.js';
 import { f16ToF32Bits } from '../engine/cast.js';
 import { threadsFrom } from '../engine/wasm-workers.js';
 import { MoekitError } from '../errors.js';
-import { toE4M3 } from './formats.js';
+import { makeToE4M3, toE4M3 } from './formats.js';
 
 /**
  * The decode loop for one output element width. Within a block's stretch of a row the codes are
@@ -223,8 +223,8 @@ const WORKER = `
 const { parentPort } = require('node:worker_threads');
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
-// formats.ts toE4M3 itself (its source, over the worker's own f32 / u32 scratch of the same names)
-${toE4M3.toString()}
+// formats.ts toE4M3 itself, from the self-contained source of its maker (with its own scratch)
+const toE4M3 = (${makeToE4M3.toString()})();
 let fbuf = new Float32Array(0);
 function scratch(n) {
   if (fbuf.length < n) fbuf = new Float32Array(n);
