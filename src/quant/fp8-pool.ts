@@ -18,7 +18,7 @@ import { arena } from '../engine/arena.js';
 import { f16ToF32Bits } from '../engine/cast.js';
 import { threadsFrom } from '../engine/wasm-workers.js';
 import { MoekitError } from '../errors.js';
-import { makeToE4M3, toE4M3 } from './formats.js';
+import { makeToE4M3 } from './formats.js';
 
 /**
  * The decode loop for one output element width. Within a block's stretch of a row the codes are
