@@ -15,6 +15,12 @@ for r in $(seq "${ROUNDS:-2}"); do
     MOEKIT_GPU_PIECE_MIB=$pm timeout 60 node dist/bench/kernel-tune.js "stream:$c" 2>&1 | grep -v Warning
   done
 done | tee "$OUT/ab.log"
+# BEST unset: the configuration with the lowest kernel time above (when it is not the default's)
+if [ -z "${BEST:-}" ]; then
+  BEST=$(awk '/kernels/ { for (i = 1; i <= NF; i++) if ($i == "kernels") ms = $(i + 1); cfg = $4; sub(/^stream:/, "", cfg); pm = $2
+    if (best == "" || ms + 0 < bms) { best = cfg "@" pm; bms = ms + 0 } } END { print best }' "$OUT/ab.log")
+  [ "$BEST" = "8,1,2,2:8,8,2,2@128" ] && BEST=
+fi
 for c in default ${BEST:-}; do
   echo "== verify-bench $c"
   if [ "$c" = default ]; then timeout 100 node dist/bench/verify-bench.js; else

@@ -11,7 +11,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git clone -q "$root" "$tmp/src"
 ln -s "$root/node_modules" "$tmp/src/node_modules"
-(cd "$tmp/src" && npx tsc -p tsconfig.json)
+(cd "$tmp/src" && npm run -s build)
 rm -rf "$root/dist"
 cp -r "$tmp/src/dist" "$root/dist"
 find "$root/dist" \( -name '*.map' -o -name '*.d.ts' \) -delete
