@@ -87,12 +87,15 @@ const MAX_DISPATCH = 65535;
  * whole before uploads were cut from them, so the piece sizes below were chosen for host memory.
  * On a CPU adapter (lavapipe, whose device
  * memory is host memory) 16 MiB: verify of a 5.8 GB Mixtral-8x7B-shaped checkpoint against its nemo
- * conversion peaked at 629 MiB with 32 MiB pieces, 471–486 MiB with 16 (47 → 49 s). On a real GPU 128 MiB:
- * smaller pieces split an expert's rows over more, emptier dispatches (H200, 32 MiB pieces: kernel
- * time of a Mixtral-8x7B layer 8.7 → 15.2 ms).
+ * conversion peaked at 629 MiB with 32 MiB pieces, 471–486 MiB with 16 (47 → 49 s). On a real GPU 1 GiB
+ * (bounded by the binding limit): smaller pieces split an expert's rows, or a layer's experts, over more,
+ * emptier dispatches (H200, 32 MiB pieces: kernel time of a Mixtral-8x7B layer 8.7 → 15.2 ms; H100,
+ * bench/verify-bench.ts, a fresh process each: 128 MiB pieces (one expert per dispatch) 4.3 ms,
+ * 1 GiB (all 8) 3.6 ms). Host memory does not grow with it (uploads are cut at uploadCap); GPU memory
+ * holds about two pieces, so a GPU with less than ~6 GB wants MOEKIT_GPU_PIECE_MIB=128.
  */
 const uploadCap = (fallback: boolean) => (fallback ? 16 : 64) * 2 ** 20;
-const pieceCap = (fallback: boolean) => (Number(process.env.MOEKIT_GPU_PIECE_MIB) || (fallback ? 16 : 128)) * 2 ** 20;
+const pieceCap = (fallback: boolean) => (Number(process.env.MOEKIT_GPU_PIECE_MIB) || (fallback ? 16 : 1024)) * 2 ** 20;
 
 /**
  * Cut E experts of [N, K] matrices (elemBytes each) into pieces of at most maxBytes: whole experts
