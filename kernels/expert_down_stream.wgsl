@@ -11,9 +11,8 @@ override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override S: u32 = 1u; // splits along K
 override RW: u32 = 1u; // row pairs per invocation (1: rows nb + rg, nb + RG + rg; 2: also nb + 2·RG + rg, nb + 3·RG + rg)
 override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
-override PF: u32 = 0u; // load each step's weights PF steps ahead (0, 1 or 2; as in expert_up_stream.wgsl)
+override WG: u32 = 256u; // invocations per workgroup (64, 128 or 256: smaller ones let more workgroups share an SM)
 
-const WG = 256u;
 const MT = 16u;
 const XQ = 2040u;
 
@@ -82,7 +81,7 @@ fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
   return r;
 }
 
-// Sum over the KL lanes of one accumulator set, for the two (row group, token) outputs o = li, li + 256.
+// Sum over the KL lanes of one accumulator set, for the two (row group, token) outputs o = li, li + WG.
 fn lane_sums(li: u32, kl: u32, rg: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec2<f32> {
   workgroupBarrier();
   let b = rg * 4u * KL + kl;
@@ -121,7 +120,7 @@ fn store(o: u32, nb: u32, nv: u32, e: u32, sp: u32, y0: f32) {
   }
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let RG = WG / KL;
   let kl = li % KL;
@@ -157,10 +156,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var ab1 = AB();
     var ab2 = AB();
     var ab3 = AB();
-    var wn = Wt();
-    var wn2 = Wt();
-    if (PF > 0u) { wn = load_w(wa, wb, wc, wd2, jA * 2u * KL + kl); }
-    if (PF == 2u) { wn2 = load_w(wa, wb, wc, wd2, min(jA + 1u, jB - 1u) * 2u * KL + kl); }
     for (var j0 = jA; j0 < jB; j0 += TJ) {
       let jn = min(TJ, jB - j0);
       workgroupBarrier();
@@ -172,12 +167,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
-        var w = wn;
-        if (PF == 1u) { wn = load_w(wa, wb, wc, wd2, min(j0 + jj + 1u, jB - 1u) * 2u * KL + kl); }
-        else if (PF == 2u) {
-          wn = wn2;
-          wn2 = load_w(wa, wb, wc, wd2, min(j0 + jj + 2u, jB - 1u) * 2u * KL + kl);
-        } else { w = load_w(wa, wb, wc, wd2, (j0 + jj) * 2u * KL + kl); }
+        let w = load_w(wa, wb, wc, wd2, (j0 + jj) * 2u * KL + kl);
         let s = jj * 2u * KL + kl;
         ab0 = step4(ab0, 0u, TQ, s, w);
         if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }

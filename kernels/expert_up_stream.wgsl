@@ -1,8 +1,8 @@
 // Real-GPU expert up projection (variant 'stream' when K % (8·KL) == 0, src/gpu/moe.ts): same
 // math, bindings and parameters as expert_up.wgsl. The skinny grouped GEMM (a handful of tokens
 // per expert) is bound by streaming the weights, so every weight element is read from memory
-// once, coalesced, and used for all of the expert's tokens (16 at a time): a workgroup of 256
-// invocations owns RG = 256 / KL rows of one expert (gate and up). Per step the KL lanes of a row
+// once, coalesced, and used for all of the expert's tokens (16 at a time): a workgroup of WG
+// invocations (256 by default) owns RG = WG / KL rows of one expert (gate and up). Per step the KL lanes of a row
 // group read two runs of KL consecutive 4-element words of the row (whole cache lines), unpack
 // bf16 in registers, and multiply them with the chunk's tokens, staged tile by tile along K in
 // workgroup memory. The accumulators are named vec4s, explicitly zeroed per chunk (no arrays, so
@@ -22,9 +22,8 @@ override LIMIT: f32 = 7.0;
 override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override RW: u32 = 1u; // rows per invocation (1, or 2: rows nb + rg and nb + RG + rg share each x load)
 override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
-override PF: u32 = 0u; // load each step's weights PF steps ahead (0, 1 or 2), before earlier steps' multiply-adds and the tiles' barriers
+override WG: u32 = 256u; // invocations per workgroup (64, 128 or 256: smaller ones let more workgroups share an SM)
 
-const WG = 256u;
 const MT = 16u; // tokens per chunk
 const XQ = 2040u; // vec4s of workgroup memory (with trow, ents: 32 KiB): x tiles, then the reduction
 
@@ -105,7 +104,7 @@ fn step4(acc: AB, t0: u32, TQ: u32, s: u32, w: Wt) -> AB {
   return r;
 }
 
-// Sum over the KL lanes of one accumulator set, for the two (row group, token) outputs o = li, li + 256.
+// Sum over the KL lanes of one accumulator set, for the two (row group, token) outputs o = li, li + WG.
 fn lane_sums(li: u32, kl: u32, rg: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec2<f32> {
   workgroupBarrier();
   let b = rg * 4u * KL + kl;
@@ -150,7 +149,7 @@ fn emit(o: u32, nb: u32, nv: u32, c0: u32, off: u32, e: u32, g0: f32, u0: f32) {
   }
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let RG = WG / KL;
   let kl = li % KL;
@@ -183,11 +182,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var ab1 = AB();
     var ab2 = AB();
     var ab3 = AB();
-    // with PF > 0, wn (and wn2) hold the next steps' weights, loaded ahead (loads past the end repeat step J - 1)
-    var wn = Wt();
-    var wn2 = Wt();
-    if (PF > 0u) { wn = load_w(wrow, wrow2, kl); }
-    if (PF == 2u) { wn2 = load_w(wrow, wrow2, min(1u, J - 1u) * 2u * KL + kl); }
     for (var j0 = 0u; j0 < J; j0 += TJ) {
       let jn = min(TJ, J - j0);
       workgroupBarrier();
@@ -199,12 +193,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
-        var w = wn;
-        if (PF == 1u) { wn = load_w(wrow, wrow2, min(j0 + jj + 1u, J - 1u) * 2u * KL + kl); }
-        else if (PF == 2u) {
-          wn = wn2;
-          wn2 = load_w(wrow, wrow2, min(j0 + jj + 2u, J - 1u) * 2u * KL + kl);
-        } else { w = load_w(wrow, wrow2, (j0 + jj) * 2u * KL + kl); } // the lane's first vec4 along K; the second is q + KL
+        let w = load_w(wrow, wrow2, (j0 + jj) * 2u * KL + kl); // the lane's first vec4 along K; the second is q + KL
         let s = jj * 2u * KL + kl;
         ab0 = step4(ab0, 0u, TQ, s, w);
         if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }

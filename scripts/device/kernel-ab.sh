@@ -6,11 +6,11 @@
 # scripts/device/pack-dist.sh:   command: bash scripts/device/kernel-ab.sh   carry: [".device", "dist"]
 . .device/env.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
-# up:down[@piece MiB] (MOEKIT_GPU_PIECE_MIB, default 128)
-CFGS=${CFGS:-"8,1,2,2:8,8,2,2 8,1,2,2:8,8,2,2@1024 8,1,2,2,1:8,8,2,2,1 8,1,2,2,1:8,8,2,2,1@1024 8,1,2,2,2:8,8,2,2,2@1024 8,1,1,2,1:8,8,1,2,1@1024"}
+# up:down[@piece MiB] (MOEKIT_GPU_PIECE_MIB, default moekit's: 1024 on a GPU)
+CFGS=${CFGS:-"8,1,2,2:8,8,2,2 8,1,2,2,128:8,8,2,2,128 8,1,2,2,64:8,8,2,2,64 8,1,1,2,128:8,8,1,2,128 8,1,2,2:8,8,2,2@128"}
 for r in $(seq "${ROUNDS:-2}"); do
   for c in $CFGS; do
-    pm=128; case $c in *@*) pm=${c##*@}; c=${c%@*};; esac
+    pm=1024; case $c in *@*) pm=${c##*@}; c=${c%@*};; esac
     echo -n "pieces $pm MiB: "
     MOEKIT_GPU_PIECE_MIB=$pm timeout 60 node dist/bench/kernel-tune.js "stream:$c" 2>&1 | grep -v Warning
   done
@@ -19,11 +19,11 @@ done | tee "$OUT/ab.log"
 if [ -z "${BEST:-}" ]; then
   BEST=$(awk '/kernels/ { for (i = 1; i <= NF; i++) if ($i == "kernels") ms = $(i + 1); cfg = $4; sub(/^stream:/, "", cfg); pm = $2
     if (best == "" || ms + 0 < bms) { best = cfg "@" pm; bms = ms + 0 } } END { print best }' "$OUT/ab.log")
-  [ "$BEST" = "8,1,2,2:8,8,2,2@128" ] && BEST=
+  [ "$BEST" = "8,1,2,2:8,8,2,2@1024" ] && BEST=
 fi
 for c in default ${BEST:-}; do
   echo "== verify-bench $c"
   if [ "$c" = default ]; then timeout 100 node dist/bench/verify-bench.js; else
-    pm=128; case $c in *@*) pm=${c##*@}; c=${c%@*};; esac
+    pm=1024; case $c in *@*) pm=${c##*@}; c=${c%@*};; esac
     MOEKIT_GPU_PIECE_MIB=$pm MOEKIT_UP_CFG=${c%%:*} MOEKIT_DOWN_CFG=${c##*:} timeout 100 node dist/bench/verify-bench.js; fi 2>&1 | grep -v Warning | tail -9
 done | tee "$OUT/vbench.log"

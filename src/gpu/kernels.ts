@@ -1,5 +1,5 @@
 /**
- * Loads the WGSL kernels of <package root>/kernels (kernels/common.wgsl is prepended to each) and
+ * Loads the WGSL kernels of <package root>/kernels (or $MOEKIT_KERNEL_DIR; kernels/common.wgsl is prepended to each) and
  * caches compute pipelines by kernel name and override constants. Layouts are explicit (not
  * 'auto') so a binding an override constant makes unused (e.g. the gate of a non-gated MLP)
  * still has a slot.
@@ -39,7 +39,9 @@ const sources = new Map<string, string>();
 function source(name: string): string {
   let s = sources.get(name);
   if (s === undefined) {
-    const dir = kernelsDir();
+    // MOEKIT_KERNEL_DIR: WGSL sources to use instead of the package's (kernel development on a GPU
+    // machine without a rebuild: scripts/device/kernel-ablate.sh)
+    const dir = process.env.MOEKIT_KERNEL_DIR || kernelsDir();
     s = readFileSync(join(dir, 'common.wgsl'), 'utf8') + '\n' + readFileSync(join(dir, `${name}.wgsl`), 'utf8');
     sources.set(name, s);
   }

@@ -45,7 +45,7 @@ export interface GpuForwardOptions {
    * expert GEMM kernel variant: 'stream' (expert_*_stream, the default on real GPUs: each weight
    * row read once for 16 tokens at a time staged in workgroup memory, accumulators in registers,
    * two rows (up) / row pairs (down) per invocation, split-K down projection; shapes
-   * MOEKIT_UP_CFG / MOEKIT_DOWN_CFG 'KL[,S[,RW[,C]]]', default 8,1,2,2 / 8,8,2,2; 'gpu' where K is
+   * MOEKIT_UP_CFG / MOEKIT_DOWN_CFG 'KL[,S[,RW[,C[,WG]]]]', default 8,1,2,2 / 8,8,2,2; 'gpu' where K is
    * not a multiple of its step or the adapter has less than 32 KiB of workgroup memory), 'gpu'
    * (workgroup streams a row block's weights once, K split across lanes, workgroup reduction) or
    * 'cpu' (register-blocked, no workgroup memory: fast on lavapipe). Measured on an H100 with
@@ -388,19 +388,19 @@ interface StreamCfg {
   RW: number;
   /** workgroups per row block, each taking every C-th chunk of 16 tokens */
   C: number;
-  /** steps ahead each step's weights are loaded (software prefetch: 0, 1 or 2) */
-  PF: number;
+  /** invocations per workgroup (64, 128 or 256) */
+  WG: number;
 }
 /** workgroup memory of the stream kernels: 2040 vec4 + 2 × 16 u32 */
 const STREAM_WG_BYTES = 32768;
 
-/** Shape of a stream expert kernel ('KL[,S[,RW[,C[,PF]]]]'; S is ignored by the up projection). */
+/** Shape of a stream expert kernel ('KL[,S[,RW[,C[,WG]]]]'; S is ignored by the up projection). */
 function streamCfg(env: string | undefined, def: number[]): StreamCfg {
   const v = env ? env.split(',').map(Number) : def;
-  const ok = v.length >= 1 && v.length <= 5 && v.every((n, i) => Number.isInteger(n) && (n > 0 || i === 4));
-  const [KL, S = 1, RW = 1, C = 1, PF = 0] = ok ? v : def;
-  if (!(256 % KL! === 0 && KL! >= 8 && KL! <= 32 && RW <= 2 && C <= 8 && PF <= 2)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
-  return { KL: KL!, S, RW, C, PF };
+  const ok = v.length >= 1 && v.length <= 5 && v.every((n) => Number.isInteger(n) && n > 0);
+  const [KL, S = 1, RW = 1, C = 1, WG = 256] = ok ? v : def;
+  if (!([8, 16, 32].includes(KL!) && RW <= 2 && C <= 8 && [64, 128, 256].includes(WG))) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  return { KL: KL!, S, RW, C, WG };
 }
 
 /** Shape constants of a rows-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
@@ -582,7 +582,7 @@ function dispatchRouting(r: Run, b: Batch): void {
 function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bindings: GPUBuffer[]): void {
   const { ctx, upStream: s, upCfg: u } = r;
   if (streams(ctx, r.variant, r.H, s)) {
-    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C, PF: s.PF }, bindings, [ceil(p.rows, (256 / s.KL) * s.RW) * s.C, 1, p.nE]);
+    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C, WG: s.WG }, bindings, [ceil(p.rows, (s.WG / s.KL) * s.RW) * s.C, 1, p.nE]);
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE]);
   else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
 }
@@ -591,8 +591,8 @@ function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bin
 function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bindings: GPUBuffer[]): void {
   const { ctx, downStream: s, downCfg: d } = r;
   if (streams(ctx, r.variant, I, s)) {
-    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C, PF: s.PF }, bindings, [
-      ceil(p.rows, (512 / s.KL) * s.RW) * s.C,
+    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C, WG: s.WG }, bindings, [
+      ceil(p.rows, ((2 * s.WG) / s.KL) * s.RW) * s.C,
       r.splits,
       p.nE,
     ]);

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Where the stream expert kernels' time goes, by ablation: each row runs bench/kernel-tune.ts on
+# the Mixtral-8x7B layer (fresh process) with a copy of kernels/ (MOEKIT_KERNEL_DIR) from which
+# one part of the work is cut. The outputs are wrong on purpose; only the kernel times matter.
+#   full     the kernels as shipped
+#   mem      weights streamed and summed, no multiply-adds, no x reads (the weight stream alone)
+#   now      no weight reads (values made from the index): multiply-adds, x reads, tiles, barriers
+#   nox      no x reads from workgroup memory in the inner step (x made from the index)
+#   nostage  no global reads into the x tiles (tiles filled from the index; barriers kept)
+#   compute  now + nostage: multiply-adds, workgroup-memory reads and barriers only
+# One device-tool call, after scripts/device/pack-dist.sh (UP / DOWN set the shapes, default the shipped ones):
+#   command: bash scripts/device/kernel-ablate.sh   carry: [".device", "dist"]
+set -u
+[ -f .device/env.sh ] && . .device/env.sh
+OUT=${OUT:-/tmp/kernel-ablate}; mkdir -p "$OUT"
+T=$(mktemp -d)
+abl() { # name perl-expressions...
+  local d="$T/$1"; shift
+  mkdir -p "$d"; cp kernels/*.wgsl "$d/"
+  for e in "$@"; do perl -0pi -e "$e" "$d"/expert_up_stream.wgsl "$d"/expert_down_stream.wgsl; done
+}
+NOW='s/let w = (w[gud])\[i >> 2u\];/let w = vec2<u32>(i * 2654435761u, i);/g'
+NOX='s/let ([xy][0-3]) = sm\[([^\]]+)\];/let $1 = vec4<f32>(f32($2));/g'
+MEM='s/dot4t\((acc\.\w), x0, y0, x1, y1, x2, y2, x3, y3, (w\.\w+), (w\.\w+)\)/$1 + $2 + $3/g'
+NOSTAGE='s/sm\[i\] = [hx]\[[^;]*\];/sm[i] = vec4<f32>(f32(i));/g'
+abl full
+abl mem "$MEM"
+abl now "$NOW"
+abl nox "$NOX"
+abl nostage "$NOSTAGE"
+abl compute "$NOW" "$NOSTAGE"
+# every ablation must change its kernels (a pattern that stopped matching would time the full kernels)
+for a in mem now nox nostage compute; do
+  cmp -s "$T/full/expert_up_stream.wgsl" "$T/$a/expert_up_stream.wgsl" && { echo "ablation $a matched nothing in expert_up_stream.wgsl" >&2; exit 1; }
+  cmp -s "$T/full/expert_down_stream.wgsl" "$T/$a/expert_down_stream.wgsl" && { echo "ablation $a matched nothing in expert_down_stream.wgsl" >&2; exit 1; }
+done
+cfg="stream${UP:+:$UP}${DOWN:+:$DOWN}"
+for r in $(seq "${ROUNDS:-1}"); do
+  for a in ${ABL:-full mem now nox nostage compute}; do
+    echo -n "$a: "
+    MOEKIT_KERNEL_DIR="$T/$a" timeout 90 node dist/bench/kernel-tune.js ${TUNE_ARGS:-} "$cfg" 2>&1 | grep -v Warning
+  done
+done | tee "$OUT/ablate.log"
+rm -rf "$T"
