@@ -5,11 +5,13 @@
  * output from the first configuration's.
  *   node dist/bench/kernel-tune.js [--hidden H --inter I --tokens T] gpu stream stream:16:16,4 cpu
  * A configuration is variant[:up shape:down shape] (MOEKIT_GPU_KERNELS, MOEKIT_UP_CFG,
- * MOEKIT_DOWN_CFG): stream:KL[,S,RW,C]:KL[,S,RW,C] (lanes along K; K splits of the down projection;
+ * MOEKIT_DOWN_CFG): stream:KL[,S,RW,C,WG]:KL[,S,RW,C,WG] (lanes along K; K splits of the down projection;
  * RW rows (up) or row pairs (down) per invocation, 1 or 2; C workgroups per row block taking every
- * C-th chunk of 16 tokens), gpu:KL,RW,MT:KL,RW,MT, cpu. MOEKIT_GPU_PIECE_MIB sets the largest piece
- * one dispatch covers (default 128 on a GPU).
+ * C-th chunk of 16 tokens; WG invocations per workgroup), gpu:KL,RW,MT:KL,RW,MT, cpu. MOEKIT_GPU_PIECE_MIB sets the largest piece
+ * one dispatch covers (default 1024 on a GPU).
  * --sync waits for each piece's upload before its kernel (kernel time without upload overlap).
+ * --repeat N runs each expert dispatch N times back to back on its resident piece and counts the
+ * median (default 7; 1 = one cold run per dispatch, which moved 2–3× from process to process on an H100).
  */
 import { forwardGpu } from '../src/gpu/moe.js';
 import { randomTokens } from '../src/ops/verify.js';
@@ -29,6 +31,7 @@ const I = num('--inter', 14336);
 const E = num('--experts', 8);
 const K = num('--topk', 2);
 const T = num('--tokens', 64);
+const repeats = num('--repeat', 7);
 const sync = args.includes('--sync');
 if (sync) args.splice(args.indexOf('--sync'), 1);
 const configs = args.length > 0 ? args : ['gpu', 'stream', 'cpu'];
@@ -85,7 +88,7 @@ for (const c of configs) {
   let by = '';
   let out: Float32Array | undefined;
   for (let rep = 0; rep < 3; rep++) {
-    const r = await forwardGpu(block, spec, x, T, { timing: true, syncUploads: sync });
+    const r = await forwardGpu(block, spec, x, T, { timing: true, syncUploads: sync, kernelRepeats: repeats });
     if (rep > 0 && (r.kernelMs ?? NaN) < best) {
       best = r.kernelMs!;
       by = Object.entries(r.kernelMsBy ?? {})

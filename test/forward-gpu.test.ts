@@ -260,6 +260,26 @@ describe("'stream' expert kernels, the default on real GPUs (each weight row rea
       });
 });
 
+describe('kernelRepeats (benchmarks: steady-state kernel time)', () => {
+  it('repeated expert dispatches leave the output bit-identical, each kernel counted once (the median run)', async () => {
+    const w = synth({ seed: 14, H: 128, I: 192, E: 4, dtype: 'BF16' });
+    const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: 'swiglu' } };
+    const r = rng(214);
+    const x = Float32Array.from({ length: 40 * 128 }, () => 2 * r() - 1);
+    for (const kernels of ['stream', 'cpu'] as const) {
+      const once = await forwardGpu(w, spec, x, 40, { kernels, timing: true, maxBinding: 65536 });
+      const rep = await forwardGpu(w, spec, x, 40, { kernels, timing: true, maxBinding: 65536, kernelRepeats: 5 });
+      expect(once.pieces).toBeGreaterThan(2);
+      expect(Buffer.from(rep.out.buffer).equals(Buffer.from(once.out.buffer))).toBe(true);
+      // the same kernels timed; the expert kernels' time is one run's, not five runs' summed
+      expect(Object.keys(rep.kernelMsBy ?? {}).sort()).toEqual(Object.keys(once.kernelMsBy ?? {}).sort());
+      const name = kernels === 'stream' ? 'expert_up_stream' : 'expert_up';
+      expect(rep.kernelMsBy![name]!).toBeLessThan(3 * once.kernelMsBy![name]!);
+    }
+    await expect(forwardGpu(w, spec, x, 40, { kernelRepeats: 0 })).rejects.toThrow(/kernelRepeats must be 1 to 64/);
+  });
+});
+
 describe('piece planning', () => {
   it('uploads cover every byte of every piece once, in whole rows of at most the upload size', () => {
     const mk = (I: number, H: number) =>

@@ -56,6 +56,12 @@ export interface GpuForwardOptions {
   kernels?: Variant;
   /** wait for each piece's upload before dispatching its kernel (benchmarks: kernel time alone) */
   syncUploads?: boolean;
+  /**
+   * with timing: run each expert kernel dispatch this many times back to back on its resident piece
+   * (they only write what they do not read, so the output is the same) and count the median run's
+   * time: the steady-state kernel time, as torch's is timed, instead of one cold run (benchmarks)
+   */
+  kernelRepeats?: number;
   /** use this expert selection instead of the block's router (verify across precisions) */
   forced?: Routed;
 }
@@ -132,17 +138,20 @@ class Ctx {
   /** bytes uploaded before waiting for the queue: Dawn keeps a copy of each upload until the GPU has used it */
   private readonly pendingCap: number;
   pieces = 0;
-  private queries?: { set: GPUQuerySet; n: number; cap: number; ns: bigint; names: string[]; by: Record<string, number> };
+  /** recorded intervals: names[i] is the kernel of intervals [runs[i], runs[i + 1]) (its repeats) */
+  private queries?: { set: GPUQuerySet; n: number; cap: number; ns: number; names: string[]; runs: number[]; by: Record<string, number> };
   constructor(
     readonly gpu: Gpu,
     timing: boolean,
     readonly pieceBytes: number,
     readonly uploadBytes: number,
+    /** runs of each repeatable dispatch when timing (kernelRepeats) */
+    readonly repeats = 1,
   ) {
     this.device = gpu.device;
     this.pendingCap = 2 * uploadBytes;
     if (timing && gpu.timestamps)
-      this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0n, names: [], by: {} };
+      this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0, names: [], runs: [], by: {} };
   }
   /** Read back and sum the recorded kernel intervals (call when the queue is idle or before waiting on it). */
   async drainTimestamps(): Promise<void> {
@@ -157,20 +166,23 @@ class Ctx {
     this.device.queue.submit([enc.finish()]);
     await rb.mapAsync(GPUMapMode.READ);
     const t = new BigInt64Array(rb.getMappedRange().slice(0));
-    for (let i = 0; i + 1 < q.n; i += 2) {
-      const d = t[i + 1]! - t[i]!;
+    q.runs.push(q.n / 2);
+    for (const [i, name] of q.names.entries()) {
+      const ds: number[] = [];
+      for (let j = q.runs[i]!; j < q.runs[i + 1]!; j++) ds.push(Number(t[2 * j + 1]! - t[2 * j]!));
+      const d = ds.sort((a, b) => a - b)[(ds.length - 1) >> 1]!;
       q.ns += d;
-      const name = q.names[i / 2]!;
-      q.by[name] = (q.by[name] ?? 0) + Number(d) / 1e6;
+      q.by[name] = (q.by[name] ?? 0) + d / 1e6;
     }
     q.names = [];
+    q.runs = [];
     rb.unmap();
     res.destroy();
     rb.destroy();
     q.n = 0;
   }
   get kernelMs(): number | undefined {
-    return this.queries ? Number(this.queries.ns) / 1e6 : undefined;
+    return this.queries ? this.queries.ns / 1e6 : undefined;
   }
   get kernelMsBy(): Record<string, number> | undefined {
     return this.queries?.by;
@@ -209,25 +221,29 @@ class Ctx {
     this.device.queue.writeBuffer(b, 0, a);
     return b;
   }
-  dispatch(name: KernelName, constants: Record<string, number>, buffers: GPUBuffer[], groups: [number, number, number]): void {
+  /** One kernel dispatch (repeatable: it writes nothing it reads; timed runs repeat it this.repeats times). */
+  dispatch(name: KernelName, constants: Record<string, number>, buffers: GPUBuffer[], groups: [number, number, number], repeatable = false): void {
     const k = kernel(this.device, name, constants);
     const bg = this.device.createBindGroup({ layout: k.layout, entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
     const enc = this.device.createCommandEncoder();
     const q = this.queries;
-    const pass = enc.beginComputePass(q ? { timestampWrites: { querySet: q.set, beginningOfPassWriteIndex: q.n, endOfPassWriteIndex: q.n + 1 } } : undefined);
     if (q) {
-      q.n += 2;
       q.names.push(name);
+      q.runs.push(q.n / 2);
     }
-    pass.setPipeline(k.pipeline);
-    pass.setBindGroup(0, bg);
-    pass.dispatchWorkgroups(...groups);
-    pass.end();
+    for (let i = q && repeatable ? this.repeats : 1; i > 0; i--) {
+      const pass = enc.beginComputePass(q ? { timestampWrites: { querySet: q.set, beginningOfPassWriteIndex: q.n, endOfPassWriteIndex: q.n + 1 } } : undefined);
+      if (q) q.n += 2;
+      pass.setPipeline(k.pipeline);
+      pass.setBindGroup(0, bg);
+      pass.dispatchWorkgroups(...groups);
+      pass.end();
+    }
     this.device.queue.submit([enc.finish()]);
   }
   /** Timestamp slots left before a drain is needed. */
   get needsDrain(): boolean {
-    return !!this.queries && this.queries.n + 16 > this.queries.cap;
+    return !!this.queries && this.queries.n + 16 + 2 * this.repeats > this.queries.cap;
   }
   /** Count uploaded bytes; wait for the queue when many were uploaded since the last wait (bounds Dawn's staging memory). */
   async uploaded(bytes: number): Promise<void> {
@@ -582,9 +598,9 @@ function dispatchRouting(r: Run, b: Batch): void {
 function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bindings: GPUBuffer[]): void {
   const { ctx, upStream: s, upCfg: u } = r;
   if (streams(ctx, r.variant, r.H, s)) {
-    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C, WG: s.WG }, bindings, [ceil(p.rows, (s.WG / s.KL) * s.RW) * s.C, 1, p.nE]);
-  } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE]);
-  else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C, WG: s.WG }, bindings, [ceil(p.rows, (s.WG / s.KL) * s.RW) * s.C, 1, p.nE], true);
+  } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE], true);
+  else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE], true);
 }
 
 /** One down-projection piece with the run's kernel variant (K = I); split-K when the run's splits > 1. */
@@ -595,9 +611,9 @@ function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bind
       ceil(p.rows, ((2 * s.WG) / s.KL) * s.RW) * s.C,
       r.splits,
       p.nE,
-    ]);
-  } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE]);
-  else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE]);
+    ], true);
+  } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE], true);
+  else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE], true);
 }
 
 /**
@@ -680,7 +696,9 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   const w = await materialize(block, false);
   const gpu = await getGpu();
   const piece = Math.min(opts.pieceBytes ?? Infinity, pieceCap(gpu.fallback));
-  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, uploadCap(gpu.fallback)));
+  const repeats = opts.kernelRepeats ?? 1;
+  if (!(Number.isInteger(repeats) && repeats >= 1 && repeats <= 64)) throw new MoekitError('usage', `kernelRepeats must be 1 to 64, not ${repeats}`);
+  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, uploadCap(gpu.fallback)), repeats);
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
   const H = w.hidden;
   const out = new Float32Array(T * H);
