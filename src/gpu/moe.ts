@@ -607,11 +607,13 @@ function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bin
 function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bindings: GPUBuffer[]): void {
   const { ctx, downStream: s, downCfg: d } = r;
   if (streams(ctx, r.variant, I, s)) {
-    ctx.dispatch('expert_down_stream', { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C, WG: s.WG }, bindings, [
-      ceil(p.rows, ((2 * s.WG) / s.KL) * s.RW) * s.C,
-      r.splits,
-      p.nE,
-    ], true);
+    ctx.dispatch(
+      'expert_down_stream',
+      { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C, WG: s.WG },
+      bindings,
+      [ceil(p.rows, ((2 * s.WG) / s.KL) * s.RW) * s.C, r.splits, p.nE],
+      true,
+    );
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE], true);
   else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE], true);
 }
