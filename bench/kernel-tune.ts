@@ -10,6 +10,7 @@
  * C-th chunk of 16 tokens; WG invocations per workgroup), gpu:KL,RW,MT:KL,RW,MT, cpu. MOEKIT_GPU_PIECE_MIB sets the largest piece
  * one dispatch covers (default 1024 on a GPU).
  * --sync waits for each piece's upload before its kernel (kernel time without upload overlap).
+ * --runs N forwards per configuration (default 3; the best after the first counts; all are printed).
  * --repeat N runs each expert dispatch N times back to back on its resident piece and counts the
  * median (default 7; 1 = one cold run per dispatch, which moved 2–3× from process to process on an H100).
  */
@@ -32,6 +33,7 @@ const E = num('--experts', 8);
 const K = num('--topk', 2);
 const T = num('--tokens', 64);
 const repeats = num('--repeat', 7);
+const runs = num('--runs', 3);
 const sync = args.includes('--sync');
 if (sync) args.splice(args.indexOf('--sync'), 1);
 const configs = args.length > 0 ? args : ['gpu', 'stream', 'cpu'];
@@ -87,8 +89,10 @@ for (const c of configs) {
   let best = Infinity;
   let by = '';
   let out: Float32Array | undefined;
-  for (let rep = 0; rep < 3; rep++) {
+  const all: string[] = [];
+  for (let rep = 0; rep < runs; rep++) {
     const r = await forwardGpu(block, spec, x, T, { timing: true, syncUploads: sync, kernelRepeats: repeats });
+    all.push((r.kernelMs ?? NaN).toFixed(2));
     if (rep > 0 && (r.kernelMs ?? NaN) < best) {
       best = r.kernelMs!;
       by = Object.entries(r.kernelMsBy ?? {})
@@ -106,7 +110,7 @@ for (const c of configs) {
     }
   } else ref = out;
   console.log(
-    `${c.padEnd(14)} kernels ${best.toFixed(2)} ms  ${(gflop / (best / 1e3)).toFixed(0)} GFLOP/s  max rel vs first ${(refMax ? maxAbs / refMax : 0).toExponential(2)}  (${by})`,
+    `${c.padEnd(14)} kernels ${best.toFixed(2)} ms  ${(gflop / (best / 1e3)).toFixed(0)} GFLOP/s  max rel vs first ${(refMax ? maxAbs / refMax : 0).toExponential(2)}  (${by}) runs ${all.join(' ')}`,
   );
 }
 process.exit(0);
