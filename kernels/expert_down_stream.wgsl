@@ -11,8 +11,8 @@ override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override S: u32 = 1u; // splits along K
 override RW: u32 = 1u; // row pairs per invocation (1: rows nb + rg, nb + RG + rg; 2: also nb + 2·RG + rg, nb + 3·RG + rg)
 override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
-override WG: u32 = 256u; // invocations per workgroup (64, 128 or 256: smaller ones let more workgroups share an SM)
 
+const WG = 256u;
 const MT = 16u;
 const XQ = 2040u;
 
@@ -120,7 +120,7 @@ fn store(o: u32, nb: u32, nv: u32, e: u32, sp: u32, y0: f32) {
   }
 }
 
-@compute @workgroup_size(WG, 1, 1)
+@compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let RG = WG / KL;
   let kl = li % KL;
@@ -156,6 +156,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var ab1 = AB();
     var ab2 = AB();
     var ab3 = AB();
+    // each step's weights are loaded a step ahead (wn): the loads stay in flight across the previous
+    // step's multiply-adds and the tiles' barriers (the load past the last step repeats it)
+    var wn = load_w(wa, wb, wc, wd2, jA * 2u * KL + kl);
     for (var j0 = jA; j0 < jB; j0 += TJ) {
       let jn = min(TJ, jB - j0);
       workgroupBarrier();
@@ -167,7 +170,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
-        let w = load_w(wa, wb, wc, wd2, (j0 + jj) * 2u * KL + kl);
+        let w = wn;
+        wn = load_w(wa, wb, wc, wd2, min(j0 + jj + 1u, jB - 1u) * 2u * KL + kl);
         let s = jj * 2u * KL + kl;
         ab0 = step4(ab0, 0u, TQ, s, w);
         if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }

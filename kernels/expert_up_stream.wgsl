@@ -1,8 +1,8 @@
 // Real-GPU expert up projection (variant 'stream' when K % (8·KL) == 0, src/gpu/moe.ts): same
 // math, bindings and parameters as expert_up.wgsl. The skinny grouped GEMM (a handful of tokens
 // per expert) is bound by streaming the weights, so every weight element is read from memory
-// once, coalesced, and used for all of the expert's tokens (16 at a time): a workgroup of WG
-// invocations (256 by default) owns RG = WG / KL rows of one expert (gate and up). Per step the KL lanes of a row
+// once, coalesced, and used for all of the expert's tokens (16 at a time): a workgroup of 256
+// invocations owns RG = 256 / KL rows of one expert (gate and up). Per step the KL lanes of a row
 // group read two runs of KL consecutive 4-element words of the row (whole cache lines), unpack
 // bf16 in registers, and multiply them with the chunk's tokens, staged tile by tile along K in
 // workgroup memory. The accumulators are named vec4s, explicitly zeroed per chunk (no arrays, so
@@ -22,8 +22,8 @@ override LIMIT: f32 = 7.0;
 override KL: u32 = 8u; // lanes along K per row group (8, 16 or 32)
 override RW: u32 = 1u; // rows per invocation (1, or 2: rows nb + rg and nb + RG + rg share each x load)
 override C: u32 = 1u; // workgroups per row block, side by side in dispatch order: workgroup c takes token chunks c, c + C, … (their weight reads meet in L2)
-override WG: u32 = 256u; // invocations per workgroup (64, 128 or 256: smaller ones let more workgroups share an SM)
 
+const WG = 256u;
 const MT = 16u; // tokens per chunk
 const XQ = 2040u; // vec4s of workgroup memory (with trow, ents: 32 KiB): x tiles, then the reduction
 
@@ -149,7 +149,7 @@ fn emit(o: u32, nb: u32, nv: u32, c0: u32, off: u32, e: u32, g0: f32, u0: f32) {
   }
 }
 
-@compute @workgroup_size(WG, 1, 1)
+@compute @workgroup_size(256, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let RG = WG / KL;
   let kl = li % KL;
@@ -182,6 +182,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var ab1 = AB();
     var ab2 = AB();
     var ab3 = AB();
+    // each step's weights are loaded a step ahead (wn): the loads stay in flight across the previous
+    // step's multiply-adds and the tiles' barriers (the load past the last step repeats it)
+    var wn = load_w(wrow, wrow2, kl);
     for (var j0 = 0u; j0 < J; j0 += TJ) {
       let jn = min(TJ, J - j0);
       workgroupBarrier();
@@ -193,7 +196,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       workgroupBarrier();
       for (var jj = 0u; jj < jn; jj++) {
-        let w = load_w(wrow, wrow2, (j0 + jj) * 2u * KL + kl); // the lane's first vec4 along K; the second is q + KL
+        let w = wn;
+        wn = load_w(wrow, wrow2, min(j0 + jj + 1u, J - 1u) * 2u * KL + kl);
         let s = jj * 2u * KL + kl;
         ab0 = step4(ab0, 0u, TQ, s, w);
         if (nv > 4u) { ab1 = step4(ab1, 4u, TQ, s, w); }

@@ -229,8 +229,7 @@ describe("'stream' expert kernels, the default on real GPUs (each weight row rea
       [undefined, undefined],
       ['8,1,1,1', '8,8,1,1'],
       ['8,1,2,2', '8,8,2,3'],
-      ['8,1,2,2,128', '8,8,2,3,64'],
-      ['8,1,1,1,64', '8,4,1,1,128'],
+      ['8,1,1,1', '8,4,1,1'],
     ] as const)
       it(`${c.name} (shapes ${up ?? 'default: two rows per invocation'} / ${down ?? 'default'}): equal to the CPU forward, and the stream kernels ran`, async () => {
         const w = synth(c.w);

@@ -12,7 +12,7 @@ for r in $(seq "${ROUNDS:-2}"); do
   for c in $CFGS; do
     pm=1024; case $c in *@*) pm=${c##*@}; c=${c%@*};; esac
     echo -n "pieces $pm MiB: "
-    MOEKIT_GPU_PIECE_MIB=$pm timeout 60 node dist/bench/kernel-tune.js ${TUNE_ARGS:-} "stream:$c" 2>&1 | grep -v Warning
+    MOEKIT_GPU_PIECE_MIB=$pm timeout 60 node dist/bench/kernel-tune.js ${TUNE_ARGS:---sync} "stream:$c" 2>&1 | grep -v Warning
   done
 done | tee "$OUT/ab.log"
 # BEST unset: the configuration with the lowest kernel time above (when it is not the default's)

@@ -38,7 +38,7 @@ cfg="stream${UP:+:$UP}${DOWN:+:$DOWN}"
 for r in $(seq "${ROUNDS:-1}"); do
   for a in ${ABL:-full mem now nox nostage compute}; do
     echo -n "$a: "
-    MOEKIT_KERNEL_DIR="$T/$a" timeout 90 node dist/bench/kernel-tune.js ${TUNE_ARGS:-} "$cfg" 2>&1 | grep -v Warning
+    MOEKIT_KERNEL_DIR="$T/$a" timeout 90 node dist/bench/kernel-tune.js ${TUNE_ARGS:---sync} "$cfg" 2>&1 | grep -v Warning
   done
 done | tee "$OUT/ablate.log"
 rm -rf "$T"

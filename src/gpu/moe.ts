@@ -45,7 +45,7 @@ export interface GpuForwardOptions {
    * expert GEMM kernel variant: 'stream' (expert_*_stream, the default on real GPUs: each weight
    * row read once for 16 tokens at a time staged in workgroup memory, accumulators in registers,
    * two rows (up) / row pairs (down) per invocation, split-K down projection; shapes
-   * MOEKIT_UP_CFG / MOEKIT_DOWN_CFG 'KL[,S[,RW[,C[,WG]]]]', default 8,1,2,2 / 8,8,2,2; 'gpu' where K is
+   * MOEKIT_UP_CFG / MOEKIT_DOWN_CFG 'KL[,S[,RW[,C]]]', default 8,1,2,2 / 8,8,2,2; 'gpu' where K is
    * not a multiple of its step or the adapter has less than 32 KiB of workgroup memory), 'gpu'
    * (workgroup streams a row block's weights once, K split across lanes, workgroup reduction) or
    * 'cpu' (register-blocked, no workgroup memory: fast on lavapipe). Measured on an H100 with
@@ -433,19 +433,17 @@ interface StreamCfg {
   RW: number;
   /** workgroups per row block, each taking every C-th chunk of 16 tokens */
   C: number;
-  /** invocations per workgroup (64, 128 or 256) */
-  WG: number;
 }
 /** workgroup memory of the stream kernels: 2040 vec4 + 2 × 16 u32 */
 const STREAM_WG_BYTES = 32768;
 
-/** Shape of a stream expert kernel ('KL[,S[,RW[,C[,WG]]]]'; S is ignored by the up projection). */
+/** Shape of a stream expert kernel ('KL[,S[,RW[,C]]]'; S is ignored by the up projection). */
 function streamCfg(env: string | undefined, def: number[]): StreamCfg {
   const v = env ? env.split(',').map(Number) : def;
-  const ok = v.length >= 1 && v.length <= 5 && v.every((n) => Number.isInteger(n) && n > 0);
-  const [KL, S = 1, RW = 1, C = 1, WG = 256] = ok ? v : def;
-  if (!([8, 16, 32].includes(KL!) && RW <= 2 && C <= 8 && [64, 128, 256].includes(WG))) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
-  return { KL: KL!, S, RW, C, WG };
+  const ok = v.length >= 1 && v.length <= 4 && v.every((n) => Number.isInteger(n) && n > 0);
+  const [KL, S = 1, RW = 1, C = 1] = ok ? v : def;
+  if (!([8, 16, 32].includes(KL!) && RW <= 2 && C <= 8)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  return { KL: KL!, S, RW, C };
 }
 
 /** Shape constants of a rows-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
@@ -627,7 +625,7 @@ function dispatchRouting(r: Run, b: Batch): void {
 function dispatchUp(r: Run, p: Piece, tb: number, c: Record<string, number>, bindings: GPUBuffer[]): void {
   const { ctx, upStream: s, upCfg: u } = r;
   if (streams(ctx, r.variant, r.H, s)) {
-    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C, WG: s.WG }, bindings, [ceil(p.rows, (s.WG / s.KL) * s.RW) * s.C, 1, p.nE], true);
+    ctx.dispatch('expert_up_stream', { ...c, KL: s.KL, RW: s.RW, C: s.C }, bindings, [ceil(p.rows, (256 / s.KL) * s.RW) * s.C, 1, p.nE], true);
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_up_gpu', { ...c, ...u }, bindings, [ceil(p.rows, (256 / u.KL) * u.RW), 1, p.nE], true);
   else ctx.dispatch('expert_up', c, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE], true);
 }
@@ -638,9 +636,9 @@ function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bind
   if (streams(ctx, r.variant, I, s)) {
     ctx.dispatch(
       'expert_down_stream',
-      { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C, WG: s.WG },
+      { DDT, KL: s.KL, S: r.splits, RW: s.RW, C: s.C },
       bindings,
-      [ceil(p.rows, ((2 * s.WG) / s.KL) * s.RW) * s.C, r.splits, p.nE],
+      [ceil(p.rows, (512 / s.KL) * s.RW) * s.C, r.splits, p.nE],
       true,
     );
   } else if (r.variant !== 'cpu') ctx.dispatch('expert_down_gpu', { DDT, ...d }, bindings, [ceil(p.rows, (256 / d.KL) * d.RW), 1, p.nE], true);
