@@ -595,7 +595,7 @@ function dispatchRouting(r: Run, b: Batch): void {
     const ids = ctx.storage(tb * K * 4 || 4, 'ids', ctx.batch);
     const logits = ctx.storage(tb * E * 4, 'logits', ctx.batch);
     const lp = ctx.uniform([tb, E, H, w.router?.bias ? 1 : 0]);
-    ctx.dispatch('router_logits', { WDT: DT[w.router!.weight.dtype] }, [lp, b.xb, r.routerW, r.routerB, logits], [ceil(E, 64), tb, 1]);
+    ctx.dispatch('router_logits', { WDT: DT[w.router!.weight.dtype] }, [lp, b.xb, r.routerW, r.routerB, logits], [E, tb, 1]);
     const rt = r.spec.routing;
     const sel = [
       tb,
