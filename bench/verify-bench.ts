@@ -235,13 +235,13 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       activation: { kind: 'swiglu' as const },
     };
     const forward = opts.cpu ? cpuForward : forwardGpu;
-    await forward(warmupBlock(), spec, new Float32Array(8 * 64), 8);
-
     const x = randomTokens(T, H, 42);
     const src = await layerSource(ck, config);
-    // steady-state kernel time: each expert dispatch 64 times once its piece is resident (same output)
+    // steady-state kernel time: each expert dispatch 64 times once its piece is resident (same
+    // output), in the process's first forward (later ones measured up to 2× slower on an H100)
     const pre = opts.cpu ? undefined : await src.load(0, { lazy: true });
     const steady = pre && (await forward(pre.weights, pre.facts, x, T, { timing: true, kernelRepeats: 64, syncUploads: true }));
+    await forward(warmupBlock(), spec, new Float32Array(8 * 64), 8);
     const t0 = performance.now();
     const layer = await src.load(0, { lazy: true });
     const t1 = performance.now();
