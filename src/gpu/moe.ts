@@ -129,13 +129,6 @@ const MAX_E = 512;
 
 type U = GPUBufferUsageFlags;
 
-/**
- * Piece buffers kept per device between pieces and forwards, at most POOL_PIECES of them: reused
- * instead of destroyed and created again (MOEKIT_GPU_POOL=0 turns this off).
- */
-const piecePools = new WeakMap<GPUDevice, GPUBuffer[]>();
-const POOL_PIECES = 4;
-
 class Ctx {
   readonly device: GPUDevice;
   /** buffers of the current token batch, and of the current weight piece */
@@ -260,31 +253,9 @@ class Ctx {
       this.pendingBytes = 0;
     }
   }
-  /** A storage buffer for one piece's weights: a pooled one of this size when there is one. */
-  pieceBuffer(size: number, label: string): GPUBuffer {
-    const pool = this.pool;
-    const bytes = Math.max(16, Math.ceil(size / 16) * 16);
-    const i = pool ? pool.findIndex((b) => b.size === bytes) : -1;
-    const b = i >= 0 ? pool!.splice(i, 1)[0]! : this.buffer(bytes, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label);
-    if (pool) this.pooled.add(b);
-    this.piece.push(b);
-    return b;
-  }
-  private readonly pooled = new Set<GPUBuffer>();
-  private get pool(): GPUBuffer[] | undefined {
-    if (process.env.MOEKIT_GPU_POOL === '0') return undefined;
-    let p = piecePools.get(this.device);
-    if (!p) piecePools.set(this.device, (p = []));
-    return p;
-  }
-  /** Release the piece's buffers (after its submit): pooled ones back to the pool, the oldest over its size destroyed. */
+  /** Release the piece's buffers (after its submit). */
   async releasePiece(): Promise<void> {
-    const pool = this.pool;
-    for (const b of this.piece) {
-      if (pool && this.pooled.delete(b)) pool.push(b);
-      else b.destroy();
-    }
-    while (pool && pool.length > POOL_PIECES) pool.shift()!.destroy();
+    for (const b of this.piece) b.destroy();
     this.piece = [];
     if (this.needsDrain) await this.drainTimestamps();
   }
@@ -659,7 +630,7 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   let ui = 0;
   for (const [j, job] of jobs.entries()) {
     const { g, gi, p } = job;
-    const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.pieceBuffer(jobBytes(job, kind, H), `${kind} piece`)]));
+    const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.storage(jobBytes(job, kind, H), `${kind} piece`, ctx.piece)]));
     for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
       const data = await next!;
       next = ui + 1 < uploads.length ? fetchUpload(uploads[ui + 1]!, r.staging, (ui + 1) % 2) : undefined;
