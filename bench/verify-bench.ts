@@ -5,7 +5,7 @@
  *   - verify: loading the layer (layerSource, lazy) + the WebGPU forward streaming the expert
  *     matrices from disk, as `moekit verify` does
  *   - kernels: GPU time of all kernels (timestamp queries), → kernel GFLOP/s: on a GPU, from a
- *     forward before the verify run where each expert dispatch runs 64 times back to back on its
+ *     forward before the verify run (real GPUs) where each expert dispatch runs 64 times back to back on its
  *     resident piece (the median counts: steady state, as torch is timed; on an H100 this figure
  *     repeats within ±5% across processes, one run per dispatch moved 2–4×, and a process's later
  *     forwards ran up to 2× slower); the verify run's own cold figure beside it
@@ -30,6 +30,7 @@ import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
 import type { Chunk } from '../src/store/pool.js';
 import { layerSource } from '../src/forward/ir-loader.js';
 import { forwardGpu } from '../src/gpu/moe.js';
+import { getGpu } from '../src/gpu/device.js';
 import { forwardFast } from '../src/forward/cpu-fast.js';
 import { wasmPool } from '../src/forward/wasm-pool.js';
 import { randomTokens } from '../src/ops/verify.js';
@@ -238,8 +239,9 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
     const x = randomTokens(T, H, 42);
     const src = await layerSource(ck, config);
     // steady-state kernel time: each expert dispatch 64 times once its piece is resident (same
-    // output), in the process's first forward (later ones measured up to 2× slower on an H100)
-    const pre = opts.cpu ? undefined : await src.load(0, { lazy: true });
+    // output), in the process's first forward (later ones measured up to 2× slower on an H100); not
+    // on a CPU adapter (lavapipe), where 64 runs would take minutes and the verify run's figure serves
+    const pre = opts.cpu || (await getGpu()).fallback ? undefined : await src.load(0, { lazy: true });
     const steady = pre && (await forward(pre.weights, pre.facts, x, T, { timing: true, kernelRepeats: 64, syncUploads: true }));
     await forward(warmupBlock(), spec, new Float32Array(8 * 64), 8);
     const t0 = performance.now();
