@@ -49,8 +49,9 @@ export interface GpuForwardOptions {
    * not a multiple of its step or the adapter has less than 32 KiB of workgroup memory), 'gpu'
    * (workgroup streams a row block's weights once, K split across lanes, workgroup reduction) or
    * 'cpu' (register-blocked, no workgroup memory: fast on lavapipe). Measured on an H100 with
-   * bench/verify-bench.ts (Mixtral-8x7B layer, 64 tokens, fresh process each): stream with these
-   * shapes 4.1 ms, stream 8,1,1,1 / 8,8,1,1 6.2 ms, gpu 10.9 ms, torch eager f32 4.6 ms.
+   * bench/verify-bench.ts (Mixtral-8x7B layer, 64 tokens, fresh process each, one cold run): stream
+   * with these shapes 4.1 ms, stream 8,1,1,1 / 8,8,1,1 6.2 ms, gpu 10.9 ms, torch eager f32 4.6 ms;
+   * now (weights a step ahead, 1 GiB pieces) 2.95–3.1 ms steady state (README, Benchmarks).
    * Default: env MOEKIT_GPU_KERNELS, else by adapter.
    */
   kernels?: Variant;
