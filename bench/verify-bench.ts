@@ -72,6 +72,8 @@ export interface VerifyBenchResult {
   kernelGflops?: number;
   /** the kernels' time in the verify run itself (each dispatch once, right after its upload) */
   coldKernelMs?: number;
+  /** where the verify run's forward spent its wall time on the host (WebGPU runs) */
+  hostMs?: { readWait: number; write: number; gpuWait: number };
   /** verifyMs / readMs */
   ratio: number;
   torch?: TorchResult;
@@ -272,6 +274,7 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       kernelMs: steady?.kernelMs ?? r.kernelMs,
       kernelGflops: (steady?.kernelMs ?? r.kernelMs) ? gflop / ((steady?.kernelMs ?? r.kernelMs)! / 1e3) : undefined,
       coldKernelMs: steady ? r.kernelMs : undefined,
+      hostMs: 'hostMs' in r ? r.hostMs : undefined,
       ratio: (t2 - t0) / readMs,
       cpuGflops: opts.cpu ? gflop / (warmMs / 1e3) : undefined,
     };
@@ -294,6 +297,14 @@ export function formatVerifyBench(r: VerifyBenchResult): string {
     `kernels (GPU time)     ${f(r.kernelMs)} ms   ${f(r.kernelGflops)} GFLOP/s${r.coldKernelMs !== undefined ? ` (median of 64 runs on resident weights; once each in the verify run: ${f(r.coldKernelMs)} ms)` : ''}`,
     `verify / read          ${f(r.ratio, 2)}`,
   ];
+  if (r.hostMs) {
+    const h = r.hostMs;
+    lines.splice(
+      4,
+      0,
+      `  forward on the host:  waiting for disk reads ${f(h.readWait)} ms, writeBuffer ${f(h.write)} ms, waiting for the GPU ${f(h.gpuWait)} ms, the rest ${f(r.forwardMs - h.readWait - h.write - h.gpuWait)} ms`,
+    );
+  }
   if (r.cpuGflops !== undefined)
     lines.splice(4, 1, `CPU forward            ${f(r.cpuGflops)} GFLOP/s (best of 3 warm runs; weights streamed from the page cache included)`);
   if (r.torch) {

@@ -348,6 +348,9 @@ describe('streaming expert weights from disk', () => {
       const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels, uploadBytes });
       const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding, kernels });
       expect(Buffer.from(a.out.buffer).equals(Buffer.from(b.out.buffer))).toBe(true);
+      // the host's time by phase (verify-bench prints it): the lazy block's uploads were copied into WebGPU
+      expect(a.hostMs.write).toBeGreaterThan(0);
+      expect(Object.values(a.hostMs).every((v) => Number.isFinite(v) && v >= 0)).toBe(true);
     }
     await ck.close();
   });

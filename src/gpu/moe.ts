@@ -75,6 +75,12 @@ export interface GpuForwardResult extends ForwardResult {
   kernelMs?: number;
   /** with opts.timing: the same per kernel name (expert_up_stream, combine, …) */
   kernelMsBy?: Record<string, number>;
+  /**
+   * where the forward's wall time went on the host (ms): waiting for weight reads from disk,
+   * copying uploads into WebGPU (writeBuffer), and waiting for the GPU (upload back-pressure,
+   * --sync, the output readback)
+   */
+  hostMs: { readWait: number; write: number; gpuWait: number };
 }
 
 export interface Piece {
@@ -139,6 +145,14 @@ class Ctx {
   /** bytes uploaded before waiting for the queue: Dawn keeps a copy of each upload until the GPU has used it */
   private readonly pendingCap: number;
   pieces = 0;
+  /** host time by phase (GpuForwardResult.hostMs) */
+  readonly hostMs = { readWait: 0, write: 0, gpuWait: 0 };
+  /** Wait for the GPU, counted in hostMs.gpuWait. */
+  async gpuIdle(): Promise<void> {
+    const t = performance.now();
+    await this.device.queue.onSubmittedWorkDone();
+    this.hostMs.gpuWait += performance.now() - t;
+  }
   /** recorded intervals: names[i] is the kernel of intervals [runs[i], runs[i + 1]) (its repeats) */
   private queries?: { set: GPUQuerySet; n: number; cap: number; ns: number; names: string[]; runs: number[]; by: Record<string, number> };
   constructor(
@@ -250,7 +264,7 @@ class Ctx {
   async uploaded(bytes: number): Promise<void> {
     this.pendingBytes += bytes;
     if (this.pendingBytes > this.pendingCap) {
-      await this.device.queue.onSubmittedWorkDone();
+      await this.gpuIdle();
       this.pendingBytes = 0;
     }
   }
@@ -633,13 +647,17 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
     const { g, gi, p } = job;
     const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.storage(jobBytes(job, kind, H), `${kind} piece`, ctx.piece)]));
     for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
+      const tr = performance.now();
       const data = await next!;
+      ctx.hostMs.readWait += performance.now() - tr;
       next = ui + 1 < uploads.length ? fetchUpload(uploads[ui + 1]!, r.staging, (ui + 1) % 2) : undefined;
       const u = uploads[ui]!;
+      const tw = performance.now();
       for (const [i, s] of u.segs.entries()) ctx.write(bufs.get(s.kind)!, s.offset, data[i]!);
+      ctx.hostMs.write += performance.now() - tw;
       await ctx.uploaded(u.bytes);
     }
-    if (r.opts.syncUploads) await ctx.device.queue.onSubmittedWorkDone();
+    if (r.opts.syncUploads) await ctx.gpuIdle();
     const e0 = g.experts[0]!;
     const params = (Kd: number, N: number, hasBias: boolean) =>
       ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
@@ -674,7 +692,9 @@ async function combineAndRead(r: Run, b: Batch, out: Float32Array, expertCounts:
   enc.copyBufferToBuffer(ob, 0, rbOut, 0, tb * H * 4);
   if (E > 0) enc.copyBufferToBuffer(b.meta, 0, rbMeta, 0, E * 4);
   ctx.device.queue.submit([enc.finish()]);
+  const tm = performance.now();
   await Promise.all([rbOut.mapAsync(GPUMapMode.READ), rbMeta.mapAsync(GPUMapMode.READ)]);
+  ctx.hostMs.gpuWait += performance.now() - tm;
   out.set(new Float32Array(rbOut.getMappedRange().slice(0)), b.t0 * H);
   const counts = new Uint32Array(rbMeta.getMappedRange().slice(0));
   for (let e = 0; e < E; e++) expertCounts[e]! += counts[e]!;
@@ -740,5 +760,5 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   // reached only when nothing threw first: then a WebGPU validation / out-of-memory error is the failure
   if (errs.length > 0) throw new MoekitError('gpu', `WebGPU: ${errs[0]!.message.split('\n')[0]}`);
   addOutputBias(w, out, T);
-  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs, kernelMsBy: ctx.kernelMsBy };
+  return { out, expertCounts, adapterName: gpu.adapterName, pieces: ctx.pieces, kernelMs: ctx.kernelMs, kernelMsBy: ctx.kernelMsBy, hostMs: ctx.hostMs };
 }
