@@ -7,7 +7,7 @@
 . .device/env.sh
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 # up:down[@piece MiB] (MOEKIT_GPU_PIECE_MIB, default moekit's: 1024 on a GPU)
-CFGS=${CFGS:-"8,1,2,2:8,8,2,2 8,1,2,2,128:8,8,2,2,128 8,1,2,2,64:8,8,2,2,64 8,1,1,2,128:8,8,1,2,128 8,1,2,2:8,8,2,2@128"}
+CFGS=${CFGS:-"8,1,2,2:8,8,2,2 16,1,2,2:16,8,2,2 8,1,2,1:8,8,2,1 8,1,2,2:8,4,2,2 8,1,2,2:8,8,2,2@128"}
 for r in $(seq "${ROUNDS:-2}"); do
   for c in $CFGS; do
     pm=1024; case $c in *@*) pm=${c##*@}; c=${c%@*};; esac
