@@ -335,18 +335,22 @@ describe('streaming expert weights from disk', () => {
     const ck = await openStore(join(FIX, 'deepseek_v3_bf16'));
     const config = (await ck.config())!;
     const x = Float32Array.from({ length: 24 * 48 }, (_, i) => Math.sin(i));
-    for (const [maxBinding, kernels, uploadBytes] of [
-      [undefined, 'cpu', undefined],
-      [2048, 'cpu', undefined],
-      [2048, 'gpu', undefined],
+    for (const [maxBinding, kernels, uploadBytes, mappedUploads] of [
+      [undefined, 'cpu', undefined, undefined],
+      [2048, 'cpu', undefined, undefined],
+      [2048, 'gpu', undefined, undefined],
       // a piece (all experts, one dispatch) uploaded in 200-byte pieces of whole rows
-      [undefined, 'gpu', 200],
+      [undefined, 'gpu', 200, undefined],
+      // through mapped staging buffers copied on the GPU (the default on real GPUs; lavapipe uses writeBuffer)
+      [2048, 'gpu', undefined, true],
+      [undefined, 'gpu', 200, true],
+      [undefined, 'cpu', undefined, true],
     ] as const) {
       const lazy = await (await layerSource(ck, config)).load(1, { lazy: true });
       expect(lazy.weights.experts[0]!.up.data).toBeUndefined();
       const eager = await (await layerSource(ck, config)).load(1);
-      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels, uploadBytes });
-      const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding, kernels });
+      const a = await forwardGpu(lazy.weights, lazy.facts, x, 24, { maxBinding, kernels, uploadBytes, mappedUploads });
+      const b = await forwardGpu(eager.weights, eager.facts, x, 24, { maxBinding, kernels, mappedUploads: !mappedUploads });
       expect(Buffer.from(a.out.buffer).equals(Buffer.from(b.out.buffer))).toBe(true);
       // the host's time by phase (verify-bench prints it): the lazy block's uploads were copied into WebGPU
       expect(a.hostMs.write).toBeGreaterThan(0);

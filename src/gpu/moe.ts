@@ -8,9 +8,9 @@
  * is cut into row blocks (pieces are also capped by pieceCap); each piece goes into its own
  * buffer, is dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
  * lavapipe's 128 MiB bindings. A piece is uploaded in chunks of whole rows (planUploads, at most
- * uploadCap): expert matrices may stay on disk (lazy weights), and the bytes of the next chunk are
- * read while the current one is uploaded, so host memory stays at two chunks whatever the piece
- * size, and disk reads overlap GPU work.
+ * uploadCap): expert matrices may stay on disk (lazy weights); each chunk is read straight into one
+ * of two staging buffers (mapped ones on a real GPU, Ctx.slotView) while the other one's bytes go to
+ * the GPU, so host memory stays at two chunks whatever the piece size, and disk reads overlap GPU work.
  * Tokens are batched when activations would exceed one binding (tokens are independent).
  */
 import { MoekitError } from '../errors.js';
@@ -37,8 +37,10 @@ export interface GpuForwardOptions {
   maxBinding?: number;
   /** largest weight piece one dispatch covers (default pieceCap) */
   pieceBytes?: number;
-  /** largest upload staged in host memory at once, two at most in flight (default uploadCap: 16 MiB on a CPU adapter, 64 MiB on a GPU) */
+  /** largest upload staged at once, in each of two staging buffers (default uploadCap: 16 MiB on a CPU adapter, 64 MiB on a GPU) */
   uploadBytes?: number;
+  /** read uploads into mapped staging buffers copied on the GPU (default: on real GPUs) rather than host buffers given to writeBuffer (CPU adapters) */
+  mappedUploads?: boolean;
   /** measure GPU time of every kernel with timestamp queries (when the adapter has them) */
   timing?: boolean;
   /**
@@ -76,9 +78,10 @@ export interface GpuForwardResult extends ForwardResult {
   /** with opts.timing: the same per kernel name (expert_up_stream, combine, …) */
   kernelMsBy?: Record<string, number>;
   /**
-   * where the forward's wall time went on the host (ms): waiting for weight reads from disk,
-   * copying uploads into WebGPU (writeBuffer), and waiting for the GPU (upload back-pressure,
-   * --sync, the output readback)
+   * where the forward's wall time went on the host (ms): waiting for weight reads into the staging
+   * buffers (from disk, or copies of in-memory weights; a read starts once its staging buffer's
+   * last copy is done), handing them to the GPU (unmap, copy commands), and waiting for the GPU
+   * (--sync, the readback)
    */
   hostMs: { readWait: number; write: number; gpuWait: number };
 }
@@ -94,8 +97,7 @@ export interface Piece {
 
 const MAX_DISPATCH = 65535;
 /**
- * Largest upload staged in host memory at once (two in flight, and Dawn's copies of about two more
- * until the queue has used them), and largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
+ * Largest upload staged in host memory at once (two staging buffers), and largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
  * overrides it for measurements; bindings may be larger: 2 GiB on the H100). Pieces were uploaded
  * whole before uploads were cut from them, so the piece sizes below were chosen for host memory.
  * On a CPU adapter (lavapipe, whose device
@@ -142,7 +144,7 @@ class Ctx {
   batch: GPUBuffer[] = [];
   piece: GPUBuffer[] = [];
   private pendingBytes = 0;
-  /** bytes uploaded before waiting for the queue: Dawn keeps a copy of each upload until the GPU has used it */
+  /** bytes given to writeBuffer before waiting for the queue: Dawn keeps a copy of each until the GPU has used it */
   private readonly pendingCap: number;
   pieces = 0;
   /** host time by phase (GpuForwardResult.hostMs) */
@@ -153,6 +155,47 @@ class Ctx {
     await this.device.queue.onSubmittedWorkDone();
     this.hostMs.gpuWait += performance.now() - t;
   }
+  /**
+   * The two staging slots uploads are read into, reused: on a real GPU mapped buffers (MAP_WRITE |
+   * COPY_SRC) filled while mapped (straight from disk for lazy weights), copied into the piece on
+   * the GPU and mapped again; writeBuffer would copy every byte once more on the host, into fresh
+   * staging memory of Dawn's (1.4 GB/s on the H100 host, against 5.1–5.4 GB/s for reads into these:
+   * scripts/device/upload-probe.mjs). On a CPU adapter (lavapipe), host buffers and writeBuffer:
+   * there the mapped slots made verify slower (a slot waits for its copy, queued behind the
+   * kernels, which are the CPU's work too).
+   */
+  private slots: { buf?: GPUBuffer; host?: Buffer; size: number; ready: Promise<unknown> }[] = [];
+  /** The bytes (at least `bytes`) of staging slot i, once its last contents are on their way to the GPU. */
+  async slotView(i: number, bytes: number): Promise<Buffer> {
+    let s = this.slots[i];
+    // not counted in hostMs.gpuWait: the forward waits for it as part of the upload's read (readWait)
+    if (s) await s.ready;
+    if (!s || s.size < bytes) {
+      s?.buf?.destroy();
+      const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+      const usage = GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC;
+      s = this.slots[i] = this.mapped
+        ? { buf: this.device.createBuffer({ size, usage, mappedAtCreation: true, label: 'upload staging' }), size, ready: Promise.resolve() }
+        : { host: Buffer.allocUnsafeSlow(size), size, ready: Promise.resolve() };
+    }
+    return s.buf ? Buffer.from(s.buf.getMappedRange(0, s.size)) : s.host!;
+  }
+  /** Hand ranges of slot i (filled) to GPU buffers. Returns the bytes given to writeBuffer (for uploaded()). */
+  flushSlot(i: number, copies: { dst: GPUBuffer; dstOffset: number; srcOffset: number; size: number }[]): number {
+    const s = this.slots[i]!;
+    if (!s.buf) {
+      for (const c of copies) this.write(c.dst, c.dstOffset, s.host!.subarray(c.srcOffset, c.srcOffset + c.size));
+      return copies.reduce((a, c) => a + c.size, 0);
+    }
+    s.buf.unmap();
+    const enc = this.device.createCommandEncoder();
+    for (const c of copies) enc.copyBufferToBuffer(s.buf, c.srcOffset, c.dst, c.dstOffset, c.size);
+    this.device.queue.submit([enc.finish()]);
+    s.ready = s.buf.mapAsync(GPUMapMode.WRITE);
+    // a buffer destroyed while mapping rejects it: awaited in slotView, never unhandled
+    s.ready.catch(() => undefined);
+    return 0;
+  }
   /** recorded intervals: names[i] is the kernel of intervals [runs[i], runs[i + 1]) (its repeats) */
   private queries?: { set: GPUQuerySet; n: number; cap: number; ns: number; names: string[]; runs: number[]; by: Record<string, number> };
   constructor(
@@ -162,6 +205,8 @@ class Ctx {
     readonly uploadBytes: number,
     /** runs of each repeatable dispatch when timing (kernelRepeats) */
     readonly repeats = 1,
+    /** uploads through mapped staging buffers (slotView) */
+    readonly mapped = !gpu.fallback,
   ) {
     this.device = gpu.device;
     this.pendingCap = 2 * uploadBytes;
@@ -204,6 +249,8 @@ class Ctx {
   }
   destroy(): void {
     this.queries?.set.destroy();
+    for (const s of this.slots) s.buf?.destroy();
+    this.slots = [];
   }
   buffer(size: number, usage: U, label?: string, owner?: GPUBuffer[]): GPUBuffer {
     const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage, label });
@@ -260,7 +307,7 @@ class Ctx {
   get needsDrain(): boolean {
     return !!this.queries && this.queries.n + 16 + 2 * this.repeats > this.queries.cap;
   }
-  /** Count uploaded bytes; wait for the queue when many were uploaded since the last wait (bounds Dawn's staging memory). */
+  /** Count bytes given to writeBuffer; wait for the queue when many were since the last wait (bounds Dawn's staging memory). */
   async uploaded(bytes: number): Promise<void> {
     this.pendingBytes += bytes;
     if (this.pendingBytes > this.pendingCap) {
@@ -397,16 +444,35 @@ export function planUploads(jobs: Job[], H: number, cap: number): Upload[] {
   return out;
 }
 
+const align4 = (n: number) => Math.ceil(n / 4) * 4;
+
+/** Where an upload's segments go in a staging slot (4-byte aligned, as buffer copies need), and the bytes it takes. */
+function stagedOffsets(u: Upload): { offsets: number[]; bytes: number } {
+  const offsets: number[] = [];
+  let bytes = 0;
+  for (const s of u.segs) {
+    offsets.push(bytes);
+    bytes = align4(bytes + s.end - s.start);
+  }
+  return { offsets, bytes };
+}
+
 /**
- * Read one upload's bytes, from memory or (lazy weights) from disk into a reusable staging buffer
- * (warm memory: fresh pages are ~10x slower on first touch). staging[slot] is reused every other upload.
+ * Read one upload's bytes into staging slot `slot` of at least slotBytes (from memory, or from disk
+ * for lazy weights), segment i at offsets[i] (returned).
  */
-async function fetchUpload(u: Upload, staging: Buffer[], slot: number): Promise<Uint8Array[]> {
-  const stagingBytes = u.segs.reduce((a, s) => a + (s.w.data ? 0 : s.end - s.start), 0);
-  let buf = staging[slot];
-  if (stagingBytes > 0 && (!buf || buf.byteLength < stagingBytes)) staging[slot] = buf = Buffer.allocUnsafeSlow(stagingBytes);
-  let at = 0;
-  return Promise.all(u.segs.map((s) => readRange(s.w, s.start, s.end, s.w.data ? undefined : buf!.subarray(at, (at += s.end - s.start)))));
+async function fetchUpload(ctx: Ctx, u: Upload, slot: number, slotBytes: number): Promise<number[]> {
+  const { offsets } = stagedOffsets(u);
+  const view = await ctx.slotView(slot, slotBytes);
+  await Promise.all(
+    u.segs.map(async (s, i) => {
+      const into = view.subarray(offsets[i]!, offsets[i]! + s.end - s.start);
+      const got = await readRange(s.w, s.start, s.end, s.w.data ? undefined : into);
+      // in-memory weights, and readers that return their own buffer: copy into the slot
+      if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) into.set(got);
+    }),
+  );
+  return offsets;
 }
 
 type Variant = 'gpu' | 'stream' | 'cpu';
@@ -461,7 +527,6 @@ interface Run {
   /** K splits of the down projection's contributions (combine adds them) */
   splits: number;
   groups: Group[];
-  staging: Buffer[];
   // per-layer constants (small): router, biases
   dummy: GPUBuffer;
   persistent: GPUBuffer[];
@@ -554,7 +619,6 @@ function prepareRun(ctx: Ctx, w: MoeBlockWeights, spec: BlockSpec, opts: GpuForw
     downStream,
     splits: groups.every((g) => streams(ctx, variant, g.I, downStream)) ? downStream.S : 1,
     groups,
-    staging: [],
     dummy,
     persistent,
     routerW: w.router && E > 0 ? upload(bytesOf(w.router.weight), 'router') : dummy,
@@ -641,21 +705,27 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   const hbs = r.groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
   const jobs: Job[] = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
   const uploads = planUploads(jobs, H, ctx.uploadBytes);
-  let next = uploads.length > 0 ? fetchUpload(uploads[0]!, r.staging, 0) : undefined;
+  // upload i is read into staging slot i % 2 while upload i - 1 is copied out of the other one
+  const slotBytes = Math.max(0, ...uploads.map((u) => stagedOffsets(u).bytes));
+  const fetch = (i: number) => (i < uploads.length ? fetchUpload(ctx, uploads[i]!, i % 2, slotBytes) : undefined);
+  let next = fetch(0);
   let ui = 0;
   for (const [j, job] of jobs.entries()) {
     const { g, gi, p } = job;
     const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.storage(jobBytes(job, kind, H), `${kind} piece`, ctx.piece)]));
     for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
       const tr = performance.now();
-      const data = await next!;
+      const offsets = (await next)!;
       ctx.hostMs.readWait += performance.now() - tr;
-      next = ui + 1 < uploads.length ? fetchUpload(uploads[ui + 1]!, r.staging, (ui + 1) % 2) : undefined;
-      const u = uploads[ui]!;
+      next = fetch(ui + 1);
       const tw = performance.now();
-      for (const [i, s] of u.segs.entries()) ctx.write(bufs.get(s.kind)!, s.offset, data[i]!);
+      // whole 4-byte words, as buffer copies need: checkShapes keeps H and I multiples of 4, so every row is
+      const written = ctx.flushSlot(
+        ui % 2,
+        uploads[ui]!.segs.map((s, i) => ({ dst: bufs.get(s.kind)!, dstOffset: s.offset, srcOffset: offsets[i]!, size: s.end - s.start })),
+      );
       ctx.hostMs.write += performance.now() - tw;
-      await ctx.uploaded(u.bytes);
+      await ctx.uploaded(written);
     }
     if (r.opts.syncUploads) await ctx.gpuIdle();
     const e0 = g.experts[0]!;
@@ -719,7 +789,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   const piece = Math.min(opts.pieceBytes ?? Infinity, pieceCap(gpu.fallback));
   const repeats = opts.kernelRepeats ?? 1;
   if (!(Number.isInteger(repeats) && repeats >= 1 && repeats <= 64)) throw new MoekitError('usage', `kernelRepeats must be 1 to 64, not ${repeats}`);
-  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, uploadCap(gpu.fallback)), repeats);
+  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, uploadCap(gpu.fallback)), repeats, opts.mappedUploads);
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
   const H = w.hidden;
   const out = new Float32Array(T * H);
