@@ -1,8 +1,9 @@
 /**
  * Verify benchmark: one synthetic Mixtral-8x7B-shaped bf16 MoE layer (H 4096, I 14336, E 8,
  * top-2, 64 tokens by default) written to a temp folder, then timed:
- *   - read: reading the layer's files from disk into two reused buffers (warm page cache, best of
- *     2; the limit), and each tensor into a fresh buffer as a script would (slower: fresh pages)
+ *   - read: reading the layer's files from disk into reused buffers (warm page cache, best of 2,
+ *     two and four reads in flight; the limit), and each tensor into a fresh buffer as a script
+ *     would (slower: fresh pages)
  *   - verify: loading the layer (layerSource, lazy) + the WebGPU forward streaming the expert
  *     matrices from disk, as `moekit verify` does
  *   - kernels: GPU time of all kernels (timestamp queries), → kernel GFLOP/s: on a GPU, from a
@@ -30,7 +31,7 @@ import { bufferSource, writeCheckpoint, type WriteEntry } from '../src/store/saf
 import { f32BitsToBf16, f32ToBits } from '../src/engine/cast.js';
 import type { Chunk } from '../src/store/pool.js';
 import { layerSource } from '../src/forward/ir-loader.js';
-import { forwardGpu } from '../src/gpu/moe.js';
+import { forwardGpu, type HostMs } from '../src/gpu/moe.js';
 import { getGpu } from '../src/gpu/device.js';
 import { forwardFast } from '../src/forward/cpu-fast.js';
 import { wasmPool } from '../src/forward/wasm-pool.js';
@@ -66,7 +67,7 @@ export interface VerifyBenchResult {
   gflop: number;
   /** reading each tensor into a fresh buffer */
   readMs: number;
-  /** reading the checkpoint's files into two reused 64 MiB buffers, one read ahead (the disk's limit) */
+  /** reading the checkpoint's files into reused buffers, the faster of 64 MiB chunks two in flight and 16 MiB four in flight (the disk's limit) */
   readReusedMs: number;
   loadMs: number;
   forwardMs: number;
@@ -77,7 +78,7 @@ export interface VerifyBenchResult {
   /** the kernels' time in the verify run itself (each dispatch once, right after its upload) */
   coldKernelMs?: number;
   /** where the verify run's forward spent its wall time on the host (WebGPU runs) */
-  hostMs?: { readWait: number; write: number; gpuWait: number };
+  hostMs?: HostMs;
   /** verifyMs / readReusedMs (the target's ratio) */
   ratio: number;
   /** verifyMs / readMs */
@@ -181,22 +182,23 @@ function warmupBlock(): MoeBlockWeights {
   };
 }
 
-/** Milliseconds to read every .safetensors file of dir in 64 MiB chunks into two reused buffers, one read ahead. */
-async function readFiles(dir: string): Promise<number> {
-  const CH = 64 << 20;
-  const bufs = [Buffer.allocUnsafeSlow(CH), Buffer.allocUnsafeSlow(CH)];
+/**
+ * Milliseconds to read every .safetensors file of dir in chunks of `chunk` bytes into `depth` reused
+ * buffers, `depth` reads in flight (1: one after another; 4: libuv's threads all reading).
+ */
+async function readFiles(dir: string, chunk: number, depth: number): Promise<number> {
+  const bufs = Array.from({ length: depth }, () => Buffer.allocUnsafeSlow(chunk));
   const t0 = performance.now();
   for (const name of (await readdir(dir)).filter((n) => n.endsWith('.safetensors'))) {
     const fh = await open(join(dir, name), 'r');
     try {
       const size = (await fh.stat()).size;
-      const rd = (i: number) => fh.read(bufs[i % 2]!, 0, Math.min(CH, size - i * CH), i * CH);
-      const n = Math.ceil(size / CH);
-      let next = n > 0 ? rd(0) : undefined;
-      for (let i = 0; i < n; i++) {
-        await next;
-        next = i + 1 < n ? rd(i + 1) : undefined;
+      const inflight: Promise<unknown>[] = [];
+      for (let i = 0; i * chunk < size; i++) {
+        await inflight[i % depth];
+        inflight[i % depth] = fh.read(bufs[i % depth]!, 0, Math.min(chunk, size - i * chunk), i * chunk);
       }
+      await Promise.all(inflight);
     } finally {
       await fh.close();
     }
@@ -253,7 +255,7 @@ export async function runVerifyBench(opts: VerifyBenchOptions = {}): Promise<Ver
       const t0 = performance.now();
       for (const t of ck.tensors.values()) await ck.read(t);
       readMs = Math.min(readMs, performance.now() - t0);
-      readReusedMs = Math.min(readReusedMs, await readFiles(dir));
+      readReusedMs = Math.min(readReusedMs, await readFiles(dir, 64 << 20, 2), await readFiles(dir, 16 << 20, 4));
     }
 
     const spec = {
@@ -327,7 +329,7 @@ export function formatVerifyBench(r: VerifyBenchResult): string {
   const lines = [
     `== verify of one bf16 MoE layer: H ${s.hidden}, I ${s.inter}, E ${s.experts}, top-${s.topK}, ${s.tokens} tokens (${(r.weightBytes / 2 ** 30).toFixed(2)} GiB, ${r.gflop.toFixed(1)} GFLOP) ==`,
     `adapter                ${r.adapter}`,
-    `read weights (disk)    ${f(r.readReusedMs)} ms   ${f(r.weightBytes / 2 ** 20 / (r.readReusedMs / 1e3), 0)} MiB/s into two reused buffers; ${f(r.readMs)} ms tensor by tensor into fresh ones`,
+    `read weights (disk)    ${f(r.readReusedMs)} ms   ${f(r.weightBytes / 2 ** 20 / (r.readReusedMs / 1e3), 0)} MiB/s into reused buffers; ${f(r.readMs)} ms tensor by tensor into fresh ones`,
     `verify (load+forward)  ${f(r.verifyMs)} ms   (headers ${f(r.loadMs)} ms, forward incl. disk reads + upload ${f(r.forwardMs)} ms)`,
     `kernels (GPU time)     ${f(r.kernelMs)} ms   ${f(r.kernelGflops)} GFLOP/s${r.coldKernelMs !== undefined ? ` (median of 64 runs on resident weights; once each in the verify run: ${f(r.coldKernelMs)} ms)` : ''}`,
     `verify / read          ${f(r.ratio, 2)} (${f(r.ratioFresh, 2)} against the fresh-buffer read)`,
@@ -337,7 +339,7 @@ export function formatVerifyBench(r: VerifyBenchResult): string {
     lines.splice(
       4,
       0,
-      `  forward on the host:  waiting for disk reads ${f(h.readWait)} ms, handing uploads to the GPU ${f(h.write)} ms, waiting for the GPU ${f(h.gpuWait)} ms, the rest ${f(r.forwardMs - h.readWait - h.write - h.gpuWait)} ms`,
+      `  forward on the host:  setup ${f(h.setup)} ms, GPU buffers ${f(h.alloc)} ms, waiting for disk reads ${f(h.readWait)} ms, handing uploads to the GPU ${f(h.write)} ms, waiting for the GPU ${f(h.gpuWait)} ms, the rest ${f(r.forwardMs - Object.values(h).reduce((a, b) => a + b, 0))} ms`,
     );
   }
   if (r.cpuGflops !== undefined)

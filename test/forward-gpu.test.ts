@@ -7,7 +7,7 @@ import { layerSource } from '../src/forward/ir-loader.js';
 import { compare, forwardCpu, routeAll } from '../src/forward/cpu.js';
 import type { BlockSpec } from '../src/forward/routing.js';
 import { bytesOf, type ExpertWeights, type MoeBlockWeights, type Weight } from '../src/forward/weights.js';
-import { forwardGpu, planPieces, planUploads } from '../src/gpu/moe.js';
+import { forwardGpu, planPieces, planUploads, releaseGpuBuffers } from '../src/gpu/moe.js';
 import { makeRouting, type Activation, type Routing } from '../src/families/index.js';
 
 const FIX = new URL('../fixtures/hf/', import.meta.url).pathname;
@@ -357,5 +357,33 @@ describe('streaming expert weights from disk', () => {
       expect(Object.values(a.hostMs).every((v) => Number.isFinite(v) && v >= 0)).toBe(true);
     }
     await ck.close();
+  });
+
+  it('the buffers a device keeps between forwards: reused, recovered after a failed read, not shared by concurrent forwards', async () => {
+    const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: 'swiglu' } };
+    const blocks = [synth({ seed: 11, H: 32, I: 48, E: 8, dtype: 'BF16' }), synth({ seed: 12, H: 32, I: 48, E: 8, dtype: 'BF16' })];
+    const x = Float32Array.from({ length: 19 * 32 }, (_, i) => Math.cos(i));
+    const opts = { kernels: 'gpu' as const, uploadBytes: 512, mappedUploads: true };
+    const want = blocks.map((w) => forwardCpu(w, spec, x, 19).out);
+    const check = (out: Float32Array, i: number) => expect(compare(out, want[i]!).maxRel).toBeLessThanOrEqual(1e-5);
+    // lazy weights whose reads fail part way: the forward fails between a read and its copy
+    const failing: MoeBlockWeights = {
+      ...blocks[0]!,
+      experts: blocks[0]!.experts.map((e, i) => ({
+        ...e,
+        down: {
+          dtype: e.down.dtype,
+          shape: e.down.shape,
+          read: i < 5 ? (s, t) => Promise.resolve(bytesOf(e.down).subarray(s, t)) : () => Promise.reject(new Error('disk gone')),
+        },
+      })),
+    };
+    check((await forwardGpu(blocks[0]!, spec, x, 19, opts)).out, 0);
+    await expect(forwardGpu(failing, spec, x, 19, opts)).rejects.toThrow('disk gone');
+    check((await forwardGpu(blocks[1]!, spec, x, 19, opts)).out, 1);
+    const both = await Promise.all(blocks.map((w) => forwardGpu(w, spec, x, 19, opts)));
+    both.forEach((r, i) => check(r.out, i));
+    releaseGpuBuffers();
+    check((await forwardGpu(blocks[0]!, spec, x, 19, opts)).out, 0);
   });
 });

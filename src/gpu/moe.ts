@@ -8,9 +8,9 @@
  * is cut into row blocks (pieces are also capped by pieceCap); each piece goes into its own
  * buffer, is dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
  * lavapipe's 128 MiB bindings. A piece is uploaded in chunks of whole rows (planUploads, at most
- * uploadCap): expert matrices may stay on disk (lazy weights); each chunk is read straight into one
- * of two staging buffers (mapped ones on a real GPU, Ctx.slotView) while the other one's bytes go to
- * the GPU, so host memory stays at two chunks whatever the piece size, and disk reads overlap GPU work.
+ * UPLOAD_CAP): expert matrices may stay on disk (lazy weights); chunks are read straight into a ring of
+ * staging buffers (mapped ones on a real GPU, Ctx.slotView) while the ones before go to the GPU, so
+ * host memory stays at a few chunks whatever the piece size, and disk reads overlap GPU work.
  * Tokens are batched when activations would exceed one binding (tokens are independent).
  */
 import { MoekitError } from '../errors.js';
@@ -37,7 +37,7 @@ export interface GpuForwardOptions {
   maxBinding?: number;
   /** largest weight piece one dispatch covers (default pieceCap) */
   pieceBytes?: number;
-  /** largest upload staged at once, in each of two staging buffers (default uploadCap: 16 MiB on a CPU adapter, 64 MiB on a GPU) */
+  /** largest upload staged at once, in each staging buffer (default UPLOAD_CAP, 16 MiB) */
   uploadBytes?: number;
   /** read uploads into mapped staging buffers copied on the GPU (default: on real GPUs) rather than host buffers given to writeBuffer (CPU adapters) */
   mappedUploads?: boolean;
@@ -77,13 +77,24 @@ export interface GpuForwardResult extends ForwardResult {
   kernelMs?: number;
   /** with opts.timing: the same per kernel name (expert_up_stream, combine, …) */
   kernelMsBy?: Record<string, number>;
-  /**
-   * where the forward's wall time went on the host (ms): waiting for weight reads into the staging
-   * buffers (from disk, or copies of in-memory weights; a read starts once its staging buffer's
-   * last copy is done), handing them to the GPU (unmap, copy commands), and waiting for the GPU
-   * (--sync, the readback)
-   */
-  hostMs: { readWait: number; write: number; gpuWait: number };
+  /** where the forward's wall time went on the host (HostMs) */
+  hostMs: HostMs;
+}
+
+/**
+ * Where a forward's wall time went on the host (ms): setup (the router and biases read and uploaded,
+ * pipelines, before the first batch), creating and releasing the pieces' GPU buffers, waiting for
+ * weight reads into the staging buffers (from disk, or copies of in-memory weights; a read starts
+ * once its staging buffer's last contents are on their way), handing them to the GPU (unmap and copy
+ * commands, or writeBuffer), and waiting for the GPU (writeBuffer back-pressure, --sync, timestamp
+ * and output readbacks).
+ */
+export interface HostMs {
+  setup: number;
+  alloc: number;
+  readWait: number;
+  write: number;
+  gpuWait: number;
 }
 
 export interface Piece {
@@ -97,7 +108,8 @@ export interface Piece {
 
 const MAX_DISPATCH = 65535;
 /**
- * Largest upload staged in host memory at once (two staging buffers), and largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
+ * Largest upload staged at once (in each staging buffer: 4 × 16 MiB on a GPU, whose four reads in
+ * flight verify needs, 2 × 16 on a CPU adapter), and largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
  * overrides it for measurements; bindings may be larger: 2 GiB on the H100). Pieces were uploaded
  * whole before uploads were cut from them, so the piece sizes below were chosen for host memory.
  * On a CPU adapter (lavapipe, whose device
@@ -106,10 +118,10 @@ const MAX_DISPATCH = 65535;
  * (bounded by the binding limit): smaller pieces split an expert's rows, or a layer's experts, over more,
  * emptier dispatches (H200, 32 MiB pieces: kernel time of a Mixtral-8x7B layer 8.7 → 15.2 ms; H100,
  * bench/verify-bench.ts, a fresh process each: 128 MiB pieces (one expert per dispatch) 4.3 ms,
- * 1 GiB (all 8) 3.6 ms). Host memory does not grow with it (uploads are cut at uploadCap); GPU memory
+ * 1 GiB (all 8) 3.6 ms). Host memory does not grow with it (uploads are cut at UPLOAD_CAP); GPU memory
  * holds about two pieces, so a GPU with less than ~6 GB wants MOEKIT_GPU_PIECE_MIB=128.
  */
-const uploadCap = (fallback: boolean) => (fallback ? 16 : 64) * 2 ** 20;
+const UPLOAD_CAP = 16 * 2 ** 20;
 const pieceCap = (fallback: boolean) => (Number(process.env.MOEKIT_GPU_PIECE_MIB) || (fallback ? 16 : 1024)) * 2 ** 20;
 
 /**
@@ -138,6 +150,46 @@ const MAX_E = 512;
 
 type U = GPUBufferUsageFlags;
 
+/** A staging slot: a mapped GPU buffer (real GPUs) or a host buffer (writeBuffer); ready: false when its mapping failed. */
+interface Slot {
+  buf?: GPUBuffer;
+  host?: Buffer;
+  size: number;
+  ready: Promise<boolean>;
+  /** its bytes were handed out (slotView) and not yet to the GPU (flushSlot) */
+  viewed?: boolean;
+}
+/**
+ * Buffers a device keeps between forwards, so that a multi-layer verify creates them once: the
+ * staging slots and the MAX_IDLE_PIECES largest idle weight-piece buffers, reused by exact size (within a
+ * forward too: the down projection's piece takes the up projection's gate buffer; the queue runs in
+ * order, so its upload lands after the up kernel has read it). Creating them took ~100 ms per forward
+ * on the H100 (three 1 GiB pieces ~48 ms, four 16 MiB mapped slots ~50 ms). A forward holds the cache
+ * while it runs; one running beside it gets buffers of its own.
+ */
+interface DeviceCache {
+  busy: boolean;
+  slots: Slot[];
+  pieces: GPUBuffer[];
+}
+const MAX_IDLE_PIECES = 3;
+const caches = new Map<GPUDevice, DeviceCache>();
+
+/** Free the buffers kept between forwards (staging slots, idle pieces) of every device not in use. */
+export function releaseGpuBuffers(): void {
+  for (const [device, c] of caches) {
+    if (c.busy) continue;
+    freeCache(c);
+    caches.delete(device);
+  }
+}
+function freeCache(c: DeviceCache): void {
+  for (const s of c.slots) s.buf?.destroy();
+  for (const b of c.pieces) b.destroy();
+  c.slots = [];
+  c.pieces = [];
+}
+
 class Ctx {
   readonly device: GPUDevice;
   /** buffers of the current token batch, and of the current weight piece */
@@ -148,7 +200,7 @@ class Ctx {
   private readonly pendingCap: number;
   pieces = 0;
   /** host time by phase (GpuForwardResult.hostMs) */
-  readonly hostMs = { readWait: 0, write: 0, gpuWait: 0 };
+  readonly hostMs: HostMs = { setup: 0, alloc: 0, readWait: 0, write: 0, gpuWait: 0 };
   /** Wait for the GPU, counted in hostMs.gpuWait. */
   async gpuIdle(): Promise<void> {
     const t = performance.now();
@@ -156,7 +208,7 @@ class Ctx {
     this.hostMs.gpuWait += performance.now() - t;
   }
   /**
-   * The two staging slots uploads are read into, reused: on a real GPU mapped buffers (MAP_WRITE |
+   * The staging slots uploads are read into (4 on a real GPU, 2 on a CPU adapter), reused: on a real GPU mapped buffers (MAP_WRITE |
    * COPY_SRC) filled while mapped (straight from disk for lazy weights), copied into the piece on
    * the GPU and mapped again; writeBuffer would copy every byte once more on the host, into fresh
    * staging memory of Dawn's (1.4 GB/s on the H100 host, against 5.1–5.4 GB/s for reads into these:
@@ -164,25 +216,29 @@ class Ctx {
    * there the mapped slots made verify slower (a slot waits for its copy, queued behind the
    * kernels, which are the CPU's work too).
    */
-  private slots: { buf?: GPUBuffer; host?: Buffer; size: number; ready: Promise<unknown> }[] = [];
+  private readonly cache: DeviceCache;
   /** The bytes (at least `bytes`) of staging slot i, once its last contents are on their way to the GPU. */
   async slotView(i: number, bytes: number): Promise<Buffer> {
-    let s = this.slots[i];
+    const slots = this.cache.slots;
+    let s = slots[i];
     // not counted in hostMs.gpuWait: the forward waits for it as part of the upload's read (readWait)
-    if (s) await s.ready;
-    if (!s || s.size < bytes) {
+    const ok = s ? await s.ready : false;
+    // a slot still viewed was left behind by a forward that failed between its read and its copy
+    if (!s || !ok || s.viewed || s.size < bytes || !!s.buf !== this.mapped) {
       s?.buf?.destroy();
       const size = Math.max(16, Math.ceil(bytes / 16) * 16);
       const usage = GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC;
-      s = this.slots[i] = this.mapped
-        ? { buf: this.device.createBuffer({ size, usage, mappedAtCreation: true, label: 'upload staging' }), size, ready: Promise.resolve() }
-        : { host: Buffer.allocUnsafeSlow(size), size, ready: Promise.resolve() };
+      s = slots[i] = this.mapped
+        ? { buf: this.device.createBuffer({ size, usage, mappedAtCreation: true, label: 'upload staging' }), size, ready: Promise.resolve(true) }
+        : { host: Buffer.allocUnsafeSlow(size), size, ready: Promise.resolve(true) };
     }
+    s.viewed = true;
     return s.buf ? Buffer.from(s.buf.getMappedRange(0, s.size)) : s.host!;
   }
   /** Hand ranges of slot i (filled) to GPU buffers. Returns the bytes given to writeBuffer (for uploaded()). */
   flushSlot(i: number, copies: { dst: GPUBuffer; dstOffset: number; srcOffset: number; size: number }[]): number {
-    const s = this.slots[i]!;
+    const s = this.cache.slots[i]!;
+    s.viewed = false;
     if (!s.buf) {
       for (const c of copies) this.write(c.dst, c.dstOffset, s.host!.subarray(c.srcOffset, c.srcOffset + c.size));
       return copies.reduce((a, c) => a + c.size, 0);
@@ -191,9 +247,11 @@ class Ctx {
     const enc = this.device.createCommandEncoder();
     for (const c of copies) enc.copyBufferToBuffer(s.buf, c.srcOffset, c.dst, c.dstOffset, c.size);
     this.device.queue.submit([enc.finish()]);
-    s.ready = s.buf.mapAsync(GPUMapMode.WRITE);
-    // a buffer destroyed while mapping rejects it: awaited in slotView, never unhandled
-    s.ready.catch(() => undefined);
+    // a failed mapping (a destroyed buffer, a lost device) makes slotView create a new slot
+    s.ready = s.buf.mapAsync(GPUMapMode.WRITE).then(
+      () => true,
+      () => false,
+    );
     return 0;
   }
   /** recorded intervals: names[i] is the kernel of intervals [runs[i], runs[i + 1]) (its repeats) */
@@ -210,6 +268,10 @@ class Ctx {
   ) {
     this.device = gpu.device;
     this.pendingCap = 2 * uploadBytes;
+    let c = caches.get(this.device);
+    if (!c) caches.set(this.device, (c = { busy: false, slots: [], pieces: [] }));
+    this.cache = c.busy ? { busy: true, slots: [], pieces: [] } : c;
+    this.cache.busy = true;
     if (timing && gpu.timestamps)
       this.queries = { set: this.device.createQuerySet({ type: 'timestamp', count: 512 }), n: 0, cap: 512, ns: 0, names: [], runs: [], by: {} };
   }
@@ -224,7 +286,9 @@ class Ctx {
     enc.resolveQuerySet(q.set, 0, q.n, res, 0);
     enc.copyBufferToBuffer(res, 0, rb, 0, bytes);
     this.device.queue.submit([enc.finish()]);
+    const tw = performance.now();
     await rb.mapAsync(GPUMapMode.READ);
+    this.hostMs.gpuWait += performance.now() - tw;
     const t = new BigInt64Array(rb.getMappedRange().slice(0));
     q.runs.push(q.n / 2);
     for (const [i, name] of q.names.entries()) {
@@ -249,9 +313,19 @@ class Ctx {
   }
   destroy(): void {
     this.queries?.set.destroy();
-    for (const s of this.slots) s.buf?.destroy();
-    this.slots = [];
+    if (caches.get(this.device) === this.cache) this.cache.busy = false;
+    else freeCache(this.cache);
   }
+  /** A weight piece's buffer: an idle one of the same size if the device keeps one, else a new one. */
+  pieceBuffer(bytes: number, label: string): GPUBuffer {
+    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    const i = this.cache.pieces.findIndex((b) => b.size === size);
+    const b = i >= 0 ? this.cache.pieces.splice(i, 1)[0]! : this.buffer(size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label);
+    this.pieceBufs.push(b);
+    return b;
+  }
+  /** the current piece's weight buffers (kept idle for reuse when it is released) */
+  private pieceBufs: GPUBuffer[] = [];
   buffer(size: number, usage: U, label?: string, owner?: GPUBuffer[]): GPUBuffer {
     const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage, label });
     owner?.push(b);
@@ -317,14 +391,26 @@ class Ctx {
   }
   /** Release the piece's buffers (after its submit). */
   async releasePiece(): Promise<void> {
+    const t = performance.now();
     for (const b of this.piece) b.destroy();
     this.piece = [];
+    this.keepPieces();
+    this.hostMs.alloc += performance.now() - t;
     if (this.needsDrain) await this.drainTimestamps();
   }
   releaseBatch(): void {
     for (const b of [...this.piece, ...this.batch]) b.destroy();
     this.piece = [];
     this.batch = [];
+    this.keepPieces();
+  }
+  /** Move the piece's weight buffers to the idle ones, keeping the MAX_IDLE_PIECES largest (the costliest to create). */
+  private keepPieces(): void {
+    const idle = this.cache.pieces;
+    idle.push(...this.pieceBufs);
+    this.pieceBufs = [];
+    idle.sort((a, b) => b.size - a.size);
+    for (const b of idle.splice(MAX_IDLE_PIECES)) b.destroy();
   }
 }
 
@@ -464,14 +550,13 @@ function stagedOffsets(u: Upload): { offsets: number[]; bytes: number } {
 async function fetchUpload(ctx: Ctx, u: Upload, slot: number, slotBytes: number): Promise<number[]> {
   const { offsets } = stagedOffsets(u);
   const view = await ctx.slotView(slot, slotBytes);
-  await Promise.all(
-    u.segs.map(async (s, i) => {
-      const into = view.subarray(offsets[i]!, offsets[i]! + s.end - s.start);
-      const got = await readRange(s.w, s.start, s.end, s.w.data ? undefined : into);
-      // in-memory weights, and readers that return their own buffer: copy into the slot
-      if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) into.set(got);
-    }),
-  );
+  const reads = u.segs.map(async (s, i) => {
+    const into = view.subarray(offsets[i]!, offsets[i]! + s.end - s.start);
+    const got = await readRange(s.w, s.start, s.end, s.w.data ? undefined : into);
+    // in-memory weights, and readers that return their own buffer: copy into the slot
+    if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) into.set(got);
+  });
+  await Promise.all(reads);
   return offsets;
 }
 
@@ -705,49 +790,71 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   const hbs = r.groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
   const jobs: Job[] = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
   const uploads = planUploads(jobs, H, ctx.uploadBytes);
-  // upload i is read into staging slot i % 2 while upload i - 1 is copied out of the other one
+  // upload i is read into staging slot i % n while the n - 1 uploads before it go to the GPU and are
+  // read ahead: n = 4 on a real GPU (four reads in flight), 2 on a CPU adapter (its reads compete
+  // with the kernels for the same cores)
+  const n = ctx.mapped ? 4 : 2;
   const slotBytes = Math.max(0, ...uploads.map((u) => stagedOffsets(u).bytes));
-  const fetch = (i: number) => (i < uploads.length ? fetchUpload(ctx, uploads[i]!, i % 2, slotBytes) : undefined);
-  let next = fetch(0);
+  const reads: Promise<number[]>[] = [];
+  const fetch = (i: number) => {
+    const t = performance.now();
+    if (i < uploads.length) {
+      const read = fetchUpload(ctx, uploads[i]!, i % n, slotBytes);
+      // awaited in order below; one failing while another is awaited is not unhandled
+      read.catch(() => undefined);
+      reads[i % n] = read;
+    }
+    // the synchronous part: creating the slot's staging buffer on first use
+    ctx.hostMs.alloc += performance.now() - t;
+  };
+  for (let i = 0; i < n - 1; i++) fetch(i);
   let ui = 0;
-  for (const [j, job] of jobs.entries()) {
-    const { g, gi, p } = job;
-    const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.storage(jobBytes(job, kind, H), `${kind} piece`, ctx.piece)]));
-    for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
-      const tr = performance.now();
-      const offsets = (await next)!;
-      ctx.hostMs.readWait += performance.now() - tr;
-      next = fetch(ui + 1);
-      const tw = performance.now();
-      // whole 4-byte words, as buffer copies need: checkShapes keeps H and I multiples of 4, so every row is
-      const written = ctx.flushSlot(
-        ui % 2,
-        uploads[ui]!.segs.map((s, i) => ({ dst: bufs.get(s.kind)!, dstOffset: s.offset, srcOffset: offsets[i]!, size: s.end - s.start })),
-      );
-      ctx.hostMs.write += performance.now() - tw;
-      await ctx.uploaded(written);
+  try {
+    for (const [j, job] of jobs.entries()) {
+      const { g, gi, p } = job;
+      const ta = performance.now();
+      const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.pieceBuffer(jobBytes(job, kind, H), `${kind} piece`)]));
+      ctx.hostMs.alloc += performance.now() - ta;
+      for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
+        const tr = performance.now();
+        const offsets = await reads[ui % n]!;
+        ctx.hostMs.readWait += performance.now() - tr;
+        fetch(ui + n - 1);
+        const tw = performance.now();
+        // whole 4-byte words, as buffer copies need: checkShapes keeps H and I multiples of 4, so every row is
+        const written = ctx.flushSlot(
+          ui % n,
+          uploads[ui]!.segs.map((s, i) => ({ dst: bufs.get(s.kind)!, dstOffset: s.offset, srcOffset: offsets[i]!, size: s.end - s.start })),
+        );
+        ctx.hostMs.write += performance.now() - tw;
+        await ctx.uploaded(written);
+      }
+      if (r.opts.syncUploads) await ctx.gpuIdle();
+      const e0 = g.experts[0]!;
+      const params = (Kd: number, N: number, hasBias: boolean) =>
+        ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
+      if (job.up) {
+        const upConst = {
+          GDT: DT[e0.gate?.dtype ?? 'F32'],
+          UDT: DT[e0.up.dtype],
+          GATED: g.gated ? 1 : 0,
+          ACT: ACT[act.kind],
+          ALPHA: act.alpha ?? 1.702,
+          LIMIT: act.limit ?? 3.4e38,
+        };
+        const bindings = [params(H, g.I, !!g.bias), b.xb, bufs.get('gate') ?? r.dummy, bufs.get('up')!, r.gBias[gi]!, b.meta, b.rw, hbs[gi]!];
+        dispatchUp(r, p, tb, upConst, bindings);
+      } else {
+        const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, r.dBias[gi]!, b.meta, b.rw, b.contrib];
+        dispatchDown(r, p, tb, g.I, DT[e0.down.dtype], bindings);
+      }
+      ctx.pieces++;
+      await ctx.releasePiece();
     }
-    if (r.opts.syncUploads) await ctx.gpuIdle();
-    const e0 = g.experts[0]!;
-    const params = (Kd: number, N: number, hasBias: boolean) =>
-      ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
-    if (job.up) {
-      const upConst = {
-        GDT: DT[e0.gate?.dtype ?? 'F32'],
-        UDT: DT[e0.up.dtype],
-        GATED: g.gated ? 1 : 0,
-        ACT: ACT[act.kind],
-        ALPHA: act.alpha ?? 1.702,
-        LIMIT: act.limit ?? 3.4e38,
-      };
-      const bindings = [params(H, g.I, !!g.bias), b.xb, bufs.get('gate') ?? r.dummy, bufs.get('up')!, r.gBias[gi]!, b.meta, b.rw, hbs[gi]!];
-      dispatchUp(r, p, tb, upConst, bindings);
-    } else {
-      const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, r.dBias[gi]!, b.meta, b.rw, b.contrib];
-      dispatchDown(r, p, tb, g.I, DT[e0.down.dtype], bindings);
-    }
-    ctx.pieces++;
-    await ctx.releasePiece();
+  } catch (e) {
+    // no read may still be filling a staging slot that the next forward is given
+    await Promise.allSettled(reads);
+    throw e;
   }
 }
 
@@ -783,17 +890,19 @@ function tokensPerBatch(r: Run, B: number, T: number): number {
 /** Run one MLP block on WebGPU for T tokens x [T, H] (f32). */
 export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Float32Array, T: number, opts: GpuForwardOptions = {}): Promise<GpuForwardResult> {
   checkShapes(block, spec, opts.forced);
+  const tStart = performance.now();
   // router, shared gate and biases in memory; expert matrices may stay on disk (streamed below)
   const w = await materialize(block, false);
   const gpu = await getGpu();
   const piece = Math.min(opts.pieceBytes ?? Infinity, pieceCap(gpu.fallback));
   const repeats = opts.kernelRepeats ?? 1;
   if (!(Number.isInteger(repeats) && repeats >= 1 && repeats <= 64)) throw new MoekitError('usage', `kernelRepeats must be 1 to 64, not ${repeats}`);
-  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, uploadCap(gpu.fallback)), repeats, opts.mappedUploads);
   const B = Math.min(gpu.maxBinding, opts.maxBinding ?? Infinity);
   const H = w.hidden;
   const out = new Float32Array(T * H);
   const expertCounts = new Array<number>(w.experts.length).fill(0);
+  // takes the device's kept buffers until ctx.destroy() below
+  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, UPLOAD_CAP), repeats, opts.mappedUploads);
   ctx.device.pushErrorScope('validation');
   ctx.device.pushErrorScope('out-of-memory');
   let r: Run | undefined;
@@ -803,6 +912,7 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
     // split-K partials multiply the contributions' size: not at the price of another pass over the weights
     if (r.splits > 1 && tokensPerBatch(r, B, T) < T) r.splits = 1;
     const Tb = tokensPerBatch(r, B, T);
+    ctx.hostMs.setup = performance.now() - tStart;
     for (let t0 = 0; t0 < T; t0 += Tb) {
       const tb = Math.min(Tb, T - t0);
       const b: Batch = {
