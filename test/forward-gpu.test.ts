@@ -382,7 +382,7 @@ describe('streaming expert weights from disk', () => {
     await expect(forwardGpu(failing, spec, x, 19, opts)).rejects.toThrow('disk gone');
     check((await forwardGpu(blocks[1]!, spec, x, 19, opts)).out, 1);
     const both = await Promise.all(blocks.map((w) => forwardGpu(w, spec, x, 19, opts)));
-    both.forEach((r, i) => check(r.out, i));
+    for (const [i, r] of both.entries()) check(r.out, i);
     releaseGpuBuffers();
     check((await forwardGpu(blocks[0]!, spec, x, 19, opts)).out, 0);
   });
