@@ -8,7 +8,7 @@
  * is cut into row blocks (pieces are also capped by pieceCap); each piece goes into its own
  * buffer, is dispatched, and released, so a Mixtral-8x7B layer (≈ 117 MB per bf16 matrix) runs on
  * lavapipe's 128 MiB bindings. A piece is uploaded in chunks of whole rows (planUploads, at most
- * UPLOAD_CAP): expert matrices may stay on disk (lazy weights); chunks are read straight into a ring of
+ * the staging slot size): expert matrices may stay on disk (lazy weights); chunks are read straight into a ring of
  * staging buffers (mapped ones on a real GPU, Ctx.slotView) while the ones before go to the GPU, so
  * host memory stays at a few chunks whatever the piece size, and disk reads overlap GPU work.
  * Tokens are batched when activations would exceed one binding (tokens are independent).
@@ -37,7 +37,7 @@ export interface GpuForwardOptions {
   maxBinding?: number;
   /** largest weight piece one dispatch covers (default pieceCap) */
   pieceBytes?: number;
-  /** largest upload staged at once, in each staging buffer (default UPLOAD_CAP, 16 MiB) */
+  /** largest upload staged at once, in each staging slot (default 8 MiB with mapped uploads, 16 MiB without) */
   uploadBytes?: number;
   /** read uploads into mapped staging buffers copied on the GPU (default: on real GPUs) rather than host buffers given to writeBuffer (CPU adapters) */
   mappedUploads?: boolean;
@@ -108,8 +108,10 @@ export interface Piece {
 
 const MAX_DISPATCH = 65535;
 /**
- * Largest upload staged at once (in each staging buffer: 4 × 16 MiB on a GPU, whose four reads in
- * flight verify needs, 2 × 16 on a CPU adapter), and largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
+ * Staging slots and the largest upload staged in each at once: on a real GPU 8 × 8 MiB mapped slots,
+ * seven reads in flight (H100, verify-bench, 2.63 GiB: 4 × 16 MiB 208–322 ms, 4 × 32 240, 8 × 16
+ * 154, 8 × 8 143–145 against 122–142 ms for the bare read), on a CPU adapter 2 × 16 MiB host buffers.
+ * Also the largest piece one dispatch covers (MOEKIT_GPU_PIECE_MIB
  * overrides it for measurements; bindings may be larger: 2 GiB on the H100). Pieces were uploaded
  * whole before uploads were cut from them, so the piece sizes below were chosen for host memory.
  * On a CPU adapter (lavapipe, whose device
@@ -118,10 +120,10 @@ const MAX_DISPATCH = 65535;
  * (bounded by the binding limit): smaller pieces split an expert's rows, or a layer's experts, over more,
  * emptier dispatches (H200, 32 MiB pieces: kernel time of a Mixtral-8x7B layer 8.7 → 15.2 ms; H100,
  * bench/verify-bench.ts, a fresh process each: 128 MiB pieces (one expert per dispatch) 4.3 ms,
- * 1 GiB (all 8) 3.6 ms). Host memory does not grow with it (uploads are cut at UPLOAD_CAP); GPU memory
+ * 1 GiB (all 8) 3.6 ms). Host memory does not grow with it (uploads are cut at the slot size); GPU memory
  * holds about two pieces, so a GPU with less than ~6 GB wants MOEKIT_GPU_PIECE_MIB=128.
  */
-const UPLOAD_CAP = 16 * 2 ** 20;
+const staging = (mapped: boolean) => (mapped ? { slots: 8, bytes: 8 * 2 ** 20 } : { slots: 2, bytes: 16 * 2 ** 20 });
 const pieceCap = (fallback: boolean) => (Number(process.env.MOEKIT_GPU_PIECE_MIB) || (fallback ? 16 : 1024)) * 2 ** 20;
 
 /**
@@ -164,7 +166,7 @@ interface Slot {
  * staging slots and the MAX_IDLE_PIECES largest idle weight-piece buffers, reused by exact size (within a
  * forward too: the down projection's piece takes the up projection's gate buffer; the queue runs in
  * order, so its upload lands after the up kernel has read it). Creating them took ~100 ms per forward
- * on the H100 (three 1 GiB pieces ~48 ms, four 16 MiB mapped slots ~50 ms). A forward holds the cache
+ * on the H100 (three 1 GiB pieces ~48 ms, 64 MiB of mapped slots ~50 ms). A forward holds the cache
  * while it runs; one running beside it gets buffers of its own.
  */
 interface DeviceCache {
@@ -208,7 +210,7 @@ class Ctx {
     this.hostMs.gpuWait += performance.now() - t;
   }
   /**
-   * The staging slots uploads are read into (4 on a real GPU, 2 on a CPU adapter), reused: on a real GPU mapped buffers (MAP_WRITE |
+   * The staging slots uploads are read into (staging()), reused: on a real GPU mapped buffers (MAP_WRITE |
    * COPY_SRC) filled while mapped (straight from disk for lazy weights), copied into the piece on
    * the GPU and mapped again; writeBuffer would copy every byte once more on the host, into fresh
    * staging memory of Dawn's (1.4 GB/s on the H100 host, against 5.1–5.4 GB/s for reads into these:
@@ -264,7 +266,7 @@ class Ctx {
     /** runs of each repeatable dispatch when timing (kernelRepeats) */
     readonly repeats = 1,
     /** uploads through mapped staging buffers (slotView) */
-    readonly mapped = !gpu.fallback,
+    readonly mapped: boolean,
   ) {
     this.device = gpu.device;
     this.pendingCap = 2 * uploadBytes;
@@ -790,10 +792,9 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   const hbs = r.groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
   const jobs: Job[] = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
   const uploads = planUploads(jobs, H, ctx.uploadBytes);
-  // upload i is read into staging slot i % n while the n - 1 uploads before it go to the GPU and are
-  // read ahead: n = 4 on a real GPU (four reads in flight), 2 on a CPU adapter (its reads compete
-  // with the kernels for the same cores)
-  const n = ctx.mapped ? 4 : 2;
+  // upload i is read into staging slot i % n while the n - 1 uploads after it are read ahead
+  // (n = 8 on a real GPU; 2 on a CPU adapter, where reads compete with the kernels for the cores)
+  const n = staging(ctx.mapped).slots;
   const slotBytes = Math.max(0, ...uploads.map((u) => stagedOffsets(u).bytes));
   const reads: Promise<number[]>[] = [];
   const fetch = (i: number) => {
@@ -902,7 +903,8 @@ export async function forwardGpu(block: MoeBlockWeights, spec: BlockSpec, x: Flo
   const out = new Float32Array(T * H);
   const expertCounts = new Array<number>(w.experts.length).fill(0);
   // takes the device's kept buffers until ctx.destroy() below
-  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, UPLOAD_CAP), repeats, opts.mappedUploads);
+  const mapped = opts.mappedUploads ?? !gpu.fallback;
+  const ctx = new Ctx(gpu, !!opts.timing, piece, Math.min(piece, opts.uploadBytes ?? Infinity, staging(mapped).bytes), repeats, mapped);
   ctx.device.pushErrorScope('validation');
   ctx.device.pushErrorScope('out-of-memory');
   let r: Run | undefined;
