@@ -163,7 +163,7 @@ interface Slot {
 }
 /**
  * Buffers a device keeps between forwards, so that a multi-layer verify creates them once: the
- * staging slots and the MAX_IDLE_PIECES largest idle weight-piece buffers, reused by exact size (within a
+ * staging slots and (real GPUs) the MAX_IDLE_PIECES largest idle weight-piece buffers, reused by exact size (within a
  * forward too: the down projection's piece takes the up projection's gate buffer; the queue runs in
  * order, so its upload lands after the up kernel has read it). Creating them took ~100 ms per forward
  * on the H100 (three 1 GiB pieces ~48 ms, 64 MiB of mapped slots ~50 ms). A forward holds the cache
@@ -406,13 +406,16 @@ class Ctx {
     this.batch = [];
     this.keepPieces();
   }
-  /** Move the piece's weight buffers to the idle ones, keeping the MAX_IDLE_PIECES largest (the costliest to create). */
+  /**
+   * Move the piece's weight buffers to the idle ones, keeping the MAX_IDLE_PIECES largest (the
+   * costliest to create); none on a CPU adapter, whose device memory is host memory (--max-memory).
+   */
   private keepPieces(): void {
     const idle = this.cache.pieces;
     idle.push(...this.pieceBufs);
     this.pieceBufs = [];
     idle.sort((a, b) => b.size - a.size);
-    for (const b of idle.splice(MAX_IDLE_PIECES)) b.destroy();
+    for (const b of idle.splice(this.mapped ? MAX_IDLE_PIECES : 0)) b.destroy();
   }
 }
 

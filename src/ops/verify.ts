@@ -387,6 +387,8 @@ export async function verify(aPath: string, bPath: string | undefined, opts: Ver
     await a.close();
     await b?.close();
     await ref?.close();
+    // the staging and piece buffers the GPU forward kept between layers (a library caller's process goes on)
+    if (adapter !== undefined) (await import('../gpu/moe.js')).releaseGpuBuffers();
   }
 }
 
