@@ -125,11 +125,13 @@ const MIB = 2 ** 20;
 
 /**
  * The weight piece (CPU ring chunk, GPU upload piece) that keeps `backend` under `--max-memory`:
- * about six are alive at once (the CPU ring of 3 and its reads ahead, two GPU uploads in flight and
- * their staging copies). Undefined: the budget cannot hold that backend.
+ * about six are alive at once in host memory (the CPU ring of 3 and its reads ahead; on a CPU adapter
+ * two uploads in flight and Dawn's staging copies of them), eight on a real GPU (its eight mapped
+ * staging slots, each at most a piece: src/gpu/moe.ts staging()). Undefined: the budget cannot hold that backend.
  */
 function pieceFor(maxMemory: number, backend: keyof typeof BASE_MIB): number | undefined {
-  const piece = Math.min(backend === 'gpu' ? 128 * MIB : 32 * MIB, Math.floor((maxMemory - BASE_MIB[backend] * MIB) / 6 / MIB) * MIB);
+  const alive = backend === 'gpu' ? 8 : 6;
+  const piece = Math.min(backend === 'gpu' ? 128 * MIB : 32 * MIB, Math.floor((maxMemory - BASE_MIB[backend] * MIB) / alive / MIB) * MIB);
   return piece >= MIB ? piece : undefined;
 }
 
@@ -172,7 +174,7 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   if (opts.maxMemory !== undefined && gpuPiece === undefined)
     throw new MoekitError(
       'usage',
-      `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below what WebGPU on ${adapter} needs (about ${BASE_MIB[gpu.fallback ? 'cpu-adapter' : 'gpu'] + 6} MiB); leave out --gpu to run the CPU forward`,
+      `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below what WebGPU on ${adapter} needs (about ${gpu.fallback ? BASE_MIB['cpu-adapter'] + 6 : BASE_MIB.gpu + 8} MiB); leave out --gpu to run the CPU forward`,
     );
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
