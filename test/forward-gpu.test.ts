@@ -259,6 +259,32 @@ describe("'stream' expert kernels, the default on real GPUs (each weight row rea
       });
 });
 
+describe('kernel shape knobs (MOEKIT_UP_CFG / MOEKIT_DOWN_CFG)', () => {
+  it('a malformed or out-of-range shape is a one-line error, not the default shape run under its name', async () => {
+    const w = synth({ seed: 21, H: 64, I: 64, E: 4, dtype: 'BF16' });
+    const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: 'swiglu' } };
+    const x = Float32Array.from({ length: 4 * 64 }, (_, i) => Math.sin(i));
+    const saved = process.env.MOEKIT_UP_CFG;
+    try {
+      for (const [kernels, bad] of [
+        ['stream', '8,1,2,2,2'],
+        ['stream', 'eight'],
+        ['stream', '12'],
+        ['gpu', '16,2'],
+        ['gpu', '16,2,x'],
+      ] as const) {
+        process.env.MOEKIT_UP_CFG = bad;
+        await expect(forwardGpu(w, spec, x, 4, { kernels })).rejects.toThrow(`kernel shape '${bad}' in MOEKIT_UP_CFG`);
+      }
+      process.env.MOEKIT_UP_CFG = '16,1,1,1';
+      expect((await forwardGpu(w, spec, x, 4, { kernels: 'stream' })).out.length).toBe(4 * 64);
+    } finally {
+      if (saved === undefined) delete process.env.MOEKIT_UP_CFG;
+      else process.env.MOEKIT_UP_CFG = saved;
+    }
+  });
+});
+
 describe('kernelRepeats (benchmarks: steady-state kernel time)', () => {
   it('repeated expert dispatches leave the output bit-identical, each kernel counted once (the median run)', async () => {
     const w = synth({ seed: 14, H: 128, I: 192, E: 4, dtype: 'BF16' });

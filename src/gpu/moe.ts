@@ -582,20 +582,21 @@ const STREAM_WG_BYTES = 32768;
 /** Shape of a stream expert kernel ('KL[,S[,RW[,C]]]'; S is ignored by the up projection). */
 function streamCfg(env: string | undefined, def: number[]): StreamCfg {
   const v = env ? env.split(',').map(Number) : def;
-  const ok = v.length >= 1 && v.length <= 4 && v.every((n) => Number.isInteger(n) && n > 0);
-  const [KL, S = 1, RW = 1, C = 1] = ok ? v : def;
-  if (!([8, 16, 32].includes(KL!) && RW <= 2 && C <= 8)) throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
+  const [KL, S = 1, RW = 1, C = 1] = v;
+  if (!(v.length <= 4 && v.every((n) => Number.isInteger(n) && n > 0) && [8, 16, 32].includes(KL!) && RW <= 2 && C <= 8))
+    throw new MoekitError('gpu', `bad stream kernel shape '${env}' in MOEKIT_UP_CFG / MOEKIT_DOWN_CFG (KL[,S[,RW[,C]]]: KL 8, 16 or 32, RW 1 or 2, C 1 to 8)`);
   return { KL: KL!, S, RW, C };
 }
 
 /** Shape constants of a rows-variant expert kernel ('KL,RW,MT'; q accumulator sets per row: 2 gate+up, 1 down). */
 function gpuCfg(env: string | undefined, def: number[], q: number): { KL: number; RW: number; MT: number } {
   const v = env ? env.split(',').map(Number) : def;
-  const [KL, RW, MT] = v.length === 3 && v.every((n) => Number.isInteger(n) && n > 0) ? v : def;
-  const na = q * RW! * MT!;
-  if (!(256 % KL! === 0 && KL! >= 8 && RW! <= 4 && MT! <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL!) <= 1024))
-    throw new MoekitError('gpu', `bad gpu kernel shape ${env}`);
-  return { KL: KL!, RW: RW!, MT: MT! };
+  const [KL = 0, RW = 0, MT = 0] = v;
+  const na = q * RW * MT;
+  const ok = v.length === 3 && v.every((n) => Number.isInteger(n) && n > 0);
+  if (!(ok && 256 % KL === 0 && KL >= 8 && RW <= 4 && MT <= 16 && na <= 64 && na % 8 === 0 && na * (256 / KL) <= 1024))
+    throw new MoekitError('gpu', `bad gpu kernel shape '${env}' in MOEKIT_UP_CFG / MOEKIT_DOWN_CFG (KL,RW,MT)`);
+  return { KL, RW, MT };
 }
 
 /** Everything the dispatches of one block need: sizes, kernel choices and per-layer GPU constants. */
