@@ -786,13 +786,37 @@ function dispatchDown(r: Run, p: Piece, tb: number, I: number, DDT: number, bind
   else ctx.dispatch('expert_down', { DDT }, bindings, [ceil(p.rows, 64), ceil(tb, 16), p.nE], true);
 }
 
+/** The kernel of one job (an up or down piece), its weights in bufs. */
+function dispatchJob(r: Run, b: Batch, job: Job, bufs: Map<string, GPUBuffer>, hbs: GPUBuffer[]): void {
+  const { ctx, H, E, KS, tb } = { ...r, tb: b.tb };
+  const { g, gi, p } = job;
+  const act = r.spec.activation;
+  const e0 = g.experts[0]!;
+  const params = (Kd: number, N: number, hasBias: boolean) =>
+    ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
+  if (job.up) {
+    const upConst = {
+      GDT: DT[e0.gate?.dtype ?? 'F32'],
+      UDT: DT[e0.up.dtype],
+      GATED: g.gated ? 1 : 0,
+      ACT: ACT[act.kind],
+      ALPHA: act.alpha ?? 1.702,
+      LIMIT: act.limit ?? 3.4e38,
+    };
+    const bindings = [params(H, g.I, !!g.bias), b.xb, bufs.get('gate') ?? r.dummy, bufs.get('up')!, r.gBias[gi]!, b.meta, b.rw, hbs[gi]!];
+    dispatchUp(r, p, tb, upConst, bindings);
+  } else {
+    const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, r.dBias[gi]!, b.meta, b.rw, b.contrib];
+    dispatchDown(r, p, tb, g.I, DT[e0.down.dtype], bindings);
+  }
+}
+
 /**
  * Expert pieces, in order: each group's up pieces, then its down pieces. The bytes of piece j+1
  * are read (from disk for lazy weights) while piece j is uploaded and dispatched.
  */
 async function dispatchExperts(r: Run, b: Batch): Promise<void> {
-  const { ctx, H, E, K, KS, tb } = { ...r, tb: b.tb };
-  const act = r.spec.activation;
+  const { ctx, H, K, tb } = { ...r, tb: b.tb };
   const hbs = r.groups.map((g) => ctx.storage(tb * (g.dense ? 1 : K) * g.I * 4, 'h', ctx.batch));
   const jobs: Job[] = r.groups.flatMap((g, gi) => [...g.upPieces.map((p) => ({ g, gi, p, up: true })), ...g.downPieces.map((p) => ({ g, gi, p, up: false }))]);
   const uploads = planUploads(jobs, H, ctx.uploadBytes);
@@ -816,7 +840,6 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   let ui = 0;
   try {
     for (const [j, job] of jobs.entries()) {
-      const { g, gi, p } = job;
       const ta = performance.now();
       const bufs = new Map<string, GPUBuffer>(jobKinds(job).map((kind) => [kind, ctx.pieceBuffer(jobBytes(job, kind, H), `${kind} piece`)]));
       ctx.hostMs.alloc += performance.now() - ta;
@@ -835,24 +858,7 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
         await ctx.uploaded(written);
       }
       if (r.opts.syncUploads) await ctx.gpuIdle();
-      const e0 = g.experts[0]!;
-      const params = (Kd: number, N: number, hasBias: boolean) =>
-        ctx.uniform([tb, Kd, N, p.r0, p.rows, p.e0, g.dense ? 0 : E, g.dense ? 1 : 0, g.slot, KS, hasBias ? 1 : 0, r.inScale, 0, g.experts.length, 0, 0]);
-      if (job.up) {
-        const upConst = {
-          GDT: DT[e0.gate?.dtype ?? 'F32'],
-          UDT: DT[e0.up.dtype],
-          GATED: g.gated ? 1 : 0,
-          ACT: ACT[act.kind],
-          ALPHA: act.alpha ?? 1.702,
-          LIMIT: act.limit ?? 3.4e38,
-        };
-        const bindings = [params(H, g.I, !!g.bias), b.xb, bufs.get('gate') ?? r.dummy, bufs.get('up')!, r.gBias[gi]!, b.meta, b.rw, hbs[gi]!];
-        dispatchUp(r, p, tb, upConst, bindings);
-      } else {
-        const bindings = [params(g.I, H, !!g.downBias), hbs[gi]!, bufs.get('down')!, r.dBias[gi]!, b.meta, b.rw, b.contrib];
-        dispatchDown(r, p, tb, g.I, DT[e0.down.dtype], bindings);
-      }
+      dispatchJob(r, b, job, bufs, hbs);
       ctx.pieces++;
       await ctx.releasePiece();
     }
