@@ -9,7 +9,9 @@
 #    each dispatch in a process's first forward; compare shapes with kernel-ab.sh).
 # 3. verify-bench: kernels, verify/read and where the verify forward's host time went, with torch
 #    eager f32 beside them.
-# 4. npm run bench at 5 GiB with the Python path (16 cores).
+# 4. npm run bench at 5 GiB with the Python path (16 cores); SKIP_BENCH=1 leaves it out.
+# With VARIANT=<patch against kernels/> (e.g. scripts/device/overlays/v16.patch), first that kernel
+# variant against the shipped kernels (scripts/device/kernel-overlay-ab.sh).
 export PYTHONUNBUFFERED=1
 . .device/env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -17,6 +19,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   (cd fixtures && OMP_NUM_THREADS=3 timeout 300 python3 gen_fixtures_families3_$g.py --out-dir /tmp/fx3$g >"$OUT/fam3_$g.log" 2>&1
    echo "fam3_$g rc=$?" >>"$OUT/fam3_rc.txt"; tar -czf "$OUT/fx3$g.tar.gz" -C /tmp "fx3$g") &
 done
+[ -n "${VARIANT:-}" ] && ROUNDS=2 bash scripts/device/kernel-overlay-ab.sh "$VARIANT"
 for r in 1 2 3; do
   timeout 80 node dist/bench/kernel-tune.js --sync stream 2>&1 | grep --line-buffered -v Warning
 done 2>&1 | tee "$OUT/tune.log"
