@@ -550,10 +550,9 @@ function stagedOffsets(u: Upload): { offsets: number[]; bytes: number } {
 
 /**
  * Read one upload's bytes into staging slot `slot` of at least slotBytes (from memory, or from disk
- * for lazy weights), segment i at offsets[i] (returned).
+ * for lazy weights), segment i at offsets[i] (stagedOffsets).
  */
-async function fetchUpload(ctx: Ctx, u: Upload, slot: number, slotBytes: number): Promise<number[]> {
-  const { offsets } = stagedOffsets(u);
+async function fetchUpload(ctx: Ctx, u: Upload, offsets: number[], slot: number, slotBytes: number): Promise<void> {
   const view = await ctx.slotView(slot, slotBytes);
   const reads = u.segs.map(async (s, i) => {
     const into = view.subarray(offsets[i]!, offsets[i]! + s.end - s.start);
@@ -562,7 +561,6 @@ async function fetchUpload(ctx: Ctx, u: Upload, slot: number, slotBytes: number)
     if (got.buffer !== into.buffer || got.byteOffset !== into.byteOffset) into.set(got);
   });
   await Promise.all(reads);
-  return offsets;
 }
 
 type Variant = 'gpu' | 'stream' | 'cpu';
@@ -823,12 +821,13 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
   // upload i is read into staging slot i % n while the n - 1 uploads after it are read ahead
   // (n = 8 on a real GPU; 2 on a CPU adapter, where reads compete with the kernels for the cores)
   const n = staging(ctx.mapped).slots;
-  const slotBytes = Math.max(0, ...uploads.map((u) => stagedOffsets(u).bytes));
-  const reads: Promise<number[]>[] = [];
+  const staged = uploads.map(stagedOffsets);
+  const slotBytes = Math.max(0, ...staged.map((st) => st.bytes));
+  const reads: Promise<void>[] = [];
   const fetch = (i: number) => {
     const t = performance.now();
     if (i < uploads.length) {
-      const read = fetchUpload(ctx, uploads[i]!, i % n, slotBytes);
+      const read = fetchUpload(ctx, uploads[i]!, staged[i]!.offsets, i % n, slotBytes);
       // awaited in order below; one failing while another is awaited is not unhandled
       read.catch(() => undefined);
       reads[i % n] = read;
@@ -845,8 +844,9 @@ async function dispatchExperts(r: Run, b: Batch): Promise<void> {
       ctx.hostMs.alloc += performance.now() - ta;
       for (; ui < uploads.length && uploads[ui]!.job === j; ui++) {
         const tr = performance.now();
-        const offsets = await reads[ui % n]!;
+        await reads[ui % n];
         ctx.hostMs.readWait += performance.now() - tr;
+        const offsets = staged[ui]!.offsets;
         fetch(ui + n - 1);
         const tw = performance.now();
         // whole 4-byte words, as buffer copies need: checkShapes keeps H and I multiples of 4, so every row is
