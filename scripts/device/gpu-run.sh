@@ -11,7 +11,7 @@
 #    eager f32 beside them.
 # 4. npm run bench at 5 GiB with the Python path (16 cores); SKIP_BENCH=1 leaves it out.
 # With VARIANT=<patch against kernels/> (e.g. scripts/device/overlays/v16.patch), first that kernel
-# variant against the shipped kernels (scripts/device/kernel-overlay-ab.sh).
+# variant against the shipped kernels (scripts/device/kernel-ablate.sh, rows full and patch).
 export PYTHONUNBUFFERED=1
 . .device/env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   (cd fixtures && OMP_NUM_THREADS=3 timeout 300 python3 gen_fixtures_families3_$g.py --out-dir /tmp/fx3$g >"$OUT/fam3_$g.log" 2>&1
    echo "fam3_$g rc=$?" >>"$OUT/fam3_rc.txt"; tar -czf "$OUT/fx3$g.tar.gz" -C /tmp "fx3$g") &
 done
-[ -n "${VARIANT:-}" ] && ROUNDS=2 bash scripts/device/kernel-overlay-ab.sh "$VARIANT"
+[ -n "${VARIANT:-}" ] && PATCH=$VARIANT ABL="full patch" ROUNDS=3 bash scripts/device/kernel-ablate.sh
 for r in 1 2 3; do
   timeout 80 node dist/bench/kernel-tune.js --sync stream 2>&1 | grep --line-buffered -v Warning
 done 2>&1 | tee "$OUT/tune.log"

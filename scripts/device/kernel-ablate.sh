@@ -8,7 +8,14 @@
 #   nox      no x reads from workgroup memory in the inner step (x made from the index)
 #   nostage  no global reads into the x tiles (tiles filled from the index; barriers kept)
 #   compute  now + nostage: multiply-adds, workgroup-memory reads and barriers only
-# One device-tool call, after scripts/device/pack-dist.sh (UP / DOWN set the shapes, default the shipped ones):
+#   patch    with PATCH=<a patch against kernels/>: a kernel variant, e.g. scripts/device/overlays/v16.patch
+#            (16-byte weight loads, one per row and step, the x tile stored permuted so each lane's
+#            two x vec4s stay bank-conflict free); its outputs are right, and it should pass the
+#            stream tests on lavapipe first: copy kernels/*.wgsl to a folder, apply the patch there
+#            (patch -p1), then MOEKIT_KERNEL_DIR=<folder> npx vitest run --config test/vitest.config.ts
+#            test/forward-gpu.test.ts -t stream
+# One device-tool call, after scripts/device/pack-dist.sh (UP / DOWN set the shapes, default the shipped
+# ones; ABL the rows, e.g. ABL="full patch"; ROUNDS interleaved rounds):
 #   command: bash scripts/device/kernel-ablate.sh   carry: [".device", "dist"]
 set -u
 [ -f .device/env.sh ] && . .device/env.sh
@@ -29,6 +36,11 @@ abl now "$NOW"
 abl nox "$NOX"
 abl nostage "$NOSTAGE"
 abl compute "$NOW" "$NOSTAGE"
+if [ -n "${PATCH:-}" ]; then
+  p=$(realpath "$PATCH")
+  abl patch
+  (cd "$T/patch" && if command -v patch >/dev/null; then patch -s -p1 <"$p"; else git apply -p1 "$p"; fi) || exit 1
+fi
 # every ablation must change its kernels (a pattern that stopped matching would time the full kernels)
 for a in mem now nox nostage compute; do
   cmp -s "$T/full/expert_up_stream.wgsl" "$T/$a/expert_up_stream.wgsl" && { echo "ablation $a matched nothing in expert_up_stream.wgsl" >&2; exit 1; }
@@ -36,7 +48,7 @@ for a in mem now nox nostage compute; do
 done
 cfg="stream${UP:+:$UP}${DOWN:+:$DOWN}"
 for r in $(seq "${ROUNDS:-1}"); do
-  for a in ${ABL:-full mem now nox nostage compute}; do
+  for a in ${ABL:-full mem now nox nostage compute${PATCH:+ patch}}; do
     echo -n "$a: "
     MOEKIT_KERNEL_DIR="$T/$a" timeout 90 node dist/bench/kernel-tune.js ${TUNE_ARGS:---sync} "$cfg" 2>&1 | grep -v Warning
   done
