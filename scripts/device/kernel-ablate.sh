@@ -14,6 +14,9 @@
 #            stream tests on lavapipe first: copy kernels/*.wgsl to a folder, apply the patch there
 #            (patch -p1), then MOEKIT_KERNEL_DIR=<folder> npx vitest run --config test/vitest.config.ts
 #            test/forward-gpu.test.ts -t stream
+# A row name may end in %norob, %nowgi or %both: the same kernels with Dawn's robustness (bounds
+# clamping; robustBufferAccess), its zero-initialisation of workgroup memory, or both turned off
+# (MOEKIT_DAWN_FLAGS), e.g. ABL="full full%both patch patch%both".
 # One device-tool call, after scripts/device/pack-dist.sh (UP / DOWN set the shapes, default the shipped
 # ones; ABL the rows, e.g. ABL="full patch"; ROUNDS interleaved rounds):
 #   command: bash scripts/device/kernel-ablate.sh   carry: [".device", "dist"]
@@ -47,10 +50,18 @@ for a in mem now nox nostage compute; do
   cmp -s "$T/full/expert_down_stream.wgsl" "$T/$a/expert_down_stream.wgsl" && { echo "ablation $a matched nothing in expert_down_stream.wgsl" >&2; exit 1; }
 done
 cfg="stream${UP:+:$UP}${DOWN:+:$DOWN}"
+dawn() { # the Dawn toggles a row name's %suffix asks for
+  case $1 in
+  *%norob) echo enable-dawn-features=allow_unsafe_apis,disable_robustness ;;
+  *%nowgi) echo enable-dawn-features=disable_workgroup_init ;;
+  *%both) echo enable-dawn-features=allow_unsafe_apis,disable_robustness,disable_workgroup_init ;;
+  *%*) echo "unknown row suffix in $1" >&2; exit 1 ;;
+  esac
+}
 for r in $(seq "${ROUNDS:-1}"); do
   for a in ${ABL:-full mem now nox nostage compute${PATCH:+ patch}}; do
     echo -n "$a: "
-    MOEKIT_KERNEL_DIR="$T/$a" timeout 90 node dist/bench/kernel-tune.js ${TUNE_ARGS:---sync} "$cfg" 2>&1 | grep -v Warning
+    MOEKIT_DAWN_FLAGS=$(dawn "$a") MOEKIT_KERNEL_DIR="$T/${a%%%*}" timeout 90 node dist/bench/kernel-tune.js ${TUNE_ARGS:---sync} "$cfg" 2>&1 | grep -v Warning
   done
 done | tee "$OUT/ablate.log"
 rm -rf "$T"

@@ -32,7 +32,8 @@ async function init(): Promise<Gpu> {
     throw new MoekitError('gpu', `cannot load the 'webgpu' package (${(e as Error).message.split('\n')[0]}); run with --cpu`);
   }
   Object.assign(globalThis, mod.globals);
-  const gpu = mod.create([]);
+  // MOEKIT_DAWN_FLAGS: Dawn options for create(), space-separated (e.g. enable-dawn-features=…), for experiments
+  const gpu = mod.create((process.env.MOEKIT_DAWN_FLAGS ?? '').split(/\s+/).filter(Boolean));
   holder.gpu = gpu;
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) throw new MoekitError('gpu', NO_ADAPTER);
