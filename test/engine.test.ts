@@ -93,6 +93,18 @@ describe('--dry-run: the plan is what the real run writes', () => {
     expect(p.plan.outputs.find((o) => o.dir === '')!.sideFiles).toEqual(['moekit-manifest.json']);
   });
 
+  it('gate and up concatenated from per-expert tensors stream as byte ranges: no slab is assembled in memory', () => {
+    const peak = (to: string) => {
+      const r = runCli(['convert', join(FIXTURES, 'mixtral'), '--to', to, '--dry-run', '--json', '-o', out(`dry-${to}`)]);
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { plan: { expectedPeakMB: number } }).plan.expectedPeakMB;
+    };
+    // te's linear_fc1.weight<i> is gate_i then up_i: two reads, no assembly (the process's base, 110 MiB)
+    expect(peak('te')).toBe(110);
+    // nemo transposes: its slabs are assembled
+    expect(peak('nemo')).toBeGreaterThan(110);
+  });
+
   it('merge and reshard plan without writing; text output names the actions', () => {
     const sh = out('dry-src');
     expect(runCli(['shard', join(FIXTURES, 'mixtral'), '--ep', '2', '--no-fsync', '-o', sh]).code).toBe(0);

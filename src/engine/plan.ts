@@ -174,25 +174,34 @@ const FIELD_WORDS: Record<Field, string> = {
   post_norm: 'block output norm',
 };
 
-/** How a slab's bytes are produced from its parts: a straight byte range when possible. */
-function slabOf(shape: number[], dtype: Dtype, parts: { src: View; loc: (v: View) => View }[]): SlabPlan {
+/** A contiguous part read straight from its tensor's bytes. */
+const rangeOf = (src: View, dtype: Dtype): SlabPlan | undefined => {
+  if (!src.isContiguous() || src.storage.kind !== 'tensor') return undefined;
+  const es = byteSize(dtype, [1]);
+  return { kind: 'range', store: src.storage.store, info: src.storage.info, start: src.offset * es, end: (src.offset + src.numel) * es };
+};
+
+/**
+ * How a slab's bytes are produced from its parts: straight byte ranges when every part is a
+ * contiguous run of its source tensor and the parts lie end to end in the slab (e.g. gate and up
+ * concatenated), so they stream chunk by chunk; otherwise one slab assembled in memory.
+ */
+function slabOf(shape: number[], dtype: Dtype, parts: { src: View; loc: (v: View) => View }[]): SlabPlan[] {
   const probe = View.ofBuffer(Buffer.alloc(0), dtype, shape);
   const placed = parts.map((p) => ({ src: p.src, dst: p.loc(probe) }));
   let covered = 0;
   for (const p of placed) covered += p.dst.numel;
   if (covered !== numel(shape)) throw new MoekitError('internal', `internal: slab parts cover ${covered} of ${numel(shape)} elements`);
-  const only = placed[0];
-  if (placed.length === 1 && only && only.dst.offset === 0 && only.dst.isContiguous() && only.src.isContiguous() && only.src.storage.kind === 'tensor') {
-    const es = byteSize(dtype, [1]);
-    return {
-      kind: 'range',
-      store: only.src.storage.store,
-      info: only.src.storage.info,
-      start: only.src.offset * es,
-      end: (only.src.offset + only.src.numel) * es,
-    };
+  const inOrder = placed.filter((p) => p.dst.numel > 0).sort((a, b) => a.dst.offset - b.dst.offset);
+  const ranges: SlabPlan[] = [];
+  let at = 0;
+  for (const p of inOrder) {
+    const r = p.dst.offset === at && p.dst.isContiguous() ? rangeOf(p.src, dtype) : undefined;
+    if (!r) return [{ kind: 'assemble', dtype, shape, parts: placed }];
+    ranges.push(r);
+    at += p.dst.numel;
   }
-  return { kind: 'assemble', dtype, shape, parts: placed };
+  return ranges;
 }
 
 const sourceNames = (slabs: SlabPlan[]): string[] => {
@@ -341,7 +350,7 @@ function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
     }
     return [...dts][0]!;
   };
-  const slabFor = (dt: Dtype, e?: number, rest: { src: View; loc: (v: View) => View }[] = []): SlabPlan =>
+  const slabFor = (dt: Dtype, e?: number, rest: { src: View; loc: (v: View) => View }[] = []): SlabPlan[] =>
     slabOf(slab, dt, [...fields.map((f) => ({ src: srcOf(f, e), loc: parts[f]! })), ...rest]);
   const fx = fields.length === 1 ? opts.fieldTransforms?.[fields[0]!] : undefined;
   const plan = (name: string, shape: number[], dt: Dtype, slabs: SlabPlan[]) =>
@@ -349,10 +358,10 @@ function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
   if (rule.scope === 'layer') {
     const dt = dtypeOf();
     const name = ruleName(target, rule, root, l.layer);
-    return [plan(name, slab, dt, [slabFor(dt, undefined, restOf(c, rule, name, dt))])];
+    return [plan(name, slab, dt, slabFor(dt, undefined, restOf(c, rule, name, dt)))];
   }
   if (rule.scope === 'expert') {
-    return Array.from({ length: d.E }, (_, e) => plan(ruleName(target, rule, root, l.layer, e), slab, dtypeOf(e), [slabFor(dtypeOf(e), e)]));
+    return Array.from({ length: d.E }, (_, e) => plan(ruleName(target, rule, root, l.layer, e), slab, dtypeOf(e), slabFor(dtypeOf(e), e)));
   }
   const dt = dtypeOf(0);
   return [
@@ -360,7 +369,7 @@ function planRule(c: LayerCtx, rule: TensorRule): TensorPlan[] {
       ruleName(target, rule, root, l.layer),
       declaredShape(rule, d, o),
       dt,
-      l.experts.map((_, e) => slabFor(dt, e)),
+      l.experts.flatMap((_, e) => slabFor(dt, e)),
     ),
   ];
 }
