@@ -138,6 +138,7 @@ export async function benchJobs(ctx: BenchContext): Promise<void> {
   rm(out('cp'));
   const convert: [string, Row['kind'], boolean][] = [
     ['te', 'copy', true],
+    ['megatron', 'copy', false],
     ['nemo', 'transpose', true],
     ['megatron-grouped', 'transpose', false],
     ['hf-fused', 'transpose', false],
