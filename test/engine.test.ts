@@ -4,7 +4,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStore } from '../src/store/registry.js';
 import { applyTransforms, castTransform } from '../src/engine/transforms.js';
@@ -208,6 +208,22 @@ describe('output transaction: the source is never lost', () => {
     expect(ok.code, ok.stderr).toBe(0);
     expect(existsSync(lock)).toBe(false);
     expect(existsSync(stale)).toBe(false);
+  });
+
+  it('a lock just created and not yet written (no pid in it) is another run starting, not a stale lock; an old empty one is stale', () => {
+    const dst = out('locked-empty');
+    const lock = join(tmp.dir, `.${dst.slice(tmp.dir.length + 1)}.moekit-lock`);
+    writeFileSync(lock, '');
+    const r = runCli(['convert', src, '--to', 'te', '--no-fsync', '-o', dst]);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/^moekit: error: .* is being written by another moekit run \(its lock was just taken\)[^\n]*\n$/);
+    expect(existsSync(lock)).toBe(true);
+    const old = new Date(Date.now() - 60_000);
+    utimesSync(lock, old, old);
+    const ok = runCli(['convert', src, '--to', 'te', '--no-fsync', '-o', dst]);
+    expect(ok.code, ok.stderr).toBe(0);
+    // no lock, and no temp copy of one, left beside the output
+    expect(readdirSync(tmp.dir).filter((n) => n.includes('locked-empty') && join(tmp.dir, n) !== dst)).toEqual([]);
   });
 });
 

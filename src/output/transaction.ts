@@ -8,7 +8,7 @@
  */
 import type { Stats } from 'node:fs';
 import { renameSync, rmSync, unlinkSync } from 'node:fs';
-import { lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname, join, relative, resolve, sep, isAbsolute } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -167,6 +167,8 @@ class Output {
   private done = false;
   /** whether this run holds the lock file */
   locked = false;
+  /** the lock's content written under a temp name, while it is being linked into place */
+  lockTmp?: string;
   /** during a --force commit: where the old destination was moved (restored if interrupted) */
   private old?: string;
   /** the old destination being deleted after a --force commit (finished off if interrupted) */
@@ -271,7 +273,7 @@ class Output {
 
   /** Remove the temp folder (and a half-deleted old destination) and the lock, whatever state they are in. */
   sweep(): void {
-    for (const p of [this.tmp, this.trash]) if (p) removeQuietly(p);
+    for (const p of [this.tmp, this.trash, this.lockTmp]) if (p) removeQuietly(p);
     this.unlock();
   }
 
@@ -291,11 +293,6 @@ class Output {
   }
 }
 
-/**
- * Take the destination's lock file ("<pid> <host>"). A lock is stale when its run is gone: on this
- * host, a pid that no longer runs; from another host (a shared file system) moekit cannot tell, so
- * only `force` takes it over.
- */
 /** Create the destination's parent, or fail at once with one line (the lock's creation catches /proc, read-only, no permission). */
 async function writableParent(dst: string): Promise<void> {
   try {
@@ -308,22 +305,58 @@ async function writableParent(dst: string): Promise<void> {
 const unwritable = (dst: string, e: unknown) =>
   new MoekitError('destination', `cannot write into ${dirname(dst)} (${(e as NodeJS.ErrnoException).code ?? 'error'}); choose an -o in a writable folder`);
 
+/** Error codes of file systems without hard links, where the lock is created empty and then written. */
+const LINKLESS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EXDEV', 'ENOSYS', 'EMLINK']);
+
+/**
+ * Create the lock file with its content in one step: written under a temp name, then hard-linked
+ * into place (EEXIST when another run holds it), so no run ever reads a lock half-written and
+ * takes it for a stale one. Where hard links are not supported it is created empty and written.
+ */
+async function createLock(o: Output): Promise<void> {
+  const text = `${process.pid} ${hostname()}\n`;
+  o.lockTmp = `${o.lockPath}.${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await writeFile(o.lockTmp, text, { flag: 'wx' });
+    await link(o.lockTmp, o.lockPath);
+    o.locked = true; // before any other await: a signal from here on removes the lock
+  } catch (e) {
+    if (!LINKLESS.has((e as NodeJS.ErrnoException).code ?? '')) throw e;
+    const fh = await open(o.lockPath, 'wx');
+    o.locked = true;
+    await fh.writeFile(text);
+    await fh.close();
+  } finally {
+    await unlink(o.lockTmp).catch(() => undefined);
+    o.lockTmp = undefined;
+  }
+}
+
+/** A lock younger than this with no pid in it is another run's, still being written (a file system without hard links). */
+const FRESH_LOCK_MS = 10_000;
+
+/**
+ * Take the destination's lock file ("<pid> <host>"). A lock is stale when its run is gone: on this
+ * host, a pid that no longer runs; from another host (a shared file system) moekit cannot tell, so
+ * only `force` takes it over.
+ */
 async function takeLock(o: Output, force: boolean): Promise<void> {
   const { lockPath: lock, dst } = o;
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      const fh = await open(lock, 'wx');
-      o.locked = true; // before any other await: a signal from here on removes the lock
-      await fh.writeFile(`${process.pid} ${hostname()}\n`);
-      await fh.close();
+      await createLock(o);
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(dst, e);
       const [pidText, host] = (await readFile(lock, 'utf8').catch(() => '')).trim().split(/\s+/);
       const pid = Number(pidText);
+      const fresh = !pidText && Date.now() - ((await stat(lock).catch(() => undefined))?.mtimeMs ?? 0) < FRESH_LOCK_MS;
       const here = !host || host === hostname();
-      if (here && alive(pid) && pid !== process.pid) {
-        throw new MoekitError('destination', `${dst} is being written by another moekit run (pid ${pid}); wait for it, or remove ${lock} if that run is gone`);
+      if (fresh || (here && alive(pid) && pid !== process.pid)) {
+        throw new MoekitError(
+          'destination',
+          `${dst} is being written by another moekit run (${fresh ? 'its lock was just taken' : `pid ${pid}`}); wait for it, or remove ${lock} if that run is gone`,
+        );
       }
       if (!here && !force)
         throw new MoekitError(
