@@ -152,6 +152,9 @@ const MAX_E = 512;
 
 type U = GPUBufferUsageFlags;
 
+/** The size a GPU buffer of `bytes` is created with: a multiple of 16, at least 16. */
+const bufferSize = (bytes: number) => Math.max(16, Math.ceil(bytes / 16) * 16);
+
 /** A staging slot: a mapped GPU buffer (real GPUs) or a host buffer (writeBuffer); ready: false when its mapping failed. */
 interface Slot {
   buf?: GPUBuffer;
@@ -228,7 +231,7 @@ class Ctx {
     // a slot still viewed was left behind by a forward that failed between its read and its copy
     if (!s || !ok || s.viewed || s.size < bytes || !!s.buf !== this.mapped) {
       s?.buf?.destroy();
-      const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+      const size = bufferSize(bytes);
       const usage = GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC;
       s = slots[i] = this.mapped
         ? { buf: this.device.createBuffer({ size, usage, mappedAtCreation: true, label: 'upload staging' }), size, ready: Promise.resolve(true) }
@@ -320,7 +323,7 @@ class Ctx {
   }
   /** A weight piece's buffer: an idle one of the same size if the device keeps one, else a new one. */
   pieceBuffer(bytes: number, label: string): GPUBuffer {
-    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    const size = bufferSize(bytes);
     const i = this.cache.pieces.findIndex((b) => b.size === size);
     const b = i >= 0 ? this.cache.pieces.splice(i, 1)[0]! : this.buffer(size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, label);
     this.pieceBufs.push(b);
@@ -329,7 +332,7 @@ class Ctx {
   /** the current piece's weight buffers (kept idle for reuse when it is released) */
   private pieceBufs: GPUBuffer[] = [];
   buffer(size: number, usage: U, label?: string, owner?: GPUBuffer[]): GPUBuffer {
-    const b = this.device.createBuffer({ size: Math.max(16, Math.ceil(size / 16) * 16), usage, label });
+    const b = this.device.createBuffer({ size: bufferSize(size), usage, label });
     owner?.push(b);
     return b;
   }

@@ -124,14 +124,18 @@ const BASE_MIB = { cpu: 150, 'cpu-adapter': 330, gpu: 200 } as const;
 const MIB = 2 ** 20;
 
 /**
- * The weight piece (CPU ring chunk, GPU upload piece) that keeps `backend` under `--max-memory`:
- * about six are alive at once in host memory (the CPU ring of 3 and its reads ahead; on a CPU adapter
- * two uploads in flight and Dawn's staging copies of them), eight on a real GPU (its eight mapped
- * staging slots, each at most a piece: src/gpu/moe.ts staging()). Undefined: the budget cannot hold that backend.
+ * Weight pieces (CPU ring chunks, GPU upload pieces) alive at once in host memory: about six for the
+ * CPU forward and a CPU adapter (the CPU ring of 3 and its reads ahead; on a CPU adapter two uploads in
+ * flight and Dawn's staging copies of them), eight on a real GPU (its eight mapped staging slots, each
+ * at most a piece: src/gpu/moe.ts staging()).
  */
+const PIECES_ALIVE = { cpu: 6, 'cpu-adapter': 6, gpu: 8 } as const;
+/** The least --max-memory (MiB) a backend runs in: its base and 1 MiB pieces. */
+const leastMib = (backend: keyof typeof BASE_MIB) => BASE_MIB[backend] + PIECES_ALIVE[backend];
+
+/** The weight piece that keeps `backend` under `--max-memory`. Undefined: the budget cannot hold that backend. */
 function pieceFor(maxMemory: number, backend: keyof typeof BASE_MIB): number | undefined {
-  const alive = backend === 'gpu' ? 8 : 6;
-  const piece = Math.min(backend === 'gpu' ? 128 * MIB : 32 * MIB, Math.floor((maxMemory - BASE_MIB[backend] * MIB) / alive / MIB) * MIB);
+  const piece = Math.min(backend === 'gpu' ? 128 * MIB : 32 * MIB, Math.floor((maxMemory - BASE_MIB[backend] * MIB) / PIECES_ALIVE[backend] / MIB) * MIB);
   return piece >= MIB ? piece : undefined;
 }
 
@@ -142,7 +146,7 @@ function cpuPiece(maxMemory: number | undefined): number | undefined {
   if (p === undefined)
     throw new MoekitError(
       'usage',
-      `--max-memory ${Math.round(maxMemory / MIB)} MiB is below what verify needs (about ${BASE_MIB.cpu + 6} MiB with the CPU forward)`,
+      `--max-memory ${Math.round(maxMemory / MIB)} MiB is below what verify needs (about ${leastMib('cpu')} MiB with the CPU forward)`,
     );
   return p;
 }
@@ -153,8 +157,8 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
   const cpu: Forward = (l, x, T, forced) => withBlockNorms(l.weights, l.facts, x, T, forced, (w, xe, f) => forwardFast(w, l.facts, xe, T, f, piece));
   if (opts.cpu) return { forward: cpu };
   // a WebGPU device alone (Dawn, and lavapipe's host-memory "GPU") outgrows a small budget before any piece is sized
-  if (opts.maxMemory !== undefined && opts.maxMemory < (BASE_MIB['cpu-adapter'] + 6) * MIB && !opts.gpu) {
-    const fallback = `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below the ${BASE_MIB['cpu-adapter'] + 6} MiB a WebGPU device may need: running the CPU forward instead (the same check)`;
+  if (opts.maxMemory !== undefined && opts.maxMemory < leastMib('cpu-adapter') * MIB && !opts.gpu) {
+    const fallback = `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below the ${leastMib('cpu-adapter')} MiB a WebGPU device may need: running the CPU forward instead (the same check)`;
     progress(fallback);
     return { forward: cpu, fallback };
   }
@@ -170,11 +174,12 @@ async function makeForward(opts: VerifyOptions, progress: (m: string) => void): 
     return { forward: cpu, fallback };
   }
   const adapter = gpu.adapterName;
-  const gpuPiece = opts.maxMemory === undefined ? undefined : pieceFor(opts.maxMemory, gpu.fallback ? 'cpu-adapter' : 'gpu');
+  const backend = gpu.fallback ? 'cpu-adapter' : 'gpu';
+  const gpuPiece = opts.maxMemory === undefined ? undefined : pieceFor(opts.maxMemory, backend);
   if (opts.maxMemory !== undefined && gpuPiece === undefined)
     throw new MoekitError(
       'usage',
-      `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below what WebGPU on ${adapter} needs (about ${gpu.fallback ? BASE_MIB['cpu-adapter'] + 6 : BASE_MIB.gpu + 8} MiB); leave out --gpu to run the CPU forward`,
+      `--max-memory ${Math.round(opts.maxMemory / MIB)} MiB is below what WebGPU on ${adapter} needs (about ${leastMib(backend)} MiB); leave out --gpu to run the CPU forward`,
     );
   const { forwardGpu } = await import('../gpu/moe.js');
   progress(`WebGPU adapter: ${adapter}`);
