@@ -6,9 +6,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { copyFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { openStore } from '../src/store/registry.js';
 import { bufferSource, writeCheckpoint } from '../src/store/safetensors/writer.js';
 import { FIXTURES, runCli, tempDir } from './helpers.js';
+import { HashPool, nonFiniteIn } from '../src/engine/hash-pool.js';
 
 const tmp = tempDir('moekit-cov-');
 afterAll(() => tmp.cleanup());
@@ -33,6 +35,67 @@ async function edited(fixture: string, to: string, edit: (name: string, data: Bu
 }
 
 const verify = (...args: string[]) => runCli(['verify', ...args, '--cpu']);
+
+/** The plain count: every element's exponent bits tested one by one. */
+function naiveNonFinite(dtype: 'F32' | 'BF16' | 'F16', d: Uint8Array): number {
+  let n = 0;
+  if (dtype === 'F32') {
+    for (let i = 0; i + 3 < d.length; i += 4) if (((d[i + 2]! | (d[i + 3]! << 8)) & 0x7f80) === 0x7f80) n++;
+    return n;
+  }
+  const m = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+  for (let i = 0; i + 1 < d.length; i += 2) if (((d[i]! | (d[i + 1]! << 8)) & m) === m) n++;
+  return n;
+}
+
+describe('the NaN / Inf count', () => {
+  // random finite-looking bytes with all-ones exponents planted, some in runs, some alone, in both lanes of a word
+  const planted = (dtype: 'F32' | 'BF16' | 'F16', bytes: number, seed: number) => {
+    const d = Buffer.alloc(bytes);
+    let x = seed;
+    const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24;
+    for (let i = 0; i < bytes; i++) d[i] = Math.floor(rnd() * 256) & (i % 2 === 1 ? 0x3f : 0xff); // high bytes kept off the top exponents
+    const w = dtype === 'F32' ? 4 : 2;
+    const hi = { F32: [0x7f, 0x80], BF16: [0x7f, 0x80], F16: [0x7c, 0x00] }[dtype];
+    for (const at of [0, w, 7 * w, 4096 * w + w, 4100 * w, Math.floor(bytes / w) * w - w]) {
+      if (at + w > bytes) continue;
+      d[at + w - 1] = hi[0]! | (rnd() < 0.5 ? 0x80 : 0); // ±
+      d[at + w - 2] = (d[at + w - 2]! & ~hi[1]! & 0xff) | hi[1]! | Math.floor(rnd() * 2); // Inf or NaN payload
+    }
+    return d;
+  };
+  for (const dtype of ['BF16', 'F16', 'F32'] as const) {
+    it(`${dtype}: equals the element-by-element count at any length and alignment`, () => {
+      for (const bytes of [2, 6, 4096, 4 * 4096 + 2, 40_000]) {
+        const d = planted(dtype, bytes, bytes);
+        for (const off of [0, 2, 4]) {
+          const w = dtype === 'F32' ? 4 : 2;
+          const len = Math.max(0, d.length - off) - (Math.max(0, d.length - off) % w);
+          const v = new Uint8Array(d.buffer, d.byteOffset + Math.min(off, d.length), len);
+          expect(nonFiniteIn(dtype, v), `${bytes} bytes at +${off}`).toBe(naiveNonFinite(dtype, v));
+        }
+      }
+      expect(naiveNonFinite(dtype, planted(dtype, 40_000, 40_000))).toBeGreaterThan(3);
+    });
+  }
+
+  it('a worker scanning a file range: the same count and the same sha256 as the bytes in memory', async () => {
+    const d = planted('BF16', 9 << 20, 7); // over two of the worker's 4 MiB reads
+    d[(5 << 20) + 1] = 0xff;
+    d[5 << 20] = 0x80; // -Inf in the second read
+    const f = join(tmp.dir, 'scan.bin');
+    writeFileSync(f, Buffer.concat([Buffer.alloc(3), d]));
+    const pool = new HashPool(2);
+    try {
+      const info = { name: 't', dtype: 'BF16' as const, shape: [d.length / 2], nbytes: d.length, file: f, offset: 3 };
+      const r = await pool.scan(undefined as never, info, { hash: true, nonFinite: true });
+      expect(r.nonFinite).toBe(naiveNonFinite('BF16', d));
+      expect(r.sha256).toBe(createHash('sha256').update(d).digest('hex'));
+    } finally {
+      await pool.close();
+    }
+  });
+});
 
 describe('verify proves the whole checkpoint', () => {
   const src = join(FIXTURES, 'deepseek_v3');

@@ -6,6 +6,7 @@
  */
 import { MoekitError } from '../errors.js';
 import type { TensorInfo, TensorStore } from '../store/types.js';
+import pLimit from 'p-limit';
 import { HashPool } from '../engine/hash-pool.js';
 import { castFloat, toFloat32 } from '../engine/cast.js';
 import { numel, type FloatDtype } from '../store/dtypes.js';
@@ -38,38 +39,25 @@ export interface Coverage {
   checksums: string | null;
 }
 
-/** NaN / Inf in one chunk of a float tensor (bit patterns: all-ones exponent). */
-function nonFiniteIn(dtype: string, d: Uint8Array): number {
-  let n = 0;
-  if (dtype === 'F32') {
-    const u = new Uint32Array(d.buffer, d.byteOffset, d.byteLength / 4);
-    for (let i = 0; i < u.length; i++) if ((u[i]! & 0x7f800000) === 0x7f800000) n++;
-  } else if (dtype === 'BF16' || dtype === 'F16') {
-    const u = new Uint16Array(d.buffer, d.byteOffset, d.byteLength / 2);
-    const m = dtype === 'BF16' ? 0x7f80 : 0x7c00;
-    for (let i = 0; i < u.length; i++) if ((u[i]! & m) === m) n++;
-  }
-  return n;
-}
-
 /**
  * One read of every tensor of a side: NaN / Inf counted, and the sha256 of the tensors in `hash`
- * computed from the same chunks (worker threads), so nothing is read twice.
+ * computed from the same bytes, by the pool's workers several tensors at a time (in place from the
+ * files where the store has them), so nothing is read twice and the scan is not one thread's.
  */
 async function scanSide(s: CoverageSide, side: 'a' | 'b', hash: Set<TensorInfo>, pool: HashPool, cov: Coverage): Promise<Map<TensorInfo, string>> {
   const sha = new Map<TensorInfo, string>();
-  for (const { store, info } of s.all) {
-    const h = hash.has(info) ? pool.stream() : undefined;
-    const float = FLOATS.includes(info.dtype);
-    if (!h && !float) continue;
-    let count = 0;
-    for await (const c of store.chunks(info)) {
-      if (float) count += nonFiniteIn(info.dtype, c.data);
-      if (h) await h.update(c.data);
-      c.release?.();
-    }
-    if (count > 0) cov.nonFinite.push({ side, name: info.name, count });
-    if (h) sha.set(info, await h.digest());
+  const todo = s.all.filter(({ info }) => hash.has(info) || FLOATS.includes(info.dtype));
+  // tensors in files: two per worker queued; others are read here (pooled chunks), one at a time
+  const [inFiles, read] = [pLimit(2 * pool.size), pLimit(1)];
+  const found = await Promise.all(
+    todo.map(({ store, info }) =>
+      (info.file !== undefined ? inFiles : read)(() => pool.scan(store, info, { hash: hash.has(info), nonFinite: FLOATS.includes(info.dtype) })),
+    ),
+  );
+  for (const [i, { info }] of todo.entries()) {
+    const r = found[i]!;
+    if (r.nonFinite > 0) cov.nonFinite.push({ side, name: info.name, count: r.nonFinite });
+    if (r.sha256 !== undefined) sha.set(info, r.sha256);
   }
   return sha;
 }
