@@ -29,7 +29,7 @@ import {
   type MoeBlockWeights,
   type Weight,
 } from '../forward/weights.js';
-import { getGpu, type Gpu } from './device.js';
+import { getGpu, gpuWait, type Gpu } from './device.js';
 import { kernel, type KernelName } from './kernels.js';
 
 export interface GpuForwardOptions {
@@ -209,7 +209,7 @@ class Ctx {
   /** Wait for the GPU, counted in hostMs.gpuWait. */
   async gpuIdle(): Promise<void> {
     const t = performance.now();
-    await this.device.queue.onSubmittedWorkDone();
+    await gpuWait(this.gpu, () => this.device.queue.onSubmittedWorkDone());
     this.hostMs.gpuWait += performance.now() - t;
   }
   /**
@@ -292,7 +292,7 @@ class Ctx {
     enc.copyBufferToBuffer(res, 0, rb, 0, bytes);
     this.device.queue.submit([enc.finish()]);
     const tw = performance.now();
-    await rb.mapAsync(GPUMapMode.READ);
+    await gpuWait(this.gpu, () => rb.mapAsync(GPUMapMode.READ));
     this.hostMs.gpuWait += performance.now() - tw;
     const t = new BigInt64Array(rb.getMappedRange().slice(0));
     q.runs.push(q.n / 2);
@@ -884,7 +884,7 @@ async function combineAndRead(r: Run, b: Batch, out: Float32Array, expertCounts:
   if (E > 0) enc.copyBufferToBuffer(b.meta, 0, rbMeta, 0, E * 4);
   ctx.device.queue.submit([enc.finish()]);
   const tm = performance.now();
-  await Promise.all([rbOut.mapAsync(GPUMapMode.READ), rbMeta.mapAsync(GPUMapMode.READ)]);
+  await gpuWait(ctx.gpu, () => Promise.all([rbOut.mapAsync(GPUMapMode.READ), rbMeta.mapAsync(GPUMapMode.READ)]));
   ctx.hostMs.gpuWait += performance.now() - tm;
   out.set(new Float32Array(rbOut.getMappedRange().slice(0)), b.t0 * H);
   const counts = new Uint32Array(rbMeta.getMappedRange().slice(0));
