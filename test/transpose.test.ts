@@ -3,7 +3,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { arena, arenaCopy } from '../src/engine/arena.js';
 import { bandSlab } from '../src/engine/band.js';
-import { View, copyView } from '../src/engine/ir.js';
+import { View, copyView, materialize } from '../src/engine/ir.js';
+import { writeCheckpoint, bufferSource } from '../src/store/safetensors/writer.js';
 import { stridedCopyGeneric } from '../src/engine/strided.js';
 import type { SlabPlan } from '../src/engine/plan.js';
 import { writeSyntheticMixtral } from '../bench/lib.js';
@@ -63,6 +64,34 @@ describe('SIMD transpose kernel (kernels/transpose.wasm)', () => {
     expect(await arenaCopy(a, 0, [1, 8], b, 0, [8, 1], [8, 8], 2)).toBe(false);
     arena.release(a);
     arena.release(b);
+  });
+
+  it("materialize of a transposed view from a checkpoint into a heap buffer (as verify's upload slots): the transpose, gathered in the arena", async () => {
+    const tmp = tempDir('moekit-mat-');
+    try {
+      const [R, C] = [640, 1536]; // bf16, 1.9 MiB: the SIMD kernel's size
+      const data = Buffer.alloc(R * C * 2);
+      fill(data, 7);
+      await writeCheckpoint(tmp.dir, [{ name: 'w', dtype: 'BF16', shape: [R, C], source: bufferSource(data) }], { fsync: false });
+      const st = await openStore(tmp.dir);
+      try {
+        const v = View.ofTensor(st, st.info('w')).transpose(); // [C, R]
+        const want = Buffer.alloc(data.length);
+        for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) want.writeUInt16LE(data.readUInt16LE((r * C + c) * 2), (c * R + r) * 2);
+        const into = Buffer.alloc(data.length + 64, 0xee);
+        const got = await materialize(v, into);
+        expect(arena.holds(into)).toBe(false);
+        expect(Buffer.compare(got, want)).toBe(0);
+        expect(into[data.length]).toBe(0xee); // nothing past the view's bytes
+        // a row block of the transposed view, as the forwards ask for
+        const rows = await materialize(v.slice(0, 100, 612), Buffer.alloc(512 * R * 2));
+        expect(Buffer.compare(rows, want.subarray(100 * R * 2, 612 * R * 2))).toBe(0);
+      } finally {
+        await st.close();
+      }
+    } finally {
+      tmp.cleanup();
+    }
   });
 
   it('the arena reuses and merges freed blocks', () => {
