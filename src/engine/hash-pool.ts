@@ -61,6 +61,7 @@ const fs = require('node:fs');
 const nonFiniteIn = ${nonFiniteIn.toString()};
 const hs = new Map();
 let ring;
+let buf;
 parentPort.on('message', (m) => {
   if (m.op === 'ring') {
     ring = m.sab;
@@ -84,7 +85,8 @@ parentPort.on('message', (m) => {
     try {
       fd = fs.openSync(m.file, 'r');
       const h = m.hash ? createHash('sha256') : undefined;
-      const buf = Buffer.allocUnsafeSlow(Math.max(4, Math.min(m.nbytes, 4 << 20)));
+      // one read buffer per worker for all its scans: a fresh one per tensor piles up until the worker's GC runs
+      buf = buf || Buffer.allocUnsafeSlow(4 << 20);
       let pos = 0;
       let nonFinite = 0;
       while (pos < m.nbytes) {
