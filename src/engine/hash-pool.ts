@@ -104,7 +104,7 @@ parentPort.on('message', (m) => {
       }
       parentPort.postMessage({ op: 'digest', id: m.id, hex: h ? h.digest('hex') : undefined, nonFinite });
     } catch (e) {
-      parentPort.postMessage({ op: 'error', id: m.id, message: String(e && e.message) });
+      parentPort.postMessage({ op: 'error', id: m.id, message: m.file + ': ' + String(e && e.message) });
     } finally {
       if (fd !== undefined) fs.closeSync(fd);
     }
@@ -205,7 +205,7 @@ export class HashPool {
     const w = this.waiters.get(m.id);
     this.waiters.delete(m.id);
     if (m.op === 'digest') w?.resolve(m);
-    else w?.reject(new MoekitError('io', `sha256: ${m.message}`));
+    else w?.reject(new MoekitError('io', `reading ${m.message}`));
   }
 
   private pick(): number {
