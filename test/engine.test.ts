@@ -3,8 +3,8 @@
  * transaction (never the source or a folder holding it, locks, stale temps, signals, side files).
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStore } from '../src/store/registry.js';
 import { applyTransforms, castTransform } from '../src/engine/transforms.js';
@@ -12,7 +12,7 @@ import { writeSyntheticMixtral } from '../bench/lib.js';
 import { FIXTURES, ROOT, runCli, tempDir } from './helpers.js';
 import { fitMemory } from '../src/engine/execute.js';
 import type { TensorPlan } from '../src/engine/plan.js';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 
 const tmp = tempDir('moekit-engine-');
 afterAll(() => tmp.cleanup());
@@ -224,6 +224,21 @@ describe('output transaction: the source is never lost', () => {
     expect(ok.code, ok.stderr).toBe(0);
     // no lock, and no temp copy of one, left beside the output
     expect(readdirSync(tmp.dir).filter((n) => n.includes('locked-empty') && join(tmp.dir, n) !== dst)).toEqual([]);
+  });
+  it("a lock's temp file left by a run killed while taking the lock is removed by the next run; a live run's is kept", () => {
+    const dst = out('lock-temps');
+    const lock = join(tmp.dir, `.${dst.slice(tmp.dir.length + 1)}.moekit-lock`);
+    const dead = spawnSync(process.execPath, ['-e', 'process.pid']).pid!; // a pid that has exited
+    const left = `${lock}.${dead}-0badf00d`;
+    const empty = `${lock}.${dead}-0badf00e`; // killed between creating it and writing it
+    const live = `${lock}.${process.pid}-0badf00f`;
+    writeFileSync(left, `${dead} ${hostname()}\n`);
+    writeFileSync(empty, '');
+    writeFileSync(live, `${process.pid} ${hostname()}\n`);
+    const r = runCli(['convert', src, '--to', 'te', '--no-fsync', '-o', dst]);
+    expect(r.code, r.stderr).toBe(0);
+    expect([existsSync(left), existsSync(empty), existsSync(live)]).toEqual([false, false, true]);
+    rmSync(live);
   });
 });
 

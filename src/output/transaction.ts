@@ -150,16 +150,33 @@ async function checkDestination(dst: string, force: boolean): Promise<boolean> {
 const TMP_MARK = '.moekit-tmp-';
 
 /** Remove temp folders earlier runs left next to `dst`; called with the lock held, so none is in use. */
-async function removeStaleTemps(dst: string): Promise<void> {
+async function removeStaleTemps(dst: string, lock: string): Promise<void> {
   const dir = dirname(dst);
   const stem = `.${basename(dst)}${TMP_MARK}`;
+  const lockStem = `${basename(lock)}.`;
   let names: string[];
   try {
     names = await readdir(dir);
   } catch {
     return;
   }
-  for (const n of names) if (n.startsWith(stem)) await rm(join(dir, n), { recursive: true, force: true });
+  for (const n of names) {
+    if (n.startsWith(stem)) await rm(join(dir, n), { recursive: true, force: true });
+    else if (n.startsWith(lockStem) && (await staleLockTemp(join(dir, n), n.slice(lockStem.length)))) await rm(join(dir, n), { force: true });
+  }
+}
+
+/**
+ * Whether a lock's temp file (`<lock>.<pid>-<hex>`, see createLock) was left by a run killed while
+ * taking the lock: its pid no longer runs on this host. One from another host (a shared file
+ * system) counts only once it is older than FRESH_LOCK_MS; a live run's is kept (it unlinks it itself).
+ */
+async function staleLockTemp(path: string, suffix: string): Promise<boolean> {
+  const pid = Number(suffix.split('-')[0]);
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  const host = (await readFile(path, 'utf8').catch(() => '')).trim().split(/\s+/)[1];
+  if (!host || host === hostname()) return !alive(pid);
+  return Date.now() - ((await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now()) > FRESH_LOCK_MS;
 }
 
 /** One destination being written. */
@@ -201,7 +218,7 @@ class Output {
       await takeLock(o, !!opts.force);
       // again under the lock: another run may have finished this destination meanwhile
       o.replace = await checkDestination(dst, !!opts.force);
-      await removeStaleTemps(dst);
+      await removeStaleTemps(dst, lock);
       await mkdir(tmp);
       await writeFile(join(tmp, MARK), '{"format":"moekit-output","version":1}\n');
       return o;
