@@ -149,7 +149,7 @@ async function checkDestination(dst: string, force: boolean): Promise<boolean> {
 
 const TMP_MARK = '.moekit-tmp-';
 
-/** Remove temp folders earlier runs left next to `dst`; called with the lock held, so none is in use. */
+/** Remove temp folders earlier runs left next to `dst`, and lock temp files of runs gone; called with the lock held, so no temp folder is in use. */
 async function removeStaleTemps(dst: string, lock: string): Promise<void> {
   const dir = dirname(dst);
   const stem = `.${basename(dst)}${TMP_MARK}`;
@@ -174,9 +174,21 @@ async function removeStaleTemps(dst: string, lock: string): Promise<void> {
 async function staleLockTemp(path: string, suffix: string): Promise<boolean> {
   const pid = Number(suffix.split('-')[0]);
   if (!Number.isInteger(pid) || pid <= 0) return false;
-  const host = (await readFile(path, 'utf8').catch(() => '')).trim().split(/\s+/)[1];
+  const { host } = await lockOwner(path);
   if (!host || host === hostname()) return !alive(pid);
-  return Date.now() - ((await stat(path).catch(() => undefined))?.mtimeMs ?? Date.now()) > FRESH_LOCK_MS;
+  return ((await ageMs(path)) ?? 0) > FRESH_LOCK_MS;
+}
+
+/** The "<pid> <host>" a lock file (or its temp) holds; empty fields where it is empty or gone. */
+async function lockOwner(path: string): Promise<{ pidText?: string; host?: string }> {
+  const [pidText, host] = (await readFile(path, 'utf8').catch(() => '')).trim().split(/\s+/);
+  return { pidText: pidText || undefined, host };
+}
+
+/** Milliseconds since a file was last written, or undefined when it is gone. */
+async function ageMs(path: string): Promise<number | undefined> {
+  const st = await stat(path).catch(() => undefined);
+  return st && Date.now() - st.mtimeMs;
 }
 
 /** One destination being written. */
@@ -365,9 +377,9 @@ async function takeLock(o: Output, force: boolean): Promise<void> {
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw unwritable(dst, e);
-      const [pidText, host] = (await readFile(lock, 'utf8').catch(() => '')).trim().split(/\s+/);
+      const { pidText, host } = await lockOwner(lock);
       const pid = Number(pidText);
-      const fresh = !pidText && Date.now() - ((await stat(lock).catch(() => undefined))?.mtimeMs ?? 0) < FRESH_LOCK_MS;
+      const fresh = !pidText && ((await ageMs(lock)) ?? Infinity) < FRESH_LOCK_MS;
       const here = !host || host === hostname();
       if (fresh || (here && alive(pid) && pid !== process.pid)) {
         throw new MoekitError(
