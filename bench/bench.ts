@@ -2,6 +2,7 @@
  * `npm run bench`: moekit against `cp` of the same bytes, measured in one run, reported as ratios.
  * Set MOEKIT_BENCH_GB to change the synthetic checkpoint size (default 2).
  */
+import './uv-threads.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -285,6 +285,31 @@ describe('kernel shape knobs (MOEKIT_UP_CFG / MOEKIT_DOWN_CFG)', () => {
   });
 });
 
+describe('staging knob (MOEKIT_GPU_STAGING)', () => {
+  it('other slot counts and sizes give the same bits; a malformed value is a one-line error', async () => {
+    const w = synth({ seed: 22, H: 128, I: 192, E: 4, dtype: 'BF16' });
+    const spec: BlockSpec = { routing: routing({ topK: 2 }), activation: { kind: 'swiglu' } };
+    const x = Float32Array.from({ length: 24 * 128 }, (_, i) => Math.cos(i));
+    const saved = process.env.MOEKIT_GPU_STAGING;
+    try {
+      delete process.env.MOEKIT_GPU_STAGING;
+      const base = await forwardGpu(w, spec, x, 24, { kernels: 'stream', maxBinding: 65536 });
+      for (const mappedUploads of [false, true]) {
+        process.env.MOEKIT_GPU_STAGING = '3,1';
+        const got = await forwardGpu(w, spec, x, 24, { kernels: 'stream', maxBinding: 65536, mappedUploads, uploadBytes: 4096 });
+        expect(Buffer.from(got.out.buffer).equals(Buffer.from(base.out.buffer))).toBe(true);
+      }
+      for (const bad of ['8', '1,8', '8,0', '8,8,8', 'x,8', '65,8']) {
+        process.env.MOEKIT_GPU_STAGING = bad;
+        await expect(forwardGpu(w, spec, x, 24, { kernels: 'stream' })).rejects.toThrow(`bad MOEKIT_GPU_STAGING '${bad}'`);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.MOEKIT_GPU_STAGING;
+      else process.env.MOEKIT_GPU_STAGING = saved;
+    }
+  });
+});
+
 describe('kernelRepeats (benchmarks: steady-state kernel time)', () => {
   it('repeated expert dispatches leave the output bit-identical, each kernel counted once (the median run)', async () => {
     const w = synth({ seed: 14, H: 128, I: 192, E: 4, dtype: 'BF16' });

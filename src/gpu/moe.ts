@@ -123,7 +123,17 @@ const MAX_DISPATCH = 65535;
  * 1 GiB (all 8) 3.6 ms). Host memory does not grow with it (uploads are cut at the slot size); GPU memory
  * holds about two pieces, so a GPU with less than ~6 GB wants MOEKIT_GPU_PIECE_MIB=128.
  */
-const staging = (mapped: boolean) => (mapped ? { slots: 8, bytes: 8 * 2 ** 20 } : { slots: 2, bytes: 16 * 2 ** 20 });
+const staging = (mapped: boolean) => {
+  // MOEKIT_GPU_STAGING='<slots>,<MiB>' (tuning: bench/verify-bench.ts)
+  const env = process.env.MOEKIT_GPU_STAGING;
+  if (env) {
+    const [slots = 0, mib = 0, more] = env.split(',').map(Number);
+    if (!(more === undefined && Number.isInteger(slots) && slots >= 2 && slots <= 64 && mib >= 1 && mib <= 256))
+      throw new MoekitError('gpu', `bad MOEKIT_GPU_STAGING '${env}' (<slots>,<MiB>: 2 to 64 slots of 1 to 256 MiB)`);
+    return { slots, bytes: Math.round(mib * 2 ** 20) };
+  }
+  return mapped ? { slots: 8, bytes: 8 * 2 ** 20 } : { slots: 2, bytes: 16 * 2 ** 20 };
+};
 const pieceCap = (fallback: boolean) => (Number(process.env.MOEKIT_GPU_PIECE_MIB) || (fallback ? 16 : 1024)) * 2 ** 20;
 
 /**
