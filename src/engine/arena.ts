@@ -150,18 +150,55 @@ export async function arenaCopy(
 ): Promise<boolean> {
   if ((unit !== 2 && unit !== 4) || NO_SIMD || !arena.holds(dst) || !arena.holds(src)) return false;
   if (dst.byteOffset % unit !== 0 || src.byteOffset % unit !== 0) return false;
+  const t = transposeBlocks(dst.byteOffset / unit + dOff, dSt, src.byteOffset / unit + sOff, sSt, shape);
+  if (!t) return false;
+  await Promise.all(t.blocks.map(([d, s]) => transposeInArena(unit, d, t.dA, s, t.sB, t.m, t.n)));
+  return true;
+}
+
+/**
+ * A strided copy (element offsets and strides) as a batch of 2-D transposes dst[d + i·dA + j] =
+ * src[s + i + j·sB] (i < m, j < n), one per block [d, s]; undefined when it is not one.
+ */
+function transposeBlocks(dOff: number, dSt: readonly number[], sOff: number, sSt: readonly number[], shape: readonly number[]) {
   const c = coalesce(shape, dSt, sSt);
   const i = c.sSt.indexOf(1);
   const j = c.dSt.indexOf(1);
-  if (i < 0 || j < 0 || i === j) return false;
+  if (i < 0 || j < 0 || i === j) return undefined;
   const m = c.shape[i]!;
   const n = c.shape[j]!;
-  if (m * n < MIN_ELEMS) return false;
+  if (m * n < MIN_ELEMS) return undefined;
   const keep = (_: number, k: number) => k !== i && k !== j;
   const blocks: [number, number][] = [];
-  forEachIndex(c.shape.filter(keep), c.dSt.filter(keep), c.sSt.filter(keep), dst.byteOffset / unit + dOff, src.byteOffset / unit + sOff, (d, s) => {
+  forEachIndex(c.shape.filter(keep), c.dSt.filter(keep), c.sSt.filter(keep), dOff, sOff, (d, s) => {
     blocks.push([d, s]);
   });
-  await Promise.all(blocks.map(([d, s]) => transposeInArena(unit, d, c.dSt[i]!, s, c.sSt[j]!, m, n)));
-  return true;
+  return { blocks, dA: c.dSt[i]!, sB: c.sSt[j]!, m, n };
+}
+
+/** One transpose of the SIMD kernel: its export and arguments (byte addresses d and s, strides and sizes in elements). */
+export interface TransposeCall {
+  fn: 't16' | 't32';
+  args: number[];
+}
+
+/**
+ * The kernel calls that copy `shape` from `src` (an arena buffer, element offset sOff, strides sSt)
+ * into a destination laid out by dSt from element dOff of a buffer whose address is added later
+ * (a worker's own band buffer: args[0] is relative to it); undefined when the copy is not a batch
+ * of SIMD transposes (then the caller builds the slab the other way).
+ */
+export function transposeCalls(
+  dOff: number,
+  dSt: readonly number[],
+  src: Buffer,
+  sOff: number,
+  sSt: readonly number[],
+  shape: readonly number[],
+  unit: number,
+): TransposeCall[] | undefined {
+  if ((unit !== 2 && unit !== 4) || NO_SIMD || !arena.holds(src) || src.byteOffset % unit !== 0) return undefined;
+  const t = transposeBlocks(dOff, dSt, src.byteOffset / unit + sOff, sSt, shape);
+  const fn = unit === 2 ? 't16' : 't32';
+  return t?.blocks.map(([d, s]) => ({ fn, args: [d * unit, t.dA, s * unit, t.sB, t.m, t.n] }));
 }

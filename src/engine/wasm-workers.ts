@@ -43,18 +43,34 @@ function moduleOf(file: string): object {
   return m;
 }
 
+// A message runs one export (fn, args), or writes bands: for each, its calls (args[0] relative to
+// base) fill the worker's buffer at base, whose first `bytes` then go to file descriptor fd at pos.
 const WORKER = `
 const { parentPort, workerData } = require('node:worker_threads');
+const { writeSync } = require('node:fs');
 const inst = new WebAssembly.Instance(workerData.module, { env: { memory: workerData.memory } });
-parentPort.on('message', ({ id, fn, args }) => {
+parentPort.on('message', ({ id, fn, args, fd, base, bands }) => {
   try {
-    inst.exports[fn](...args);
+    if (bands) {
+      for (const b of bands) {
+        for (const c of b.calls) inst.exports[c.fn](base + c.args[0], ...c.args.slice(1));
+        const mem = new Uint8Array(workerData.memory.buffer);
+        for (let done = 0; done < b.bytes; ) done += writeSync(fd, mem, base + done, b.bytes - done, b.pos + done);
+      }
+    } else inst.exports[fn](...args);
     parentPort.postMessage({ id });
   } catch (e) {
-    parentPort.postMessage({ id, error: String(e && e.message || e) });
+    parentPort.postMessage({ id, error: String(e && e.message || e), code: e && typeof e.code === 'string' ? e.code : undefined });
   }
 });
 `;
+
+/** A band a worker builds in its buffer and writes: the kernel calls (args[0] relative to the buffer), then its first `bytes` at file position `pos`. */
+export interface WriteBand {
+  pos: number;
+  bytes: number;
+  calls: { fn: string; args: number[] }[];
+}
 
 export class WasmWorkers {
   private readonly workers: Worker[];
@@ -81,23 +97,39 @@ export class WasmWorkers {
 
   /** Run export `fn` on worker `w` (modulo the pool size), or on the least busy one. */
   call(w: number | undefined, fn: string, args: number[]): Promise<void> {
+    return this.post(w, { fn, args });
+  }
+
+  /**
+   * Build and write `bands` on worker `w`, one after another, in its buffer at address `base` (large
+   * enough for the largest band), to the open file descriptor `fd`: the write is the worker's own, so
+   * it copies a band the kernel has just written, still in that core's cache. A failed write rejects
+   * with the system error (its code kept).
+   */
+  writeBands(w: number, fd: number, base: number, bands: WriteBand[]): Promise<void> {
+    return this.post(w, { fd, base, bands });
+  }
+
+  private post(w: number | undefined, msg: object): Promise<void> {
     const id = this.nextId++;
     const k = w === undefined ? this.busy.indexOf(Math.min(...this.busy)) : w % this.workers.length;
     if (this.pending.size === 0) for (const x of this.workers) x.ref();
     this.busy[k]!++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, w: k });
-      this.workers[k]!.postMessage({ id, fn, args });
+      this.workers[k]!.postMessage({ id, ...msg });
     });
   }
 
-  private settle(m: { id: number; error?: string }): void {
+  private settle(m: { id: number; error?: string; code?: string }): void {
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
     this.busy[p.w]!--;
     if (this.pending.size === 0) for (const x of this.workers) x.unref();
-    if (m.error) p.reject(new MoekitError('internal', `internal: ${this.what} failed: ${m.error}`));
+    // a system error (a full disk) stays one, for the CLI's exit code; anything else is a bug
+    if (m.error && m.code) p.reject(Object.assign(new Error(m.error), { code: m.code }));
+    else if (m.error) p.reject(new MoekitError('internal', `internal: ${this.what} failed: ${m.error}`));
     else p.resolve();
   }
 

@@ -106,6 +106,8 @@ export interface CheckpointWriter {
   /** split tensors (in order) into files of at most `max` bytes */
   split<T extends { dtype: FileEntries['entries'][number]['dtype']; shape: number[] }>(tensors: T[], max?: number): T[][];
   write(dir: string, files: FileEntries[], index: string | undefined, opts: WriteOptions): Promise<WriteResult>;
+  /** whether write() lets an entry with writeTo write its own bytes (else it reads every entry's source) */
+  selfWrites?: boolean;
 }
 
 const WRITERS: Record<string, CheckpointWriter> = {
@@ -114,6 +116,7 @@ const WRITERS: Record<string, CheckpointWriter> = {
     indexName: (stem, n) => (n > 1 ? `${stem}.safetensors.index.json` : undefined),
     split: planShards,
     write: writeFiles,
+    selfWrites: true,
   },
   pt: {
     fileName: binName,
@@ -127,6 +130,7 @@ const WRITERS: Record<string, CheckpointWriter> = {
     indexName: () => undefined,
     split: planShards,
     write: writeFiles,
+    selfWrites: true,
   },
   dcp: {
     fileName: () => '__0_0.distcp',

@@ -18,6 +18,11 @@ export interface WriteEntry {
   shape: number[];
   /** Produces the tensor's bytes, in order, exactly byteSize(dtype, shape) of them. */
   source: () => AsyncIterable<Chunk>;
+  /**
+   * Writes the tensor's bytes itself at `position` of the open file `fd` (instead of source; the
+   * safetensors writer uses it when given), reporting bytes as they are written; resolves with the count.
+   */
+  writeTo?: (fd: number, position: number, progress: (bytes: number) => void) => Promise<number>;
 }
 
 export interface WriteOptions {
@@ -185,16 +190,24 @@ export async function writeFiles(dir: string, files: FileEntries[], index: strin
         for (const e of shard) {
           const want = byteSize(e.dtype, e.shape);
           let got = 0;
-          for await (const c of e.source()) {
-            got += c.data.byteLength;
-            if (got > want) {
-              c.release?.();
-              throw new MoekitError('internal', `internal: '${e.name}' produced more than its ${want} bytes`);
+          if (e.writeTo) {
+            got = await e.writeTo(fh.fd, position, (n) => {
+              bytes += n;
+              opts.onProgress?.(bytes, count);
+            });
+            position += got;
+          } else {
+            for await (const c of e.source()) {
+              got += c.data.byteLength;
+              if (got > want) {
+                c.release?.();
+                throw new MoekitError('internal', `internal: '${e.name}' produced more than its ${want} bytes`);
+              }
+              await queue.push(c, position);
+              position += c.data.byteLength;
+              bytes += c.data.byteLength;
+              opts.onProgress?.(bytes, count);
             }
-            await queue.push(c, position);
-            position += c.data.byteLength;
-            bytes += c.data.byteLength;
-            opts.onProgress?.(bytes, count);
           }
           if (got !== want) throw new MoekitError('internal', `'${e.name}': produced ${got} bytes, expected ${want} for ${e.dtype}${JSON.stringify(e.shape)}`);
           weightMap[e.name] = fname;
