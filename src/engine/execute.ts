@@ -290,8 +290,9 @@ async function writeBands(p: Pinned, fd: number, position: number, pool: SlabPoo
 
 /**
  * A banded tensor (every slab pinned): written slab by slab by writeBands, checking for a stop before
- * each. One slab at a time: with two in flight the workers' writes contended for the file (2 cores,
- * five interleaved rounds: CPU 3.2 s against 2.9 s for one).
+ * each, two slabs in flight, so a worker done with its bands of one goes on to the next without
+ * waiting for the others (2 cores, bench checkpoint to nemo, six interleaved rounds: 1.62 s against
+ * 1.82 s for one slab at a time and 1.66 s for three).
  */
 async function writeTensor(
   t: TensorPlan,
@@ -303,14 +304,27 @@ async function writeTensor(
   progress: (bytes: number) => void,
 ): Promise<number> {
   let pos = position;
-  for (const s of t.slabs) {
-    if (s.kind !== 'assemble') throw new MoekitError('internal', `internal: ${t.name} has a slab that is not assembled`);
-    const why = opts.stop?.() ?? (interrupted() && new MoekitError('interrupted', 'interrupted'));
-    if (why) throw why;
-    const b = await asm.get(s);
-    const n = Buffer.isBuffer(b) ? await writeBuffer(fd, b, pos, asm.pool) : await writeBands(b, fd, pos, asm.pool, band);
-    pos += n;
-    progress(n);
+  const inflight: Promise<number>[] = [];
+  try {
+    for (const s of t.slabs) {
+      if (s.kind !== 'assemble') throw new MoekitError('internal', `internal: ${t.name} has a slab that is not assembled`);
+      const why = opts.stop?.() ?? (interrupted() && new MoekitError('interrupted', 'interrupted'));
+      if (why) throw why;
+      const b = await asm.get(s);
+      const at = pos;
+      pos += byteSize(s.dtype, s.shape);
+      const w = (Buffer.isBuffer(b) ? writeBuffer(fd, b, at, asm.pool) : writeBands(b, fd, at, asm.pool, band)).then((n) => {
+        progress(n);
+        return n;
+      });
+      w.catch(() => undefined); // awaited below
+      inflight.push(w);
+      if (inflight.length >= 2) await inflight.shift();
+    }
+    await Promise.all(inflight);
+  } finally {
+    // no write may still be going when the caller closes the file
+    await Promise.allSettled(inflight);
   }
   return pos - position;
 }
