@@ -130,6 +130,9 @@ async function transposeInArena(size: 2 | 4, d: number, dA: number, s: number, s
 /** MOEKIT_NO_SIMD=1: every copy on this thread's JS kernels (strided.ts), to rule the SIMD path out. */
 const NO_SIMD = process.env.MOEKIT_NO_SIMD === '1';
 
+/** Whether the SIMD kernel can move elements of `unit` bytes in this buffer (an arena one, aligned to the unit). */
+const simdReady = (b: Buffer, unit: number) => (unit === 2 || unit === 4) && !NO_SIMD && arena.holds(b) && b.byteOffset % unit === 0;
+
 /** Below this many elements a 2-D block is copied on this thread (a worker round trip costs more). */
 const MIN_ELEMS = 1 << 14;
 
@@ -148,11 +151,10 @@ export async function arenaCopy(
   shape: readonly number[],
   unit: number,
 ): Promise<boolean> {
-  if ((unit !== 2 && unit !== 4) || NO_SIMD || !arena.holds(dst) || !arena.holds(src)) return false;
-  if (dst.byteOffset % unit !== 0 || src.byteOffset % unit !== 0) return false;
+  if (!simdReady(dst, unit) || !simdReady(src, unit)) return false;
   const t = transposeBlocks(dst.byteOffset / unit + dOff, dSt, src.byteOffset / unit + sOff, sSt, shape);
   if (!t) return false;
-  await Promise.all(t.blocks.map(([d, s]) => transposeInArena(unit, d, t.dA, s, t.sB, t.m, t.n)));
+  await Promise.all(t.blocks.map(([d, s]) => transposeInArena(unit as 2 | 4, d, t.dA, s, t.sB, t.m, t.n)));
   return true;
 }
 
@@ -197,7 +199,7 @@ export function transposeCalls(
   shape: readonly number[],
   unit: number,
 ): TransposeCall[] | undefined {
-  if ((unit !== 2 && unit !== 4) || NO_SIMD || !arena.holds(src) || src.byteOffset % unit !== 0) return undefined;
+  if (!simdReady(src, unit)) return undefined;
   const t = transposeBlocks(dOff, dSt, src.byteOffset / unit + sOff, sSt, shape);
   const fn = unit === 2 ? 't16' : 't32';
   return t?.blocks.map(([d, s]) => ({ fn, args: [d * unit, t.dA, s * unit, t.sB, t.m, t.n] }));
