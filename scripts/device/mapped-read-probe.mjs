@@ -50,23 +50,30 @@ for (const round of [1, 2]) {
   for (const D of [4, 8, 16]) {
     const host = Array.from({ length: D }, () => Buffer.allocUnsafeSlow(CH));
     await run('host buffers', D, async (k) => host[k]);
-    const bufs = Array.from({ length: D }, () => dev.createBuffer({ size: CH, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true }));
+    const bufs = Array.from({ length: D }, () =>
+      dev.createBuffer({ size: CH, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true }),
+    );
     const views = bufs.map((b) => Buffer.from(b.getMappedRange()));
     await run('mapped, left mapped', D, async (k) => views[k]);
     const ready = bufs.map(() => Promise.resolve());
-    let cur = views.slice();
-    await run('mapped, copy + remap', D, async (k) => {
-      await ready[k];
-      return cur[k];
-    }, async (k, i) => {
-      bufs[k].unmap();
-      const enc = dev.createCommandEncoder();
-      enc.copyBufferToBuffer(bufs[k], 0, dst, (i * CH) % (1 << 30), CH);
-      dev.queue.submit([enc.finish()]);
-      ready[k] = bufs[k].mapAsync(GPUMapMode.WRITE).then(() => {
-        cur[k] = Buffer.from(bufs[k].getMappedRange());
-      });
-    });
+    const cur = views.slice();
+    await run(
+      'mapped, copy + remap',
+      D,
+      async (k) => {
+        await ready[k];
+        return cur[k];
+      },
+      async (k, i) => {
+        bufs[k].unmap();
+        const enc = dev.createCommandEncoder();
+        enc.copyBufferToBuffer(bufs[k], 0, dst, (i * CH) % (1 << 30), CH);
+        dev.queue.submit([enc.finish()]);
+        ready[k] = bufs[k].mapAsync(GPUMapMode.WRITE).then(() => {
+          cur[k] = Buffer.from(bufs[k].getMappedRange());
+        });
+      },
+    );
     await Promise.all(ready);
     for (const b of bufs) b.destroy();
   }

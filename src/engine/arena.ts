@@ -151,10 +151,11 @@ export async function arenaCopy(
   shape: readonly number[],
   unit: number,
 ): Promise<boolean> {
-  if (!simdReady(dst, unit) || !simdReady(src, unit)) return false;
-  const t = transposeBlocks(dst.byteOffset / unit + dOff, dSt, src.byteOffset / unit + sOff, sSt, shape);
-  if (!t) return false;
-  await Promise.all(t.blocks.map(([d, s]) => transposeInArena(unit as 2 | 4, d, t.dA, s, t.sB, t.m, t.n)));
+  if (!simdReady(dst, unit)) return false;
+  const calls = transposeCalls(dst.byteOffset / unit + dOff, dSt, src, sOff, sSt, shape, unit);
+  if (!calls) return false;
+  // each transpose split in row bands over the workers (the calls' addresses are bytes, the bands' elements)
+  await Promise.all(calls.map(({ args: [d, dA, s, sB, m, n] }) => transposeInArena(unit as 2 | 4, d! / unit, dA!, s! / unit, sB!, m!, n!)));
   return true;
 }
 
@@ -186,9 +187,9 @@ export interface TransposeCall {
 
 /**
  * The kernel calls that copy `shape` from `src` (an arena buffer, element offset sOff, strides sSt)
- * into a destination laid out by dSt from element dOff of a buffer whose address is added later
- * (a worker's own band buffer: args[0] is relative to it); undefined when the copy is not a batch
- * of SIMD transposes (then the caller builds the slab the other way).
+ * into a destination laid out by dSt from element dOff: of the arena (arenaCopy), or of a buffer
+ * whose address is added later (a worker's own band buffer, writeBands: args[0] is relative to it);
+ * undefined when the copy is not a batch of SIMD transposes (then the caller copies another way).
  */
 export function transposeCalls(
   dOff: number,
