@@ -45,6 +45,18 @@ describe('transposed slabs written in bands by the transpose workers', () => {
     });
   }
 
+  it('without the SIMD kernels (MOEKIT_NO_SIMD=1) a pinned slab is built whole from its sources: the same bytes', async () => {
+    await ready;
+    const outs = ['0', '1'].map((noSimd) => {
+      const o = join(tmp.dir, `nosimd-${noSimd}`);
+      const env = noSimd === '1' ? { MOEKIT_NO_SIMD: '1' } : { MOEKIT_STREAM_BAND: '0' };
+      const r = runCli(['convert', src, '--to', 'nemo', '-o', o, '--no-fsync'], { env });
+      expect(r.code, r.stderr).toBe(0);
+      return o;
+    });
+    for (const f of files(outs[0]!)) expect(readFileSync(join(outs[1]!, f)).equals(readFileSync(join(outs[0]!, f))), f).toBe(true);
+  });
+
   it('nemo written in bands converts back to the source tensors, bit for bit', async () => {
     await ready;
     const nemo = join(tmp.dir, 'rt-nemo');

@@ -260,16 +260,8 @@ async function writeBands(p: Pinned, fd: number, position: number, pool: SlabPoo
     : [];
   const banded = !!workers && !!calls && bufs.every((b) => b);
   try {
-    if (!banded) {
-      // built() gives the sources back
-      const buf = await built(p, pool);
-      try {
-        for (let done = 0; done < bytes; ) done += (await fsWrite(fd, buf, done, bytes - done, position + done)).bytesWritten;
-      } finally {
-        pool.release(buf);
-      }
-      return bytes;
-    }
+    // built() gives the sources back, writeBuffer the slab
+    if (!banded) return await writeBuffer(fd, await built(p, pool), position, pool);
     const per: WriteBand[][] = bufs.map(() => []);
     let pos = position;
     for (const [k, b] of bands.entries()) {
