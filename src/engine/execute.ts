@@ -110,11 +110,7 @@ class Assembler {
 
   private build(s: Extract<SlabPlan, { kind: 'assemble' }>): () => Promise<Built> {
     return async () => {
-      if (this.pin.has(s)) return pinSources(s, this.pool);
-      const buf = this.pool.acquire(byteSize(s.dtype, s.shape));
-      const storage = { kind: 'memory' as const, buf };
-      for (const p of s.parts) await copyView(p.src, new View(storage, p.dst.dtype, p.dst.offset, p.dst.shape, p.dst.strides));
-      return buf;
+      return this.pin.has(s) ? pinSources(s, this.pool) : assemble(s, this.pool);
     };
   }
 
@@ -211,20 +207,27 @@ async function pinSources(s: Assembled, pool: SlabPool): Promise<Pinned> {
   }
 }
 
-/** A slab's bytes: the buffer, or a pinned slab built whole from its sources (which then go back). */
-async function built(b: Built, pool: SlabPool): Promise<Buffer> {
-  if (Buffer.isBuffer(b)) return b;
-  const buf = pool.acquire(byteSize(b.slab.dtype, b.slab.shape));
+/** A slab built whole in a pool buffer, each part copied into its place (the buffer goes back if a copy fails). */
+async function assemble(s: Assembled, pool: SlabPool): Promise<Buffer> {
+  const buf = pool.acquire(byteSize(s.dtype, s.shape));
   try {
     const storage = { kind: 'memory' as const, buf };
-    for (const p of b.slab.parts) await copyView(p.src, new View(storage, p.dst.dtype, p.dst.offset, p.dst.shape, p.dst.strides));
+    for (const p of s.parts) await copyView(p.src, new View(storage, p.dst.dtype, p.dst.offset, p.dst.shape, p.dst.strides));
   } catch (e) {
     pool.release(buf);
     throw e;
+  }
+  return buf;
+}
+
+/** A slab's bytes: the buffer, or a pinned slab built whole from its sources (which then go back). */
+async function built(b: Built, pool: SlabPool): Promise<Buffer> {
+  if (Buffer.isBuffer(b)) return b;
+  try {
+    return await assemble(b.slab, pool);
   } finally {
     for (const h of b.held) pool.release(h);
   }
-  return buf;
 }
 
 /** The kernel calls of each band (destination offsets relative to the band's buffer), or undefined when a part is not a SIMD transpose. */
@@ -255,9 +258,8 @@ async function writeBands(p: Pinned, fd: number, position: number, pool: SlabPoo
   const bands = rowBands(p.slab, band);
   const calls = bandCalls(bands);
   const workers = calls && arena.workers();
-  const bufs = workers
-    ? Array.from({ length: Math.min(workers.threads, bands.length) }, () => arena.alloc(Math.max(...bands.map((b) => byteSize(b.dtype, b.shape)))))
-    : [];
+  const largest = Math.max(...bands.map((b) => byteSize(b.dtype, b.shape)));
+  const bufs = workers ? Array.from({ length: Math.min(workers.threads, bands.length) }, () => arena.alloc(largest)) : [];
   const banded = !!workers && !!calls && bufs.every((b) => b);
   try {
     // built() gives the sources back, writeBuffer the slab
