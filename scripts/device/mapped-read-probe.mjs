@@ -1,5 +1,5 @@
 // Where verify's upload path meets its limit (issue 16: verify / read): page-cache reads of one file,
-// 8 MiB each, D in flight (libuv threads = UV_THREADPOOL_SIZE), into
+// 8 MiB each (CH_MIB="8 16" for more read sizes), D in flight (libuv threads = UV_THREADPOOL_SIZE), into
 //   host:    reused host buffers (the bare read verify-bench compares with)
 //   mapped:  reused mapped MAP_WRITE staging buffers, left mapped (no GPU work): the memory verify reads into
 //   cycle:   the same buffers as verify uses them: read, unmap, copy to a GPU buffer, map again
@@ -10,9 +10,9 @@ const { openSync, writeSync, closeSync, existsSync, readSync } = await import('n
 const { open } = await import('node:fs/promises');
 const GiB = Number(process.argv[2] ?? 2.5);
 const file = process.argv[3] ?? '/tmp/mapped-read-probe.bin';
-const CH = 8 << 20;
-const n = Math.round((GiB * 2 ** 30) / CH);
-const total = n * CH;
+const SIZES = (process.env.CH_MIB ?? '8').split(/\s+/).map(Number);
+const total = Math.round((GiB * 2 ** 30) / (64 << 20)) * (64 << 20); // whole 64 MiB, so every read size divides it
+let CH = SIZES[0] << 20;
 if (!existsSync(file)) {
   const b = Buffer.alloc(64 << 20, 3);
   const fd = openSync(file, 'w');
@@ -32,7 +32,7 @@ const fh = await open(file, 'r');
 async function run(name, D, view, after) {
   const t0 = performance.now();
   const inflight = new Array(D);
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < total / CH; i++) {
     const k = i % D;
     await inflight[k];
     inflight[k] = (async () => {
@@ -45,38 +45,42 @@ async function run(name, D, view, after) {
   const ms = performance.now() - t0;
   console.log(`${name.padEnd(28)} D ${String(D).padStart(2)}  ${ms.toFixed(0).padStart(5)} ms  ${(total / ms / 1e6).toFixed(1)} GB/s`);
 }
-for (const round of [1, 2]) {
-  console.log(`-- round ${round}: ${(total / 2 ** 30).toFixed(2)} GiB in 8 MiB reads, ${gpu.adapterName}, ${process.env.UV_THREADPOOL_SIZE} libuv threads`);
-  for (const D of [4, 8, 16]) {
-    const host = Array.from({ length: D }, () => Buffer.allocUnsafeSlow(CH));
-    await run('host buffers', D, async (k) => host[k]);
-    const bufs = Array.from({ length: D }, () =>
-      dev.createBuffer({ size: CH, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true }),
+for (const round of [1, 2])
+  for (const mib of SIZES) {
+    CH = mib << 20;
+    console.log(
+      `-- round ${round}: ${(total / 2 ** 30).toFixed(2)} GiB in ${mib} MiB reads, ${gpu.adapterName}, ${process.env.UV_THREADPOOL_SIZE} libuv threads`,
     );
-    const views = bufs.map((b) => Buffer.from(b.getMappedRange()));
-    await run('mapped, left mapped', D, async (k) => views[k]);
-    const ready = bufs.map(() => Promise.resolve());
-    const cur = views.slice();
-    await run(
-      'mapped, copy + remap',
-      D,
-      async (k) => {
-        await ready[k];
-        return cur[k];
-      },
-      async (k, i) => {
-        bufs[k].unmap();
-        const enc = dev.createCommandEncoder();
-        enc.copyBufferToBuffer(bufs[k], 0, dst, (i * CH) % (1 << 30), CH);
-        dev.queue.submit([enc.finish()]);
-        ready[k] = bufs[k].mapAsync(GPUMapMode.WRITE).then(() => {
-          cur[k] = Buffer.from(bufs[k].getMappedRange());
-        });
-      },
-    );
-    await Promise.all(ready);
-    for (const b of bufs) b.destroy();
+    for (const D of [4, 8, 16]) {
+      const host = Array.from({ length: D }, () => Buffer.allocUnsafeSlow(CH));
+      await run('host buffers', D, async (k) => host[k]);
+      const bufs = Array.from({ length: D }, () =>
+        dev.createBuffer({ size: CH, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true }),
+      );
+      const views = bufs.map((b) => Buffer.from(b.getMappedRange()));
+      await run('mapped, left mapped', D, async (k) => views[k]);
+      const ready = bufs.map(() => Promise.resolve());
+      const cur = views.slice();
+      await run(
+        'mapped, copy + remap',
+        D,
+        async (k) => {
+          await ready[k];
+          return cur[k];
+        },
+        async (k, i) => {
+          bufs[k].unmap();
+          const enc = dev.createCommandEncoder();
+          enc.copyBufferToBuffer(bufs[k], 0, dst, (i * CH) % (1 << 30), CH);
+          dev.queue.submit([enc.finish()]);
+          ready[k] = bufs[k].mapAsync(GPUMapMode.WRITE).then(() => {
+            cur[k] = Buffer.from(bufs[k].getMappedRange());
+          });
+        },
+      );
+      await Promise.all(ready);
+      for (const b of bufs) b.destroy();
+    }
   }
-}
 await fh.close();
 process.exit(0);
