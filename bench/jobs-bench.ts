@@ -105,6 +105,8 @@ interface Row {
   job: string;
   kind: 'transpose' | 'copy' | 'shard';
   run: Run;
+  /** seconds of `cp -r` of this row's own source, when it is not the Mixtral checkpoint */
+  cp?: number;
   peer?: Run;
   same?: string;
 }
@@ -118,7 +120,7 @@ function printTable(title: string, tCp: number, total: number, rows: Row[]): voi
     `${'job'.padEnd(36)} ${'s'.padStart(7)} ${'cp/x'.padStart(6)} ${'target'.padStart(7)} ${'RSS MiB'.padStart(8)}   python: ${'s'.padStart(7)} ${'py/x'.padStart(6)} ${'RSS MiB'.padStart(8)}  same tensors`,
   );
   for (const r of rows) {
-    const ratio = tCp / r.run.seconds;
+    const ratio = (r.cp ?? tCp) / r.run.seconds;
     const t = TARGET[r.kind];
     const verdict = t === undefined ? '     —' : `${ratio >= t ? ' ' : '!'}${fmt(t).padStart(5)}`;
     const py = r.peer
@@ -154,6 +156,7 @@ export async function benchJobs(ctx: BenchContext): Promise<void> {
     rm(out('mk'));
     rm(out('py'));
   }
+  rows.push(...(await otherFamilies(ctx)));
   const ranks = Array.from({ length: 8 }, (_, r) => `ep${r}-of-8`);
   const shard = best(out('sh'), () => moekit(['shard', ctx.src, '--ep', '8', '--dense', 'rank0', '-o', out('sh')]));
   const shardRow: Row = { job: 'shard --ep 8 (sha256 of every tensor)', kind: 'shard', run: shard };
@@ -200,6 +203,39 @@ async function benchMemory(ctx: BenchContext): Promise<void> {
   rm(out('dense'));
   console.log(`\n== peak RSS of the other commands on ${fmt(ctx.total / 1024 ** 3)} GiB (default settings, target ≤ 512 MiB) ==`);
   for (const [job, r] of rows) console.log(`${job.padEnd(40)} ${fmt(r.seconds).padStart(7)} s ${fmt(r.rssMB, 0).padStart(8)} MiB${r.rssMB > 512 ? ' !' : ''}`);
+}
+
+/**
+ * The transposing conversions of the fused families (issue 16 names Llama4 and GPT-OSS): synthetic
+ * checkpoints of the same dims in their own layouts (gate_up_proj [E,H,2I], GPT-OSS's interleaved,
+ * with biases; Llama4's with a shared expert), each converted to te (a transpose; GPT-OSS's also
+ * takes gate and up apart) and GPT-OSS's to nemo (gate and up apart, no transpose). Each ratio is
+ * against `cp -r` of that row's own source.
+ */
+async function otherFamilies(ctx: BenchContext): Promise<Row[]> {
+  const rows: Row[] = [];
+  const out = (n: string) => join(ctx.work, n);
+  for (const [family, label, targets] of [
+    ['llama4', 'llama4', ['te']],
+    ['gpt_oss', 'gpt-oss', ['te', 'nemo']],
+  ] as const) {
+    const src = out(family);
+    await writeSyntheticMixtral(src, { layers: ctx.layers, experts: ctx.experts, hidden: ctx.hidden, inter: ctx.inter }, 1 << 30, family);
+    timeCmd('cp', ['-r', src, out('cp')]); // warm: the source was just written
+    const cp = best(out('cp'), () => ({ seconds: timeCmd('cp', ['-r', src, out('cp')]), rssMB: 0 })).seconds;
+    rm(out('cp'));
+    for (const to of targets) {
+      rows.push({
+        job: `convert <${label}> --to ${to}`,
+        kind: 'transpose',
+        run: best(out('mk'), () => moekit(['convert', src, '--to', to, '-o', out('mk')])),
+        cp,
+      });
+      rm(out('mk'));
+    }
+    rm(src);
+  }
+  return rows;
 }
 
 /** convert --to nemo and shard --ep 8 at several checkpoint sizes: time per GiB and RSS should be flat. */

@@ -70,8 +70,69 @@ export async function writeSyntheticLlama(dir: string, spec: Omit<SynthSpec, 'ex
   return res.totalSize;
 }
 
-/** A Mixtral-layout bf16 checkpoint (HF names, config.json) of the given shape. */
-export async function writeSyntheticMixtral(dir: string, spec: SynthSpec, maxShardSize = 1 << 30): Promise<number> {
+/** Families the bench writes synthetic MoE checkpoints of: every layer an MoE layer of the same expert bytes. */
+export type SynthFamily = 'mixtral' | 'llama4' | 'gpt_oss';
+
+/**
+ * One layer's router and expert tensors (HF names, shapes) in the family's own layout: Mixtral per expert
+ * w1 / w3 [I,H] and w2 [H,I]; Llama4 and GPT-OSS fused, transposed gate_up_proj [E,H,2I] (GPT-OSS's gate and
+ * up interleaved) and down_proj [E,I,H] (converters/hf-llama4.ts, hf-gpt-oss.ts), GPT-OSS with its biases,
+ * Llama4 with its shared expert.
+ */
+function moeLayer(family: SynthFamily, p: string, E: number, H: number, I: number): [string, number[]][] {
+  if (family === 'mixtral') {
+    const t: [string, number[]][] = [[`${p}.block_sparse_moe.gate.weight`, [E, H]]];
+    for (let e = 0; e < E; e++) {
+      const x = `${p}.block_sparse_moe.experts.${e}`;
+      t.push([`${x}.w1.weight`, [I, H]], [`${x}.w2.weight`, [H, I]], [`${x}.w3.weight`, [I, H]]);
+    }
+    return t;
+  }
+  if (family === 'llama4') {
+    const f = `${p}.feed_forward`;
+    return [
+      [`${f}.router.weight`, [E, H]],
+      [`${f}.experts.gate_up_proj`, [E, H, 2 * I]],
+      [`${f}.experts.down_proj`, [E, I, H]],
+      [`${f}.shared_expert.gate_proj.weight`, [I, H]],
+      [`${f}.shared_expert.up_proj.weight`, [I, H]],
+      [`${f}.shared_expert.down_proj.weight`, [H, I]],
+    ];
+  }
+  const m = `${p}.mlp`;
+  return [
+    [`${m}.router.weight`, [E, H]],
+    [`${m}.router.bias`, [E]],
+    [`${m}.experts.gate_up_proj`, [E, H, 2 * I]],
+    [`${m}.experts.gate_up_proj_bias`, [E, 2 * I]],
+    [`${m}.experts.down_proj`, [E, I, H]],
+    [`${m}.experts.down_proj_bias`, [E, H]],
+  ];
+}
+
+/** config.json of a synthetic checkpoint: the fields moekit's family table reads (src/families/index.ts). */
+function synthConfig(family: SynthFamily, spec: SynthSpec): Record<string, unknown> {
+  const { layers, experts, hidden: H, inter: I } = spec;
+  const common = { num_hidden_layers: layers, hidden_size: H, intermediate_size: I, num_local_experts: experts, vocab_size: 1024, dtype: 'bfloat16' };
+  if (family === 'llama4') {
+    const all = Array.from({ length: layers }, (_, i) => i);
+    return {
+      model_type: 'llama4_text',
+      architectures: ['Llama4ForCausalLM'],
+      ...common,
+      intermediate_size_mlp: 2 * I,
+      num_experts_per_tok: 1,
+      interleave_moe_layer_step: 1,
+      moe_layers: all,
+      hidden_act: 'silu',
+    };
+  }
+  if (family === 'gpt_oss') return { model_type: 'gpt_oss', architectures: ['GptOssForCausalLM'], ...common, num_experts_per_tok: 4, hidden_act: 'silu' };
+  return { model_type: 'mixtral', architectures: ['MixtralForCausalLM'], ...common, num_experts_per_tok: 2, hidden_act: 'silu' };
+}
+
+/** A bf16 MoE checkpoint (HF names, config.json) of the given shape in a family's own layout (default Mixtral). */
+export async function writeSyntheticMixtral(dir: string, spec: SynthSpec, maxShardSize = 1 << 30, family: SynthFamily = 'mixtral'): Promise<number> {
   const { layers, experts, hidden: H, inter: I } = spec;
   const entries: WriteEntry[] = [];
   let seed = 1;
@@ -86,35 +147,12 @@ export async function writeSyntheticMixtral(dir: string, spec: SynthSpec, maxSha
     add(`${p}.post_attention_layernorm.weight`, [H]);
     add(`${p}.self_attn.q_proj.weight`, [H, H]);
     add(`${p}.self_attn.o_proj.weight`, [H, H]);
-    add(`${p}.block_sparse_moe.gate.weight`, [experts, H]);
-    for (let e = 0; e < experts; e++) {
-      add(`${p}.block_sparse_moe.experts.${e}.w1.weight`, [I, H]);
-      add(`${p}.block_sparse_moe.experts.${e}.w2.weight`, [H, I]);
-      add(`${p}.block_sparse_moe.experts.${e}.w3.weight`, [I, H]);
-    }
+    for (const [name, shape] of moeLayer(family, p, experts, H, I)) add(name, shape);
   }
   add('model.norm.weight', [H]);
   add('lm_head.weight', [1024, H]);
   const res = await writeCheckpoint(dir, entries, { maxShardSize, metadata: { format: 'pt' }, fsync: false });
-  writeFileSync(
-    join(dir, 'config.json'),
-    JSON.stringify(
-      {
-        model_type: 'mixtral',
-        architectures: ['MixtralForCausalLM'],
-        num_hidden_layers: layers,
-        hidden_size: H,
-        intermediate_size: I,
-        num_local_experts: experts,
-        num_experts_per_tok: 2,
-        hidden_act: 'silu',
-        vocab_size: 1024,
-        dtype: 'bfloat16',
-      },
-      null,
-      2,
-    ),
-  );
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(synthConfig(family, spec), null, 2));
   return res.totalSize;
 }
 
