@@ -12,6 +12,14 @@
  * (16-bit) or 4×4 (32-bit) blocks with v128 loads, the classic three (two) rounds of
  * interleaving shuffles and v128 stores, walking 64-column strips of the destination so both
  * sides stay in L1; the ragged edges are copied one element at a time.
+ *
+ * For one half of an interleaved gate/up pair (GPT-OSS's gate_up_proj: gate at even, up at odd
+ * elements), whose source steps by 2 elements, two more exports per size:
+ *   pNN(d, dA, s, sB, m, n):  dst[d + size·(i·dA + j)] = src[s + size·(2i + j·sB)]   (the transpose)
+ *   gNN(d, dA, s, sA, m, n):  dst[d + size·(i·dA + j)] = src[s + size·(i·sA + 2j)]   (no transpose)
+ * Each v128 of the half is the even elements of two loads (one more shuffle); a vector never reads
+ * past the row's last element it copies (the last block of a row is copied element by element), so
+ * the odd half, which starts one element in, reads nothing past its source range.
  */
 import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -27,16 +35,25 @@ const lanes = (w, hi) => {
   return out;
 };
 const shuf = (w, hi, x, y) => `(i8x16.shuffle ${lanes(w, hi).join(' ')} (local.get ${x}) (local.get ${y}))`;
+/** The even elements (of `size` bytes) of two vectors, x's then y's: one half of an interleaved pair. */
+const evens = (size, x, y) => {
+  const t = [];
+  for (let k = 0; k < 32; k += 2 * size) t.push(...range(k, size));
+  return `(i8x16.shuffle ${t.join(' ')} ${x} ${y})`;
+};
 
 /**
  * The statements of one block transpose: B loads (source rows j0..j0+B-1, elements i0..i0+B-1),
  * log2(B) rounds of the perfect shuffle (vector k paired with vector k + B/2, their low and high
  * interleaves by element going to 2k and 2k + 1), after which vector k is destination row i0 + k.
  */
-function block(size) {
+function block(size, pair) {
   const B = 16 / size;
   const out = [];
-  for (let k = 0; k < B; k++) out.push(`(local.set $v${k} (v128.load (i32.add (local.get $p) (i32.mul (local.get $sb) (i32.const ${k})))))`);
+  for (let k = 0; k < B; k++) {
+    const at = `(i32.add (local.get $p) (i32.mul (local.get $sb) (i32.const ${k})))`;
+    out.push(`(local.set $v${k} ${pair ? evens(size, `(v128.load ${at})`, `(v128.load offset=16 ${at})`) : `(v128.load ${at})`})`);
+  }
   let cur = range(0, B).map((k) => `$v${k}`);
   for (let r = 0; r < Math.log2(B); r++) {
     const tmp = r % 2 === 0 ? '$u' : '$v';
@@ -52,9 +69,11 @@ function block(size) {
   return out;
 }
 
-function kernel(size) {
+/** tNN (pair false) or pNN (pair true: the source steps by 2 elements along i). */
+function kernel(size, pair) {
   const B = 16 / size;
   const lg = Math.log2(size);
+  const si = pair ? '(i32.shl (local.get $i) (i32.const 1))' : '(local.get $i)';
   const locals = [
     ...range(0, B).map((k) => `(local $v${k} v128) (local $u${k} v128)`),
     '(local $i i32) (local $j i32) (local $jt i32) (local $je i32) (local $m8 i32) (local $n8 i32)',
@@ -64,7 +83,7 @@ function kernel(size) {
   const store = size === 2 ? 'i32.store16' : 'i32.store';
   const at = (base, idx) => `(i32.add (local.get ${base}) (i32.shl ${idx} (i32.const ${lg})))`;
   // one element: dst[d + i·dA + j] = src[s + i + j·sB]
-  const one = `(${store} ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')} (${load} ${at('$s', '(i32.add (local.get $i) (i32.mul (local.get $j) (local.get $sB)))')}))`;
+  const one = `(${store} ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')} (${load} ${at('$s', `(i32.add ${si} (i32.mul (local.get $j) (local.get $sB)))`)}))`;
   const scalar = (i0, i1, j0, j1) => `
     (local.set $i ${i0})
     (block $di (loop $li
@@ -78,9 +97,9 @@ function kernel(size) {
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $li)))`;
   return `
-  (func (export "t${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sB i32) (param $m i32) (param $n i32)
+  (func (export "${pair ? 'p' : 't'}${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sB i32) (param $m i32) (param $n i32)
     ${locals.join('\n    ')}
-    (local.set $m8 (i32.and (local.get $m) (i32.const ${-B})))
+    ${pair ? `(local.set $m8 (select (i32.and (i32.sub (local.get $m) (i32.const 1)) (i32.const ${-B})) (i32.const 0) (local.get $m)))` : `(local.set $m8 (i32.and (local.get $m) (i32.const ${-B})))`}
     (local.set $n8 (i32.and (local.get $n) (i32.const ${-B})))
     (local.set $sb (i32.shl (local.get $sB) (i32.const ${lg})))
     (local.set $da (i32.shl (local.get $dA) (i32.const ${lg})))
@@ -95,9 +114,9 @@ function kernel(size) {
         (local.set $j (local.get $jt))
         (block $dj (loop $lj
           (br_if $dj (i32.ge_u (local.get $j) (local.get $je)))
-          (local.set $p ${at('$s', '(i32.add (local.get $i) (i32.mul (local.get $j) (local.get $sB)))')})
+          (local.set $p ${at('$s', `(i32.add ${si} (i32.mul (local.get $j) (local.get $sB)))`)})
           (local.set $q ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')})
-          ${block(size).join('\n          ')}
+          ${block(size, pair).join('\n          ')}
           (local.set $j (i32.add (local.get $j) (i32.const ${B})))
           (br $lj)))
         (local.set $i (i32.add (local.get $i) (i32.const ${B})))
@@ -110,11 +129,48 @@ function kernel(size) {
   )`;
 }
 
+/** gNN: one half of an interleaved pair, rows kept (dst[d + i·dA + j] = src[s + i·sA + 2j]). */
+function gather(size) {
+  const B = 16 / size;
+  const lg = Math.log2(size);
+  const load = size === 2 ? 'i32.load16_u' : 'i32.load';
+  const store = size === 2 ? 'i32.store16' : 'i32.store';
+  return `
+  (func (export "g${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sA i32) (param $m i32) (param $n i32)
+    (local $i i32) (local $j i32) (local $p i32) (local $q i32) (local $nv i32)
+    ;; vectors while a whole one more element follows (j + ${B} < n): none reads past the row's last copied element
+    (local.set $nv (select (i32.and (i32.sub (local.get $n) (i32.const 1)) (i32.const ${-B})) (i32.const 0) (local.get $n)))
+    (block $di (loop $li
+      (br_if $di (i32.ge_u (local.get $i) (local.get $m)))
+      (local.set $q (i32.add (local.get $d) (i32.shl (i32.mul (local.get $i) (local.get $dA)) (i32.const ${lg}))))
+      (local.set $p (i32.add (local.get $s) (i32.shl (i32.mul (local.get $i) (local.get $sA)) (i32.const ${lg}))))
+      (local.set $j (i32.const 0))
+      (block $dv (loop $lv
+        (br_if $dv (i32.ge_u (local.get $j) (local.get $nv)))
+        (v128.store (i32.add (local.get $q) (i32.shl (local.get $j) (i32.const ${lg})))
+          ${evens(size, `(v128.load (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${lg + 1}))))`, `(v128.load offset=16 (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${lg + 1}))))`)})
+        (local.set $j (i32.add (local.get $j) (i32.const ${B})))
+        (br $lv)))
+      (block $de (loop $le
+        (br_if $de (i32.ge_u (local.get $j) (local.get $n)))
+        (${store} (i32.add (local.get $q) (i32.shl (local.get $j) (i32.const ${lg})))
+          (${load} (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${lg + 1})))))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $le)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $li)))
+  )`;
+}
+
 const wat = `;; generated by scripts/gen-transpose-kernel.mjs (SIMD128 block transposes); do not edit
 (module
   (import "env" "memory" (memory 1 65536 shared))
-${kernel(2)}
-${kernel(4)}
+${kernel(2, false)}
+${kernel(4, false)}
+${kernel(2, true)}
+${kernel(4, true)}
+${gather(2)}
+${gather(4)}
 )
 `;
 

@@ -87,3 +87,62 @@ describe('transposed slabs written in bands by the transpose workers', () => {
     }
   });
 });
+
+/** The export names of every kernel call the workers were asked to run in bands. */
+function bandFns(spy: { mock: { calls: unknown[][] } }): Set<string> {
+  const fns = new Set<string>();
+  for (const [, , , list] of spy.mock.calls) for (const b of list as { calls: { fn: string }[] }[]) for (const c of b.calls) fns.add(c.fn);
+  return fns;
+}
+
+describe('fused families (GPT-OSS interleaved, Llama4 concatenated gate_up_proj [E,H,2I]) in bands', () => {
+  // gate_up_proj per expert [512, 3072] bf16 = 3 MiB: four bands
+  const fams = { gpt_oss: join(tmp.dir, 'gpt-oss'), llama4: join(tmp.dir, 'llama4') };
+  const made = Promise.all(
+    Object.entries(fams).map(([f, dir]) => writeSyntheticMixtral(dir, { layers: 1, experts: 4, hidden: 512, inter: 1536 }, 1 << 30, f as 'gpt_oss' | 'llama4')),
+  );
+  // [family, target, the kernel that takes one half of the pair apart: p (transposed) or g (rows kept); t for concatenated halves]
+  const cases: [keyof typeof fams, string, string][] = [
+    ['gpt_oss', 'te', 'p16'],
+    ['gpt_oss', 'nemo', 'g16'],
+    ['llama4', 'te', 't16'],
+  ];
+  for (const [fam, to, fn] of cases) {
+    it(`${fam} --to ${to}: bands on the ${fn} kernel, the bytes of the JS kernels on whole slabs, and back to the source bit for bit`, async () => {
+      await made;
+      const spy = vi.spyOn(WasmWorkers.prototype, 'writeBands');
+      const out = join(tmp.dir, `${fam}-${to}`);
+      try {
+        await convert(fams[fam], out, { to, fsync: false });
+        expect(bandFns(spy)).toContain(fn);
+      } finally {
+        spy.mockRestore();
+      }
+      const js = join(tmp.dir, `${fam}-${to}-js`);
+      const r = runCli(['convert', fams[fam], '--to', to, '-o', js, '--no-fsync'], { env: { MOEKIT_NO_SIMD: '1', MOEKIT_STREAM_BAND: '0' } });
+      expect(r.code, r.stderr).toBe(0);
+      expect(files(out)).toEqual(files(js));
+      for (const f of files(js)) expect(readFileSync(join(out, f)).equals(readFileSync(join(js, f))), f).toBe(true);
+      const back = join(tmp.dir, `${fam}-${to}-back`);
+      await convert(out, back, { to: 'hf', fsync: false });
+      const a = await openStore(fams[fam]);
+      const b = await openStore(back);
+      try {
+        expect([...b.tensors.keys()].sort()).toEqual([...a.tensors.keys()].sort());
+        for (const t of a.tensors.values()) expect(Buffer.from(await b.read(b.tensors.get(t.name)!)).equals(Buffer.from(await a.read(t))), t.name).toBe(true);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+  }
+
+  it("GPT-OSS's down_proj [E,I,H] into nemo's down_projs [E,I,H] (a transpose of a transpose) is planned as byte ranges, not a strided copy", async () => {
+    await made;
+    const r = runCli(['convert', fams.gpt_oss, '--to', 'nemo', '-o', join(tmp.dir, 'dry'), '--dry-run', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const plan = JSON.parse(r.stdout) as { plan: { outputs: { files: { tensors: { name: string; action: string }[] }[] }[] } };
+    const down = plan.plan.outputs[0]!.files.flatMap((f) => f.tensors).find((t) => t.name.endsWith('experts.down_projs'));
+    expect(down?.action).toBe('restack');
+  });
+});

@@ -149,19 +149,41 @@ interface Pinned {
 const STREAM_BAND = process.env.MOEKIT_STREAM_BAND !== undefined ? Number(process.env.MOEKIT_STREAM_BAND) || 0 : 768 * 2 ** 10;
 
 /**
+ * The source ranges a slab's parts read, in element indices of their tensors: overlapping ranges of
+ * one tensor merged (the gate and up halves of an interleaved gate_up_proj cover the same rows), each
+ * part with the range it reads from; undefined when a part does not read a checkpoint tensor.
+ */
+function sourceRanges(s: Assembled): { ranges: { src: View; lo: number; hi: number }[]; of: number[] } | undefined {
+  const ranges: { src: View; lo: number; hi: number }[] = [];
+  const of: number[] = [];
+  for (const p of s.parts) {
+    if (p.src.storage.kind !== 'tensor') return undefined;
+    const [lo, hi] = p.src.extent();
+    const info = p.src.storage.info;
+    const k = ranges.findIndex((r) => r.src.storage.kind === 'tensor' && r.src.storage.info === info && lo < r.hi && r.lo < hi);
+    if (k < 0) {
+      of.push(ranges.length);
+      ranges.push({ src: p.src, lo, hi });
+    } else {
+      of.push(k);
+      ranges[k]!.lo = Math.min(ranges[k]!.lo, lo);
+      ranges[k]!.hi = Math.max(ranges[k]!.hi, hi);
+    }
+  }
+  return { ranges, of };
+}
+
+/**
  * Whether a slab can be built in bands: larger than two bands, some part strided on either side
- * (a transpose), every part read from a checkpoint tensor whose covering range is not much larger
- * than the part (the sources read whole hold about the slab's bytes), and cut into row bands.
+ * (a transpose), every part read from a checkpoint tensor, the ranges read not much larger than
+ * the slab (the sources read whole hold about the slab's bytes), and cut into row bands.
  */
 function streams(s: Assembled, band: number): boolean {
   const bytes = byteSize(s.dtype, s.shape);
   if (bytes <= 2 * band || s.parts.every((p) => p.src.isContiguous() && p.dst.isContiguous())) return false;
-  let covered = 0;
-  for (const p of s.parts) {
-    if (p.src.storage.kind !== 'tensor') return false;
-    const [lo, hi] = p.src.extent();
-    covered += (hi - lo) * dtypeSize(p.src.dtype);
-  }
+  const r = sourceRanges(s);
+  if (!r) return false;
+  const covered = r.ranges.reduce((a, x) => a + (x.hi - x.lo) * dtypeSize(x.src.dtype), 0);
   return covered <= bytes * 1.125 && rowBands(s, band).length > 1;
 }
 
@@ -184,22 +206,26 @@ function rowBands(s: Assembled, band: number): Assembled[] {
   return bandSlab(r, rows * rowBytes);
 }
 
-/** Read each part's source range whole into memory (the arena first, where the transpose workers reach it): the slab's parts over those buffers. */
+/** Read each source range (sourceRanges) whole into memory (the arena first, where the transpose workers reach it): the slab's parts over those buffers. */
 async function pinSources(s: Assembled, pool: SlabPool): Promise<Pinned> {
+  const r = sourceRanges(s);
+  if (!r) throw new MoekitError('internal', 'internal: a banded slab part must read a checkpoint tensor');
   const held: Buffer[] = [];
   try {
-    const parts = await Promise.all(
-      s.parts.map(async (p) => {
-        const { src } = p;
-        if (src.storage.kind !== 'tensor') throw new MoekitError('internal', 'internal: a banded slab part must read a checkpoint tensor');
-        const [lo, hi] = src.extent();
+    const bufs = await Promise.all(
+      r.ranges.map(async ({ src, lo, hi }) => {
         const es = dtypeSize(src.dtype);
         const buf = pool.acquire((hi - lo) * es);
         held.push(buf);
-        await src.storage.store.read(src.storage.info, lo * es, hi * es, buf);
-        return { src: new View({ kind: 'memory', buf }, src.dtype, src.offset - lo, src.shape, src.strides), dst: p.dst };
+        if (src.storage.kind === 'tensor') await src.storage.store.read(src.storage.info, lo * es, hi * es, buf);
+        return buf;
       }),
     );
+    const parts = s.parts.map((p, k) => {
+      const { lo } = r.ranges[r.of[k]!]!;
+      const buf = bufs[r.of[k]!]!;
+      return { src: new View({ kind: 'memory', buf }, p.src.dtype, p.src.offset - lo, p.src.shape, p.src.strides), dst: p.dst };
+    });
     return { slab: { ...s, parts }, held };
   } catch (e) {
     for (const b of held) pool.release(b);

@@ -113,6 +113,17 @@ export class View {
     return this.transpose();
   }
 
+  /** The dims in another order: dim k of the result is dim order[k] of this view. */
+  permute(order: readonly number[]): View {
+    return new View(
+      this.storage,
+      this.dtype,
+      this.offset,
+      order.map((k) => this.shape[k]!),
+      order.map((k) => this.strides[k]!),
+    );
+  }
+
   isContiguous(): boolean {
     let s = 1;
     for (let k = this.ndim - 1; k >= 0; k--) {

@@ -182,13 +182,27 @@ const rangeOf = (src: View, dtype: Dtype): SlabPlan | undefined => {
 };
 
 /**
+ * A part whose source and destination both run through memory in the same order of their dims, as
+ * contiguous views: a transpose of a transpose (GPT-OSS's or Llama4's down_proj [E,I,H] into nemo's
+ * down_projs [E,I,H], both seen as the canonical [H,I] transposed) is a plain run of bytes, not a
+ * strided copy. Any other part is returned as it is.
+ */
+function inMemoryOrder(src: View, dst: View): { src: View; dst: View } {
+  if (src.isContiguous() && dst.isContiguous()) return { src, dst };
+  const order = dst.shape.map((_, k) => k).sort((a, b) => dst.strides[b]! - dst.strides[a]!);
+  const s = src.permute(order);
+  const d = dst.permute(order);
+  return s.isContiguous() && d.isContiguous() ? { src: s, dst: d } : { src, dst };
+}
+
+/**
  * How a slab's bytes are produced from its parts: straight byte ranges when every part is a
  * contiguous run of its source tensor and the parts lie end to end in the slab (e.g. gate and up
  * concatenated), so they stream chunk by chunk; otherwise one slab assembled in memory.
  */
 function slabOf(shape: number[], dtype: Dtype, parts: { src: View; loc: (v: View) => View }[]): SlabPlan[] {
   const probe = View.ofBuffer(Buffer.alloc(0), dtype, shape);
-  const placed = parts.map((p) => ({ src: p.src, dst: p.loc(probe) }));
+  const placed = parts.map((p) => inMemoryOrder(p.src, p.loc(probe)));
   let covered = 0;
   for (const p of placed) covered += p.dst.numel;
   if (covered !== numel(shape)) throw new MoekitError('internal', `internal: slab parts cover ${covered} of ${numel(shape)} elements`);
