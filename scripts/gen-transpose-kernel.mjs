@@ -43,16 +43,35 @@ const evens = (size, x, y) => {
 };
 
 /**
+ * Stores of vector v into one half of an interleaved pair at address a: the v128s at a and a + 16
+ * are read, v's elements put at their even elements (the other half's odd ones kept), and written
+ * back. The caller points a at the half's first element (the odd half one element in).
+ */
+function mergeEvens(size, v, a) {
+  const out = [];
+  for (const [k, at] of [
+    [0, a],
+    [1, `(i32.add ${a} (i32.const 16))`],
+  ]) {
+    const t = [];
+    for (let e = 0; e < 16 / size / 2; e++) t.push(...range(8 * k + e * size, size), ...range(16 + (2 * e + 1) * size, size));
+    out.push(`(v128.store ${at} (i8x16.shuffle ${t.join(' ')} ${v} (v128.load ${at})))`);
+  }
+  return out;
+}
+
+/**
  * The statements of one block transpose: B loads (source rows j0..j0+B-1, elements i0..i0+B-1),
  * log2(B) rounds of the perfect shuffle (vector k paired with vector k + B/2, their low and high
  * interleaves by element going to 2k and 2k + 1), after which vector k is destination row i0 + k.
+ * Mode p loads the even elements of 2B (one half of a pair), mode q stores into one half of a pair.
  */
-function block(size, pair) {
+function block(size, mode) {
   const B = 16 / size;
   const out = [];
   for (let k = 0; k < B; k++) {
     const at = `(i32.add (local.get $p) (i32.mul (local.get $sb) (i32.const ${k})))`;
-    out.push(`(local.set $v${k} ${pair ? evens(size, `(v128.load ${at})`, `(v128.load offset=16 ${at})`) : `(v128.load ${at})`})`);
+    out.push(`(local.set $v${k} ${mode === 'p' ? evens(size, `(v128.load ${at})`, `(v128.load offset=16 ${at})`) : `(v128.load ${at})`})`);
   }
   let cur = range(0, B).map((k) => `$v${k}`);
   for (let r = 0; r < Math.log2(B); r++) {
@@ -65,15 +84,28 @@ function block(size, pair) {
     }
     cur = next;
   }
-  for (let k = 0; k < B; k++) out.push(`(v128.store (i32.add (local.get $q) (i32.mul (local.get $da) (i32.const ${k}))) (local.get ${cur[k]}))`);
+  for (let k = 0; k < B; k++) {
+    const at = `(i32.add (local.get $q) (i32.mul (local.get $da) (i32.const ${k})))`;
+    if (mode === 'q') out.push(...mergeEvens(size, `(local.get ${cur[k]})`, at));
+    else out.push(`(v128.store ${at} (local.get ${cur[k]}))`);
+  }
   return out;
 }
 
-/** tNN (pair false) or pNN (pair true: the source steps by 2 elements along i). */
-function kernel(size, pair) {
+/** i32 expression: n rounded down to a multiple of B, less one element first when `strict` (a vector then never reaches a row's end). */
+const whole = (n, B, strict) =>
+  strict ? `(select (i32.and (i32.sub ${n} (i32.const 1)) (i32.const ${-B})) (i32.const 0) ${n})` : `(i32.and ${n} (i32.const ${-B}))`;
+
+/**
+ * The transposes: tNN; pNN, whose source steps by 2 elements along i (one half of an interleaved
+ * pair read); qNN, whose destination steps by 2 along j (one half of a pair written, the other
+ * half's elements kept).
+ */
+function kernel(size, mode) {
   const B = 16 / size;
   const lg = Math.log2(size);
-  const si = pair ? '(i32.shl (local.get $i) (i32.const 1))' : '(local.get $i)';
+  const si = mode === 'p' ? '(i32.shl (local.get $i) (i32.const 1))' : '(local.get $i)';
+  const dj = mode === 'q' ? '(i32.shl (local.get $j) (i32.const 1))' : '(local.get $j)';
   const locals = [
     ...range(0, B).map((k) => `(local $v${k} v128) (local $u${k} v128)`),
     '(local $i i32) (local $j i32) (local $jt i32) (local $je i32) (local $m8 i32) (local $n8 i32)',
@@ -82,8 +114,8 @@ function kernel(size, pair) {
   const load = size === 2 ? 'i32.load16_u' : 'i32.load';
   const store = size === 2 ? 'i32.store16' : 'i32.store';
   const at = (base, idx) => `(i32.add (local.get ${base}) (i32.shl ${idx} (i32.const ${lg})))`;
-  // one element: dst[d + i·dA + j] = src[s + i + j·sB]
-  const one = `(${store} ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')} (${load} ${at('$s', `(i32.add ${si} (i32.mul (local.get $j) (local.get $sB)))`)}))`;
+  // one element: dst[d + i·dA + j] = src[s + i + j·sB] (with the modes' steps)
+  const one = `(${store} ${at('$d', `(i32.add (i32.mul (local.get $i) (local.get $dA)) ${dj})`)} (${load} ${at('$s', `(i32.add ${si} (i32.mul (local.get $j) (local.get $sB)))`)}))`;
   const scalar = (i0, i1, j0, j1) => `
     (local.set $i ${i0})
     (block $di (loop $li
@@ -97,10 +129,10 @@ function kernel(size, pair) {
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br $li)))`;
   return `
-  (func (export "${pair ? 'p' : 't'}${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sB i32) (param $m i32) (param $n i32)
+  (func (export "${mode}${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sB i32) (param $m i32) (param $n i32)
     ${locals.join('\n    ')}
-    ${pair ? `(local.set $m8 (select (i32.and (i32.sub (local.get $m) (i32.const 1)) (i32.const ${-B})) (i32.const 0) (local.get $m)))` : `(local.set $m8 (i32.and (local.get $m) (i32.const ${-B})))`}
-    (local.set $n8 (i32.and (local.get $n) (i32.const ${-B})))
+    (local.set $m8 ${whole('(local.get $m)', B, mode === 'p')})
+    (local.set $n8 ${whole('(local.get $n)', B, mode === 'q')})
     (local.set $sb (i32.shl (local.get $sB) (i32.const ${lg})))
     (local.set $da (i32.shl (local.get $dA) (i32.const ${lg})))
     (local.set $jt (i32.const 0))
@@ -115,8 +147,8 @@ function kernel(size, pair) {
         (block $dj (loop $lj
           (br_if $dj (i32.ge_u (local.get $j) (local.get $je)))
           (local.set $p ${at('$s', `(i32.add ${si} (i32.mul (local.get $j) (local.get $sB)))`)})
-          (local.set $q ${at('$d', '(i32.add (i32.mul (local.get $i) (local.get $dA)) (local.get $j))')})
-          ${block(size, pair).join('\n          ')}
+          (local.set $q ${at('$d', `(i32.add (i32.mul (local.get $i) (local.get $dA)) ${dj})`)})
+          ${block(size, mode).join('\n          ')}
           (local.set $j (i32.add (local.get $j) (i32.const ${B})))
           (br $lj)))
         (local.set $i (i32.add (local.get $i) (i32.const ${B})))
@@ -129,17 +161,24 @@ function kernel(size, pair) {
   )`;
 }
 
-/** gNN: one half of an interleaved pair, rows kept (dst[d + i·dA + j] = src[s + i·sA + 2j]). */
-function gather(size) {
+/**
+ * One half of an interleaved pair with rows kept: gNN reads it (dst[d + i·dA + j] = src[s + i·sA + 2j]),
+ * sNN writes it (dst[d + i·dA + 2j] = src[s + i·sA + j], the other half's elements kept).
+ */
+function rows(size, mode) {
   const B = 16 / size;
   const lg = Math.log2(size);
   const load = size === 2 ? 'i32.load16_u' : 'i32.load';
   const store = size === 2 ? 'i32.store16' : 'i32.store';
+  const [sj, dj] = mode === 'g' ? [lg + 1, lg] : [lg, lg + 1];
+  const src = (off) => `(v128.load offset=${off} (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${sj}))))`;
+  const dstAt = `(i32.add (local.get $q) (i32.shl (local.get $j) (i32.const ${dj})))`;
+  const vec = mode === 'g' ? [`(v128.store ${dstAt} ${evens(size, src(0), src(16))})`] : mergeEvens(size, src(0), dstAt);
   return `
-  (func (export "g${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sA i32) (param $m i32) (param $n i32)
+  (func (export "${mode}${size * 8}") (param $d i32) (param $dA i32) (param $s i32) (param $sA i32) (param $m i32) (param $n i32)
     (local $i i32) (local $j i32) (local $p i32) (local $q i32) (local $nv i32)
-    ;; vectors while a whole one more element follows (j + ${B} < n): none reads past the row's last copied element
-    (local.set $nv (select (i32.and (i32.sub (local.get $n) (i32.const 1)) (i32.const ${-B})) (i32.const 0) (local.get $n)))
+    ;; vectors while a whole one more element follows (j + ${B} < n): none reaches past the row's last pair
+    (local.set $nv ${whole('(local.get $n)', B, true)})
     (block $di (loop $li
       (br_if $di (i32.ge_u (local.get $i) (local.get $m)))
       (local.set $q (i32.add (local.get $d) (i32.shl (i32.mul (local.get $i) (local.get $dA)) (i32.const ${lg}))))
@@ -147,14 +186,13 @@ function gather(size) {
       (local.set $j (i32.const 0))
       (block $dv (loop $lv
         (br_if $dv (i32.ge_u (local.get $j) (local.get $nv)))
-        (v128.store (i32.add (local.get $q) (i32.shl (local.get $j) (i32.const ${lg})))
-          ${evens(size, `(v128.load (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${lg + 1}))))`, `(v128.load offset=16 (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${lg + 1}))))`)})
+        ${vec.join('\n        ')}
         (local.set $j (i32.add (local.get $j) (i32.const ${B})))
         (br $lv)))
       (block $de (loop $le
         (br_if $de (i32.ge_u (local.get $j) (local.get $n)))
-        (${store} (i32.add (local.get $q) (i32.shl (local.get $j) (i32.const ${lg})))
-          (${load} (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${lg + 1})))))
+        (${store} (i32.add (local.get $q) (i32.shl (local.get $j) (i32.const ${dj})))
+          (${load} (i32.add (local.get $p) (i32.shl (local.get $j) (i32.const ${sj})))))
         (local.set $j (i32.add (local.get $j) (i32.const 1)))
         (br $le)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
@@ -165,12 +203,8 @@ function gather(size) {
 const wat = `;; generated by scripts/gen-transpose-kernel.mjs (SIMD128 block transposes); do not edit
 (module
   (import "env" "memory" (memory 1 65536 shared))
-${kernel(2, false)}
-${kernel(4, false)}
-${kernel(2, true)}
-${kernel(4, true)}
-${gather(2)}
-${gather(4)}
+${[2, 4].flatMap((size) => ['t', 'p', 'q'].map((mode) => kernel(size, mode))).join('\n')}
+${[2, 4].flatMap((size) => ['g', 's'].map((mode) => rows(size, mode))).join('\n')}
 )
 `;
 

@@ -101,14 +101,15 @@ describe('fused families (GPT-OSS interleaved, Llama4 concatenated gate_up_proj 
   const made = Promise.all(
     Object.entries(fams).map(([f, dir]) => writeSyntheticMixtral(dir, { layers: 1, experts: 4, hidden: 512, inter: 1536 }, 1 << 30, f as 'gpt_oss' | 'llama4')),
   );
-  // [family, target, the kernel that takes one half of the pair apart: p (transposed) or g (rows kept); t for concatenated halves]
-  const cases: [keyof typeof fams, string, string][] = [
-    ['gpt_oss', 'te', 'p16'],
-    ['gpt_oss', 'nemo', 'g16'],
-    ['llama4', 'te', 't16'],
+  // [family, target, the kernel that takes one half of the pair apart (p transposed, g rows kept; t for
+  // concatenated halves), the one that puts it back (q transposed, s rows kept)]
+  const cases: [keyof typeof fams, string, string, string][] = [
+    ['gpt_oss', 'te', 'p16', 'q16'],
+    ['gpt_oss', 'nemo', 'g16', 's16'],
+    ['llama4', 'te', 't16', 't16'],
   ];
-  for (const [fam, to, fn] of cases) {
-    it(`${fam} --to ${to}: bands on the ${fn} kernel, the bytes of the JS kernels on whole slabs, and back to the source bit for bit`, async () => {
+  for (const [fam, to, fn, backFn] of cases) {
+    it(`${fam} --to ${to} and back: bands on the ${fn} and ${backFn} kernels, the bytes of the JS kernels on whole slabs, the source bit for bit`, async () => {
       await made;
       const spy = vi.spyOn(WasmWorkers.prototype, 'writeBands');
       const out = join(tmp.dir, `${fam}-${to}`);
@@ -124,7 +125,13 @@ describe('fused families (GPT-OSS interleaved, Llama4 concatenated gate_up_proj 
       expect(files(out)).toEqual(files(js));
       for (const f of files(js)) expect(readFileSync(join(out, f)).equals(readFileSync(join(js, f))), f).toBe(true);
       const back = join(tmp.dir, `${fam}-${to}-back`);
-      await convert(out, back, { to: 'hf', fsync: false });
+      const spyBack = vi.spyOn(WasmWorkers.prototype, 'writeBands');
+      try {
+        await convert(out, back, { to: 'hf', fsync: false });
+        expect(bandFns(spyBack)).toContain(backFn);
+      } finally {
+        spyBack.mockRestore();
+      }
       const a = await openStore(fams[fam]);
       const b = await openStore(back);
       try {

@@ -31,7 +31,7 @@ describe('SIMD transpose kernel (kernels/transpose.wasm)', () => {
   // with an outer dim, a strided destination (a half of nemo's fused gate_up); then halves of an
   // interleaved gate/up pair (GPT-OSS's [H, 2I], gate at even elements, up at odd): transposed (as te
   // reads them; kernels pNN) and rows kept (as nemo does; gNN), widths on and off the vector size
-  const cases: [2 | 4, number[], number[], number[], number?][] = [
+  const cases: [2 | 4, number[], number[], number[], number?, number?][] = [
     [2, [131, 257], [1, 131], [257, 1]],
     [4, [200, 97], [1, 200], [97, 1]],
     [2, [3, 130, 129], [130 * 129, 1, 130], [130 * 129, 129, 1]],
@@ -46,12 +46,19 @@ describe('SIMD transpose kernel (kernels/transpose.wasm)', () => {
     [2, [200, 128], [256, 1], [256, 2], 1],
     [4, [130, 131], [131, 1], [262, 2], 1],
     [2, [2, 100, 96], [9600, 96, 1], [19200, 192, 2], 1],
+    // and written into one half of a pair (GPT-OSS from nemo: sNN; from te: qNN), the other half's elements kept
+    [2, [300, 129], [258, 2], [129, 1], 0, 2],
+    [2, [300, 129], [258, 2], [129, 1], 0, 3],
+    [4, [130, 131], [262, 2], [131, 1], 0, 3],
+    [2, [129, 300], [2, 258], [300, 1], 0, 3],
+    [2, [128, 200], [2, 256], [200, 1], 0, 2],
+    [4, [131, 130], [2, 262], [130, 1], 0, 3],
   ];
-  for (const [unit, shape, dSt, sSt, sOff = 0] of cases) {
-    it(`${unit * 8}-bit ${JSON.stringify(shape)} dst strides ${JSON.stringify(dSt)} src ${JSON.stringify(sSt)}+${sOff}: equal to the element-by-element reference`, async () => {
+  for (const [unit, shape, dSt, sSt, sOff = 0, dOff = 2] of cases) {
+    it(`${unit * 8}-bit ${JSON.stringify(shape)} dst ${JSON.stringify(dSt)}+${dOff} src ${JSON.stringify(sSt)}+${sOff}: equal to the element-by-element reference`, async () => {
       const span = (st: number[]) => shape.reduce((a, n, k) => a + (n - 1) * st[k]!, 0) + 1;
       const sBytes = (span(sSt) + sOff) * unit;
-      const dBytes = span(dSt) * unit;
+      const dBytes = (span(dSt) + dOff) * unit;
       const src = arena.alloc(sBytes + 64)!.subarray(64 - unit * 3);
       const dst = arena.alloc(dBytes + 32)!;
       const ref = Buffer.alloc(dBytes + 32);
@@ -60,8 +67,8 @@ describe('SIMD transpose kernel (kernels/transpose.wasm)', () => {
       ref.set(dst);
       const T = unit === 2 ? Uint16Array : Uint32Array;
       const view = (b: Buffer) => new T(b.buffer, b.byteOffset, Math.floor(b.byteLength / unit));
-      expect(await arenaCopy(dst, 2, dSt, src, sOff, sSt, shape, unit)).toBe(true);
-      stridedCopyGeneric(view(ref), 2, dSt, view(src), sOff, sSt, shape);
+      expect(await arenaCopy(dst, dOff, dSt, src, sOff, sSt, shape, unit)).toBe(true);
+      stridedCopyGeneric(view(ref), dOff, dSt, view(src), sOff, sSt, shape);
       expect(Buffer.compare(dst, ref)).toBe(0);
       arena.release(dst);
     });

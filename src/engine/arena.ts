@@ -167,25 +167,36 @@ export async function arenaCopy(
  * [d, s] of the other dims; undefined when it is none of them:
  *   t  a transpose dst[d + i·dA + j] = src[s + i + j·sB]
  *   p  the same from one half of an interleaved pair, src[s + 2i + j·sB]
- *   g  one half of an interleaved pair, rows kept: src[s + i·sA + 2j]
+ *   q  the same into one half of an interleaved pair, dst[d + i·dA + 2j]
+ *   g  one half of an interleaved pair read, rows kept: dst[d + i·dA + j] = src[s + i·sA + 2j]
+ *   s  one half of an interleaved pair written, rows kept: dst[d + i·dA + 2j] = src[s + i·sA + j]
  * (i < m, j < n; `step`: source elements per destination row i, by which calls are cut into bands).
+ * q and s read and write back the other half's elements of each row they touch: the other half's
+ * copy must not run at the same time (a slab's parts are copied one after another, and a band's
+ * calls run on one worker).
  */
 function kernelBlocks(dOff: number, dSt: readonly number[], sOff: number, sSt: readonly number[], shape: readonly number[]) {
   const c = coalesce(shape, dSt, sSt);
-  const j = c.dSt.indexOf(1);
-  if (j < 0) return undefined;
-  let kind: 't' | 'p' | 'g';
-  let i = c.sSt.indexOf(1);
-  if (i >= 0) kind = 't';
-  else if (c.sSt[j] === 2) {
-    kind = 'g';
-    // rows: the largest other dim (none: one row)
+  const largestBut = (j: number) => {
+    let i = -1;
     for (let k = 0; k < c.shape.length; k++) if (k !== j && (i < 0 || c.shape[k]! > c.shape[i]!)) i = k;
+    return i;
+  };
+  let j = c.dSt.indexOf(1);
+  let i = c.sSt.indexOf(1);
+  let kind: 't' | 'p' | 'q' | 'g' | 's';
+  if (j >= 0) {
+    if (i >= 0) kind = 't';
+    else if (c.sSt[j] === 2) [kind, i] = ['g', largestBut(j)];
+    else [kind, i] = ['p', c.sSt.indexOf(2)];
   } else {
-    kind = 'p';
-    i = c.sSt.indexOf(2);
+    j = c.dSt.indexOf(2);
+    if (j < 0) return undefined;
+    if (c.sSt[j] === 1) [kind, i] = ['s', largestBut(j)];
+    else kind = 'q';
   }
-  if (i === j || (kind !== 'g' && i < 0)) return undefined;
+  const rowsKept = kind === 'g' || kind === 's';
+  if (i === j || (!rowsKept && i < 0)) return undefined;
   const m = i < 0 ? 1 : c.shape[i]!;
   const n = c.shape[j]!;
   if (m * n < MIN_ELEMS) return undefined;
@@ -195,7 +206,7 @@ function kernelBlocks(dOff: number, dSt: readonly number[], sOff: number, sSt: r
     blocks.push([d, s]);
   });
   const sA = i < 0 ? 0 : c.sSt[i]!;
-  return { kind, blocks, dA: i < 0 ? 0 : c.dSt[i]!, sX: kind === 'g' ? sA : c.sSt[j]!, step: kind === 't' ? 1 : kind === 'p' ? 2 : sA, m, n };
+  return { kind, blocks, dA: i < 0 ? 0 : c.dSt[i]!, sX: rowsKept ? sA : c.sSt[j]!, step: rowsKept ? sA : kind === 'p' ? 2 : 1, m, n };
 }
 
 /** One call of the SIMD kernels: its export, arguments (byte addresses d and s, strides and sizes in elements) and source step per destination row. */
