@@ -209,8 +209,9 @@ async function benchMemory(ctx: BenchContext): Promise<void> {
  * The transposing conversions of the fused families (issue 16 names Llama4 and GPT-OSS): synthetic
  * checkpoints of the same dims in their own layouts (gate_up_proj [E,H,2I], GPT-OSS's interleaved,
  * with biases; Llama4's with a shared expert), each converted to te (a transpose; GPT-OSS's also
- * takes gate and up apart) and GPT-OSS's to nemo (gate and up apart, no transpose). Each ratio is
- * against `cp -r` of that row's own source.
+ * takes gate and up apart, and its te output goes back to hf, putting them together again) and
+ * GPT-OSS's to nemo (gate and up apart, no transpose). Each ratio is against `cp -r` of that row's
+ * own source.
  */
 async function otherFamilies(ctx: BenchContext): Promise<Row[]> {
   const rows: Row[] = [];
@@ -231,6 +232,16 @@ async function otherFamilies(ctx: BenchContext): Promise<Row[]> {
         run: best(out('mk'), () => moekit(['convert', src, '--to', to, '-o', out('mk')])),
         cp,
       });
+      // back: the interleaved pair written again (GPT-OSS's export after training in Megatron)
+      if (family === 'gpt_oss' && to === 'te') {
+        rows.push({
+          job: `convert <${label} as te> --to hf`,
+          kind: 'transpose',
+          run: best(out('back'), () => moekit(['convert', out('mk'), '--to', 'hf', '-o', out('back')])),
+          cp,
+        });
+        rm(out('back'));
+      }
       rm(out('mk'));
     }
     rm(src);
