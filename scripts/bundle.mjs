@@ -7,10 +7,14 @@
  * stay in dist/src (the library export, the tests, the GPU child's filter). Run by `npm run build`.
  */
 import { build } from 'esbuild';
+import { rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+// a copy of kernels/ that scripts/device/pack-dist.sh put in dist/ (with a package.json) would be found
+// before kernels/ itself (src/gpu/kernels.ts kernelsDir) and run stale kernels after an edit
+for (const p of ['dist/kernels', 'dist/package.json']) rmSync(join(root, p), { recursive: true, force: true });
 await build({
   entryPoints: [join(root, 'dist/src/cli/index.js')],
   outfile: join(root, 'dist/moekit.js'),

@@ -19,6 +19,19 @@ const src = join(tmp.dir, 'src');
 // gate_and_up slabs of nemo [H, 2I] = 3 MiB: four 768 KiB bands; down [I, H] 1.5 MiB: whole
 const ready = writeSyntheticMixtral(src, { layers: 2, experts: 4, hidden: 512, inter: 1536 });
 
+/** The checkpoint at `back` holds the tensors of `src`, by name, bit for bit. */
+async function expectSameTensors(src: string, back: string): Promise<void> {
+  const a = await openStore(src);
+  const b = await openStore(back);
+  try {
+    expect([...b.tensors.keys()].sort()).toEqual([...a.tensors.keys()].sort());
+    for (const t of a.tensors.values()) expect(Buffer.from(await b.read(b.tensors.get(t.name)!)).equals(Buffer.from(await a.read(t))), t.name).toBe(true);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+}
+
 const files = (dir: string) =>
   readdirSync(dir)
     .filter((f) => f.endsWith('.safetensors'))
@@ -63,15 +76,7 @@ describe('transposed slabs written in bands by the transpose workers', () => {
     await convert(src, nemo, { to: 'nemo', fsync: false });
     const back = join(tmp.dir, 'rt-hf');
     await convert(nemo, back, { to: 'hf', fsync: false });
-    const a = await openStore(src);
-    const b = await openStore(back);
-    try {
-      expect([...b.tensors.keys()].sort()).toEqual([...a.tensors.keys()].sort());
-      for (const t of a.tensors.values()) expect(Buffer.from(await b.read(b.tensors.get(t.name)!)).equals(Buffer.from(await a.read(t))), t.name).toBe(true);
-    } finally {
-      await a.close();
-      await b.close();
-    }
+    await expectSameTensors(src, back);
   });
 
   it("a worker's failed write rejects with the system error (its code kept for the exit status), not an internal one", async () => {
@@ -132,15 +137,7 @@ describe('fused families (GPT-OSS interleaved, Llama4 concatenated gate_up_proj 
       } finally {
         spyBack.mockRestore();
       }
-      const a = await openStore(fams[fam]);
-      const b = await openStore(back);
-      try {
-        expect([...b.tensors.keys()].sort()).toEqual([...a.tensors.keys()].sort());
-        for (const t of a.tensors.values()) expect(Buffer.from(await b.read(b.tensors.get(t.name)!)).equals(Buffer.from(await a.read(t))), t.name).toBe(true);
-      } finally {
-        await a.close();
-        await b.close();
-      }
+      await expectSameTensors(fams[fam], back);
     });
   }
 
