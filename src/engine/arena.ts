@@ -114,18 +114,18 @@ export const arena = new Arena();
 const MIN_BAND_BYTES = 1 << 20;
 
 /**
- * One kernel call (element indices into the arena, element size 2 or 4) split into row bands of the
+ * One kernel call (byte addresses into the arena, element size 2 or 4) split into row bands of the
  * destination (its i) over the worker threads; the source moves `step` elements per row.
  */
 async function transposeInArena(size: 2 | 4, c: TransposeCall): Promise<void> {
   const pool = arena.workers();
-  const [d, dA, s, sX, m, n] = c.args.map((a, k) => (k === 0 || k === 2 ? a / size : a)) as [number, number, number, number, number, number];
+  const [d, dA, s, sX, m, n] = c.args as [number, number, number, number, number, number];
   const rowBytes = n * size;
   const per = Math.max(8, Math.ceil(Math.max(m / pool.threads, MIN_BAND_BYTES / rowBytes) / 8) * 8);
   const calls: Promise<void>[] = [];
   for (let i0 = 0; i0 < m; i0 += per) {
     const rows = Math.min(per, m - i0);
-    calls.push(pool.call(undefined, c.fn, [(d + i0 * dA) * size, dA, (s + i0 * c.step) * size, sX, rows, n]));
+    calls.push(pool.call(undefined, c.fn, [d + i0 * dA * size, dA, s + i0 * c.step * size, sX, rows, n]));
   }
   await Promise.all(calls);
 }
@@ -233,6 +233,7 @@ export function transposeCalls(
 ): TransposeCall[] | undefined {
   if (!simdReady(src, unit)) return undefined;
   const t = kernelBlocks(dOff, dSt, src.byteOffset / unit + sOff, sSt, shape);
-  const fn = `${t?.kind}${unit * 8}`;
-  return t?.blocks.map(([d, s]) => ({ fn, args: [d * unit, t.dA, s * unit, t.sX, t.m, t.n], step: t.step }));
+  if (!t) return undefined;
+  const fn = `${t.kind}${unit * 8}`;
+  return t.blocks.map(([d, s]) => ({ fn, args: [d * unit, t.dA, s * unit, t.sX, t.m, t.n], step: t.step }));
 }

@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import pLimit from 'p-limit';
 import { type Chunk, sharedPool } from '../store/pool.js';
 import { byteSize, dtypeSize } from '../store/dtypes.js';
+import type { TensorInfo, TensorStore } from '../store/types.js';
 import { writeJsonAtomic, type WriteEntry } from '../store/safetensors/writer.js';
 import { writerFor } from '../store/writers.js';
 import { PIECE_BYTES, View, allocAligned, copyView } from './ir.js';
@@ -148,22 +149,31 @@ interface Pinned {
  */
 const STREAM_BAND = process.env.MOEKIT_STREAM_BAND !== undefined ? Number(process.env.MOEKIT_STREAM_BAND) || 0 : 768 * 2 ** 10;
 
+/** A range of a checkpoint tensor's elements [lo, hi) that a slab's parts read (es: bytes per element). */
+interface SourceRange {
+  store: TensorStore;
+  info: TensorInfo;
+  es: number;
+  lo: number;
+  hi: number;
+}
+
 /**
- * The source ranges a slab's parts read, in element indices of their tensors: overlapping ranges of
- * one tensor merged (the gate and up halves of an interleaved gate_up_proj cover the same rows), each
- * part with the range it reads from; undefined when a part does not read a checkpoint tensor.
+ * The source ranges a slab's parts read: overlapping ranges of one tensor merged (the gate and up
+ * halves of an interleaved gate_up_proj cover the same rows), each part with the range it reads from;
+ * undefined when a part does not read a checkpoint tensor.
  */
-function sourceRanges(s: Assembled): { ranges: { src: View; lo: number; hi: number }[]; of: number[] } | undefined {
-  const ranges: { src: View; lo: number; hi: number }[] = [];
+function sourceRanges(s: Assembled): { ranges: SourceRange[]; of: number[] } | undefined {
+  const ranges: SourceRange[] = [];
   const of: number[] = [];
   for (const p of s.parts) {
     if (p.src.storage.kind !== 'tensor') return undefined;
     const [lo, hi] = p.src.extent();
-    const info = p.src.storage.info;
-    const k = ranges.findIndex((r) => r.src.storage.kind === 'tensor' && r.src.storage.info === info && lo < r.hi && r.lo < hi);
+    const { store, info } = p.src.storage;
+    const k = ranges.findIndex((r) => r.info === info && lo < r.hi && r.lo < hi);
     if (k < 0) {
       of.push(ranges.length);
-      ranges.push({ src: p.src, lo, hi });
+      ranges.push({ store, info, es: dtypeSize(p.src.dtype), lo, hi });
     } else {
       of.push(k);
       ranges[k]!.lo = Math.min(ranges[k]!.lo, lo);
@@ -183,7 +193,7 @@ function streams(s: Assembled, band: number): boolean {
   if (bytes <= 2 * band || s.parts.every((p) => p.src.isContiguous() && p.dst.isContiguous())) return false;
   const r = sourceRanges(s);
   if (!r) return false;
-  const covered = r.ranges.reduce((a, x) => a + (x.hi - x.lo) * dtypeSize(x.src.dtype), 0);
+  const covered = r.ranges.reduce((a, x) => a + (x.hi - x.lo) * x.es, 0);
   return covered <= bytes * 1.125 && rowBands(s, band).length > 1;
 }
 
@@ -213,11 +223,10 @@ async function pinSources(s: Assembled, pool: SlabPool): Promise<Pinned> {
   const held: Buffer[] = [];
   try {
     const bufs = await Promise.all(
-      r.ranges.map(async ({ src, lo, hi }) => {
-        const es = dtypeSize(src.dtype);
+      r.ranges.map(async ({ store, info, es, lo, hi }) => {
         const buf = pool.acquire((hi - lo) * es);
         held.push(buf);
-        if (src.storage.kind === 'tensor') await src.storage.store.read(src.storage.info, lo * es, hi * es, buf);
+        await store.read(info, lo * es, hi * es, buf);
         return buf;
       }),
     );
